@@ -1,0 +1,1 @@
+"""omnistock: a real-time inventory availability engine backed by Redis."""

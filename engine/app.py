@@ -1,0 +1,188 @@
+"""Wiring: the embedded or external Redis, storage, the services, health, reflection,
+metrics and the sweeper, started and stopped as one. `create_server(settings)` is what
+server.py and the tests use."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from engine import demo
+from engine.clock import Clock, SystemClock
+from engine.domain import EventKind, StockEvent
+from engine.embedded import EmbeddedRedis
+from engine.errors import OmnistockError
+from engine.locations import LocationRegistry
+from engine.metrics import Metrics
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.reservations import Reservations, Timing
+from engine.service import AvailabilityService, ReservationService, StockService
+from engine.settings import Settings
+from engine.storage import Storage
+from engine.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+SERVICES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+
+
+def redis_client(url: str, timeout: float) -> aioredis.Redis:
+    """Fails fast when Redis is away (UNAVAILABLE within the deadline), retrying once:
+    every script is idempotent, so a retried call never applies twice."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=min(timeout, 1.0),
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        health_check_interval=30,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+class Omnistock:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.embedded: EmbeddedRedis | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._metrics_server: Any = None
+
+    async def start(self) -> None:
+        url = self.settings.redis_url
+        if not url:
+            self.embedded = EmbeddedRedis(
+                self.settings.state_dir, appendfsync=self.settings.appendfsync
+            )
+            await asyncio.to_thread(self.embedded.start)
+            url = self.embedded.url
+        self.redis = redis_client(url, self.settings.redis_timeout_seconds)
+        self.storage = Storage(
+            self.redis,
+            stock_buckets=self.settings.stock_buckets,
+            retention_ms=self.settings.retention_ms,
+            event_window_ms=self.settings.event_window_ms,
+        )
+        await self.storage.load_scripts()
+        self.locations = LocationRegistry(self.storage)
+        await self.locations.reload()
+        timing = Timing(
+            default_ttl_ms=int(self.settings.hold_ttl_seconds * 1000),
+            saga_timeout_ms=int(self.settings.saga_timeout_seconds * 1000),
+        )
+        self.reservations = Reservations(self.storage, self.clock, timing, self.metrics)
+        if self.settings.demo and not self.locations.by_id:
+            await load_demo(self.storage, self.locations, self.clock)
+        self.server = grpc.aio.server()
+        self._add_services()
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        await self.server.start()
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        sweeper = Sweeper(
+            self.storage,
+            self.reservations,
+            self.clock,
+            self.metrics,
+            self.settings.sweep_interval_ms,
+        )
+        self._tasks = [asyncio.create_task(sweeper.run()), asyncio.create_task(self._watch())]
+        if self.settings.metrics_port:
+            self._metrics_server = start_http_server(
+                self.settings.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
+            )
+
+    def _add_services(self) -> None:
+        m = self.metrics
+        pb_grpc.add_AvailabilityServiceServicer_to_server(
+            AvailabilityService(self.storage, self.locations, m), self.server
+        )
+        pb_grpc.add_ReservationServiceServicer_to_server(
+            ReservationService(self.reservations, self.locations, m), self.server
+        )
+        pb_grpc.add_StockServiceServicer_to_server(
+            StockService(self.storage, self.locations, m, self.clock.now_ms), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
+
+    async def _watch(self) -> None:
+        """Health follows Redis: NOT_SERVING while it cannot be reached."""
+        serving = True
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.storage.ping()
+                ok = True
+            except OmnistockError:
+                ok = False
+            self.metrics.redis_up.set(1 if ok else 0)
+            if ok != serving:
+                serving = ok
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else (health_pb2.HealthCheckResponse.NOT_SERVING)
+                )
+                log.warning("redis %s", "reachable again" if ok else "unreachable")
+                for name in ("", *SERVICES):
+                    await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful: NOT_SERVING first, drain in-flight calls, then stop the store."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._metrics_server is not None:
+            self._metrics_server[0].shutdown()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+def create_server(settings: Settings, clock: Clock | None = None) -> Omnistock:
+    return Omnistock(settings, clock)
+
+
+async def load_demo(storage: Storage, locations: LocationRegistry, clock: Clock) -> None:
+    started = time.perf_counter()
+    locs = demo.demo_locations()
+    now = clock.now_ms()
+    batch: dict[str, list[StockEvent]] = {}
+    rows = 0
+    for location, sku, qty in demo.demo_stock(locs, demo.demo_skus()):
+        event = StockEvent(f"demo:{location}:{sku}", location, sku, EventKind.COUNT, qty, now - 1)
+        batch.setdefault(location, []).append(event)
+        rows += 1
+        if len(batch[location]) >= 1000:
+            await storage.apply_events(location, batch.pop(location), now)
+    for loc, evs in batch.items():
+        await storage.apply_events(loc, evs, now)
+    await locations.upsert(locs)  # last: a load cut short is redone at the next start
+    log.info(
+        "demo data: %d locations, %d stock rows in %.1fs",
+        len(locs),
+        rows,
+        time.perf_counter() - started,
+    )

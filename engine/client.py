@@ -1,0 +1,137 @@
+"""A typed asyncio client for storefront, POS and fulfilment code.
+
+Calls that fail with UNAVAILABLE (the server or its store briefly away) are retried with
+backoff. That is safe because every changing call is idempotent: a reservation id holds
+once however often it is sent, commit and release settle once, and stock events are
+applied once by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+
+from engine.domain import (
+    Availability,
+    HoldResult,
+    Line,
+    Reservation,
+    ReservationState,
+    Shortfall,
+    StockRow,
+)
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+
+__all__ = ["Availability", "Line", "OmnistockClient"]
+T = TypeVar("T")
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+_STATES = {
+    pb.RESERVATION_STATE_HELD: ReservationState.HELD,
+    pb.RESERVATION_STATE_COMMITTED: ReservationState.COMMITTED,
+    pb.RESERVATION_STATE_RELEASED: ReservationState.RELEASED,
+    pb.RESERVATION_STATE_EXPIRED: ReservationState.EXPIRED,
+}
+
+
+def _availability(msg: pb.StockLevel) -> Availability:
+    row = StockRow(msg.on_hand, msg.reserved, msg.safety_stock, msg.version, msg.as_of)
+    return Availability(msg.location_id, msg.sku, row)
+
+
+def _reservation(msg: pb.Reservation) -> Reservation:
+    lines = tuple(Line(ln.location_id, ln.sku, ln.qty) for ln in msg.lines)
+    return Reservation(msg.reservation_id, lines, _STATES[msg.state], msg.expires_at)
+
+
+class OmnistockClient:
+    def __init__(
+        self, target: str, *, timeout: float = 2.0, attempts: int = 4, backoff: float = 0.05
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.channel = grpc.aio.insecure_channel(target)
+        self._availability = pb_grpc.AvailabilityServiceStub(self.channel)
+        self._reservations = pb_grpc.ReservationServiceStub(self.channel)
+
+    async def __aenter__(self) -> OmnistockClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, send: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(self.attempts):
+            try:
+                return await send()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRYABLE or attempt == self.attempts - 1:
+                    raise
+                await asyncio.sleep(self.backoff * 2**attempt * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    async def availability(
+        self, skus: Sequence[str], *, location_ids: Sequence[str] = ()
+    ) -> list[Availability]:
+        request = pb.GetAvailabilityRequest(skus=skus, location_ids=location_ids)
+        resp = await self._call(
+            lambda: self._availability.GetAvailability(request, timeout=self.timeout)
+        )
+        return [_availability(lv) for lv in resp.levels]
+
+    async def reserve(
+        self, reservation_id: str, lines: Sequence[Line], *, ttl_seconds: float = 0.0
+    ) -> HoldResult:
+        request = pb.ReserveRequest(
+            reservation_id=reservation_id,
+            ttl_seconds=ttl_seconds,
+            lines=[
+                pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty) for ln in lines
+            ],
+        )
+        resp = await self._call(lambda: self._reservations.Reserve(request, timeout=self.timeout))
+        if resp.HasField("reservation"):
+            return HoldResult(_reservation(resp.reservation))
+        return HoldResult(
+            None,
+            tuple(
+                Shortfall(s.location_id, s.sku, s.requested, s.available) for s in resp.shortfalls
+            ),
+        )
+
+    async def commit(self, reservation_id: str) -> Reservation:
+        request = pb.CommitRequest(reservation_id=reservation_id)
+        resp = await self._call(lambda: self._reservations.Commit(request, timeout=self.timeout))
+        return _reservation(resp)
+
+    async def release(self, reservation_id: str) -> Reservation:
+        request = pb.ReleaseRequest(reservation_id=reservation_id)
+        resp = await self._call(lambda: self._reservations.Release(request, timeout=self.timeout))
+        return _reservation(resp)
+
+    async def extend(self, reservation_id: str, ttl_seconds: float) -> Reservation:
+        request = pb.ExtendRequest(reservation_id=reservation_id, ttl_seconds=ttl_seconds)
+        resp = await self._call(lambda: self._reservations.Extend(request, timeout=self.timeout))
+        return _reservation(resp)
+
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        request = pb.GetReservationRequest(reservation_id=reservation_id)
+        resp = await self._call(
+            lambda: self._reservations.GetReservation(request, timeout=self.timeout)
+        )
+        return _reservation(resp)

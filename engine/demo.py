@@ -1,0 +1,334 @@
+"""The demo data set: a plausible retailer to serve and benchmark against. Owns the list of
+cities, the stores, dark stores and distribution centres placed around them, the SKU ids,
+and the stock rows they hold. Pure Python and numpy: no Redis, no gRPC. The same seed
+always gives the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.domain import MAX_QTY, Location, LocationType
+
+KM_PER_DEGREE_LAT = 111.32
+# Store scatter around a city centre: sigma grows with city size, within these bounds, and
+# each axis is clipped at MAX_SIGMAS, so no store lies farther than ~21 km from its centre.
+SIGMA_KM = 3.0
+MIN_SIGMA_KM = 1.5
+MAX_SIGMA_KM = 6.0
+MAX_SIGMAS = 2.5
+SHIP_DISABLED_SHARE = 0.15
+INACTIVE_SHARE = 0.02
+STORE_PRIORITY = 0
+DARK_STORE_PRIORITY = 5
+DC_PRIORITY = 10
+DARK_STORE_CITIES = 4
+DARK_STORES_PER_CITY = 2
+ZIPF_EXPONENT = 1.0
+STORE_ASSORTMENT = (0.2, 0.4)  # share of the catalogue a store carries; mean 0.3
+DARK_STORE_ASSORTMENT = 0.25
+DC_ASSORTMENT = 0.97
+
+Floats = NDArray[np.float64]
+Ints = NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class City:
+    name: str
+    country: str  # ISO 3166-1 alpha-2
+    latitude: float
+    longitude: float
+    population_k: int  # city proper, thousands; only a weight
+    # Compass bearing (degrees) from the centre towards open water, for a centre on a coast:
+    # stores scattered that way are mirrored back onto land.
+    sea_bearing: float | None = None
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.name)
+
+
+# One distribution centre per country, in a real logistics hub: (town, latitude, longitude).
+DC_SITES: dict[str, tuple[str, float, float]] = {
+    "GB": ("Daventry", 52.2565, -1.1627),
+    "FR": ("Orléans", 47.9030, 1.9093),
+    "DE": ("Bad Hersfeld", 50.8683, 9.7070),
+    "NL": ("Tilburg", 51.5555, 5.0913),
+    "BE": ("Willebroek", 51.0603, 4.3600),
+    "ES": ("Getafe", 40.3057, -3.7329),
+    "IT": ("Piacenza", 45.0526, 9.6930),
+    "US": ("Memphis", 35.1495, -90.0490),
+}
+
+CITIES: tuple[City, ...] = (
+    # United Kingdom
+    City("London", "GB", 51.5074, -0.1278, 8900),
+    City("Birmingham", "GB", 52.4862, -1.8904, 1150),
+    City("Manchester", "GB", 53.4808, -2.2426, 550),
+    City("Leeds", "GB", 53.8008, -1.5491, 800),
+    City("Glasgow", "GB", 55.8642, -4.2518, 630),
+    City("Liverpool", "GB", 53.4084, -2.9916, 500, sea_bearing=270),
+    City("Edinburgh", "GB", 55.9533, -3.1883, 525, sea_bearing=0),
+    City("Bristol", "GB", 51.4545, -2.5879, 470),
+    City("Newcastle upon Tyne", "GB", 54.9783, -1.6178, 300),
+    # France
+    City("Paris", "FR", 48.8566, 2.3522, 2100),
+    City("Marseille", "FR", 43.2965, 5.3698, 870, sea_bearing=250),
+    City("Lyon", "FR", 45.7640, 4.8357, 520),
+    City("Toulouse", "FR", 43.6047, 1.4442, 490),
+    City("Nantes", "FR", 47.2184, -1.5536, 320),
+    City("Strasbourg", "FR", 48.5734, 7.7521, 290),
+    City("Bordeaux", "FR", 44.8378, -0.5792, 260),
+    City("Lille", "FR", 50.6292, 3.0573, 235),
+    # Germany
+    City("Berlin", "DE", 52.5200, 13.4050, 3650),
+    City("Hamburg", "DE", 53.5511, 9.9937, 1850),
+    City("Munich", "DE", 48.1351, 11.5820, 1490),
+    City("Cologne", "DE", 50.9375, 6.9603, 1080),
+    City("Frankfurt", "DE", 50.1109, 8.6821, 760),
+    City("Stuttgart", "DE", 48.7758, 9.1829, 630),
+    City("Düsseldorf", "DE", 51.2277, 6.7735, 620),
+    City("Leipzig", "DE", 51.3397, 12.3731, 600),
+    # Netherlands
+    City("Amsterdam", "NL", 52.3676, 4.9041, 870),
+    City("Rotterdam", "NL", 51.9244, 4.4777, 650, sea_bearing=315),
+    City("The Hague", "NL", 52.0705, 4.3007, 550, sea_bearing=315),
+    City("Utrecht", "NL", 52.0907, 5.1214, 360),
+    # Belgium
+    City("Brussels", "BE", 50.8503, 4.3517, 1200),
+    City("Antwerp", "BE", 51.2194, 4.4025, 530),
+    City("Ghent", "BE", 51.0543, 3.7174, 265),
+    # Spain
+    City("Madrid", "ES", 40.4168, -3.7038, 3300),
+    City("Barcelona", "ES", 41.3851, 2.1734, 1620, sea_bearing=135),
+    City("Valencia", "ES", 39.4699, -0.3763, 800, sea_bearing=90),
+    City("Seville", "ES", 37.3891, -5.9845, 690),
+    City("Zaragoza", "ES", 41.6488, -0.8891, 675),
+    City("Málaga", "ES", 36.7213, -4.4214, 575, sea_bearing=180),
+    # Italy
+    City("Rome", "IT", 41.9028, 12.4964, 2870),
+    City("Milan", "IT", 45.4642, 9.1900, 1370),
+    City("Naples", "IT", 40.8518, 14.2681, 960, sea_bearing=200),
+    City("Turin", "IT", 45.0703, 7.6869, 870),
+    City("Genoa", "IT", 44.4056, 8.9463, 580, sea_bearing=180),
+    City("Bologna", "IT", 44.4949, 11.3426, 390),
+    City("Florence", "IT", 43.7696, 11.2558, 380),
+    # United States
+    City("New York", "US", 40.7128, -74.0060, 8300, sea_bearing=200),
+    City("Los Angeles", "US", 34.0522, -118.2437, 3900),
+    City("Chicago", "US", 41.8781, -87.6298, 2700, sea_bearing=90),
+    City("Houston", "US", 29.7604, -95.3698, 2300),
+    City("Phoenix", "US", 33.4484, -112.0740, 1600),
+    City("Philadelphia", "US", 39.9526, -75.1652, 1580),
+    City("San Francisco", "US", 37.7749, -122.4194, 870, sea_bearing=60),
+    City("Seattle", "US", 47.6062, -122.3321, 740, sea_bearing=270),
+    City("Boston", "US", 42.3601, -71.0589, 690, sea_bearing=90),
+)
+
+
+def slugify(text: str) -> str:
+    """'Düsseldorf' -> 'dusseldorf', 'The Hague' -> 'the-hague': safe inside an id."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+
+
+def offset_km(
+    latitude: float, longitude: float, north_km: float, east_km: float
+) -> tuple[float, float]:
+    """The point `north_km` north and `east_km` east of (latitude, longitude)."""
+    lat = latitude + north_km / KM_PER_DEGREE_LAT
+    lon = longitude + east_km / (KM_PER_DEGREE_LAT * math.cos(math.radians(latitude)))
+    return round(lat, 6), round(lon, 6)
+
+
+def stores_per_city(stores: int) -> list[int]:
+    """Splits `stores` over CITIES in proportion to population, at least one per city
+    (largest remainder). Fewer stores than cities: one each in the biggest cities."""
+    if stores < 0:
+        raise ValueError(f"stores must not be negative, got {stores}")
+    weights = np.array([c.population_k for c in CITIES], dtype=np.float64)
+    if stores < len(CITIES):
+        chosen = set(np.argsort(-weights, kind="stable")[:stores].tolist())
+        return [1 if i in chosen else 0 for i in range(len(CITIES))]
+    share = weights / weights.sum() * (stores - len(CITIES))
+    counts = np.floor(share).astype(np.int64)
+    leftover = stores - len(CITIES) - int(counts.sum())
+    counts[np.argsort(-(share - counts), kind="stable")[:leftover]] += 1
+    return [int(n) + 1 for n in counts]
+
+
+def _sigma_km(city: City) -> float:
+    return min(MAX_SIGMA_KM, max(MIN_SIGMA_KM, SIGMA_KM * math.sqrt(city.population_k / 1000)))
+
+
+def scatter(city: City, count: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """`count` points around the city centre, as (latitude, longitude): normal offsets,
+    each axis clipped at MAX_SIGMAS, mirrored away from the sea for a coastal centre."""
+    sigma = _sigma_km(city)
+    km = np.clip(rng.normal(0.0, sigma, (count, 2)), -MAX_SIGMAS * sigma, MAX_SIGMAS * sigma)
+    if city.sea_bearing is not None:
+        bearing = math.radians(city.sea_bearing)
+        seaward = np.array([math.cos(bearing), math.sin(bearing)])  # (north, east)
+        along = km @ seaward
+        km -= 2.0 * np.maximum(along, 0.0)[:, None] * seaward
+    return [offset_km(city.latitude, city.longitude, n, e) for n, e in km.tolist()]
+
+
+def _city_stores(city: City, count: int, rng: np.random.Generator) -> list[Location]:
+    points = scatter(city, count, rng)
+    ships = rng.random(count) >= SHIP_DISABLED_SHARE
+    active = rng.random(count) >= INACTIVE_SHARE
+    capacity = rng.integers(20, 201, count)
+    stores = []
+    for n in range(count):
+        lat, lon = points[n]
+        stores.append(
+            Location(
+                id=f"store-{city.slug}-{n + 1:04d}",
+                name=f"{city.name} {n + 1}",
+                type=LocationType.STORE,
+                latitude=lat,
+                longitude=lon,
+                ship_enabled=bool(ships[n]),
+                ship_capacity=int(capacity[n]) if ships[n] else 0,
+                priority=STORE_PRIORITY,
+                active=bool(active[n]),
+            )
+        )
+    return stores
+
+
+def _dark_stores(rng: np.random.Generator) -> list[Location]:
+    biggest = sorted(CITIES, key=lambda c: -c.population_k)[:DARK_STORE_CITIES]
+    dark = []
+    for city in biggest:
+        for n, (lat, lon) in enumerate(scatter(city, DARK_STORES_PER_CITY, rng)):
+            dark.append(
+                Location(
+                    id=f"dark-{city.slug}-{n + 1:02d}",
+                    name=f"{city.name} Dark Store {n + 1}",
+                    type=LocationType.DARK_STORE,
+                    latitude=lat,
+                    longitude=lon,
+                    pickup_enabled=False,
+                    ship_capacity=int(rng.integers(300, 801)),
+                    priority=DARK_STORE_PRIORITY,
+                )
+            )
+    return dark
+
+
+def _distribution_centres() -> list[Location]:
+    return [
+        Location(
+            id=f"dc-{country.lower()}",
+            name=f"{town} DC ({country})",
+            type=LocationType.DC,
+            latitude=lat,
+            longitude=lon,
+            pickup_enabled=False,
+            ship_capacity=None,
+            priority=DC_PRIORITY,
+        )
+        for country, (town, lat, lon) in DC_SITES.items()
+    ]
+
+
+def demo_locations(seed: int = 7, stores: int = 240) -> list[Location]:
+    """`stores` stores around CITIES, DARK_STORE_CITIES * DARK_STORES_PER_CITY dark stores
+    in the biggest cities, and one distribution centre per country."""
+    rng = np.random.default_rng(seed)
+    locations: list[Location] = []
+    for city, count in zip(CITIES, stores_per_city(stores), strict=True):
+        locations.extend(_city_stores(city, count, rng))
+    locations.extend(_dark_stores(rng))
+    locations.extend(_distribution_centres())
+    return locations
+
+
+def demo_skus(count: int = 2000) -> list[str]:
+    """`SKU-000001` .. : listed from the most popular to the least."""
+    if count < 0:
+        raise ValueError(f"count must not be negative, got {count}")
+    return [f"SKU-{i:06d}" for i in range(1, count + 1)]
+
+
+def popularity(count: int) -> Floats:
+    """Zipf-like weights, summing to 1: the sku at index 0 sells best."""
+    weights: Floats = 1.0 / np.arange(1, count + 1, dtype=np.float64) ** ZIPF_EXPONENT
+    return weights / weights.sum() if count else weights
+
+
+def _location_rng(seed: int, location_id: str) -> np.random.Generator:
+    # Per location, so one location's rows do not depend on which others are listed.
+    digest = hashlib.blake2b(location_id.encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "big")])
+
+
+def _assortment(
+    rng: np.random.Generator, weights: Floats, share: float, weighted: bool = True
+) -> Ints:
+    """Indices of round(share * len) skus, sampled without replacement in proportion to
+    `weights` (Gumbel top-k) or uniformly, in catalogue order."""
+    size = min(len(weights), round(share * len(weights)))
+    if size <= 0:
+        return np.empty(0, dtype=np.int64)
+    keys = rng.gumbel(size=len(weights))
+    if weighted:
+        keys += np.log(weights)
+    chosen: Ints = np.sort(np.argpartition(-keys, size - 1)[:size])
+    return chosen
+
+
+def _store_quantities(rng: np.random.Generator, pop: Floats) -> Floats:
+    """Mostly 0-20, zeros where sold out, popular skus deeper; now and then a pallet."""
+    mean = 4.0 + 16.0 * np.sqrt(pop)
+    shape = 2.0
+    qty: Floats = rng.negative_binomial(shape, shape / (shape + mean)).astype(np.float64)
+    pallets = rng.random(len(pop)) < 0.005
+    qty[pallets] = np.rint(rng.lognormal(math.log(150.0), 0.5, int(pallets.sum())))
+    return qty
+
+
+def _dc_quantities(rng: np.random.Generator, pop: Floats) -> Floats:
+    """Hundreds to thousands, deeper for popular skus."""
+    median = 300.0 + 2000.0 * np.sqrt(pop)
+    qty: Floats = np.rint(rng.lognormal(np.log(median), 0.8))
+    return qty
+
+
+def _rows_for(location: Location, weights: Floats, rng: np.random.Generator) -> tuple[Ints, Floats]:
+    relative = weights / weights.max()  # 1.0 for the best seller
+    if location.type is LocationType.DC:
+        carried = _assortment(rng, weights, DC_ASSORTMENT, weighted=False)
+        return carried, _dc_quantities(rng, relative[carried])
+    if location.type is LocationType.DARK_STORE:
+        carried = _assortment(rng, weights, DARK_STORE_ASSORTMENT)
+    else:
+        carried = _assortment(rng, weights, float(rng.uniform(*STORE_ASSORTMENT)))
+    return carried, _store_quantities(rng, relative[carried])
+
+
+def demo_stock(
+    locations: Sequence[Location], skus: Sequence[str], seed: int = 7
+) -> Iterator[tuple[str, str, int]]:
+    """(location_id, sku, on_hand) rows. `skus` are read as ordered by popularity (as
+    demo_skus lists them). Stores and dark stores carry a popularity-weighted subset of
+    the catalogue, distribution centres nearly all of it."""
+    if not skus:
+        return
+    weights = popularity(len(skus))
+    for location in locations:
+        carried, qty = _rows_for(location, weights, _location_rng(seed, location.id))
+        quantities = np.clip(qty, 0, MAX_QTY).astype(np.int64).tolist()
+        for index, on_hand in zip(carried.tolist(), quantities, strict=True):
+            yield location.id, skus[index], on_hand

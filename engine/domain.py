@@ -1,0 +1,240 @@
+"""The business of stock, in its own words: locations, stock rows, lines, reservations,
+stock events, and the rules for checking them. Pure: no Redis, no gRPC.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from engine.errors import InvalidArgument
+
+MAX_ID_LENGTH = 128
+MAX_LINES = 200
+MAX_QTY = 1_000_000_000
+MAX_TTL_SECONDS = 7 * 24 * 3600
+# Ids travel inside Redis key names; braces would break the `{location}` hash tag and
+# whitespace or separators would make logs and encodings ambiguous.
+_ID = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
+
+
+class LocationType(enum.StrEnum):
+    STORE = "store"
+    DC = "dc"
+    DARK_STORE = "dark_store"
+
+
+class ReservationState(enum.StrEnum):
+    HELD = "HELD"
+    COMMITTED = "COMMITTED"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+
+
+class EventKind(enum.StrEnum):
+    COUNT = "COUNT"
+    DELTA = "DELTA"
+
+
+class EventOutcome(enum.StrEnum):
+    APPLIED = "APPLIED"
+    DUPLICATE = "DUPLICATE"  # this event id was applied before, within the window
+    STALE = "STALE"  # older than the row's last count: the count already includes it
+    ECHO = "ECHO"  # the store's report of a sale the engine already committed (I6)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    id: str
+    name: str
+    type: LocationType
+    latitude: float
+    longitude: float
+    pickup_enabled: bool = True
+    ship_enabled: bool = True
+    ship_capacity: int | None = None  # orders per day; None = unlimited
+    priority: int = 0
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StockRow:
+    on_hand: int = 0
+    reserved: int = 0
+    safety_stock: int = 0
+    version: int = 0
+    as_of: int = 0  # source time (ms) of the last absolute count applied
+
+    @property
+    def available(self) -> int:
+        return max(0, self.on_hand - self.reserved - self.safety_stock)
+
+    @property
+    def short(self) -> bool:
+        """A count dropped on_hand below what is already held (I3)."""
+        return self.on_hand < self.reserved
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Line:
+    location: str
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    location: str
+    sku: str
+    requested: int
+    available: int
+
+    @property
+    def missing(self) -> int:
+        return self.requested - self.available
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    lines: tuple[Line, ...]
+    state: ReservationState
+    expires_at: int  # ms since the epoch; meaningful while HELD
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """The answer to a hold: the reservation, or every line that fell short."""
+
+    reservation: Reservation | None
+    shortfalls: tuple[Shortfall, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.reservation is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StockEvent:
+    event_id: str
+    location: str
+    sku: str
+    kind: EventKind
+    qty: int  # absolute on_hand for COUNT, signed change for DELTA
+    source_time: int  # ms since the epoch, when it happened at the source
+    reservation_id: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyStock:
+    location: str
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    location: str
+    sku: str
+    row: StockRow
+
+    @property
+    def available(self) -> int:
+        return self.row.available
+
+
+def check_id(value: str, field_name: str) -> str:
+    if not value:
+        raise InvalidArgument(field_name, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(field_name, f"longer than {MAX_ID_LENGTH} characters")
+    if not _ID.match(value):
+        raise InvalidArgument(
+            field_name, "may hold only letters, digits and . _ : / @ + - (no spaces or braces)"
+        )
+    return value
+
+
+def check_qty(value: int, field_name: str, *, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if value < low:
+        raise InvalidArgument(field_name, f"must be at least {low}, got {value}")
+    if value > MAX_QTY:
+        raise InvalidArgument(field_name, f"must be at most {MAX_QTY}, got {value}")
+    return value
+
+
+def check_coordinates(latitude: float, longitude: float, field_name: str) -> None:
+    if not (math.isfinite(latitude) and -90.0 <= latitude <= 90.0):
+        raise InvalidArgument(f"{field_name}.latitude", f"must be within [-90, 90], got {latitude}")
+    if not (math.isfinite(longitude) and -180.0 <= longitude <= 180.0):
+        raise InvalidArgument(
+            f"{field_name}.longitude", f"must be within [-180, 180], got {longitude}"
+        )
+
+
+def check_ttl(ttl_seconds: float, field_name: str) -> None:
+    if not math.isfinite(ttl_seconds) or ttl_seconds <= 0:
+        raise InvalidArgument(
+            field_name, f"must be a positive number of seconds, got {ttl_seconds}"
+        )
+    if ttl_seconds > MAX_TTL_SECONDS:
+        raise InvalidArgument(field_name, f"must be at most {MAX_TTL_SECONDS} seconds")
+
+
+def check_location(location: Location, field_name: str) -> Location:
+    check_id(location.id, f"{field_name}.id")
+    check_coordinates(location.latitude, location.longitude, field_name)
+    if location.ship_capacity is not None and location.ship_capacity < 0:
+        raise InvalidArgument(f"{field_name}.ship_capacity", "must not be negative")
+    return location
+
+
+def canonical_lines(lines: Sequence[Line], field_name: str = "lines") -> tuple[Line, ...]:
+    """Checks every line and merges repeats of one (location, sku): a cart may list an
+    item twice, a reservation holds it once. The result is sorted, so it fingerprints."""
+    if not lines:
+        raise InvalidArgument(field_name, "at least one line is required")
+    if len(lines) > MAX_LINES:
+        raise InvalidArgument(field_name, f"at most {MAX_LINES} lines, got {len(lines)}")
+    merged: dict[tuple[str, str], int] = {}
+    for i, line in enumerate(lines):
+        check_id(line.location, f"{field_name}[{i}].location_id")
+        check_id(line.sku, f"{field_name}[{i}].sku")
+        check_qty(line.qty, f"{field_name}[{i}].qty")
+        key = (line.location, line.sku)
+        merged[key] = check_qty(merged.get(key, 0) + line.qty, f"{field_name}[{i}].qty")
+    return tuple(Line(loc, sku, qty) for (loc, sku), qty in sorted(merged.items()))
+
+
+def fingerprint(lines: Iterable[Line]) -> str:
+    """Identifies a reservation's content: the same id must always mean the same lines."""
+    text = "\n".join(f"{ln.location}\t{ln.sku}\t{ln.qty}" for ln in lines)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def by_location(lines: Iterable[Line]) -> dict[str, list[Line]]:
+    groups: dict[str, list[Line]] = {}
+    for line in lines:
+        groups.setdefault(line.location, []).append(line)
+    return groups
+
+
+def check_event(event: StockEvent, field_name: str) -> StockEvent:
+    check_id(event.event_id, f"{field_name}.event_id")
+    check_id(event.location, f"{field_name}.location_id")
+    check_id(event.sku, f"{field_name}.sku")
+    if event.reservation_id:
+        check_id(event.reservation_id, f"{field_name}.reservation_id")
+    if event.source_time <= 0:
+        raise InvalidArgument(f"{field_name}.source_time", "must be set (ms since the epoch)")
+    if event.kind is EventKind.COUNT:
+        check_qty(event.qty, f"{field_name}.qty", allow_zero=True)
+    elif event.qty == 0 or abs(event.qty) > MAX_QTY:
+        raise InvalidArgument(f"{field_name}.qty", f"a DELTA must be non-zero, got {event.qty}")
+    return event

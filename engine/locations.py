@@ -1,0 +1,48 @@
+"""The location registry: the locations in Redis, cached in this process.
+
+Locations change rarely and are read on every call that names one, so they are cached;
+a name the cache does not know triggers a reload (at most once a second), so a location
+upserted through another server process is seen promptly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from engine.domain import Location, LocationType
+from engine.errors import InvalidArgument
+from engine.storage import Storage
+
+_RELOAD_INTERVAL = 1.0
+
+
+class LocationRegistry:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.by_id: dict[str, Location] = {}
+        self._loaded_at = float("-inf")
+
+    async def reload(self) -> None:
+        self.by_id = await self.storage.load_locations()
+        self._loaded_at = time.monotonic()
+
+    async def upsert(self, locations: Sequence[Location]) -> None:
+        await self.storage.upsert_locations(locations)
+        await self.reload()
+
+    async def require(self, ids: Iterable[str], field: str) -> None:
+        """Every id must name a known location, else INVALID_ARGUMENT naming the first."""
+        missing = [i for i in ids if i not in self.by_id]
+        if missing and time.monotonic() - self._loaded_at > _RELOAD_INTERVAL:
+            await self.reload()
+            missing = [i for i in missing if i not in self.by_id]
+        if missing:
+            raise InvalidArgument(field, f"unknown location {missing[0]!r}")
+
+    async def active(self, types: set[LocationType]) -> list[Location]:
+        if time.monotonic() - self._loaded_at > _RELOAD_INTERVAL:
+            await self.reload()
+        return [
+            loc for loc in self.by_id.values() if loc.active and (not types or loc.type in types)
+        ]

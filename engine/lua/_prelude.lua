@@ -1,0 +1,67 @@
+-- Shared helpers, prepended to every script when it is loaded (engine/storage.py).
+-- A stock row is one hash field of its location's bucket: sku -> "on_hand,reserved,safety,version,as_of".
+
+local function read_row(key, sku)
+  local v = redis.call('HGET', key, sku)
+  if not v then return {0, 0, 0, 0, 0} end
+  local a, b, c, d, e = string.match(v, '^(-?%d+),(%d+),(%d+),(%d+),(%d+)$')
+  return {tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(e)}
+end
+
+local function write_row(key, sku, r)
+  r[4] = r[4] + 1
+  redis.call('HSET', key, sku, string.format('%d,%d,%d,%d,%d', r[1], r[2], r[3], r[4], r[5]))
+end
+
+local function available(r)
+  local a = r[1] - r[2] - r[3]
+  if a < 0 then return 0 end
+  return a
+end
+
+-- "sku\tqty\n..." -> {{sku, qty}, ...}
+local function parse_lines(text)
+  local out = {}
+  for sku, qty in string.gmatch(text or '', '([^\t\n]+)\t(%d+)\n') do
+    out[#out + 1] = {sku, tonumber(qty)}
+  end
+  return out
+end
+
+-- ARGV from position i on: n triples (sku, a, b) -> map sku -> {a, b}
+local function key_map(argv, i, n)
+  local m = {}
+  for j = 0, n - 1 do
+    local p = i + j * 3
+    m[argv[p]] = {tonumber(argv[p + 1]), tonumber(argv[p + 2])}
+  end
+  return m
+end
+
+-- The reservation directory (res:{<id>}) is the authority on what an id means (I4):
+-- its fingerprint field 'f' names the lines, its saga field 'g' is '' once settled.
+-- Returns false when absent, 'CONFLICT' when the id holds other lines, else the saga field.
+local function read_dir(key, fp)
+  local cur = redis.call('HMGET', key, 'f', 'g')
+  if not cur[1] then return false end
+  if cur[1] ~= fp then return 'CONFLICT' end
+  return cur[2] or ''
+end
+
+local function write_dir(key, fp, lines, saga, ttl_ms)
+  redis.call('HSET', key, 'f', fp, 'l', lines, 'g', saga)
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+
+-- Takes a HELD reservation part off the rows it holds: reserved drops by each line's qty.
+local function unhold(rec, holds, id, state, buckets, retention_ms)
+  for _, ln in ipairs(parse_lines(redis.call('HGET', rec, 'l'))) do
+    local key = KEYS[buckets[ln[1]][1]]
+    local r = read_row(key, ln[1])
+    r[2] = r[2] - ln[2]
+    write_row(key, ln[1], r)
+  end
+  redis.call('HSET', rec, 's', state)
+  redis.call('ZREM', holds, id)
+  redis.call('PEXPIRE', rec, retention_ms)
+end

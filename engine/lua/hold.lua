@@ -1,0 +1,52 @@
+-- hold: hold every line of one reservation at one location, all or nothing (I2, I3, I4).
+-- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l)
+-- KEYS[2]  {L}:x        ids HELD at this location, scored by expiry (ms)
+-- KEYS[3..] {L}:s:<b>   stock buckets the lines live in
+-- KEYS[#KEYS] res:{<id>} the directory, only when ARGV[6] == '1' (single-location fast path)
+-- ARGV: id, fingerprint, now_ms, expires_at_ms, retention_ms, with_dir, dir_lines, n,
+--       then n triples (sku, qty, bucket key index)
+-- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
+--       | {'EXISTS', state, expires_at} | {'CONFLICT'}
+local id, fp = ARGV[1], ARGV[2]
+local now, exp, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local n = tonumber(ARGV[8])
+
+local dir = false
+if ARGV[6] == '1' then
+  dir = read_dir(KEYS[#KEYS], fp)
+  if dir == 'CONFLICT' then return {'CONFLICT'} end
+end
+
+local cur = redis.call('HMGET', KEYS[1], 'f', 's', 'x')
+if cur[1] then
+  if cur[1] ~= fp then return {'CONFLICT'} end
+  return {'EXISTS', cur[2], tonumber(cur[3])}
+end
+
+local short, rows = {}, {}
+for j = 0, n - 1 do
+  local sku, qty, k = ARGV[9 + j * 3], tonumber(ARGV[10 + j * 3]), tonumber(ARGV[11 + j * 3])
+  local r = read_row(KEYS[k], sku)
+  local a = available(r)
+  if a < qty then
+    short[#short + 1] = sku
+    short[#short + 1] = qty
+    short[#short + 1] = a
+  end
+  rows[j + 1] = {KEYS[k], sku, qty, r}
+end
+if #short > 0 then
+  table.insert(short, 1, 'SHORT')
+  return short
+end
+
+if ARGV[6] == '1' and not dir then write_dir(KEYS[#KEYS], fp, ARGV[7], '', exp - now + retention) end
+local lines = {}
+for _, x in ipairs(rows) do
+  x[4][2] = x[4][2] + x[3]
+  write_row(x[1], x[2], x[4])
+  lines[#lines + 1] = x[2] .. '\t' .. x[3] .. '\n'
+end
+redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(lines))
+redis.call('ZADD', KEYS[2], exp, id)
+return {'HELD', exp}

@@ -1,0 +1,53 @@
+"""Prometheus metrics, in their own registry so several servers can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpc_seconds = Histogram(
+            "omnistock_rpc_seconds",
+            "gRPC request latency by method and status code",
+            ["method", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.holds = Counter(
+            "omnistock_holds_total",
+            "Reserve outcomes: held, short (not enough stock), existing (a retried id)",
+            ["outcome"],
+            registry=r,
+        )
+        self.commits = Counter("omnistock_commits_total", "Reservations committed", registry=r)
+        self.releases = Counter("omnistock_releases_total", "Reservations released", registry=r)
+        self.expiries = Counter(
+            "omnistock_expiries_total", "Reservation parts expired by the sweeper", registry=r
+        )
+        self.shortages = Counter(
+            "omnistock_shortages_total",
+            "Rows left short: a count or delta dropped on_hand below what is held",
+            registry=r,
+        )
+        self.events = Counter(
+            "omnistock_stock_events_total",
+            "Stock events by outcome (applied, duplicate, stale, echo)",
+            ["outcome"],
+            registry=r,
+        )
+        self.sagas_recovered = Counter(
+            "omnistock_sagas_recovered_total",
+            "Cross-location steps finished or rolled back by recovery",
+            ["action"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "omnistock_redis_up", "1 when the last Redis exchange succeeded", registry=r
+        )

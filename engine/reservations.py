@@ -1,0 +1,295 @@
+"""Reservations: holds at one or several locations, and their commit, release and extend.
+
+A reservation at one location is one Lua script: the directory entry and the hold are
+written together (one round trip). A reservation across locations is a saga of per-location
+atomic steps under a durable intent: the directory entry, with saga field PENDING:<owner>,
+and an entry in the sagas index written before any step. The owner holds every part; if a
+part falls short it releases the others and forgets the reservation; if it dies midway, the
+sweeper finds the saga past its timeout and rolls it back (tombstoning every part, so a late
+step cannot land). A cross-location commit first pins every part (it can no longer expire),
+records the decision COMMITTING, then commits each part; recovery finishes a decided commit.
+
+States: each part has HELD | COMMITTED | RELEASED | EXPIRED; the reservation's state is
+theirs, or COMMITTED once a commit was decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.clock import Clock
+from engine.domain import (
+    HoldResult,
+    Line,
+    Reservation,
+    ReservationState,
+    Shortfall,
+    by_location,
+    canonical_lines,
+    check_id,
+    check_ttl,
+    fingerprint,
+)
+from engine.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from engine.metrics import Metrics
+from engine.storage import DirEntry, Storage, encode_lines
+
+PENDING = "PENDING:"
+COMMITTING = "COMMITTING"
+ABORTED = "ABORTED"
+_COMMIT_PIN_MS = 120_000
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    default_ttl_ms: int
+    saga_timeout_ms: int
+
+
+class Reservations:
+    def __init__(self, storage: Storage, clock: Clock, timing: Timing, metrics: Metrics) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.timing = timing
+        self.metrics = metrics
+
+    # -- Reserve ----------------------------------------------------------------------
+
+    async def reserve(
+        self, reservation_id: str, lines: Sequence[Line], ttl_seconds: float = 0.0
+    ) -> HoldResult:
+        check_id(reservation_id, "reservation_id")
+        canon = canonical_lines(lines)
+        ttl_ms = self.timing.default_ttl_ms
+        if ttl_seconds:
+            check_ttl(ttl_seconds, "ttl_seconds")
+            ttl_ms = int(ttl_seconds * 1000)
+        groups = by_location(canon)
+        if len(groups) == 1:
+            result = await self._reserve_one(reservation_id, canon, ttl_ms)
+        else:
+            result = await self._reserve_saga(reservation_id, canon, groups, ttl_ms)
+        self.metrics.holds.labels("held" if result.ok else "short").inc()
+        return result
+
+    async def _reserve_one(self, rid: str, lines: tuple[Line, ...], ttl_ms: int) -> HoldResult:
+        now = self.clock.now_ms()
+        fp, location = fingerprint(lines), lines[0].location
+        keys, args = self.storage.hold_call(
+            rid, fp, location, lines, now, now + ttl_ms, encode_lines(lines)
+        )
+        (answer,) = await self.storage.hold([(location, keys, args)])
+        return self._hold_answer(rid, lines, location, answer)
+
+    def _hold_answer(
+        self, rid: str, lines: tuple[Line, ...], location: str, answer: list[object]
+    ) -> HoldResult:
+        kind = answer[0]
+        if kind == "CONFLICT":
+            raise AlreadyExists(f"reservation {rid} exists with other lines")
+        if kind == "SHORT":
+            return HoldResult(None, _shortfalls(location, answer[1:]))
+        state = "HELD" if kind == "HELD" else str(answer[1])
+        expires_at = int(str(answer[-1] or 0))
+        return HoldResult(Reservation(rid, lines, ReservationState(state), expires_at))
+
+    async def _reserve_saga(
+        self, rid: str, lines: tuple[Line, ...], groups: dict[str, list[Line]], ttl_ms: int
+    ) -> HoldResult:
+        now = self.clock.now_ms()
+        fp, owner = fingerprint(lines), uuid.uuid4().hex
+        ttl = ttl_ms + self.storage.retention_ms
+        recover_at = now + self.timing.saga_timeout_ms
+        claimed = await self.storage.claim(rid, fp, encode_lines(lines), owner, ttl, recover_at)
+        if claimed[0] == "CONFLICT":
+            raise AlreadyExists(f"reservation {rid} exists with other lines")
+        if claimed[0] == "SAGA":
+            return HoldResult(await self._settled(rid, str(claimed[1])))
+        calls = [
+            (loc, *self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None))
+            for loc, part in groups.items()
+        ]
+        answers = await self.storage.hold(calls)
+        held = [loc for (loc, _, _), a in zip(calls, answers, strict=True) if a[0] == "HELD"]
+        if len(held) == len(calls):
+            if not await self.storage.settle(rid, PENDING + owner, ""):
+                await self._release_parts(rid, groups, held, tombstone=True)
+                raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
+            await self.storage.unschedule_saga(rid)
+            return HoldResult(Reservation(rid, lines, ReservationState.HELD, now + ttl_ms))
+        shortfalls: list[Shortfall] = []
+        for (loc, _, _), answer in zip(calls, answers, strict=True):
+            if answer[0] == "SHORT":
+                shortfalls += _shortfalls(loc, answer[1:])
+        await self._release_parts(rid, groups, held, tombstone=False)
+        await self.storage.drop_directory(rid, fp)
+        await self.storage.unschedule_saga(rid)
+        if not shortfalls:
+            raise Unavailable(f"reservation {rid} was rolled back concurrently; retry")
+        return HoldResult(None, tuple(shortfalls))
+
+    async def _settled(self, rid: str, saga: str) -> Reservation:
+        """Another call owns this saga: wait for it to settle, then answer as it did."""
+        deadline = self.clock.now_ms() + self.timing.saga_timeout_ms
+        while saga.startswith(PENDING) and self.clock.now_ms() < deadline:
+            await asyncio.sleep(0.01)
+            entry = await self.storage.directory(rid)
+            if entry is None:
+                raise NotFound(f"reservation {rid} did not take effect; retry")
+            saga = entry.saga
+        if saga.startswith(PENDING):
+            raise Unavailable(f"reservation {rid} is still being placed; retry")
+        return await self.get(rid)
+
+    async def _release_parts(
+        self, rid: str, groups: dict[str, list[Line]], locations: Sequence[str], tombstone: bool
+    ) -> list[list[object]]:
+        return list(
+            await asyncio.gather(
+                *(
+                    self.storage.release_part(
+                        rid, loc, [ln.sku for ln in groups[loc]], tombstone=tombstone
+                    )
+                    for loc in locations
+                )
+            )
+        )
+
+    # -- Commit, Release, Extend, Get -------------------------------------------------
+
+    async def _entry(self, rid: str) -> DirEntry:
+        check_id(rid, "reservation_id")
+        entry = await self.storage.directory(rid)
+        if entry is None:
+            raise NotFound(f"reservation {rid} not found")
+        return entry
+
+    async def commit(self, rid: str) -> Reservation:
+        entry = await self._entry(rid)
+        groups = by_location(entry.lines)
+        if entry.saga.startswith(PENDING):
+            raise FailedPrecondition(f"reservation {rid} is still being placed")
+        if entry.saga == ABORTED:
+            raise FailedPrecondition(f"reservation {rid} was rolled back")
+        if len(groups) == 1 or entry.saga == COMMITTING:
+            await self._commit_parts(rid, groups, force=entry.saga == COMMITTING)
+        elif await self._pin(rid, groups):
+            await self.storage.schedule_saga(rid, self.clock.now_ms())
+            if await self.storage.settle(rid, "", COMMITTING):
+                await self._commit_parts(rid, groups, force=True)
+            await self.storage.settle(rid, COMMITTING, "")
+            await self.storage.unschedule_saga(rid)
+        return await self.get(rid)
+
+    async def _commit_parts(self, rid: str, groups: dict[str, list[Line]], force: bool) -> None:
+        now = self.clock.now_ms()
+        answers = await asyncio.gather(
+            *(
+                self.storage.commit_part(rid, loc, [ln.sku for ln in part], now, force)
+                for loc, part in groups.items()
+            )
+        )
+        for answer in answers:
+            if answer[0] == "STATE":
+                raise FailedPrecondition(f"reservation {rid} is {answer[1]}, not HELD")
+            if answer[0] == "MISSING":
+                raise NotFound(f"reservation {rid} not found")
+        if any(answer[1] == 1 for answer in answers):
+            self.metrics.commits.inc()
+
+    async def _pin(self, rid: str, groups: dict[str, list[Line]]) -> bool:
+        """Every part must still be HELD, and stays so past the commit (no expiry midway).
+        False: every part was committed before, nothing to do."""
+        now = self.clock.now_ms()
+        answers = await asyncio.gather(
+            *(self.storage.extend_part(rid, loc, now, now + _COMMIT_PIN_MS, True) for loc in groups)
+        )
+        states = {str(a[1]) if a[0] == "STATE" else str(a[0]) for a in answers}
+        if states == {"HELD"}:
+            return True
+        if states == {"COMMITTED"}:
+            return False
+        await self._release_parts(rid, groups, list(groups), tombstone=False)
+        bad = sorted(states - {"HELD"})
+        raise FailedPrecondition(f"reservation {rid} is {', '.join(bad)}, not HELD")
+
+    async def release(self, rid: str) -> Reservation:
+        entry = await self._entry(rid)
+        if entry.saga.startswith(PENDING) or entry.saga == COMMITTING:
+            raise FailedPrecondition(f"reservation {rid} is being placed or committed")
+        groups = by_location(entry.lines)
+        answers = await self._release_parts(rid, groups, list(groups), tombstone=False)
+        if any(a[0] == "STATE" and a[1] == "COMMITTED" for a in answers):
+            raise FailedPrecondition(f"reservation {rid} is COMMITTED; it cannot be released")
+        if any(a[0] == "RELEASED" and a[1] == 1 for a in answers):
+            self.metrics.releases.inc()
+        return await self.get(rid)
+
+    async def extend(self, rid: str, ttl_seconds: float) -> Reservation:
+        check_ttl(ttl_seconds, "ttl_seconds")
+        entry = await self._entry(rid)
+        if entry.saga:
+            raise FailedPrecondition(f"reservation {rid} is being placed or committed")
+        now = self.clock.now_ms()
+        expires_at = now + int(ttl_seconds * 1000)
+        groups = by_location(entry.lines)
+        answers = await asyncio.gather(
+            *(self.storage.extend_part(rid, loc, now, expires_at, False) for loc in groups)
+        )
+        for answer in answers:
+            if answer[0] != "HELD":
+                state = answer[1] if answer[0] == "STATE" else "missing"
+                raise FailedPrecondition(f"reservation {rid} is {state}, not HELD")
+        return await self.get(rid)
+
+    async def get(self, rid: str) -> Reservation:
+        entry = await self._entry(rid)
+        parts = await self.storage.parts(rid, by_location(entry.lines))
+        states = {p.state for p in parts}
+        if entry.saga == COMMITTING:
+            state = ReservationState.COMMITTED
+        elif entry.saga == ABORTED:
+            state = ReservationState.RELEASED
+        else:
+            state = _overall(states)
+        expires_at = min((p.expires_at for p in parts), default=0)
+        return Reservation(rid, entry.lines, state, expires_at)
+
+    # -- recovery (the sweeper calls this) ---------------------------------------------
+
+    async def recover(self, rid: str) -> str:
+        """Finishes or rolls back a saga whose owner did not; returns what it did."""
+        entry = await self.storage.directory(rid)
+        action = "none"
+        if entry is not None:
+            groups = by_location(entry.lines)
+            if entry.saga.startswith(PENDING) and await self.storage.settle(
+                rid, entry.saga, ABORTED
+            ):
+                await self._release_parts(rid, groups, list(groups), tombstone=True)
+                action = "rolled_back"
+            elif entry.saga == COMMITTING:
+                await self._commit_parts(rid, groups, force=True)
+                await self.storage.settle(rid, COMMITTING, "")
+                action = "committed"
+        await self.storage.unschedule_saga(rid)
+        if action != "none":
+            self.metrics.sagas_recovered.labels(action).inc()
+        return action
+
+
+def _shortfalls(location: str, flat: Sequence[object]) -> tuple[Shortfall, ...]:
+    return tuple(
+        Shortfall(location, str(flat[i]), int(str(flat[i + 1])), int(str(flat[i + 2])))
+        for i in range(0, len(flat), 3)
+    )
+
+
+def _overall(states: set[str | None]) -> ReservationState:
+    for candidate in ("COMMITTED", "HELD", "EXPIRED", "RELEASED"):
+        if candidate in states:
+            return ReservationState(candidate)
+    raise NotFound("reservation has no parts left")

@@ -1,0 +1,378 @@
+"""The one seam to gRPC: servicers translate protobuf <-> domain, and our errors into status
+codes (in `rpc`, the one place). No business rules live here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from engine.domain import (
+    EventKind,
+    Line,
+    Location,
+    LocationType,
+    Reservation,
+    StockEvent,
+    StockRow,
+    check_event,
+    check_id,
+    check_location,
+    check_qty,
+)
+from engine.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OmnistockError,
+    Unavailable,
+)
+from engine.locations import LocationRegistry
+from engine.metrics import Metrics
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.reservations import Reservations
+from engine.storage import Storage
+
+log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+MAX_SKUS = 1000
+MAX_ROWS = 20_000
+MAX_EVENTS = 5000
+
+_CODES: tuple[tuple[type[OmnistockError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+_TYPES = {
+    pb.LOCATION_TYPE_STORE: LocationType.STORE,
+    pb.LOCATION_TYPE_DC: LocationType.DC,
+    pb.LOCATION_TYPE_DARK_STORE: LocationType.DARK_STORE,
+}
+_TYPES_BACK = {v: k for k, v in _TYPES.items()}
+_STATES = {
+    "HELD": pb.RESERVATION_STATE_HELD,
+    "COMMITTED": pb.RESERVATION_STATE_COMMITTED,
+    "RELEASED": pb.RESERVATION_STATE_RELEASED,
+    "EXPIRED": pb.RESERVATION_STATE_EXPIRED,
+}
+_OUTCOMES = {
+    "APPLIED": pb.EVENT_OUTCOME_APPLIED,
+    "DUPLICATE": pb.EVENT_OUTCOME_DUPLICATE,
+    "STALE": pb.EVENT_OUTCOME_STALE,
+    "ECHO": pb.EVENT_OUTCOME_ECHO,
+}
+
+
+def status_of(exc: OmnistockError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
+    """Times the call, honours its deadline, and maps our errors to status codes."""
+
+    def wrap(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+        @functools.wraps(handler)
+        async def run(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+            metrics: Metrics = self.metrics
+            start, code = time.perf_counter(), grpc.StatusCode.OK
+            remaining = context.time_remaining()
+            try:
+                async with asyncio.timeout(remaining):
+                    return await handler(self, request, context)
+            except OmnistockError as exc:
+                code = status_of(exc)
+                await context.abort(code, str(exc))
+            except TimeoutError:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                await context.abort(code, f"{method}: deadline exceeded")
+            finally:
+                metrics.redis_up.set(0 if code is grpc.StatusCode.UNAVAILABLE else 1)
+                elapsed = time.perf_counter() - start
+                metrics.rpc_seconds.labels(method, code.name).observe(elapsed)
+            raise AssertionError("unreachable: abort raises")
+
+        return run
+
+    return wrap
+
+
+# -- translation ------------------------------------------------------------------------
+
+
+def level(location: str, sku: str, row: StockRow) -> pb.StockLevel:
+    return pb.StockLevel(
+        location_id=location,
+        sku=sku,
+        available=row.available,
+        on_hand=row.on_hand,
+        reserved=row.reserved,
+        safety_stock=row.safety_stock,
+        version=row.version,
+        as_of=row.as_of,
+    )
+
+
+def reservation_pb(res: Reservation) -> pb.Reservation:
+    return pb.Reservation(
+        reservation_id=res.id,
+        state=_STATES[res.state.value],
+        expires_at=res.expires_at if res.state.value == "HELD" else 0,
+        lines=[
+            pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty) for ln in res.lines
+        ],
+    )
+
+
+def location_from_pb(msg: pb.Location, field: str) -> Location:
+    if msg.type not in _TYPES:
+        raise InvalidArgument(f"{field}.type", "must be STORE, DC or DARK_STORE")
+    loc = Location(
+        id=msg.id,
+        name=msg.name or msg.id,
+        type=_TYPES[msg.type],
+        latitude=msg.latitude,
+        longitude=msg.longitude,
+        pickup_enabled=msg.pickup_enabled,
+        ship_enabled=msg.ship_enabled,
+        ship_capacity=msg.ship_capacity if msg.HasField("ship_capacity") else None,
+        priority=msg.priority,
+        active=msg.active,
+    )
+    return check_location(loc, field)
+
+
+def location_pb(loc: Location) -> pb.Location:
+    msg = pb.Location(
+        id=loc.id,
+        name=loc.name,
+        type=_TYPES_BACK[loc.type],
+        latitude=loc.latitude,
+        longitude=loc.longitude,
+        pickup_enabled=loc.pickup_enabled,
+        ship_enabled=loc.ship_enabled,
+        priority=loc.priority,
+        active=loc.active,
+    )
+    if loc.ship_capacity is not None:
+        msg.ship_capacity = loc.ship_capacity
+    return msg
+
+
+def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
+    kinds = {pb.EVENT_KIND_COUNT: EventKind.COUNT, pb.EVENT_KIND_DELTA: EventKind.DELTA}
+    if msg.kind not in kinds:
+        raise InvalidArgument(f"{field}.kind", "must be COUNT or DELTA")
+    event = StockEvent(
+        event_id=msg.event_id,
+        location=msg.location_id,
+        sku=msg.sku,
+        kind=kinds[msg.kind],
+        qty=msg.qty,
+        source_time=msg.source_time,
+        reservation_id=msg.reservation_id,
+        source=msg.source,
+    )
+    return check_event(event, field)
+
+
+def lines_from_pb(lines: Sequence[pb.ReservationLine]) -> list[Line]:
+    return [Line(ln.location_id, ln.sku, ln.qty) for ln in lines]
+
+
+# -- services ---------------------------------------------------------------------------
+
+
+class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
+    def __init__(self, storage: Storage, locations: LocationRegistry, metrics: Metrics) -> None:
+        self.storage = storage
+        self.locations = locations
+        self.metrics = metrics
+
+    @rpc("GetAvailability")
+    async def GetAvailability(
+        self, request: pb.GetAvailabilityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAvailabilityResponse:
+        skus = list(dict.fromkeys(check_id(s, f"skus[{i}]") for i, s in enumerate(request.skus)))
+        if not skus:
+            raise InvalidArgument("skus", "at least one sku is required")
+        if len(skus) > MAX_SKUS:
+            raise InvalidArgument("skus", f"at most {MAX_SKUS} skus, got {len(skus)}")
+        by_type = not request.location_ids
+        locations = await self._locations(request)
+        if len(skus) * len(locations) > MAX_ROWS:
+            raise InvalidArgument(
+                "location_ids", f"{len(skus)} skus x {len(locations)} locations is over {MAX_ROWS}"
+            )
+        pairs = [(loc, sku) for loc in locations for sku in skus]
+        rows = await self.storage.rows(pairs)
+        keep_empty = request.include_empty or not by_type
+        return pb.GetAvailabilityResponse(
+            levels=[
+                level(loc, sku, row)
+                for (loc, sku), row in zip(pairs, rows, strict=True)
+                if keep_empty or row.available > 0
+            ]
+        )
+
+    async def _locations(self, request: pb.GetAvailabilityRequest) -> list[str]:
+        if request.location_ids:
+            ids = list(dict.fromkeys(request.location_ids))
+            for i, loc in enumerate(ids):
+                check_id(loc, f"location_ids[{i}]")
+            await self.locations.require(ids, "location_ids")
+            return ids
+        types = set()
+        for i, t in enumerate(request.location_types):
+            if t not in _TYPES:
+                raise InvalidArgument(f"location_types[{i}]", "must be STORE, DC or DARK_STORE")
+            types.add(_TYPES[t])
+        return [loc.id for loc in await self.locations.active(types)]
+
+
+class ReservationService(pb_grpc.ReservationServiceServicer):
+    def __init__(
+        self, reservations: Reservations, locations: LocationRegistry, metrics: Metrics
+    ) -> None:
+        self.reservations = reservations
+        self.locations = locations
+        self.metrics = metrics
+
+    @rpc("Reserve")
+    async def Reserve(
+        self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReserveResponse:
+        lines = lines_from_pb(request.lines)
+        for i, line in enumerate(lines):
+            check_id(line.location, f"lines[{i}].location_id")
+        await self.locations.require([ln.location for ln in lines], "lines[].location_id")
+        result = await self.reservations.reserve(request.reservation_id, lines, request.ttl_seconds)
+        if result.reservation is not None:
+            return pb.ReserveResponse(reservation=reservation_pb(result.reservation))
+        return pb.ReserveResponse(
+            shortfalls=[
+                pb.Shortfall(
+                    location_id=s.location, sku=s.sku, requested=s.requested, available=s.available
+                )
+                for s in result.shortfalls
+            ]
+        )
+
+    @rpc("Commit")
+    async def Commit(
+        self, request: pb.CommitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reservation:
+        return reservation_pb(await self.reservations.commit(request.reservation_id))
+
+    @rpc("Release")
+    async def Release(
+        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reservation:
+        return reservation_pb(await self.reservations.release(request.reservation_id))
+
+    @rpc("Extend")
+    async def Extend(
+        self, request: pb.ExtendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reservation:
+        res = await self.reservations.extend(request.reservation_id, request.ttl_seconds)
+        return reservation_pb(res)
+
+    @rpc("GetReservation")
+    async def GetReservation(
+        self, request: pb.GetReservationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reservation:
+        return reservation_pb(await self.reservations.get(request.reservation_id))
+
+
+class StockService(pb_grpc.StockServiceServicer):
+    def __init__(
+        self,
+        storage: Storage,
+        locations: LocationRegistry,
+        metrics: Metrics,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.storage = storage
+        self.locations = locations
+        self.metrics = metrics
+        self.now_ms = now_ms
+
+    @rpc("UpsertLocations")
+    async def UpsertLocations(
+        self, request: pb.UpsertLocationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertLocationsResponse:
+        if not request.locations:
+            raise InvalidArgument("locations", "at least one location is required")
+        locs = [location_from_pb(m, f"locations[{i}]") for i, m in enumerate(request.locations)]
+        await self.locations.upsert(locs)
+        return pb.UpsertLocationsResponse(upserted=len(locs))
+
+    @rpc("SetSafetyStock")
+    async def SetSafetyStock(
+        self, request: pb.SetSafetyStockRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetSafetyStockResponse:
+        if not request.entries:
+            raise InvalidArgument("entries", "at least one entry is required")
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for i, e in enumerate(request.entries):
+            check_id(e.location_id, f"entries[{i}].location_id")
+            check_id(e.sku, f"entries[{i}].sku")
+            check_qty(e.qty, f"entries[{i}].qty", allow_zero=True)
+            groups.setdefault(e.location_id, []).append((e.sku, e.qty))
+        await self.locations.require(list(groups), "entries[].location_id")
+        changed = await asyncio.gather(
+            *(self.storage.set_safety_stock(loc, items) for loc, items in groups.items())
+        )
+        return pb.SetSafetyStockResponse(changed=sum(changed))
+
+    @rpc("ApplyEvents")
+    async def ApplyEvents(
+        self, request: pb.ApplyEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApplyEventsResponse:
+        if not request.events:
+            raise InvalidArgument("events", "at least one event is required")
+        if len(request.events) > MAX_EVENTS:
+            raise InvalidArgument("events", f"at most {MAX_EVENTS} events per call")
+        events = [event_from_pb(m, f"events[{i}]") for i, m in enumerate(request.events)]
+        groups: dict[str, list[int]] = {}
+        for i, ev in enumerate(events):
+            groups.setdefault(ev.location, []).append(i)
+        await self.locations.require(list(groups), "events[].location_id")
+        now = self.now_ms()
+        applied = await asyncio.gather(
+            *(
+                self.storage.apply_events(loc, [events[i] for i in idx], now)
+                for loc, idx in groups.items()
+            )
+        )
+        outcomes = [pb.EVENT_OUTCOME_UNSPECIFIED] * len(events)
+        short = []
+        for (loc, idx), result in zip(groups.items(), applied, strict=True):
+            for i, outcome in zip(idx, result.outcomes, strict=True):
+                outcomes[i] = _OUTCOMES[outcome.value]
+                self.metrics.events.labels(outcome.value.lower()).inc()
+            for sku, on_hand, reserved in result.short_rows:
+                short.append(
+                    pb.ShortRow(location_id=loc, sku=sku, on_hand=on_hand, reserved=reserved)
+                )
+                log.warning(
+                    "short row %s/%s: on_hand %d < reserved %d", loc, sku, on_hand, reserved
+                )
+        self.metrics.shortages.inc(len(short))
+        return pb.ApplyEventsResponse(outcomes=outcomes, short_rows=short)

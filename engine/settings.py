@@ -1,0 +1,113 @@
+"""Configuration: one frozen dataclass, built from command-line flags over environment
+variables over defaults. Building it has no side effects."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = field(default="127.0.0.1:50051", metadata={"help": "gRPC host:port"})
+    redis_url: str = field(
+        default="",
+        metadata={
+            "env": "REDIS_URL",
+            "help": "redis:// or rediss:// URL; empty starts the embedded server",
+        },
+    )
+    state_dir: Path = field(
+        default=Path("state"), metadata={"help": "where the embedded server keeps its data"}
+    )
+    metrics_port: int = field(
+        default=9464, metadata={"help": "Prometheus metrics on 127.0.0.1:<port>; 0 = off"}
+    )
+    demo: bool = field(default=False, metadata={"help": "load demo stores and stock if empty"})
+    hold_ttl_seconds: float = field(default=900.0, metadata={"help": "default hold lifetime"})
+    retention_hours: float = field(
+        default=72.0, metadata={"help": "how long settled reservations are remembered"}
+    )
+    event_window_hours: float = field(
+        default=72.0, metadata={"help": "how long stock event ids are remembered (dedupe)"}
+    )
+    stock_buckets: int = field(
+        default=256, metadata={"help": "hash buckets per location (fixed for a data set)"}
+    )
+    sweep_interval_ms: int = field(default=200, metadata={"help": "expiry sweeper period"})
+    saga_timeout_seconds: float = field(
+        default=10.0, metadata={"help": "a cross-location step older than this is recovered"}
+    )
+    redis_timeout_seconds: float = field(
+        default=2.0, metadata={"help": "socket timeout for each Redis exchange"}
+    )
+    appendfsync: str = field(
+        default="everysec", metadata={"help": "embedded server AOF fsync: always|everysec"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+
+    @property
+    def retention_ms(self) -> int:
+        return int(self.retention_hours * 3_600_000)
+
+    @property
+    def event_window_ms(self) -> int:
+        return int(self.event_window_hours * 3_600_000)
+
+
+def env_name(name: str) -> str:
+    for f in fields(Settings):
+        if f.name == name:
+            return str(f.metadata.get("env", f"OMNISTOCK_{name.upper()}"))
+    raise KeyError(name)
+
+
+def _convert(kind: object, raw: str) -> object:
+    if kind in (bool, "bool"):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if kind in (int, "int"):
+        return int(raw)
+    if kind in (float, "float"):
+        return float(raw)
+    if kind in (Path, "Path"):
+        return Path(raw)
+    return raw
+
+
+def from_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Flags win over environment variables, which win over the defaults."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="server.py", description="omnistock gRPC server")
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        var = env_name(f.name)
+        if var in env:
+            values[f.name] = _convert(f.type, env[var])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (env {var}; default {f.default})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+    args = parser.parse_args(argv)
+    for f in fields(Settings):
+        raw = getattr(args, f.name)
+        if raw is not None:
+            values[f.name] = raw if isinstance(raw, bool) else _convert(f.type, raw)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    check(settings, parser)
+    return settings
+
+
+def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
+    if settings.appendfsync not in ("always", "everysec"):
+        parser.error("--appendfsync must be always or everysec")
+    if settings.stock_buckets < 1:
+        parser.error("--stock-buckets must be at least 1")
+    if settings.hold_ttl_seconds <= 0:
+        parser.error("--hold-ttl-seconds must be positive")

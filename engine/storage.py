@@ -1,0 +1,514 @@
+"""The one seam to Redis: the key layout, the Lua scripts, and the translation of Redis
+errors into ours. Nothing outside this module names a key or runs a command.
+
+Key layout. Every key of one location carries its hash tag `{L}`, so each per-location
+script touches one hash slot and runs unchanged on Redis Cluster.
+
+    {L}:s:<b>      hash   stock rows of bucket b: sku -> "on_hand,reserved,safety,version,as_of"
+    {L}:d:<b>      zset   changes after the last count of bucket b's rows (DELTAs and commits),
+                          member "sku\\t<event or c:reservation>\\t<signed qty>", score = time (ms)
+    {L}:e          zset   stock event ids applied at L, scored by arrival (the dedupe window)
+    {L}:x          zset   reservation ids HELD at L, scored by expiry (ms)
+    {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines
+    res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field
+    {omnistock}:locations  hash  location id -> JSON
+    {omnistock}:due        zset  "<L>\\t<id>" -> expiry (ms): where the sweeper looks next
+    {omnistock}:sagas      zset  reservation id -> time after which recovery may act
+
+Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
+listpack-encoded hash: a stock row then costs about 40 bytes instead of the ~100 a hash
+table entry or a key of its own would (measured: tests/test_storage.py, bench/RESULTS.md).
+
+Scripts run with EVALSHA; NOSCRIPT (an empty script cache after a Redis restart) loads them
+and runs the call again, which is safe because every script here is idempotent.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+
+from engine.domain import (
+    EventOutcome,
+    Line,
+    Location,
+    LocationType,
+    StockEvent,
+    StockRow,
+)
+from engine.errors import Unavailable
+
+T = TypeVar("T")
+LOCATIONS = "{omnistock}:locations"
+DUE = "{omnistock}:due"
+SAGAS = "{omnistock}:sagas"
+
+
+class Script:
+    """A Lua file from engine/lua, prefixed with the shared helpers, run by SHA."""
+
+    _prelude: str | None = None
+
+    def __init__(self, name: str) -> None:
+        files = importlib.resources.files("engine") / "lua"
+        if Script._prelude is None:
+            Script._prelude = (files / "_prelude.lua").read_text()
+        self.name = name
+        self.source = Script._prelude + "\n" + (files / f"{name}.lua").read_text()
+        import hashlib
+
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+class Keys:
+    """Key names, in one place (see the module docstring)."""
+
+    def __init__(self, stock_buckets: int) -> None:
+        self.buckets = stock_buckets
+
+    def bucket(self, sku: str) -> int:
+        return zlib.crc32(sku.encode()) % self.buckets
+
+    def stock(self, location: str, sku: str) -> str:
+        return f"{{{location}}}:s:{self.bucket(sku)}"
+
+    def log(self, location: str, sku: str) -> str:
+        return f"{{{location}}}:d:{self.bucket(sku)}"
+
+    @staticmethod
+    def seen(location: str) -> str:
+        return f"{{{location}}}:e"
+
+    @staticmethod
+    def holds(location: str) -> str:
+        return f"{{{location}}}:x"
+
+    @staticmethod
+    def part(location: str, reservation_id: str) -> str:
+        return f"{{{location}}}:r:{reservation_id}"
+
+    @staticmethod
+    def directory(reservation_id: str) -> str:
+        return f"res:{{{reservation_id}}}"
+
+    @staticmethod
+    def due_member(location: str, reservation_id: str) -> str:
+        return f"{location}\t{reservation_id}"
+
+
+class KeyList:
+    """KEYS of one script call: each distinct key once, addressed by its 1-based index."""
+
+    def __init__(self, *fixed: str) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        for key in fixed:
+            self.add(key)
+
+    def add(self, key: str) -> int:
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)
+        return self._index[key]
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    fingerprint: str
+    lines: tuple[Line, ...]
+    saga: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartState:
+    location: str
+    state: str | None  # None: no part at this location
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventsApplied:
+    outcomes: list[EventOutcome]
+    short_rows: list[tuple[str, int, int]]  # sku, on_hand, reserved
+
+
+def encode_lines(lines: Iterable[Line]) -> str:
+    return "".join(f"{ln.location}\t{ln.sku}\t{ln.qty}\n" for ln in lines)
+
+
+def decode_lines(text: str) -> tuple[Line, ...]:
+    out = []
+    for row in text.splitlines():
+        location, sku, qty = row.split("\t")
+        out.append(Line(location, sku, int(qty)))
+    return tuple(out)
+
+
+def parse_row(value: bytes | None) -> StockRow:
+    if value is None:
+        return StockRow()
+    on_hand, reserved, safety, version, as_of = value.split(b",")
+    return StockRow(int(on_hand), int(reserved), int(safety), int(version), int(as_of))
+
+
+_REDIS_DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
+
+
+class Storage:
+    """Stock and reservations in Redis. Every change is one Lua script (EVALSHA)."""
+
+    SCRIPTS = (
+        "hold",
+        "commit",
+        "release",
+        "expire",
+        "extend",
+        "claim",
+        "settle",
+        "apply_events",
+        "set_safety_stock",
+        "unschedule",
+    )
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        stock_buckets: int,
+        retention_ms: int,
+        event_window_ms: int,
+    ) -> None:
+        # redis-py types its replies as wide unions; this seam decodes them itself.
+        self.redis: Any = client
+        self.keys = Keys(stock_buckets)
+        self.retention_ms = retention_ms
+        self.event_window_ms = event_window_ms
+        self.scripts = {name: Script(name) for name in self.SCRIPTS}
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def guard(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Runs one Redis exchange; a cold script cache is filled and the exchange rerun."""
+        try:
+            try:
+                return await make()
+            except rexc.NoScriptError:
+                await self.load_scripts()
+                return await make()
+        except _REDIS_DOWN as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    async def load_scripts(self) -> None:
+        for script in self.scripts.values():
+            await self.redis.script_load(script.source)
+
+    async def ping(self) -> None:
+        await self.guard(self.redis.ping)
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        sha = self.scripts[name].sha
+        return await self.guard(lambda: self.redis.evalsha(sha, len(keys), *keys, *args))
+
+    async def pipeline(self, build: Callable[[Any], None]) -> list[Any]:
+        """One round trip for several commands. Only idempotent commands go in, so a rerun
+        after NOSCRIPT is safe."""
+
+        async def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+
+        return await self.guard(run)
+
+    def evalsha(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
+
+    # -- locations --------------------------------------------------------------------
+
+    async def upsert_locations(self, locations: Sequence[Location]) -> None:
+        mapping = {loc.id: orjson.dumps(_location_dict(loc)) for loc in locations}
+        await self.guard(lambda: self.redis.hset(LOCATIONS, mapping=mapping))
+
+    async def load_locations(self) -> dict[str, Location]:
+        raw: dict[bytes, bytes] = await self.guard(lambda: self.redis.hgetall(LOCATIONS))
+        return {k.decode(): _location_from(orjson.loads(v)) for k, v in raw.items()}
+
+    # -- stock ------------------------------------------------------------------------
+
+    async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]:
+        """Stock rows of (location, sku) pairs in one round trip, one HMGET per bucket."""
+        by_key: dict[str, list[int]] = {}
+        for i, (location, sku) in enumerate(pairs):
+            by_key.setdefault(self.keys.stock(location, sku), []).append(i)
+        order = list(by_key.items())
+
+        def build(pipe: Any) -> None:
+            for key, idx in order:
+                pipe.hmget(key, [pairs[i][1] for i in idx])
+
+        results = await self.pipeline(build) if order else []
+        out: list[StockRow] = [StockRow()] * len(pairs)
+        for (_, idx), values in zip(order, results, strict=True):
+            for i, value in zip(idx, values, strict=True):
+                out[i] = parse_row(value)
+        return out
+
+    async def apply_events(
+        self, location: str, events: Sequence[StockEvent], now: int
+    ) -> EventsApplied:
+        keys = KeyList(Keys.seen(location))
+        args: list[Any] = [now, self.event_window_ms, len(events)]
+        for ev in events:
+            part = keys.add(Keys.part(location, ev.reservation_id)) if ev.reservation_id else 0
+            stock = keys.add(self.keys.stock(location, ev.sku))
+            log = keys.add(self.keys.log(location, ev.sku))
+            args += [ev.event_id, ev.kind.value, ev.sku, ev.qty, ev.source_time, stock, log, part]
+        outcomes, short = await self.call("apply_events", keys.keys, args)
+        return EventsApplied(
+            [EventOutcome(o.decode()) for o in outcomes],
+            [
+                (short[i].decode(), int(short[i + 1]), int(short[i + 2]))
+                for i in range(0, len(short), 3)
+            ],
+        )
+
+    async def set_safety_stock(self, location: str, items: Sequence[tuple[str, int]]) -> int:
+        keys = KeyList()
+        args: list[Any] = [len(items)]
+        for sku, qty in items:
+            args += [sku, qty, keys.add(self.keys.stock(location, sku))]
+        return int(await self.call("set_safety_stock", keys.keys, args))
+
+    # -- reservation parts ------------------------------------------------------------
+
+    def _line_keys(self, keys: KeyList, location: str, skus: Iterable[str], log: bool) -> list[Any]:
+        args: list[Any] = []
+        for sku in skus:
+            stock = keys.add(self.keys.stock(location, sku))
+            args += [sku, stock, keys.add(self.keys.log(location, sku)) if log else 0]
+        return args
+
+    def hold_call(
+        self,
+        reservation_id: str,
+        fp: str,
+        location: str,
+        lines: Sequence[Line],
+        now: int,
+        expires_at: int,
+        directory_lines: str | None,
+    ) -> tuple[list[str], list[Any]]:
+        keys = KeyList(Keys.part(location, reservation_id), Keys.holds(location))
+        triples: list[Any] = []
+        for line in lines:
+            triples += [line.sku, line.qty, keys.add(self.keys.stock(location, line.sku))]
+        with_dir = directory_lines is not None
+        if with_dir:
+            keys.add(Keys.directory(reservation_id))
+        args = [reservation_id, fp, now, expires_at, self.retention_ms]
+        args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples]
+        return keys.keys, args
+
+    async def hold(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[list[Any]]:
+        """Holds parts at one or more locations in one round trip. The due entry goes
+        first, so a hold can never exist that the sweeper does not know about."""
+
+        def build(pipe: Any) -> None:
+            for location, keys, args in calls:
+                pipe.zadd(DUE, {Keys.due_member(location, args[0]): args[3]})
+                self.evalsha(pipe, "hold", keys, args)
+
+        results = await self.pipeline(build)
+        return [_decode(r) for r in results[1::2]]
+
+    async def commit_part(
+        self, reservation_id: str, location: str, skus: Iterable[str], now: int, force: bool
+    ) -> list[Any]:
+        keys = KeyList(Keys.part(location, reservation_id), Keys.holds(location))
+        triples = self._line_keys(keys, location, skus, log=True)
+        args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
+        return _decode(await self.call("commit", keys.keys, [*args, *triples]))
+
+    async def release_part(
+        self, reservation_id: str, location: str, skus: Iterable[str], tombstone: bool
+    ) -> list[Any]:
+        keys = KeyList(Keys.part(location, reservation_id), Keys.holds(location))
+        triples = self._line_keys(keys, location, skus, log=False)
+        args = [reservation_id, 0, self.retention_ms, "1" if tombstone else "0"]
+        return _decode(await self.call("release", keys.keys, [*args, len(triples) // 3, *triples]))
+
+    async def extend_part(
+        self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
+    ) -> list[Any]:
+        keys = [
+            Keys.part(location, reservation_id),
+            Keys.holds(location),
+            Keys.directory(reservation_id),
+        ]
+        args = [reservation_id, now, expires_at, self.retention_ms, "pin" if pin else "set"]
+
+        def build(pipe: Any) -> None:
+            pipe.zadd(DUE, {Keys.due_member(location, reservation_id): expires_at})
+            self.evalsha(pipe, "extend", keys, args)
+
+        return _decode((await self.pipeline(build))[1])
+
+    async def parts(self, reservation_id: str, locations: Iterable[str]) -> list[PartState]:
+        locs = list(locations)
+
+        def build(pipe: Any) -> None:
+            for location in locs:
+                pipe.hmget(Keys.part(location, reservation_id), ["s", "x"])
+
+        results = await self.pipeline(build)
+        return [
+            PartState(loc, s.decode() if s else None, int(x) if x else 0)
+            for loc, (s, x) in zip(locs, results, strict=True)
+        ]
+
+    # -- the directory and sagas ------------------------------------------------------
+
+    async def directory(self, reservation_id: str) -> DirEntry | None:
+        key = Keys.directory(reservation_id)
+        f, lines, g = await self.guard(lambda: self.redis.hmget(key, ["f", "l", "g"]))
+        if f is None:
+            return None
+        return DirEntry(f.decode(), decode_lines(lines.decode()), (g or b"").decode())
+
+    async def claim(
+        self, reservation_id: str, fp: str, lines: str, owner: str, ttl_ms: int, recover_at: int
+    ) -> list[Any]:
+        """Opens a cross-location saga; the sagas index entry goes first (see hold)."""
+
+        def build(pipe: Any) -> None:
+            pipe.zadd(SAGAS, {reservation_id: recover_at})
+            args = [fp, lines, owner, ttl_ms]
+            self.evalsha(pipe, "claim", [Keys.directory(reservation_id)], args)
+
+        return _decode((await self.pipeline(build))[1])
+
+    async def settle(self, reservation_id: str, expected: str, new: str, ttl_ms: int = 0) -> bool:
+        args = [expected, new, ttl_ms]
+        return bool(await self.call("settle", [Keys.directory(reservation_id)], args))
+
+    async def schedule_saga(self, reservation_id: str, recover_at: int) -> None:
+        await self.guard(lambda: self.redis.zadd(SAGAS, {reservation_id: recover_at}))
+
+    async def unschedule_saga(self, reservation_id: str) -> None:
+        await self.guard(lambda: self.redis.zrem(SAGAS, reservation_id))
+
+    async def sagas_due(self, now: int, limit: int) -> list[str]:
+        ids = await self.guard(
+            lambda: self.redis.zrangebyscore(SAGAS, "-inf", now, start=0, num=limit)
+        )
+        return [i.decode() for i in ids]
+
+    async def drop_directory(self, reservation_id: str, fp: str) -> None:
+        """Forgets a reservation that never took effect (every part rolled back)."""
+        key = Keys.directory(reservation_id)
+
+        async def run() -> None:
+            if await self.redis.hget(key, "f") == fp.encode():
+                await self.redis.delete(key)
+
+        await self.guard(run)
+
+    # -- expiry -----------------------------------------------------------------------
+
+    async def due(self, now: int, limit: int) -> list[tuple[str, str, float]]:
+        got = await self.guard(
+            lambda: self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit, withscores=True)
+        )
+        out = []
+        for member, score in got:
+            location, reservation_id = member.decode().split("\t", 1)
+            out.append((location, reservation_id, score))
+        return out
+
+    async def unschedule(self, entries: Sequence[tuple[str, str, float]]) -> int:
+        args: list[Any] = []
+        for location, reservation_id, score in entries:
+            args += [Keys.due_member(location, reservation_id), _score(score)]
+        return int(await self.call("unschedule", [DUE], args)) if args else 0
+
+    async def reschedule(self, location: str, reservation_id: str, at: int) -> None:
+        member = Keys.due_member(location, reservation_id)
+        await self.guard(lambda: self.redis.zadd(DUE, {member: at}))
+
+    async def held_due(self, location: str, now: int, limit: int) -> list[tuple[str, bytes]]:
+        """Ids HELD at a location whose expiry has passed, with their lines there."""
+        holds = Keys.holds(location)
+        ids = await self.guard(
+            lambda: self.redis.zrangebyscore(holds, "-inf", now, start=0, num=limit)
+        )
+        if not ids:
+            return []
+
+        def build(pipe: Any) -> None:
+            for rid in ids:
+                pipe.hget(Keys.part(location, rid.decode()), "l")
+
+        lines = await self.pipeline(build)
+        return [(rid.decode(), ln or b"") for rid, ln in zip(ids, lines, strict=True)]
+
+    async def expire(
+        self, location: str, due: Sequence[tuple[str, bytes]], now: int
+    ) -> tuple[int, str, int]:
+        """Expires the due parts; answers how many, and the earliest hold left here."""
+        keys = KeyList(Keys.holds(location))
+        for rid, _ in due:
+            keys.add(Keys.part(location, rid))
+        skus = {row.split(b"\t")[0].decode() for _, text in due for row in text.splitlines()}
+        triples = self._line_keys(keys, location, sorted(skus), log=False)
+        args = [now, self.retention_ms, len(due), *(rid for rid, _ in due)]
+        expired, rid, at = await self.call("expire", keys.keys, [*args, len(skus), *triples])
+        return int(expired), rid.decode(), int(at)
+
+
+def _score(score: float) -> str:
+    return str(int(score)) if score == int(score) else repr(score)
+
+
+def _decode(value: Any) -> list[Any]:
+    return [v.decode() if isinstance(v, bytes) else v for v in value]
+
+
+def _location_dict(loc: Location) -> dict[str, Any]:
+    return {
+        "id": loc.id,
+        "name": loc.name,
+        "type": loc.type.value,
+        "lat": loc.latitude,
+        "lon": loc.longitude,
+        "pickup": loc.pickup_enabled,
+        "ship": loc.ship_enabled,
+        "cap": loc.ship_capacity,
+        "prio": loc.priority,
+        "active": loc.active,
+    }
+
+
+def _location_from(d: dict[str, Any]) -> Location:
+    return Location(
+        id=d["id"],
+        name=d["name"],
+        type=LocationType(d["type"]),
+        latitude=d["lat"],
+        longitude=d["lon"],
+        pickup_enabled=d["pickup"],
+        ship_enabled=d["ship"],
+        ship_capacity=d["cap"],
+        priority=d["prio"],
+        active=d["active"],
+    )

@@ -1,0 +1,72 @@
+"""The sweeper: expires holds past their expiry (I7) and recovers stalled sagas.
+
+Every server process runs one. They may run at once: each step is a CAS or an idempotent
+script, so two sweepers at the same entry do the work once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from engine.clock import Clock
+from engine.errors import OmnistockError
+from engine.metrics import Metrics
+from engine.reservations import Reservations
+from engine.storage import Storage
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+class Sweeper:
+    def __init__(
+        self,
+        storage: Storage,
+        reservations: Reservations,
+        clock: Clock,
+        metrics: Metrics,
+        interval_ms: int,
+    ) -> None:
+        self.storage = storage
+        self.reservations = reservations
+        self.clock = clock
+        self.metrics = metrics
+        self.interval = interval_ms / 1000
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except OmnistockError as exc:
+                log.warning("sweep failed: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self) -> int:
+        """One pass: returns how many reservation parts expired."""
+        now = self.clock.now_ms()
+        expired = await self.expire(now)
+        for rid in await self.storage.sagas_due(now, BATCH):
+            action = await self.reservations.recover(rid)
+            if action != "none":
+                log.info("recovered saga %s: %s", rid, action)
+        return expired
+
+    async def expire(self, now: int) -> int:
+        due = await self.storage.due(now, BATCH)
+        by_location: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+        for entry in due:
+            by_location[entry[0]].append(entry)
+        expired = 0
+        for location, entries in by_location.items():
+            held = await self.storage.held_due(location, now, BATCH)
+            count, next_id, next_at = await self.storage.expire(location, held, now)
+            expired += count
+            if len(held) < BATCH:
+                await self.storage.unschedule(entries)
+            if next_id:
+                await self.storage.reschedule(location, next_id, next_at)
+        if expired:
+            self.metrics.expiries.inc(expired)
+        return expired

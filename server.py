@@ -1,0 +1,45 @@
+"""omnistock server: `python server.py --help`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from engine.app import create_server
+from engine.logs import setup_logging
+from engine.settings import from_args
+
+log = logging.getLogger("omnistock")
+
+
+async def serve(argv: list[str]) -> None:
+    settings = from_args(argv)
+    setup_logging(settings.log_level)
+    app = create_server(settings)
+    await app.start()
+    host = settings.listen.rsplit(":", 1)[0]
+    where = f"{host}:{app.port}"
+    log.info("omnistock serving on %s", where)
+    if settings.metrics_port:
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+    print(
+        f"\nomnistock is listening on {where}. Try:\n"
+        f'  grpcurl -plaintext -d \'{{"skus": ["SKU-000001"], '
+        f'"location_types": ["LOCATION_TYPE_DC"]}}\' \\\n'
+        f"    {where} omnistock.v1.AvailabilityService/GetAvailability\n",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining calls")
+    await app.stop()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(sys.argv[1:]))

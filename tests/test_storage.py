@@ -1,0 +1,166 @@
+"""The Lua scripts, driven directly through the storage seam against a real server."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from engine.domain import EventKind, EventOutcome, Line, StockEvent, fingerprint
+from engine.storage import Keys, Storage, encode_lines
+
+from .conftest import HOUR_MS
+
+NOW = 1_767_225_600_000
+L = "store-a"
+
+
+def count(eid: str, sku: str, qty: int, t: int, location: str = L) -> StockEvent:
+    return StockEvent(eid, location, sku, EventKind.COUNT, qty, t)
+
+
+def delta(eid: str, sku: str, qty: int, t: int, rid: str = "") -> StockEvent:
+    return StockEvent(eid, L, sku, EventKind.DELTA, qty, t, reservation_id=rid)
+
+
+async def hold(storage: Storage, rid: str, lines: list[Line], exp: int = NOW + 60_000) -> list:
+    fp = fingerprint(lines)
+    keys, args = storage.hold_call(rid, fp, L, lines, NOW, exp, encode_lines(lines))
+    (answer,) = await storage.hold([(L, keys, args)])
+    return answer
+
+
+async def test_hold_is_all_or_nothing_and_reports_every_short_line(storage: Storage) -> None:
+    # given two skus with 5 and 1 units
+    await storage.apply_events(
+        L, [count("c1", "a", 5, NOW - 10), count("c2", "b", 1, NOW - 10)], NOW
+    )
+    # when a hold asks 6 of a and 2 of b
+    answer = await hold(storage, "r1", [Line(L, "a", 6), Line(L, "b", 2)])
+    # then both lines are reported short, and nothing is held
+    assert answer == ["SHORT", "a", 6, 5, "b", 2, 1]
+    rows = await storage.rows([(L, "a"), (L, "b")])
+    assert [r.reserved for r in rows] == [0, 0]
+    assert await storage.directory("r1") is None
+
+
+async def test_hold_then_commit_moves_on_hand_and_reserved(storage: Storage) -> None:
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
+    assert (await hold(storage, "r1", [Line(L, "a", 3)]))[0] == "HELD"
+    (row,) = await storage.rows([(L, "a")])
+    assert (row.on_hand, row.reserved, row.available) == (5, 3, 2)
+    assert await storage.commit_part("r1", L, ["a"], NOW + 1, force=False) == ["COMMITTED", 1]
+    assert await storage.commit_part("r1", L, ["a"], NOW + 2, force=False) == ["COMMITTED", 0]
+    (row,) = await storage.rows([(L, "a")])
+    assert (row.on_hand, row.reserved, row.available) == (2, 0, 2)
+
+
+async def test_same_id_same_lines_holds_once_other_lines_conflict(storage: Storage) -> None:
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
+    assert (await hold(storage, "r1", [Line(L, "a", 2)]))[0] == "HELD"
+    assert (await hold(storage, "r1", [Line(L, "a", 2)]))[:2] == ["EXISTS", "HELD"]
+    assert await hold(storage, "r1", [Line(L, "a", 1)]) == ["CONFLICT"]
+    (row,) = await storage.rows([(L, "a")])
+    assert row.reserved == 2
+
+
+async def test_release_gives_units_back_once(storage: Storage) -> None:
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
+    await hold(storage, "r1", [Line(L, "a", 4)])
+    assert await storage.release_part("r1", L, ["a"], tombstone=False) == ["RELEASED", 1]
+    assert await storage.release_part("r1", L, ["a"], tombstone=False) == ["RELEASED", 0]
+    (row,) = await storage.rows([(L, "a")])
+    assert row.reserved == 0 and row.available == 5
+
+
+async def test_expire_takes_back_only_parts_past_their_expiry(storage: Storage) -> None:
+    await storage.apply_events(L, [count("c1", "a", 9, NOW - 10)], NOW)
+    await hold(storage, "early", [Line(L, "a", 2)], exp=NOW + 1000)
+    await hold(storage, "late", [Line(L, "a", 3)], exp=NOW + 5000)
+    due = await storage.held_due(L, NOW + 1000, 100)
+    assert [rid for rid, _ in due] == ["early"]
+    assert await storage.expire(L, due, NOW + 1000) == (1, "late", NOW + 5000)
+    (row,) = await storage.rows([(L, "a")])
+    assert row.reserved == 3
+    assert [p.state for p in await storage.parts("early", [L])] == ["EXPIRED"]
+
+
+async def test_duplicate_event_is_applied_once(storage: Storage) -> None:
+    got = await storage.apply_events(
+        L, [delta("d1", "a", 4, NOW - 5), delta("d1", "a", 4, NOW - 5)], NOW
+    )
+    assert got.outcomes == [EventOutcome.APPLIED, EventOutcome.DUPLICATE]
+    again = await storage.apply_events(L, [delta("d1", "a", 4, NOW - 5)], NOW + 10)
+    assert again.outcomes == [EventOutcome.DUPLICATE]
+    (row,) = await storage.rows([(L, "a")])
+    assert row.on_hand == 4
+
+
+async def test_count_keeps_later_deltas_and_ignores_earlier_ones(storage: Storage) -> None:
+    # a sale at t=20 arrives first, then the count taken at t=10, then a sale from t=5
+    await storage.apply_events(L, [delta("s20", "a", -2, NOW - 80)], NOW)
+    await storage.apply_events(L, [count("c10", "a", 10, NOW - 90)], NOW)
+    late = await storage.apply_events(L, [delta("s5", "a", -1, NOW - 95)], NOW)
+    assert late.outcomes == [EventOutcome.STALE]
+    (row,) = await storage.rows([(L, "a")])
+    assert row.on_hand == 8 and row.as_of == NOW - 90
+
+
+async def test_echo_of_a_committed_sale_is_not_subtracted_twice(storage: Storage) -> None:
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 100)], NOW)
+    await hold(storage, "pos-1", [Line(L, "a", 2)])
+    await storage.commit_part("pos-1", L, ["a"], NOW + 1, force=False)
+    got = await storage.apply_events(L, [delta("till-9", "a", -2, NOW + 2, rid="pos-1")], NOW + 3)
+    assert got.outcomes == [EventOutcome.ECHO]
+    (row,) = await storage.rows([(L, "a")])
+    assert row.on_hand == 3
+
+
+async def test_count_below_holds_keeps_them_and_reports_the_row_short(storage: Storage) -> None:
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 100)], NOW)
+    await hold(storage, "r1", [Line(L, "a", 4)])
+    got = await storage.apply_events(L, [count("c2", "a", 1, NOW - 50)], NOW)
+    assert got.short_rows == [("a", 1, 4)]
+    (row,) = await storage.rows([(L, "a")])
+    assert (row.on_hand, row.reserved, row.available) == (1, 4, 0)
+
+
+async def test_count_older_than_the_window_is_stale(storage: Storage) -> None:
+    got = await storage.apply_events(L, [count("c1", "a", 5, NOW - 73 * HOUR_MS)], NOW)
+    assert got.outcomes == [EventOutcome.STALE]
+
+
+async def test_safety_stock_is_kept_back_from_holds(storage: Storage) -> None:
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
+    assert await storage.set_safety_stock(L, [("a", 2)]) == 1
+    assert await hold(storage, "r1", [Line(L, "a", 4)]) == ["SHORT", "a", 4, 3]
+    assert (await hold(storage, "r2", [Line(L, "a", 3)]))[0] == "HELD"
+
+
+async def test_every_key_of_a_location_carries_its_hash_tag(
+    storage: Storage, redis: aioredis.Redis
+) -> None:
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 10), delta("d", "a", 1, NOW)], NOW)
+    await hold(storage, "r1", [Line(L, "a", 1)])
+    keys = {k.decode() for k in await redis.keys("*")}
+    location_keys = {k for k in keys if not k.startswith(("res:", "{omnistock}"))}
+    assert location_keys and all(k.startswith("{store-a}:") for k in location_keys)
+    assert Keys.directory("r1") in keys
+
+
+async def test_a_stock_row_costs_at_most_64_bytes(storage: Storage, redis: aioredis.Redis) -> None:
+    # given 20,000 counted rows at 10 locations (2,000 skus each, realistic ids and sizes)
+    before = (await redis.info("memory"))["used_memory"]
+    for loc in range(10):
+        location = f"store-{loc:04d}"
+        events = [
+            count(f"c-{loc}-{i}", f"SKU-{i:06d}", 10 + i % 90, NOW - 1000, location)
+            for i in range(2000)
+        ]
+        for start in range(0, 2000, 1000):
+            await storage.apply_events(location, events[start : start + 1000], NOW)
+    # the dedupe window's event ids are measured apart: they are not stock rows
+    for loc in range(10):
+        await redis.delete(Keys.seen(f"store-{loc:04d}"))
+    after = (await redis.info("memory"))["used_memory"]
+    per_row = (after - before) / 20_000
+    print(f"bytes per stock row: {per_row:.1f}")
+    assert per_row <= 64
