@@ -16,6 +16,7 @@ theirs, or COMMITTED once a commit was decided.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,8 +134,8 @@ class Reservations:
 
     async def _settled(self, rid: str, saga: str) -> Reservation:
         """Another call owns this saga: wait for it to settle, then answer as it did."""
-        deadline = self.clock.now_ms() + self.timing.saga_timeout_ms
-        while saga.startswith(PENDING) and self.clock.now_ms() < deadline:
+        deadline = time.monotonic() + self.timing.saga_timeout_ms / 1000
+        while saga.startswith(PENDING) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
             entry = await self.storage.directory(rid)
             if entry is None:
