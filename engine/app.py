@@ -154,7 +154,9 @@ class Omnistock:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._metrics_server is not None:
-            self._metrics_server[0].shutdown()
+            http, _thread = self._metrics_server
+            http.shutdown()
+            http.server_close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
         if self.embedded is not None:

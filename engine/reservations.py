@@ -183,7 +183,7 @@ class Reservations:
                 await self._commit_parts(rid, groups, force=True)
             await self.storage.settle(rid, COMMITTING, "")
             await self.storage.unschedule_saga(rid)
-        return await self.get(rid)
+        return Reservation(rid, entry.lines, ReservationState.COMMITTED, 0)
 
     async def _commit_parts(self, rid: str, groups: dict[str, list[Line]], force: bool) -> None:
         now = self.clock.now_ms()
@@ -227,7 +227,9 @@ class Reservations:
             raise FailedPrecondition(f"reservation {rid} is COMMITTED; it cannot be released")
         if any(a[0] == "RELEASED" and a[1] == 1 for a in answers):
             self.metrics.releases.inc()
-        return await self.get(rid)
+        expired = all(a[0] == "STATE" and a[1] == "EXPIRED" for a in answers)
+        state = ReservationState.EXPIRED if expired else ReservationState.RELEASED
+        return Reservation(rid, entry.lines, state, 0)
 
     async def extend(self, rid: str, ttl_seconds: float) -> Reservation:
         check_ttl(ttl_seconds, "ttl_seconds")
@@ -244,7 +246,7 @@ class Reservations:
             if answer[0] != "HELD":
                 state = answer[1] if answer[0] == "STATE" else "missing"
                 raise FailedPrecondition(f"reservation {rid} is {state}, not HELD")
-        return await self.get(rid)
+        return Reservation(rid, entry.lines, ReservationState.HELD, expires_at)
 
     async def get(self, rid: str) -> Reservation:
         entry = await self._entry(rid)

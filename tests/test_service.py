@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -251,3 +253,28 @@ async def test_bad_availability_query_names_the_field(stubs: Stubs) -> None:
             await stubs.availability.GetAvailability(req)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (err.value.details() or ""), field
+
+
+async def test_metrics_are_served_over_http_on_their_own_port(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    import urllib.request
+
+    from engine.app import create_server
+    from engine.embedded import free_port
+
+    from .conftest import settings_for
+
+    port = free_port()
+    app = create_server(settings_for(redis_url, metrics_port=port))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            await stock_up(Stubs(ch), {("s1", "a"): 1})
+        url = f"http://127.0.0.1:{port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        text = body.decode()
+        assert 'omnistock_rpc_seconds_count{code="OK",method="ApplyEvents"} 1.0' in text
+        assert "omnistock_redis_up" in text
+    finally:
+        await app.stop(grace=1.0)
