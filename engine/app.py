@@ -168,23 +168,33 @@ def create_server(settings: Settings, clock: Clock | None = None) -> Omnistock:
 
 
 async def load_demo(storage: Storage, locations: LocationRegistry, clock: Clock) -> None:
+    """Counts every demo row in as COUNT events (the one way stock enters), a few batches in
+    flight at once, logging progress; the locations go in last, so a load cut short is redone
+    at the next start (the events are idempotent)."""
     started = time.perf_counter()
     locs = demo.demo_locations()
     now = clock.now_ms()
-    batch: dict[str, list[StockEvent]] = {}
-    rows = 0
+    batches: list[tuple[str, list[StockEvent]]] = []
+    current: dict[str, list[StockEvent]] = {}
     for location, sku, qty in demo.demo_stock(locs, demo.demo_skus()):
         event = StockEvent(f"demo:{location}:{sku}", location, sku, EventKind.COUNT, qty, now - 1)
-        batch.setdefault(location, []).append(event)
-        rows += 1
-        if len(batch[location]) >= 1000:
-            await storage.apply_events(location, batch.pop(location), now)
-    for loc, evs in batch.items():
-        await storage.apply_events(loc, evs, now)
-    await locations.upsert(locs)  # last: a load cut short is redone at the next start
-    log.info(
-        "demo data: %d locations, %d stock rows in %.1fs",
-        len(locs),
-        rows,
-        time.perf_counter() - started,
-    )
+        current.setdefault(location, []).append(event)
+        if len(current[location]) >= 500:
+            batches.append((location, current.pop(location)))
+    batches += current.items()
+    total = sum(len(events) for _, events in batches)
+    done, gate, next_report = 0, asyncio.Semaphore(4), 0.25
+
+    async def apply(location: str, events: list[StockEvent]) -> None:
+        nonlocal done, next_report
+        async with gate:
+            await storage.apply_events(location, events, now)
+        done += len(events)
+        if done / total >= next_report:
+            log.info("demo data: %d of %d stock rows loaded", done, total)
+            next_report += 0.25
+
+    await asyncio.gather(*(apply(loc, events) for loc, events in batches))
+    await locations.upsert(locs)
+    elapsed = time.perf_counter() - started
+    log.info("demo data: %d locations, %d stock rows in %.1fs", len(locs), total, elapsed)

@@ -82,7 +82,7 @@ class Reservations:
         keys, args = self.storage.hold_call(
             rid, fp, location, lines, now, now + ttl_ms, encode_lines(lines)
         )
-        (answer,) = await self.storage.hold([(location, keys, args)])
+        (answer,) = await self.storage.hold([(keys, args)])
         return self._hold_answer(rid, lines, location, answer)
 
     def _hold_answer(
@@ -110,11 +110,11 @@ class Reservations:
         if claimed[0] == "SAGA":
             return HoldResult(await self._settled(rid, str(claimed[1])))
         calls = [
-            (loc, *self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None))
+            self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None)
             for loc, part in groups.items()
         ]
         answers = await self.storage.hold(calls)
-        held = [loc for (loc, _, _), a in zip(calls, answers, strict=True) if a[0] == "HELD"]
+        held = [loc for loc, a in zip(groups, answers, strict=True) if a[0] == "HELD"]
         if len(held) == len(calls):
             if not await self.storage.settle(rid, PENDING + owner, ""):
                 await self._release_parts(rid, groups, held, tombstone=True)
@@ -122,7 +122,7 @@ class Reservations:
             await self.storage.unschedule_saga(rid)
             return HoldResult(Reservation(rid, lines, ReservationState.HELD, now + ttl_ms))
         shortfalls: list[Shortfall] = []
-        for (loc, _, _), answer in zip(calls, answers, strict=True):
+        for loc, answer in zip(groups, answers, strict=True):
             if answer[0] == "SHORT":
                 shortfalls += _shortfalls(loc, answer[1:])
         await self._release_parts(rid, groups, held, tombstone=False)

@@ -8,16 +8,18 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:d:<b>      zset   changes after the last count of bucket b's rows (DELTAs and commits),
                           member "sku\\t<event or c:reservation>\\t<signed qty>", score = time (ms)
     {L}:e          zset   stock event ids applied at L, scored by arrival (the dedupe window)
-    {L}:x          zset   reservation ids HELD at L, scored by expiry (ms)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field
     {omnistock}:locations  hash  location id -> JSON
-    {omnistock}:due        zset  "<L>\\t<id>" -> expiry (ms): where the sweeper looks next
+    {omnistock}:due        zset  "<L>\\t<id>" -> expiry (ms) of every HELD part (the sweeper's)
     {omnistock}:sagas      zset  reservation id -> time after which recovery may act
 
 Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
 listpack-encoded hash: a stock row then costs about 40 bytes instead of the ~100 a hash
 table entry or a key of its own would (measured: tests/test_storage.py, bench/RESULTS.md).
+
+The directory and the expiry index are not tagged by location: the scripts that name them
+need one Redis (with replicas if wanted). Redis Cluster needs them split by slot first.
 
 Scripts run with EVALSHA; NOSCRIPT (an empty script cache after a Redis restart) loads them
 and runs the call again, which is safe because every script here is idempotent.
@@ -85,10 +87,6 @@ class Keys:
     @staticmethod
     def seen(location: str) -> str:
         return f"{{{location}}}:e"
-
-    @staticmethod
-    def holds(location: str) -> str:
-        return f"{{{location}}}:x"
 
     @staticmethod
     def part(location: str, reservation_id: str) -> str:
@@ -174,7 +172,6 @@ class Storage:
         "settle",
         "apply_events",
         "set_safety_stock",
-        "unschedule",
     )
 
     def __init__(
@@ -309,60 +306,55 @@ class Storage:
         expires_at: int,
         directory_lines: str | None,
     ) -> tuple[list[str], list[Any]]:
-        keys = KeyList(Keys.part(location, reservation_id), Keys.holds(location))
+        keys = KeyList(Keys.part(location, reservation_id), DUE)
         triples: list[Any] = []
         for line in lines:
             triples += [line.sku, line.qty, keys.add(self.keys.stock(location, line.sku))]
         with_dir = directory_lines is not None
         if with_dir:
             keys.add(Keys.directory(reservation_id))
-        args = [reservation_id, fp, now, expires_at, self.retention_ms]
+        args = [Keys.due_member(location, reservation_id), fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples]
         return keys.keys, args
 
-    async def hold(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[list[Any]]:
-        """Holds parts at one or more locations in one round trip. The due entry goes
-        first, so a hold can never exist that the sweeper does not know about."""
+    async def hold(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[Any]]:
+        """Holds parts at one or more locations in one round trip."""
 
         def build(pipe: Any) -> None:
-            for location, keys, args in calls:
-                pipe.zadd(DUE, {Keys.due_member(location, args[0]): args[3]})
+            for keys, args in calls:
                 self.evalsha(pipe, "hold", keys, args)
 
-        results = await self.pipeline(build)
-        return [_decode(r) for r in results[1::2]]
+        return [_decode(r) for r in await self.pipeline(build)]
 
     async def commit_part(
         self, reservation_id: str, location: str, skus: Iterable[str], now: int, force: bool
     ) -> list[Any]:
-        keys = KeyList(Keys.part(location, reservation_id), Keys.holds(location))
+        keys = KeyList(Keys.part(location, reservation_id), DUE)
         triples = self._line_keys(keys, location, skus, log=True)
         args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
+        args.append(Keys.due_member(location, reservation_id))
         return _decode(await self.call("commit", keys.keys, [*args, *triples]))
 
     async def release_part(
         self, reservation_id: str, location: str, skus: Iterable[str], tombstone: bool
     ) -> list[Any]:
-        keys = KeyList(Keys.part(location, reservation_id), Keys.holds(location))
+        keys = KeyList(Keys.part(location, reservation_id), DUE)
         triples = self._line_keys(keys, location, skus, log=False)
-        args = [reservation_id, 0, self.retention_ms, "1" if tombstone else "0"]
+        args = [
+            Keys.due_member(location, reservation_id),
+            0,
+            self.retention_ms,
+            "1" if tombstone else "0",
+        ]
         return _decode(await self.call("release", keys.keys, [*args, len(triples) // 3, *triples]))
 
     async def extend_part(
         self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
     ) -> list[Any]:
-        keys = [
-            Keys.part(location, reservation_id),
-            Keys.holds(location),
-            Keys.directory(reservation_id),
-        ]
-        args = [reservation_id, now, expires_at, self.retention_ms, "pin" if pin else "set"]
-
-        def build(pipe: Any) -> None:
-            pipe.zadd(DUE, {Keys.due_member(location, reservation_id): expires_at})
-            self.evalsha(pipe, "extend", keys, args)
-
-        return _decode((await self.pipeline(build))[1])
+        keys = [Keys.part(location, reservation_id), DUE, Keys.directory(reservation_id)]
+        member = Keys.due_member(location, reservation_id)
+        args = [member, now, expires_at, self.retention_ms, "pin" if pin else "set"]
+        return _decode(await self.call("extend", keys, args))
 
     async def parts(self, reservation_id: str, locations: Iterable[str]) -> list[PartState]:
         locs = list(locations)
@@ -426,58 +418,27 @@ class Storage:
 
     # -- expiry -----------------------------------------------------------------------
 
-    async def due(self, now: int, limit: int) -> list[tuple[str, str, float]]:
+    async def due(self, now: int, limit: int) -> list[tuple[str, str]]:
+        """(location, reservation id) of HELD parts whose expiry has passed, earliest first."""
         got = await self.guard(
-            lambda: self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit, withscores=True)
+            lambda: self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit)
         )
-        out = []
-        for member, score in got:
-            location, reservation_id = member.decode().split("\t", 1)
-            out.append((location, reservation_id, score))
-        return out
+        return [tuple(member.decode().split("\t", 1)) for member in got]
 
-    async def unschedule(self, entries: Sequence[tuple[str, str, float]]) -> int:
-        args: list[Any] = []
-        for location, reservation_id, score in entries:
-            args += [Keys.due_member(location, reservation_id), _score(score)]
-        return int(await self.call("unschedule", [DUE], args)) if args else 0
-
-    async def reschedule(self, location: str, reservation_id: str, at: int) -> None:
-        member = Keys.due_member(location, reservation_id)
-        await self.guard(lambda: self.redis.zadd(DUE, {member: at}))
-
-    async def held_due(self, location: str, now: int, limit: int) -> list[tuple[str, bytes]]:
-        """Ids HELD at a location whose expiry has passed, with their lines there."""
-        holds = Keys.holds(location)
-        ids = await self.guard(
-            lambda: self.redis.zrangebyscore(holds, "-inf", now, start=0, num=limit)
-        )
-        if not ids:
-            return []
+    async def expire(self, location: str, reservation_ids: Sequence[str], now: int) -> int:
+        """Expires those of the parts at one location that are due; answers how many."""
 
         def build(pipe: Any) -> None:
-            for rid in ids:
-                pipe.hget(Keys.part(location, rid.decode()), "l")
+            for rid in reservation_ids:
+                pipe.hget(Keys.part(location, rid), "l")
 
         lines = await self.pipeline(build)
-        return [(rid.decode(), ln or b"") for rid, ln in zip(ids, lines, strict=True)]
-
-    async def expire(
-        self, location: str, due: Sequence[tuple[str, bytes]], now: int
-    ) -> tuple[int, str, int]:
-        """Expires the due parts; answers how many, and the earliest hold left here."""
-        keys = KeyList(Keys.holds(location))
-        for rid, _ in due:
-            keys.add(Keys.part(location, rid))
-        skus = {row.split(b"\t")[0].decode() for _, text in due for row in text.splitlines()}
+        skus = {row.split(b"\t")[0].decode() for text in lines if text for row in text.splitlines()}
+        keys = KeyList(DUE, *(Keys.part(location, rid) for rid in reservation_ids))
         triples = self._line_keys(keys, location, sorted(skus), log=False)
-        args = [now, self.retention_ms, len(due), *(rid for rid, _ in due)]
-        expired, rid, at = await self.call("expire", keys.keys, [*args, len(skus), *triples])
-        return int(expired), rid.decode(), int(at)
-
-
-def _score(score: float) -> str:
-    return str(int(score)) if score == int(score) else repr(score)
+        members = [Keys.due_member(location, rid) for rid in reservation_ids]
+        args = [now, self.retention_ms, len(members), *members, len(skus), *triples]
+        return int(await self.call("expire", keys.keys, args))
 
 
 def _decode(value: Any) -> list[Any]:

@@ -54,19 +54,12 @@ class Sweeper:
         return expired
 
     async def expire(self, now: int) -> int:
-        due = await self.storage.due(now, BATCH)
-        by_location: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-        for entry in due:
-            by_location[entry[0]].append(entry)
+        by_location: dict[str, list[str]] = defaultdict(list)
+        for location, rid in await self.storage.due(now, BATCH):
+            by_location[location].append(rid)
         expired = 0
-        for location, entries in by_location.items():
-            held = await self.storage.held_due(location, now, BATCH)
-            count, next_id, next_at = await self.storage.expire(location, held, now)
-            expired += count
-            if len(held) < BATCH:
-                await self.storage.unschedule(entries)
-            if next_id:
-                await self.storage.reschedule(location, next_id, next_at)
+        for location, rids in by_location.items():
+            expired += await self.storage.expire(location, rids, now)
         if expired:
             self.metrics.expiries.inc(expired)
         return expired

@@ -24,7 +24,7 @@ def delta(eid: str, sku: str, qty: int, t: int, rid: str = "") -> StockEvent:
 async def hold(storage: Storage, rid: str, lines: list[Line], exp: int = NOW + 60_000) -> list:
     fp = fingerprint(lines)
     keys, args = storage.hold_call(rid, fp, L, lines, NOW, exp, encode_lines(lines))
-    (answer,) = await storage.hold([(L, keys, args)])
+    (answer,) = await storage.hold([(keys, args)])
     return answer
 
 
@@ -75,9 +75,10 @@ async def test_expire_takes_back_only_parts_past_their_expiry(storage: Storage) 
     await storage.apply_events(L, [count("c1", "a", 9, NOW - 10)], NOW)
     await hold(storage, "early", [Line(L, "a", 2)], exp=NOW + 1000)
     await hold(storage, "late", [Line(L, "a", 3)], exp=NOW + 5000)
-    due = await storage.held_due(L, NOW + 1000, 100)
-    assert [rid for rid, _ in due] == ["early"]
-    assert await storage.expire(L, due, NOW + 1000) == (1, "late", NOW + 5000)
+    due = await storage.due(NOW + 1000, 100)
+    assert due == [(L, "early")]
+    assert await storage.expire(L, ["early", "late"], NOW + 1000) == 1
+    assert await storage.due(NOW + 5000, 100) == [(L, "late")]
     (row,) = await storage.rows([(L, "a")])
     assert row.reserved == 3
     assert [p.state for p in await storage.parts("early", [L])] == ["EXPIRED"]
@@ -164,3 +165,16 @@ async def test_a_stock_row_costs_at_most_64_bytes(storage: Storage, redis: aiore
     per_row = (after - before) / 20_000
     print(f"bytes per stock row: {per_row:.1f}")
     assert per_row <= 64
+
+
+async def test_expiry_index_holds_exactly_the_held_parts(storage: Storage) -> None:
+    # given one held part, one short hold, and a retry of the held one with a later expiry
+    await storage.apply_events(L, [count("c1", "a", 2, NOW - 10)], NOW)
+    await hold(storage, "r1", [Line(L, "a", 1)], exp=NOW + 1000)
+    await hold(storage, "short", [Line(L, "a", 5)], exp=NOW + 1000)
+    await hold(storage, "r1", [Line(L, "a", 1)], exp=NOW + 9000)
+    # then only r1 is indexed, at its real expiry
+    assert await storage.due(NOW + 1000, 10) == [(L, "r1")]
+    # when it is committed, it leaves the index
+    await storage.commit_part("r1", L, ["a"], NOW + 1, force=False)
+    assert await storage.due(NOW + 10**9, 10) == []

@@ -1,10 +1,10 @@
 -- release: give a HELD reservation part's units back (reserved drops by each qty).
--- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x;  KEYS[3..] {L}:s:<b> stock buckets
--- ARGV: id, now_ms, retention_ms, tombstone, n, then n triples (sku, stock key index, 0)
+-- KEYS[1]  {L}:r:<id>;  KEYS[2] {omnistock}:due;  KEYS[3..] {L}:s:<b> stock buckets
+-- ARGV: due member, now_ms, retention_ms, tombstone, n, then n triples (sku, stock key index, 0)
 --   tombstone == '1' leaves a RELEASED part where none exists, so that a hold still on its
 --   way from a crashed saga can never land after the rollback.
 -- Returns {'RELEASED', 1 if this call released a hold else 0} | {'STATE', state} | {'MISSING'}
-local id, retention = ARGV[1], tonumber(ARGV[3])
+local member, retention = ARGV[1], tonumber(ARGV[3])
 local state = redis.call('HGET', KEYS[1], 's')
 if not state then
   if ARGV[4] == '1' then
@@ -16,5 +16,5 @@ if not state then
 end
 if state == 'RELEASED' then return {'RELEASED', 0} end
 if state ~= 'HELD' then return {'STATE', state} end
-unhold(KEYS[1], KEYS[2], id, 'RELEASED', key_map(ARGV, 6, tonumber(ARGV[5])), retention)
+unhold(KEYS[1], KEYS[2], member, 'RELEASED', key_map(ARGV, 6, tonumber(ARGV[5])), retention)
 return {'RELEASED', 1}
