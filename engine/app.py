@@ -148,11 +148,11 @@ class Omnistock:
         """Graceful: NOT_SERVING first, drain in-flight calls, then stop the store."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        pending = set(self._tasks)
+        while pending:  # Python 3.11's wait_for can swallow a cancel (gh-86296): send it again
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         if self._metrics_server is not None:
             http, _thread = self._metrics_server
             http.shutdown()

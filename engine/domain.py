@@ -115,7 +115,11 @@ class HoldResult:
 
     @property
     def ok(self) -> bool:
-        return self.reservation is not None
+        """Every line is held (or, for a retried id, was held and then committed)."""
+        return self.reservation is not None and self.reservation.state in (
+            ReservationState.HELD,
+            ReservationState.COMMITTED,
+        )
 
 
 @dataclass(frozen=True, slots=True)

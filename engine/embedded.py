@@ -125,10 +125,10 @@ class EmbeddedRedis:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"server" not in cmdline:
-                return
+        with contextlib.suppress(ProcessLookupError, PermissionError, FileNotFoundError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if str(self.state_dir).encode() not in cmdline:
+                return  # the pid was reused by another process: not ours to stop
             os.kill(pid, signal.SIGTERM)
             for _ in range(100):
                 os.kill(pid, 0)
@@ -151,3 +151,5 @@ class EmbeddedRedis:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()

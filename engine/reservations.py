@@ -178,7 +178,8 @@ class Reservations:
         if len(groups) == 1 or entry.saga == COMMITTING:
             await self._commit_parts(rid, groups, force=entry.saga == COMMITTING)
         elif await self._pin(rid, groups):
-            await self.storage.schedule_saga(rid, self.clock.now_ms())
+            recover_at = self.clock.now_ms() + self.timing.saga_timeout_ms
+            await self.storage.schedule_saga(rid, recover_at)
             if await self.storage.settle(rid, "", COMMITTING):
                 await self._commit_parts(rid, groups, force=True)
             await self.storage.settle(rid, COMMITTING, "")

@@ -379,7 +379,9 @@ class ReserveResponse(_message.Message):
     SHORTFALLS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def reservation(self) -> Global___Reservation:
-        """Set when every line is held (or was held before, for a retried id)."""
+        """Set when every line is held, or when the id was reserved before: then it answers the
+        reservation as it is now (check its state: a retry may find it RELEASED or EXPIRED).
+        """
 
     @_builtins.property
     def shortfalls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Shortfall]:

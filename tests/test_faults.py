@@ -1,0 +1,700 @@
+"""Faults: the service or its store killed, frozen or stopped, and what must survive it.
+
+Each test runs real processes on loopback: `python server.py` as a child (tests/processes.py)
+or an in-process server, against the session's Redis-compatible server or a private one.
+After every fault the invariants of the brief are checked on what Redis holds:
+I1 (reserved == the sum of HELD parts on the row), I2 (a reservation is held at all of its
+locations or at none) and I7 (expired holds stop counting within a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import signal
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2
+
+from engine.app import Omnistock, create_server, redis_client
+from engine.clock import ManualClock
+from engine.domain import EventKind, Line, StockEvent
+from engine.embedded import EmbeddedRedis, free_port
+from engine.metrics import Metrics
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.reservations import COMMITTING, Reservations
+from engine.storage import SAGAS, Storage
+from engine.sweeper import Sweeper
+
+from .conftest import BUCKETS, HOUR_MS, settings_for
+from .grpc_helpers import Stubs, level, line, stock_up
+from .processes import ServerProcess, health_status, redis_pid, redis_port, wait_gone
+
+Row = tuple[str, str]  # (location, sku)
+Parts = dict[str, dict[str, tuple[str, dict[str, int]]]]  # id -> location -> (state, sku->qty)
+OK = grpc.StatusCode.OK
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+COMMITTED = pb.RESERVATION_STATE_COMMITTED
+HELD = pb.RESERVATION_STATE_HELD
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., ServerProcess]]:
+    """Makes `python server.py` children; each is stopped (or killed) at teardown."""
+    made: list[ServerProcess] = []
+
+    def make(*args: str) -> ServerProcess:
+        proc = ServerProcess(tmp_path / f"server-{len(made)}", *args)
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        await proc.close()
+
+
+@asynccontextmanager
+async def connect(port: int) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield Stubs(channel)
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float) -> bool:
+    """Polls `check` every 20 ms until it holds or `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        held = check()
+        if held if isinstance(held, bool) else await held:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+
+
+async def timed(call: Awaitable[object]) -> tuple[grpc.StatusCode, float]:
+    """The status code a call ends with, and how long it took (s)."""
+    start = time.perf_counter()
+    try:
+        await call
+        code = OK
+    except grpc.aio.AioRpcError as err:
+        code = err.code()
+    return code, time.perf_counter() - start
+
+
+def reserve_request(rid: str, lines: Sequence[pb.ReservationLine]) -> pb.ReserveRequest:
+    return pb.ReserveRequest(reservation_id=rid, lines=lines, ttl_seconds=600)
+
+
+async def read_parts(redis: aioredis.Redis, locations: Iterable[str]) -> Parts:
+    """Every reservation part in Redis, from the keys `{L}:r:<id>` (s = state, l = lines)."""
+    parts: Parts = defaultdict(dict)
+    for loc in locations:
+        prefix = f"{{{loc}}}:r:"
+        keys = [key async for key in redis.scan_iter(match=prefix + "*", count=1000)]
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, ["s", "l"])
+            values = await pipe.execute()
+        for key, (state, text) in zip(keys, values, strict=True):
+            lines = {}
+            for row in (text or b"").decode().splitlines():
+                sku, qty = row.split("\t")
+                lines[sku] = int(qty)
+            parts[key.decode()[len(prefix) :]][loc] = ((state or b"").decode(), lines)
+    return parts
+
+
+def held_units(parts: Parts) -> Counter[Row]:
+    held: Counter[Row] = Counter()
+    for by_location in parts.values():
+        for loc, (state, lines) in by_location.items():
+            if state == "HELD":
+                for sku, qty in lines.items():
+                    held[(loc, sku)] += qty
+    return held
+
+
+def held_at(parts: Parts, rid: str, lines: Iterable[pb.ReservationLine]) -> dict[str, bool]:
+    """For each location of a reservation: is its part there HELD?"""
+    locations = {ln.location_id for ln in lines}
+    return {loc: parts.get(rid, {}).get(loc, ("", {}))[0] == "HELD" for loc in locations}
+
+
+async def check_reserved_is_sum_of_held_parts(
+    storage: Storage, parts: Parts, rows: Sequence[Row]
+) -> None:
+    """I1, on every row."""
+    held = held_units(parts)
+    stock = await storage.rows(rows)
+    wrong = {
+        row: (s.reserved, held[row])
+        for row, s in zip(rows, stock, strict=True)
+        if s.reserved != held[row]
+    }
+    assert not wrong, f"I1 broken; row: (reserved, sum of HELD parts): {wrong}"
+    assert set(held) <= set(rows), f"HELD parts on unknown rows: {set(held) - set(rows)}"
+
+
+def check_all_or_nothing(parts: Parts, sent: dict[str, list[pb.ReservationLine]]) -> None:
+    """I2, for every reservation id used."""
+    partial = {}
+    for rid, lines in sent.items():
+        at = held_at(parts, rid, lines)
+        if any(at.values()) and not all(at.values()):
+            partial[rid] = at
+    assert not partial, f"I2 broken; partly held reservations: {partial}"
+
+
+# -- the service killed mid-saga ------------------------------------------------------------
+
+SAGA_LOCATIONS = ("s1", "s2", "s3", "s4")
+SAGA_SKUS = ("a", "b", "c")
+
+
+def cross_location_batch(
+    rng: random.Random, prefix: str, n: int
+) -> dict[str, list[pb.ReservationLine]]:
+    """n reservations, each with lines at 2 or 3 locations (so each is a saga)."""
+    batch = {}
+    for i in range(n):
+        lines = [
+            line(loc, sku, rng.randint(1, 3))
+            for loc in rng.sample(SAGA_LOCATIONS, rng.choice((2, 3)))
+            for sku in rng.sample(SAGA_SKUS, rng.choice((1, 2)))
+        ]
+        batch[f"{prefix}-{i}"] = lines
+    return batch
+
+
+async def reserve_then_kill(
+    service: ServerProcess,
+    redis: aioredis.Redis,
+    batch: dict[str, list[pb.ReservationLine]],
+    answers: dict[str, pb.ReserveResponse | grpc.StatusCode],
+) -> set[str]:
+    """Sends every Reserve of the batch at once, SIGKILLs the service once a fifth has been
+    answered, and returns the ids of the batch whose saga was open in Redis right after."""
+    answered = 0
+
+    async def one(stubs: Stubs, rid: str, lines: list[pb.ReservationLine]) -> None:
+        nonlocal answered
+        try:
+            answers[rid] = await stubs.reservations.Reserve(reserve_request(rid, lines), timeout=10)
+        except grpc.aio.AioRpcError as err:
+            answers[rid] = err.code()
+        finally:
+            answered += 1
+
+    async with connect(service.port) as stubs:
+        tasks = [asyncio.create_task(one(stubs, rid, lines)) for rid, lines in batch.items()]
+        await eventually(lambda: answered >= len(batch) // 5, within=10)
+        await service.kill()
+        open_sagas = {member.decode() for member in await redis.zrange(SAGAS, 0, -1)}
+        await asyncio.gather(*tasks)
+    return open_sagas & set(batch)
+
+
+async def some_partly_held(
+    redis: aioredis.Redis, reservations: dict[str, list[pb.ReservationLine]]
+) -> bool:
+    parts = await read_parts(redis, SAGA_LOCATIONS)
+    held = [list(held_at(parts, rid, lines).values()) for rid, lines in reservations.items()]
+    return any(any(at) and not all(at) for at in held)
+
+
+async def test_service_killed_mid_saga_leaves_no_stray_hold_after_restart(
+    spawn: Callable[..., ServerProcess], redis: aioredis.Redis, redis_url: str, storage: Storage
+) -> None:
+    # given a service on the shared Redis with 12 units of 3 skus at 4 stores
+    service = spawn(
+        "--redis-url", redis_url,
+        "--metrics-port", "0",
+        "--saga-timeout-seconds", "1",
+        "--sweep-interval-ms", "50",
+        "--stock-buckets", str(BUCKETS),
+    )  # fmt: skip
+    await service.start()
+    rows = {(loc, sku): 12 for loc in SAGA_LOCATIONS for sku in SAGA_SKUS}
+    async with connect(service.port) as stubs:
+        await stock_up(stubs, rows)
+
+    # when it is SIGKILLed while 200 cross-location Reserves are in flight (far more demand
+    # than stock, so sagas both complete and roll back); up to 4 times, until a kill leaves a
+    # saga open in Redis, preferably one held at some of its locations and not the others
+    rng = random.Random(20240611)
+    sent: dict[str, list[pb.ReservationLine]] = {}
+    answers: dict[str, pb.ReserveResponse | grpc.StatusCode] = {}
+    open_at_kill: set[str] = set()
+    for attempt in range(4):
+        if attempt:
+            await service.start()
+        batch = cross_location_batch(rng, f"k{attempt}", 200)
+        sent.update(batch)
+        open_now = await reserve_then_kill(service, redis, batch, answers)
+        open_at_kill |= open_now
+        if await some_partly_held(redis, {rid: batch[rid] for rid in open_now}):
+            break
+    assert open_at_kill, "4 kills, and never one while a saga was open"
+
+    # then, restarted, the service recovers every open saga past the saga timeout (1 s)
+    await service.start()
+    settled = await eventually(lambda: _zero(redis.zcard(SAGAS)), within=10)
+    assert settled, f"sagas still open: {await redis.zrange(SAGAS, 0, -1)}"
+    parts = await read_parts(redis, SAGA_LOCATIONS)
+    check_all_or_nothing(parts, sent)
+    await check_reserved_is_sum_of_held_parts(storage, parts, list(rows))
+    # and every answered Reserve still means what it said
+    for rid, answer in answers.items():
+        if isinstance(answer, pb.ReserveResponse):
+            at = held_at(parts, rid, sent[rid])
+            expected = answer.HasField("reservation")
+            assert set(at.values()) == {expected}, f"{rid} answered held={expected}, now {at}"
+
+
+async def _zero(count: Awaitable[int]) -> bool:
+    return await count == 0
+
+
+# -- Redis killed under load ------------------------------------------------------------------
+
+LOAD_LOCATIONS = ("s1", "s2", "s3")
+LOAD_SKUS = ("a", "b", "c", "d")
+LOAD_ON_HAND = 100_000
+
+
+@dataclass
+class Load:
+    sent: dict[str, list[pb.ReservationLine]] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)  # Reserve answered with a hold
+    committed: set[str] = field(default_factory=set)  # Commit answered OK
+    errors: list[grpc.StatusCode] = field(default_factory=list)
+
+
+def some_lines(rng: random.Random) -> list[pb.ReservationLine]:
+    """One location mostly, two now and then (a saga)."""
+    locations = rng.sample(LOAD_LOCATIONS, 2 if rng.random() < 0.2 else 1)
+    return [
+        line(loc, sku, rng.randint(1, 3))
+        for loc in locations
+        for sku in rng.sample(LOAD_SKUS, rng.randint(1, 2))
+    ]
+
+
+async def reserve_commit_loop(stubs: Stubs, worker: int, load: Load) -> None:
+    """Reserve, then commit (every fifth: release), until the first failed call."""
+    rng = random.Random(worker)
+    for i in itertools.count():
+        rid, lines = f"w{worker}-{i}", some_lines(rng)
+        load.sent[rid] = lines
+        try:
+            resp = await stubs.reservations.Reserve(reserve_request(rid, lines), timeout=5)
+            if not resp.HasField("reservation"):
+                continue
+            load.held.add(rid)
+            if i % 5 == 4:
+                await stubs.reservations.Release(pb.ReleaseRequest(reservation_id=rid), timeout=5)
+                continue
+            got = await stubs.reservations.Commit(pb.CommitRequest(reservation_id=rid), timeout=5)
+            assert got.state == COMMITTED
+            load.committed.add(rid)
+        except grpc.aio.AioRpcError as err:
+            load.errors.append(err.code())
+            return
+
+
+async def reservation_states(stubs: Stubs, ids: Iterable[str]) -> dict[str, int | None]:
+    """GetReservation of each id: its state, or None when NOT_FOUND."""
+    out: dict[str, int | None] = {}
+
+    async def one(rid: str) -> None:
+        try:
+            got = await stubs.reservations.GetReservation(
+                pb.GetReservationRequest(reservation_id=rid), timeout=5
+            )
+            out[rid] = got.state
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND, (rid, err)
+            out[rid] = None
+
+    ids = list(ids)
+    for start in range(0, len(ids), 100):
+        await asyncio.gather(*(one(rid) for rid in ids[start : start + 100]))
+    return out
+
+
+def sold(load: Load, states: dict[str, int | None]) -> Counter[Row]:
+    units: Counter[Row] = Counter()
+    for rid, lines in load.sent.items():
+        if states[rid] == COMMITTED:
+            for ln in lines:
+                units[(ln.location_id, ln.sku)] += ln.qty
+    return units
+
+
+async def test_redis_killed_under_load_loses_no_acknowledged_commit(
+    spawn: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The embedded store runs with appendfsync everysec (the default): Redis writes each
+    change to its append-only file before it sends the reply, and fsyncs once a second. So a
+    crash of the Redis process (SIGKILL here) loses nothing acknowledged, because what was
+    written is in the OS page cache; only a crash of the OS or machine can lose up to the
+    last second. Unacknowledged calls may or may not have landed: GetReservation says which.
+    """
+    # given a service with its embedded store, and ample stock at 3 stores
+    state = tmp_path / "state"
+    service = spawn(
+        "--state-dir", str(state),
+        "--appendfsync", "everysec",
+        "--metrics-port", "0",
+        "--saga-timeout-seconds", "1",
+        "--sweep-interval-ms", "50",
+        "--stock-buckets", str(BUCKETS),
+    )  # fmt: skip
+    await service.start()
+    rows = [(loc, sku) for loc in LOAD_LOCATIONS for sku in LOAD_SKUS]
+    load = Load()
+    async with connect(service.port) as stubs:
+        await stock_up(stubs, dict.fromkeys(rows, LOAD_ON_HAND))
+        # when 6 clients reserve and commit, and the store is SIGKILLed mid-load
+        workers = [asyncio.create_task(reserve_commit_loop(stubs, w, load)) for w in range(6)]
+        await eventually(lambda: len(load.committed) >= 150, within=15)
+        os.kill(redis_pid(state), signal.SIGKILL)
+        await asyncio.wait_for(asyncio.gather(*workers), timeout=15)
+    assert len(load.committed) >= 150, f"only {len(load.committed)} commits before the kill"
+    assert load.errors and set(load.errors) == {UNAVAILABLE}, Counter(load.errors)
+
+    # and the service is stopped and started again on the same state directory
+    await service.stop(grace=5.0)
+    await service.start()
+    store = redis_client(f"redis://127.0.0.1:{redis_port(redis_pid(state))}/0", 2.0)
+    try:
+        await check_after_redis_crash(service, store, load, rows)
+    finally:
+        await store.aclose()
+
+
+async def check_after_redis_crash(
+    service: ServerProcess, store: aioredis.Redis, load: Load, rows: list[Row]
+) -> None:
+    settled = await eventually(lambda: _zero(store.zcard(SAGAS)), within=10)
+    assert settled, f"sagas still open: {await store.zrange(SAGAS, 0, -1)}"
+    async with connect(service.port) as stubs:
+        states = await reservation_states(stubs, load.sent)
+        got = await stubs.availability.GetAvailability(
+            pb.GetAvailabilityRequest(skus=list(LOAD_SKUS), location_ids=list(LOAD_LOCATIONS))
+        )
+    # then every acknowledged commit is COMMITTED, every acknowledged hold is still known
+    lost = sorted(rid for rid in load.committed if states[rid] != COMMITTED)
+    assert not lost, f"{len(lost)} acknowledged commits lost: {lost[:10]}"
+    forgotten = sorted(rid for rid in load.held if states[rid] is None)
+    assert not forgotten, f"{len(forgotten)} acknowledged holds forgotten: {forgotten[:10]}"
+    # and on_hand is the initial count less what the COMMITTED reservations sold
+    units = sold(load, states)
+    on_hand = {(lv.location_id, lv.sku): lv.on_hand for lv in got.levels}
+    expected = {row: LOAD_ON_HAND - units[row] for row in rows}
+    assert on_hand == expected
+    # and reserved is the sum of the HELD parts (I1), each reservation all or nothing (I2)
+    parts = await read_parts(store, LOAD_LOCATIONS)
+    storage = Storage(store, stock_buckets=BUCKETS, retention_ms=HOUR_MS, event_window_ms=HOUR_MS)
+    await check_reserved_is_sum_of_held_parts(storage, parts, rows)
+    check_all_or_nothing(parts, load.sent)
+
+
+# -- Redis away: fast UNAVAILABLE, then recovery ----------------------------------------------
+
+
+async def stop_in_process(app: Omnistock) -> None:
+    """Stops an in-process server, failing the test (not hanging the session) if it cannot."""
+    try:
+        await asyncio.wait_for(app.stop(grace=1.0), timeout=10)
+    except TimeoutError:
+        pytest.fail("Omnistock.stop() did not return within 10 s")
+
+
+def kill_store(store: EmbeddedRedis) -> None:
+    store.kill()
+    # EmbeddedRedis.kill() leaves the dead process's stderr pipe open (stop() closes it); once
+    # start() replaces the process, the pipe's garbage collection warns, an error here.
+    if store.process is not None and store.process.stderr is not None:
+        store.process.stderr.close()
+
+
+async def test_calls_fail_unavailable_within_their_deadline_and_recover_when_redis_returns(
+    tmp_path: Path,
+) -> None:
+    # given an in-process server on a private store (fixed port, own state dir), with stock
+    store = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    await asyncio.to_thread(store.start)
+    app = create_server(settings_for(store.url))
+    try:
+        await app.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs = Stubs(channel)
+            await stock_up(stubs, {("s1", "a"): 10})
+            await check_frozen_store_answers_before_the_deadline(stubs, store)
+            await check_killed_store_fails_fast_then_recovers(stubs, store, app.port)
+    finally:
+        await stop_in_process(app)
+        await asyncio.to_thread(store.stop)
+
+
+def availability_request() -> pb.GetAvailabilityRequest:
+    return pb.GetAvailabilityRequest(skus=["a"], location_ids=["s1"])
+
+
+async def check_frozen_store_answers_before_the_deadline(
+    stubs: Stubs, store: EmbeddedRedis
+) -> None:
+    # when the store is frozen (SIGSTOP: connections open, no answers)
+    assert store.process is not None
+    os.kill(store.process.pid, signal.SIGSTOP)
+    try:
+        code, took = await timed(
+            stubs.availability.GetAvailability(availability_request(), timeout=1.0)
+        )
+    finally:
+        os.kill(store.process.pid, signal.SIGCONT)
+    # then a call with a 1 s deadline is answered UNAVAILABLE while the caller still listens
+    assert (code, took < 1.0) == (UNAVAILABLE, True), f"{code.name} after {took:.3f}s"
+    # and once it thaws, calls are answered again
+    thawed = await eventually(lambda: _answers(stubs), within=5)
+    assert thawed, "no answer within 5 s after SIGCONT"
+
+
+async def _answers(stubs: Stubs) -> bool:
+    code, _ = await timed(stubs.availability.GetAvailability(availability_request(), timeout=1.0))
+    return code == OK
+
+
+async def check_killed_store_fails_fast_then_recovers(
+    stubs: Stubs, store: EmbeddedRedis, port: int
+) -> None:
+    # when the store is killed
+    kill_store(store)
+    # then Reserve and GetAvailability (1 s deadlines) fail UNAVAILABLE fast, not at the deadline
+    reserve = stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="r-down", lines=[line("s1", "a", 1)]), timeout=1.0
+    )
+    for call in (reserve, stubs.availability.GetAvailability(availability_request(), timeout=1.0)):
+        code, took = await timed(call)
+        assert (code, took < 0.5) == (UNAVAILABLE, True), f"{code.name} after {took:.3f}s"
+    # and health turns NOT_SERVING (the server polls the store about once a second)
+    assert await eventually(lambda: _health_is(port, NOT_SERVING), within=3)
+
+    # when the same store comes back (same port and state dir: the data is read from the AOF)
+    await asyncio.to_thread(store.start)
+    # then, without a restart of the gRPC server, calls succeed again and see the old stock
+    back = await eventually(lambda: _answers(stubs), within=5)
+    assert back, "no answer within 5 s after the store returned"
+    row = await level(stubs, "s1", "a")
+    assert (row.on_hand, row.reserved) == (10, 0)
+    held = await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="r-up", lines=[line("s1", "a", 1)]), timeout=2.0
+    )
+    assert held.reservation.state == HELD
+    # and health is SERVING again
+    assert await eventually(lambda: _health_is(port, SERVING), within=3)
+
+
+async def _health_is(port: int, status: int) -> bool:
+    return await health_status(port) == status
+
+
+# -- SIGTERM ------------------------------------------------------------------------------------
+
+
+async def test_sigterm_drains_and_stops_the_embedded_store(
+    spawn: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # given a service with its embedded store and a hold
+    state = tmp_path / "state"
+    service = spawn("--state-dir", str(state), "--metrics-port", "0")
+    await service.start()
+    store_pid = redis_pid(state)
+    async with connect(service.port) as stubs:
+        await stock_up(stubs, {("s1", "a"): 10})
+        before = await stubs.reservations.Reserve(reserve_request("r-before", [line("s1", "a", 2)]))
+        assert before.reservation.state == HELD
+        # and a call in flight: the store is frozen for a moment, so the call waits on it
+        os.kill(store_pid, signal.SIGSTOP)
+        try:
+            in_flight = asyncio.ensure_future(
+                stubs.reservations.Reserve(
+                    reserve_request("r-draining", [line("s1", "a", 3)]), timeout=5
+                )
+            )
+            await asyncio.sleep(0.3)
+            # when the service gets SIGTERM (and the store thaws a little later)
+            service.signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+        finally:
+            os.kill(store_pid, signal.SIGCONT)
+        # then the call in flight is answered (drained, not cut off)
+        draining = await in_flight
+        assert draining.reservation.state == HELD
+    # and the service exits 0 within a few seconds, and its store is gone too
+    assert await service.wait(within=5) == 0, service.log_tail()
+    assert await wait_gone(store_pid, within=2), f"embedded store {store_pid} still running"
+
+    # when it starts again on the same state directory
+    await service.start()
+    # then it serves the same data
+    async with connect(service.port) as stubs:
+        for rid in ("r-before", "r-draining"):
+            got = await stubs.reservations.GetReservation(
+                pb.GetReservationRequest(reservation_id=rid)
+            )
+            assert got.state == HELD, rid
+        row = await level(stubs, "s1", "a")
+        assert (row.on_hand, row.reserved, row.available) == (10, 5, 5)
+
+
+# -- expiry (I7) ----------------------------------------------------------------------------------
+
+
+async def test_expired_holds_are_released_within_a_second(channel: grpc.aio.Channel) -> None:
+    # given a hold of 3 of 10 units that lives half a second
+    stubs = Stubs(channel)
+    await stock_up(stubs, {("s1", "a"): 10})
+    resp = await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="r1", lines=[line("s1", "a", 3)], ttl_seconds=0.5)
+    )
+    expires_at = resp.reservation.expires_at
+    assert (await level(stubs, "s1", "a")).available == 7
+    # when nobody does anything, and availability is read every 20 ms
+    back_at = 0.0
+    while time.time() * 1000 < expires_at + 3000:
+        if (await level(stubs, "s1", "a")).available == 10:
+            back_at = time.time() * 1000
+            break
+        await asyncio.sleep(0.02)
+    # then the units are back within one second of the expiry
+    assert back_at, "the hold was not released within 3 s of its expiry"
+    lag = back_at - expires_at
+    assert lag < 1000, f"available again {lag:.0f} ms after the expiry (bound: 1000 ms)"
+    got = await stubs.reservations.GetReservation(pb.GetReservationRequest(reservation_id="r1"))
+    assert got.state == pb.RESERVATION_STATE_EXPIRED
+
+
+@asynccontextmanager
+async def second_server(redis_url: str) -> AsyncIterator[Omnistock]:
+    app = create_server(settings_for(redis_url))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await stop_in_process(app)
+
+
+def expiries(*apps: Omnistock) -> float:
+    return sum(
+        app.metrics.registry.get_sample_value("omnistock_expiries_total") or 0.0 for app in apps
+    )
+
+
+async def test_two_sweepers_expire_each_hold_exactly_once(
+    server: Omnistock, channel: grpc.aio.Channel, redis_url: str
+) -> None:
+    # given two server processes on one Redis, and 200 holds of half a second over 20 rows
+    stubs = Stubs(channel)
+    rows = [(f"s{i}", sku) for i in range(4) for sku in ("a", "b", "c", "d", "e")]
+    await stock_up(stubs, dict.fromkeys(rows, 100))
+    async with second_server(redis_url) as other:
+        for start in range(0, 200, 50):
+            answers = await asyncio.gather(
+                *(
+                    stubs.reservations.Reserve(
+                        pb.ReserveRequest(
+                            reservation_id=f"r{i}",
+                            lines=[line(*rows[i % len(rows)], 1)],
+                            ttl_seconds=0.5,
+                        )
+                    )
+                    for i in range(start, start + 50)
+                )
+            )
+            assert all(a.reservation.state == HELD for a in answers)
+        # when both sweepers run past the expiry
+        done = await eventually(lambda: expiries(server, other) >= 200, within=5)
+        await asyncio.sleep(0.3)  # a few more sweeps of each, which must find nothing
+        # then each hold expired exactly once, and nothing is reserved any more
+        counted = (expiries(server), expiries(other))
+        assert done and sum(counted) == 200, f"expiries counted by each server: {counted}"
+        got = await stubs.availability.GetAvailability(
+            pb.GetAvailabilityRequest(skus=["a", "b", "c", "d", "e"], location_ids=["s0", "s1"])
+        )
+        assert {lv.reserved for lv in got.levels} == {0}
+
+
+# -- a cross-location commit cut short by a crash --------------------------------------------
+
+
+class ProcessDied(Exception):
+    """Stands for the death of the server process at the point where it is raised."""
+
+
+def count_event(location: str, sku: str, qty: int, now: int) -> StockEvent:
+    return StockEvent(f"c:{location}:{sku}", location, sku, EventKind.COUNT, qty, now - 10)
+
+
+async def test_a_commit_decided_before_a_crash_is_finished_by_recovery(
+    storage: Storage,
+    reservations: Reservations,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a reservation held at two stores, and a sweeper (of any server process)
+    now = clock.now_ms()
+    for loc in ("s1", "s2"):
+        await storage.apply_events(loc, [count_event(loc, "a", 5, now)], now)
+    lines = [Line("s1", "a", 2), Line("s2", "a", 2)]
+    assert (await reservations.reserve("r1", lines, ttl_seconds=60)).ok
+    sweeper = Sweeper(storage, reservations, clock, Metrics(), interval_ms=50)
+
+    # when a commit is decided (COMMITTING) and the process dies before committing any part;
+    # the sweeper happens to pass between the recovery entry and the decision
+    decide = storage.settle
+
+    async def sweep_then_decide(rid: str, expected: str, new: str, ttl_ms: int = 0) -> bool:
+        if new == COMMITTING:
+            await sweeper.sweep()
+        return await decide(rid, expected, new, ttl_ms)
+
+    async def die(*args: Any, **kwargs: Any) -> list[Any]:
+        raise ProcessDied
+
+    monkeypatch.setattr(storage, "settle", sweep_then_decide)
+    monkeypatch.setattr(storage, "commit_part", die)
+    with pytest.raises(ProcessDied):
+        await reservations.commit("r1")
+    monkeypatch.undo()
+
+    # then recovery, past the saga timeout, finishes the commit it finds decided
+    for _ in range(3):
+        clock.advance(reservations.timing.saga_timeout_ms + 1)
+        await sweeper.sweep()
+    got = await reservations.get("r1")
+    rows = await storage.rows([("s1", "a"), ("s2", "a")])
+    assert got.state.value == "COMMITTED"
+    assert [(r.on_hand, r.reserved) for r in rows] == [(3, 0), (3, 0)], (
+        "the reservation reads COMMITTED, but its parts were never committed: "
+        f"{[(r.on_hand, r.reserved) for r in rows]}; recovery entries: "
+        f"{await storage.sagas_due(clock.now_ms(), 10)}"
+    )
