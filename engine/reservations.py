@@ -39,7 +39,8 @@ from engine.metrics import Metrics
 from engine.storage import DirEntry, Storage, encode_lines
 
 PENDING = "PENDING:"
-COMMITTING = "COMMITTING"
+COMMITTING, COMMITTED = "COMMITTING", "COMMITTED"
+RELEASING, RELEASED = "RELEASING", "RELEASED"
 ABORTED = "ABORTED"
 _COMMIT_PIN_MS = 120_000
 
@@ -100,6 +101,16 @@ class Reservations:
     async def _reserve_saga(
         self, rid: str, lines: tuple[Line, ...], groups: dict[str, list[Line]], ttl_ms: int
     ) -> HoldResult:
+        for _ in range(3):
+            result = await self._try_saga(rid, lines, groups, ttl_ms)
+            if result is not None:
+                return result
+        raise Unavailable(f"reservation {rid} keeps being placed and rolled back; retry")
+
+    async def _try_saga(
+        self, rid: str, lines: tuple[Line, ...], groups: dict[str, list[Line]], ttl_ms: int
+    ) -> HoldResult | None:
+        """One attempt; None when a concurrent attempt with this id fell short meanwhile."""
         now = self.clock.now_ms()
         fp, owner = fingerprint(lines), uuid.uuid4().hex
         ttl = ttl_ms + self.storage.retention_ms
@@ -108,7 +119,8 @@ class Reservations:
         if claimed[0] == "CONFLICT":
             raise AlreadyExists(f"reservation {rid} exists with other lines")
         if claimed[0] == "SAGA":
-            return HoldResult(await self._settled(rid, str(claimed[1])))
+            settled = await self._settled(rid, str(claimed[1]))
+            return None if settled is None else HoldResult(settled)
         calls = [
             self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None)
             for loc, part in groups.items()
@@ -117,7 +129,7 @@ class Reservations:
         held = [loc for loc, a in zip(groups, answers, strict=True) if a[0] == "HELD"]
         if len(held) == len(calls):
             if not await self.storage.settle(rid, PENDING + owner, ""):
-                await self._release_parts(rid, groups, held, tombstone=True)
+                await self._release_parts(rid, groups, held, "tombstone")
                 raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
             await self.storage.unschedule_saga(rid)
             return HoldResult(Reservation(rid, lines, ReservationState.HELD, now + ttl_ms))
@@ -125,41 +137,46 @@ class Reservations:
         for loc, answer in zip(groups, answers, strict=True):
             if answer[0] == "SHORT":
                 shortfalls += _shortfalls(loc, answer[1:])
-        await self._release_parts(rid, groups, held, tombstone=False)
+        # It never took effect: forget every part held, then the id itself.
+        await self._release_parts(rid, groups, held, "forget")
         await self.storage.drop_directory(rid, fp)
         await self.storage.unschedule_saga(rid)
         if not shortfalls:
-            raise Unavailable(f"reservation {rid} was rolled back concurrently; retry")
+            raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
         return HoldResult(None, tuple(shortfalls))
 
-    async def _settled(self, rid: str, saga: str) -> Reservation:
-        """Another call owns this saga: wait for it to settle, then answer as it did."""
+    async def _settled(self, rid: str, saga: str) -> Reservation | None:
+        """Another call owns this saga: wait for it to settle, then answer as it did.
+        None: it fell short and forgot the id, so this call may place it anew."""
         deadline = time.monotonic() + self.timing.saga_timeout_ms / 1000
         while saga.startswith(PENDING) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
             entry = await self.storage.directory(rid)
             if entry is None:
-                raise NotFound(f"reservation {rid} did not take effect; retry")
+                return None
             saga = entry.saga
         if saga.startswith(PENDING):
             raise Unavailable(f"reservation {rid} is still being placed; retry")
         return await self.get(rid)
 
     async def _release_parts(
-        self, rid: str, groups: dict[str, list[Line]], locations: Sequence[str], tombstone: bool
+        self, rid: str, groups: dict[str, list[Line]], locations: Sequence[str], mode: str
     ) -> list[list[object]]:
         return list(
             await asyncio.gather(
                 *(
-                    self.storage.release_part(
-                        rid, loc, [ln.sku for ln in groups[loc]], tombstone=tombstone
-                    )
+                    self.storage.release_part(rid, loc, [ln.sku for ln in groups[loc]], mode)
                     for loc in locations
                 )
             )
         )
 
     # -- Commit, Release, Extend, Get -------------------------------------------------
+    #
+    # Across locations, the directory's saga field decides between racing calls: a commit
+    # moves it '' -> COMMITTING -> COMMITTED, a release '' -> RELEASING -> RELEASED, each by
+    # compare-and-set, so one of them wins and the loser touches no part. The sagas index
+    # entry goes first, so a crash midway is finished by recovery.
 
     async def _entry(self, rid: str) -> DirEntry:
         check_id(rid, "reservation_id")
@@ -171,20 +188,40 @@ class Reservations:
     async def commit(self, rid: str) -> Reservation:
         entry = await self._entry(rid)
         groups = by_location(entry.lines)
-        if entry.saga.startswith(PENDING):
-            raise FailedPrecondition(f"reservation {rid} is still being placed")
-        if entry.saga == ABORTED:
-            raise FailedPrecondition(f"reservation {rid} was rolled back")
-        if len(groups) == 1 or entry.saga == COMMITTING:
-            await self._commit_parts(rid, groups, force=entry.saga == COMMITTING)
-        elif await self._pin(rid, groups):
-            recover_at = self.clock.now_ms() + self.timing.saga_timeout_ms
-            await self.storage.schedule_saga(rid, recover_at)
-            if await self.storage.settle(rid, "", COMMITTING):
-                await self._commit_parts(rid, groups, force=True)
-            await self.storage.settle(rid, COMMITTING, "")
-            await self.storage.unschedule_saga(rid)
+        if len(groups) == 1 and not entry.saga:
+            await self._commit_parts(rid, groups, force=False)
+        elif entry.saga in ("", COMMITTING, COMMITTED):
+            await self._commit_saga(rid, entry, groups)
+        else:
+            raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}, not HELD")
         return Reservation(rid, entry.lines, ReservationState.COMMITTED, 0)
+
+    async def _commit_saga(self, rid: str, entry: DirEntry, groups: dict[str, list[Line]]) -> None:
+        saga = entry.saga
+        if not saga:
+            if not await self._pin(rid, groups):
+                saga = (await self._entry(rid)).saga
+                if saga not in (COMMITTING, COMMITTED):
+                    # A part lapsed or was released: let no other part outlive it.
+                    await self._release_saga(rid, groups)
+                    raise FailedPrecondition(f"reservation {rid} is no longer HELD")
+            else:
+                await self._decide(rid, "", COMMITTING)
+                saga = COMMITTING
+        if saga == COMMITTING:
+            await self._commit_parts(rid, groups, force=True)
+            await self.storage.settle(rid, COMMITTING, COMMITTED)
+            await self.storage.unschedule_saga(rid)
+
+    async def _decide(self, rid: str, expected: str, new: str) -> None:
+        """Moves the saga field by compare-and-set; on losing, says who won (unless the
+        winner made the same decision: then this call helps finish it)."""
+        await self.storage.schedule_saga(rid, self.clock.now_ms() + self.timing.saga_timeout_ms)
+        if await self.storage.settle(rid, expected, new):
+            return
+        entry = await self._entry(rid)
+        if entry.saga not in (new, new.removesuffix("ING") + "ED"):
+            raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}, not HELD")
 
     async def _commit_parts(self, rid: str, groups: dict[str, list[Line]], force: bool) -> None:
         now = self.clock.now_ms()
@@ -203,27 +240,24 @@ class Reservations:
             self.metrics.commits.inc()
 
     async def _pin(self, rid: str, groups: dict[str, list[Line]]) -> bool:
-        """Every part must still be HELD, and stays so past the commit (no expiry midway).
-        False: every part was committed before, nothing to do."""
+        """True when every part is still HELD, and now stays so past the commit."""
         now = self.clock.now_ms()
         answers = await asyncio.gather(
             *(self.storage.extend_part(rid, loc, now, now + _COMMIT_PIN_MS, True) for loc in groups)
         )
-        states = {str(a[1]) if a[0] == "STATE" else str(a[0]) for a in answers}
-        if states == {"HELD"}:
-            return True
-        if states == {"COMMITTED"}:
-            return False
-        await self._release_parts(rid, groups, list(groups), tombstone=False)
-        bad = sorted(states - {"HELD"})
-        raise FailedPrecondition(f"reservation {rid} is {', '.join(bad)}, not HELD")
+        return all(a[0] == "HELD" for a in answers)
 
     async def release(self, rid: str) -> Reservation:
         entry = await self._entry(rid)
-        if entry.saga.startswith(PENDING) or entry.saga == COMMITTING:
-            raise FailedPrecondition(f"reservation {rid} is being placed or committed")
         groups = by_location(entry.lines)
-        answers = await self._release_parts(rid, groups, list(groups), tombstone=False)
+        if len(groups) == 1 and not entry.saga:
+            answers = await self._release_parts(rid, groups, list(groups), "release")
+        elif entry.saga in ("", RELEASING, RELEASED):
+            answers = await self._release_saga(rid, groups, decided=bool(entry.saga))
+        elif entry.saga == ABORTED:
+            return await self.get(rid)
+        else:
+            raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}")
         if any(a[0] == "STATE" and a[1] == "COMMITTED" for a in answers):
             raise FailedPrecondition(f"reservation {rid} is COMMITTED; it cannot be released")
         if any(a[0] == "RELEASED" and a[1] == 1 for a in answers):
@@ -232,11 +266,21 @@ class Reservations:
         state = ReservationState.EXPIRED if expired else ReservationState.RELEASED
         return Reservation(rid, entry.lines, state, 0)
 
+    async def _release_saga(
+        self, rid: str, groups: dict[str, list[Line]], decided: bool = False
+    ) -> list[list[object]]:
+        if not decided:
+            await self._decide(rid, "", RELEASING)
+        answers = await self._release_parts(rid, groups, list(groups), "release")
+        await self.storage.settle(rid, RELEASING, RELEASED)
+        await self.storage.unschedule_saga(rid)
+        return answers
+
     async def extend(self, rid: str, ttl_seconds: float) -> Reservation:
         check_ttl(ttl_seconds, "ttl_seconds")
         entry = await self._entry(rid)
         if entry.saga:
-            raise FailedPrecondition(f"reservation {rid} is being placed or committed")
+            raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}")
         now = self.clock.now_ms()
         expires_at = now + int(ttl_seconds * 1000)
         groups = by_location(entry.lines)
@@ -253,9 +297,9 @@ class Reservations:
         entry = await self._entry(rid)
         parts = await self.storage.parts(rid, by_location(entry.lines))
         states = {p.state for p in parts}
-        if entry.saga == COMMITTING:
+        if entry.saga in (COMMITTING, COMMITTED):
             state = ReservationState.COMMITTED
-        elif entry.saga == ABORTED:
+        elif entry.saga in (ABORTED, RELEASING):
             state = ReservationState.RELEASED
         else:
             state = _overall(states)
@@ -273,16 +317,24 @@ class Reservations:
             if entry.saga.startswith(PENDING) and await self.storage.settle(
                 rid, entry.saga, ABORTED
             ):
-                await self._release_parts(rid, groups, list(groups), tombstone=True)
+                await self._release_parts(rid, groups, list(groups), "tombstone")
                 action = "rolled_back"
             elif entry.saga == COMMITTING:
                 await self._commit_parts(rid, groups, force=True)
-                await self.storage.settle(rid, COMMITTING, "")
+                await self.storage.settle(rid, COMMITTING, COMMITTED)
                 action = "committed"
+            elif entry.saga == RELEASING:
+                await self._release_parts(rid, groups, list(groups), "release")
+                await self.storage.settle(rid, RELEASING, RELEASED)
+                action = "released"
         await self.storage.unschedule_saga(rid)
         if action != "none":
             self.metrics.sagas_recovered.labels(action).inc()
         return action
+
+
+def _saga_word(saga: str) -> str:
+    return "being placed" if saga.startswith(PENDING) else saga.replace("ABORTED", "RELEASED")
 
 
 def _shortfalls(location: str, flat: Sequence[object]) -> tuple[Shortfall, ...]:

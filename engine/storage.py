@@ -336,16 +336,12 @@ class Storage:
         return _decode(await self.call("commit", keys.keys, [*args, *triples]))
 
     async def release_part(
-        self, reservation_id: str, location: str, skus: Iterable[str], tombstone: bool
+        self, reservation_id: str, location: str, skus: Iterable[str], mode: str
     ) -> list[Any]:
+        """mode: 'release', 'tombstone' or 'forget' (see release.lua)."""
         keys = KeyList(Keys.part(location, reservation_id), DUE)
         triples = self._line_keys(keys, location, skus, log=False)
-        args = [
-            Keys.due_member(location, reservation_id),
-            0,
-            self.retention_ms,
-            "1" if tombstone else "0",
-        ]
+        args = [Keys.due_member(location, reservation_id), 0, self.retention_ms, mode]
         return _decode(await self.call("release", keys.keys, [*args, len(triples) // 3, *triples]))
 
     async def extend_part(

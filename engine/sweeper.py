@@ -11,7 +11,7 @@ import logging
 from collections import defaultdict
 
 from engine.clock import Clock
-from engine.errors import OmnistockError
+from engine.errors import FailedPrecondition, NotFound, OmnistockError
 from engine.metrics import Metrics
 from engine.reservations import Reservations
 from engine.storage import Storage
@@ -48,7 +48,14 @@ class Sweeper:
         now = self.clock.now_ms()
         expired = await self.expire(now)
         for rid in await self.storage.sagas_due(now, BATCH):
-            action = await self.reservations.recover(rid)
+            try:
+                action = await self.reservations.recover(rid)
+            except (FailedPrecondition, NotFound) as exc:
+                # A part moved on in a way the saga cannot finish: say so, and let one
+                # stuck saga never hold up the others.
+                log.error("saga %s cannot be finished: %s", rid, exc)
+                await self.storage.unschedule_saga(rid)
+                continue
             if action != "none":
                 log.info("recovered saga %s: %s", rid, action)
         return expired

@@ -65,8 +65,8 @@ async def test_same_id_same_lines_holds_once_other_lines_conflict(storage: Stora
 async def test_release_gives_units_back_once(storage: Storage) -> None:
     await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
     await hold(storage, "r1", [Line(L, "a", 4)])
-    assert await storage.release_part("r1", L, ["a"], tombstone=False) == ["RELEASED", 1]
-    assert await storage.release_part("r1", L, ["a"], tombstone=False) == ["RELEASED", 0]
+    assert await storage.release_part("r1", L, ["a"], "release") == ["RELEASED", 1]
+    assert await storage.release_part("r1", L, ["a"], "release") == ["RELEASED", 0]
     (row,) = await storage.rows([(L, "a")])
     assert row.reserved == 0 and row.available == 5
 

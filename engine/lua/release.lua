@@ -1,13 +1,16 @@
 -- release: give a HELD reservation part's units back (reserved drops by each qty).
 -- KEYS[1]  {L}:r:<id>;  KEYS[2] {omnistock}:due;  KEYS[3..] {L}:s:<b> stock buckets
--- ARGV: due member, now_ms, retention_ms, tombstone, n, then n triples (sku, stock key index, 0)
---   tombstone == '1' leaves a RELEASED part where none exists, so that a hold still on its
---   way from a crashed saga can never land after the rollback.
+-- ARGV: due member, now_ms, retention_ms, mode, n, then n triples (sku, stock key index, 0)
+--   mode 'release':   the part becomes RELEASED, and is remembered for the retention.
+--   mode 'tombstone': also leaves a RELEASED part where none exists, so that a hold still on
+--                     its way from a crashed saga can never land after its rollback.
+--   mode 'forget':    the part never took effect (its saga fell short): give the units
+--                     back and delete it, so that the id can be reserved again.
 -- Returns {'RELEASED', 1 if this call released a hold else 0} | {'STATE', state} | {'MISSING'}
-local member, retention = ARGV[1], tonumber(ARGV[3])
+local member, retention, mode = ARGV[1], tonumber(ARGV[3]), ARGV[4]
 local state = redis.call('HGET', KEYS[1], 's')
 if not state then
-  if ARGV[4] == '1' then
+  if mode == 'tombstone' then
     redis.call('HSET', KEYS[1], 's', 'RELEASED', 'f', '', 'l', '')
     redis.call('PEXPIRE', KEYS[1], retention)
     return {'RELEASED', 0}
@@ -17,4 +20,5 @@ end
 if state == 'RELEASED' then return {'RELEASED', 0} end
 if state ~= 'HELD' then return {'STATE', state} end
 unhold(KEYS[1], KEYS[2], member, 'RELEASED', key_map(ARGV, 6, tonumber(ARGV[5])), retention)
+if mode == 'forget' then redis.call('DEL', KEYS[1]) end
 return {'RELEASED', 1}
