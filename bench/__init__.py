@@ -1,0 +1,1 @@
+"""bench: load tests over real gRPC, reference points measured in the same run, and charts."""

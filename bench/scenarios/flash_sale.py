@@ -1,0 +1,35 @@
+"""flash-sale: one hot sku at one store, many buyers each holding one unit until it is gone;
+after that, every buyer must be told "short"."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+
+from bench.scenarios import Stubs
+from bench.scenarios.common import seed_stores, sku_id, store_id
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+
+class FlashSale:
+    def __init__(self, units: int = 20_000) -> None:
+        self.units = units
+
+    async def setup(self, stubs: Stubs) -> None:
+        await seed_stores(stubs, 1, 1, on_hand=self.units)
+
+    async def request(
+        self, stubs: Stubs, rng: random.Random, held: Counter[tuple[str, str]]
+    ) -> str:
+        line = pb.ReservationLine(location_id=store_id(0), sku=sku_id(0), qty=1)
+        resp = await stubs.reservations.Reserve(
+            pb.ReserveRequest(
+                reservation_id=f"fs-{uuid.uuid4().hex}", lines=[line], ttl_seconds=3600
+            ),
+            timeout=5,
+        )
+        if not resp.HasField("reservation"):
+            return "short"
+        held[(store_id(0), sku_id(0))] += 1
+        return "ok"

@@ -1,0 +1,63 @@
+"""Starts an omnistock server process for a bench run (fresh embedded store) and stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BenchServer:
+    def __init__(self, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.state = tempfile.mkdtemp(prefix="omnistock-bench-")
+        self.extra = extra or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OMNISTOCK_", "REDIS_URL"))}
+        cmd = [sys.executable, str(ROOT / "server.py"), "--listen", self.target]
+        cmd += ["--state-dir", self.state, "--metrics-port", "0", "--log-level", "WARNING"]
+        self.process = subprocess.Popen(
+            [*cmd, *self.extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError("the bench server exited during start")
+                try:
+                    got = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                    if got.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.1)
+        raise RuntimeError(f"the bench server did not serve within {timeout}s")
+
+    @property
+    def redis_url(self) -> str:
+        pid = int((Path(self.state) / "redis.pid").read_text())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return f"redis://127.0.0.1:{args[args.index(b'--port') + 1].decode()}/0"
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,36 @@
+"""A few-second smoke run of every bench scenario, so bench/ keeps working. It asserts that
+the run completes, measures something and keeps the invariants; never a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.scenarios import SCENARIOS
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_runs_and_keeps_the_invariants(
+    scenario: str, project_root: Path, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable, "-m", "bench", scenario, "--duration", "1.5", "--concurrency", "8",
+        "--param" if scenario in ("storefront", "pos", "mixed") else "--channels",
+        "stores=3" if scenario in ("storefront", "pos", "mixed") else "2",
+        "--out", str(tmp_path), *(["--no-charts"] if scenario != "pos" else []),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    (result_file,) = tmp_path.glob("*.json")
+    result = json.loads(result_file.read_text())
+    assert result["load"]["requests"] > 0
+    assert result["load"]["errors"] == 0, result["load"]["outcomes"]
+    if scenario != "grpc-floor":
+        assert result["invariants"]["reserved_equals_held"]
+        assert result["invariants"]["no_oversell"]
+    if scenario == "pos":
+        assert len(list(tmp_path.glob("*.png"))) == 2
