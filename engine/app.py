@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 SERVICES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
 
 
-def redis_client(url: str, timeout: float) -> aioredis.Redis:
+def redis_client(url: str, timeout: float, max_connections: int = 128) -> aioredis.Redis:
     """Fails fast when Redis is away (UNAVAILABLE within the deadline), retrying once:
     every script is idempotent, so a retried call never applies twice."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        max_connections=64,
+        max_connections=max_connections,
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=min(timeout, 1.0),
@@ -71,7 +71,9 @@ class Omnistock:
             )
             await asyncio.to_thread(self.embedded.start)
             url = self.embedded.url
-        self.redis = redis_client(url, self.settings.redis_timeout_seconds)
+        self.redis = redis_client(
+            url, self.settings.redis_timeout_seconds, self.settings.redis_max_connections
+        )
         self.storage = Storage(
             self.redis,
             stock_buckets=self.settings.stock_buckets,

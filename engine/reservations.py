@@ -199,11 +199,12 @@ class Reservations:
     async def _commit_saga(self, rid: str, entry: DirEntry, groups: dict[str, list[Line]]) -> None:
         saga = entry.saga
         if not saga:
-            if not await self._pin(rid, groups):
+            pinned = await self._pin(rid, groups)
+            if len(pinned) < len(groups):
                 saga = (await self._entry(rid)).saga
                 if saga not in (COMMITTING, COMMITTED):
-                    # A part lapsed or was released: let no other part outlive it.
-                    await self._release_saga(rid, groups)
+                    if pinned:  # parts lapsed unevenly (clock skew): let none outlive the rest
+                        await self._release_saga(rid, groups)
                     raise FailedPrecondition(f"reservation {rid} is no longer HELD")
             else:
                 await self._decide(rid, "", COMMITTING)
@@ -239,13 +240,13 @@ class Reservations:
         if any(answer[1] == 1 for answer in answers):
             self.metrics.commits.inc()
 
-    async def _pin(self, rid: str, groups: dict[str, list[Line]]) -> bool:
-        """True when every part is still HELD, and now stays so past the commit."""
+    async def _pin(self, rid: str, groups: dict[str, list[Line]]) -> list[str]:
+        """Keeps every part that is still HELD so past the commit; answers which were."""
         now = self.clock.now_ms()
         answers = await asyncio.gather(
             *(self.storage.extend_part(rid, loc, now, now + _COMMIT_PIN_MS, True) for loc in groups)
         )
-        return all(a[0] == "HELD" for a in answers)
+        return [loc for loc, a in zip(groups, answers, strict=True) if a[0] == "HELD"]
 
     async def release(self, rid: str) -> Reservation:
         entry = await self._entry(rid)

@@ -44,6 +44,9 @@ class Settings:
     redis_timeout_seconds: float = field(
         default=2.0, metadata={"help": "socket timeout for each Redis exchange"}
     )
+    redis_max_connections: int = field(
+        default=128, metadata={"help": "connections to Redis per server process"}
+    )
     appendfsync: str = field(
         default="everysec", metadata={"help": "embedded server AOF fsync: always|everysec"}
     )

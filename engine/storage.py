@@ -319,6 +319,8 @@ class Storage:
 
     async def hold(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[Any]]:
         """Holds parts at one or more locations in one round trip."""
+        if len(calls) == 1:
+            return [_decode(await self.call("hold", *calls[0]))]
 
         def build(pipe: Any) -> None:
             for keys, args in calls:
