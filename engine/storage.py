@@ -27,6 +27,7 @@ and runs the call again, which is safe because every script here is idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -159,6 +160,63 @@ def parse_row(value: bytes | None) -> StockRow:
 _REDIS_DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
 
 
+class AutoPipeline:
+    """Script calls made at about the same time by one process, sent together: one round
+    trip and one connection for many. A call made while fewer than `max_inflight` batches
+    are under way is sent at once (on the next turn of the event loop); others join the
+    next batch. Each call gets its own answer or error."""
+
+    def __init__(self, client: Any, max_batch: int = 256, max_inflight: int = 4) -> None:
+        self.redis = client
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self.queue: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self.inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append((sha, keys, args, future))
+        if self.inflight < self.max_inflight:
+            self.inflight += 1
+            task = asyncio.ensure_future(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch = self.queue[: self.max_batch]
+                del self.queue[: self.max_batch]
+                await self._send(batch)
+        finally:
+            self.inflight -= 1
+
+    async def _send(
+        self, batch: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for sha, keys, args, _ in batch:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # every caller of the batch learns why
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # the caller gave up (deadline); the script ran or not, idempotently
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 class Storage:
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA)."""
 
@@ -188,6 +246,7 @@ class Storage:
         self.retention_ms = retention_ms
         self.event_window_ms = event_window_ms
         self.scripts = {name: Script(name) for name in self.SCRIPTS}
+        self.batcher = AutoPipeline(client)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -211,7 +270,7 @@ class Storage:
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         sha = self.scripts[name].sha
-        return await self.guard(lambda: self.redis.evalsha(sha, len(keys), *keys, *args))
+        return await self.guard(lambda: self.batcher.evalsha(sha, keys, args))
 
     async def pipeline(self, build: Callable[[Any], None]) -> list[Any]:
         """One round trip for several commands. Only idempotent commands go in, so a rerun
