@@ -7,10 +7,13 @@ and an entry in the sagas index written before any step. The owner holds every p
 part falls short it releases the others and forgets the reservation; if it dies midway, the
 sweeper finds the saga past its timeout and rolls it back (tombstoning every part, so a late
 step cannot land). A cross-location commit first pins every part (it can no longer expire),
-records the decision COMMITTING, then commits each part; recovery finishes a decided commit.
+then decides COMMITTING in the directory by compare-and-set, then commits each part; a
+release decides RELEASING the same way. Of a commit and a release racing, one decision wins
+and the loser touches no part; recovery finishes a decided step after a crash.
 
-States: each part has HELD | COMMITTED | RELEASED | EXPIRED; the reservation's state is
-theirs, or COMMITTED once a commit was decided.
+The directory's saga field: '' (settled: the parts are the truth), PENDING:<owner>, ABORTED,
+COMMITTING -> COMMITTED, RELEASING -> RELEASED. Each part has HELD | COMMITTED | RELEASED |
+EXPIRED; the reservation's state is theirs, or the decision once one was made.
 """
 
 from __future__ import annotations
