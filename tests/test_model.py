@@ -1,0 +1,635 @@
+"""The engine, driven side by side with a plain in-memory model of the brief's rules.
+
+A hypothesis state machine sends stock events, reservations, commits, releases, extends,
+safety stock changes and clock moves (with or without a sweep after them) to the real
+engine over a real Redis-compatible server, and the same steps to `Model` below: a few
+dicts that say, in the brief's words, what every answer and every stock row must be. After
+every step it compares the two and checks the invariants I1-I7 on the engine's own data.
+
+The universe is small on purpose (3 locations, 3 skus, 6 reservation ids, 12 event ids,
+2 stock buckets), so that ids, rows, buckets and source times collide.
+
+The examples at the end of the file pin down, one by one, the places where the engine and
+the model parted ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, event, settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from engine.app import redis_client
+from engine.clock import ManualClock
+from engine.domain import EventKind, Line, Reservation, StockEvent, StockRow
+from engine.errors import AlreadyExists, OmnistockError
+from engine.metrics import Metrics
+from engine.reservations import Reservations, Timing
+from engine.storage import Keys, Storage, decode_lines
+from engine.sweeper import Sweeper
+
+from .conftest import HOUR_MS
+
+T = TypeVar("T")
+
+LOCATIONS = ("loc-a", "loc-b", "loc-c")
+SKUS = ("sku-1", "sku-2", "sku-3")
+RESERVATION_IDS = tuple(f"r{i}" for i in range(6))
+EVENT_IDS = tuple(f"e{i}" for i in range(12))
+PAIRS = tuple((loc, sku) for loc in LOCATIONS for sku in SKUS)
+WINDOW_MS = 72 * HOUR_MS
+STOCK_BUCKETS = 2  # fewer buckets than skus: rows share bucket hashes and change logs
+
+# A reservation line as the model sees it: (location, sku, qty).
+ModelLine = tuple[str, str, int]
+Pair = tuple[str, str]
+
+
+# -- the model ---------------------------------------------------------------------------
+
+
+@dataclass
+class ModelRow:
+    count: tuple[int, int] | None = None  # (source_time, q) of the newest COUNT
+    changes: list[tuple[int, int]] = field(default_factory=list)  # (time, signed qty)
+    reserved: int = 0
+    safety_stock: int = 0
+
+    @property
+    def count_time(self) -> int | None:
+        return None if self.count is None else self.count[0]
+
+    @property
+    def on_hand(self) -> int:
+        """The newest count, plus every delta and commit that happened after it."""
+        if self.count is None:
+            return sum(qty for _, qty in self.changes)
+        t, q = self.count
+        return q + sum(qty for when, qty in self.changes if when > t)
+
+    @property
+    def available(self) -> int:
+        return max(0, self.on_hand - self.reserved - self.safety_stock)
+
+
+@dataclass
+class ModelReservation:
+    lines: tuple[ModelLine, ...]  # merged by (location, sku), sorted
+    state: str
+    expires_at: int
+
+    def answer(self) -> tuple[Any, ...]:
+        held = self.state == "HELD"
+        return ("RESERVATION", self.state, self.lines, self.expires_at if held else None)
+
+
+def merge(lines: list[ModelLine]) -> tuple[ModelLine, ...]:
+    merged: dict[Pair, int] = {}
+    for loc, sku, qty in lines:
+        merged[(loc, sku)] = merged.get((loc, sku), 0) + qty
+    return tuple((loc, sku, qty) for (loc, sku), qty in sorted(merged.items()))
+
+
+@dataclass
+class Snapshot:
+    """What the engine holds after a step, as the checks read it."""
+
+    rows: dict[Pair, StockRow]
+    directory: dict[str, tuple[Line, ...] | None]  # reservation id -> its lines, if known
+    parts: dict[tuple[str, str], tuple[str, list[tuple[str, int]]]]  # (id, loc) -> state, lines
+    answers: dict[str, tuple[Any, ...]]  # reservation id -> what `get` answers
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    event_id: str
+    kind: str  # "COUNT" | "DELTA"
+    sku: str
+    qty: int
+    source_time: int
+    reservation_id: str = ""
+
+
+class Model:
+    """The brief's rules for stock rows and reservations, and nothing else."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Pair, ModelRow] = {pair: ModelRow() for pair in PAIRS}
+        self.seen: set[tuple[str, str]] = set()  # (location, event id)
+        self.reservations: dict[str, ModelReservation] = {}
+
+    # stock events
+
+    def apply_events(
+        self, location: str, events: list[ModelEvent]
+    ) -> tuple[list[str], list[tuple[str, int, int]]]:
+        outcomes, touched = [], set()
+        for ev in events:
+            outcome = self._apply(location, ev)
+            if outcome == "APPLIED":
+                touched.add(ev.sku)
+            outcomes.append(outcome)
+        short = []
+        for sku in sorted(touched):
+            row = self.rows[(location, sku)]
+            if row.on_hand < row.reserved:
+                short.append((sku, row.on_hand, row.reserved))
+        return outcomes, short
+
+    def _apply(self, location: str, ev: ModelEvent) -> str:
+        if (location, ev.event_id) in self.seen:
+            return "DUPLICATE"
+        self.seen.add((location, ev.event_id))
+        if ev.kind == "DELTA" and self._is_echo(location, ev):
+            return "ECHO"
+        row = self.rows[(location, ev.sku)]
+        if ev.kind == "COUNT":
+            if row.count is not None and (ev.source_time, ev.qty) <= row.count:
+                return "STALE"
+            row.count = (ev.source_time, ev.qty)
+            return "APPLIED"
+        count_time = row.count_time
+        if count_time is not None and ev.source_time <= count_time:
+            return "STALE"
+        row.changes.append((ev.source_time, ev.qty))
+        return "APPLIED"
+
+    def _is_echo(self, location: str, ev: ModelEvent) -> bool:
+        res = self.reservations.get(ev.reservation_id) if ev.reservation_id else None
+        if res is None or res.state != "COMMITTED":
+            return False
+        return any(loc == location and sku == ev.sku for loc, sku, _ in res.lines)
+
+    def set_safety_stock(self, location: str, sku: str, qty: int) -> None:
+        self.rows[(location, sku)].safety_stock = qty
+
+    # reservations
+
+    def reserve(self, rid: str, lines: list[ModelLine], ttl_ms: int, now: int) -> tuple[Any, ...]:
+        merged = merge(lines)
+        existing = self.reservations.get(rid)
+        if existing is not None:
+            return existing.answer() if existing.lines == merged else ("AlreadyExists",)
+        short = [
+            (loc, sku, qty, self.rows[(loc, sku)].available)
+            for loc, sku, qty in merged
+            if qty > self.rows[(loc, sku)].available
+        ]
+        if short:
+            return ("SHORT", tuple(sorted(short)))
+        for loc, sku, qty in merged:
+            self.rows[(loc, sku)].reserved += qty
+        self.reservations[rid] = ModelReservation(merged, "HELD", now + ttl_ms)
+        return self.reservations[rid].answer()
+
+    def commit(self, rid: str, now: int) -> tuple[Any, ...]:
+        res = self.reservations.get(rid)
+        if res is None:
+            return ("NotFound",)
+        if res.state == "COMMITTED":
+            return res.answer()
+        if res.state != "HELD" or now >= res.expires_at:
+            return ("FailedPrecondition",)
+        for loc, sku, qty in res.lines:
+            row = self.rows[(loc, sku)]
+            row.reserved -= qty
+            row.changes.append((now, -qty))
+        res.state = "COMMITTED"
+        return res.answer()
+
+    def release(self, rid: str) -> tuple[Any, ...]:
+        res = self.reservations.get(rid)
+        if res is None:
+            return ("NotFound",)
+        if res.state == "COMMITTED":
+            return ("FailedPrecondition",)
+        if res.state == "HELD":
+            self._give_back(res, "RELEASED")
+        return res.answer()
+
+    def extend(self, rid: str, ttl_ms: int, now: int) -> tuple[Any, ...]:
+        res = self.reservations.get(rid)
+        if res is None:
+            return ("NotFound",)
+        if res.state != "HELD" or now >= res.expires_at:
+            return ("FailedPrecondition",)
+        res.expires_at = now + ttl_ms
+        return res.answer()
+
+    def expire(self, now: int) -> int:
+        """What one sweep does: every hold past its expiry gives its units back (I7).
+        Answers how many reservation parts (one per location) expired."""
+        parts = 0
+        for res in self.reservations.values():
+            if res.state == "HELD" and res.expires_at <= now:
+                self._give_back(res, "EXPIRED")
+                parts += len({loc for loc, _, _ in res.lines})
+        return parts
+
+    def _give_back(self, res: ModelReservation, state: str) -> None:
+        for loc, sku, qty in res.lines:
+            self.rows[(loc, sku)].reserved -= qty
+        res.state = state
+
+    def held(self) -> list[ModelReservation]:
+        return [res for res in self.reservations.values() if res.state == "HELD"]
+
+
+# -- translating engine answers into the model's terms -------------------------------------
+
+
+def model_lines(lines: tuple[Line, ...]) -> tuple[ModelLine, ...]:
+    return tuple((ln.location, ln.sku, ln.qty) for ln in lines)
+
+
+def reservation_answer(res: Reservation) -> tuple[Any, ...]:
+    held = res.state.value == "HELD"
+    return (
+        "RESERVATION",
+        res.state.value,
+        model_lines(res.lines),
+        res.expires_at if held else None,
+    )
+
+
+def error_answer(exc: OmnistockError) -> tuple[Any, ...]:
+    return (type(exc).__name__,)
+
+
+def parse_part_lines(raw: bytes | None) -> list[tuple[str, int]]:
+    """A part's lines as stored at its location: "sku\tqty\n"..."""
+    rows = (row.split("\t") for row in (raw or b"").decode().splitlines())
+    return [(sku, int(qty)) for sku, qty in rows]
+
+
+# -- strategies ------------------------------------------------------------------------
+
+locations = st.sampled_from(LOCATIONS)
+skus = st.sampled_from(SKUS)
+reservation_ids = st.sampled_from(RESERVATION_IDS)
+ttl_seconds = st.integers(1, 60)
+# Clock moves of 1 ms to 90 s, mostly short ones, so that holds live through a few steps.
+advances = st.sampled_from([3_000, 3_000, 3_000, 90_000]).flatmap(lambda most: st.integers(1, most))
+reservation_lines = st.lists(st.tuples(locations, skus, st.integers(1, 5)), min_size=1, max_size=3)
+
+
+# -- the machine -----------------------------------------------------------------------
+
+
+class StockMachine(RuleBasedStateMachine):
+    def __init__(self, redis_url: str) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.redis = redis_client(redis_url, 2.0)
+        self.clock = ManualClock()
+        self.storage = Storage(
+            self.redis,
+            stock_buckets=STOCK_BUCKETS,
+            retention_ms=WINDOW_MS,
+            event_window_ms=WINDOW_MS,
+        )
+        timing = Timing(default_ttl_ms=60_000, saga_timeout_ms=5_000)
+        self.reservations = Reservations(self.storage, self.clock, timing, Metrics())
+        self.sweeper = Sweeper(
+            self.storage, self.reservations, self.clock, Metrics(), interval_ms=50
+        )
+        self.model = Model()
+        self.times: list[int] = []  # source times and commit times so far: collisions
+        self.attempts: list[tuple[str, list[ModelLine]]] = []  # every reserve sent
+        self.swept_at: int | None = None
+        self.answers: dict[tuple[str, Any], tuple[Any, ...]] = {}  # raw records -> `get`
+        self.run(self.redis.flushall())
+
+    def teardown(self) -> None:
+        self.run(self.redis.aclose())
+        self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def answer(self, call: Awaitable[Reservation | Any]) -> tuple[Any, ...]:
+        async def go() -> tuple[Any, ...]:
+            try:
+                return reservation_answer(await call)
+            except OmnistockError as exc:
+                return error_answer(exc)
+
+        return self.run(go())
+
+    @initialize(
+        counts=st.lists(
+            st.integers(0, 10).map(lambda q: 10 - q), min_size=len(PAIRS), max_size=len(PAIRS)
+        )
+    )
+    def stores_count_their_stock(self, counts: list[int]) -> None:
+        """Most rows start with some stock, so that holds succeed as often as they fall short."""
+        t = self.clock.now - 60_000
+        for (loc, sku), qty in zip(PAIRS, counts, strict=True):
+            self.send_events(loc, [ModelEvent(f"initial-{sku}", "COUNT", sku, qty, t)])
+
+    # stock events
+
+    def source_times(self) -> st.SearchStrategy[int]:
+        now = self.clock.now
+        fresh = st.integers(1, 50_000).map(lambda ago: now - ago)
+        earlier = sorted({t for t in self.times if t < now})
+        return st.one_of(fresh, st.sampled_from(earlier)) if earlier else fresh
+
+    def event(self, data: st.DataObject) -> ModelEvent:
+        kind = data.draw(st.sampled_from(["COUNT", "DELTA"]))
+        if kind == "COUNT":
+            qty = data.draw(st.integers(0, 12))
+            rid = ""
+        else:
+            qty = data.draw(st.integers(-4, 6).filter(bool))
+            rid = data.draw(st.one_of(st.just(""), reservation_ids))
+        return ModelEvent(
+            data.draw(st.sampled_from(EVENT_IDS)),
+            kind,
+            data.draw(skus),
+            qty,
+            data.draw(self.source_times()),
+            rid,
+        )
+
+    def send_events(self, location: str, events: list[ModelEvent]) -> None:
+        self.times += [ev.source_time for ev in events]
+        stock_events = [
+            StockEvent(
+                ev.event_id,
+                location,
+                ev.sku,
+                EventKind(ev.kind),
+                ev.qty,
+                ev.source_time,
+                reservation_id=ev.reservation_id,
+            )
+            for ev in events
+        ]
+        got = self.run(self.storage.apply_events(location, stock_events, self.clock.now))
+        outcomes, short = self.model.apply_events(location, events)
+        for outcome in outcomes:
+            event(f"stock event {outcome}")
+        assert [o.value for o in got.outcomes] == outcomes
+        assert sorted(got.short_rows) == short
+
+    @rule(data=st.data(), location=locations, n=st.integers(1, 3))
+    def store_sends_events(self, data: st.DataObject, location: str, n: int) -> None:
+        self.send_events(location, [self.event(data) for _ in range(n)])
+
+    @precondition(lambda self: self.model.reservations)
+    @rule(data=st.data())
+    def store_reports_a_sale_of_a_reservation(self, data: st.DataObject) -> None:
+        """The store's own system reports a sale made under a reservation id: an echo
+        when the engine committed it (I6), an ordinary delta otherwise."""
+        rid = data.draw(st.sampled_from(sorted(self.model.reservations)))
+        loc, sku, qty = data.draw(st.sampled_from(self.model.reservations[rid].lines))
+        eid = data.draw(st.sampled_from(EVENT_IDS))
+        t = data.draw(self.source_times())
+        self.send_events(loc, [ModelEvent(eid, "DELTA", sku, -qty, t, rid)])
+
+    @rule(location=locations, sku=skus, qty=st.integers(0, 4))
+    def set_safety_stock(self, location: str, sku: str, qty: int) -> None:
+        self.run(self.storage.set_safety_stock(location, [(sku, qty)]))
+        self.model.set_safety_stock(location, sku, qty)
+
+    # reservations
+
+    def reserve(self, rid: str, lines: list[ModelLine], ttl: int) -> None:
+        self.attempts.append((rid, lines))
+        now, new = self.clock.now, rid not in self.model.reservations
+        engine_lines = [Line(loc, sku, qty) for loc, sku, qty in lines]
+        got = self.run(self.engine_reserve(rid, engine_lines, ttl))
+        expected = self.model.reserve(rid, lines, ttl * 1000, now)
+        event(f"reserve at {len({loc for loc, _, _ in lines})} location(s): {got[:2]}")
+        assert got == expected
+        if new and got[0] == "RESERVATION":
+            self.check_no_oversell(merge(lines))
+
+    async def engine_reserve(self, rid: str, lines: list[Line], ttl: int) -> tuple[Any, ...]:
+        try:
+            result = await self.reservations.reserve(rid, lines, ttl)
+        except AlreadyExists:
+            return ("AlreadyExists",)
+        except OmnistockError as exc:
+            return error_answer(exc)
+        if result.reservation is not None:
+            return reservation_answer(result.reservation)
+        short = [(s.location, s.sku, s.requested, s.available) for s in result.shortfalls]
+        return ("SHORT", tuple(sorted(short)))
+
+    def check_no_oversell(self, lines: tuple[ModelLine, ...]) -> None:
+        """I3: the rows a new hold took from are not held beyond what is there."""
+        pairs = [(loc, sku) for loc, sku, _ in lines]
+        for row in self.run(self.storage.rows(pairs)):
+            assert row.reserved + row.safety_stock <= row.on_hand
+
+    @rule(rid=reservation_ids, lines=reservation_lines, ttl=ttl_seconds)
+    def reserve_new(self, rid: str, lines: list[ModelLine], ttl: int) -> None:
+        self.reserve(rid, lines, ttl)
+
+    @precondition(lambda self: self.attempts)
+    @rule(data=st.data(), ttl=ttl_seconds)
+    def retry_a_reserve(self, data: st.DataObject, ttl: int) -> None:
+        """A client retries an earlier reserve (same id, same lines, any order, any ttl)."""
+        rid, lines = data.draw(st.sampled_from(self.attempts))
+        self.reserve(rid, data.draw(st.permutations(lines)), ttl)
+
+    def describe(self, rid: str) -> str:
+        """How the model sees a reservation: for the run's statistics."""
+        res = self.model.reservations.get(rid)
+        if res is None:
+            return "unknown"
+        lapsed = (
+            " past its expiry" if res.state == "HELD" and res.expires_at <= self.clock.now else ""
+        )
+        return f"{res.state}{lapsed} at {len({loc for loc, _, _ in res.lines})} location(s)"
+
+    def some_id(self, data: st.DataObject) -> str:
+        """Mostly an id the model knows, sometimes any id of the pool: one never reserved,
+        or one whose reserve fell short (NOT_FOUND)."""
+        known = sorted(self.model.reservations)
+        return data.draw(
+            st.one_of(st.sampled_from(known), reservation_ids) if known else reservation_ids
+        )
+
+    def commit(self, rid: str) -> None:
+        now = self.clock.now
+        event(f"commit of {self.describe(rid)}")
+        got = self.answer(self.reservations.commit(rid))
+        assert got == self.model.commit(rid, now)
+        self.times.append(now)
+
+    def release(self, rid: str) -> None:
+        event(f"release of {self.describe(rid)}")
+        assert self.answer(self.reservations.release(rid)) == self.model.release(rid)
+
+    def extend(self, rid: str, ttl: int) -> None:
+        now = self.clock.now
+        event(f"extend of {self.describe(rid)}")
+        got = self.answer(self.reservations.extend(rid, ttl))
+        assert got == self.model.extend(rid, ttl * 1000, now)
+
+    @precondition(lambda self: self.attempts)
+    @rule(data=st.data())
+    def client_commits(self, data: st.DataObject) -> None:
+        self.commit(self.some_id(data))
+
+    @precondition(lambda self: self.attempts)
+    @rule(data=st.data())
+    def client_releases(self, data: st.DataObject) -> None:
+        self.release(self.some_id(data))
+
+    @precondition(lambda self: self.attempts)
+    @rule(data=st.data(), ttl=ttl_seconds)
+    def client_extends(self, data: st.DataObject, ttl: int) -> None:
+        self.extend(self.some_id(data), ttl)
+
+    # time
+
+    @rule(data=st.data())
+    def time_passes(self, data: st.DataObject) -> None:
+        """The clock moves by 1 ms to 90 s, or to a hold's expiry give or take a
+        millisecond. Then the sweeper runs, or it lags behind and calls meet holds past
+        their expiry: the client of the hold reached commits, releases or extends it."""
+        held = sorted(rid for rid, res in self.model.reservations.items() if res.state == "HELD")
+        rid = data.draw(st.one_of(st.none(), st.sampled_from(held))) if held else None
+        if rid is None:
+            self.clock.advance(data.draw(advances))
+        else:
+            target = self.model.reservations[rid].expires_at + data.draw(
+                st.sampled_from([-1, 0, 1])
+            )
+            self.clock.advance(max(1, target - self.clock.now))
+        then = ["the sweeper runs", "nothing"] + (["commit", "release", "extend"] if rid else [])
+        action = data.draw(st.sampled_from(then))
+        if action == "the sweeper runs":
+            self.sweep()
+        elif rid is not None and action == "commit":
+            self.commit(rid)
+        elif rid is not None and action == "release":
+            self.release(rid)
+        elif rid is not None and action == "extend":
+            self.extend(rid, data.draw(ttl_seconds))
+
+    def sweep(self) -> None:
+        expired = self.run(self.sweeper.sweep())
+        event(f"sweep expired {min(expired, 2)}{'+' if expired > 2 else ''} part(s)")
+        assert expired == self.model.expire(self.clock.now)
+        self.swept_at = self.clock.now
+
+    # after every step
+
+    async def engine_snapshot(self) -> Snapshot:
+        """Everything the checks read: the rows, then every reservation record (the
+        directory, and the part at each location any reserve named) in one round trip,
+        then what `get` answers for each id whose records changed since the last step
+        (`get` reads nothing else, so the answers of the others are the same as before)."""
+        ids = sorted({rid for rid, _ in self.attempts})
+        places = sorted({(rid, loc) for rid, lines in self.attempts for loc, _, _ in lines})
+
+        def build(pipe: Any) -> None:
+            for rid in ids:
+                pipe.hmget(Keys.directory(rid), ["f", "l", "g"])
+            for rid, loc in places:
+                pipe.hmget(Keys.part(loc, rid), ["s", "x", "l"])
+
+        rows = await self.storage.rows(list(PAIRS))
+        records = await self.storage.pipeline(build) if ids else []
+        snap = Snapshot(dict(zip(PAIRS, rows, strict=True)), {}, {}, {})
+        snap.answers.update(dict.fromkeys(RESERVATION_IDS, ("NotFound",)))
+        seen: dict[str, list[Any]] = {rid: [] for rid in ids}
+        for rid, (fp, lines, saga) in zip(ids, records, strict=False):
+            seen[rid].append((fp, lines, saga))
+            snap.directory[rid] = decode_lines(lines.decode()) if fp is not None else None
+        for (rid, loc), (state, expires_at, held) in zip(places, records[len(ids) :], strict=True):
+            seen[rid].append((state, expires_at))
+            if state is not None:
+                snap.parts[(rid, loc)] = (state.decode(), parse_part_lines(held))
+        for rid in ids:
+            key = (rid, tuple(seen[rid]))
+            if key not in self.answers:
+                self.answers[key] = await self.get(rid)
+            snap.answers[rid] = self.answers[key]
+        return snap
+
+    async def get(self, rid: str) -> tuple[Any, ...]:
+        try:
+            return reservation_answer(await self.reservations.get(rid))
+        except OmnistockError as exc:
+            return error_answer(exc)
+
+    @invariant()
+    def engine_matches_the_model_and_keeps_the_invariants(self) -> None:
+        snap = self.run(self.engine_snapshot())
+        self.rows_match_the_model(snap)
+        self.reservations_match_the_model(snap)
+        self.reserved_is_the_sum_of_held_parts(snap)
+        self.every_part_of_a_reservation_is_in_one_state(snap)
+        self.no_hold_outlives_its_expiry_after_a_sweep(snap)
+
+    def rows_match_the_model(self, snap: Snapshot) -> None:
+        got = {
+            pair: (r.on_hand, r.reserved, r.safety_stock, r.as_of) for pair, r in snap.rows.items()
+        }
+        want = {
+            pair: (m.on_hand, m.reserved, m.safety_stock, m.count_time or 0)
+            for pair, m in self.model.rows.items()
+        }
+        assert got == want
+
+    def reservations_match_the_model(self, snap: Snapshot) -> None:
+        want = {
+            rid: res.answer() if (res := self.model.reservations.get(rid)) else ("NotFound",)
+            for rid in RESERVATION_IDS
+        }
+        assert snap.answers == want
+
+    def reserved_is_the_sum_of_held_parts(self, snap: Snapshot) -> None:
+        """I1, from the engine's own records: every HELD part, whatever its directory says."""
+        held: dict[Pair, int] = dict.fromkeys(PAIRS, 0)
+        for (_, loc), (state, lines) in snap.parts.items():
+            if state == "HELD":
+                for sku, qty in lines:
+                    held[(loc, sku)] += qty
+        assert {pair: row.reserved for pair, row in snap.rows.items()} == held
+
+    def every_part_of_a_reservation_is_in_one_state(self, snap: Snapshot) -> None:
+        """I2: a reservation the engine knows has a part at each of its locations, and
+        all of them in one state."""
+        for rid, lines in snap.directory.items():
+            if lines is not None:
+                states = {snap.parts.get((rid, ln.location), ("missing", []))[0] for ln in lines}
+                assert len(states) == 1 and "missing" not in states, (rid, states)
+
+    def no_hold_outlives_its_expiry_after_a_sweep(self, snap: Snapshot) -> None:
+        """I7: once the sweeper has run at this time, nothing past its expiry is HELD."""
+        if self.swept_at != self.clock.now:
+            return
+        for rid, answer in snap.answers.items():
+            if answer[:2] == ("RESERVATION", "HELD"):
+                assert answer[3] > self.clock.now, rid
+
+
+def test_engine_matches_the_model_step_by_step(redis_url: str) -> None:
+    run_state_machine_as_test(
+        lambda: StockMachine(redis_url),
+        settings=settings(
+            max_examples=50,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
