@@ -230,6 +230,7 @@ class Storage:
         "settle",
         "apply_events",
         "set_safety_stock",
+        "read_rows",
     )
 
     def __init__(
@@ -303,20 +304,21 @@ class Storage:
     # -- stock ------------------------------------------------------------------------
 
     async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]:
-        """Stock rows of (location, sku) pairs in one round trip, one HMGET per bucket."""
-        by_key: dict[str, list[int]] = {}
-        for i, (location, sku) in enumerate(pairs):
-            by_key.setdefault(self.keys.stock(location, sku), []).append(i)
-        order = list(by_key.items())
-
-        def build(pipe: Any) -> None:
-            for key, idx in order:
-                pipe.hmget(key, [pairs[i][1] for i in idx])
-
-        results = await self.pipeline(build) if order else []
+        """Stock rows of (location, sku) pairs: one read script for the rows of one location
+        (one hash slot), all locations' scripts in one round trip."""
+        by_location: dict[str, list[int]] = {}
+        for i, (location, _) in enumerate(pairs):
+            by_location.setdefault(location, []).append(i)
+        calls = []
+        for location, idx in by_location.items():
+            keys, args = KeyList(), []
+            for i in idx:
+                args += [keys.add(self.keys.stock(location, pairs[i][1])), pairs[i][1]]
+            calls.append((keys.keys, args))
+        values = await asyncio.gather(*(self.call("read_rows", k, a) for k, a in calls))
         out: list[StockRow] = [StockRow()] * len(pairs)
-        for (_, idx), values in zip(order, results, strict=True):
-            for i, value in zip(idx, values, strict=True):
+        for idx, got in zip(by_location.values(), values, strict=True):
+            for i, value in zip(idx, got, strict=True):
                 out[i] = parse_row(value)
         return out
 
