@@ -6,7 +6,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
 
     {L}:s:<b>      hash   stock rows of bucket b: sku -> "on_hand,reserved,safety,version,as_of"
     {L}:d:<b>      zset   changes after the last count of bucket b's rows (DELTAs and commits),
-                          member "sku\\t<event or c:reservation>\\t<signed qty>", score = time (ms)
+                          member "sku\\t<e:event id | c:reservation id>\\t<signed qty>",
+                          score = time (ms)
     {L}:e          zset   stock event ids applied at L, scored by arrival (the dedupe window)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field

@@ -62,7 +62,7 @@ local function delta(key, log, id, sku, r, d, t)
   if t <= r[5] then return 'STALE' end
   r[1] = r[1] + d
   write_row(key, sku, r)
-  redis.call('ZADD', log, t, sku .. '\t' .. id .. '\t' .. d)
+  redis.call('ZADD', log, t, sku .. '\te:' .. id .. '\t' .. d)  -- e: events, c: commits
   return 'APPLIED'
 end
 
