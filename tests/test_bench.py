@@ -34,3 +34,18 @@ def test_scenario_runs_and_keeps_the_invariants(
         assert result["invariants"]["no_oversell"]
     if scenario == "pos":
         assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_memory_and_curves_commands_run(project_root: Path, tmp_path: Path) -> None:
+    memory = [sys.executable, "-m", "bench.memory", "--rows", "4000", "--out", str(tmp_path)]
+    done = subprocess.run(memory, cwd=project_root, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (measured,) = json.loads(next(tmp_path.glob("memory-*.json")).read_text())["results"]
+    assert 0 < measured["bytes_per_row"] <= 64
+    curves = [sys.executable, "-m", "bench.curves", "concurrency", "--scenario", "pos"]
+    curves += ["--levels", "1", "4", "--duration", "1", "--out", str(tmp_path)]
+    done = subprocess.run(curves, cwd=project_root, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    points = json.loads(next(tmp_path.glob("curve-*.json")).read_text())["points"]
+    assert [p["level"] for p in points] == [1, 4]
+    assert all(p["invariants"]["reserved_equals_held"] for p in points)
