@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -249,6 +250,8 @@ class Storage:
         self.event_window_ms = event_window_ms
         self.scripts = {name: Script(name) for name in self.SCRIPTS}
         self.batcher = AutoPipeline(client)
+        self._load_lock = asyncio.Lock()
+        self._loaded_at = 0.0
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -258,7 +261,7 @@ class Storage:
             try:
                 return await make()
             except rexc.NoScriptError:
-                await self.load_scripts()
+                await self._reload_scripts()
                 return await make()
         except _REDIS_DOWN as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
@@ -266,6 +269,15 @@ class Storage:
     async def load_scripts(self) -> None:
         for script in self.scripts.values():
             await self.redis.script_load(script.source)
+        self._loaded_at = time.monotonic()
+
+    async def _reload_scripts(self) -> None:
+        """After a Redis restart every call in flight meets NOSCRIPT at once: one of them
+        loads the scripts, the others wait for it instead of loading them again."""
+        seen = self._loaded_at
+        async with self._load_lock:
+            if self._loaded_at == seen:
+                await self.load_scripts()
 
     async def ping(self) -> None:
         await self.guard(self.redis.ping)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 
 from engine.domain import EventKind, EventOutcome, Line, StockEvent, fingerprint
@@ -177,3 +179,18 @@ async def test_expiry_index_holds_exactly_the_held_parts(storage: Storage) -> No
     # when it is committed, it leaves the index
     await storage.commit_part("r1", L, ["a"], NOW + 1, force=False)
     assert await storage.due(NOW + 10**9, 10) == []
+
+
+async def test_calls_in_flight_survive_an_emptied_script_cache(
+    storage: Storage, redis: aioredis.Redis
+) -> None:
+    # given stock, and a script cache emptied as by a Redis restart
+    await storage.apply_events(L, [count("c1", "a", 100, NOW - 10)], NOW)
+    await redis.script_flush()
+    # when 50 holds arrive at once
+    answers = await asyncio.gather(*(hold(storage, f"r{i}", [Line(L, "a", 1)]) for i in range(50)))
+    # then every one is held once, and the scripts are back
+    assert [a[0] for a in answers] == ["HELD"] * 50
+    (row,) = await storage.rows([(L, "a")])
+    assert row.reserved == 50
+    assert all(await redis.script_exists(storage.scripts["hold"].sha))
