@@ -48,7 +48,8 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 MAX_SKUS = 1000
 MAX_ROWS = 20_000
 MAX_EVENTS = 5000
-_REPLY_MARGIN = 0.05  # seconds kept back from a deadline to send the answer
+# Kept back from a call's deadline to send the answer: a tenth of it, 50-250 ms.
+_REPLY_MARGIN = (0.05, 0.1, 0.25)
 
 _CODES: tuple[tuple[type[OmnistockError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -78,6 +79,11 @@ _OUTCOMES = {
 }
 
 
+def _margin(remaining: float) -> float:
+    low, share, high = _REPLY_MARGIN
+    return min(high, max(low, remaining * share))
+
+
 def status_of(exc: OmnistockError) -> grpc.StatusCode:
     for kind, code in _CODES:
         if isinstance(exc, kind):
@@ -94,7 +100,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
             metrics: Metrics = self.metrics
             start, code = time.perf_counter(), grpc.StatusCode.OK
             remaining = context.time_remaining()
-            budget = None if remaining is None else max(remaining - _REPLY_MARGIN, 0.001)
+            budget = None if remaining is None else max(remaining - _margin(remaining), 0.001)
             try:
                 async with asyncio.timeout(budget):
                     return await handler(self, request, context)
