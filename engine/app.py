@@ -74,12 +74,7 @@ class Omnistock:
         self.redis = redis_client(
             url, self.settings.redis_timeout_seconds, self.settings.redis_max_connections
         )
-        self.storage = Storage(
-            self.redis,
-            stock_buckets=self.settings.stock_buckets,
-            retention_ms=self.settings.retention_ms,
-            event_window_ms=self.settings.event_window_ms,
-        )
+        self.storage = Storage.from_settings(self.redis, self.settings)
         await self.storage.load_scripts()
         self.locations = LocationRegistry(self.storage)
         await self.locations.reload()

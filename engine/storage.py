@@ -49,6 +49,7 @@ from engine.domain import (
     StockRow,
 )
 from engine.errors import Unavailable
+from engine.settings import Settings
 
 T = TypeVar("T")
 LOCATIONS = "{omnistock}:locations"
@@ -253,6 +254,15 @@ class Storage:
         self._load_lock = asyncio.Lock()
         self._loaded_at = 0.0
 
+    @classmethod
+    def from_settings(cls, client: aioredis.Redis, settings: Settings) -> Storage:
+        return cls(
+            client,
+            stock_buckets=settings.stock_buckets,
+            retention_ms=settings.retention_ms,
+            event_window_ms=settings.event_window_ms,
+        )
+
     # -- plumbing ---------------------------------------------------------------------
 
     async def guard(self, make: Callable[[], Awaitable[T]]) -> T:
@@ -392,15 +402,9 @@ class Storage:
         return keys.keys, args
 
     async def hold(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[Any]]:
-        """Holds parts at one or more locations in one round trip."""
-        if len(calls) == 1:
-            return [_decode(await self.call("hold", *calls[0]))]
-
-        def build(pipe: Any) -> None:
-            for keys, args in calls:
-                self.evalsha(pipe, "hold", keys, args)
-
-        return [_decode(r) for r in await self.pipeline(build)]
+        """Holds parts at one or more locations; the auto-pipeline sends them together."""
+        answers = await asyncio.gather(*(self.call("hold", keys, args) for keys, args in calls))
+        return [_decode(answer) for answer in answers]
 
     async def commit_part(
         self, reservation_id: str, location: str, skus: Iterable[str], now: int, force: bool

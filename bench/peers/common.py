@@ -147,12 +147,7 @@ async def private_redis(appendfsync: str) -> AsyncIterator[PrivateRedis]:
 
     async with running(server.start, stop):
         client = redis_client(server.url, 5.0)
-        storage = Storage(
-            client,
-            stock_buckets=settings.stock_buckets,
-            retention_ms=settings.retention_ms,
-            event_window_ms=settings.event_window_ms,
-        )
+        storage = Storage.from_settings(client, settings)
         await storage.load_scripts()
         try:
             yield PrivateRedis(server, client, storage, settings)

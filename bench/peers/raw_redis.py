@@ -168,12 +168,7 @@ async def _phase(
 async def _work(cfg: RawConfig, index: int, barrier: Any) -> list[PhaseResult]:
     settings = Settings()
     client = redis_client(cfg.url, 5.0)
-    storage = Storage(
-        client,
-        stock_buckets=settings.stock_buckets,
-        retention_ms=settings.retention_ms,
-        event_window_ms=settings.event_window_ms,
-    )
+    storage = Storage.from_settings(client, settings)
     commands = Commands(storage, f"raw-{uuid.uuid4().hex[:8]}-{index}")
     out = []
     try:
