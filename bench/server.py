@@ -48,12 +48,6 @@ class BenchServer:
                     time.sleep(0.1)
         raise RuntimeError(f"the bench server did not serve within {timeout}s")
 
-    @property
-    def redis_url(self) -> str:
-        pid = int((Path(self.state) / "redis.pid").read_text())
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        return f"redis://127.0.0.1:{args[args.index(b'--port') + 1].decode()}/0"
-
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -73,11 +73,6 @@ class StockRow:
     def available(self) -> int:
         return max(0, self.on_hand - self.reserved - self.safety_stock)
 
-    @property
-    def short(self) -> bool:
-        """A count dropped on_hand below what is already held (I3)."""
-        return self.on_hand < self.reserved
-
 
 @dataclass(frozen=True, slots=True, order=True)
 class Line:
@@ -132,13 +127,6 @@ class StockEvent:
     source_time: int  # ms since the epoch, when it happened at the source
     reservation_id: str = ""
     source: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SafetyStock:
-    location: str
-    sku: str
-    qty: int
 
 
 @dataclass(frozen=True, slots=True)

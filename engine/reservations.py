@@ -45,6 +45,7 @@ PENDING = "PENDING:"
 COMMITTING, COMMITTED = "COMMITTING", "COMMITTED"
 RELEASING, RELEASED = "RELEASING", "RELEASED"
 ABORTED = "ABORTED"
+_SETTLED_AS = {COMMITTING: COMMITTED, RELEASING: RELEASED}
 _COMMIT_PIN_MS = 120_000
 
 
@@ -224,7 +225,7 @@ class Reservations:
         if await self.storage.settle(rid, expected, new):
             return
         entry = await self._entry(rid)
-        if entry.saga not in (new, new.removesuffix("ING") + "ED"):
+        if entry.saga not in (new, _SETTLED_AS[new]):
             raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}, not HELD")
 
     async def _commit_parts(self, rid: str, groups: dict[str, list[Line]], force: bool) -> None:
