@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -52,6 +53,29 @@ def redis_client(url: str, timeout: float, max_connections: int = 128) -> aiored
     return aioredis.Redis.from_pool(pool)
 
 
+async def connect(
+    url: str, socket_timeout: float, max_connections: int = 128
+) -> aioredis.Redis | RedisCluster:
+    """A client for the server at `url`, or for its whole cluster when it is a node of a
+    Redis Cluster (any node will do as the seed): the server is asked which it is."""
+    timeout = socket_timeout
+    client = redis_client(url, timeout, max_connections)
+    info = await client.info("cluster")
+    if not info.get("cluster_enabled"):
+        return client
+    await client.aclose()
+    cluster = RedisCluster.from_url(
+        url,
+        max_connections=max_connections,
+        socket_timeout=timeout,
+        socket_connect_timeout=min(timeout, 1.0),
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        health_check_interval=30,
+    )
+    await cluster.initialize()
+    return cluster
+
+
 class Omnistock:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -71,7 +95,7 @@ class Omnistock:
             )
             await asyncio.to_thread(self.embedded.start)
             url = self.embedded.url
-        self.redis = redis_client(
+        self.redis = await connect(
             url, self.settings.redis_timeout_seconds, self.settings.redis_max_connections
         )
         self.storage = Storage.from_settings(self.redis, self.settings)
@@ -94,6 +118,7 @@ class Omnistock:
         sweeper = Sweeper(
             self.storage,
             self.reservations,
+            self.locations,
             self.clock,
             self.metrics,
             self.settings.sweep_interval_ms,

@@ -40,9 +40,14 @@ class LocationRegistry:
         if missing:
             raise InvalidArgument(field, f"unknown location {missing[0]!r}")
 
-    async def active(self, types: set[LocationType]) -> list[Location]:
+    async def fresh(self) -> dict[str, Location]:
+        """Every location, reloaded when the cache is older than the reload interval."""
         if time.monotonic() - self._loaded_at > _RELOAD_INTERVAL:
             await self.reload()
+        return self.by_id
+
+    async def active(self, types: set[LocationType]) -> list[Location]:
+        await self.fresh()
         return [
             loc for loc in self.by_id.values() if loc.active and (not types or loc.type in types)
         ]

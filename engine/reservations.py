@@ -1,7 +1,9 @@
 """Reservations: holds at one or several locations, and their commit, release and extend.
 
 A reservation at one location is one Lua script: the directory entry and the hold are
-written together (one round trip). A reservation across locations is a saga of per-location
+written together (one round trip). On a Redis Cluster the directory lives in the slot of
+the reservation id, apart from any location's, so there every Reserve is a saga, even at
+one location. A reservation across locations is a saga of per-location
 atomic steps under a durable intent: the directory entry, with saga field PENDING:<owner>,
 and an entry in the sagas index written before any step. The owner holds every part; if a
 part falls short it releases the others and forgets the reservation; if it dies midway, the
@@ -74,7 +76,7 @@ class Reservations:
             check_ttl(ttl_seconds, "ttl_seconds")
             ttl_ms = int(ttl_seconds * 1000)
         groups = by_location(canon)
-        if len(groups) == 1:
+        if len(groups) == 1 and not self.storage.cluster:
             result = await self._reserve_one(reservation_id, canon, ttl_ms)
         else:
             result = await self._reserve_saga(reservation_id, canon, groups, ttl_ms)

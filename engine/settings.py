@@ -17,7 +17,8 @@ class Settings:
         default="",
         metadata={
             "env": "REDIS_URL",
-            "help": "redis:// or rediss:// URL; empty starts the embedded server",
+            "help": "redis:// or rediss:// URL of one Redis, or of any node of a Redis "
+            "Cluster (found out by asking it); empty starts the embedded server",
         },
     )
     state_dir: Path = field(

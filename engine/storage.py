@@ -10,17 +10,21 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           score = time (ms)
     {L}:e          zset   stock event ids applied at L, scored by arrival (the dedupe window)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines
+    {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field
     {omnistock}:locations  hash  location id -> JSON
-    {omnistock}:due        zset  "<L>\\t<id>" -> expiry (ms) of every HELD part (the sweeper's)
     {omnistock}:sagas      zset  reservation id -> time after which recovery may act
 
 Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
 listpack-encoded hash: a stock row then costs about 40 bytes instead of the ~100 a hash
 table entry or a key of its own would (measured: tests/test_storage.py, bench/RESULTS.md).
 
-The directory and the expiry index are not tagged by location: the scripts that name them
-need one Redis (with replicas if wanted). Redis Cluster needs them split by slot first.
+The directory lives in the slot of its reservation id, not of a location. On one Redis the
+hold script of a single-location reservation writes it with the hold (one round trip); on a
+Redis Cluster (engine.app.connect asks the server which it is) it never does: there every
+Reserve is a saga (reservations.py). Everything else is the same on both: every script
+touches one slot, and commands of several slots go in one pipeline, which the cluster
+client splits by node.
 
 Scripts run with EVALSHA; NOSCRIPT (an empty script cache after a Redis restart) loads them
 and runs the call again, which is safe because every script here is idempotent.
@@ -39,6 +43,7 @@ from typing import Any, TypeVar
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 
 from engine.domain import (
     EventOutcome,
@@ -53,7 +58,6 @@ from engine.settings import Settings
 
 T = TypeVar("T")
 LOCATIONS = "{omnistock}:locations"
-DUE = "{omnistock}:due"
 SAGAS = "{omnistock}:sagas"
 
 
@@ -97,12 +101,12 @@ class Keys:
         return f"{{{location}}}:r:{reservation_id}"
 
     @staticmethod
-    def directory(reservation_id: str) -> str:
-        return f"res:{{{reservation_id}}}"
+    def due(location: str) -> str:
+        return f"{{{location}}}:x"
 
     @staticmethod
-    def due_member(location: str, reservation_id: str) -> str:
-        return f"{location}\t{reservation_id}"
+    def directory(reservation_id: str) -> str:
+        return f"res:{{{reservation_id}}}"
 
 
 class KeyList:
@@ -160,7 +164,15 @@ def parse_row(value: bytes | None) -> StockRow:
     return StockRow(int(on_hand), int(reserved), int(safety), int(version), int(as_of))
 
 
-_REDIS_DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
+_REDIS_DOWN = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.BusyLoadingError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.SlotNotCoveredError,
+    OSError,
+)
 
 
 class AutoPipeline:
@@ -202,7 +214,7 @@ class AutoPipeline:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for sha, keys, args, _ in batch:
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                _evalsha(pipe, sha, keys, args)
             results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # every caller of the batch learns why
             for *_, future in batch:
@@ -238,7 +250,7 @@ class Storage:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         stock_buckets: int,
         retention_ms: int,
@@ -246,6 +258,7 @@ class Storage:
     ) -> None:
         # redis-py types its replies as wide unions; this seam decodes them itself.
         self.redis: Any = client
+        self.cluster = isinstance(client, RedisCluster)
         self.keys = Keys(stock_buckets)
         self.retention_ms = retention_ms
         self.event_window_ms = event_window_ms
@@ -255,7 +268,7 @@ class Storage:
         self._loaded_at = 0.0
 
     @classmethod
-    def from_settings(cls, client: aioredis.Redis, settings: Settings) -> Storage:
+    def from_settings(cls, client: aioredis.Redis | RedisCluster, settings: Settings) -> Storage:
         return cls(
             client,
             stock_buckets=settings.stock_buckets,
@@ -312,7 +325,7 @@ class Storage:
         return await self.guard(run)
 
     def evalsha(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
-        pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
+        _evalsha(pipe, self.scripts[name].sha, keys, args)
 
     # -- locations --------------------------------------------------------------------
 
@@ -390,14 +403,16 @@ class Storage:
         expires_at: int,
         directory_lines: str | None,
     ) -> tuple[list[str], list[Any]]:
-        keys = KeyList(Keys.part(location, reservation_id), DUE)
+        """A hold script call; with directory_lines it also writes the directory (on one
+        Redis only: on a cluster the directory is in another slot)."""
+        keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
         triples: list[Any] = []
         for line in lines:
             triples += [line.sku, line.qty, keys.add(self.keys.stock(location, line.sku))]
         with_dir = directory_lines is not None
         if with_dir:
             keys.add(Keys.directory(reservation_id))
-        args = [Keys.due_member(location, reservation_id), fp, now, expires_at, self.retention_ms]
+        args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples]
         return keys.keys, args
 
@@ -409,28 +424,34 @@ class Storage:
     async def commit_part(
         self, reservation_id: str, location: str, skus: Iterable[str], now: int, force: bool
     ) -> list[Any]:
-        keys = KeyList(Keys.part(location, reservation_id), DUE)
+        keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
         triples = self._line_keys(keys, location, skus, log=True)
         args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
-        args.append(Keys.due_member(location, reservation_id))
         return _decode(await self.call("commit", keys.keys, [*args, *triples]))
 
     async def release_part(
         self, reservation_id: str, location: str, skus: Iterable[str], mode: str
     ) -> list[Any]:
         """mode: 'release', 'tombstone' or 'forget' (see release.lua)."""
-        keys = KeyList(Keys.part(location, reservation_id), DUE)
+        keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
         triples = self._line_keys(keys, location, skus, log=False)
-        args = [Keys.due_member(location, reservation_id), 0, self.retention_ms, mode]
-        return _decode(await self.call("release", keys.keys, [*args, len(triples) // 3, *triples]))
+        args = [reservation_id, self.retention_ms, mode, len(triples) // 3, *triples]
+        return _decode(await self.call("release", keys.keys, args))
 
     async def extend_part(
         self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
     ) -> list[Any]:
-        keys = [Keys.part(location, reservation_id), DUE, Keys.directory(reservation_id)]
-        member = Keys.due_member(location, reservation_id)
-        args = [member, now, expires_at, self.retention_ms, "pin" if pin else "set"]
-        return _decode(await self.call("extend", keys, args))
+        """Moves a part's expiry; the directory is kept at least as long (PEXPIRE GT), in
+        the same round trip."""
+        keys = [Keys.part(location, reservation_id), Keys.due(location)]
+        args = [reservation_id, now, expires_at, "pin" if pin else "set"]
+        directory_ttl = expires_at - now + self.retention_ms
+
+        def build(pipe: Any) -> None:
+            self.evalsha(pipe, "extend", keys, args)
+            pipe.pexpire(Keys.directory(reservation_id), directory_ttl, gt=True)
+
+        return _decode((await self.pipeline(build))[0])
 
     async def parts(self, reservation_id: str, locations: Iterable[str]) -> list[PartState]:
         locs = list(locations)
@@ -457,7 +478,7 @@ class Storage:
     async def claim(
         self, reservation_id: str, fp: str, lines: str, owner: str, ttl_ms: int, recover_at: int
     ) -> list[Any]:
-        """Opens a cross-location saga; the sagas index entry goes first (see hold)."""
+        """Opens a saga: the sagas index entry and the directory entry, in one round trip."""
 
         def build(pipe: Any) -> None:
             pipe.zadd(SAGAS, {reservation_id: recover_at})
@@ -494,12 +515,22 @@ class Storage:
 
     # -- expiry -----------------------------------------------------------------------
 
-    async def due(self, now: int, limit: int) -> list[tuple[str, str]]:
-        """(location, reservation id) of HELD parts whose expiry has passed, earliest first."""
-        got = await self.guard(
-            lambda: self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit)
-        )
-        return [tuple(member.decode().split("\t", 1)) for member in got]
+    async def due(self, locations: Sequence[str], now: int, limit: int) -> dict[str, list[str]]:
+        """Reservation ids of HELD parts past their expiry, by location, earliest first:
+        one read of each location's expiry index, all in one round trip (one per node)."""
+        if not locations:
+            return {}
+
+        def build(pipe: Any) -> None:
+            for location in locations:
+                pipe.zrangebyscore(Keys.due(location), "-inf", now, start=0, num=limit)
+
+        got = await self.pipeline(build)
+        return {
+            location: [rid.decode() for rid in rids]
+            for location, rids in zip(locations, got, strict=True)
+            if rids
+        }
 
     async def expire(self, location: str, reservation_ids: Sequence[str], now: int) -> int:
         """Expires those of the parts at one location that are due; answers how many."""
@@ -510,11 +541,16 @@ class Storage:
 
         lines = await self.pipeline(build)
         skus = {row.split(b"\t")[0].decode() for text in lines if text for row in text.splitlines()}
-        keys = KeyList(DUE, *(Keys.part(location, rid) for rid in reservation_ids))
+        keys = KeyList(Keys.due(location), *(Keys.part(location, rid) for rid in reservation_ids))
         triples = self._line_keys(keys, location, sorted(skus), log=False)
-        members = [Keys.due_member(location, rid) for rid in reservation_ids]
-        args = [now, self.retention_ms, len(members), *members, len(skus), *triples]
+        args = [now, self.retention_ms, len(reservation_ids), *reservation_ids, len(skus), *triples]
         return int(await self.call("expire", keys.keys, args))
+
+
+def _evalsha(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Queues one script call. (redis-py's cluster pipeline blocks its `evalsha` method, yet
+    routes the command itself by its keys, all of one slot here.)"""
+    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 def _decode(value: Any) -> list[Any]:

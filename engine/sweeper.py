@@ -1,17 +1,20 @@
 """The sweeper: expires holds past their expiry (I7) and recovers stalled sagas.
 
 Every server process runs one. They may run at once: each step is a CAS or an idempotent
-script, so two sweepers at the same entry do the work once.
+script, so two sweepers at the same entry do the work once. Each pass reads the expiry
+index of every location (one pipelined round trip, one per node on a cluster); the
+locations come from the registry, so a location added by another process is swept from
+the registry's next reload (within a second) on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 
 from engine.clock import Clock
 from engine.errors import FailedPrecondition, NotFound, OmnistockError
+from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.reservations import Reservations
 from engine.storage import Storage
@@ -25,12 +28,14 @@ class Sweeper:
         self,
         storage: Storage,
         reservations: Reservations,
+        locations: LocationRegistry,
         clock: Clock,
         metrics: Metrics,
         interval_ms: int,
     ) -> None:
         self.storage = storage
         self.reservations = reservations
+        self.locations = locations
         self.clock = clock
         self.metrics = metrics
         self.interval = interval_ms / 1000
@@ -61,11 +66,9 @@ class Sweeper:
         return expired
 
     async def expire(self, now: int) -> int:
-        by_location: dict[str, list[str]] = defaultdict(list)
-        for location, rid in await self.storage.due(now, BATCH):
-            by_location[location].append(rid)
+        locations = list(await self.locations.fresh())
         expired = 0
-        for location, rids in by_location.items():
+        for location, rids in (await self.storage.due(locations, now, BATCH)).items():
             expired += await self.storage.expire(location, rids, now)
         if expired:
             self.metrics.expiries.inc(expired)

@@ -1,5 +1,7 @@
 """Shared fixtures: one real Redis-compatible server per test session (the embedded one the
-service uses by default, on a free loopback port), flushed before every test."""
+service uses by default, on a free loopback port), flushed before every test; and, for the
+tests marked ON_BOTH, a real local Redis Cluster of three primaries as well: those tests run
+once on each."""
 
 from __future__ import annotations
 
@@ -10,15 +12,18 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from engine.app import Omnistock, create_server, redis_client
+from engine.app import Omnistock, connect, create_server
 from engine.clock import ManualClock
 from engine.domain import Location, LocationType
-from engine.embedded import EmbeddedRedis
+from engine.embedded import EmbeddedRedis, LocalCluster
+from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.reservations import Reservations, Timing
 from engine.settings import Settings
 from engine.storage import Storage
+from engine.sweeper import Sweeper
 
 BUCKETS = 8  # few buckets, so rows share buckets and scripts meet several rows per key
 HOUR_MS = 3_600_000
@@ -33,13 +38,37 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server: EmbeddedRedis) -> str:
+def one_redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster.url
+    cluster.stop()
+
+
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(redis_url, 2.0)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """One Redis; or, in a test marked ON_BOTH, each of one Redis and the cluster in turn."""
+    return str(request.getfixturevalue(getattr(request, "param", "one_redis_url")))
+
+
+ON_BOTH = pytest.mark.parametrize(
+    "redis_url", ["one_redis_url", "cluster_url"], ids=["one-redis", "cluster"], indirect=True
+)
+
+
+async def all_keys(redis: aioredis.Redis | RedisCluster, pattern: str = "*") -> list[bytes]:
+    """Every key matching `pattern`, sorted (on a cluster: of every node)."""
+    return sorted([key async for key in redis.scan_iter(match=pattern, count=1000)])
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis | RedisCluster]:
+    client = await connect(redis_url, 2.0)
     await client.flushall()
     yield client
     await client.aclose()
@@ -51,7 +80,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def storage(redis: aioredis.Redis) -> Storage:
+async def storage(redis: aioredis.Redis | RedisCluster) -> Storage:
     s = Storage(
         redis, stock_buckets=BUCKETS, retention_ms=72 * HOUR_MS, event_window_ms=72 * HOUR_MS
     )
@@ -70,6 +99,15 @@ def store(location_id: str, lat: float = 51.5, lon: float = -0.12) -> Location:
     return Location(location_id, location_id.title(), LocationType.STORE, lat, lon)
 
 
+async def sweeper_of(
+    storage: Storage, reservations: Reservations, clock: ManualClock, *location_ids: str
+) -> Sweeper:
+    """A sweeper of these locations, registered first (as the service requires)."""
+    registry = LocationRegistry(storage)
+    await registry.upsert([store(location_id) for location_id in location_ids])
+    return Sweeper(storage, reservations, registry, clock, Metrics(), interval_ms=50)
+
+
 def settings_for(redis_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "listen": "127.0.0.1:0",
@@ -84,7 +122,7 @@ def settings_for(redis_url: str, **overrides: object) -> Settings:
 
 
 @pytest.fixture
-async def server(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Omnistock]:
+async def server(redis: aioredis.Redis | RedisCluster, redis_url: str) -> AsyncIterator[Omnistock]:
     app = create_server(settings_for(redis_url))
     await app.start()
     yield app

@@ -96,8 +96,8 @@ class Engine:
 
 
 @pytest.fixture(scope="module")
-def engine(redis_url: str) -> Iterator[Engine]:
-    e = Engine(redis_url)
+def engine(one_redis_url: str) -> Iterator[Engine]:
+    e = Engine(one_redis_url)
     yield e
     e.close()
 

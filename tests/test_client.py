@@ -9,9 +9,11 @@ from engine.app import Omnistock
 from engine.client import Line, OmnistockClient
 from engine.domain import ReservationState
 
+from .conftest import ON_BOTH
 from .grpc_helpers import Stubs, stock_up
 
 
+@ON_BOTH
 async def test_client_reserves_commits_and_reads(
     server: Omnistock, channel: grpc.aio.Channel
 ) -> None:

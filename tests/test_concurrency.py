@@ -28,8 +28,10 @@ from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.storage import SAGAS
 
+from .conftest import ON_BOTH, all_keys
 from .grpc_helpers import Stubs, count, level, line, stock_up
 
+pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 CALL_TIMEOUT = 30.0  # seconds: a hung call fails its test long before the 120 s limit
 LONG_TTL = 600.0  # no hold may expire while a test runs
 
@@ -164,7 +166,7 @@ def held_per_row(parts: dict[str, dict[str, Part]]) -> Counter[tuple[str, str]]:
 async def dump(redis: aioredis.Redis) -> dict[bytes, bytes]:
     """Every key's value, except the sagas index: a cross-location Reserve (re)schedules its
     id there before it learns the id is taken; recovery later finds nothing to do."""
-    keys = sorted(k for k in await redis.keys("*") if k != SAGAS.encode())
+    keys = [k for k in await all_keys(redis) if k != SAGAS.encode()]
     return {key: await redis.dump(key) for key in keys}
 
 

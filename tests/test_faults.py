@@ -31,13 +31,11 @@ from engine.app import Omnistock, create_server, redis_client
 from engine.clock import ManualClock
 from engine.domain import EventKind, Line, StockEvent
 from engine.embedded import EmbeddedRedis, free_port
-from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.reservations import COMMITTING, Reservations
 from engine.storage import SAGAS, Storage
-from engine.sweeper import Sweeper
 
-from .conftest import BUCKETS, HOUR_MS, settings_for
+from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for, sweeper_of
 from .grpc_helpers import Stubs, level, line, stock_up
 from .processes import ServerProcess, health_status, redis_pid, redis_port, wait_gone
 
@@ -219,6 +217,7 @@ async def some_partly_held(
     return any(any(at) and not all(at) for at in held)
 
 
+@ON_BOTH
 async def test_service_killed_mid_saga_leaves_no_stray_hold_after_restart(
     spawn: Callable[..., ServerProcess], redis: aioredis.Redis, redis_url: str, storage: Storage
 ) -> None:
@@ -569,6 +568,7 @@ async def test_sigterm_drains_and_stops_the_embedded_store(
 # -- expiry (I7) ----------------------------------------------------------------------------------
 
 
+@ON_BOTH
 async def test_expired_holds_are_released_within_a_second(channel: grpc.aio.Channel) -> None:
     # given a hold of 3 of 10 units that lives half a second
     stubs = Stubs(channel)
@@ -609,6 +609,7 @@ def expiries(*apps: Omnistock) -> float:
     )
 
 
+@ON_BOTH
 async def test_two_sweepers_expire_each_hold_exactly_once(
     server: Omnistock, channel: grpc.aio.Channel, redis_url: str
 ) -> None:
@@ -654,6 +655,7 @@ def count_event(location: str, sku: str, qty: int, now: int) -> StockEvent:
     return StockEvent(f"c:{location}:{sku}", location, sku, EventKind.COUNT, qty, now - 10)
 
 
+@ON_BOTH
 async def test_a_commit_decided_before_a_crash_is_finished_by_recovery(
     storage: Storage,
     reservations: Reservations,
@@ -666,7 +668,7 @@ async def test_a_commit_decided_before_a_crash_is_finished_by_recovery(
         await storage.apply_events(loc, [count_event(loc, "a", 5, now)], now)
     lines = [Line("s1", "a", 2), Line("s2", "a", 2)]
     assert (await reservations.reserve("r1", lines, ttl_seconds=60)).ok
-    sweeper = Sweeper(storage, reservations, clock, Metrics(), interval_ms=50)
+    sweeper = await sweeper_of(storage, reservations, clock, "s1", "s2")
 
     # when a commit is decided (COMMITTING) and the process dies before committing any part;
     # the sweeper happens to pass between the recovery entry and the decision

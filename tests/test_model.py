@@ -36,19 +36,21 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from engine.app import redis_client
+from engine.app import connect
 from engine.clock import ManualClock
 from engine.domain import EventKind, Line, Reservation, ReservationState, StockEvent, StockRow
 from engine.errors import AlreadyExists, FailedPrecondition, OmnistockError
+from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.reservations import Reservations, Timing
 from engine.storage import Keys, Storage, decode_lines
 from engine.sweeper import Sweeper
 
-from .conftest import HOUR_MS
+from .conftest import HOUR_MS, ON_BOTH, store, sweeper_of
 
 T = TypeVar("T")
 
+pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 LOCATIONS = ("loc-a", "loc-b", "loc-c")
 SKUS = ("sku-1", "sku-2", "sku-3")
 RESERVATION_IDS = tuple(f"r{i}" for i in range(6))
@@ -306,7 +308,7 @@ class StockMachine(RuleBasedStateMachine):
     def __init__(self, redis_url: str) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.redis = redis_client(redis_url, 2.0)
+        self.redis = self.run(connect(redis_url, 2.0))
         self.clock = ManualClock()
         self.storage = Storage(
             self.redis,
@@ -316,8 +318,9 @@ class StockMachine(RuleBasedStateMachine):
         )
         timing = Timing(default_ttl_ms=60_000, saga_timeout_ms=5_000)
         self.reservations = Reservations(self.storage, self.clock, timing, Metrics())
+        registry = LocationRegistry(self.storage)
         self.sweeper = Sweeper(
-            self.storage, self.reservations, self.clock, Metrics(), interval_ms=50
+            self.storage, self.reservations, registry, self.clock, Metrics(), interval_ms=50
         )
         self.model = Model()
         self.times: dict[Pair, set[int]] = {pair: set() for pair in PAIRS}  # events, commits
@@ -325,6 +328,7 @@ class StockMachine(RuleBasedStateMachine):
         self.swept_at: int | None = None
         self.answers: dict[tuple[str, Any], tuple[Any, ...]] = {}  # raw records -> `get`
         self.run(self.redis.flushall())  # each run starts from an empty store
+        self.run(registry.upsert([store(location) for location in LOCATIONS]))
 
     def teardown(self) -> None:
         self.run(self.redis.aclose())
@@ -687,7 +691,7 @@ async def test_a_commit_at_the_expiry_changes_nothing_and_the_sweeper_expires_th
     # then nothing changed (it used to be RELEASED across two locations) ...
     assert (await reservations.get("r1")).state is ReservationState.HELD
     # ... and the sweeper expires it, as any hold
-    sweeper = Sweeper(storage, reservations, clock, Metrics(), interval_ms=50)
+    sweeper = await sweeper_of(storage, reservations, clock, *locations)
     assert await sweeper.sweep() == len(locations)
     assert (await reservations.get("r1")).state is ReservationState.EXPIRED
 

@@ -12,7 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
+from .conftest import ON_BOTH, all_keys
 from .grpc_helpers import Stubs, count, level, line, location, stock_up
+
+pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 
 
 @pytest.fixture
@@ -160,7 +163,7 @@ BAD_RESERVES = [
 
 
 async def dump(redis: aioredis.Redis) -> dict[bytes, bytes]:
-    return {key: await redis.dump(key) for key in sorted(await redis.keys("*"))}
+    return {key: await redis.dump(key) for key in await all_keys(redis)}
 
 
 @pytest.mark.parametrize(("field", "request_"), BAD_RESERVES)

@@ -9,8 +9,9 @@ import redis.asyncio as aioredis
 from engine.domain import EventKind, EventOutcome, Line, StockEvent, fingerprint
 from engine.storage import Keys, Storage, encode_lines
 
-from .conftest import HOUR_MS
+from .conftest import HOUR_MS, ON_BOTH, all_keys
 
+pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 NOW = 1_767_225_600_000
 L = "store-a"
 
@@ -25,7 +26,8 @@ def delta(eid: str, sku: str, qty: int, t: int, rid: str = "") -> StockEvent:
 
 async def hold(storage: Storage, rid: str, lines: list[Line], exp: int = NOW + 60_000) -> list:
     fp = fingerprint(lines)
-    keys, args = storage.hold_call(rid, fp, L, lines, NOW, exp, encode_lines(lines))
+    directory = None if storage.cluster else encode_lines(lines)  # a cluster: a step of its own
+    keys, args = storage.hold_call(rid, fp, L, lines, NOW, exp, directory)
     (answer,) = await storage.hold([(keys, args)])
     return answer
 
@@ -77,10 +79,9 @@ async def test_expire_takes_back_only_parts_past_their_expiry(storage: Storage) 
     await storage.apply_events(L, [count("c1", "a", 9, NOW - 10)], NOW)
     await hold(storage, "early", [Line(L, "a", 2)], exp=NOW + 1000)
     await hold(storage, "late", [Line(L, "a", 3)], exp=NOW + 5000)
-    due = await storage.due(NOW + 1000, 100)
-    assert due == [(L, "early")]
+    assert await storage.due([L], NOW + 1000, 100) == {L: ["early"]}
     assert await storage.expire(L, ["early", "late"], NOW + 1000) == 1
-    assert await storage.due(NOW + 5000, 100) == [(L, "late")]
+    assert await storage.due([L, "elsewhere"], NOW + 5000, 100) == {L: ["late"]}
     (row,) = await storage.rows([(L, "a")])
     assert row.reserved == 3
     assert [p.state for p in await storage.parts("early", [L])] == ["EXPIRED"]
@@ -143,10 +144,10 @@ async def test_every_key_of_a_location_carries_its_hash_tag(
 ) -> None:
     await storage.apply_events(L, [count("c1", "a", 5, NOW - 10), delta("d", "a", 1, NOW)], NOW)
     await hold(storage, "r1", [Line(L, "a", 1)])
-    keys = {k.decode() for k in await redis.keys("*")}
+    keys = {k.decode() for k in await all_keys(redis)}
     location_keys = {k for k in keys if not k.startswith(("res:", "{omnistock}"))}
     assert location_keys and all(k.startswith("{store-a}:") for k in location_keys)
-    assert Keys.directory("r1") in keys
+    assert (Keys.directory("r1") in keys) is not storage.cluster  # one Redis: with the hold
 
 
 async def test_a_stock_row_costs_at_most_64_bytes(storage: Storage, redis: aioredis.Redis) -> None:
@@ -160,8 +161,8 @@ async def test_a_stock_row_costs_at_most_64_bytes(storage: Storage, redis: aiore
         for start in range(0, 2000, 1000):
             await storage.apply_events(location, events[start : start + 1000], NOW)
     # when the keys holding them are measured (key, value and Redis' own overhead)
-    rows = sum([await redis.memory_usage(k, samples=0) for k in await redis.keys("*:s:*")])
-    seen = sum([await redis.memory_usage(k, samples=0) for k in await redis.keys("*:e")])
+    rows = sum([await redis.memory_usage(k, samples=0) for k in await all_keys(redis, "*:s:*")])
+    seen = sum([await redis.memory_usage(k, samples=0) for k in await all_keys(redis, "*:e")])
     per_row, per_event_id = rows / 20_000, seen / 20_000
     print(f"bytes per stock row: {per_row:.1f}; per remembered event id: {per_event_id:.1f}")
     # then a row stays within the budget of the brief (tens of millions of rows per retailer)
@@ -175,10 +176,10 @@ async def test_expiry_index_holds_exactly_the_held_parts(storage: Storage) -> No
     await hold(storage, "short", [Line(L, "a", 5)], exp=NOW + 1000)
     await hold(storage, "r1", [Line(L, "a", 1)], exp=NOW + 9000)
     # then only r1 is indexed, at its real expiry
-    assert await storage.due(NOW + 1000, 10) == [(L, "r1")]
+    assert await storage.due([L], NOW + 1000, 10) == {L: ["r1"]}
     # when it is committed, it leaves the index
     await storage.commit_part("r1", L, ["a"], NOW + 1, force=False)
-    assert await storage.due(NOW + 10**9, 10) == []
+    assert await storage.due([L], NOW + 10**9, 10) == {}
 
 
 async def test_calls_in_flight_survive_an_emptied_script_cache(

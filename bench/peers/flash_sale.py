@@ -15,7 +15,7 @@ from bench.peers.common import LOCATION, SKU, Peer, private_redis, run_async, ru
 from bench.peers.flash_load import FlashConfig, run_flash_sale
 from bench.peers.postgres import PgLine, PgStock, PrivatePostgres
 from engine.domain import Line
-from engine.storage import DUE
+from engine.storage import Keys
 
 HOLD_TTL_S = 3600.0  # longer than any run: nothing expires while the load runs
 
@@ -91,7 +91,7 @@ async def omnistock_flash_sale(args: argparse.Namespace) -> dict[str, Any]:
 
         load = await run_flash_sale(hold, load_config(args), "omnistock")
         row = await redis.hot_row()
-        held_parts = int(await redis.client.zcard(DUE))
+        held_parts = int(await redis.client.zcard(Keys.due(LOCATION)))
         info = await redis.client.info("server")
     store = redis.describe() | {
         "version": info.get("valkey_version") or info.get("redis_version"),

@@ -54,7 +54,7 @@ local function write_dir(key, fp, lines, saga, ttl_ms)
 end
 
 -- Takes a HELD reservation part off the rows it holds: reserved drops by each line's qty.
-local function unhold(rec, due, member, state, buckets, retention_ms)
+local function unhold(rec, due, id, state, buckets, retention_ms)
   for _, ln in ipairs(parse_lines(redis.call('HGET', rec, 'l'))) do
     local key = KEYS[buckets[ln[1]][1]]
     local r = read_row(key, ln[1])
@@ -62,6 +62,6 @@ local function unhold(rec, due, member, state, buckets, retention_ms)
     write_row(key, ln[1], r)
   end
   redis.call('HSET', rec, 's', state)
-  redis.call('ZREM', due, member)
+  redis.call('ZREM', due, id)
   redis.call('PEXPIRE', rec, retention_ms)
 end

@@ -1,9 +1,8 @@
 -- commit: turn a HELD reservation part into a sale: on_hand and reserved drop by each qty.
 -- The commit is logged at now_ms so that a later store count taken before it keeps it (I5),
 -- and the part is kept (retention) so the store's echo of the sale is recognised (I6).
--- KEYS[1]  {L}:r:<id>;  KEYS[2] {omnistock}:due;  KEYS[3..] {L}:s:<b> and {L}:d:<b> buckets
--- ARGV: id, now_ms, retention_ms, force, n, due member,
---       then n triples (sku, stock key index, log key index)
+-- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3..] {L}:s:<b> and {L}:d:<b> buckets
+-- ARGV: id, now_ms, retention_ms, force, n, then n triples (sku, stock key index, log key index)
 --   force == '1' commits a part even past its expiry: the commit was decided while every
 --   part was pinned (a cross-location commit being finished after a crash).
 -- Returns {'COMMITTED', 1 if this call committed else 0} | {'STATE', state} | {'MISSING'}
@@ -14,7 +13,7 @@ if cur[1] == 'COMMITTED' then return {'COMMITTED', 0} end
 if cur[1] ~= 'HELD' then return {'STATE', cur[1]} end
 if ARGV[4] ~= '1' and tonumber(cur[2]) <= now then return {'STATE', 'EXPIRED'} end
 
-local keys = key_map(ARGV, 7, tonumber(ARGV[5]))
+local keys = key_map(ARGV, 6, tonumber(ARGV[5]))
 for _, ln in ipairs(parse_lines(cur[3])) do
   local k = keys[ln[1]]
   local r = read_row(KEYS[k[1]], ln[1])
@@ -24,6 +23,6 @@ for _, ln in ipairs(parse_lines(cur[3])) do
   redis.call('ZADD', KEYS[k[2]], now, ln[1] .. '\tc:' .. id .. '\t-' .. ln[2])
 end
 redis.call('HSET', KEYS[1], 's', 'COMMITTED')
-redis.call('ZREM', KEYS[2], ARGV[6])
+redis.call('ZREM', KEYS[2], id)
 redis.call('PEXPIRE', KEYS[1], retention)
 return {'COMMITTED', 1}

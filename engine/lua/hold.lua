@@ -1,13 +1,13 @@
 -- hold: hold every line of one reservation at one location, all or nothing (I2, I3, I4).
 -- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l)
--- KEYS[2]  {omnistock}:due  the expiry index: "<L>\t<id>" -> expiry (ms), for the sweeper
+-- KEYS[2]  {L}:x        the expiry index of L: reservation id -> expiry (ms), for the sweeper
 -- KEYS[3..] {L}:s:<b>   stock buckets the lines live in
--- KEYS[#KEYS] res:{<id>} the directory, only when ARGV[6] == '1' (single-location fast path)
--- ARGV: due member, fingerprint, now_ms, expires_at_ms, retention_ms, with_dir, dir_lines, n,
+-- KEYS[#KEYS] res:{<id>} the directory, only when ARGV[6] == '1' (one Redis, one location)
+-- ARGV: reservation id, fingerprint, now_ms, expires_at_ms, retention_ms, with_dir, dir_lines, n,
 --       then n triples (sku, qty, bucket key index)
 -- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
 --       | {'EXISTS', state, expires_at} | {'CONFLICT'}
-local member, fp = ARGV[1], ARGV[2]
+local id, fp = ARGV[1], ARGV[2]
 local now, exp, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = tonumber(ARGV[8])
 
@@ -48,5 +48,5 @@ for _, x in ipairs(rows) do
   lines[#lines + 1] = x[2] .. '\t' .. x[3] .. '\n'
 end
 redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(lines))
-redis.call('ZADD', KEYS[2], exp, member)
+redis.call('ZADD', KEYS[2], exp, id)
 return {'HELD', exp}

@@ -1,0 +1,75 @@
+"""Redis Cluster: the service finds a cluster by itself, and the tests marked ON_BOTH (the
+concurrency, fault, model and storage tests) really spread their locations over its nodes,
+so that a cross-location reservation there is a saga across nodes."""
+
+from __future__ import annotations
+
+import grpc
+from redis.asyncio.cluster import RedisCluster
+
+from engine.app import Omnistock, connect, create_server
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.storage import Keys
+
+from .conftest import settings_for
+from .grpc_helpers import Stubs, level, line, stock_up
+
+# the locations the ON_BOTH tests use (test_concurrency/test_faults, test_model)
+SERVICE_LOCATIONS = ("s1", "s2", "s3")
+MODEL_LOCATIONS = ("loc-a", "loc-b", "loc-c")
+
+
+async def test_the_test_locations_live_on_every_node_of_the_cluster(cluster_url: str) -> None:
+    client = await connect(cluster_url, 2.0)
+    try:
+        assert isinstance(client, RedisCluster)
+        nodes = {node.name for node in client.get_primaries()}
+        assert len(nodes) == 3
+        for locations in (SERVICE_LOCATIONS, MODEL_LOCATIONS):
+            used = {client.get_node_from_key(Keys.due(loc)).name for loc in locations}
+            assert used == nodes, f"{locations} use only {used}"
+    finally:
+        await client.aclose()
+
+
+async def test_the_service_asks_whether_redis_is_a_cluster(
+    cluster_url: str, one_redis_url: str
+) -> None:
+    for url, cluster in ((cluster_url, True), (one_redis_url, False)):
+        app = create_server(settings_for(url))
+        await app.start()
+        try:
+            assert app.storage.cluster is cluster
+        finally:
+            await app.stop(grace=0.5)
+
+
+async def test_a_reservation_across_three_nodes_holds_commits_and_releases(
+    cluster_url: str,
+) -> None:
+    app: Omnistock = create_server(settings_for(cluster_url))
+    await app.start()
+    await app.redis.flushall()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs = Stubs(channel)
+            await stock_up(stubs, {(loc, "a"): 5 for loc in SERVICE_LOCATIONS})
+            lines = [line(loc, "a", 2) for loc in SERVICE_LOCATIONS]
+            for rid in ("keep", "drop"):
+                got = await stubs.reservations.Reserve(
+                    pb.ReserveRequest(reservation_id=rid, lines=lines, ttl_seconds=60)
+                )
+                assert got.reservation.state == pb.RESERVATION_STATE_HELD
+            # a third of the same size no longer fits anywhere: nothing is held for it
+            short = await stubs.reservations.Reserve(
+                pb.ReserveRequest(reservation_id="late", lines=lines, ttl_seconds=60)
+            )
+            assert not short.HasField("reservation")
+            assert {s.location_id for s in short.shortfalls} == set(SERVICE_LOCATIONS)
+            await stubs.reservations.Commit(pb.CommitRequest(reservation_id="keep"))
+            await stubs.reservations.Release(pb.ReleaseRequest(reservation_id="drop"))
+            for loc in SERVICE_LOCATIONS:
+                row = await level(stubs, loc, "a")
+                assert (row.on_hand, row.reserved, row.available) == (3, 0, 3)
+    finally:
+        await app.stop(grace=0.5)
