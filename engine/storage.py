@@ -386,11 +386,12 @@ class Storage:
 
     # -- reservation parts ------------------------------------------------------------
 
-    def _line_keys(self, keys: KeyList, location: str, skus: Iterable[str], log: bool) -> list[Any]:
+    def _line_keys(self, keys: KeyList, location: str, skus: Iterable[str]) -> list[Any]:
+        """(sku, stock key index, change log key index) for each sku, the keys added."""
         args: list[Any] = []
         for sku in skus:
             stock = keys.add(self.keys.stock(location, sku))
-            args += [sku, stock, keys.add(self.keys.log(location, sku)) if log else 0]
+            args += [sku, stock, keys.add(self.keys.log(location, sku))]
         return args
 
     def hold_call(
@@ -425,7 +426,7 @@ class Storage:
         self, reservation_id: str, location: str, skus: Iterable[str], now: int, force: bool
     ) -> list[Any]:
         keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
-        triples = self._line_keys(keys, location, skus, log=True)
+        triples = self._line_keys(keys, location, skus)
         args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
         return _decode(await self.call("commit", keys.keys, [*args, *triples]))
 
@@ -434,7 +435,7 @@ class Storage:
     ) -> list[Any]:
         """mode: 'release', 'tombstone' or 'forget' (see release.lua)."""
         keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
-        triples = self._line_keys(keys, location, skus, log=False)
+        triples = self._line_keys(keys, location, skus)
         args = [reservation_id, self.retention_ms, mode, len(triples) // 3, *triples]
         return _decode(await self.call("release", keys.keys, args))
 
@@ -542,7 +543,7 @@ class Storage:
         lines = await self.pipeline(build)
         skus = {row.split(b"\t")[0].decode() for text in lines if text for row in text.splitlines()}
         keys = KeyList(Keys.due(location), *(Keys.part(location, rid) for rid in reservation_ids))
-        triples = self._line_keys(keys, location, sorted(skus), log=False)
+        triples = self._line_keys(keys, location, sorted(skus))
         args = [now, self.retention_ms, len(reservation_ids), *reservation_ids, len(skus), *triples]
         return int(await self.call("expire", keys.keys, args))
 

@@ -98,6 +98,9 @@ class ModelReservation:
     lines: tuple[ModelLine, ...]  # merged by (location, sku), sorted
     state: str
     expires_at: int
+    # the store's reports of sales under this reservation while it was HELD:
+    # (location, sku, signed qty, source time)
+    echoes: list[tuple[str, str, int, int]] = field(default_factory=list)
 
     def answer(self) -> tuple[Any, ...]:
         held = self.state == "HELD"
@@ -125,7 +128,10 @@ class Model:
     """The brief's rules for stock rows and reservations, and nothing else.
 
     Of the outcomes of a stock event, a duplicate id is recognised first, then the echo
-    of a committed sale, then an event older than the row's count (STALE)."""
+    of a sale under a reservation line (I6), then an event older than the row's count
+    (STALE). An echo of a line still HELD changes nothing now; if the reservation is then
+    committed, the commit is the sale; if it is released or expires instead, the echo
+    counts as the DELTA it is."""
 
     def __init__(self) -> None:
         self.rows: dict[Pair, ModelRow] = {pair: ModelRow() for pair in PAIRS}
@@ -170,9 +176,13 @@ class Model:
 
     def _is_echo(self, location: str, ev: ModelEvent) -> bool:
         res = self.reservations.get(ev.reservation_id) if ev.reservation_id else None
-        if res is None or res.state != "COMMITTED":
+        if res is None or res.state not in ("HELD", "COMMITTED"):
             return False
-        return any(loc == location and sku == ev.sku for loc, sku, _ in res.lines)
+        if not any(loc == location and sku == ev.sku for loc, sku, _ in res.lines):
+            return False
+        if res.state == "HELD":
+            res.echoes.append((location, ev.sku, ev.qty, ev.source_time))
+        return True
 
     def set_safety_stock(self, location: str, sku: str, qty: int) -> None:
         self.rows[(location, sku)].safety_stock = qty
@@ -243,6 +253,11 @@ class Model:
     def _give_back(self, res: ModelReservation, state: str) -> None:
         for loc, sku, qty in res.lines:
             self.rows[(loc, sku)].reserved -= qty
+        for loc, sku, qty, t in res.echoes:
+            row = self.rows[(loc, sku)]
+            if row.count_time is None or t > row.count_time:
+                row.changes.append((t, qty))
+        res.echoes.clear()
         res.state = state
 
     def held_ids(self) -> list[str]:
@@ -402,7 +417,7 @@ class StockMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def store_reports_a_sale_of_a_reservation(self, data: st.DataObject) -> None:
         """The store's own system reports a sale made under a reservation id: an echo
-        when the engine committed it (I6), an ordinary delta otherwise."""
+        when the engine holds or committed that line (I6), an ordinary delta otherwise."""
         rid = data.draw(st.sampled_from(sorted(self.model.reservations)))
         loc, sku, qty = data.draw(st.sampled_from(self.model.reservations[rid].lines))
         if data.draw(st.booleans()):  # or at any row, whether it has a line there or not

@@ -118,6 +118,42 @@ async def test_echo_of_a_committed_sale_is_not_subtracted_twice(storage: Storage
     assert row.on_hand == 3
 
 
+async def test_a_sale_reported_before_its_commit_is_subtracted_once(storage: Storage) -> None:
+    # given 5 units, 2 held by pos-1, and the store reporting that sale before the commit
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 100)], NOW)
+    await hold(storage, "pos-1", [Line(L, "a", 2)])
+    got = await storage.apply_events(L, [delta("till-9", "a", -2, NOW + 1, rid="pos-1")], NOW + 2)
+    assert got.outcomes == [EventOutcome.ECHO]
+    (row,) = await storage.rows([(L, "a")])
+    assert (row.on_hand, row.reserved) == (5, 2)
+    # when the commit lands, the sale is subtracted once
+    await storage.commit_part("pos-1", L, ["a"], NOW + 3, force=False)
+    (row,) = await storage.rows([(L, "a")])
+    assert (row.on_hand, row.reserved) == (3, 0)
+
+
+async def test_a_sale_reported_under_a_hold_that_is_released_counts_as_a_delta(
+    storage: Storage,
+) -> None:
+    # given two holds whose sales the store reported while they were held
+    await storage.apply_events(L, [count("c1", "a", 9, NOW - 100)], NOW)
+    await hold(storage, "pos-1", [Line(L, "a", 2)])
+    await hold(storage, "pos-2", [Line(L, "a", 3)])
+    reports = [
+        delta("t1", "a", -2, NOW + 1, rid="pos-1"),
+        delta("t2", "a", -3, NOW + 5, rid="pos-2"),
+    ]
+    assert (await storage.apply_events(L, reports, NOW + 6)).outcomes == [EventOutcome.ECHO] * 2
+    # and a count taken between the two sales, which includes the first only
+    await storage.apply_events(L, [count("c2", "a", 7, NOW + 3)], NOW + 7)
+    # when both holds are given back instead of committed
+    assert await storage.release_part("pos-1", L, ["a"], "release") == ["RELEASED", 1]
+    assert await storage.expire(L, ["pos-2"], NOW + 10**6) == 1
+    # then the sales count as deltas: the first is in the count already, the second is not
+    (row,) = await storage.rows([(L, "a")])
+    assert (row.on_hand, row.reserved) == (4, 0)
+
+
 async def test_count_below_holds_keeps_them_and_reports_the_row_short(storage: Storage) -> None:
     await storage.apply_events(L, [count("c1", "a", 5, NOW - 100)], NOW)
     await hold(storage, "r1", [Line(L, "a", 4)])

@@ -54,13 +54,27 @@ local function write_dir(key, fp, lines, saga, ttl_ms)
 end
 
 -- Takes a HELD reservation part off the rows it holds: reserved drops by each line's qty.
+-- The store's reports of sales under this part that came while it was HELD (field 'e',
+-- "sku\tdelta\tsource_time\tevent id\n"...) now count as the DELTAs they are, unless a
+-- count taken after them already includes them. buckets: sku -> {stock idx, log idx}.
 local function unhold(rec, due, id, state, buckets, retention_ms)
-  for _, ln in ipairs(parse_lines(redis.call('HGET', rec, 'l'))) do
+  local cur = redis.call('HMGET', rec, 'l', 'e')
+  for _, ln in ipairs(parse_lines(cur[1])) do
     local key = KEYS[buckets[ln[1]][1]]
     local r = read_row(key, ln[1])
     r[2] = r[2] - ln[2]
     write_row(key, ln[1], r)
   end
+  for sku, d, t, eid in string.gmatch(cur[2] or '', '([^\t\n]+)\t(-?%d+)\t(%d+)\t([^\n]+)\n') do
+    local key, log = KEYS[buckets[sku][1]], KEYS[buckets[sku][2]]
+    local r = read_row(key, sku)
+    if tonumber(t) > r[5] then
+      r[1] = r[1] + tonumber(d)
+      write_row(key, sku, r)
+      redis.call('ZADD', log, tonumber(t), sku .. '\te:' .. eid .. '\t' .. d)
+    end
+  end
+  if cur[2] then redis.call('HDEL', rec, 'e') end
   redis.call('HSET', rec, 's', state)
   redis.call('ZREM', due, id)
   redis.call('PEXPIRE', rec, retention_ms)

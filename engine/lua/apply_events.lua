@@ -6,6 +6,10 @@
 --     arrival order never matters.
 --   DELTA d at t: stale if t <= as_of (that count includes it); else on_hand += d, logged.
 --   DELTA echoing a committed reservation line at this location: recognised, no effect.
+--   DELTA echoing a line still HELD here (the store reported the sale before the commit
+--     landed): no effect now, and kept on the part; the commit then subtracts the sale once,
+--     and if the part is released or expires instead, the kept echo is applied as the DELTA
+--     it is (see unhold in _prelude.lua).
 -- on_hand is never clamped: clamping would make the result depend on arrival order.
 -- KEYS[1] {L}:e  event ids seen, scored by arrival (ms);  KEYS[2..] {L}:s:<b> stock buckets,
 --   {L}:d:<b> change logs, {L}:r:<id> reservation parts named by echoes
@@ -40,11 +44,19 @@ local function changes_after(log, sku, t, drop)
   return sum
 end
 
-local function is_echo(part, sku)
-  local cur = redis.call('HMGET', part, 's', 'l')
-  if cur[1] ~= 'COMMITTED' then return false end
+-- Is this DELTA the store's report of a sale under a reservation part here? A report on a
+-- part still HELD is kept on it, for its release or expiry (see unhold).
+local function is_echo(part, id, sku, d, t)
+  local cur = redis.call('HMGET', part, 's', 'l', 'e')
+  if cur[1] ~= 'COMMITTED' and cur[1] ~= 'HELD' then return false end
   for _, ln in ipairs(parse_lines(cur[2])) do
-    if ln[1] == sku then return true end
+    if ln[1] == sku then
+      if cur[1] == 'HELD' then
+        local kept = string.format('%s\t%d\t%d\t%s\n', sku, d, t, id)
+        redis.call('HSET', part, 'e', (cur[3] or '') .. kept)
+      end
+      return true
+    end
   end
   return false
 end
@@ -75,7 +87,7 @@ for j = 0, n - 1 do
   local out
   if redis.call('ZSCORE', seen, id) then
     out = 'DUPLICATE'
-  elseif kind == 'DELTA' and part > 0 and is_echo(KEYS[part], sku) then
+  elseif kind == 'DELTA' and part > 0 and is_echo(KEYS[part], id, sku, qty, t) then
     out = 'ECHO'
   else
     local log, r = log_key(tonumber(ARGV[p + 6])), read_row(key, sku)

@@ -3,7 +3,7 @@
 -- no longer HELD leave the expiry index; a part HELD but not yet due (another process's
 -- clock ran ahead) stays in it.
 -- KEYS[1] {L}:x the expiry index;  KEYS[2..m+1] {L}:r:<id> for the m parts;  KEYS[m+2..] stock buckets
--- ARGV: now_ms, retention_ms, m, then m reservation ids, then n, then n triples (sku, stock key index, 0)
+-- ARGV: now_ms, retention_ms, m, then m reservation ids, then n, then n triples (sku, stock key index, log key index)
 -- Returns the number of parts expired
 local now, retention, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local keys = key_map(ARGV, 5 + m, tonumber(ARGV[4 + m]))

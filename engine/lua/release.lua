@@ -1,6 +1,6 @@
 -- release: give a HELD reservation part's units back (reserved drops by each qty).
 -- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3..] {L}:s:<b> stock buckets
--- ARGV: id, retention_ms, mode, n, then n triples (sku, stock key index, 0)
+-- ARGV: id, retention_ms, mode, n, then n triples (sku, stock key index, log key index)
 --   mode 'release':   the part becomes RELEASED, and is remembered for the retention.
 --   mode 'tombstone': also leaves a RELEASED part where none exists, so that a hold still on
 --                     its way from a crashed saga can never land after its rollback.
