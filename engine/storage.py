@@ -419,6 +419,8 @@ class Storage:
 
     async def hold(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[Any]]:
         """Holds parts at one or more locations; the auto-pipeline sends them together."""
+        if len(calls) == 1:  # the common case: no task for gather to make
+            return [_decode(await self.call("hold", *calls[0]))]
         answers = await asyncio.gather(*(self.call("hold", keys, args) for keys, args in calls))
         return [_decode(answer) for answer in answers]
 
