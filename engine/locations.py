@@ -1,8 +1,9 @@
 """The location registry: the locations in Redis, cached in this process.
 
-Locations change rarely and are read on every call that names one, so they are cached;
-a name the cache does not know triggers a reload (at most once a second), so a location
-upserted through another server process is seen promptly.
+Locations change rarely and are read on every call that names one, so they are cached. An
+id the cache does not know is looked up in Redis (just those ids), so a location upserted
+through another server process is known at once; the whole cache is reloaded at most once
+a second when a caller wants every location (queries by type, the sweeper).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class LocationRegistry:
     async def require(self, ids: Iterable[str], field: str) -> None:
         """Every id must name a known location, else INVALID_ARGUMENT naming the first."""
         missing = [i for i in ids if i not in self.by_id]
-        if missing and time.monotonic() - self._loaded_at > _RELOAD_INTERVAL:
-            await self.reload()
+        if missing:
+            self.by_id = self.by_id | await self.storage.load_locations(missing)
             missing = [i for i in missing if i not in self.by_id]
         if missing:
             raise InvalidArgument(field, f"unknown location {missing[0]!r}")

@@ -333,9 +333,13 @@ class Storage:
         mapping = {loc.id: orjson.dumps(_location_dict(loc)) for loc in locations}
         await self.guard(lambda: self.redis.hset(LOCATIONS, mapping=mapping))
 
-    async def load_locations(self) -> dict[str, Location]:
-        raw: dict[bytes, bytes] = await self.guard(lambda: self.redis.hgetall(LOCATIONS))
-        return {k.decode(): _location_from(orjson.loads(v)) for k, v in raw.items()}
+    async def load_locations(self, ids: Sequence[str] | None = None) -> dict[str, Location]:
+        """Every location, or those of `ids` that exist."""
+        if ids is None:
+            raw: dict[bytes, bytes] = await self.guard(lambda: self.redis.hgetall(LOCATIONS))
+            return {k.decode(): _location_from(orjson.loads(v)) for k, v in raw.items()}
+        got = await self.guard(lambda: self.redis.hmget(LOCATIONS, list(ids)))
+        return {i: _location_from(orjson.loads(v)) for i, v in zip(ids, got, strict=True) if v}
 
     # -- stock ------------------------------------------------------------------------
 

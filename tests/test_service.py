@@ -9,10 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.app import Omnistock
+from engine.app import Omnistock, create_server
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
-from .conftest import ON_BOTH, all_keys
+from .conftest import ON_BOTH, all_keys, settings_for
 from .grpc_helpers import Stubs, count, level, line, location, stock_up
 
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
@@ -281,3 +281,23 @@ async def test_metrics_are_served_over_http_on_their_own_port(
         assert "omnistock_redis_up" in text
     finally:
         await app.stop(grace=1.0)
+
+
+async def test_a_location_added_through_another_process_is_known_there_at_once(
+    stubs: Stubs, redis_url: str
+) -> None:
+    # given a second server process on the same Redis, its location cache just loaded
+    other = create_server(settings_for(redis_url))
+    await other.start()
+    try:
+        await other.locations.reload()
+        # when a store is added through the first process
+        await stock_up(stubs, {("new-store", "a"): 3})
+        # then the second takes a hold there straight away
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+            got = await Stubs(channel).reservations.Reserve(
+                pb.ReserveRequest(reservation_id="r1", lines=[line("new-store", "a", 2)])
+            )
+        assert got.reservation.state == pb.RESERVATION_STATE_HELD
+    finally:
+        await other.stop(grace=0.5)
