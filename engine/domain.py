@@ -161,13 +161,13 @@ def check_qty(value: int, field_name: str, *, allow_zero: bool = False) -> int:
     return value
 
 
-def check_coordinates(latitude: float, longitude: float, field_name: str) -> None:
+def check_coordinates(latitude: float, longitude: float, field_name: str = "") -> None:
+    """field_name: the message holding them ('' for the request itself)."""
+    prefix = f"{field_name}." if field_name else ""
     if not (math.isfinite(latitude) and -90.0 <= latitude <= 90.0):
-        raise InvalidArgument(f"{field_name}.latitude", f"must be within [-90, 90], got {latitude}")
+        raise InvalidArgument(f"{prefix}latitude", f"must be within [-90, 90], got {latitude}")
     if not (math.isfinite(longitude) and -180.0 <= longitude <= 180.0):
-        raise InvalidArgument(
-            f"{field_name}.longitude", f"must be within [-180, 180], got {longitude}"
-        )
+        raise InvalidArgument(f"{prefix}longitude", f"must be within [-180, 180], got {longitude}")
 
 
 def check_ttl(ttl_seconds: float, field_name: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from engine.domain import Location, LocationType
 from engine.errors import InvalidArgument
+from engine.geo import LocationIndex
 from engine.storage import Storage
 
 _RELOAD_INTERVAL = 1.0
@@ -23,6 +24,7 @@ class LocationRegistry:
         self.storage = storage
         self.by_id: dict[str, Location] = {}
         self._loaded_at = float("-inf")
+        self._index = LocationIndex({})
 
     async def reload(self) -> None:
         self.by_id = await self.storage.load_locations()
@@ -46,6 +48,13 @@ class LocationRegistry:
         if time.monotonic() - self._loaded_at > _RELOAD_INTERVAL:
             await self.reload()
         return self.by_id
+
+    async def index(self) -> LocationIndex:
+        """The geographic index of the current locations (rebuilt when they change)."""
+        by_id = await self.fresh()
+        if self._index.source is not by_id:
+            self._index = LocationIndex(by_id)
+        return self._index
 
     async def active(self, types: set[LocationType]) -> list[Location]:
         await self.fresh()

@@ -33,8 +33,10 @@ from engine.errors import (
     OmnistockError,
     Unavailable,
 )
+from engine.geo import Fulfilment
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
+from engine.nearby import BasketLine, NearbyQuery, check_query, find_nearby
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.reservations import Reservations
@@ -65,6 +67,11 @@ _TYPES = {
     pb.LOCATION_TYPE_DARK_STORE: LocationType.DARK_STORE,
 }
 _TYPES_BACK = {v: k for k, v in _TYPES.items()}
+_FULFILMENTS = {
+    pb.FULFILMENT_UNSPECIFIED: Fulfilment.ANY,
+    pb.FULFILMENT_PICKUP: Fulfilment.PICKUP,
+    pb.FULFILMENT_SHIP: Fulfilment.SHIP,
+}
 _STATES = {
     "HELD": pb.RESERVATION_STATE_HELD,
     "COMMITTED": pb.RESERVATION_STATE_COMMITTED,
@@ -200,6 +207,32 @@ def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
     return check_event(event, field)
 
 
+def types_from_pb(values: Sequence[pb.LocationType.ValueType], field: str) -> set[LocationType]:
+    types = set()
+    for i, t in enumerate(values):
+        if t not in _TYPES:
+            raise InvalidArgument(f"{field}[{i}]", "must be STORE, DC or DARK_STORE")
+        types.add(_TYPES[t])
+    return types
+
+
+def nearby_query_from_pb(msg: pb.FindNearbyRequest) -> NearbyQuery:
+    if msg.fulfilment not in _FULFILMENTS:
+        raise InvalidArgument("fulfilment", "must be PICKUP, SHIP or unspecified (any)")
+    return check_query(
+        NearbyQuery(
+            latitude=msg.latitude,
+            longitude=msg.longitude,
+            radius_km=msg.radius_km,
+            lines=tuple(BasketLine(ln.sku, ln.qty) for ln in msg.lines),
+            fulfilment=_FULFILMENTS[msg.fulfilment],
+            types=frozenset(types_from_pb(msg.location_types, "location_types")),
+            limit=msg.limit or 10,
+            partial=msg.partial,
+        )
+    )
+
+
 def lines_from_pb(lines: Sequence[pb.ReservationLine]) -> list[Line]:
     return [Line(ln.location_id, ln.sku, ln.qty) for ln in lines]
 
@@ -246,12 +279,32 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
                 check_id(loc, f"location_ids[{i}]")
             await self.locations.require(ids, "location_ids")
             return ids
-        types = set()
-        for i, t in enumerate(request.location_types):
-            if t not in _TYPES:
-                raise InvalidArgument(f"location_types[{i}]", "must be STORE, DC or DARK_STORE")
-            types.add(_TYPES[t])
+        types = types_from_pb(request.location_types, "location_types")
         return [loc.id for loc in await self.locations.active(types)]
+
+    @rpc("FindNearby")
+    async def FindNearby(
+        self, request: pb.FindNearbyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FindNearbyResponse:
+        query = nearby_query_from_pb(request)
+        found = await find_nearby(self.storage, self.locations, query)
+        answer = pb.FindNearbyResponse(locations_considered=found.considered)
+        for hit in found.hits:
+            filled, units = hit.filled(query.lines)
+            answer.locations.append(
+                pb.NearbyLocation(
+                    location=location_pb(hit.location),
+                    distance_km=hit.distance_km,
+                    lines=[
+                        pb.LineAvailability(sku=ln.sku, requested=ln.qty, available=a)
+                        for ln, a in zip(query.lines, hit.available, strict=True)
+                    ],
+                    fills_basket=filled == len(query.lines),
+                    lines_filled=filled,
+                    units_filled=units,
+                )
+            )
+        return answer
 
 
 class ReservationService(pb_grpc.ReservationServiceServicer):

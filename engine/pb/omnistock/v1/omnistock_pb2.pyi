@@ -41,6 +41,29 @@ LOCATION_TYPE_DC: LocationType.ValueType  # 2
 LOCATION_TYPE_DARK_STORE: LocationType.ValueType  # 3
 Global___LocationType: _TypeAlias = LocationType  # noqa: Y015
 
+class _Fulfilment:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FulfilmentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Fulfilment.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FULFILMENT_UNSPECIFIED: _Fulfilment.ValueType  # 0
+    """any location, whatever it offers"""
+    FULFILMENT_PICKUP: _Fulfilment.ValueType  # 1
+    """locations with pickup_enabled (click & collect)"""
+    FULFILMENT_SHIP: _Fulfilment.ValueType  # 2
+    """locations with ship_enabled (ship from store)"""
+
+class Fulfilment(_Fulfilment, metaclass=_FulfilmentEnumTypeWrapper): ...
+
+FULFILMENT_UNSPECIFIED: Fulfilment.ValueType  # 0
+"""any location, whatever it offers"""
+FULFILMENT_PICKUP: Fulfilment.ValueType  # 1
+"""locations with pickup_enabled (click & collect)"""
+FULFILMENT_SHIP: Fulfilment.ValueType  # 2
+"""locations with ship_enabled (ship from store)"""
+Global___Fulfilment: _TypeAlias = Fulfilment  # noqa: Y015
+
 class _ReservationState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -259,6 +282,172 @@ class GetAvailabilityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAvailabilityResponse: _TypeAlias = GetAvailabilityResponse  # noqa: Y015
+
+@_typing.final
+class BasketLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    qty: _builtins.int
+    """at least 1"""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        qty: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qty", b"qty", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BasketLine: _TypeAlias = BasketLine  # noqa: Y015
+
+@_typing.final
+class FindNearbyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LATITUDE_FIELD_NUMBER: _builtins.int
+    LONGITUDE_FIELD_NUMBER: _builtins.int
+    RADIUS_KM_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    FULFILMENT_FIELD_NUMBER: _builtins.int
+    LOCATION_TYPES_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    latitude: _builtins.float
+    longitude: _builtins.float
+    radius_km: _builtins.float
+    """> 0 and at most 20,000 (half the Earth's circumference)"""
+    fulfilment: Global___Fulfilment.ValueType
+    limit: _builtins.int
+    """0: 10; at most 100"""
+    partial: _builtins.bool
+    """Also return locations that can fill only part of the basket, after the ones that
+    fill it all, ranked by lines filled, then units filled, then distance.
+    """
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___BasketLine]:
+        """One line for one sku; several for a basket (at most 200, each sku once)."""
+
+    @_builtins.property
+    def location_types(self) -> _containers.RepeatedScalarFieldContainer[Global___LocationType.ValueType]:
+        """empty: every type"""
+
+    def __init__(
+        self,
+        *,
+        latitude: _builtins.float = ...,
+        longitude: _builtins.float = ...,
+        radius_km: _builtins.float = ...,
+        lines: _abc.Iterable[Global___BasketLine] | None = ...,
+        fulfilment: Global___Fulfilment.ValueType = ...,
+        location_types: _abc.Iterable[Global___LocationType.ValueType] | None = ...,
+        limit: _builtins.int = ...,
+        partial: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fulfilment", b"fulfilment", "latitude", b"latitude", "limit", b"limit", "lines", b"lines", "location_types", b"location_types", "longitude", b"longitude", "partial", b"partial", "radius_km", b"radius_km"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindNearbyRequest: _TypeAlias = FindNearbyRequest  # noqa: Y015
+
+@_typing.final
+class LineAvailability(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    requested: _builtins.int
+    available: _builtins.int
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        requested: _builtins.int = ...,
+        available: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "requested", b"requested", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineAvailability: _TypeAlias = LineAvailability  # noqa: Y015
+
+@_typing.final
+class NearbyLocation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_FIELD_NUMBER: _builtins.int
+    DISTANCE_KM_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    FILLS_BASKET_FIELD_NUMBER: _builtins.int
+    LINES_FILLED_FIELD_NUMBER: _builtins.int
+    UNITS_FILLED_FIELD_NUMBER: _builtins.int
+    distance_km: _builtins.float
+    """great-circle distance from the point"""
+    fills_basket: _builtins.bool
+    """every line has available >= requested"""
+    lines_filled: _builtins.int
+    units_filled: _builtins.int
+    """sum over lines of min(requested, available)"""
+    @_builtins.property
+    def location(self) -> Global___Location: ...
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___LineAvailability]:
+        """in the order of the request"""
+
+    def __init__(
+        self,
+        *,
+        location: Global___Location | None = ...,
+        distance_km: _builtins.float = ...,
+        lines: _abc.Iterable[Global___LineAvailability] | None = ...,
+        fills_basket: _builtins.bool = ...,
+        lines_filled: _builtins.int = ...,
+        units_filled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance_km", b"distance_km", "fills_basket", b"fills_basket", "lines", b"lines", "lines_filled", b"lines_filled", "location", b"location", "units_filled", b"units_filled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NearbyLocation: _TypeAlias = NearbyLocation  # noqa: Y015
+
+@_typing.final
+class FindNearbyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATIONS_FIELD_NUMBER: _builtins.int
+    LOCATIONS_CONSIDERED_FIELD_NUMBER: _builtins.int
+    locations_considered: _builtins.int
+    """Locations within the radius that passed the filters and were read; a partial search
+    reads at most 2,000, nearest first.
+    """
+    @_builtins.property
+    def locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___NearbyLocation]: ...
+    def __init__(
+        self,
+        *,
+        locations: _abc.Iterable[Global___NearbyLocation] | None = ...,
+        locations_considered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locations", b"locations", "locations_considered", b"locations_considered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindNearbyResponse: _TypeAlias = FindNearbyResponse  # noqa: Y015
 
 @_typing.final
 class ReservationLine(_message.Message):

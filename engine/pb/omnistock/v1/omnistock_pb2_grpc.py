@@ -41,6 +41,11 @@ class AvailabilityServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetAvailabilityRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.FindNearby = channel.unary_unary(
+                '/omnistock.v1.AvailabilityService/FindNearby',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.FindNearbyRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.FindNearbyResponse.FromString,
+                _registered_method=True)
 
 
 class AvailabilityServiceServicer:
@@ -55,6 +60,14 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindNearby(self, request, context):
+        """Locations near a point that can fill one sku or a whole basket (every line at one
+        location), nearest first, with distance and the quantity available of each line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AvailabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +75,11 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.GetAvailability,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetAvailabilityRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetAvailabilityResponse.SerializeToString,
+            ),
+            'FindNearby': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindNearby,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.FindNearbyRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.FindNearbyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +111,33 @@ class AvailabilityService:
             '/omnistock.v1.AvailabilityService/GetAvailability',
             omnistock_dot_v1_dot_omnistock__pb2.GetAvailabilityRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.GetAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindNearby(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.AvailabilityService/FindNearby',
+            omnistock_dot_v1_dot_omnistock__pb2.FindNearbyRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.FindNearbyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class AvailabilityServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AvailabilityServiceAsyncStub: ...
     GetAvailability: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.GetAvailabilityRequest, _omnistock_pb2.GetAvailabilityResponse]
     """Many skus at many locations (or every location of some types) in one call."""
+    FindNearby: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.FindNearbyRequest, _omnistock_pb2.FindNearbyResponse]
+    """Locations near a point that can fill one sku or a whole basket (every line at one
+    location), nearest first, with distance and the quantity available of each line.
+    """
 
 @_typing.type_check_only
 class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
@@ -45,6 +49,10 @@ class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetAvailability: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.GetAvailabilityRequest, _omnistock_pb2.GetAvailabilityResponse]  # type: ignore[assignment]
     """Many skus at many locations (or every location of some types) in one call."""
+    FindNearby: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.FindNearbyRequest, _omnistock_pb2.FindNearbyResponse]  # type: ignore[assignment]
+    """Locations near a point that can fill one sku or a whole basket (every line at one
+    location), nearest first, with distance and the quantity available of each line.
+    """
 
 class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- availability"""
@@ -56,6 +64,16 @@ class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_omnistock_pb2.GetAvailabilityResponse, _abc.Awaitable[_omnistock_pb2.GetAvailabilityResponse]]:
         """Many skus at many locations (or every location of some types) in one call."""
+
+    @_abc_1.abstractmethod
+    def FindNearby(
+        self,
+        request: _omnistock_pb2.FindNearbyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.FindNearbyResponse, _abc.Awaitable[_omnistock_pb2.FindNearbyResponse]]:
+        """Locations near a point that can fill one sku or a whole basket (every line at one
+        location), nearest first, with distance and the quantity available of each line.
+        """
 
 def add_AvailabilityServiceServicer_to_server(servicer: AvailabilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -1,0 +1,125 @@
+"""FindNearby: the locations near a point that can fill one sku or a whole basket.
+
+Candidates come from the in-process location index (engine.geo), nearest first. Their rows
+are read in rounds of growing size (32 locations, then 64, 128, ...), each round one
+pipelined read (one script per location); a whole-basket search stops as soon as it has
+`limit` locations that fill the basket, so a common query costs one round trip. A partial
+search ranks locations by how much of the basket they fill, so it reads every candidate,
+at most MAX_CANDIDATES of them (the nearest). Availability is the engine's own: on_hand less
+what reservations hold and less safety stock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from engine.domain import (
+    MAX_LINES,
+    Location,
+    LocationType,
+    check_coordinates,
+    check_id,
+    check_qty,
+)
+from engine.errors import InvalidArgument
+from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
+from engine.locations import LocationRegistry
+from engine.storage import Storage
+
+MAX_CANDIDATES = 2000
+FIRST_ROUND = 32
+MAX_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class BasketLine:
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True, slots=True)
+class NearbyQuery:
+    latitude: float
+    longitude: float
+    radius_km: float
+    lines: tuple[BasketLine, ...]
+    fulfilment: Fulfilment = Fulfilment.ANY
+    types: frozenset[LocationType] = frozenset()
+    limit: int = 10
+    partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NearbyHit:
+    location: Location
+    distance_km: float
+    available: tuple[int, ...]  # per basket line, in the query's order
+
+    def filled(self, lines: tuple[BasketLine, ...]) -> tuple[int, int]:
+        """(lines filled, units filled) of this basket here."""
+        pairs = list(zip(lines, self.available, strict=True))
+        return (
+            sum(1 for ln, a in pairs if a >= ln.qty),
+            sum(min(ln.qty, a) for ln, a in pairs),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NearbyResult:
+    hits: list[NearbyHit]
+    considered: int
+
+
+def check_query(query: NearbyQuery) -> NearbyQuery:
+    """The query as given, or INVALID_ARGUMENT naming the first bad field."""
+    check_coordinates(query.latitude, query.longitude)
+    r = query.radius_km
+    if not (math.isfinite(r) and 0 < r <= HALF_CIRCUMFERENCE_KM):
+        raise InvalidArgument(
+            "radius_km", f"must be above 0 and at most {HALF_CIRCUMFERENCE_KM:.0f}, got {r}"
+        )
+    if not query.lines:
+        raise InvalidArgument("lines", "at least one line (a sku and a qty) is required")
+    if len(query.lines) > MAX_LINES:
+        raise InvalidArgument("lines", f"at most {MAX_LINES} lines, got {len(query.lines)}")
+    seen: set[str] = set()
+    for i, line in enumerate(query.lines):
+        check_id(line.sku, f"lines[{i}].sku")
+        check_qty(line.qty, f"lines[{i}].qty")
+        if line.sku in seen:
+            raise InvalidArgument(f"lines[{i}].sku", f"{line.sku!r} is already in the basket")
+        seen.add(line.sku)
+    if not 1 <= query.limit <= MAX_LIMIT:
+        raise InvalidArgument("limit", f"must be 1 to {MAX_LIMIT} (0: 10), got {query.limit}")
+    return query
+
+
+async def find_nearby(
+    storage: Storage, registry: LocationRegistry, query: NearbyQuery
+) -> NearbyResult:
+    index = await registry.index()
+    candidates = index.within(
+        query.latitude, query.longitude, query.radius_km, set(query.types), query.fulfilment
+    )[:MAX_CANDIDATES]
+    lines = query.lines
+    full: list[NearbyHit] = []
+    part: list[NearbyHit] = []
+    start, size = 0, FIRST_ROUND
+    while start < len(candidates) and (query.partial or len(full) < query.limit):
+        batch = candidates[start : start + size]
+        rows = await storage.rows([(loc.id, ln.sku) for _, loc in batch for ln in lines])
+        for i, (distance, loc) in enumerate(batch):
+            got = rows[i * len(lines) : (i + 1) * len(lines)]
+            hit = NearbyHit(loc, distance, tuple(row.available for row in got))
+            filled, units = hit.filled(lines)
+            if filled == len(lines):
+                full.append(hit)
+            elif units > 0:
+                part.append(hit)
+        start, size = start + size, size * 2
+    hits = full[: query.limit]  # already nearest first
+    if query.partial:
+        part.sort(key=lambda h: (-h.filled(lines)[0], -h.filled(lines)[1], h.distance_km))
+        hits += part[: query.limit - len(hits)]
+    return NearbyResult(hits, min(start, len(candidates)))
