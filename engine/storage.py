@@ -44,6 +44,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from engine.domain import (
     EventOutcome,
@@ -345,23 +346,28 @@ class Storage:
     # -- stock ------------------------------------------------------------------------
 
     async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]:
-        """Stock rows of (location, sku) pairs: one read script for the rows of one location
-        (one hash slot), all locations' scripts in one round trip."""
-        by_location: dict[str, list[int]] = {}
+        """Stock rows of (location, sku) pairs: one read script for the rows of one hash
+        slot (on one Redis: for all of them), every slot's script in one round trip."""
+        by_slot: dict[int, list[int]] = {}
         for i, (location, _) in enumerate(pairs):
-            by_location.setdefault(location, []).append(i)
+            by_slot.setdefault(self._slot(location), []).append(i)
         calls = []
-        for location, idx in by_location.items():
+        for idx in by_slot.values():
             keys, args = KeyList(), []
             for i in idx:
-                args += [keys.add(self.keys.stock(location, pairs[i][1])), pairs[i][1]]
+                location, sku = pairs[i]
+                args += [keys.add(self.keys.stock(location, sku)), sku]
             calls.append((keys.keys, args))
         values = await asyncio.gather(*(self.call("read_rows", k, a) for k, a in calls))
         out: list[StockRow] = [StockRow()] * len(pairs)
-        for idx, got in zip(by_location.values(), values, strict=True):
+        for idx, got in zip(by_slot.values(), values, strict=True):
             for i, value in zip(idx, got, strict=True):
                 out[i] = parse_row(value)
         return out
+
+    def _slot(self, location: str) -> int:
+        """The cluster hash slot of a location's keys; 0 for all of them on one Redis."""
+        return key_slot(location.encode()) if self.cluster else 0
 
     async def apply_events(
         self, location: str, events: Sequence[StockEvent], now: int
