@@ -40,6 +40,7 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
     from bench.scenarios.flash_sale import FlashSale
     from bench.scenarios.grpc_floor import GrpcFloor
     from bench.scenarios.mixed import Mixed
+    from bench.scenarios.nearby import Nearby
     from bench.scenarios.pos import Pos
     from bench.scenarios.storefront import Storefront
 
@@ -49,13 +50,14 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
         "flash-sale": FlashSale,
         "mixed": Mixed,
         "grpc-floor": GrpcFloor,
+        "nearby": Nearby,
     }
     if name not in scenarios:
         raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(scenarios)}")
     return scenarios[name](**params)  # type: ignore[no-any-return]
 
 
-SCENARIOS = ("storefront", "pos", "flash-sale", "mixed", "grpc-floor")
+SCENARIOS = ("storefront", "pos", "flash-sale", "mixed", "grpc-floor", "nearby")
 
 
 class Context:
