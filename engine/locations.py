@@ -2,8 +2,9 @@
 
 Locations change rarely and are read on every call that names one, so they are cached. An
 id the cache does not know is looked up in Redis (just those ids), so a location upserted
-through another server process is known at once; the whole cache is reloaded at most once
-a second when a caller wants every location (queries by type, the sweeper).
+through another server process is known at once. Callers that want every location (queries
+by type, FindNearby's index, the sweeper) get the cache as it is, checked at most once a
+second against the version counter every upsert moves, and reloaded only when it moved.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ class LocationRegistry:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.by_id: dict[str, Location] = {}
-        self._loaded_at = float("-inf")
+        self._checked_at = float("-inf")
+        self._version = -1
         self._index = LocationIndex({})
 
     async def reload(self) -> None:
+        version = await self.storage.locations_version()  # first: a later upsert reloads
         self.by_id = await self.storage.load_locations()
-        self._loaded_at = time.monotonic()
+        self._version, self._checked_at = version, time.monotonic()
 
     async def upsert(self, locations: Sequence[Location]) -> None:
         await self.storage.upsert_locations(locations)
@@ -44,9 +47,11 @@ class LocationRegistry:
             raise InvalidArgument(field, f"unknown location {missing[0]!r}")
 
     async def fresh(self) -> dict[str, Location]:
-        """Every location, reloaded when the cache is older than the reload interval."""
-        if time.monotonic() - self._loaded_at > _RELOAD_INTERVAL:
-            await self.reload()
+        """Every location; at most once per interval, reloaded if any upsert happened."""
+        if time.monotonic() - self._checked_at > _RELOAD_INTERVAL:
+            if await self.storage.locations_version() != self._version:
+                await self.reload()
+            self._checked_at = time.monotonic()
         return self.by_id
 
     async def index(self) -> LocationIndex:

@@ -13,6 +13,7 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field
     {omnistock}:locations  hash  location id -> JSON
+    {omnistock}:locations:v  counter  moves with every upsert, so caches know when to reload
     {omnistock}:sagas      zset  reservation id -> time after which recovery may act
 
 Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
@@ -59,6 +60,7 @@ from engine.settings import Settings
 
 T = TypeVar("T")
 LOCATIONS = "{omnistock}:locations"
+LOCATIONS_VERSION = "{omnistock}:locations:v"
 SAGAS = "{omnistock}:sagas"
 
 
@@ -333,7 +335,17 @@ class Storage:
 
     async def upsert_locations(self, locations: Sequence[Location]) -> None:
         mapping = {loc.id: orjson.dumps(_location_dict(loc)) for loc in locations}
-        await self.guard(lambda: self.redis.hset(LOCATIONS, mapping=mapping))
+
+        async def run() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {omnistock}
+                pipe.hset(LOCATIONS, mapping=mapping)
+                pipe.incr(LOCATIONS_VERSION)
+                await pipe.execute()
+
+        await self.guard(run)
+
+    async def locations_version(self) -> int:
+        return int(await self.guard(lambda: self.redis.get(LOCATIONS_VERSION)) or 0)
 
     async def load_locations(self, ids: Sequence[str] | None = None) -> dict[str, Location]:
         """Every location, or those of `ids` that exist."""

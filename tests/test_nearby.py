@@ -6,15 +6,17 @@ exactly known: along a meridian it is R x the latitude difference (in radians)."
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import grpc
 import pytest
 
+from engine.app import create_server
 from engine.geo import EARTH_RADIUS_KM
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
-from .conftest import ON_BOTH
+from .conftest import ON_BOTH, settings_for
 from .grpc_helpers import Stubs, count, line
 
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
@@ -183,6 +185,28 @@ async def test_the_limit_and_stores_found_past_the_first_round(stubs: Stubs) -> 
     got = await find(stubs, ("a", 1), limit=3)
     assert ids(got) == ["s35", "s36", "s37"]
     assert got.locations_considered == 40
+
+
+async def test_a_store_added_through_another_process_is_searched_within_a_second_or_two(
+    stubs: Stubs, redis_url: str
+) -> None:
+    # given a second server process whose location cache is loaded and checked
+    other = create_server(settings_for(redis_url))
+    await other.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+            there = Stubs(channel)
+            assert ids(await find(there, ("a", 1))) == []
+            # when a store is added through the first process
+            await place(stubs, [store("new", 3)], {("new", "a"): 1})
+            # then the second finds it once its cache sees the change (checked each second)
+            for _ in range(60):  # 3 s at most
+                if ids(await find(there, ("a", 1))):
+                    break
+                await asyncio.sleep(0.05)
+            assert ids(await find(there, ("a", 1))) == ["new"]
+    finally:
+        await other.stop(grace=0.5)
 
 
 BAD = [
