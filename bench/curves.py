@@ -2,10 +2,14 @@
 
     python -m bench.curves concurrency --scenario pos --levels 1 4 16 64 256
     python -m bench.curves rows --scenario storefront --levels 10000 100000 1000000
+    python -m bench.curves stores --scenario nearby --levels 100 1000 10000 --param basket=5
 
 `concurrency` runs the closed loop at each level against one server; `rows` starts a fresh
-server per level, seeded with that many stock rows (stores x 2,000 skus). Each point is a
-full bench run (throughput, p50, p99, invariant check); the curves go to one PNG and JSON.
+server per level, seeded with that many stock rows (stores x 2,000 skus); `stores` starts a
+fresh server per level with that many stores (the scenario's `stores` parameter). Each point
+is a full bench run (throughput, p50, p99, invariant check); the curves go to one PNG and
+JSON. `--param` passes further scenario parameters, `--concurrency` the in-flight requests
+of the rows and stores curves (default 32).
 """
 
 from __future__ import annotations
@@ -44,12 +48,24 @@ def point(server: BenchServer, cfg: LoadConfig, level: int, held: Counter[str]) 
             "p99_ms": lat["p99"], "errors": load["errors"], "invariants": inv}  # fmt: skip
 
 
-def run(axis: str, scenario: str, levels: list[int], duration: float) -> list[dict[str, Any]]:
+def run(
+    axis: str,
+    scenario: str,
+    levels: list[int],
+    duration: float,
+    extra: dict[str, int],
+    in_flight: int,
+) -> list[dict[str, Any]]:
     points = []
     server: BenchServer | None = None
+    fresh = axis in ("rows", "stores")
     for level in levels:
-        params = {"stores": max(1, level // SKUS), "skus": SKUS} if axis == "rows" else {}
-        if server is None or axis == "rows":
+        params: dict[str, Any] = dict(extra)
+        if axis == "rows":
+            params |= {"stores": max(1, level // SKUS), "skus": SKUS}
+        elif axis == "stores":
+            params["stores"] = level
+        if server is None or fresh:
             held: Counter[str] = Counter()
             server = BenchServer()
             server.start()
@@ -57,13 +73,13 @@ def run(axis: str, scenario: str, levels: list[int], duration: float) -> list[di
             started = time.perf_counter()
             asyncio.run(setup(server.target, base))
             print(f"  seeded in {time.perf_counter() - started:.1f}s", flush=True)
-        concurrency = level if axis == "concurrency" else 32
+        concurrency = level if axis == "concurrency" else in_flight
         cfg = LoadConfig(scenario=scenario, target=server.target, concurrency=concurrency,
                          duration=duration, params=params)  # fmt: skip
         try:
             points.append(point(server, cfg, level, held))
         finally:
-            if axis == "rows":
+            if fresh:
                 server.stop()
     if server is not None:
         server.stop()
@@ -88,20 +104,24 @@ def draw(axis: str, scenario: str, points: list[dict[str, Any]], path: Path) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.curves", description=__doc__)
-    p.add_argument("axis", choices=("concurrency", "rows"))
+    p.add_argument("axis", choices=("concurrency", "rows", "stores"))
     p.add_argument("--scenario", default="pos")
     p.add_argument("--levels", type=int, nargs="+", required=True)
     p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=32, help="rows/stores: in flight")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=INT")
     p.add_argument("--out", type=Path, default=Path("bench/out"))
     args = p.parse_args()
     print(f"{args.scenario} against {args.axis}:", flush=True)
-    points = run(args.axis, args.scenario, args.levels, args.duration)
+    extra = {k: int(v) for k, v in (item.split("=", 1) for item in args.param)}
+    points = run(args.axis, args.scenario, args.levels, args.duration, extra, args.concurrency)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"curve-{args.scenario}-{args.axis}-{time.strftime('%Y%m%d-%H%M%S')}"
     draw(args.axis, args.scenario, points, stem.with_suffix(".png"))
     levels = " ".join(map(str, args.levels))
     command = f"python -m bench.curves {args.axis} --scenario {args.scenario} --levels {levels}"
-    command += f" --duration {args.duration}"
+    command += f" --duration {args.duration} --concurrency {args.concurrency}"
+    command += "".join(f" --param {item}" for item in args.param)
     record = {"command": command, "machine": machine(), "points": points}
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
     print("results:", stem.with_suffix(".json"), stem.with_suffix(".png"))

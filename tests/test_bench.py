@@ -12,6 +12,13 @@ import pytest
 
 from bench.scenarios import SCENARIOS
 
+SMALL = {  # a small data set for each scenario that seeds one
+    "storefront": ["--param", "stores=3"],
+    "pos": ["--param", "stores=3"],
+    "mixed": ["--param", "stores=3"],
+    "nearby": ["--param", "stores=100", "--param", "skus=20"],
+}
+
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario_runs_and_keeps_the_invariants(
@@ -19,8 +26,7 @@ def test_scenario_runs_and_keeps_the_invariants(
 ) -> None:
     command = [
         sys.executable, "-m", "bench", scenario, "--duration", "1.5", "--concurrency", "8",
-        "--param" if scenario in ("storefront", "pos", "mixed") else "--channels",
-        "stores=3" if scenario in ("storefront", "pos", "mixed") else "2",
+        "--channels", "2", *SMALL.get(scenario, []),
         "--out", str(tmp_path), *(["--no-charts"] if scenario != "pos" else []),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=90)
@@ -49,3 +55,22 @@ def test_memory_and_curves_commands_run(project_root: Path, tmp_path: Path) -> N
     points = json.loads(next(tmp_path.glob("curve-*.json")).read_text())["points"]
     assert [p["level"] for p in points] == [1, 4]
     assert all(p["invariants"]["reserved_equals_held"] for p in points)
+
+
+def test_the_nearby_curve_and_the_geo_comparison_run(project_root: Path, tmp_path: Path) -> None:
+    curves = [sys.executable, "-m", "bench.curves", "stores", "--scenario", "nearby"]
+    curves += ["--levels", "60", "120", "--param", "skus=20", "--duration", "1"]
+    curves += ["--concurrency", "4", "--out", str(tmp_path)]
+    done = subprocess.run(curves, cwd=project_root, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    points = json.loads(next(tmp_path.glob("curve-*.json")).read_text())["points"]
+    assert [p["level"] for p in points] == [60, 120] and all(p["p50_ms"] > 0 for p in points)
+    geo = [sys.executable, "-m", "bench.geo", "--stores", "200", "--queries", "50"]
+    done = subprocess.run(
+        [*geo, "--out", str(tmp_path)], cwd=project_root, capture_output=True, text=True,
+        timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (measured,) = json.loads(next(tmp_path.glob("geo-*.json")).read_text())["results"]
+    # both ways find the same stores (a store within a metre of the edge may differ)
+    assert measured["candidates_mean"] > 0 and measured["same_ids_share"] >= 0.9

@@ -3,7 +3,7 @@
 `radius_km`; with `--param availability=1`, GetAvailability of the same basket at the 20
 stores nearest to the shopper instead (a listing x a set of stores). The stores are the demo
 set's (around 54 real cities, in proportion to population), `stores` of them, each stocking
-each of `skus` skus with probability 0.7."""
+each of `skus` skus with probability 0.9."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class Nearby:
             )
             for loc in self.stores
             for sku in self.skus
-            if rng.random() < 0.7
+            if rng.random() < 0.9
         ]
         for start in range(0, len(events), EVENTS_PER_CALL):
             chunk = events[start : start + EVENTS_PER_CALL]
