@@ -20,15 +20,19 @@ from engine.domain import (
     Availability,
     HoldResult,
     Line,
+    LocationType,
     Reservation,
     ReservationState,
     Shortfall,
     StockRow,
 )
+from engine.geo import Fulfilment
+from engine.nearby import BasketLine, NearbyHit
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.service import location_from_pb
 
-__all__ = ["Availability", "Line", "OmnistockClient"]
+__all__ = ["Availability", "BasketLine", "Fulfilment", "Line", "NearbyHit", "OmnistockClient"]
 T = TypeVar("T")
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 _STATES = {
@@ -36,6 +40,18 @@ _STATES = {
     pb.RESERVATION_STATE_COMMITTED: ReservationState.COMMITTED,
     pb.RESERVATION_STATE_RELEASED: ReservationState.RELEASED,
     pb.RESERVATION_STATE_EXPIRED: ReservationState.EXPIRED,
+}
+
+
+_FULFILMENTS = {
+    Fulfilment.ANY: pb.FULFILMENT_UNSPECIFIED,
+    Fulfilment.PICKUP: pb.FULFILMENT_PICKUP,
+    Fulfilment.SHIP: pb.FULFILMENT_SHIP,
+}
+_TYPES = {
+    LocationType.STORE: pb.LOCATION_TYPE_STORE,
+    LocationType.DC: pb.LOCATION_TYPE_DC,
+    LocationType.DARK_STORE: pb.LOCATION_TYPE_DARK_STORE,
 }
 
 
@@ -93,6 +109,42 @@ class OmnistockClient:
             lambda: self._availability.GetAvailability(request, timeout=self.timeout)
         )
         return [_availability(lv) for lv in resp.levels]
+
+    async def find_nearby(
+        self,
+        latitude: float,
+        longitude: float,
+        radius_km: float,
+        lines: Sequence[BasketLine],
+        *,
+        fulfilment: Fulfilment = Fulfilment.ANY,
+        types: Sequence[LocationType] = (),
+        limit: int = 10,
+        partial: bool = False,
+    ) -> list[NearbyHit]:
+        """Locations that can fill the basket (or, with partial, part of it), best first;
+        each hit's `available` follows the order of `lines`."""
+        request = pb.FindNearbyRequest(
+            latitude=latitude,
+            longitude=longitude,
+            radius_km=radius_km,
+            lines=[pb.BasketLine(sku=ln.sku, qty=ln.qty) for ln in lines],
+            fulfilment=_FULFILMENTS[fulfilment],
+            location_types=[_TYPES[t] for t in types],
+            limit=limit,
+            partial=partial,
+        )
+        resp = await self._call(
+            lambda: self._availability.FindNearby(request, timeout=self.timeout)
+        )
+        return [
+            NearbyHit(
+                location_from_pb(n.location, "location"),
+                n.distance_km,
+                tuple(x.available for x in n.lines),
+            )
+            for n in resp.locations
+        ]
 
     async def reserve(
         self, reservation_id: str, lines: Sequence[Line], *, ttl_seconds: float = 0.0

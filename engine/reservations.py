@@ -86,10 +86,10 @@ class Reservations:
     async def _reserve_one(self, rid: str, lines: tuple[Line, ...], ttl_ms: int) -> HoldResult:
         now = self.clock.now_ms()
         fp, location = fingerprint(lines), lines[0].location
-        keys, args = self.storage.hold_call(
+        call = self.storage.hold_call(
             rid, fp, location, lines, now, now + ttl_ms, encode_lines(lines)
         )
-        (answer,) = await self.storage.hold([(keys, args)])
+        (answer,) = await self.storage.hold([call])
         return self._hold_answer(rid, lines, location, answer)
 
     def _hold_answer(

@@ -14,6 +14,7 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field
     {omnistock}:locations  hash  location id -> JSON
     {omnistock}:locations:v  counter  moves with every upsert, so caches know when to reload
+    {omnistock}:wake       zset  location -> a time at or before its earliest HELD expiry
     {omnistock}:sagas      zset  reservation id -> time after which recovery may act
 
 Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
@@ -39,7 +40,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -61,6 +62,7 @@ from engine.settings import Settings
 T = TypeVar("T")
 LOCATIONS = "{omnistock}:locations"
 LOCATIONS_VERSION = "{omnistock}:locations:v"
+WAKE = "{omnistock}:wake"
 SAGAS = "{omnistock}:sagas"
 
 
@@ -128,6 +130,13 @@ class KeyList:
         return self._index[key]
 
 
+class HoldCall(NamedTuple):
+    keys: list[str]
+    args: list[Any]
+    location: str
+    expires_at: int
+
+
 @dataclass(frozen=True, slots=True)
 class DirEntry:
     fingerprint: str
@@ -178,6 +187,10 @@ _REDIS_DOWN = (
 )
 
 
+Command = tuple[Any, ...]
+_Queued = tuple[str, Sequence[str], Sequence[Any], Command | None, "asyncio.Future[Any]"]
+
+
 class AutoPipeline:
     """Script calls made at about the same time by one process, sent together: one round
     trip and one connection for many. A call made while fewer than `max_inflight` batches
@@ -189,13 +202,17 @@ class AutoPipeline:
         self.redis = client
         self.max_batch = max_batch
         self.max_inflight = max_inflight
-        self.queue: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self.queue: list[_Queued] = []
         self.inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def evalsha(
+        self, sha: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+    ) -> Any:
+        """Runs the script; `then`, a command sent right behind it in the same batch (its
+        answer is not wanted), runs after it on one Redis."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.append((sha, keys, args, future))
+        self.queue.append((sha, keys, args, then, future))
         if self.inflight < self.max_inflight:
             self.inflight += 1
             task = asyncio.ensure_future(self._drain())
@@ -212,14 +229,9 @@ class AutoPipeline:
         finally:
             self.inflight -= 1
 
-    async def _send(
-        self, batch: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]]
-    ) -> None:
+    async def _send(self, batch: list[_Queued]) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for sha, keys, args, _ in batch:
-                _evalsha(pipe, sha, keys, args)
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._execute(batch)
         except BaseException as exc:  # every caller of the batch learns why
             for *_, future in batch:
                 if not future.done():
@@ -234,6 +246,21 @@ class AutoPipeline:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _execute(self, batch: list[_Queued]) -> list[Any]:
+        """One pipeline for the batch; the script replies, in order."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sha, keys, args, then, _ in batch:
+            _evalsha(pipe, sha, keys, args)
+            if then is not None:
+                pipe.execute_command(*then)
+        replies = iter(await pipe.execute(raise_on_error=False))
+        results = []
+        for *_, then, _future in batch:
+            results.append(next(replies))
+            if then is not None:
+                next(replies)  # the follow-up's own reply is not wanted
+        return results
 
 
 class Storage:
@@ -250,6 +277,7 @@ class Storage:
         "apply_events",
         "set_safety_stock",
         "read_rows",
+        "disarm",
     )
 
     def __init__(
@@ -309,9 +337,11 @@ class Storage:
     async def ping(self) -> None:
         await self.guard(self.redis.ping)
 
-    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def call(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+    ) -> Any:
         sha = self.scripts[name].sha
-        return await self.guard(lambda: self.batcher.evalsha(sha, keys, args))
+        return await self.guard(lambda: self.batcher.evalsha(sha, keys, args, then))
 
     async def pipeline(self, build: Callable[[Any], None]) -> list[Any]:
         """One round trip for several commands. Only idempotent commands go in, so a rerun
@@ -426,7 +456,7 @@ class Storage:
         now: int,
         expires_at: int,
         directory_lines: str | None,
-    ) -> tuple[list[str], list[Any]]:
+    ) -> HoldCall:
         """A hold script call; with directory_lines it also writes the directory (on one
         Redis only: on a cluster the directory is in another slot)."""
         keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
@@ -438,14 +468,18 @@ class Storage:
             keys.add(Keys.directory(reservation_id))
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples]
-        return keys.keys, args
+        return HoldCall(keys.keys, args, location, expires_at)
 
-    async def hold(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[Any]]:
-        """Holds parts at one or more locations; the auto-pipeline sends them together."""
+    async def hold(self, calls: Sequence[HoldCall]) -> list[list[Any]]:
+        """Holds parts at one or more locations; the auto-pipeline sends them together.
+        Right behind each hold goes the wake-up of its location's sweep (see wake)."""
+
+        def one(c: HoldCall) -> Awaitable[Any]:
+            return self.call("hold", c.keys, c.args, then=_wake_at(c.location, c.expires_at))
+
         if len(calls) == 1:  # the common case: no task for gather to make
-            return [_decode(await self.call("hold", *calls[0]))]
-        answers = await asyncio.gather(*(self.call("hold", keys, args) for keys, args in calls))
-        return [_decode(answer) for answer in answers]
+            return [_decode(await one(calls[0]))]
+        return [_decode(answer) for answer in await asyncio.gather(*map(one, calls))]
 
     async def commit_part(
         self, reservation_id: str, location: str, skus: Iterable[str], now: int, force: bool
@@ -475,6 +509,7 @@ class Storage:
 
         def build(pipe: Any) -> None:
             self.evalsha(pipe, "extend", keys, args)
+            pipe.execute_command(*_wake_at(location, expires_at))
             pipe.pexpire(Keys.directory(reservation_id), directory_ttl, gt=True)
 
         return _decode((await self.pipeline(build))[0])
@@ -541,6 +576,42 @@ class Storage:
 
     # -- expiry -----------------------------------------------------------------------
 
+    # The sweep does not read every location's expiry index on every pass: the wake-up index
+    # says which locations may have a hold due. Each hold, and each extend, is followed in
+    # the same batch by ZADD LT of its location at its expiry; the sweeper, after expiring
+    # what was due at a location, takes the location off (disarm: only if no hold lowered
+    # its time meanwhile), reads its earliest remaining expiry, and puts it back at that
+    # time (ZADD LT). On one Redis a hold's ZADD runs after its script, which closes every
+    # race with the sweeper; on a cluster, or after a client died between the two, the
+    # sweeper's scan of every location every `full_scan` seconds (sweeper.py) is the net.
+
+    async def woken(self, now: int, limit: int) -> dict[str, int]:
+        """Locations whose wake-up time has come, with that time."""
+        got = await self.guard(
+            lambda: self.redis.zrangebyscore(WAKE, "-inf", now, start=0, num=limit, withscores=True)
+        )
+        return {member.decode(): int(score) for member, score in got}
+
+    async def rearm(self, woken: dict[str, int | None]) -> None:
+        """After a sweep of these locations: each goes back on the wake-up index at its
+        earliest remaining expiry, if it has one. None: not taken off first (a full scan)."""
+        seen = [x for loc, at in woken.items() if at is not None for x in (loc, at)]
+        if seen:
+            await self.call("disarm", [WAKE], seen)
+        locations = list(woken)
+
+        def build(pipe: Any) -> None:
+            for location in locations:
+                pipe.zrange(Keys.due(location), 0, 0, withscores=True)
+
+        earliest = {
+            location: int(first[0][1])
+            for location, first in zip(locations, await self.pipeline(build), strict=True)
+            if first
+        }
+        if earliest:
+            await self.guard(lambda: self.redis.zadd(WAKE, earliest, lt=True))
+
     async def due(self, locations: Sequence[str], now: int, limit: int) -> dict[str, list[str]]:
         """Reservation ids of HELD parts past their expiry, by location, earliest first:
         one read of each location's expiry index, all in one round trip (one per node)."""
@@ -571,6 +642,11 @@ class Storage:
         triples = self._line_keys(keys, location, sorted(skus))
         args = [now, self.retention_ms, len(reservation_ids), *reservation_ids, len(skus), *triples]
         return int(await self.call("expire", keys.keys, args))
+
+
+def _wake_at(location: str, at: int) -> Command:
+    """Makes the sweep look at `location` at `at` at the latest (never later than before)."""
+    return ("ZADD", WAKE, "LT", at, location)
 
 
 def _evalsha(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:

@@ -1,16 +1,18 @@
 """The sweeper: expires holds past their expiry (I7) and recovers stalled sagas.
 
 Every server process runs one. They may run at once: each step is a CAS or an idempotent
-script, so two sweepers at the same entry do the work once. Each pass reads the expiry
-index of every location (one pipelined round trip, one per node on a cluster); the
-locations come from the registry, so a location added by another process is swept from
-the registry's next reload (within a second) on.
+script, so two sweepers at the same entry do the work once. A pass looks only at the
+locations the wake-up index says may have a hold due (storage.py, "The sweep"), so its cost
+follows the holds that expire, not the size of the estate. As a safety net each pass also
+re-arms a slice of all locations, so that every location's earliest expiry is put back on
+the wake-up index at least every FULL_SCAN_S seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from engine.clock import Clock
 from engine.errors import FailedPrecondition, NotFound, OmnistockError
@@ -21,6 +23,7 @@ from engine.storage import Storage
 
 log = logging.getLogger(__name__)
 BATCH = 500
+FULL_SCAN_S = 10.0
 
 
 class Sweeper:
@@ -39,6 +42,7 @@ class Sweeper:
         self.clock = clock
         self.metrics = metrics
         self.interval = interval_ms / 1000
+        self._cursor = 0
 
     async def run(self) -> None:
         while True:
@@ -66,10 +70,24 @@ class Sweeper:
         return expired
 
     async def expire(self, now: int) -> int:
-        locations = list(await self.locations.fresh())
+        woken = await self.storage.woken(now, BATCH)
         expired = 0
-        for location, rids in (await self.storage.due(locations, now, BATCH)).items():
+        for location, rids in (await self.storage.due(list(woken), now, BATCH)).items():
             expired += await self.storage.expire(location, rids, now)
+        rearm: dict[str, int | None] = dict.fromkeys(await self._slice())
+        rearm.update(woken)  # those woken are taken off first, if no hold moved them
+        await self.storage.rearm(rearm)
         if expired:
             self.metrics.expiries.inc(expired)
         return expired
+
+    async def _slice(self) -> list[str]:
+        """The next share of all locations, so that a whole round takes FULL_SCAN_S."""
+        ids = list(await self.locations.fresh())
+        if not ids:
+            return []
+        share = max(1, math.ceil(len(ids) * self.interval / FULL_SCAN_S))
+        start = self._cursor % len(ids)
+        self._cursor = start + share
+        chosen = ids[start : start + share]
+        return chosen + ids[: min(share, len(ids)) - len(chosen)]  # wrapping round

@@ -6,11 +6,12 @@ import grpc
 import pytest
 
 from engine.app import Omnistock
-from engine.client import Line, OmnistockClient
+from engine.client import BasketLine, Fulfilment, Line, OmnistockClient
 from engine.domain import ReservationState
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import ON_BOTH
-from .grpc_helpers import Stubs, stock_up
+from .grpc_helpers import Stubs, count, location, stock_up
 
 
 @ON_BOTH
@@ -34,3 +35,21 @@ async def test_client_gives_up_after_its_attempts_when_nobody_answers() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.get_reservation("x")
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@ON_BOTH
+async def test_client_finds_stores_nearby(server: Omnistock, channel: grpc.aio.Channel) -> None:
+    # given "s1" at the default point with 3 of "a", and "s2" 2 degrees north with 1
+    stubs = Stubs(channel)
+    await stock_up(stubs, {("s1", "a"): 3})
+    far = location("s2", lat=53.5)
+    await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[far]))
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[count("c2", "s2", "a", 1)]))
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        basket = [BasketLine("a", 2)]
+        hits = await client.find_nearby(51.5, -0.12, 500, basket, fulfilment=Fulfilment.PICKUP)
+        assert [(h.location.id, h.available) for h in hits] == [("s1", (3,))]
+        part = await client.find_nearby(51.5, -0.12, 500, basket, partial=True)
+        assert [h.location.id for h in part] == ["s1", "s2"]
+        assert part[1].distance_km == pytest.approx(222.4, abs=0.1)  # 2 degrees of latitude
+        assert part[1].filled(tuple(basket)) == (0, 1)

@@ -6,10 +6,12 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from engine.domain import EventKind, EventOutcome, Line, StockEvent, fingerprint
-from engine.storage import Keys, Storage, encode_lines
+from engine.clock import ManualClock
+from engine.domain import EventKind, EventOutcome, Line, ReservationState, StockEvent, fingerprint
+from engine.reservations import Reservations
+from engine.storage import WAKE, Keys, Storage, encode_lines
 
-from .conftest import HOUR_MS, ON_BOTH, all_keys
+from .conftest import HOUR_MS, ON_BOTH, all_keys, sweeper_of
 
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 NOW = 1_767_225_600_000
@@ -27,8 +29,7 @@ def delta(eid: str, sku: str, qty: int, t: int, rid: str = "") -> StockEvent:
 async def hold(storage: Storage, rid: str, lines: list[Line], exp: int = NOW + 60_000) -> list:
     fp = fingerprint(lines)
     directory = None if storage.cluster else encode_lines(lines)  # a cluster: a step of its own
-    keys, args = storage.hold_call(rid, fp, L, lines, NOW, exp, directory)
-    (answer,) = await storage.hold([(keys, args)])
+    (answer,) = await storage.hold([storage.hold_call(rid, fp, L, lines, NOW, exp, directory)])
     return answer
 
 
@@ -231,3 +232,40 @@ async def test_calls_in_flight_survive_an_emptied_script_cache(
     (row,) = await storage.rows([(L, "a")])
     assert row.reserved == 50
     assert all(await redis.script_exists(storage.scripts["hold"].sha))
+
+
+async def test_the_sweep_is_woken_at_each_locations_earliest_expiry(
+    storage: Storage, redis: aioredis.Redis, reservations: Reservations, clock: ManualClock
+) -> None:
+    # given two holds at L, expiring at +1 s and +5 s (the clock's own time)
+    sweeper = await sweeper_of(storage, reservations, clock, L)
+    now = clock.now_ms()
+    await storage.apply_events(L, [count("c1", "a", 9, now - 10)], now)
+    await reservations.reserve("early", [Line(L, "a", 1)], 1)
+    await reservations.reserve("late", [Line(L, "a", 1)], 5)
+    # then L wakes the sweep at the first expiry
+    assert await redis.zscore(WAKE, L) == now + 1000
+    # when the sweep passes after it, L is put back at the next expiry, and then taken off
+    clock.advance(1000)
+    assert await sweeper.sweep() == 1
+    assert await redis.zscore(WAKE, L) == now + 5000
+    clock.advance(4000)
+    assert await sweeper.sweep() == 1
+    assert await redis.zscore(WAKE, L) is None
+
+
+async def test_a_hold_whose_wake_up_was_lost_still_expires(
+    storage: Storage, redis: aioredis.Redis, reservations: Reservations, clock: ManualClock
+) -> None:
+    # given a hold at L whose wake-up entry is gone (a client died between the two, or a
+    # cluster ran them out of order), among other locations
+    sweeper = await sweeper_of(storage, reservations, clock, L, "other-1", "other-2")
+    now = clock.now_ms()
+    await storage.apply_events(L, [count("c1", "a", 9, now - 10)], now)
+    await reservations.reserve("lost", [Line(L, "a", 1)], 1)
+    await redis.zrem(WAKE, L)
+    # when its expiry passes, the sweep's slice of every location finds it within a round
+    clock.advance(1000)
+    expired = [await sweeper.sweep() for _ in range(4)]
+    assert sum(expired) == 1
+    assert (await reservations.get("lost")).state is ReservationState.EXPIRED

@@ -79,7 +79,7 @@ class Commands:
     def __init__(self, storage: Storage, prefix: str) -> None:
         lines = (Line(LOCATION, SKU, 1),)
         now = int(time.time() * 1000)
-        keys, args = storage.hold_call(
+        keys, args, *_ = storage.hold_call(
             _RID, fingerprint(lines), LOCATION, lines, now, now + HOLD_TTL_MS, encode_lines(lines)
         )
         self.template: list[Any] = ["EVALSHA", storage.scripts["hold"].sha, len(keys)]
