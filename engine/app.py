@@ -34,6 +34,7 @@ from engine.service import AvailabilityService, ReservationService, StockService
 from engine.settings import Settings
 from engine.storage import Storage
 from engine.sweeper import Sweeper
+from engine.watch import WatchHub
 
 log = logging.getLogger(__name__)
 SERVICES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
@@ -115,6 +116,7 @@ class Omnistock:
         self.storage = Storage.from_settings(self.redis, self.settings)
         await self.storage.load_scripts()
         self.locations = LocationRegistry(self.storage)
+        self.hub = WatchHub(self.redis, self.storage.cluster)
         await self.locations.reload()
         timing = Timing(
             default_ttl_ms=int(self.settings.hold_ttl_seconds * 1000),
@@ -146,7 +148,7 @@ class Omnistock:
     def _add_services(self) -> None:
         m = self.metrics
         pb_grpc.add_AvailabilityServiceServicer_to_server(
-            AvailabilityService(self.storage, self.locations, m), self.server
+            AvailabilityService(self.storage, self.locations, m, self.hub), self.server
         )
         pb_grpc.add_ReservationServiceServicer_to_server(
             ReservationService(self.reservations, self.locations, m), self.server
@@ -183,6 +185,7 @@ class Omnistock:
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful: NOT_SERVING first, drain in-flight calls, then stop the store."""
         await self.health.enter_graceful_shutdown()
+        await self.hub.close()  # open watch streams end now, not at the end of the grace
         await self.server.stop(grace)
         pending = set(self._tasks)
         while pending:  # Python 3.11's wait_for can swallow a cancel (gh-86296): send it again

@@ -48,6 +48,9 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self.watchers = Gauge(
+            "omnistock_watchers", "WatchAvailability streams open on this process", registry=r
+        )
         self.redis_up = Gauge(
             "omnistock_redis_up", "1 when the last Redis exchange succeeded", registry=r
         )

@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -41,6 +41,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.reservations import Reservations
 from engine.storage import Storage
+from engine.watch import Closing, Overflow, Watcher, WatchHub
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -241,10 +242,13 @@ def lines_from_pb(lines: Sequence[pb.ReservationLine]) -> list[Line]:
 
 
 class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
-    def __init__(self, storage: Storage, locations: LocationRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self, storage: Storage, locations: LocationRegistry, metrics: Metrics, hub: WatchHub
+    ) -> None:
         self.storage = storage
         self.locations = locations
         self.metrics = metrics
+        self.hub = hub
 
     @rpc("GetAvailability")
     async def GetAvailability(
@@ -281,6 +285,70 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             return ids
         types = types_from_pb(request.location_types, "location_types")
         return [loc.id for loc in await self.locations.active(types)]
+
+    async def WatchAvailability(
+        self, request: pb.WatchAvailabilityRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AvailabilityChange]:
+        try:
+            skus, locations = await self._watched(request)
+            self.metrics.watchers.inc()
+            try:
+                async with self.hub.watch(locations) as watcher:
+                    async for change in self._changes(watcher, skus, locations, request):
+                        yield change
+            finally:
+                self.metrics.watchers.dec()
+        except Overflow as exc:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; resume with send_current"
+            )
+        except Closing as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"{exc}; reconnect and resume with send_current"
+            )
+        except OmnistockError as exc:
+            await context.abort(status_of(exc), str(exc))
+
+    async def _changes(
+        self,
+        watcher: Watcher,
+        skus: list[str],
+        locations: list[str],
+        request: pb.WatchAvailabilityRequest,
+    ) -> AsyncIterator[pb.AvailabilityChange]:
+        """The opening state if asked for, then every later change of the chosen rows.
+        The watcher is subscribed before the state is read, so nothing falls between."""
+        versions: dict[tuple[str, str], int] = {}
+        if request.send_current:
+            pairs = [(loc, sku) for loc in locations for sku in skus]
+            for (loc, sku), row in zip(pairs, await self.storage.rows(pairs), strict=True):
+                versions[(loc, sku)] = row.version
+                yield pb.AvailabilityChange(level=level(loc, sku, row), current=True)
+        wanted = set(skus)
+        while True:
+            loc, sku, row = await watcher.next()
+            if (not wanted or sku in wanted) and row.version > versions.get((loc, sku), -1):
+                yield pb.AvailabilityChange(level=level(loc, sku, row))
+
+    async def _watched(self, request: pb.WatchAvailabilityRequest) -> tuple[list[str], list[str]]:
+        skus = list(dict.fromkeys(check_id(s, f"skus[{i}]") for i, s in enumerate(request.skus)))
+        if len(skus) > MAX_SKUS:
+            raise InvalidArgument("skus", f"at most {MAX_SKUS} skus, got {len(skus)}")
+        locations = list(dict.fromkeys(request.location_ids))
+        for i, loc in enumerate(locations):
+            check_id(loc, f"location_ids[{i}]")
+        await self.locations.require(locations, "location_ids")
+        if not locations:
+            if not skus:
+                raise InvalidArgument("skus", "choose skus, locations or both")
+            locations = list(await self.locations.fresh())
+        if request.send_current and not skus:
+            raise InvalidArgument("skus", "send_current needs the skus whose state to send")
+        if len(skus) * len(locations) > MAX_ROWS and request.send_current:
+            raise InvalidArgument(
+                "location_ids", f"{len(skus)} skus x {len(locations)} locations is over {MAX_ROWS}"
+            )
+        return skus, locations
 
     @rpc("FindNearby")
     async def FindNearby(

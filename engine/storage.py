@@ -11,6 +11,7 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:e          zset   stock event ids applied at L, scored by arrival (the dedupe window)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
+    {L}:w          shard channel: every row written at L, as written (engine/watch.py)
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field
     {omnistock}:locations  hash  location id -> JSON
     {omnistock}:locations:v  counter  moves with every upsert, so caches know when to reload

@@ -226,6 +226,64 @@ class StockLevel(_message.Message):
 Global___StockLevel: _TypeAlias = StockLevel  # noqa: Y015
 
 @_typing.final
+class WatchAvailabilityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKUS_FIELD_NUMBER: _builtins.int
+    LOCATION_IDS_FIELD_NUMBER: _builtins.int
+    SEND_CURRENT_FIELD_NUMBER: _builtins.int
+    send_current: _builtins.bool
+    """First the current level of every chosen row (skus must be given), then the changes
+    after it.
+    """
+    @_builtins.property
+    def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: every sku at the chosen locations"""
+
+    @_builtins.property
+    def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty: every location known when the call starts (skus must then be given)."""
+
+    def __init__(
+        self,
+        *,
+        skus: _abc.Iterable[_builtins.str] | None = ...,
+        location_ids: _abc.Iterable[_builtins.str] | None = ...,
+        send_current: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_ids", b"location_ids", "send_current", b"send_current", "skus", b"skus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAvailabilityRequest: _TypeAlias = WatchAvailabilityRequest  # noqa: Y015
+
+@_typing.final
+class AvailabilityChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    current: _builtins.bool
+    """part of the opening state asked for with send_current"""
+    @_builtins.property
+    def level(self) -> Global___StockLevel: ...
+    def __init__(
+        self,
+        *,
+        level: Global___StockLevel | None = ...,
+        current: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["level", b"level"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "level", b"level"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailabilityChange: _TypeAlias = AvailabilityChange  # noqa: Y015
+
+@_typing.final
 class GetAvailabilityRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -46,6 +46,11 @@ class AvailabilityServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.FindNearbyRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.FindNearbyResponse.FromString,
                 _registered_method=True)
+        self.WatchAvailability = channel.unary_stream(
+                '/omnistock.v1.AvailabilityService/WatchAvailability',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.WatchAvailabilityRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.AvailabilityChange.FromString,
+                _registered_method=True)
 
 
 class AvailabilityServiceServicer:
@@ -68,6 +73,16 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAvailability(self, request, context):
+        """Every change of the chosen rows' stock (holds, commits, releases, expiries, stock
+        events, safety stock) as the row is after it. A row's version grows by one with each
+        change, so a client can tell their order and see a gap; to resume after one, or after
+        a reconnect, ask again with send_current.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AvailabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +95,11 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.FindNearby,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.FindNearbyRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.FindNearbyResponse.SerializeToString,
+            ),
+            'WatchAvailability': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAvailability,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.WatchAvailabilityRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.AvailabilityChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +158,33 @@ class AvailabilityService:
             '/omnistock.v1.AvailabilityService/FindNearby',
             omnistock_dot_v1_dot_omnistock__pb2.FindNearbyRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.FindNearbyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/omnistock.v1.AvailabilityService/WatchAvailability',
+            omnistock_dot_v1_dot_omnistock__pb2.WatchAvailabilityRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.AvailabilityChange.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,12 @@ class AvailabilityServiceStub:
     """Locations near a point that can fill one sku or a whole basket (every line at one
     location), nearest first, with distance and the quantity available of each line.
     """
+    WatchAvailability: _grpc.UnaryStreamMultiCallable[_omnistock_pb2.WatchAvailabilityRequest, _omnistock_pb2.AvailabilityChange]
+    """Every change of the chosen rows' stock (holds, commits, releases, expiries, stock
+    events, safety stock) as the row is after it. A row's version grows by one with each
+    change, so a client can tell their order and see a gap; to resume after one, or after
+    a reconnect, ask again with send_current.
+    """
 
 @_typing.type_check_only
 class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
@@ -52,6 +58,12 @@ class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
     FindNearby: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.FindNearbyRequest, _omnistock_pb2.FindNearbyResponse]  # type: ignore[assignment]
     """Locations near a point that can fill one sku or a whole basket (every line at one
     location), nearest first, with distance and the quantity available of each line.
+    """
+    WatchAvailability: _aio.UnaryStreamMultiCallable[_omnistock_pb2.WatchAvailabilityRequest, _omnistock_pb2.AvailabilityChange]  # type: ignore[assignment]
+    """Every change of the chosen rows' stock (holds, commits, releases, expiries, stock
+    events, safety stock) as the row is after it. A row's version grows by one with each
+    change, so a client can tell their order and see a gap; to resume after one, or after
+    a reconnect, ask again with send_current.
     """
 
 class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -73,6 +85,18 @@ class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_omnistock_pb2.FindNearbyResponse, _abc.Awaitable[_omnistock_pb2.FindNearbyResponse]]:
         """Locations near a point that can fill one sku or a whole basket (every line at one
         location), nearest first, with distance and the quantity available of each line.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchAvailability(
+        self,
+        request: _omnistock_pb2.WatchAvailabilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_omnistock_pb2.AvailabilityChange], _abc.AsyncIterator[_omnistock_pb2.AvailabilityChange]]:
+        """Every change of the chosen rows' stock (holds, commits, releases, expiries, stock
+        events, safety stock) as the row is after it. A row's version grows by one with each
+        change, so a client can tell their order and see a gap; to resume after one, or after
+        a reconnect, ask again with send_current.
         """
 
 def add_AvailabilityServiceServicer_to_server(servicer: AvailabilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

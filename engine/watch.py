@@ -1,0 +1,152 @@
+"""Live availability: the stream of row changes that WatchAvailability serves.
+
+Every script that writes a stock row publishes it, as it is after the change, on its
+location's shard channel `{L}:w` (write_row in lua/_prelude.lua): "sku\\ton_hand,reserved,
+safety,version,as_of". On a Redis Cluster a shard channel lives on the node of its slot,
+the location's, so publishing costs no hop. Each server process holds one pub/sub
+subscription for all its watchers (WatchHub): a location's channel is subscribed while
+someone watches it, and each message goes to the watchers of that location.
+
+A watcher that falls more than QUEUE_LIMIT changes behind is dropped (Overflow) rather than
+letting the process buffer without end; it resumes by asking again with send_current.
+Pub/sub does not keep messages: while the connection to Redis is down, changes are missed,
+which a client sees as a gap in a row's versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from redis import exceptions as rexc
+
+from engine.domain import StockRow
+from engine.storage import parse_row
+
+log = logging.getLogger(__name__)
+QUEUE_LIMIT = 10_000
+Change = tuple[str, str, StockRow]  # location, sku, row after the change
+
+
+def channel(location: str) -> str:
+    return f"{{{location}}}:w"
+
+
+class Overflow(Exception):
+    """The watcher fell too far behind; it was dropped."""
+
+
+class Closing(Exception):
+    """The server is shutting down."""
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Change | None] = asyncio.Queue(QUEUE_LIMIT)
+        self.overflowed = False
+        self.closing = False
+
+    def offer(self, change: Change) -> None:
+        try:
+            self.queue.put_nowait(change)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    def close(self) -> None:
+        self.closing = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)  # wakes a reader waiting on an empty queue
+
+    async def next(self) -> Change:
+        if self.overflowed:
+            raise Overflow(f"more than {QUEUE_LIMIT} changes behind")
+        change = await self.queue.get()
+        if change is None or self.closing:
+            raise Closing("the server is shutting down")
+        return change
+
+
+class WatchHub:
+    def __init__(self, client: Any, cluster: bool) -> None:
+        self.redis = client
+        self.cluster = cluster
+        self.watchers: dict[str, set[Watcher]] = {}
+        self._pubsub: Any = None
+        self._pump: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def watch(self, locations: Sequence[str]) -> AsyncIterator[Watcher]:
+        watcher = Watcher()
+        await self._add(locations, watcher)
+        try:
+            yield watcher
+        finally:
+            await self._remove(locations, watcher)
+
+    async def _add(self, locations: Sequence[str], watcher: Watcher) -> None:
+        async with self._lock:
+            new = [loc for loc in locations if loc not in self.watchers]
+            for loc in locations:
+                self.watchers.setdefault(loc, set()).add(watcher)
+            if new:
+                if self._pubsub is None:
+                    self._pubsub = self.redis.pubsub()
+                await self._pubsub.ssubscribe(*map(channel, new))
+            if self._pump is None:
+                self._pump = asyncio.create_task(self._run())
+
+    async def _remove(self, locations: Sequence[str], watcher: Watcher) -> None:
+        async with self._lock:
+            gone = []
+            for loc in locations:
+                left = self.watchers.get(loc, set())
+                left.discard(watcher)
+                if not left:
+                    self.watchers.pop(loc, None)
+                    gone.append(loc)
+            if gone and self._pubsub is not None:
+                with contextlib.suppress(rexc.RedisError, OSError):
+                    await self._pubsub.sunsubscribe(*map(channel, gone))
+
+    async def _run(self) -> None:
+        """Hands each published change to the watchers of its location."""
+        while True:
+            try:
+                message = await self._next_message()
+            except (rexc.RedisError, OSError) as exc:  # Redis away: it reconnects by itself
+                log.warning("watch subscription interrupted: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message.get("type") not in (b"smessage", "smessage"):
+                continue
+            location = message["channel"].decode()[1:-3]  # "{L}:w"
+            sku, value = message["data"].split(b"\t", 1)
+            change = (location, sku.decode(), parse_row(value))
+            for watcher in self.watchers.get(location, ()):
+                watcher.offer(change)
+
+    async def _next_message(self) -> dict[str, Any] | None:
+        if self.cluster:
+            got: dict[str, Any] | None = await self._pubsub.get_sharded_message(
+                ignore_subscribe_messages=True, timeout=1.0
+            )
+        else:
+            got = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        return got
+
+    async def close(self) -> None:
+        """Ends every watch (they see Closing), then the subscription."""
+        for watchers in list(self.watchers.values()):
+            for watcher in watchers:
+                watcher.close()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()

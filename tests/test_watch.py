@@ -1,0 +1,108 @@
+"""WatchAvailability over real gRPC: a watcher sees another client's hold within 100 ms,
+with growing versions, and nothing of the locations and skus it did not choose."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from engine.app import Omnistock
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+from .conftest import ON_BOTH
+from .grpc_helpers import Stubs, line, stock_up
+
+pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
+
+
+async def next_change(stream: AsyncIterator[pb.AvailabilityChange], within: float) -> object:
+    """The stream's next message, or None when none comes within `within` seconds."""
+    try:
+        return await asyncio.wait_for(anext(stream), within)
+    except TimeoutError:
+        return None
+
+
+def watch(stubs: Stubs, **fields: object) -> AsyncIterator[pb.AvailabilityChange]:
+    request = pb.WatchAvailabilityRequest(**fields)  # type: ignore[arg-type]
+    return aiter(stubs.availability.WatchAvailability(request))
+
+
+async def test_a_watcher_sees_another_clients_holds_within_100_ms_in_version_order(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    # given 10 of "a" and "b" at s1 and s2, and a watcher of "a" at s1 with its current state
+    stubs = Stubs(channel)
+    await stock_up(stubs, {(loc, sku): 10 for loc in ("s1", "s2") for sku in ("a", "b")})
+    stream = watch(stubs, skus=["a"], location_ids=["s1"], send_current=True)
+    first = await next_change(stream, 5.0)
+    assert isinstance(first, pb.AvailabilityChange) and first.current
+    assert (first.level.location_id, first.level.sku, first.level.available) == ("s1", "a", 10)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as other_channel:
+        other = Stubs(other_channel)
+        versions = [first.level.version]
+        for n, rid in enumerate(("r1", "r2"), start=1):
+            # when another client holds at rows the watcher did not choose, then at s1 "a"
+            await other.reservations.Reserve(
+                pb.ReserveRequest(reservation_id=f"{rid}-x", lines=[line("s2", "a", 1)])
+            )
+            await other.reservations.Reserve(
+                pb.ReserveRequest(reservation_id=f"{rid}-y", lines=[line("s1", "b", 1)])
+            )
+            sent = time.perf_counter()
+            await other.reservations.Reserve(
+                pb.ReserveRequest(reservation_id=rid, lines=[line("s1", "a", 2)])
+            )
+            got = await next_change(stream, 1.0)
+            seen_after = time.perf_counter() - sent
+            # then the watcher sees that hold, and only it, within 100 ms
+            assert isinstance(got, pb.AvailabilityChange) and not got.current
+            assert (got.level.location_id, got.level.sku) == ("s1", "a")
+            assert (got.level.reserved, got.level.available) == (2 * n, 10 - 2 * n)
+            assert seen_after < 0.1, f"seen {seen_after * 1000:.0f} ms after the Reserve"
+            versions.append(got.level.version)
+    # each change moves the version by one
+    assert versions == [versions[0], versions[0] + 1, versions[0] + 2]
+    assert await next_change(stream, 0.3) is None  # nothing about s2 or "b" came through
+
+
+async def test_a_sku_watched_everywhere_reports_every_location(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    stubs = Stubs(channel)
+    await stock_up(stubs, {("s1", "a"): 5, ("s2", "a"): 5})
+    stream = watch(stubs, skus=["a"])
+    await asyncio.sleep(0.2)  # the subscription is made when the call starts
+    for loc in ("s2", "s1"):
+        await stubs.reservations.Reserve(
+            pb.ReserveRequest(reservation_id=f"r-{loc}", lines=[line(loc, "a", 1)])
+        )
+    got = [await next_change(stream, 1.0) for _ in range(2)]
+    # (order holds within a row, by version; across locations, and so across a cluster's
+    # nodes, changes may come in either order)
+    assert {(c.level.location_id, c.level.reserved) for c in got} == {("s2", 1), ("s1", 1)}
+
+
+@pytest.mark.parametrize(
+    ("field", "fields"),
+    [
+        ("skus", {}),
+        ("skus", {"location_ids": ["s1"], "send_current": True}),
+        ("location_ids", {"skus": ["a"], "location_ids": ["nowhere"]}),
+        ("skus[0]", {"skus": [""], "location_ids": ["s1"]}),
+    ],
+    ids=["nothing-chosen", "current-without-skus", "unknown-location", "empty-sku"],
+)
+async def test_bad_watch_requests_are_named(
+    channel: grpc.aio.Channel, field: str, fields: dict[str, object]
+) -> None:
+    stubs = Stubs(channel)
+    await stock_up(stubs, {("s1", "a"): 1})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await next_change(watch(stubs, **fields), 5.0)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(field)
