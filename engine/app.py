@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from engine import demo
+from engine.allocation import Allocator
 from engine.clock import Clock, SystemClock
 from engine.domain import EventKind, StockEvent
 from engine.embedded import EmbeddedRedis
@@ -30,7 +31,12 @@ from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.reservations import Reservations, Timing
-from engine.service import AvailabilityService, ReservationService, StockService
+from engine.service import (
+    AvailabilityService,
+    ReservationService,
+    SourcingService,
+    StockService,
+)
 from engine.settings import Settings
 from engine.storage import Storage
 from engine.sweeper import Sweeper
@@ -152,6 +158,10 @@ class Omnistock:
         )
         pb_grpc.add_ReservationServiceServicer_to_server(
             ReservationService(self.reservations, self.locations, m), self.server
+        )
+        allocator = Allocator(self.storage, self.locations, self.reservations, self.clock)
+        pb_grpc.add_SourcingServiceServicer_to_server(
+            SourcingService(allocator, m, self.settings), self.server
         )
         pb_grpc.add_StockServiceServicer_to_server(
             StockService(self.storage, self.locations, m, self.clock.now_ms), self.server

@@ -103,10 +103,12 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class HoldResult:
-    """The answer to a hold: the reservation, or every line that fell short."""
+    """The answer to a hold: the reservation, or every line that fell short (and every
+    location whose daily pick capacity was used up, for a hold that takes capacity)."""
 
     reservation: Reservation | None
     shortfalls: tuple[Shortfall, ...] = ()
+    full: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

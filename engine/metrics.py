@@ -48,6 +48,18 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self.allocations = Counter(
+            "omnistock_allocations_total",
+            "Allocate outcomes: planned (no hold asked), held, unfilled (some units could "
+            "not be planned, nothing held), not_held (stock kept moving under every plan)",
+            ["outcome"],
+            registry=r,
+        )
+        self.replans = Counter(
+            "omnistock_replans_total",
+            "Allocate plans made again because stock or pick capacity moved before the hold",
+            registry=r,
+        )
         self.watchers = Gauge(
             "omnistock_watchers", "WatchAvailability streams open on this process", registry=r
         )

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from engine.clock import Clock
 from engine.domain import (
@@ -41,7 +42,7 @@ from engine.domain import (
 )
 from engine.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from engine.metrics import Metrics
-from engine.storage import DirEntry, Storage, encode_lines
+from engine.storage import DirEntry, PickCapacity, Storage, encode_lines
 
 PENDING = "PENDING:"
 COMMITTING, COMMITTED = "COMMITTING", "COMMITTED"
@@ -67,8 +68,14 @@ class Reservations:
     # -- Reserve ----------------------------------------------------------------------
 
     async def reserve(
-        self, reservation_id: str, lines: Sequence[Line], ttl_seconds: float = 0.0
+        self,
+        reservation_id: str,
+        lines: Sequence[Line],
+        ttl_seconds: float = 0.0,
+        capacity: Mapping[str, int] | None = None,
     ) -> HoldResult:
+        """capacity: location -> its daily pick capacity, for the locations where this hold
+        takes one order of it (a ship-from-store plan); a location with none left is FULL."""
         check_id(reservation_id, "reservation_id")
         canon = canonical_lines(lines)
         ttl_ms = self.timing.default_ttl_ms
@@ -76,18 +83,33 @@ class Reservations:
             check_ttl(ttl_seconds, "ttl_seconds")
             ttl_ms = int(ttl_seconds * 1000)
         groups = by_location(canon)
+        caps = self._capacities(capacity or {})
         if len(groups) == 1 and not self.storage.cluster:
-            result = await self._reserve_one(reservation_id, canon, ttl_ms)
+            result = await self._reserve_one(reservation_id, canon, ttl_ms, caps)
         else:
-            result = await self._reserve_saga(reservation_id, canon, groups, ttl_ms)
+            result = await self._reserve_saga(reservation_id, canon, groups, ttl_ms, caps)
         self.metrics.holds.labels("held" if result.ok else "short").inc()
         return result
 
-    async def _reserve_one(self, rid: str, lines: tuple[Line, ...], ttl_ms: int) -> HoldResult:
+    def today(self) -> str:
+        """The day pick capacity is counted in (UTC), as YYYYMMDD."""
+        return datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC).strftime("%Y%m%d")
+
+    def _capacities(self, limits: Mapping[str, int]) -> dict[str, PickCapacity]:
+        """Pick capacity counted by day; the two days before today are kept."""
+        if not limits:
+            return {}
+        day = self.today()
+        keep_from = (datetime.strptime(day, "%Y%m%d") - timedelta(days=2)).strftime("%Y%m%d")
+        return {loc: PickCapacity(limit, day, keep_from) for loc, limit in limits.items()}
+
+    async def _reserve_one(
+        self, rid: str, lines: tuple[Line, ...], ttl_ms: int, caps: dict[str, PickCapacity]
+    ) -> HoldResult:
         now = self.clock.now_ms()
         fp, location = fingerprint(lines), lines[0].location
         call = self.storage.hold_call(
-            rid, fp, location, lines, now, now + ttl_ms, encode_lines(lines)
+            rid, fp, location, lines, now, now + ttl_ms, encode_lines(lines), caps.get(location)
         )
         (answer,) = await self.storage.hold([call])
         return self._hold_answer(rid, lines, location, answer)
@@ -100,21 +122,33 @@ class Reservations:
             raise AlreadyExists(f"reservation {rid} exists with other lines")
         if kind == "SHORT":
             return HoldResult(None, _shortfalls(location, answer[1:]))
+        if kind == "FULL":
+            return HoldResult(None, full=(location,))
         state = "HELD" if kind == "HELD" else str(answer[1])
         expires_at = int(str(answer[-1] or 0))
         return HoldResult(Reservation(rid, lines, ReservationState(state), expires_at))
 
     async def _reserve_saga(
-        self, rid: str, lines: tuple[Line, ...], groups: dict[str, list[Line]], ttl_ms: int
+        self,
+        rid: str,
+        lines: tuple[Line, ...],
+        groups: dict[str, list[Line]],
+        ttl_ms: int,
+        caps: dict[str, PickCapacity],
     ) -> HoldResult:
         for _ in range(3):
-            result = await self._try_saga(rid, lines, groups, ttl_ms)
+            result = await self._try_saga(rid, lines, groups, ttl_ms, caps)
             if result is not None:
                 return result
         raise Unavailable(f"reservation {rid} keeps being placed and rolled back; retry")
 
     async def _try_saga(
-        self, rid: str, lines: tuple[Line, ...], groups: dict[str, list[Line]], ttl_ms: int
+        self,
+        rid: str,
+        lines: tuple[Line, ...],
+        groups: dict[str, list[Line]],
+        ttl_ms: int,
+        caps: dict[str, PickCapacity],
     ) -> HoldResult | None:
         """One attempt; None when a concurrent attempt with this id fell short meanwhile."""
         now = self.clock.now_ms()
@@ -128,7 +162,7 @@ class Reservations:
             settled = await self._settled(rid, str(claimed[1]))
             return None if settled is None else HoldResult(settled)
         calls = [
-            self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None)
+            self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None, caps.get(loc))
             for loc, part in groups.items()
         ]
         answers = await self.storage.hold(calls)
@@ -143,13 +177,14 @@ class Reservations:
         for loc, answer in zip(groups, answers, strict=True):
             if answer[0] == "SHORT":
                 shortfalls += _shortfalls(loc, answer[1:])
+        full = tuple(loc for loc, a in zip(groups, answers, strict=True) if a[0] == "FULL")
         # It never took effect: forget every part held, then the id itself.
         await self._release_parts(rid, groups, held, "forget")
         await self.storage.drop_directory(rid, fp)
         await self.storage.unschedule_saga(rid)
-        if not shortfalls:
+        if not shortfalls and not full:
             raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
-        return HoldResult(None, tuple(shortfalls))
+        return HoldResult(None, tuple(shortfalls), full)
 
     async def _settled(self, rid: str, saga: str) -> Reservation | None:
         """Another call owns this saga: wait for it to settle, then answer as it did.

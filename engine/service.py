@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from engine.allocation import Allocation, Allocator, Order, check_order
 from engine.domain import (
     EventKind,
     Line,
@@ -33,13 +34,15 @@ from engine.errors import (
     OmnistockError,
     Unavailable,
 )
-from engine.geo import Fulfilment
+from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.nearby import BasketLine, NearbyQuery, check_query, find_nearby
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.reservations import Reservations
+from engine.settings import Settings
+from engine.sourcing import Constraints, CostModel, OrderLine, Unfillable
 from engine.storage import Storage
 from engine.watch import Closing, Overflow, Watcher, WatchHub
 
@@ -79,6 +82,13 @@ _STATES = {
     "RELEASED": pb.RESERVATION_STATE_RELEASED,
     "EXPIRED": pb.RESERVATION_STATE_EXPIRED,
 }
+_UNFILLED = {
+    Unfillable.NO_STOCK: pb.UNFILLED_REASON_NO_STOCK,
+    Unfillable.CAPACITY: pb.UNFILLED_REASON_CAPACITY,
+    Unfillable.SPLIT: pb.UNFILLED_REASON_SPLIT,
+    Unfillable.MAX_SHIPMENTS: pb.UNFILLED_REASON_MAX_SHIPMENTS,
+}
+_COST_FIELDS = ("shipment_cost", "cost_per_km", "priority_cost", "buffer_units", "buffer_penalty")
 _OUTCOMES = {
     "APPLIED": pb.EVENT_OUTCOME_APPLIED,
     "DUPLICATE": pb.EVENT_OUTCOME_DUPLICATE,
@@ -236,6 +246,54 @@ def nearby_query_from_pb(msg: pb.FindNearbyRequest) -> NearbyQuery:
 
 def lines_from_pb(lines: Sequence[pb.ReservationLine]) -> list[Line]:
     return [Line(ln.location_id, ln.sku, ln.qty) for ln in lines]
+
+
+def order_from_pb(msg: pb.AllocateRequest, defaults: Settings) -> Order:
+    cost = msg.cost
+
+    def pick(name: str) -> Any:
+        return getattr(cost, name) if cost.HasField(name) else getattr(defaults, name)  # type: ignore[arg-type]
+
+    return check_order(
+        Order(
+            lines=tuple(OrderLine(ln.sku, ln.qty) for ln in msg.lines),
+            latitude=msg.latitude,
+            longitude=msg.longitude,
+            constraints=Constraints(msg.max_shipments or defaults.max_shipments, msg.allow_split),
+            types=frozenset(types_from_pb(msg.location_types, "location_types")),
+            excluded=frozenset(msg.excluded_location_ids),
+            max_distance_km=msg.max_distance_km or HALF_CIRCUMFERENCE_KM,
+            model=CostModel(**{name: pick(name) for name in _COST_FIELDS}),
+            reserve=msg.reserve,
+            reservation_id=msg.reservation_id,
+            ttl_seconds=msg.ttl_seconds,
+            allow_partial=msg.allow_partial,
+        )
+    )
+
+
+def allocation_pb(result: Allocation) -> pb.AllocateResponse:
+    plan = result.plan
+    return pb.AllocateResponse(
+        shipments=[
+            pb.Shipment(
+                location=location_pb(s.location),
+                lines=[pb.BasketLine(sku=ln.sku, qty=ln.qty) for ln in s.lines],
+                distance_km=s.distance_km,
+                cost=s.cost,
+            )
+            for s in plan.shipments
+        ],
+        total_cost=plan.cost,
+        unfilled=[
+            pb.UnfilledLine(sku=u.sku, qty=u.qty, reason=_UNFILLED[u.reason]) for u in plan.unfilled
+        ],
+        reservation=reservation_pb(result.reservation) if result.reservation else None,
+        attempts=result.attempts,
+        retries=result.retries,
+        exact=plan.exact,
+        locations_considered=plan.candidates,
+    )
 
 
 # -- services ---------------------------------------------------------------------------
@@ -427,6 +485,31 @@ class ReservationService(pb_grpc.ReservationServiceServicer):
         self, request: pb.GetReservationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Reservation:
         return reservation_pb(await self.reservations.get(request.reservation_id))
+
+
+class SourcingService(pb_grpc.SourcingServiceServicer):
+    def __init__(self, allocator: Allocator, metrics: Metrics, defaults: Settings) -> None:
+        self.allocator = allocator
+        self.metrics = metrics
+        self.defaults = defaults
+
+    @rpc("Allocate")
+    async def Allocate(
+        self, request: pb.AllocateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AllocateResponse:
+        order = order_from_pb(request, self.defaults)
+        result = await self.allocator.allocate(order)
+        self.metrics.replans.inc(len(result.retries))
+        self.metrics.allocations.labels(_outcome(order, result)).inc()
+        return allocation_pb(result)
+
+
+def _outcome(order: Order, result: Allocation) -> str:
+    if result.reservation is not None:
+        return "held"
+    if result.plan.unfilled:
+        return "unfilled"
+    return "not_held" if order.reserve else "planned"
 
 
 class StockService(pb_grpc.StockServiceServicer):

@@ -52,6 +52,23 @@ class Settings:
         default="everysec", metadata={"help": "embedded server AOF fsync: always|everysec"}
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+    # Allocate's defaults (engine/sourcing.py); each call may set its own.
+    shipment_cost: float = field(default=5.0, metadata={"help": "Allocate: cost of a shipment"})
+    cost_per_km: float = field(
+        default=0.01, metadata={"help": "Allocate: cost per km from location to destination"}
+    )
+    priority_cost: float = field(
+        default=0.1, metadata={"help": "Allocate: cost per step of priority below the highest"}
+    )
+    buffer_units: int = field(
+        default=2, metadata={"help": "Allocate: a store's last units kept for walk-in shoppers"}
+    )
+    buffer_penalty: float = field(
+        default=2.0, metadata={"help": "Allocate: cost of each unit taken below that buffer"}
+    )
+    max_shipments: int = field(
+        default=3, metadata={"help": "Allocate: shipments per order when a call sets none"}
+    )
 
     @property
     def retention_ms(self) -> int:
@@ -115,3 +132,9 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--stock-buckets must be at least 1")
     if settings.hold_ttl_seconds <= 0:
         parser.error("--hold-ttl-seconds must be positive")
+    costs = ("shipment_cost", "cost_per_km", "priority_cost", "buffer_units", "buffer_penalty")
+    for name in costs:
+        if not getattr(settings, name) >= 0:
+            parser.error(f"--{name.replace('_', '-')} must be a number >= 0")
+    if not 1 <= settings.max_shipments <= 10:
+        parser.error("--max-shipments must be 1 to 10")

@@ -11,6 +11,7 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:e          zset   stock event ids applied at L, scored by arrival (the dedupe window)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
+    {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
     {L}:w          shard channel: every row written at L, as written (engine/watch.py)
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field
     {omnistock}:locations  hash  location id -> JSON
@@ -111,6 +112,10 @@ class Keys:
         return f"{{{location}}}:x"
 
     @staticmethod
+    def capacity(location: str) -> str:
+        return f"{{{location}}}:c"
+
+    @staticmethod
     def directory(reservation_id: str) -> str:
         return f"res:{{{reservation_id}}}"
 
@@ -129,6 +134,14 @@ class KeyList:
             self.keys.append(key)
             self._index[key] = len(self.keys)
         return self._index[key]
+
+
+class PickCapacity(NamedTuple):
+    """A hold that takes one of the `limit` orders its location may pick on `day`."""
+
+    limit: int
+    day: str  # YYYYMMDD (UTC)
+    keep_from: str  # days before this one are forgotten
 
 
 class HoldCall(NamedTuple):
@@ -457,18 +470,23 @@ class Storage:
         now: int,
         expires_at: int,
         directory_lines: str | None,
+        capacity: PickCapacity | None = None,
     ) -> HoldCall:
         """A hold script call; with directory_lines it also writes the directory (on one
-        Redis only: on a cluster the directory is in another slot)."""
+        Redis only: on a cluster the directory is in another slot); with capacity it takes
+        one order of the location's daily pick capacity, or answers FULL."""
         keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
         triples: list[Any] = []
         for line in lines:
             triples += [line.sku, line.qty, keys.add(self.keys.stock(location, line.sku))]
+        cap: list[Any] = [0, 0, "", ""]
+        if capacity is not None:
+            cap = [keys.add(Keys.capacity(location)), *capacity]
         with_dir = directory_lines is not None
         if with_dir:
-            keys.add(Keys.directory(reservation_id))
+            keys.add(Keys.directory(reservation_id))  # last: hold.lua reads it as KEYS[#KEYS]
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
-        args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples]
+        args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
         return HoldCall(keys.keys, args, location, expires_at)
 
     async def hold(self, calls: Sequence[HoldCall]) -> list[list[Any]]:
@@ -494,7 +512,9 @@ class Storage:
         self, reservation_id: str, location: str, skus: Iterable[str], mode: str
     ) -> list[Any]:
         """mode: 'release', 'tombstone' or 'forget' (see release.lua)."""
-        keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
+        keys = KeyList(
+            Keys.part(location, reservation_id), Keys.due(location), Keys.capacity(location)
+        )
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, self.retention_ms, mode, len(triples) // 3, *triples]
         return _decode(await self.call("release", keys.keys, args))
@@ -613,6 +633,17 @@ class Storage:
         if earliest:
             await self.guard(lambda: self.redis.zadd(WAKE, earliest, lt=True))
 
+    async def capacity_used(self, locations: Sequence[str], day: str) -> list[int]:
+        """Ship-from-store orders held or picked on `day` at each location: one round trip."""
+        if not locations:
+            return []
+
+        def build(pipe: Any) -> None:
+            for location in locations:
+                pipe.hget(Keys.capacity(location), day)
+
+        return [int(v or 0) for v in await self.pipeline(build)]
+
     async def due(self, locations: Sequence[str], now: int, limit: int) -> dict[str, list[str]]:
         """Reservation ids of HELD parts past their expiry, by location, earliest first:
         one read of each location's expiry index, all in one round trip (one per node)."""
@@ -639,7 +670,11 @@ class Storage:
 
         lines = await self.pipeline(build)
         skus = {row.split(b"\t")[0].decode() for text in lines if text for row in text.splitlines()}
-        keys = KeyList(Keys.due(location), *(Keys.part(location, rid) for rid in reservation_ids))
+        keys = KeyList(
+            Keys.due(location),
+            Keys.capacity(location),
+            *(Keys.part(location, rid) for rid in reservation_ids),
+        )
         triples = self._line_keys(keys, location, sorted(skus))
         args = [now, self.retention_ms, len(reservation_ids), *reservation_ids, len(skus), *triples]
         return int(await self.call("expire", keys.keys, args))

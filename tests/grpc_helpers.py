@@ -15,6 +15,7 @@ class Stubs:
         self.availability = pb_grpc.AvailabilityServiceStub(channel)
         self.reservations = pb_grpc.ReservationServiceStub(channel)
         self.stock = pb_grpc.StockServiceStub(channel)
+        self.sourcing = pb_grpc.SourcingServiceStub(channel)
 
 
 def location(loc_id: str, lat: float = 51.5, lon: float = -0.12) -> pb.Location:

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from engine.clock import ManualClock
 from engine.domain import EventKind, EventOutcome, Line, ReservationState, StockEvent, fingerprint
 from engine.reservations import Reservations
-from engine.storage import WAKE, Keys, Storage, encode_lines
+from engine.storage import WAKE, Keys, PickCapacity, Storage, encode_lines
 
 from .conftest import HOUR_MS, ON_BOTH, all_keys, sweeper_of
 
@@ -269,3 +269,44 @@ async def test_a_hold_whose_wake_up_was_lost_still_expires(
     expired = [await sweeper.sweep() for _ in range(4)]
     assert sum(expired) == 1
     assert (await reservations.get("lost")).state is ReservationState.EXPIRED
+
+
+async def test_a_plan_takes_pick_capacity_and_gives_it_back_on_release_and_expiry(
+    storage: Storage,
+) -> None:
+    # given a store that may pick 2 orders a day
+    await storage.apply_events(L, [count("c1", "a", 50, NOW - 10)], NOW)
+    today = PickCapacity(2, "20260101", "20251230")
+
+    async def plan_hold(rid: str, exp: int = NOW + 60_000) -> list:
+        lines = [Line(L, "a", 1)]
+        call = storage.hold_call(rid, fingerprint(lines), L, lines, NOW, exp, None, today)
+        return (await storage.hold([call]))[0]
+
+    # when two plans are held, a third finds the day full, and nothing of it is held
+    assert (await plan_hold("p1"))[0] == "HELD"
+    assert (await plan_hold("p2", exp=NOW + 1000))[0] == "HELD"
+    assert await plan_hold("p3") == ["FULL", 2]
+    assert await storage.capacity_used([L], "20260101") == [2]
+    (row,) = await storage.rows([(L, "a")])
+    assert row.reserved == 2
+    # then a release and an expiry each give one back; a hold without capacity takes none
+    assert (await storage.release_part("p1", L, ["a"], "release"))[0] == "RELEASED"
+    assert await storage.expire(L, ["p2"], NOW + 1000) == 1
+    assert await storage.capacity_used([L], "20260101") == [0]
+    assert (await hold(storage, "pos", [Line(L, "a", 1)]))[0] == "HELD"
+    assert await storage.capacity_used([L], "20260101") == [0]
+
+
+async def test_pick_capacity_forgets_days_before_the_ones_kept(storage: Storage) -> None:
+    await storage.apply_events(L, [count("c1", "a", 50, NOW - 10)], NOW)
+    days = ["20260101", "20260102", "20260103", "20260104", "20260105"]
+    for n, day in enumerate(days):
+        lines = [Line(L, "a", 1)]
+        keep_from = days[max(0, n - 2)]
+        cap = PickCapacity(9, day, keep_from)
+        call = storage.hold_call(f"p{n}", fingerprint(lines), L, lines, NOW, NOW + 9, None, cap)
+        assert (await storage.hold([call]))[0][0] == "HELD"
+    # only the last three days are counted still
+    assert await storage.capacity_used([L], *days[:1]) == [0]
+    assert [(await storage.capacity_used([L], d))[0] for d in days[2:]] == [1, 1, 1]

@@ -57,12 +57,30 @@ local function write_dir(key, fp, lines, saga, ttl_ms)
   redis.call('PEXPIRE', key, ttl_ms)
 end
 
+-- Pick capacity for ship-from-store: {L}:c is a hash, day (YYYYMMDD, UTC) -> orders picked
+-- that day at L. A hold of a plan takes one (recording the day on its part, field 'c'); its
+-- release or expiry gives it back; a commit keeps it. Days before keep_from are dropped.
+local function take_capacity(key, day, keep_from)
+  redis.call('HINCRBY', key, day, 1)
+  if redis.call('HLEN', key) > 3 then
+    for _, d in ipairs(redis.call('HKEYS', key)) do
+      if d < keep_from then redis.call('HDEL', key, d) end
+    end
+  end
+end
+
+local function give_capacity(key, day)
+  local used = tonumber(redis.call('HGET', key, day) or '0')
+  if used > 0 then redis.call('HINCRBY', key, day, -1) end
+end
+
 -- Takes a HELD reservation part off the rows it holds: reserved drops by each line's qty.
 -- The store's reports of sales under this part that came while it was HELD (field 'e',
 -- "sku\tdelta\tsource_time\tevent id\n"...) now count as the DELTAs they are, unless a
 -- count taken after them already includes them. buckets: sku -> {stock idx, log idx}.
-local function unhold(rec, due, id, state, buckets, retention_ms)
-  local cur = redis.call('HMGET', rec, 'l', 'e')
+-- A part that took pick capacity gives it back to `cap` ({L}:c).
+local function unhold(rec, due, cap, id, state, buckets, retention_ms)
+  local cur = redis.call('HMGET', rec, 'l', 'e', 'c')
   for _, ln in ipairs(parse_lines(cur[1])) do
     local key = KEYS[buckets[ln[1]][1]]
     local r = read_row(key, ln[1])
@@ -79,6 +97,7 @@ local function unhold(rec, due, id, state, buckets, retention_ms)
     end
   end
   if cur[2] then redis.call('HDEL', rec, 'e') end
+  if cur[3] then give_capacity(cap, cur[3]) end
   redis.call('HSET', rec, 's', state)
   redis.call('ZREM', due, id)
   redis.call('PEXPIRE', rec, retention_ms)

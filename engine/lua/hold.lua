@@ -3,13 +3,18 @@
 -- KEYS[2]  {L}:x        the expiry index of L: reservation id -> expiry (ms), for the sweeper
 -- KEYS[3..] {L}:s:<b>   stock buckets the lines live in
 -- KEYS[#KEYS] res:{<id>} the directory, only when ARGV[6] == '1' (one Redis, one location)
+-- KEYS[cap] {L}:c        pick capacity, only when the hold takes one (a ship-from-store plan)
 -- ARGV: reservation id, fingerprint, now_ms, expires_at_ms, retention_ms, with_dir, dir_lines, n,
---       then n triples (sku, qty, bucket key index)
+--       then n triples (sku, qty, bucket key index),
+--       then cap (index of {L}:c in KEYS, 0: takes no capacity), limit, day, keep_from
+--       (a plan takes one of the `limit` orders L may pick on `day`; see take_capacity)
 -- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
---       | {'EXISTS', state, expires_at} | {'CONFLICT'}
+--       | {'FULL', orders already picked that day} | {'EXISTS', state, expires_at} | {'CONFLICT'}
 local id, fp = ARGV[1], ARGV[2]
 local now, exp, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = tonumber(ARGV[8])
+local c = 9 + n * 3
+local cap = tonumber(ARGV[c] or '0')
 
 local dir = false
 if ARGV[6] == '1' then
@@ -39,6 +44,10 @@ if #short > 0 then
   table.insert(short, 1, 'SHORT')
   return short
 end
+if cap > 0 then
+  local used = tonumber(redis.call('HGET', KEYS[cap], ARGV[c + 2]) or '0')
+  if used >= tonumber(ARGV[c + 1]) then return {'FULL', used} end
+end
 
 if ARGV[6] == '1' and not dir then write_dir(KEYS[#KEYS], fp, ARGV[7], '', exp - now + retention) end
 local lines = {}
@@ -48,5 +57,9 @@ for _, x in ipairs(rows) do
   lines[#lines + 1] = x[2] .. '\t' .. x[3] .. '\n'
 end
 redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(lines))
+if cap > 0 then
+  take_capacity(KEYS[cap], ARGV[c + 2], ARGV[c + 3])
+  redis.call('HSET', KEYS[1], 'c', ARGV[c + 2])
+end
 redis.call('ZADD', KEYS[2], exp, id)
 return {'HELD', exp}

@@ -1,11 +1,12 @@
 -- release: give a HELD reservation part's units back (reserved drops by each qty).
--- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3..] {L}:s:<b> stock buckets
+-- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3] {L}:c pick capacity;
+-- KEYS[4..] {L}:s:<b> stock buckets
 -- ARGV: id, retention_ms, mode, n, then n triples (sku, stock key index, log key index)
 --   mode 'release':   the part becomes RELEASED, and is remembered for the retention.
 --   mode 'tombstone': also leaves a RELEASED part where none exists, so that a hold still on
 --                     its way from a crashed saga can never land after its rollback.
 --   mode 'forget':    the part never took effect (its saga fell short): give the units
---                     back and delete it, so that the id can be reserved again.
+--                     (and pick capacity) back and delete it, so that the id can be reserved again.
 -- Returns {'RELEASED', 1 if this call released a hold else 0} | {'STATE', state} | {'MISSING'}
 local id, retention, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local state = redis.call('HGET', KEYS[1], 's')
@@ -19,6 +20,6 @@ if not state then
 end
 if state == 'RELEASED' then return {'RELEASED', 0} end
 if state ~= 'HELD' then return {'STATE', state} end
-unhold(KEYS[1], KEYS[2], id, 'RELEASED', key_map(ARGV, 5, tonumber(ARGV[4])), retention)
+unhold(KEYS[1], KEYS[2], KEYS[3], id, 'RELEASED', key_map(ARGV, 5, tonumber(ARGV[4])), retention)
 if mode == 'forget' then redis.call('DEL', KEYS[1]) end
 return {'RELEASED', 1}

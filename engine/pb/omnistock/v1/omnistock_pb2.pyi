@@ -85,6 +85,35 @@ RESERVATION_STATE_RELEASED: ReservationState.ValueType  # 3
 RESERVATION_STATE_EXPIRED: ReservationState.ValueType  # 4
 Global___ReservationState: _TypeAlias = ReservationState  # noqa: Y015
 
+class _UnfilledReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UnfilledReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UnfilledReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UNFILLED_REASON_UNSPECIFIED: _UnfilledReason.ValueType  # 0
+    UNFILLED_REASON_NO_STOCK: _UnfilledReason.ValueType  # 1
+    """not enough at the allowed locations together"""
+    UNFILLED_REASON_CAPACITY: _UnfilledReason.ValueType  # 2
+    """only locations with no pick capacity left today have it"""
+    UNFILLED_REASON_SPLIT: _UnfilledReason.ValueType  # 3
+    """no one location has it all, and allow_split is off"""
+    UNFILLED_REASON_MAX_SHIPMENTS: _UnfilledReason.ValueType  # 4
+    """filling it too needs more shipments than allowed"""
+
+class UnfilledReason(_UnfilledReason, metaclass=_UnfilledReasonEnumTypeWrapper): ...
+
+UNFILLED_REASON_UNSPECIFIED: UnfilledReason.ValueType  # 0
+UNFILLED_REASON_NO_STOCK: UnfilledReason.ValueType  # 1
+"""not enough at the allowed locations together"""
+UNFILLED_REASON_CAPACITY: UnfilledReason.ValueType  # 2
+"""only locations with no pick capacity left today have it"""
+UNFILLED_REASON_SPLIT: UnfilledReason.ValueType  # 3
+"""no one location has it all, and allow_split is off"""
+UNFILLED_REASON_MAX_SHIPMENTS: UnfilledReason.ValueType  # 4
+"""filling it too needs more shipments than allowed"""
+Global___UnfilledReason: _TypeAlias = UnfilledReason  # noqa: Y015
+
 class _EventKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -727,6 +756,244 @@ class ExtendRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExtendRequest: _TypeAlias = ExtendRequest  # noqa: Y015
+
+@_typing.final
+class CostModel(_message.Message):
+    """The cost of a plan; each field left unset takes the server's configured default.
+    A shipment costs shipment_cost + cost_per_km x its great-circle km to the destination
+    + priority_cost x (the highest priority among the candidates - its location's priority);
+    each unit taken from a store below its last buffer_units available units (kept for
+    walk-in shoppers) costs buffer_penalty more.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHIPMENT_COST_FIELD_NUMBER: _builtins.int
+    COST_PER_KM_FIELD_NUMBER: _builtins.int
+    PRIORITY_COST_FIELD_NUMBER: _builtins.int
+    BUFFER_UNITS_FIELD_NUMBER: _builtins.int
+    BUFFER_PENALTY_FIELD_NUMBER: _builtins.int
+    shipment_cost: _builtins.float
+    cost_per_km: _builtins.float
+    priority_cost: _builtins.float
+    buffer_units: _builtins.int
+    buffer_penalty: _builtins.float
+    def __init__(
+        self,
+        *,
+        shipment_cost: _builtins.float | None = ...,
+        cost_per_km: _builtins.float | None = ...,
+        priority_cost: _builtins.float | None = ...,
+        buffer_units: _builtins.int | None = ...,
+        buffer_penalty: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_buffer_penalty", b"_buffer_penalty", "_buffer_units", b"_buffer_units", "_cost_per_km", b"_cost_per_km", "_priority_cost", b"_priority_cost", "_shipment_cost", b"_shipment_cost", "buffer_penalty", b"buffer_penalty", "buffer_units", b"buffer_units", "cost_per_km", b"cost_per_km", "priority_cost", b"priority_cost", "shipment_cost", b"shipment_cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_buffer_penalty", b"_buffer_penalty", "_buffer_units", b"_buffer_units", "_cost_per_km", b"_cost_per_km", "_priority_cost", b"_priority_cost", "_shipment_cost", b"_shipment_cost", "buffer_penalty", b"buffer_penalty", "buffer_units", b"buffer_units", "cost_per_km", b"cost_per_km", "priority_cost", b"priority_cost", "shipment_cost", b"shipment_cost"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__buffer_penalty: _TypeAlias = _typing.Literal["buffer_penalty"]  # noqa: Y015
+    _WhichOneofArgType__buffer_penalty: _TypeAlias = _typing.Literal["_buffer_penalty", b"_buffer_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__buffer_units: _TypeAlias = _typing.Literal["buffer_units"]  # noqa: Y015
+    _WhichOneofArgType__buffer_units: _TypeAlias = _typing.Literal["_buffer_units", b"_buffer_units"]  # noqa: Y015
+    _WhichOneofReturnType__cost_per_km: _TypeAlias = _typing.Literal["cost_per_km"]  # noqa: Y015
+    _WhichOneofArgType__cost_per_km: _TypeAlias = _typing.Literal["_cost_per_km", b"_cost_per_km"]  # noqa: Y015
+    _WhichOneofReturnType__priority_cost: _TypeAlias = _typing.Literal["priority_cost"]  # noqa: Y015
+    _WhichOneofArgType__priority_cost: _TypeAlias = _typing.Literal["_priority_cost", b"_priority_cost"]  # noqa: Y015
+    _WhichOneofReturnType__shipment_cost: _TypeAlias = _typing.Literal["shipment_cost"]  # noqa: Y015
+    _WhichOneofArgType__shipment_cost: _TypeAlias = _typing.Literal["_shipment_cost", b"_shipment_cost"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__buffer_penalty) -> _WhichOneofReturnType__buffer_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__buffer_units) -> _WhichOneofReturnType__buffer_units | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_per_km) -> _WhichOneofReturnType__cost_per_km | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority_cost) -> _WhichOneofReturnType__priority_cost | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shipment_cost) -> _WhichOneofReturnType__shipment_cost | None: ...
+
+Global___CostModel: _TypeAlias = CostModel  # noqa: Y015
+
+@_typing.final
+class AllocateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    LATITUDE_FIELD_NUMBER: _builtins.int
+    LONGITUDE_FIELD_NUMBER: _builtins.int
+    MAX_SHIPMENTS_FIELD_NUMBER: _builtins.int
+    ALLOW_SPLIT_FIELD_NUMBER: _builtins.int
+    LOCATION_TYPES_FIELD_NUMBER: _builtins.int
+    EXCLUDED_LOCATION_IDS_FIELD_NUMBER: _builtins.int
+    MAX_DISTANCE_KM_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    RESERVE_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    ALLOW_PARTIAL_FIELD_NUMBER: _builtins.int
+    latitude: _builtins.float
+    """the destination"""
+    longitude: _builtins.float
+    max_shipments: _builtins.int
+    """0: the server's default (3); at most 10"""
+    allow_split: _builtins.bool
+    """may one line be shipped from several locations"""
+    max_distance_km: _builtins.float
+    """0: no limit"""
+    reserve: _builtins.bool
+    """Hold the plan under reservation_id (the idempotency key: a retry answers the plan it
+    held); ttl_seconds as in Reserve.
+    """
+    reservation_id: _builtins.str
+    ttl_seconds: _builtins.float
+    allow_partial: _builtins.bool
+    """With reserve: hold a plan even when it leaves units unfilled (default: hold nothing then)."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___BasketLine]:
+        """at least one, at most 200, each sku once"""
+
+    @_builtins.property
+    def location_types(self) -> _containers.RepeatedScalarFieldContainer[Global___LocationType.ValueType]:
+        """empty: every type"""
+
+    @_builtins.property
+    def excluded_location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def cost(self) -> Global___CostModel: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___BasketLine] | None = ...,
+        latitude: _builtins.float = ...,
+        longitude: _builtins.float = ...,
+        max_shipments: _builtins.int = ...,
+        allow_split: _builtins.bool = ...,
+        location_types: _abc.Iterable[Global___LocationType.ValueType] | None = ...,
+        excluded_location_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_distance_km: _builtins.float = ...,
+        cost: Global___CostModel | None = ...,
+        reserve: _builtins.bool = ...,
+        reservation_id: _builtins.str = ...,
+        ttl_seconds: _builtins.float = ...,
+        allow_partial: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_partial", b"allow_partial", "allow_split", b"allow_split", "cost", b"cost", "excluded_location_ids", b"excluded_location_ids", "latitude", b"latitude", "lines", b"lines", "location_types", b"location_types", "longitude", b"longitude", "max_distance_km", b"max_distance_km", "max_shipments", b"max_shipments", "reservation_id", b"reservation_id", "reserve", b"reserve", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocateRequest: _TypeAlias = AllocateRequest  # noqa: Y015
+
+@_typing.final
+class Shipment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    DISTANCE_KM_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    distance_km: _builtins.float
+    """to the destination"""
+    cost: _builtins.float
+    """its own cost plus the buffer penalties of its units"""
+    @_builtins.property
+    def location(self) -> Global___Location: ...
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___BasketLine]: ...
+    def __init__(
+        self,
+        *,
+        location: Global___Location | None = ...,
+        lines: _abc.Iterable[Global___BasketLine] | None = ...,
+        distance_km: _builtins.float = ...,
+        cost: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "distance_km", b"distance_km", "lines", b"lines", "location", b"location"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Shipment: _TypeAlias = Shipment  # noqa: Y015
+
+@_typing.final
+class UnfilledLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    qty: _builtins.int
+    """units not planned"""
+    reason: Global___UnfilledReason.ValueType
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        qty: _builtins.int = ...,
+        reason: Global___UnfilledReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qty", b"qty", "reason", b"reason", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnfilledLine: _TypeAlias = UnfilledLine  # noqa: Y015
+
+@_typing.final
+class AllocateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHIPMENTS_FIELD_NUMBER: _builtins.int
+    TOTAL_COST_FIELD_NUMBER: _builtins.int
+    UNFILLED_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
+    LOCATIONS_CONSIDERED_FIELD_NUMBER: _builtins.int
+    total_cost: _builtins.float
+    attempts: _builtins.int
+    """Plans made: 1 normally; more when the stock moved between plan and hold; 0 when a
+    retried call answered the plan it held before.
+    """
+    exact: _builtins.bool
+    """every combination of candidates was weighed (else a bounded search)"""
+    locations_considered: _builtins.int
+    @_builtins.property
+    def shipments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Shipment]: ...
+    @_builtins.property
+    def unfilled(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnfilledLine]: ...
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """With reserve, when the plan is held (or was, by an earlier call with this id)."""
+
+    @_builtins.property
+    def retries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """why each earlier plan could not be held"""
+
+    def __init__(
+        self,
+        *,
+        shipments: _abc.Iterable[Global___Shipment] | None = ...,
+        total_cost: _builtins.float = ...,
+        unfilled: _abc.Iterable[Global___UnfilledLine] | None = ...,
+        reservation: Global___Reservation | None = ...,
+        attempts: _builtins.int = ...,
+        retries: _abc.Iterable[_builtins.str] | None = ...,
+        exact: _builtins.bool = ...,
+        locations_considered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "exact", b"exact", "locations_considered", b"locations_considered", "reservation", b"reservation", "retries", b"retries", "shipments", b"shipments", "total_cost", b"total_cost", "unfilled", b"unfilled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocateResponse: _TypeAlias = AllocateResponse  # noqa: Y015
 
 @_typing.final
 class UpsertLocationsRequest(_message.Message):

@@ -452,6 +452,89 @@ class ReservationService:
             _registered_method=True)
 
 
+class SourcingServiceStub:
+    """---------------------------------------------------------------- sourcing
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Allocate = channel.unary_unary(
+                '/omnistock.v1.SourcingService/Allocate',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.AllocateRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.AllocateResponse.FromString,
+                _registered_method=True)
+
+
+class SourcingServiceServicer:
+    """---------------------------------------------------------------- sourcing
+
+    """
+
+    def Allocate(self, request, context):
+        """Which locations should ship which lines of an order to a destination: the plan that
+        fills the most units within the constraints at the least cost (see CostModel). With
+        reserve, the plan is held under one reservation id, all or nothing, taking one order
+        of each shipping location's daily pick capacity; if stock moved meanwhile, the order is
+        planned again from fresh stock (at most 3 plans in all).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SourcingServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Allocate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Allocate,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.AllocateRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.AllocateResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'omnistock.v1.SourcingService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('omnistock.v1.SourcingService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SourcingService:
+    """---------------------------------------------------------------- sourcing
+
+    """
+
+    @staticmethod
+    def Allocate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.SourcingService/Allocate',
+            omnistock_dot_v1_dot_omnistock__pb2.AllocateRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.AllocateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class StockServiceStub:
     """---------------------------------------------------------------- stock (ingest, admin)
 

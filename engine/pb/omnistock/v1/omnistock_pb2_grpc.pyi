@@ -186,6 +186,52 @@ class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
 
 def add_ReservationServiceServicer_to_server(servicer: ReservationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class SourcingServiceStub:
+    """---------------------------------------------------------------- sourcing"""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SourcingServiceAsyncStub: ...
+    Allocate: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.AllocateRequest, _omnistock_pb2.AllocateResponse]
+    """Which locations should ship which lines of an order to a destination: the plan that
+    fills the most units within the constraints at the least cost (see CostModel). With
+    reserve, the plan is held under one reservation id, all or nothing, taking one order
+    of each shipping location's daily pick capacity; if stock moved meanwhile, the order is
+    planned again from fresh stock (at most 3 plans in all).
+    """
+
+@_typing.type_check_only
+class SourcingServiceAsyncStub(SourcingServiceStub):
+    """---------------------------------------------------------------- sourcing"""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Allocate: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.AllocateRequest, _omnistock_pb2.AllocateResponse]  # type: ignore[assignment]
+    """Which locations should ship which lines of an order to a destination: the plan that
+    fills the most units within the constraints at the least cost (see CostModel). With
+    reserve, the plan is held under one reservation id, all or nothing, taking one order
+    of each shipping location's daily pick capacity; if stock moved meanwhile, the order is
+    planned again from fresh stock (at most 3 plans in all).
+    """
+
+class SourcingServiceServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------- sourcing"""
+
+    @_abc_1.abstractmethod
+    def Allocate(
+        self,
+        request: _omnistock_pb2.AllocateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.AllocateResponse, _abc.Awaitable[_omnistock_pb2.AllocateResponse]]:
+        """Which locations should ship which lines of an order to a destination: the plan that
+        fills the most units within the constraints at the least cost (see CostModel). With
+        reserve, the plan is held under one reservation id, all or nothing, taking one order
+        of each shipping location's daily pick capacity; if stock moved meanwhile, the order is
+        planned again from fresh stock (at most 3 plans in all).
+        """
+
+def add_SourcingServiceServicer_to_server(servicer: SourcingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class StockServiceStub:
     """---------------------------------------------------------------- stock (ingest, admin)"""
 
