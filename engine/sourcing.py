@@ -183,7 +183,10 @@ def plan_order(
     model: CostModel,
     constraints: Constraints,
 ) -> Plan:
-    """The cheapest plan that fills the most units of `lines` from `candidates`."""
+    """The cheapest plan that fills the most units of `lines` (each sku once: a repeated
+    sku would be planned twice from the same stock) from `candidates`."""
+    if len({ln.sku for ln in lines}) != len(lines):
+        raise ValueError("each sku may be in an order's lines once; merge repeats first")
     usable = [c for c in candidates if c.capacity_left is None or c.capacity_left > 0]
     problem = _reduce(
         _Problem.build(lines, usable, model, constraints.allow_split, _top(candidates))

@@ -74,3 +74,27 @@ def test_the_nearby_curve_and_the_geo_comparison_run(project_root: Path, tmp_pat
     (measured,) = json.loads(next(tmp_path.glob("geo-*.json")).read_text())["results"]
     # both ways find the same stores (a store within a metre of the edge may differ)
     assert measured["candidates_mean"] > 0 and measured["same_ids_share"] >= 0.9
+
+
+def test_the_sourcing_comparison_runs_every_strategy(project_root: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.sourcing", "--orders", "200", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(tmp_path.glob("sourcing-*.json")).read_text())
+    names = {"omnistock", "priority", "distance", "fewest_splits", "most_stock"}
+    assert set(result["strategies"]) == names
+    for figures in result["strategies"].values():
+        assert figures["orders"] == 200 and figures["total_cost"] > 0
+    # the optimiser is checked against the exhaustive optimum on the small orders
+    gap = result["exhaustive"]
+    assert gap["orders"] > 0 and gap["omnistock_fills_fewer_units"] == 0
+    assert gap["cost_ratio_max"] == pytest.approx(1.0)
+
+
+def test_the_bounded_search_gap_is_measured(project_root: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.search_gap", "--orders", "5", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(tmp_path.glob("search-gap-*.json")).read_text())
+    # the bounded plan is never cheaper than the exact one
+    assert result["orders"] == 5 and result["cost_ratio_mean"] >= 1.0 - 1e-9

@@ -8,6 +8,7 @@ import itertools
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,6 +148,11 @@ def test_a_large_order_is_searched_within_bounds_and_says_so() -> None:
     plan = plan_order(lines, candidates, MODEL, Constraints(max_shipments=4, allow_split=True))
     assert not plan.exact
     check_feasible(plan, lines, candidates, Constraints(max_shipments=4, allow_split=True))
+
+
+def test_a_repeated_sku_is_refused_rather_than_planned_twice_from_one_stock() -> None:
+    with pytest.raises(ValueError, match="once"):
+        plan_order(order(("a", 1), ("a", 1)), [cand("x", 1, 1, 1)], MODEL, Constraints())
 
 
 def test_price_costs_a_given_plan_as_the_optimiser_would() -> None:
