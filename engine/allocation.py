@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 
 from engine.clock import Clock
 from engine.domain import (
-    MAX_LINES,
     Location,
     LocationType,
     Reservation,
     Shortfall,
     check_coordinates,
     check_id,
-    check_qty,
+    check_sku_lines,
     check_ttl,
 )
 from engine.errors import AlreadyExists, InvalidArgument, NotFound
@@ -82,17 +81,7 @@ class Allocation:
 def check_order(order: Order) -> Order:
     """The order as given, or INVALID_ARGUMENT naming the first bad field."""
     check_coordinates(order.latitude, order.longitude)
-    if not order.lines:
-        raise InvalidArgument("lines", "at least one line (a sku and a qty) is required")
-    if len(order.lines) > MAX_LINES:
-        raise InvalidArgument("lines", f"at most {MAX_LINES} lines, got {len(order.lines)}")
-    seen: set[str] = set()
-    for i, line in enumerate(order.lines):
-        check_id(line.sku, f"lines[{i}].sku")
-        check_qty(line.qty, f"lines[{i}].qty")
-        if line.sku in seen:
-            raise InvalidArgument(f"lines[{i}].sku", f"{line.sku!r} is already in the order")
-        seen.add(line.sku)
+    check_sku_lines([(ln.sku, ln.qty) for ln in order.lines], "order")
     if not 1 <= order.constraints.max_shipments <= MAX_SHIPMENTS:
         raise InvalidArgument(
             "max_shipments", f"must be 1 to {MAX_SHIPMENTS}, got {order.constraints.max_shipments}"

@@ -206,6 +206,21 @@ def canonical_lines(lines: Sequence[Line], field_name: str = "lines") -> tuple[L
     return tuple(Line(loc, sku, qty) for (loc, sku), qty in sorted(merged.items()))
 
 
+def check_sku_lines(lines: Sequence[tuple[str, int]], what: str) -> None:
+    """(sku, qty) lines of a basket or an order: 1 to MAX_LINES of them, each sku once."""
+    if not lines:
+        raise InvalidArgument("lines", "at least one line (a sku and a qty) is required")
+    if len(lines) > MAX_LINES:
+        raise InvalidArgument("lines", f"at most {MAX_LINES} lines, got {len(lines)}")
+    seen: set[str] = set()
+    for i, (sku, qty) in enumerate(lines):
+        check_id(sku, f"lines[{i}].sku")
+        check_qty(qty, f"lines[{i}].qty")
+        if sku in seen:
+            raise InvalidArgument(f"lines[{i}].sku", f"{sku!r} is already in the {what}")
+        seen.add(sku)
+
+
 def fingerprint(lines: Iterable[Line]) -> str:
     """Identifies a reservation's content: the same id must always mean the same lines."""
     text = "\n".join(f"{ln.location}\t{ln.sku}\t{ln.qty}" for ln in lines)

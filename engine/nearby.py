@@ -15,12 +15,10 @@ import math
 from dataclasses import dataclass
 
 from engine.domain import (
-    MAX_LINES,
     Location,
     LocationType,
     check_coordinates,
-    check_id,
-    check_qty,
+    check_sku_lines,
 )
 from engine.errors import InvalidArgument
 from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
@@ -79,17 +77,7 @@ def check_query(query: NearbyQuery) -> NearbyQuery:
         raise InvalidArgument(
             "radius_km", f"must be above 0 and at most {HALF_CIRCUMFERENCE_KM:.0f}, got {r}"
         )
-    if not query.lines:
-        raise InvalidArgument("lines", "at least one line (a sku and a qty) is required")
-    if len(query.lines) > MAX_LINES:
-        raise InvalidArgument("lines", f"at most {MAX_LINES} lines, got {len(query.lines)}")
-    seen: set[str] = set()
-    for i, line in enumerate(query.lines):
-        check_id(line.sku, f"lines[{i}].sku")
-        check_qty(line.qty, f"lines[{i}].qty")
-        if line.sku in seen:
-            raise InvalidArgument(f"lines[{i}].sku", f"{line.sku!r} is already in the basket")
-        seen.add(line.sku)
+    check_sku_lines([(ln.sku, ln.qty) for ln in query.lines], "basket")
     if not 1 <= query.limit <= MAX_LIMIT:
         raise InvalidArgument("limit", f"must be 1 to {MAX_LIMIT} (0: 10), got {query.limit}")
     return query
