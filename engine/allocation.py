@@ -1,7 +1,8 @@
 """Allocate: plan which locations ship an order, from fresh stock, and optionally hold it.
 
 Candidates are the active, ship-enabled locations of the allowed types, not excluded,
-within the maximum distance of the destination (the nearest MAX_CANDIDATES of them). Their
+within the maximum distance of the destination: the nearest MAX_CANDIDATES of them, fewer
+for long orders so that one call reads at most MAX_ROWS stock rows. Their
 rows for every line and today's pick capacity are read together (two pipelines sent at
 once: one round trip of latency), the optimiser (engine.sourcing) plans, and with
 `reserve` the plan is held under one reservation id, taking one order of the daily pick
@@ -51,6 +52,7 @@ from engine.sourcing import (
 from engine.storage import Storage
 
 MAX_CANDIDATES = 500
+MAX_ROWS = 20_000  # stock rows one Allocate reads (candidates x lines)
 MAX_ATTEMPTS = 3
 
 
@@ -156,7 +158,8 @@ class Allocator:
             order.latitude, order.longitude, order.max_distance_km, set(order.types),
             Fulfilment.SHIP,
         )  # fmt: skip
-        near = [(d, loc) for d, loc in near if loc.id not in order.excluded][:MAX_CANDIDATES]
+        most = min(MAX_CANDIDATES, MAX_ROWS // len(order.lines))
+        near = [(d, loc) for d, loc in near if loc.id not in order.excluded][:most]
         pairs = [(loc.id, ln.sku) for _, loc in near for ln in order.lines]
         limited = [loc.id for _, loc in near if loc.ship_capacity is not None]
         rows, used = await asyncio.gather(

@@ -12,6 +12,7 @@ import math
 import grpc
 import pytest
 
+from engine import allocation
 from engine.allocation import Allocator, Order
 from engine.app import Omnistock
 from engine.domain import Line
@@ -246,3 +247,18 @@ async def test_bad_orders_are_named(stubs: Stubs, field: str, fields: dict[str, 
         await stubs.sourcing.Allocate(pb.AllocateRequest(**values))  # type: ignore[arg-type]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith(field), err.value.details()
+
+
+async def test_a_long_order_reads_fewer_candidates_within_the_row_limit(
+    server: Omnistock, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given three stores, and a row limit that lets a 2-line order read 2 of them
+    await place(stubs, [site("a", 1), site("b", 2), site("c", 3)],
+                {(s, k): 5 for s in "abc" for k in ("x", "y")})  # fmt: skip
+    monkeypatch.setattr(allocation, "MAX_ROWS", 4)
+    allocator = Allocator(server.storage, server.locations, server.reservations, server.clock)
+    two = Order((OrderLine("x", 1), OrderLine("y", 1)), LAT, LON)
+    one = Order((OrderLine("x", 1),), LAT, LON)
+    # then the nearest two are read for it, and all three for a 1-line order
+    assert [c.location.id for c in await allocator.candidates(two)] == ["a", "b"]
+    assert [c.location.id for c in await allocator.candidates(one)] == ["a", "b", "c"]
