@@ -24,7 +24,6 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from engine.clock import Clock
 from engine.domain import (
     Location,
     LocationType,
@@ -40,6 +39,7 @@ from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, distance_km
 from engine.locations import LocationRegistry
 from engine.reservations import Reservations
 from engine.sourcing import (
+    COST_FIELDS,
     MAX_SHIPMENTS,
     Candidate,
     Constraints,
@@ -104,12 +104,10 @@ def check_order(order: Order) -> Order:
 
 
 def _check_model(model: CostModel) -> None:
-    for name in ("shipment_cost", "cost_per_km", "priority_cost", "buffer_penalty"):
+    for name in COST_FIELDS:
         value = getattr(model, name)
         if not (math.isfinite(value) and value >= 0):
             raise InvalidArgument(f"cost.{name}", f"must be a finite number >= 0, got {value}")
-    if model.buffer_units < 0:
-        raise InvalidArgument("cost.buffer_units", f"must be >= 0, got {model.buffer_units}")
 
 
 class Allocator:
@@ -118,12 +116,10 @@ class Allocator:
         storage: Storage,
         registry: LocationRegistry,
         reservations: Reservations,
-        clock: Clock,
     ) -> None:
         self.storage = storage
         self.registry = registry
         self.reservations = reservations
-        self.clock = clock
 
     async def allocate(self, order: Order) -> Allocation:
         if order.reserve:
@@ -135,9 +131,8 @@ class Allocator:
             plan = plan_order(
                 order.lines, await self.candidates(order), order.model, order.constraints
             )
-            if not order.reserve or not plan.shipments:
-                return Allocation(plan, None, attempt, tuple(retries))
-            if plan.unfilled and not order.allow_partial:
+            nothing_to_hold = not order.reserve or not plan.shipments
+            if nothing_to_hold or (plan.unfilled and not order.allow_partial):
                 return Allocation(plan, None, attempt, tuple(retries))
             held = await self.reservations.reserve(
                 order.reservation_id,

@@ -159,7 +159,7 @@ class Omnistock:
         pb_grpc.add_ReservationServiceServicer_to_server(
             ReservationService(self.reservations, self.locations, m), self.server
         )
-        allocator = Allocator(self.storage, self.locations, self.reservations, self.clock)
+        allocator = Allocator(self.storage, self.locations, self.reservations)
         pb_grpc.add_SourcingServiceServicer_to_server(
             SourcingService(allocator, m, self.settings), self.server
         )

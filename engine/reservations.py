@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from engine.clock import Clock
 from engine.domain import (
@@ -93,14 +93,17 @@ class Reservations:
 
     def today(self) -> str:
         """The day pick capacity is counted in (UTC), as YYYYMMDD."""
-        return datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC).strftime("%Y%m%d")
+        return self._date().strftime("%Y%m%d")
+
+    def _date(self) -> date:
+        return datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC).date()
 
     def _capacities(self, limits: Mapping[str, int]) -> dict[str, PickCapacity]:
         """Pick capacity counted by day; the two days before today are kept."""
         if not limits:
             return {}
-        day = self.today()
-        keep_from = (datetime.strptime(day, "%Y%m%d") - timedelta(days=2)).strftime("%Y%m%d")
+        today = self._date()
+        day, keep_from = (d.strftime("%Y%m%d") for d in (today, today - timedelta(days=2)))
         return {loc: PickCapacity(limit, day, keep_from) for loc, limit in limits.items()}
 
     async def _reserve_one(

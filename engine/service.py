@@ -42,7 +42,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.reservations import Reservations
 from engine.settings import Settings
-from engine.sourcing import Constraints, CostModel, OrderLine, Unfillable
+from engine.sourcing import COST_FIELDS, Constraints, CostModel, OrderLine, Unfillable
 from engine.storage import Storage
 from engine.watch import Closing, Overflow, Watcher, WatchHub
 
@@ -88,7 +88,6 @@ _UNFILLED = {
     Unfillable.SPLIT: pb.UNFILLED_REASON_SPLIT,
     Unfillable.MAX_SHIPMENTS: pb.UNFILLED_REASON_MAX_SHIPMENTS,
 }
-_COST_FIELDS = ("shipment_cost", "cost_per_km", "priority_cost", "buffer_units", "buffer_penalty")
 _OUTCOMES = {
     "APPLIED": pb.EVENT_OUTCOME_APPLIED,
     "DUPLICATE": pb.EVENT_OUTCOME_DUPLICATE,
@@ -263,7 +262,7 @@ def order_from_pb(msg: pb.AllocateRequest, defaults: Settings) -> Order:
             types=frozenset(types_from_pb(msg.location_types, "location_types")),
             excluded=frozenset(msg.excluded_location_ids),
             max_distance_km=msg.max_distance_km or HALF_CIRCUMFERENCE_KM,
-            model=CostModel(**{name: pick(name) for name in _COST_FIELDS}),
+            model=CostModel(**{name: pick(name) for name in COST_FIELDS}),
             reserve=msg.reserve,
             reservation_id=msg.reservation_id,
             ttl_seconds=msg.ttl_seconds,

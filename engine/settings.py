@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from engine.sourcing import COST_FIELDS, MAX_SHIPMENTS
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -132,9 +134,8 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--stock-buckets must be at least 1")
     if settings.hold_ttl_seconds <= 0:
         parser.error("--hold-ttl-seconds must be positive")
-    costs = ("shipment_cost", "cost_per_km", "priority_cost", "buffer_units", "buffer_penalty")
-    for name in costs:
+    for name in COST_FIELDS:
         if not getattr(settings, name) >= 0:
             parser.error(f"--{name.replace('_', '-')} must be a number >= 0")
-    if not 1 <= settings.max_shipments <= 10:
-        parser.error("--max-shipments must be 1 to 10")
+    if not 1 <= settings.max_shipments <= MAX_SHIPMENTS:
+        parser.error(f"--max-shipments must be 1 to {MAX_SHIPMENTS}")

@@ -25,6 +25,7 @@ says `exact=False`. bench/RESULTS.md measures the gap against the exhaustive opt
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import itertools
@@ -53,6 +54,9 @@ class CostModel:
     priority_cost: float = 0.1
     buffer_units: int = 2
     buffer_penalty: float = 2.0
+
+
+COST_FIELDS = tuple(f.name for f in dataclasses.fields(CostModel))
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,7 +200,7 @@ async def test_a_plan_whose_stock_moves_before_the_hold_is_made_again(
                 assert taken.ok
             return seen
 
-    allocator = Raced(server.storage, server.locations, server.reservations, server.clock)
+    allocator = Raced(server.storage, server.locations, server.reservations)
     order = Order((OrderLine("a", 2),), LAT, LON, reserve=True, reservation_id="o-1")
     # when the order is allocated and held
     result = await allocator.allocate(order)
@@ -256,7 +256,7 @@ async def test_a_long_order_reads_fewer_candidates_within_the_row_limit(
     await place(stubs, [site("a", 1), site("b", 2), site("c", 3)],
                 {(s, k): 5 for s in "abc" for k in ("x", "y")})  # fmt: skip
     monkeypatch.setattr(allocation, "MAX_ROWS", 4)
-    allocator = Allocator(server.storage, server.locations, server.reservations, server.clock)
+    allocator = Allocator(server.storage, server.locations, server.reservations)
     two = Order((OrderLine("x", 1), OrderLine("y", 1)), LAT, LON)
     one = Order((OrderLine("x", 1),), LAT, LON)
     # then the nearest two are read for it, and all three for a 1-line order
