@@ -22,7 +22,8 @@ class Metrics:
         )
         self.holds = Counter(
             "omnistock_holds_total",
-            "Reserve outcomes: held, short (not enough stock), existing (a retried id)",
+            "Hold outcomes: held (or a retried id's hold), short (not enough stock), full (a "
+            "plan's location has no pick capacity left today)",
             ["outcome"],
             registry=r,
         )

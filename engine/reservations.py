@@ -88,7 +88,7 @@ class Reservations:
             result = await self._reserve_one(reservation_id, canon, ttl_ms, caps)
         else:
             result = await self._reserve_saga(reservation_id, canon, groups, ttl_ms, caps)
-        self.metrics.holds.labels("held" if result.ok else "short").inc()
+        self.metrics.holds.labels(_hold_outcome(result)).inc()
         return result
 
     def today(self) -> str:
@@ -376,6 +376,12 @@ class Reservations:
         if action != "none":
             self.metrics.sagas_recovered.labels(action).inc()
         return action
+
+
+def _hold_outcome(result: HoldResult) -> str:
+    if result.ok:
+        return "held"
+    return "full" if result.full and not result.shortfalls else "short"
 
 
 def _saga_word(saga: str) -> str:

@@ -15,10 +15,13 @@ import pytest
 from engine import allocation
 from engine.allocation import Allocator, Order
 from engine.app import Omnistock
-from engine.domain import Line
+from engine.clock import ManualClock
+from engine.domain import EventKind, Line, StockEvent
 from engine.geo import EARTH_RADIUS_KM
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.reservations import Reservations
 from engine.sourcing import Candidate, OrderLine
+from engine.storage import Storage
 
 from .conftest import ON_BOTH
 from .grpc_helpers import Stubs, count, level
@@ -262,3 +265,21 @@ async def test_a_long_order_reads_fewer_candidates_within_the_row_limit(
     # then the nearest two are read for it, and all three for a 1-line order
     assert [c.location.id for c in await allocator.candidates(two)] == ["a", "b"]
     assert [c.location.id for c in await allocator.candidates(one)] == ["a", "b", "c"]
+
+
+async def test_a_hold_refused_for_pick_capacity_is_counted_as_full_not_short(
+    storage: Storage, reservations: Reservations, clock: ManualClock
+) -> None:
+    # given a store with stock whose pick capacity for today is 0
+    now = clock.now_ms()
+    event = StockEvent("c1", "s", "a", EventKind.COUNT, 9, now - 1)
+    await storage.apply_events("s", [event], now)
+    # when a plan's hold asks for one of its orders
+    result = await reservations.reserve("o-1", [Line("s", "a", 1)], capacity={"s": 0})
+    # then nothing is held, the location is named full, and the metric says so
+    assert not result.ok and result.full == ("s",) and result.shortfalls == ()
+    samples = reservations.metrics.registry
+    assert samples.get_sample_value("omnistock_holds_total", {"outcome": "full"}) == 1
+    assert samples.get_sample_value("omnistock_holds_total", {"outcome": "short"}) is None
+    (row,) = await storage.rows([("s", "a")])
+    assert row.reserved == 0
