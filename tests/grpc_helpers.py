@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import grpc
 
+from engine.geo import EARTH_RADIUS_KM
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
@@ -61,3 +63,34 @@ async def level(stubs: Stubs, loc: str, sku: str) -> pb.StockLevel:
         pb.GetAvailabilityRequest(skus=[sku], location_ids=[loc])
     )
     return resp.levels[0]
+
+
+# Locations due north of a point in London: along a meridian the great-circle distance is
+# exactly R x the latitude difference, so each one's distance is known.
+LAT, LON = 51.5074, -0.1278
+
+
+def north(km: float) -> float:
+    """The latitude `km` due north of (LAT, LON)."""
+    return LAT + math.degrees(km / EARTH_RADIUS_KM)
+
+
+def store(loc_id: str, km: float, **fields: object) -> pb.Location:
+    values: dict[str, object] = {
+        "id": loc_id,
+        "name": f"Store {loc_id}",
+        "type": pb.LOCATION_TYPE_STORE,
+        "latitude": north(km),
+        "longitude": LON,
+        "pickup_enabled": True,
+        "ship_enabled": True,
+        "active": True,
+    }
+    values.update(fields)
+    return pb.Location(**values)  # type: ignore[arg-type]
+
+
+async def place(stubs: Stubs, stores: list[pb.Location], stock: dict[tuple[str, str], int]) -> None:
+    await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=stores))
+    events = [count(f"c:{loc}:{sku}", loc, sku, qty) for (loc, sku), qty in stock.items()]
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))

@@ -7,7 +7,6 @@ Locations lie due north of a point in London, so their distances are known exact
 from __future__ import annotations
 
 import asyncio
-import math
 
 import grpc
 import pytest
@@ -17,39 +16,15 @@ from engine.allocation import Allocator, Order
 from engine.app import Omnistock
 from engine.clock import ManualClock
 from engine.domain import EventKind, Line, StockEvent
-from engine.geo import EARTH_RADIUS_KM
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.reservations import Reservations
 from engine.sourcing import Candidate, OrderLine
 from engine.storage import Storage
 
 from .conftest import ON_BOTH
-from .grpc_helpers import Stubs, count, level
+from .grpc_helpers import LAT, LON, Stubs, level, place, store
 
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
-
-LAT, LON = 51.5074, -0.1278
-
-
-def site(loc_id: str, km: float, **fields: object) -> pb.Location:
-    values: dict[str, object] = {
-        "id": loc_id,
-        "name": loc_id,
-        "type": pb.LOCATION_TYPE_STORE,
-        "latitude": LAT + math.degrees(km / EARTH_RADIUS_KM),
-        "longitude": LON,
-        "pickup_enabled": True,
-        "ship_enabled": True,
-        "active": True,
-    }
-    values.update(fields)
-    return pb.Location(**values)  # type: ignore[arg-type]
-
-
-async def place(stubs: Stubs, sites: list[pb.Location], stock: dict[tuple[str, str], int]) -> None:
-    await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=sites))
-    events = [count(f"c:{loc}:{sku}", loc, sku, qty) for (loc, sku), qty in stock.items()]
-    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
 
 
 async def allocate(stubs: Stubs, *lines: tuple[str, int], **fields: object) -> pb.AllocateResponse:
@@ -73,7 +48,7 @@ def stubs(channel: grpc.aio.Channel) -> Stubs:
 
 async def test_a_plan_without_reserve_holds_nothing(stubs: Stubs) -> None:
     # given a near store with one line and a farther store with both
-    await place(stubs, [site("near", 2), site("far", 30)],
+    await place(stubs, [store("near", 2), store("far", 30)],
                 {("near", "a"): 5, ("far", "a"): 5, ("far", "b"): 5})  # fmt: skip
     # when an order for both is planned
     answer = await allocate(stubs, ("a", 1), ("b", 1))
@@ -89,7 +64,7 @@ async def test_a_plan_without_reserve_holds_nothing(stubs: Stubs) -> None:
 async def test_reserve_holds_exactly_the_plan_and_nothing_when_it_cannot_fill(
     stubs: Stubs,
 ) -> None:
-    await place(stubs, [site("x", 2), site("y", 3)], {("x", "a"): 5, ("y", "b"): 5})
+    await place(stubs, [store("x", 2), store("y", 3)], {("x", "a"): 5, ("y", "b"): 5})
     # when an order that needs both stores is reserved
     answer = await allocate(stubs, ("a", 2), ("b", 1), reserve=True, reservation_id="o-1")
     # then both shipments are held under one reservation, and only them
@@ -115,7 +90,7 @@ async def test_pick_capacity_is_taken_by_a_held_plan_and_given_back_on_release(
     stubs: Stubs,
 ) -> None:
     # given a near store that may pick one order a day, and a farther one without limit
-    await place(stubs, [site("near", 1, ship_capacity=1), site("far", 50)],
+    await place(stubs, [store("near", 1, ship_capacity=1), store("far", 50)],
                 {("near", "a"): 9, ("far", "a"): 9})  # fmt: skip
     first = await allocate(stubs, ("a", 1), reserve=True, reservation_id="o-1")
     assert plan_of(first) == {"near": {"a": 1}}
@@ -133,7 +108,7 @@ async def test_pick_capacity_is_taken_by_a_held_plan_and_given_back_on_release(
 
 
 async def test_an_expired_plan_gives_its_pick_capacity_back(stubs: Stubs) -> None:
-    await place(stubs, [site("near", 1, ship_capacity=1), site("far", 50)],
+    await place(stubs, [store("near", 1, ship_capacity=1), store("far", 50)],
                 {("near", "a"): 9, ("far", "a"): 9})  # fmt: skip
     held = await allocate(stubs, ("a", 1), reserve=True, reservation_id="o-1", ttl_seconds=0.2)
     assert plan_of(held) == {"near": {"a": 1}}
@@ -150,11 +125,11 @@ async def test_excluded_inactive_and_non_shipping_locations_are_never_chosen(
     stubs: Stubs,
 ) -> None:
     sites = [
-        site("excluded", 1),
-        site("inactive", 2, active=False),
-        site("pickup-only", 3, ship_enabled=False),
-        site("far", 60),
-        site("dc", 4, type=pb.LOCATION_TYPE_DC),
+        store("excluded", 1),
+        store("inactive", 2, active=False),
+        store("pickup-only", 3, ship_enabled=False),
+        store("far", 60),
+        store("dc", 4, type=pb.LOCATION_TYPE_DC),
     ]
     await place(stubs, sites, {(s.id, "a"): 9 for s in sites})
     answer = await allocate(stubs, ("a", 1), excluded_location_ids=["excluded"],
@@ -170,7 +145,7 @@ async def test_excluded_inactive_and_non_shipping_locations_are_never_chosen(
 
 
 async def test_a_retried_allocate_answers_the_plan_it_held(stubs: Stubs) -> None:
-    await place(stubs, [site("x", 2), site("y", 9)], {("x", "a"): 3, ("y", "a"): 5})
+    await place(stubs, [store("x", 2), store("y", 9)], {("x", "a"): 3, ("y", "a"): 5})
     first = await allocate(stubs, ("a", 1), reserve=True, reservation_id="o-1")
     # when the same call comes again (a fresh plan would now pick y: x is down to its
     # buffer of 2, as o-1 holds one of its 3 units)
@@ -190,7 +165,7 @@ async def test_a_plan_whose_stock_moves_before_the_hold_is_made_again(
 ) -> None:
     # given two stores, and a competitor who takes the near one's stock right after the
     # allocator read it (the first read only)
-    await place(stubs, [site("near", 1), site("far", 20)], {("near", "a"): 2, ("far", "a"): 2})
+    await place(stubs, [store("near", 1), store("far", 20)], {("near", "a"): 2, ("far", "a"): 2})
 
     class Raced(Allocator):
         reads = 0
@@ -256,7 +231,7 @@ async def test_a_long_order_reads_fewer_candidates_within_the_row_limit(
     server: Omnistock, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given three stores, and a row limit that lets a 2-line order read 2 of them
-    await place(stubs, [site("a", 1), site("b", 2), site("c", 3)],
+    await place(stubs, [store("a", 1), store("b", 2), store("c", 3)],
                 {(s, k): 5 for s in "abc" for k in ("x", "y")})  # fmt: skip
     monkeypatch.setattr(allocation, "MAX_ROWS", 4)
     allocator = Allocator(server.storage, server.locations, server.reservations)

@@ -13,41 +13,12 @@ import grpc
 import pytest
 
 from engine.app import create_server
-from engine.geo import EARTH_RADIUS_KM
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import ON_BOTH, settings_for
-from .grpc_helpers import Stubs, count, line
+from .grpc_helpers import LAT, LON, Stubs, line, place, store
 
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
-
-LAT, LON = 51.5074, -0.1278
-
-
-def north(km: float) -> float:
-    """The latitude `km` due north of the point."""
-    return LAT + math.degrees(km / EARTH_RADIUS_KM)
-
-
-def store(loc_id: str, km: float, **fields: object) -> pb.Location:
-    values: dict[str, object] = {
-        "id": loc_id,
-        "name": f"Store {loc_id}",
-        "type": pb.LOCATION_TYPE_STORE,
-        "latitude": north(km),
-        "longitude": LON,
-        "pickup_enabled": True,
-        "ship_enabled": True,
-        "active": True,
-    }
-    values.update(fields)
-    return pb.Location(**values)  # type: ignore[arg-type]
-
-
-async def place(stubs: Stubs, stores: list[pb.Location], stock: dict[tuple[str, str], int]) -> None:
-    await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=stores))
-    events = [count(f"c:{loc}:{sku}", loc, sku, qty) for (loc, sku), qty in stock.items()]
-    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
 
 
 def basket(*lines: tuple[str, int]) -> list[pb.BasketLine]:
