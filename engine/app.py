@@ -26,6 +26,7 @@ from engine.clock import Clock, SystemClock
 from engine.domain import EventKind, StockEvent
 from engine.embedded import EmbeddedRedis
 from engine.errors import OmnistockError
+from engine.ingest import Ingest
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -163,9 +164,13 @@ class Omnistock:
         pb_grpc.add_SourcingServiceServicer_to_server(
             SourcingService(allocator, m, self.settings), self.server
         )
-        pb_grpc.add_StockServiceServicer_to_server(
-            StockService(self.storage, self.locations, m, self.clock.now_ms), self.server
+        self.stock_service = StockService(
+            Ingest(self.storage, self.locations, m, self.clock.now_ms),
+            self.locations,
+            m,
+            zero_missing=self.settings.count_missing == "zero",
         )
+        pb_grpc.add_StockServiceServicer_to_server(self.stock_service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)

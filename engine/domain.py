@@ -45,6 +45,7 @@ class EventOutcome(enum.StrEnum):
     DUPLICATE = "DUPLICATE"  # this event id was applied before, within the window
     STALE = "STALE"  # older than the row's last count: the count already includes it
     ECHO = "ECHO"  # the store's report of a sale the engine already committed (I6)
+    REJECTED = "REJECTED"  # can never be applied (bad field, unknown location): not applied
 
 
 @dataclass(frozen=True, slots=True)

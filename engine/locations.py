@@ -37,12 +37,19 @@ class LocationRegistry:
         await self.storage.upsert_locations(locations)
         await self.reload()
 
-    async def require(self, ids: Iterable[str], field: str) -> None:
-        """Every id must name a known location, else INVALID_ARGUMENT naming the first."""
+    async def known(self, ids: Iterable[str]) -> set[str]:
+        """The ids among `ids` that name a location; those the cache lacks are looked up."""
+        ids = set(ids)
         missing = [i for i in ids if i not in self.by_id]
         if missing:
             self.by_id = self.by_id | await self.storage.load_locations(missing)
-            missing = [i for i in missing if i not in self.by_id]
+        return {i for i in ids if i in self.by_id}
+
+    async def require(self, ids: Iterable[str], field: str) -> None:
+        """Every id must name a known location, else INVALID_ARGUMENT naming the first."""
+        ids = list(ids)
+        known = await self.known(ids)
+        missing = [i for i in ids if i not in known]
         if missing:
             raise InvalidArgument(field, f"unknown location {missing[0]!r}")
 

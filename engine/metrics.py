@@ -39,7 +39,7 @@ class Metrics:
         )
         self.events = Counter(
             "omnistock_stock_events_total",
-            "Stock events by outcome (applied, duplicate, stale, echo)",
+            "Stock events by outcome (applied, duplicate, stale, echo, rejected)",
             ["outcome"],
             registry=r,
         )
@@ -63,6 +63,9 @@ class Metrics:
         )
         self.watchers = Gauge(
             "omnistock_watchers", "WatchAvailability streams open on this process", registry=r
+        )
+        self.event_streams = Gauge(
+            "omnistock_event_streams", "StreamEvents streams open on this process", registry=r
         )
         self.redis_up = Gauge(
             "omnistock_redis_up", "1 when the last Redis exchange succeeded", registry=r

@@ -35,6 +35,15 @@ from engine.errors import (
     Unavailable,
 )
 from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
+from engine.ingest import (
+    ITEM,
+    LOCATION,
+    Count,
+    Ingest,
+    Shortage,
+    add_count_line,
+    check_count,
+)
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.nearby import BasketLine, NearbyQuery, check_query, find_nearby
@@ -54,6 +63,7 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 MAX_SKUS = 1000
 MAX_ROWS = 20_000
 MAX_EVENTS = 5000
+STREAM_READ_AHEAD = 8  # StreamEvents requests read before their answers are sent
 # Kept back from a call's deadline to send the answer: a tenth of it, 50-250 ms.
 _REPLY_MARGIN = (0.05, 0.1, 0.25)
 
@@ -93,6 +103,7 @@ _OUTCOMES = {
     "DUPLICATE": pb.EVENT_OUTCOME_DUPLICATE,
     "STALE": pb.EVENT_OUTCOME_STALE,
     "ECHO": pb.EVENT_OUTCOME_ECHO,
+    "REJECTED": pb.EVENT_OUTCOME_REJECTED,
 }
 
 
@@ -215,6 +226,27 @@ def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
         source=msg.source,
     )
     return check_event(event, field)
+
+
+def count_from_pb(msg: pb.CountHeader, zero_missing: bool) -> Count:
+    if msg.missing != pb.MISSING_SKUS_UNSPECIFIED:
+        zero_missing = msg.missing == pb.MISSING_SKUS_ZERO
+    return check_count(
+        Count(msg.location_id, msg.count_id, msg.counted_at, zero_missing, msg.source)
+    )
+
+
+def short_row_pb(s: Shortage) -> pb.ShortRow:
+    return pb.ShortRow(
+        location_id=s.location,
+        sku=s.sku,
+        on_hand=s.on_hand,
+        reserved=s.reserved,
+        uncovered=[
+            pb.UncoveredHold(reservation_id=u.reservation_id, qty=u.qty, missing=u.missing)
+            for u in s.uncovered
+        ],
+    )
 
 
 def types_from_pb(values: Sequence[pb.LocationType.ValueType], field: str) -> set[LocationType]:
@@ -513,16 +545,13 @@ def _outcome(order: Order, result: Allocation) -> str:
 
 class StockService(pb_grpc.StockServiceServicer):
     def __init__(
-        self,
-        storage: Storage,
-        locations: LocationRegistry,
-        metrics: Metrics,
-        now_ms: Callable[[], int],
+        self, ingest: Ingest, locations: LocationRegistry, metrics: Metrics, zero_missing: bool
     ) -> None:
-        self.storage = storage
+        self.ingest = ingest
+        self.zero_missing = zero_missing
+        self.storage = ingest.storage
         self.locations = locations
         self.metrics = metrics
-        self.now_ms = now_ms
 
     @rpc("UpsertLocations")
     async def UpsertLocations(
@@ -561,29 +590,117 @@ class StockService(pb_grpc.StockServiceServicer):
         if len(request.events) > MAX_EVENTS:
             raise InvalidArgument("events", f"at most {MAX_EVENTS} events per call")
         events = [event_from_pb(m, f"events[{i}]") for i, m in enumerate(request.events)]
-        groups: dict[str, list[int]] = {}
-        for i, ev in enumerate(events):
-            groups.setdefault(ev.location, []).append(i)
-        await self.locations.require(list(groups), "events[].location_id")
-        now = self.now_ms()
-        applied = await asyncio.gather(
-            *(
-                self.storage.apply_events(loc, [events[i] for i in idx], now)
-                for loc, idx in groups.items()
-            )
+        done = await self.ingest.apply(events, strict=True)
+        return pb.ApplyEventsResponse(
+            outcomes=[_OUTCOMES[a.outcome.value] for a in done.acks],
+            short_rows=[short_row_pb(s) for s in done.shortages],
         )
-        outcomes = [pb.EVENT_OUTCOME_UNSPECIFIED] * len(events)
-        short = []
-        for (loc, idx), result in zip(groups.items(), applied, strict=True):
-            for i, outcome in zip(idx, result.outcomes, strict=True):
-                outcomes[i] = _OUTCOMES[outcome.value]
-                self.metrics.events.labels(outcome.value.lower()).inc()
-            for sku, on_hand, reserved in result.short_rows:
-                short.append(
-                    pb.ShortRow(location_id=loc, sku=sku, on_hand=on_hand, reserved=reserved)
+
+    async def StreamEvents(
+        self,
+        requests: AsyncIterator[pb.StreamEventsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamEventsResponse]:
+        """Reads at most STREAM_READ_AHEAD requests ahead of its answers; whatever has
+        arrived by the time one batch is done goes in the next, as one ingest call."""
+        queue: asyncio.Queue[pb.StreamEventsRequest | None] = asyncio.Queue(STREAM_READ_AHEAD)
+
+        async def read() -> None:
+            async for request in requests:
+                await queue.put(request)
+            await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        self.metrics.event_streams.inc()
+        try:
+            ended = False
+            while not ended:
+                batch = [await queue.get()]
+                while not queue.empty() and len(batch) < STREAM_READ_AHEAD:
+                    batch.append(queue.get_nowait())
+                if batch[-1] is None:
+                    ended = True
+                    batch.pop()
+                for response in await self._acks([r for r in batch if r is not None]):
+                    yield response
+            await reader
+        except OmnistockError as exc:
+            await context.abort(status_of(exc), str(exc))
+        finally:
+            reader.cancel()
+            self.metrics.event_streams.dec()
+
+    async def _acks(self, batch: list[pb.StreamEventsRequest]) -> list[pb.StreamEventsResponse]:
+        """One ingest call for the events of several requests; one answer per request."""
+        items: list[StockEvent | OmnistockError] = []
+        for request in batch:
+            if len(request.events) > MAX_EVENTS:
+                raise InvalidArgument("events", f"at most {MAX_EVENTS} events per message")
+            for i, m in enumerate(request.events):
+                try:
+                    items.append(event_from_pb(m, f"events[{i}]"))
+                except InvalidArgument as exc:
+                    items.append(exc)
+        if not items:
+            return [pb.StreamEventsResponse() for _ in batch]
+        done = await self.ingest.apply(items)
+        out, at = [], 0
+        for request in batch:
+            acks = done.acks[at : at + len(request.events)]
+            out.append(
+                pb.StreamEventsResponse(
+                    acks=[
+                        pb.EventAck(
+                            event_id=m.event_id, outcome=_OUTCOMES[a.outcome.value], reason=a.reason
+                        )
+                        for m, a in zip(request.events, acks, strict=True)
+                    ]
                 )
-                log.warning(
-                    "short row %s/%s: on_hand %d < reserved %d", loc, sku, on_hand, reserved
-                )
-        self.metrics.shortages.inc(len(short))
-        return pb.ApplyEventsResponse(outcomes=outcomes, short_rows=short)
+            )
+            at += len(request.events)
+        if done.shortages:  # told once, on the answer to the last request of the batch
+            out[-1].short_rows.extend(short_row_pb(s) for s in done.shortages)
+        return out
+
+    @rpc("ReconcileCount")
+    async def ReconcileCount(
+        self,
+        request: AsyncIterator[pb.ReconcileCountRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ReconcileCountResponse:
+        count: Count | None = None
+        lines: dict[str, int] = {}
+        n = 0
+        async for message in request:
+            if count is None:
+                count = count_from_pb(message.header, self.zero_missing)
+            elif message.HasField("header"):
+                raise InvalidArgument("header", "only the first message carries the header")
+            for line in message.lines:
+                add_count_line(lines, line.sku, line.qty, f"lines[{n}]")
+                n += 1
+        if count is None:
+            raise InvalidArgument("header", "the first message must carry the count's header")
+        done = await self.ingest.count(count, lines)
+        return pb.ReconcileCountResponse(
+            lines=done.lines,
+            changed=done.changed,
+            unchanged=done.unchanged,
+            zeroed=done.zeroed,
+            short_rows=[short_row_pb(s) for s in done.shortages],
+        )
+
+    @rpc("SetMappings")
+    async def SetMappings(
+        self, request: pb.SetMappingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetMappingsResponse:
+        if not request.mappings:
+            raise InvalidArgument("mappings", "at least one mapping is required")
+        kinds = {pb.MAPPING_KIND_LOCATION: LOCATION, pb.MAPPING_KIND_ITEM: ITEM}
+        changes = []
+        for i, m in enumerate(request.mappings):
+            if m.kind not in kinds:
+                raise InvalidArgument(f"mappings[{i}].kind", "must be LOCATION or ITEM")
+            changes.append((m.source, kinds[m.kind], m.external_id, m.id))
+        await self.ingest.mappings.set(changes)
+        return pb.SetMappingsResponse(changed=len(changes))

@@ -37,6 +37,10 @@ class Settings:
     event_window_hours: float = field(
         default=72.0, metadata={"help": "how long stock event ids are remembered (dedupe)"}
     )
+    count_missing: str = field(
+        default="zero",
+        metadata={"help": "ReconcileCount: rows a full count does not list: zero|keep"},
+    )
     stock_buckets: int = field(
         default=256, metadata={"help": "hash buckets per location (fixed for a data set)"}
     )
@@ -130,6 +134,8 @@ def from_args(
 def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
     if settings.appendfsync not in ("always", "everysec"):
         parser.error("--appendfsync must be always or everysec")
+    if settings.count_missing not in ("zero", "keep"):
+        parser.error("--count-missing must be zero or keep")
     if settings.stock_buckets < 1:
         parser.error("--stock-buckets must be at least 1")
     if settings.hold_ttl_seconds <= 0:

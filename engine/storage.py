@@ -9,7 +9,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           member "sku\\t<e:event id | c:reservation id>\\t<signed qty>",
                           score = time (ms)
     {L}:e          zset   stock event ids applied at L, scored by arrival (the dedupe window)
-    {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines
+    {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
+                          t when it was held (ms)
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
     {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
     {L}:w          shard channel: every row written at L, as written (engine/watch.py)
@@ -18,6 +19,10 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:locations:v  counter  moves with every upsert, so caches know when to reload
     {omnistock}:wake       zset  location -> a time at or before its earliest HELD expiry
     {omnistock}:sagas      zset  reservation id -> time after which recovery may act
+    {omnistock}:map:<source>  hash  a source's ids -> ours: "l:<its location id>" -> location,
+                          "i:<its item id>" -> sku
+    {omnistock}:map:v      counter  moves with every change of a mapping
+    {omnistock}:shortages  stream  a shortage event for every row a count or delta left short
 
 Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
 listpack-encoded hash: a stock row then costs about 40 bytes instead of the ~100 a hash
@@ -66,6 +71,9 @@ LOCATIONS = "{omnistock}:locations"
 LOCATIONS_VERSION = "{omnistock}:locations:v"
 WAKE = "{omnistock}:wake"
 SAGAS = "{omnistock}:sagas"
+MAPPINGS_VERSION = "{omnistock}:map:v"
+SHORTAGES = "{omnistock}:shortages"
+SHORTAGES_KEPT = 100_000  # about: the stream is trimmed to the newest this many
 
 
 class Script:
@@ -119,6 +127,10 @@ class Keys:
     def directory(reservation_id: str) -> str:
         return f"res:{{{reservation_id}}}"
 
+    @staticmethod
+    def mapping(source: str) -> str:
+        return f"{{omnistock}}:map:{source}"
+
 
 class KeyList:
     """KEYS of one script call: each distinct key once, addressed by its 1-based index."""
@@ -163,6 +175,12 @@ class PartState:
     location: str
     state: str | None  # None: no part at this location
     expires_at: int
+
+
+class Holder(NamedTuple):
+    reservation_id: str
+    qty: int
+    held_at: int  # ms; 0 for a part held before holds recorded it
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +375,7 @@ class Storage:
         sha = self.scripts[name].sha
         return await self.guard(lambda: self.batcher.evalsha(sha, keys, args, then))
 
-    async def pipeline(self, build: Callable[[Any], None]) -> list[Any]:
+    async def pipeline(self, build: Callable[[Any], object]) -> list[Any]:
         """One round trip for several commands. Only idempotent commands go in, so a rerun
         after NOSCRIPT is safe."""
 
@@ -443,6 +461,68 @@ class Storage:
                 for i in range(0, len(short), 3)
             ],
         )
+
+    async def rows_at(self, location: str) -> dict[str, StockRow]:
+        """Every stock row of one location: each bucket read whole, in one round trip."""
+        buckets = [f"{{{location}}}:s:{b}" for b in range(self.keys.buckets)]
+        got = await self.pipeline(lambda pipe: [pipe.hgetall(k) for k in buckets])
+        return {sku.decode(): parse_row(v) for bucket in got for sku, v in bucket.items()}
+
+    async def holders(self, location: str, skus: Iterable[str]) -> dict[str, list[Holder]]:
+        """The HELD reservation parts at a location that hold each of `skus`, oldest hold
+        first. It reads every HELD part there: meant for the rare row left short."""
+        wanted = set(skus)
+        ids = [
+            i.decode()
+            for i in await self.guard(lambda: self.redis.zrange(Keys.due(location), 0, -1))
+        ]
+        if not ids:
+            return {}
+        parts = await self.pipeline(
+            lambda pipe: [pipe.hmget(Keys.part(location, i), "s", "l", "t") for i in ids]
+        )
+        out: dict[str, list[Holder]] = {}
+        for rid, (state, lines, held_at) in zip(ids, parts, strict=True):
+            if state != b"HELD":
+                continue
+            for row in (lines or b"").decode().splitlines():
+                sku, qty = row.split("\t")
+                if sku in wanted:
+                    out.setdefault(sku, []).append(Holder(rid, int(qty), int(held_at or 0)))
+        for held in out.values():
+            held.sort(key=lambda h: (h.held_at, h.reservation_id))
+        return out
+
+    async def publish_shortages(self, events: Sequence[dict[str, str]]) -> None:
+        """Appends shortage events to the shortage stream, trimmed to about SHORTAGES_KEPT."""
+        await self.pipeline(
+            lambda pipe: [
+                pipe.xadd(SHORTAGES, dict(e), maxlen=SHORTAGES_KEPT, approximate=True)
+                for e in events
+            ]
+        )
+
+    # -- id mappings ------------------------------------------------------------------
+
+    async def mappings_version(self) -> int:
+        return int(await self.guard(lambda: self.redis.get(MAPPINGS_VERSION)) or 0)
+
+    async def mapping(self, source: str) -> dict[str, str]:
+        got = await self.guard(lambda: self.redis.hgetall(Keys.mapping(source)))
+        return {k.decode(): v.decode() for k, v in got.items()}
+
+    async def set_mappings(self, changes: Sequence[tuple[str, str, str]]) -> None:
+        """(source, field, id) each: set, or removed where id is ""; the version moves."""
+
+        def build(pipe: Any) -> None:
+            for source, name, value in changes:
+                if value:
+                    pipe.hset(Keys.mapping(source), name, value)
+                else:
+                    pipe.hdel(Keys.mapping(source), name)
+            pipe.incr(MAPPINGS_VERSION)
+
+        await self.pipeline(build)
 
     async def set_safety_stock(self, location: str, items: Sequence[tuple[str, int]]) -> int:
         keys = KeyList()

@@ -1,5 +1,5 @@
 -- hold: hold every line of one reservation at one location, all or nothing (I2, I3, I4).
--- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l)
+-- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l, t)
 -- KEYS[2]  {L}:x        the expiry index of L: reservation id -> expiry (ms), for the sweeper
 -- KEYS[3..] {L}:s:<b>   stock buckets the lines live in
 -- KEYS[#KEYS] res:{<id>} the directory, only when ARGV[6] == '1' (one Redis, one location)
@@ -56,7 +56,7 @@ for _, x in ipairs(rows) do
   write_row(x[1], x[2], x[4])
   lines[#lines + 1] = x[2] .. '\t' .. x[3] .. '\n'
 end
-redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(lines))
+redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(lines), 't', now)
 if cap > 0 then
   take_capacity(KEYS[cap], ARGV[c + 2], ARGV[c + 3])
   redis.call('HSET', KEYS[1], 'c', ARGV[c + 2])

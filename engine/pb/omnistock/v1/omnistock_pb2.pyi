@@ -148,6 +148,8 @@ class _EventOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventOut
     """Older than the row's last count, which already includes it."""
     EVENT_OUTCOME_ECHO: _EventOutcome.ValueType  # 4
     """The store reporting a sale omnistock already committed."""
+    EVENT_OUTCOME_REJECTED: _EventOutcome.ValueType  # 5
+    """Can never be applied (StreamEvents only): the ack's reason says which field and why."""
 
 class EventOutcome(_EventOutcome, metaclass=_EventOutcomeEnumTypeWrapper): ...
 
@@ -158,7 +160,49 @@ EVENT_OUTCOME_STALE: EventOutcome.ValueType  # 3
 """Older than the row's last count, which already includes it."""
 EVENT_OUTCOME_ECHO: EventOutcome.ValueType  # 4
 """The store reporting a sale omnistock already committed."""
+EVENT_OUTCOME_REJECTED: EventOutcome.ValueType  # 5
+"""Can never be applied (StreamEvents only): the ack's reason says which field and why."""
 Global___EventOutcome: _TypeAlias = EventOutcome  # noqa: Y015
+
+class _MissingSkus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MissingSkusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MissingSkus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MISSING_SKUS_UNSPECIFIED: _MissingSkus.ValueType  # 0
+    """The server's --count-missing setting (zero unless set)."""
+    MISSING_SKUS_ZERO: _MissingSkus.ValueType  # 1
+    """A sku the location has but the count does not list is counted as 0 at counted_at."""
+    MISSING_SKUS_KEEP: _MissingSkus.ValueType  # 2
+    """Rows the count does not list are left as they are."""
+
+class MissingSkus(_MissingSkus, metaclass=_MissingSkusEnumTypeWrapper): ...
+
+MISSING_SKUS_UNSPECIFIED: MissingSkus.ValueType  # 0
+"""The server's --count-missing setting (zero unless set)."""
+MISSING_SKUS_ZERO: MissingSkus.ValueType  # 1
+"""A sku the location has but the count does not list is counted as 0 at counted_at."""
+MISSING_SKUS_KEEP: MissingSkus.ValueType  # 2
+"""Rows the count does not list are left as they are."""
+Global___MissingSkus: _TypeAlias = MissingSkus  # noqa: Y015
+
+class _MappingKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MappingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MappingKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MAPPING_KIND_UNSPECIFIED: _MappingKind.ValueType  # 0
+    MAPPING_KIND_LOCATION: _MappingKind.ValueType  # 1
+    MAPPING_KIND_ITEM: _MappingKind.ValueType  # 2
+
+class MappingKind(_MappingKind, metaclass=_MappingKindEnumTypeWrapper): ...
+
+MAPPING_KIND_UNSPECIFIED: MappingKind.ValueType  # 0
+MAPPING_KIND_LOCATION: MappingKind.ValueType  # 1
+MAPPING_KIND_ITEM: MappingKind.ValueType  # 2
+Global___MappingKind: _TypeAlias = MappingKind  # noqa: Y015
 
 @_typing.final
 class Location(_message.Message):
@@ -1113,7 +1157,9 @@ class StockEvent(_message.Message):
     event_id: _builtins.str
     """Unique per event at its source; duplicates within the dedupe window are ignored."""
     location_id: _builtins.str
+    """An omnistock location id, or the source's own id of it where the source has a mapping."""
     sku: _builtins.str
+    """An omnistock sku, or the source's own item id where the source has a mapping."""
     kind: Global___EventKind.ValueType
     qty: _builtins.int
     source_time: _builtins.int
@@ -1162,16 +1208,23 @@ Global___ApplyEventsRequest: _TypeAlias = ApplyEventsRequest  # noqa: Y015
 
 @_typing.final
 class ShortRow(_message.Message):
+    """A row that a count or delta left with on_hand below what is held. The holds are kept;
+    the reservations it leaves uncovered are named, the latest holds first to lose cover.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     SKU_FIELD_NUMBER: _builtins.int
     ON_HAND_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
+    UNCOVERED_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     sku: _builtins.str
     on_hand: _builtins.int
     reserved: _builtins.int
+    @_builtins.property
+    def uncovered(self) -> _containers.RepeatedCompositeFieldContainer[Global___UncoveredHold]: ...
     def __init__(
         self,
         *,
@@ -1179,14 +1232,42 @@ class ShortRow(_message.Message):
         sku: _builtins.str = ...,
         on_hand: _builtins.int = ...,
         reserved: _builtins.int = ...,
+        uncovered: _abc.Iterable[Global___UncoveredHold] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "on_hand", b"on_hand", "reserved", b"reserved", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "on_hand", b"on_hand", "reserved", b"reserved", "sku", b"sku", "uncovered", b"uncovered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShortRow: _TypeAlias = ShortRow  # noqa: Y015
+
+@_typing.final
+class UncoveredHold(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    qty: _builtins.int
+    """what the reservation holds of this row"""
+    missing: _builtins.int
+    """how many of those units the row no longer has"""
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        qty: _builtins.int = ...,
+        missing: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing", b"missing", "qty", b"qty", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UncoveredHold: _TypeAlias = UncoveredHold  # noqa: Y015
 
 @_typing.final
 class ApplyEventsResponse(_message.Message):
@@ -1199,9 +1280,7 @@ class ApplyEventsResponse(_message.Message):
         """One per event, in request order."""
 
     @_builtins.property
-    def short_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShortRow]:
-        """Rows a count or delta left with on_hand below what is held (holds are kept)."""
-
+    def short_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShortRow]: ...
     def __init__(
         self,
         *,
@@ -1215,3 +1294,262 @@ class ApplyEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyEventsResponse: _TypeAlias = ApplyEventsResponse  # noqa: Y015
+
+@_typing.final
+class StreamEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___StockEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
+
+@_typing.final
+class EventAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    outcome: Global___EventOutcome.ValueType
+    reason: _builtins.str
+    """REJECTED only: "<field>: <why>" """
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        outcome: Global___EventOutcome.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "outcome", b"outcome", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventAck: _TypeAlias = EventAck  # noqa: Y015
+
+@_typing.final
+class StreamEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    SHORT_ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventAck]:
+        """One per event of the request this answers, in its order."""
+
+    @_builtins.property
+    def short_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShortRow]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___EventAck] | None = ...,
+        short_rows: _abc.Iterable[Global___ShortRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "short_rows", b"short_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEventsResponse: _TypeAlias = StreamEventsResponse  # noqa: Y015
+
+@_typing.final
+class CountHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    COUNT_ID_FIELD_NUMBER: _builtins.int
+    COUNTED_AT_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    count_id: _builtins.str
+    """Names this count: resending it is recognised (its lines are events "<count_id>/<sku>")."""
+    counted_at: _builtins.int
+    """ms since the epoch: when the shelves were counted"""
+    missing: Global___MissingSkus.ValueType
+    source: _builtins.str
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        count_id: _builtins.str = ...,
+        counted_at: _builtins.int = ...,
+        missing: Global___MissingSkus.ValueType = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_id", b"count_id", "counted_at", b"counted_at", "location_id", b"location_id", "missing", b"missing", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountHeader: _TypeAlias = CountHeader  # noqa: Y015
+
+@_typing.final
+class CountLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    qty: _builtins.int
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        qty: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qty", b"qty", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountLine: _TypeAlias = CountLine  # noqa: Y015
+
+@_typing.final
+class ReconcileCountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___CountHeader:
+        """in the first message only"""
+
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___CountLine]: ...
+    def __init__(
+        self,
+        *,
+        header: Global___CountHeader | None = ...,
+        lines: _abc.Iterable[Global___CountLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileCountRequest: _TypeAlias = ReconcileCountRequest  # noqa: Y015
+
+@_typing.final
+class ReconcileCountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    ZEROED_FIELD_NUMBER: _builtins.int
+    SHORT_ROWS_FIELD_NUMBER: _builtins.int
+    lines: _builtins.int
+    """lines counted"""
+    changed: _builtins.int
+    """rows whose on_hand the count set"""
+    unchanged: _builtins.int
+    """already counted (a resent count) or older than the row's count"""
+    zeroed: _builtins.int
+    """rows missing from the count, set to 0 (MISSING_SKUS_ZERO)"""
+    @_builtins.property
+    def short_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShortRow]: ...
+    def __init__(
+        self,
+        *,
+        lines: _builtins.int = ...,
+        changed: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+        zeroed: _builtins.int = ...,
+        short_rows: _abc.Iterable[Global___ShortRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "lines", b"lines", "short_rows", b"short_rows", "unchanged", b"unchanged", "zeroed", b"zeroed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileCountResponse: _TypeAlias = ReconcileCountResponse  # noqa: Y015
+
+@_typing.final
+class Mapping(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """e.g. "shopify", "square": the StockEvent.source it applies to"""
+    kind: Global___MappingKind.ValueType
+    external_id: _builtins.str
+    """the platform's id"""
+    id: _builtins.str
+    """the omnistock location id or sku; "" removes the mapping"""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        kind: Global___MappingKind.ValueType = ...,
+        external_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "id", b"id", "kind", b"kind", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mapping: _TypeAlias = Mapping  # noqa: Y015
+
+@_typing.final
+class SetMappingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAPPINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mappings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mapping]: ...
+    def __init__(
+        self,
+        *,
+        mappings: _abc.Iterable[Global___Mapping] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mappings", b"mappings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMappingsRequest: _TypeAlias = SetMappingsRequest  # noqa: Y015
+
+@_typing.final
+class SetMappingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.int
+    def __init__(
+        self,
+        *,
+        changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMappingsResponse: _TypeAlias = SetMappingsResponse  # noqa: Y015

@@ -561,6 +561,21 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.ApplyEventsRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ApplyEventsResponse.FromString,
                 _registered_method=True)
+        self.StreamEvents = channel.stream_stream(
+                '/omnistock.v1.StockService/StreamEvents',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.StreamEventsResponse.FromString,
+                _registered_method=True)
+        self.ReconcileCount = channel.stream_unary(
+                '/omnistock.v1.StockService/ReconcileCount',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.ReconcileCountRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ReconcileCountResponse.FromString,
+                _registered_method=True)
+        self.SetMappings = channel.unary_unary(
+                '/omnistock.v1.StockService/SetMappings',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetMappingsRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetMappingsResponse.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -581,7 +596,36 @@ class StockServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplyEvents(self, request, context):
-        """Applies a batch of stock events, each at most once, independent of arrival order.
+        """Applies a batch of stock events, each at most once, independent of arrival order. A bad
+        event fails the whole batch (INVALID_ARGUMENT naming it) and nothing is applied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamEvents(self, request_iterator, context):
+        """Events in, acknowledgements out: one response per request, in order, with an ack per
+        event. A bad event is acknowledged REJECTED with the reason; the stream goes on. The
+        server reads a bounded number of requests ahead, so a producer that does not wait
+        for acks is slowed by HTTP/2 flow control instead of filling the server's memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReconcileCount(self, request_iterator, context):
+        """A full count of one location: a header first, then the counted lines in as many
+        messages as needed. Every count replaces on_hand as of counted_at (a later sale or
+        receipt still counts on top); holds are kept, and every reservation the count leaves
+        uncovered is named. Sending the same count again changes nothing (its lines are
+        events with ids derived from count_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMappings(self, request, context):
+        """Platform ids (a Shopify location, a Square catalog object) -> omnistock ids, per source.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -604,6 +648,21 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.ApplyEvents,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ApplyEventsRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.ApplyEventsResponse.SerializeToString,
+            ),
+            'StreamEvents': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamEvents,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.StreamEventsRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'ReconcileCount': grpc.stream_unary_rpc_method_handler(
+                    servicer.ReconcileCount,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ReconcileCountRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.ReconcileCountResponse.SerializeToString,
+            ),
+            'SetMappings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMappings,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetMappingsRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetMappingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -689,6 +748,87 @@ class StockService:
             '/omnistock.v1.StockService/ApplyEvents',
             omnistock_dot_v1_dot_omnistock__pb2.ApplyEventsRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.ApplyEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/omnistock.v1.StockService/StreamEvents',
+            omnistock_dot_v1_dot_omnistock__pb2.StreamEventsRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconcileCount(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/omnistock.v1.StockService/ReconcileCount',
+            omnistock_dot_v1_dot_omnistock__pb2.ReconcileCountRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.ReconcileCountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMappings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/SetMappings',
+            omnistock_dot_v1_dot_omnistock__pb2.SetMappingsRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.SetMappingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -242,7 +242,24 @@ class StockServiceStub:
     UpsertLocations: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertLocationsRequest, _omnistock_pb2.UpsertLocationsResponse]
     SetSafetyStock: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetSafetyStockRequest, _omnistock_pb2.SetSafetyStockResponse]
     ApplyEvents: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ApplyEventsRequest, _omnistock_pb2.ApplyEventsResponse]
-    """Applies a batch of stock events, each at most once, independent of arrival order."""
+    """Applies a batch of stock events, each at most once, independent of arrival order. A bad
+    event fails the whole batch (INVALID_ARGUMENT naming it) and nothing is applied.
+    """
+    StreamEvents: _grpc.StreamStreamMultiCallable[_omnistock_pb2.StreamEventsRequest, _omnistock_pb2.StreamEventsResponse]
+    """Events in, acknowledgements out: one response per request, in order, with an ack per
+    event. A bad event is acknowledged REJECTED with the reason; the stream goes on. The
+    server reads a bounded number of requests ahead, so a producer that does not wait
+    for acks is slowed by HTTP/2 flow control instead of filling the server's memory.
+    """
+    ReconcileCount: _grpc.StreamUnaryMultiCallable[_omnistock_pb2.ReconcileCountRequest, _omnistock_pb2.ReconcileCountResponse]
+    """A full count of one location: a header first, then the counted lines in as many
+    messages as needed. Every count replaces on_hand as of counted_at (a later sale or
+    receipt still counts on top); holds are kept, and every reservation the count leaves
+    uncovered is named. Sending the same count again changes nothing (its lines are
+    events with ids derived from count_id).
+    """
+    SetMappings: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetMappingsRequest, _omnistock_pb2.SetMappingsResponse]
+    """Platform ids (a Shopify location, a Square catalog object) -> omnistock ids, per source."""
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -252,7 +269,24 @@ class StockServiceAsyncStub(StockServiceStub):
     UpsertLocations: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertLocationsRequest, _omnistock_pb2.UpsertLocationsResponse]  # type: ignore[assignment]
     SetSafetyStock: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetSafetyStockRequest, _omnistock_pb2.SetSafetyStockResponse]  # type: ignore[assignment]
     ApplyEvents: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ApplyEventsRequest, _omnistock_pb2.ApplyEventsResponse]  # type: ignore[assignment]
-    """Applies a batch of stock events, each at most once, independent of arrival order."""
+    """Applies a batch of stock events, each at most once, independent of arrival order. A bad
+    event fails the whole batch (INVALID_ARGUMENT naming it) and nothing is applied.
+    """
+    StreamEvents: _aio.StreamStreamMultiCallable[_omnistock_pb2.StreamEventsRequest, _omnistock_pb2.StreamEventsResponse]  # type: ignore[assignment]
+    """Events in, acknowledgements out: one response per request, in order, with an ack per
+    event. A bad event is acknowledged REJECTED with the reason; the stream goes on. The
+    server reads a bounded number of requests ahead, so a producer that does not wait
+    for acks is slowed by HTTP/2 flow control instead of filling the server's memory.
+    """
+    ReconcileCount: _aio.StreamUnaryMultiCallable[_omnistock_pb2.ReconcileCountRequest, _omnistock_pb2.ReconcileCountResponse]  # type: ignore[assignment]
+    """A full count of one location: a header first, then the counted lines in as many
+    messages as needed. Every count replaces on_hand as of counted_at (a later sale or
+    receipt still counts on top); holds are kept, and every reservation the count leaves
+    uncovered is named. Sending the same count again changes nothing (its lines are
+    events with ids derived from count_id).
+    """
+    SetMappings: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetMappingsRequest, _omnistock_pb2.SetMappingsResponse]  # type: ignore[assignment]
+    """Platform ids (a Shopify location, a Square catalog object) -> omnistock ids, per source."""
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- stock (ingest, admin)"""
@@ -277,6 +311,41 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _omnistock_pb2.ApplyEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_omnistock_pb2.ApplyEventsResponse, _abc.Awaitable[_omnistock_pb2.ApplyEventsResponse]]:
-        """Applies a batch of stock events, each at most once, independent of arrival order."""
+        """Applies a batch of stock events, each at most once, independent of arrival order. A bad
+        event fails the whole batch (INVALID_ARGUMENT naming it) and nothing is applied.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamEvents(
+        self,
+        request_iterator: _MaybeAsyncIterator[_omnistock_pb2.StreamEventsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_omnistock_pb2.StreamEventsResponse], _abc.AsyncIterator[_omnistock_pb2.StreamEventsResponse]]:
+        """Events in, acknowledgements out: one response per request, in order, with an ack per
+        event. A bad event is acknowledged REJECTED with the reason; the stream goes on. The
+        server reads a bounded number of requests ahead, so a producer that does not wait
+        for acks is slowed by HTTP/2 flow control instead of filling the server's memory.
+        """
+
+    @_abc_1.abstractmethod
+    def ReconcileCount(
+        self,
+        request_iterator: _MaybeAsyncIterator[_omnistock_pb2.ReconcileCountRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.ReconcileCountResponse, _abc.Awaitable[_omnistock_pb2.ReconcileCountResponse]]:
+        """A full count of one location: a header first, then the counted lines in as many
+        messages as needed. Every count replaces on_hand as of counted_at (a later sale or
+        receipt still counts on top); holds are kept, and every reservation the count leaves
+        uncovered is named. Sending the same count again changes nothing (its lines are
+        events with ids derived from count_id).
+        """
+
+    @_abc_1.abstractmethod
+    def SetMappings(
+        self,
+        request: _omnistock_pb2.SetMappingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.SetMappingsResponse, _abc.Awaitable[_omnistock_pb2.SetMappingsResponse]]:
+        """Platform ids (a Shopify location, a Square catalog object) -> omnistock ids, per source."""
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
