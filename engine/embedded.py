@@ -75,6 +75,11 @@ class EmbeddedRedis:
     def pidfile(self) -> Path:
         return self.state_dir / "redis.pid"
 
+    @property
+    def urlfile(self) -> Path:
+        """Where the running server's URL is written, for the adapters (adapters/config.py)."""
+        return self.state_dir / "redis.url"
+
     def config(self) -> list[str]:
         cluster = [
             "--cluster-enabled", "yes",
@@ -110,6 +115,7 @@ class EmbeddedRedis:
             preexec_fn=_die_with_parent,
         )
         self._wait_ready(timeout)
+        self.urlfile.write_text(self.url + "\n")
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -153,6 +159,7 @@ class EmbeddedRedis:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        self.urlfile.unlink(missing_ok=True)
         self.process.terminate()
         try:
             self.process.wait(timeout)

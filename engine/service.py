@@ -643,7 +643,8 @@ class StockService(pb_grpc.StockServiceServicer):
                     items.append(exc)
         if not items:
             return [pb.StreamEventsResponse() for _ in batch]
-        done = await self.ingest.apply(items)
+        # shielded: should the caller go away mid-call, the events applied are still counted
+        done = await asyncio.shield(self.ingest.apply(items))
         out, at = [], 0
         for request in batch:
             acks = done.acks[at : at + len(request.events)]

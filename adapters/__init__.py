@@ -1,0 +1,1 @@
+"""Adapters: stock in from store systems, each its own process (README.md)."""

@@ -1,0 +1,140 @@
+"""What every adapter shares: where Redis and the server are, the entry format of the ingest
+stream, logs and metrics.
+
+The ingest stream. Store systems, and the webhook receiver, append stock events to a Redis
+stream (default `omnistock:events`), one entry an event, its fields named as StockEvent's:
+
+    event_id        unique at its source (the platform's delivery id, a till's sale id)
+    location_id     our location id, or the source's own id where the source has a mapping
+    sku             our sku, or the source's own item id where the source has a mapping
+    kind            COUNT (qty is the absolute on_hand) or DELTA (qty is a signed change)
+    qty             an integer
+    source_time     when it happened at the source: ms since the epoch
+    reservation_id  optional: the store's echo of a sale committed through omnistock
+    source          optional: who sent it (its mapping applies: shopify, square, ...)
+
+The Streams adapter (adapters/streams.py) applies them; entries that can never be applied go
+to the dead-letter stream `<stream>:dead`, with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+DEFAULT_STREAM = "omnistock:events"
+DEFAULT_SERVER = "127.0.0.1:50051"
+KINDS = {"COUNT": pb.EVENT_KIND_COUNT, "DELTA": pb.EVENT_KIND_DELTA}
+FIELDS = (
+    "event_id",
+    "location_id",
+    "sku",
+    "kind",
+    "qty",
+    "source_time",
+    "reservation_id",
+    "source",
+)
+
+
+class BadEntry(ValueError):
+    """An entry that can never be a stock event: the message says which field and why."""
+
+
+def dead_letter_stream(stream: str) -> str:
+    return f"{stream}:dead"
+
+
+def entry_fields(event: pb.StockEvent) -> dict[str, str]:
+    """A stock event as the fields of an ingest stream entry."""
+    fields = {
+        "event_id": event.event_id,
+        "location_id": event.location_id,
+        "sku": event.sku,
+        "kind": pb.EventKind.Name(event.kind).removeprefix("EVENT_KIND_"),
+        "qty": str(event.qty),
+        "source_time": str(event.source_time),
+    }
+    if event.reservation_id:
+        fields["reservation_id"] = event.reservation_id
+    if event.source:
+        fields["source"] = event.source
+    return fields
+
+
+def event_of(fields: Mapping[bytes, bytes]) -> pb.StockEvent:
+    """An ingest stream entry as a stock event; BadEntry if it cannot be one. The engine
+    checks the rest (ids, quantities) and rejects with its own reasons."""
+    got = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+    unknown = sorted(set(got) - set(FIELDS))
+    if unknown:
+        raise BadEntry(f"{unknown[0]}: not a field of a stock event (fields: {', '.join(FIELDS)})")
+    kind = got.get("kind", "")
+    if kind not in KINDS:
+        raise BadEntry(f"kind: must be COUNT or DELTA, got {kind!r}")
+    numbers = {}
+    for name in ("qty", "source_time"):
+        try:
+            numbers[name] = int(got.get(name, ""))
+        except ValueError:
+            raise BadEntry(f"{name}: must be an integer, got {got.get(name, '')!r}") from None
+    try:
+        return pb.StockEvent(
+            event_id=got.get("event_id", ""),
+            location_id=got.get("location_id", ""),
+            sku=got.get("sku", ""),
+            kind=KINDS[kind],
+            qty=numbers["qty"],
+            source_time=numbers["source_time"],
+            reservation_id=got.get("reservation_id", ""),
+            source=got.get("source", ""),
+        )
+    except ValueError as exc:  # an integer out of int64's range
+        raise BadEntry(f"qty/source_time: {exc}") from None
+
+
+def redis_url(given: str, state_dir: Path) -> str:
+    """--redis-url, else REDIS_URL, else the embedded store a local server started (it
+    writes its URL to <state dir>/redis.url while it runs)."""
+    if given:
+        return given
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    path = state_dir / "redis.url"
+    if path.exists():
+        return path.read_text().strip()
+    raise SystemExit(
+        f"no Redis to read from: give --redis-url, set REDIS_URL, or start the server with "
+        f"its embedded store (it writes {path})"
+    )
+
+
+def add_common_flags(parser: argparse.ArgumentParser, metrics_port: int) -> None:
+    parser.add_argument(
+        "--redis-url", default="", help="the Redis of the ingest stream (default: see --state-dir)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("state"),
+        help="with no --redis-url or REDIS_URL: use the embedded store of the server run here",
+    )
+    parser.add_argument("--stream", default=DEFAULT_STREAM, help="the ingest stream's key")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=metrics_port,
+        help="Prometheus metrics on 127.0.0.1:<port>; 0 = off",
+    )
+    parser.add_argument("--log-level", default="INFO")
+
+
+def serve_metrics(port: int, registry: CollectorRegistry) -> None:
+    if port:
+        start_http_server(port, addr="127.0.0.1", registry=registry)
