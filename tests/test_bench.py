@@ -98,3 +98,14 @@ def test_the_bounded_search_gap_is_measured(project_root: Path, tmp_path: Path) 
     result = json.loads(next(tmp_path.glob("search-gap-*.json")).read_text())
     # the bounded plan is never cheaper than the exact one
     assert result["orders"] == 5 and result["cost_ratio_mean"] >= 1.0 - 1e-9
+
+
+def test_every_ingest_path_is_measured_and_applies_each_event_once(
+    project_root: Path, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "bench.ingest", "--events", "2000", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(tmp_path.glob("ingest-*.json")).read_text())["results"]
+    assert set(result) == {"apply", "stream", "streams"}
+    assert all(r["every_event_applied_once"] and r["events_per_s"] > 0 for r in result.values())
