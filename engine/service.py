@@ -671,8 +671,10 @@ class StockService(pb_grpc.StockServiceServicer):
     ) -> pb.ReconcileCountResponse:
         count: Count | None = None
         lines: dict[str, int] = {}
-        n = 0
+        n, ended = 0, False
         async for message in request:
+            if ended:
+                raise InvalidArgument("end", "no message may follow the one marked end")
             if count is None:
                 count = count_from_pb(message.header, self.zero_missing)
             elif message.HasField("header"):
@@ -680,8 +682,15 @@ class StockService(pb_grpc.StockServiceServicer):
             for line in message.lines:
                 add_count_line(lines, line.sku, line.qty, f"lines[{n}]")
                 n += 1
+            ended = message.end
         if count is None:
             raise InvalidArgument("header", "the first message must carry the count's header")
+        if not ended:  # cancelled or cut off: a part of a count is not a count
+            raise InvalidArgument("end", "the stream ended before the message marked end")
+        if not lines and count.zero_missing:
+            raise InvalidArgument(
+                "lines", "a count with no lines would zero every row: send missing KEEP"
+            )
         done = await self.ingest.count(count, lines)
         return pb.ReconcileCountResponse(
             lines=done.lines,

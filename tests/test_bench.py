@@ -107,5 +107,5 @@ def test_every_ingest_path_is_measured_and_applies_each_event_once(
     done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(next(tmp_path.glob("ingest-*.json")).read_text())["results"]
-    assert set(result) == {"apply", "stream", "streams"}
+    assert set(result) == {"apply", "stream", "streams", "webhooks", "count"}
     assert all(r["every_event_applied_once"] and r["events_per_s"] > 0 for r in result.values())

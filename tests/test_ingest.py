@@ -71,6 +71,7 @@ async def reconcile(
         yield pb.ReconcileCountRequest(header=header, lines=items[:per_message])
         for i in range(per_message, len(items), per_message):
             yield pb.ReconcileCountRequest(lines=items[i : i + per_message])
+        yield pb.ReconcileCountRequest(end=True)
 
     return await stubs.stock.ReconcileCount(requests())
 
@@ -354,9 +355,29 @@ async def test_a_bad_count_is_refused_whole_and_changes_nothing(stubs: Stubs) ->
 
     async def twice() -> AsyncIterator[pb.ReconcileCountRequest]:
         yield pb.ReconcileCountRequest(header=good, lines=[pb.CountLine(sku="a", qty=1)])
-        yield pb.ReconcileCountRequest(lines=[pb.CountLine(sku="a", qty=2)])
+        yield pb.ReconcileCountRequest(lines=[pb.CountLine(sku="a", qty=2)], end=True)
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.stock.ReconcileCount(twice())
     assert "'a' is counted twice" in (err.value.details() or "")
     assert (await level(stubs, "s1", "a")).on_hand == 10
+
+
+async def test_a_count_cut_off_before_its_end_is_refused_whole(stubs: Stubs) -> None:
+    """A client that stops sending (cancelled, crashed, cut off) ends the stream without the
+    message marked end: not one of the lines that did arrive is applied."""
+    await seed(stubs, {("s1", "a"): 10, ("s1", "b"): 10})
+    header = pb.CountHeader(location_id="s1", count_id="cut", counted_at=T0 + 10)
+
+    async def cut_off() -> AsyncIterator[pb.ReconcileCountRequest]:
+        yield pb.ReconcileCountRequest(header=header, lines=[pb.CountLine(sku="a", qty=1)])
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.stock.ReconcileCount(cut_off())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "end: the stream ended before the message marked end" in (err.value.details() or "")
+    empty = pb.CountHeader(location_id="s1", count_id="empty", counted_at=T0 + 10)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reconcile(stubs, empty, {})
+    assert "would zero every row" in (err.value.details() or "")
+    assert [(await level(stubs, "s1", s)).on_hand for s in "ab"] == [10, 10]

@@ -1428,6 +1428,11 @@ class ReconcileCountRequest(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    end: _builtins.bool
+    """Set on the last message: the count is complete. A stream that ends without it (a
+    client cancelled, crashed or cut off) is refused whole, and nothing is applied.
+    """
     @_builtins.property
     def header(self) -> Global___CountHeader:
         """in the first message only"""
@@ -1439,10 +1444,11 @@ class ReconcileCountRequest(_message.Message):
         *,
         header: Global___CountHeader | None = ...,
         lines: _abc.Iterable[Global___CountLine] | None = ...,
+        end: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "lines", b"lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "header", b"header", "lines", b"lines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -615,7 +615,7 @@ class StockServiceServicer:
 
     def ReconcileCount(self, request_iterator, context):
         """A full count of one location: a header first, then the counted lines in as many
-        messages as needed. Every count replaces on_hand as of counted_at (a later sale or
+        messages as needed, the last one marked `end`; nothing is applied before it arrives. Every count replaces on_hand as of counted_at (a later sale or
         receipt still counts on top); holds are kept, and every reservation the count leaves
         uncovered is named. Sending the same count again changes nothing (its lines are
         events with ids derived from count_id).

@@ -253,7 +253,7 @@ class StockServiceStub:
     """
     ReconcileCount: _grpc.StreamUnaryMultiCallable[_omnistock_pb2.ReconcileCountRequest, _omnistock_pb2.ReconcileCountResponse]
     """A full count of one location: a header first, then the counted lines in as many
-    messages as needed. Every count replaces on_hand as of counted_at (a later sale or
+    messages as needed, the last one marked `end`; nothing is applied before it arrives. Every count replaces on_hand as of counted_at (a later sale or
     receipt still counts on top); holds are kept, and every reservation the count leaves
     uncovered is named. Sending the same count again changes nothing (its lines are
     events with ids derived from count_id).
@@ -280,7 +280,7 @@ class StockServiceAsyncStub(StockServiceStub):
     """
     ReconcileCount: _aio.StreamUnaryMultiCallable[_omnistock_pb2.ReconcileCountRequest, _omnistock_pb2.ReconcileCountResponse]  # type: ignore[assignment]
     """A full count of one location: a header first, then the counted lines in as many
-    messages as needed. Every count replaces on_hand as of counted_at (a later sale or
+    messages as needed, the last one marked `end`; nothing is applied before it arrives. Every count replaces on_hand as of counted_at (a later sale or
     receipt still counts on top); holds are kept, and every reservation the count leaves
     uncovered is named. Sending the same count again changes nothing (its lines are
     events with ids derived from count_id).
@@ -334,7 +334,7 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_omnistock_pb2.ReconcileCountResponse, _abc.Awaitable[_omnistock_pb2.ReconcileCountResponse]]:
         """A full count of one location: a header first, then the counted lines in as many
-        messages as needed. Every count replaces on_hand as of counted_at (a later sale or
+        messages as needed, the last one marked `end`; nothing is applied before it arrives. Every count replaces on_hand as of counted_at (a later sale or
         receipt still counts on top); holds are kept, and every reservation the count leaves
         uncovered is named. Sending the same count again changes nothing (its lines are
         events with ids derived from count_id).

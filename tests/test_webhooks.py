@@ -1,0 +1,762 @@
+"""The webhook receiver (adapters/webhooks.py) over real HTTP (aiohttp's test server) against
+the real Redis-compatible server of the session: the platforms' documented payloads, signed in
+this file as each platform documents it (hmac + base64 here, not the module's functions),
+become the right entries on the ingest stream, durably; anything else is refused, ignored or
+dead-lettered, and the answer says which."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import calendar
+import copy
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+from adapters.config import DEFAULT_STREAM, dead_letter_stream, event_of
+from adapters.webhooks import Settings, WebhookMetrics, make_app, parse_args, settings_of
+from engine.clock import ManualClock
+from engine.embedded import EmbeddedRedis, free_port
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+DEAD = dead_letter_stream(DEFAULT_STREAM)
+SHOPIFY_SECRET = "hush-shopify-client-secret"
+SQUARE_KEY = "square-subscription-signature-key"
+SQUARE_URL = "https://hooks.example.com/webhooks/square"  # as configured at Square
+
+
+def utc_ms(year: int, month: int, day: int, hour: int, minute: int, second: int, ms: int) -> int:
+    return calendar.timegm((year, month, day, hour, minute, second)) * 1000 + ms
+
+
+# --- payloads, shaped as the platforms document them ---
+
+# Shopify's webhook reference, topic inventory_levels/update (the REST InventoryLevel resource:
+# https://shopify.dev/docs/api/webhooks?reference=toml#list-inventory_levels-update and
+# https://shopify.dev/docs/api/admin-rest/latest/resources/inventorylevel), with the
+# reference's sample ids and time.
+SHOPIFY_LEVEL = {
+    "inventory_item_id": 271878346596884015,
+    "location_id": 24826418,
+    "available": 10,
+    "updated_at": "2021-12-31T19:00:00-05:00",
+    "admin_graphql_api_id": "gid://shopify/InventoryLevel/24826418?inventory_item_id=271878346596884015",
+}
+SHOPIFY_LEVEL_AT = utc_ms(2022, 1, 1, 0, 0, 0, 0)  # 19:00 at -05:00 on the 31st
+# inventory_levels/connect carries the same InventoryLevel resource:
+# https://shopify.dev/docs/api/webhooks?reference=toml#list-inventory_levels-connect
+SHOPIFY_CONNECT = dict(SHOPIFY_LEVEL)
+# inventory_levels/disconnect, verbatim from
+# https://shopify.dev/docs/api/admin-rest/2026-01/resources/webhook#event-topics-inventory-levels-disconnect
+SHOPIFY_DISCONNECT = {"inventory_item_id": 271878346596884015, "location_id": 24826418}
+
+# Square's reference example payload of inventory.count.updated, verbatim from
+# https://developer.squareup.com/reference/square/webhooks/inventory.count.updated
+SQUARE_COUNT_UPDATED: dict[str, Any] = {
+    "merchant_id": "6SSW7HV8K2ST5",
+    "type": "inventory.count.updated",
+    "event_id": "df5f3813-a913-45a1-94e9-fdc3f7d5e3b6",
+    "created_at": "2019-10-29T18:38:45.455006797Z",
+    "data": {
+        "type": "inventory",
+        "id": "84e4ac73-d605-4dbd-a9e5-ffff794ddb9d",
+        "object": {
+            "inventory_counts": [
+                {
+                    "calculated_at": "2019-10-29T18:38:45.10296Z",
+                    "catalog_object_id": "FGQ5JJWT2PYTHF35CKZ2DSKP",
+                    "catalog_object_type": "ITEM_VARIATION",
+                    "location_id": "YYQR03DGCTXA4",
+                    "quantity": "10",
+                    "state": "IN_STOCK",
+                }
+            ]
+        },
+    },
+}
+SQUARE_COUNT_AT = utc_ms(2019, 10, 29, 18, 38, 45, 102)
+
+
+def square_payload(*counts: dict[str, str]) -> dict[str, Any]:
+    """The reference payload with other inventory counts, in the documented count shape."""
+    payload = copy.deepcopy(SQUARE_COUNT_UPDATED)
+    payload["data"]["object"]["inventory_counts"] = list(counts)
+    return payload
+
+
+def square_count(**changes: str) -> dict[str, str]:
+    count = dict(SQUARE_COUNT_UPDATED["data"]["object"]["inventory_counts"][0])
+    count.update(changes)
+    return count
+
+
+# --- signing, as each platform documents it ---
+
+
+def shopify_signature(body: bytes, secret: str = SHOPIFY_SECRET) -> str:
+    # https://shopify.dev/docs/apps/build/webhooks/subscribe/https (verify the webhook):
+    # base64 of the HMAC-SHA256 of the raw body, keyed by the app's client secret, sent in
+    # X-Shopify-Hmac-Sha256 (https://shopify.dev/docs/apps/build/webhooks/delivery-structure).
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def square_signature(body: bytes, key: str = SQUARE_KEY, url: str = SQUARE_URL) -> str:
+    # https://developer.squareup.com/docs/webhooks/step3validate: HMAC-SHA256 keyed by the
+    # subscription's signature key, over the notification URL followed by the raw body, base64,
+    # sent in x-square-hmacsha256-signature.
+    return base64.b64encode(
+        hmac.new(key.encode(), url.encode() + body, hashlib.sha256).digest()
+    ).decode()
+
+
+def shopify_headers(
+    topic: str, body: bytes, *, event_id: str = "evt-7f3a", webhook_id: str = "wh-b54557e4"
+) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Hmac-Sha256": shopify_signature(body),
+        "X-Shopify-Shop-Domain": "example.myshopify.com",
+        "X-Shopify-API-Version": "2026-01",
+    }
+    if event_id:
+        headers["X-Shopify-Event-Id"] = event_id
+    if webhook_id:
+        headers["X-Shopify-Webhook-Id"] = webhook_id
+    return headers
+
+
+def square_headers(body: bytes) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "x-square-hmacsha256-signature": square_signature(body),
+        "square-environment": "Production",
+    }
+
+
+def as_body(payload: object) -> bytes:
+    return json.dumps(payload).encode()
+
+
+# --- the receiver under test ---
+
+
+@asynccontextmanager
+async def receiver(
+    redis: aioredis.Redis, clock: ManualClock | None = None, **settings: Any
+) -> AsyncIterator[tuple[TestClient[Any, Any], WebhookMetrics]]:
+    values: dict[str, Any] = {
+        "shopify_secret": SHOPIFY_SECRET,
+        "square_signature_key": SQUARE_KEY,
+        "square_notification_url": SQUARE_URL,
+    }
+    values.update(settings)
+    metrics = WebhookMetrics()
+    app = make_app(redis, Settings(**values), metrics, clock)
+    async with TestClient(TestServer(app)) as client:
+        yield client, metrics
+
+
+async def entries(redis: aioredis.Redis, stream: str = DEFAULT_STREAM) -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in await redis.xrange(stream)
+    ]
+
+
+def requests(metrics: WebhookMetrics, platform: str, result: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "omnistock_webhook_requests_total", {"platform": platform, "result": result}
+    )
+    return value or 0.0
+
+
+def events_written(metrics: WebhookMetrics, platform: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "omnistock_webhook_events_total", {"platform": platform}
+    )
+    return value or 0.0
+
+
+# --- documented payloads in, the right entries out ---
+
+
+async def test_shopify_level_update_becomes_one_count_on_the_stream(
+    redis: aioredis.Redis,
+) -> None:
+    body = as_body(SHOPIFY_LEVEL)
+    async with receiver(redis) as (client, metrics):
+        resp = await client.post(
+            "/webhooks/shopify", data=body, headers=shopify_headers("inventory_levels/update", body)
+        )
+        assert resp.status == 200
+        assert (await resp.json())["result"] == "accepted"
+    assert await entries(redis) == [
+        {
+            "event_id": "shopify:evt-7f3a:update:24826418:271878346596884015",
+            "location_id": "24826418",
+            "sku": "271878346596884015",
+            "kind": "COUNT",
+            "qty": "10",
+            "source_time": str(SHOPIFY_LEVEL_AT),
+            "source": "shopify",
+        }
+    ]
+    # and the streams adapter reads it as the stock event it is
+    fields = (await redis.xrange(DEFAULT_STREAM))[0][1]
+    event = event_of(fields)
+    assert (event.kind, event.qty, event.source) == (pb.EVENT_KIND_COUNT, 10, "shopify")
+    assert events_written(metrics, "shopify") == 1
+    assert requests(metrics, "shopify", "accepted") == 1
+
+
+async def test_shopify_connect_becomes_a_count_of_its_available(redis: aioredis.Redis) -> None:
+    body = as_body(SHOPIFY_CONNECT)
+    async with receiver(redis) as (client, _):
+        resp = await client.post(
+            "/webhooks/shopify",
+            data=body,
+            headers=shopify_headers("inventory_levels/connect", body),
+        )
+        assert resp.status == 200
+    [entry] = await entries(redis)
+    assert entry["event_id"] == "shopify:evt-7f3a:connect:24826418:271878346596884015"
+    assert (entry["kind"], entry["qty"], entry["source_time"]) == (
+        "COUNT",
+        "10",
+        str(SHOPIFY_LEVEL_AT),
+    )
+
+
+async def test_shopify_untracked_level_with_null_available_counts_zero(
+    redis: aioredis.Redis,
+) -> None:
+    body = as_body({**SHOPIFY_LEVEL, "available": None})
+    async with receiver(redis) as (client, _):
+        resp = await client.post(
+            "/webhooks/shopify", data=body, headers=shopify_headers("inventory_levels/update", body)
+        )
+        assert resp.status == 200
+    [entry] = await entries(redis)
+    assert (entry["kind"], entry["qty"]) == ("COUNT", "0")
+
+
+async def test_shopify_disconnect_counts_zero_at_the_trigger_time(redis: aioredis.Redis) -> None:
+    body = as_body(SHOPIFY_DISCONNECT)
+    headers = shopify_headers("inventory_levels/disconnect", body)
+    headers["X-Shopify-Triggered-At"] = "2023-03-29T18:00:27.877041743Z"
+    async with receiver(redis) as (client, _):
+        resp = await client.post("/webhooks/shopify", data=body, headers=headers)
+        assert resp.status == 200
+    assert await entries(redis) == [
+        {
+            "event_id": "shopify:evt-7f3a:disconnect:24826418:271878346596884015",
+            "location_id": "24826418",
+            "sku": "271878346596884015",
+            "kind": "COUNT",
+            "qty": "0",
+            "source_time": str(utc_ms(2023, 3, 29, 18, 0, 27, 877)),
+            "source": "shopify",
+        }
+    ]
+
+
+async def test_shopify_disconnect_without_trigger_time_counts_at_receipt(
+    redis: aioredis.Redis,
+) -> None:
+    clock = ManualClock(start_ms=1_767_225_600_123)
+    body = as_body(SHOPIFY_DISCONNECT)
+    async with receiver(redis, clock) as (client, _):
+        resp = await client.post(
+            "/webhooks/shopify",
+            data=body,
+            headers=shopify_headers("inventory_levels/disconnect", body),
+        )
+        assert resp.status == 200
+    [entry] = await entries(redis)
+    assert (entry["qty"], entry["source_time"]) == ("0", "1767225600123")
+
+
+async def test_shopify_without_event_id_keys_on_the_webhook_id(redis: aioredis.Redis) -> None:
+    body = as_body(SHOPIFY_LEVEL)
+    headers = shopify_headers("inventory_levels/update", body, event_id="")
+    async with receiver(redis) as (client, _):
+        assert (await client.post("/webhooks/shopify", data=body, headers=headers)).status == 200
+    [entry] = await entries(redis)
+    assert entry["event_id"] == "shopify:wh-b54557e4:update:24826418:271878346596884015"
+
+
+async def test_square_documented_count_becomes_one_count_on_the_stream(
+    redis: aioredis.Redis,
+) -> None:
+    body = as_body(SQUARE_COUNT_UPDATED)
+    async with receiver(redis) as (client, metrics):
+        resp = await client.post("/webhooks/square", data=body, headers=square_headers(body))
+        assert resp.status == 200
+        assert (await resp.json())["result"] == "accepted"
+    assert await entries(redis) == [
+        {
+            "event_id": "square:df5f3813-a913-45a1-94e9-fdc3f7d5e3b6:YYQR03DGCTXA4:"
+            "FGQ5JJWT2PYTHF35CKZ2DSKP",
+            "location_id": "YYQR03DGCTXA4",
+            "sku": "FGQ5JJWT2PYTHF35CKZ2DSKP",
+            "kind": "COUNT",
+            "qty": "10",
+            "source_time": str(SQUARE_COUNT_AT),
+            "source": "square",
+        }
+    ]
+    assert events_written(metrics, "square") == 1
+
+
+async def test_square_writes_only_in_stock_counts_of_a_state_adjustment(
+    redis: aioredis.Redis,
+) -> None:
+    # A state change arrives as two counts, before and after
+    # (https://developer.squareup.com/docs/inventory-api/webhooks, "State adjustments").
+    payload = square_payload(
+        square_count(state="IN_STOCK", quantity="7"),
+        square_count(state="SOLD", quantity="3", catalog_object_id="W62UWFY35CWMYGVWK6TWJDNI"),
+    )
+    body = as_body(payload)
+    async with receiver(redis) as (client, metrics):
+        assert (
+            await client.post("/webhooks/square", data=body, headers=square_headers(body))
+        ).status == 200
+    [entry] = await entries(redis)
+    assert (entry["sku"], entry["qty"]) == ("FGQ5JJWT2PYTHF35CKZ2DSKP", "7")
+    assert events_written(metrics, "square") == 1
+
+
+async def test_square_with_no_in_stock_count_writes_nothing(redis: aioredis.Redis) -> None:
+    body = as_body(square_payload(square_count(state="WASTE", quantity="2")))
+    async with receiver(redis) as (client, metrics):
+        resp = await client.post("/webhooks/square", data=body, headers=square_headers(body))
+        assert (resp.status, (await resp.json())["result"]) == (200, "ignored")
+    assert await redis.exists(DEFAULT_STREAM, DEAD) == 0
+    assert requests(metrics, "square", "ignored") == 1
+
+
+async def test_square_whole_decimal_quantity_is_that_many_units(redis: aioredis.Redis) -> None:
+    body = as_body(square_payload(square_count(quantity="12.00000")))
+    async with receiver(redis) as (client, _):
+        assert (
+            await client.post("/webhooks/square", data=body, headers=square_headers(body))
+        ).status == 200
+    [entry] = await entries(redis)
+    assert entry["qty"] == "12"
+
+
+# --- the same delivery twice carries the same event id ---
+
+
+async def test_shopify_retry_carries_the_same_event_id(redis: aioredis.Redis) -> None:
+    body = as_body(SHOPIFY_LEVEL)
+    headers = shopify_headers("inventory_levels/update", body)
+    async with receiver(redis) as (client, _):
+        for _ in range(2):
+            assert (
+                await client.post("/webhooks/shopify", data=body, headers=headers)
+            ).status == 200
+    first, second = await entries(redis)
+    assert first == second
+    assert first["event_id"] == "shopify:evt-7f3a:update:24826418:271878346596884015"
+
+
+async def test_shopify_deliveries_of_one_merchant_action_keep_distinct_event_ids(
+    redis: aioredis.Redis,
+) -> None:
+    # Shopify shares X-Shopify-Event-Id across every delivery of one merchant action
+    # (https://shopify.dev/docs/apps/build/webhooks/delivery-structure): two levels changed
+    # by one action must stay two events, or the engine would drop the second as a duplicate.
+    other = {**SHOPIFY_LEVEL, "inventory_item_id": 39072856, "available": 3}
+    async with receiver(redis) as (client, _):
+        for payload, webhook_id in ((SHOPIFY_LEVEL, "wh-1"), (other, "wh-2")):
+            body = as_body(payload)
+            headers = shopify_headers("inventory_levels/update", body, webhook_id=webhook_id)
+            assert (
+                await client.post("/webhooks/shopify", data=body, headers=headers)
+            ).status == 200
+    ids = [e["event_id"] for e in await entries(redis)]
+    assert ids == [
+        "shopify:evt-7f3a:update:24826418:271878346596884015",
+        "shopify:evt-7f3a:update:24826418:39072856",
+    ]
+
+
+async def test_square_retry_carries_the_same_event_id(redis: aioredis.Redis) -> None:
+    body = as_body(SQUARE_COUNT_UPDATED)
+    async with receiver(redis) as (client, _):
+        for _ in range(2):
+            resp = await client.post("/webhooks/square", data=body, headers=square_headers(body))
+            assert resp.status == 200
+    first, second = await entries(redis)
+    assert first["event_id"] == second["event_id"]
+    assert first["event_id"].startswith("square:df5f3813-a913-45a1-94e9-fdc3f7d5e3b6:")
+
+
+# --- refused: nothing written anywhere ---
+
+
+def _bad_shopify(body: bytes) -> dict[str, str]:
+    headers = shopify_headers("inventory_levels/update", body)
+    headers["X-Shopify-Hmac-Sha256"] = shopify_signature(body, secret="not-the-secret")
+    return headers
+
+
+def _unsigned_shopify(body: bytes) -> dict[str, str]:
+    headers = shopify_headers("inventory_levels/update", body)
+    del headers["X-Shopify-Hmac-Sha256"]
+    return headers
+
+
+def _shopify_signed_for_other_body(body: bytes) -> dict[str, str]:
+    return shopify_headers("inventory_levels/update", body + b" ")
+
+
+def _bad_square(body: bytes) -> dict[str, str]:
+    return {"x-square-hmacsha256-signature": square_signature(body, key="not-the-key")}
+
+
+def _unsigned_square(body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json"}
+
+
+def _square_signed_for_other_url(body: bytes) -> dict[str, str]:
+    other = "https://hooks.example.com/webhooks/square/"  # a trailing slash is another URL
+    return {"x-square-hmacsha256-signature": square_signature(body, url=other)}
+
+
+@pytest.mark.parametrize(
+    ("platform", "payload", "headers_of"),
+    [
+        ("shopify", SHOPIFY_LEVEL, _bad_shopify),
+        ("shopify", SHOPIFY_LEVEL, _unsigned_shopify),
+        ("shopify", SHOPIFY_LEVEL, _shopify_signed_for_other_body),
+        ("square", SQUARE_COUNT_UPDATED, _bad_square),
+        ("square", SQUARE_COUNT_UPDATED, _unsigned_square),
+        ("square", SQUARE_COUNT_UPDATED, _square_signed_for_other_url),
+    ],
+    ids=[
+        "shopify-wrong-secret",
+        "shopify-no-signature",
+        "shopify-other-body",
+        "square-wrong-key",
+        "square-no-signature",
+        "square-wrong-url",
+    ],
+)
+async def test_bad_signature_is_refused_and_nothing_is_written(
+    redis: aioredis.Redis, platform: str, payload: object, headers_of: Any
+) -> None:
+    body = as_body(payload)
+    async with receiver(redis) as (client, metrics):
+        resp = await client.post(f"/webhooks/{platform}", data=body, headers=headers_of(body))
+        assert resp.status == 401
+    assert await redis.exists(DEFAULT_STREAM, DEAD) == 0
+    assert requests(metrics, platform, "bad_signature") == 1
+    assert events_written(metrics, platform) == 0
+
+
+async def test_an_unconfigured_platform_is_not_found(redis: aioredis.Redis) -> None:
+    body = as_body(SQUARE_COUNT_UPDATED)
+    async with receiver(redis, square_signature_key="", square_notification_url="") as (
+        client,
+        _,
+    ):
+        resp = await client.post("/webhooks/square", data=body, headers=square_headers(body))
+        assert resp.status == 404
+    assert await redis.exists(DEFAULT_STREAM, DEAD) == 0
+
+
+# --- ignored ---
+
+
+async def test_other_topics_and_types_are_answered_and_ignored(redis: aioredis.Redis) -> None:
+    shopify_body = as_body({"id": 788032119674292922, "title": "Example T-Shirt"})
+    square_body = as_body(
+        {
+            "merchant_id": "6SSW7HV8K2ST5",
+            "type": "customer.created",
+            "event_id": "a1b2c3d4-0000-4000-8000-000000000001",
+            "created_at": "2020-05-04T17:35:56Z",
+            "data": {"type": "customer", "id": "A0AP2Y3W1PSYM", "object": {}},
+        }
+    )
+    async with receiver(redis) as (client, metrics):
+        resp = await client.post(
+            "/webhooks/shopify",
+            data=shopify_body,
+            headers=shopify_headers("products/update", shopify_body),
+        )
+        assert (resp.status, (await resp.json())["result"]) == (200, "ignored")
+        resp = await client.post(
+            "/webhooks/square", data=square_body, headers=square_headers(square_body)
+        )
+        assert (resp.status, (await resp.json())["result"]) == (200, "ignored")
+    assert await redis.exists(DEFAULT_STREAM, DEAD) == 0
+    assert requests(metrics, "shopify", "ignored") == 1
+    assert requests(metrics, "square", "ignored") == 1
+
+
+# --- signed but not the documented shape: dead-lettered, answered 200 ---
+
+
+async def test_square_fractional_quantity_is_dead_lettered_with_the_reason(
+    redis: aioredis.Redis,
+) -> None:
+    # Square quantities are decimal strings with up to 5 digits after the point
+    # (https://developer.squareup.com/reference/square/objects/InventoryCount; the guide's
+    # example has "12.375"): omnistock counts whole units.
+    payload = square_payload(square_count(quantity="12.375"))
+    body = as_body(payload)
+    async with receiver(redis) as (client, metrics):
+        resp = await client.post("/webhooks/square", data=body, headers=square_headers(body))
+        assert resp.status == 200
+        assert (await resp.json())["result"] == "dead_letter"
+    assert await redis.exists(DEFAULT_STREAM) == 0
+    [dead] = await redis.xrange(DEAD)
+    fields = dead[1]
+    assert fields[b"platform"] == b"square"
+    assert fields[b"reason"].startswith(b"data.object.inventory_counts[0].quantity: ")
+    assert b"12.375" in fields[b"reason"]
+    assert fields[b"delivery_id"] == b"df5f3813-a913-45a1-94e9-fdc3f7d5e3b6"
+    assert fields[b"body"] == body
+    assert requests(metrics, "square", "dead_letter") == 1
+    assert events_written(metrics, "square") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", b"body: not JSON"),
+        (as_body([SHOPIFY_LEVEL]), b"body: must be a JSON object"),
+        (as_body({k: v for k, v in SHOPIFY_LEVEL.items() if k != "location_id"}), b"location_id: "),
+        (as_body({**SHOPIFY_LEVEL, "available": "10"}), b"available: "),
+        (as_body({**SHOPIFY_LEVEL, "updated_at": "2021-12-31T19:00:00"}), b"updated_at: "),
+        (as_body({**SHOPIFY_LEVEL, "location_id": "store 1"}), b"location_id: may hold only"),
+    ],
+    ids=[
+        "not-json",
+        "not-an-object",
+        "no-location",
+        "available-not-int",
+        "no-utc-offset",
+        "id-the-engine-refuses",
+    ],
+)
+async def test_signed_shopify_payload_of_another_shape_is_dead_lettered(
+    redis: aioredis.Redis, body: bytes, reason: bytes
+) -> None:
+    async with receiver(redis) as (client, metrics):
+        resp = await client.post(
+            "/webhooks/shopify", data=body, headers=shopify_headers("inventory_levels/update", body)
+        )
+        assert resp.status == 200
+    assert await redis.exists(DEFAULT_STREAM) == 0
+    [(_, fields)] = await redis.xrange(DEAD)
+    assert fields[b"reason"].startswith(reason)
+    assert (fields[b"platform"], fields[b"delivery_id"], fields[b"body"]) == (
+        b"shopify",
+        b"wh-b54557e4",
+        body,
+    )
+    assert requests(metrics, "shopify", "dead_letter") == 1
+
+
+async def test_signed_shopify_delivery_without_any_id_is_dead_lettered(
+    redis: aioredis.Redis,
+) -> None:
+    body = as_body(SHOPIFY_LEVEL)
+    headers = shopify_headers("inventory_levels/update", body, event_id="", webhook_id="")
+    async with receiver(redis) as (client, _):
+        assert (await client.post("/webhooks/shopify", data=body, headers=headers)).status == 200
+    assert await redis.exists(DEFAULT_STREAM) == 0
+    [(_, fields)] = await redis.xrange(DEAD)
+    assert fields[b"reason"].startswith(b"X-Shopify-Webhook-Id: missing")
+
+
+@pytest.mark.parametrize(
+    ("platform", "payload"),
+    [
+        ("shopify", {**SHOPIFY_LEVEL, "available": -2}),
+        ("square", square_payload(square_count(quantity="-3"))),
+    ],
+    ids=["shopify", "square"],
+)
+async def test_count_below_zero_is_an_empty_shelf(
+    redis: aioredis.Redis, platform: str, payload: object
+) -> None:
+    body = as_body(payload)
+    headers = (
+        shopify_headers("inventory_levels/update", body)
+        if platform == "shopify"
+        else square_headers(body)
+    )
+    async with receiver(redis) as (client, _):
+        assert (
+            await client.post(f"/webhooks/{platform}", data=body, headers=headers)
+        ).status == 200
+    [entry] = await entries(redis)
+    assert (entry["kind"], entry["qty"]) == ("COUNT", "0")
+
+
+# --- durable before answering ---
+
+
+class AppendOnlyOff(EmbeddedRedis):
+    """The embedded server with its append-only file off: nothing is ever fsynced to an AOF,
+    so WAITAOF can never report the local fsync."""
+
+    def config(self) -> list[str]:
+        return [*super().config(), "--appendonly", "no"]
+
+
+@pytest.fixture(scope="module")
+def no_aof_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = AppendOnlyOff(tmp_path_factory.mktemp("no-aof"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def no_aof_redis(no_aof_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(no_aof_server.url, socket_timeout=5)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+async def test_write_the_store_cannot_fsync_is_answered_503(no_aof_redis: aioredis.Redis) -> None:
+    assert Settings().wait_aof  # waiting is the default
+    body = as_body(SHOPIFY_LEVEL)
+    async with receiver(no_aof_redis) as (client, metrics):
+        resp = await client.post(
+            "/webhooks/shopify", data=body, headers=shopify_headers("inventory_levels/update", body)
+        )
+        assert resp.status == 503
+    assert requests(metrics, "shopify", "unavailable") == 1
+    assert events_written(metrics, "shopify") == 0
+
+
+async def test_without_wait_aof_the_write_alone_is_enough(no_aof_redis: aioredis.Redis) -> None:
+    body = as_body(SHOPIFY_LEVEL)
+    async with receiver(no_aof_redis, wait_aof=False) as (client, _):
+        resp = await client.post(
+            "/webhooks/shopify", data=body, headers=shopify_headers("inventory_levels/update", body)
+        )
+        assert resp.status == 200
+    assert len(await entries(no_aof_redis)) == 1
+
+
+async def test_redis_away_is_answered_503(redis: aioredis.Redis) -> None:
+    away = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1, socket_timeout=1
+    )
+    body = as_body(SQUARE_COUNT_UPDATED)
+    try:
+        async with receiver(away) as (client, metrics):
+            resp = await client.post("/webhooks/square", data=body, headers=square_headers(body))
+            assert resp.status == 503
+        assert requests(metrics, "square", "unavailable") == 1
+    finally:
+        await away.aclose()
+
+
+async def test_redis_that_never_answers_is_answered_503_within_the_budget(
+    redis: aioredis.Redis,
+) -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def mute(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # accepts, reads nothing, answers nothing
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # no socket timeout: the receiver's write budget alone must end the wait (without it,
+    # this test hangs until pytest's timeout fails it)
+    silent = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=None)
+    body = as_body(SHOPIFY_LEVEL)
+    try:
+        async with receiver(silent, write_timeout=0.2) as (client, metrics):
+            resp = await client.post(
+                "/webhooks/shopify",
+                data=body,
+                headers=shopify_headers("inventory_levels/update", body),
+            )
+            assert resp.status == 503
+        assert requests(metrics, "shopify", "unavailable") == 1
+    finally:
+        await silent.aclose()
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+# --- metrics, health, command line ---
+
+
+async def test_metrics_count_requests_events_and_time(redis: aioredis.Redis) -> None:
+    good = as_body(SQUARE_COUNT_UPDATED)
+    two = as_body(square_payload(square_count(), square_count(location_id="L2")))
+    async with receiver(redis) as (client, metrics):
+        await client.post("/webhooks/square", data=good, headers=square_headers(good))
+        await client.post("/webhooks/square", data=two, headers=square_headers(two))
+        await client.post("/webhooks/square", data=good, headers=_bad_square(good))
+    assert requests(metrics, "square", "accepted") == 2
+    assert requests(metrics, "square", "bad_signature") == 1
+    assert events_written(metrics, "square") == 3
+    assert (
+        metrics.registry.get_sample_value("omnistock_webhook_seconds_count", {"platform": "square"})
+        == 3
+    )
+    assert len(await entries(redis)) == 3
+
+
+async def test_healthz_answers(redis: aioredis.Redis) -> None:
+    async with receiver(redis) as (client, _):
+        resp = await client.get("/healthz")
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok"}
+
+
+def test_command_line_takes_secrets_from_flags_and_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOPIFY_WEBHOOK_SECRET", "from-env")
+    monkeypatch.setenv("SQUARE_SIGNATURE_KEY", "key-from-env")
+    monkeypatch.setenv("SQUARE_NOTIFICATION_URL", SQUARE_URL)
+    args = parse_args(["--listen", "127.0.0.1:9000", "--no-wait-aof", "--stream", "s"])
+    assert settings_of(args) == Settings(
+        stream="s",
+        shopify_secret="from-env",
+        square_signature_key="key-from-env",
+        square_notification_url=SQUARE_URL,
+        wait_aof=False,
+    )
+    assert (args.listen, args.metrics_port, args.state_dir) == (
+        "127.0.0.1:9000",
+        9466,
+        Path("state"),
+    )
+    flags = parse_args(["--shopify-secret", "from-flag"])
+    assert settings_of(flags).shopify_secret == "from-flag"
+
+
+def test_square_key_without_its_notification_url_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SQUARE_NOTIFICATION_URL", raising=False)
+    with pytest.raises(SystemExit):
+        parse_args(["--square-signature-key", "k"])
