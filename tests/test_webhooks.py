@@ -13,20 +13,26 @@ import copy
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from adapters.config import DEFAULT_STREAM, dead_letter_stream, event_of
+from adapters.streams import Consumer, Options
 from adapters.webhooks import Settings, WebhookMetrics, make_app, parse_args, settings_of
 from engine.clock import ManualClock
 from engine.embedded import EmbeddedRedis, free_port
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+
+from .grpc_helpers import Stubs, count, level, location
 
 DEAD = dead_letter_stream(DEFAULT_STREAM)
 SHOPIFY_SECRET = "hush-shopify-client-secret"
@@ -760,3 +766,62 @@ def test_square_key_without_its_notification_url_is_refused(
     monkeypatch.delenv("SQUARE_NOTIFICATION_URL", raising=False)
     with pytest.raises(SystemExit):
         parse_args(["--square-signature-key", "k"])
+
+
+# --- end to end: platform -> receiver -> stream -> Streams adapter -> engine ---
+
+
+async def test_deliveries_reach_the_stock_once_each_through_the_mapping_and_the_stream(
+    redis: aioredis.Redis, channel: grpc.aio.Channel
+) -> None:
+    """A signed Shopify update and a Square count, each delivered twice (a platform retry),
+    and a Shopify update with a bad signature: the platforms' ids land on our rows through
+    the sources' mappings, each delivery counted once, the forged one not at all."""
+    stubs = Stubs(channel)
+    now = int(time.time() * 1000)
+    await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[location("store-1")]))
+    await stubs.stock.ApplyEvents(
+        pb.ApplyEventsRequest(
+            events=[count(f"seed-{s}", "store-1", s, 50, now - 3_600_000) for s in ("A", "B")]
+        )
+    )
+    maps = [
+        ("shopify", pb.MAPPING_KIND_LOCATION, "24826418", "store-1"),
+        ("shopify", pb.MAPPING_KIND_ITEM, "271878346596884015", "A"),
+        ("square", pb.MAPPING_KIND_LOCATION, "YYQR03DGCTXA4", "store-1"),
+        ("square", pb.MAPPING_KIND_ITEM, "FGQ5JJWT2PYTHF35CKZ2DSKP", "B"),
+    ]
+    await stubs.stock.SetMappings(
+        pb.SetMappingsRequest(
+            mappings=[pb.Mapping(source=s, kind=k, external_id=e, id=i) for s, k, e, i in maps]
+        )
+    )
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now / 1000 - 600))
+    shopify = as_body({**SHOPIFY_LEVEL, "available": 6, "updated_at": iso + "-00:00"})
+    forged = as_body({**SHOPIFY_LEVEL, "available": 99, "updated_at": iso + "-00:00"})
+    square = as_body(square_payload(square_count(quantity="4", calculated_at=iso + ".5Z")))
+    async with receiver(redis) as (client, _):
+        for _ in range(2):
+            got = await client.post(
+                "/webhooks/shopify",
+                data=shopify,
+                headers=shopify_headers("inventory_levels/update", shopify),
+            )
+            assert got.status == 200
+            got = await client.post("/webhooks/square", data=square, headers=square_headers(square))
+            assert got.status == 200
+        headers = shopify_headers("inventory_levels/update", shopify, event_id="evt-forged")
+        got = await client.post("/webhooks/shopify", data=forged, headers=headers)
+        assert got.status == 401
+    options = Options(DEFAULT_STREAM, "omnistock", "e2e", block_ms=10)
+    consumer = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
+    await consumer.create_group()
+    while await consumer.step():
+        pass
+    await consumer._close_call()
+    assert (await level(stubs, "store-1", "A")).on_hand == 6
+    assert (await level(stubs, "store-1", "B")).on_hand == 4
+    outcome = consumer.metrics.registry.get_sample_value
+    assert outcome("omnistock_streams_events_total", {"outcome": "applied"}) == 2
+    assert outcome("omnistock_streams_events_total", {"outcome": "duplicate"}) == 2
+    assert await redis.xlen(DEAD) == 0
