@@ -36,6 +36,11 @@ LOCATION, ITEM = "l", "i"  # the two kinds of mapped id, as stored
 MAX_COUNT_LINES = 2_000_000
 COUNT_BATCH = 2000  # count lines per script call
 COUNT_CALLS = 4  # script calls of one count in flight
+MAX_SKEW_MS = 300_000  # how far in the future a source's clock may be
+_FUTURE = (
+    "more than 5 minutes in the future: a source clock that is ahead would freeze the row "
+    "(every later event older than it)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,23 +123,40 @@ class Mappings:
             self.by_source[source] = await self.storage.mapping(source)
         return self.by_source[source]
 
-    async def location(self, source: str, location: str) -> str:
-        return (
-            (await self.of(source)).get(f"{LOCATION}:{location}", location) if source else location
-        )
+    async def _ours(self, source: str, kind: str, theirs: str, field_name: str) -> str:
+        """Our id for a source's id. A source with mappings of this kind must map every id
+        of it: an id it does not map is refused, never taken for one of ours."""
+        if not source:
+            return theirs
+        m = await self.of(source)
+        ours = m.get(f"{kind}:{theirs}")
+        if ours is not None:
+            return ours
+        if any(k.startswith(f"{kind}:") for k in m):
+            raise InvalidArgument(field_name, f"no {source} mapping for {theirs!r}")
+        return theirs
 
-    async def item(self, source: str, sku: str) -> str:
-        return (await self.of(source)).get(f"{ITEM}:{sku}", sku) if source else sku
+    async def location(self, source: str, location: str, field_name: str) -> str:
+        return await self._ours(source, LOCATION, location, field_name)
 
-    async def translate(self, events: Sequence[StockEvent]) -> list[StockEvent]:
-        out = []
-        for ev in events:
-            if ev.source:
-                location = await self.location(ev.source, ev.location)
-                sku = await self.item(ev.source, ev.sku)
-                if (location, sku) != (ev.location, ev.sku):
-                    ev = replace(ev, location=location, sku=sku)
-            out.append(ev)
+    async def item(self, source: str, sku: str, field_name: str) -> str:
+        return await self._ours(source, ITEM, sku, field_name)
+
+    async def translate(
+        self, events: Sequence[tuple[int, StockEvent]]
+    ) -> list[tuple[int, StockEvent | InvalidArgument]]:
+        """(index, event) each, translated; an id the source must map and does not, an error."""
+        out: list[tuple[int, StockEvent | InvalidArgument]] = []
+        for i, ev in events:
+            try:
+                location = await self.location(ev.source, ev.location, f"events[{i}].location_id")
+                sku = await self.item(ev.source, ev.sku, f"events[{i}].sku")
+            except InvalidArgument as exc:
+                out.append((i, exc))
+                continue
+            if (location, sku) != (ev.location, ev.sku):
+                ev = replace(ev, location=location, sku=sku)
+            out.append((i, ev))
         return out
 
     async def set(self, changes: Sequence[tuple[str, str, str, str]]) -> None:
@@ -173,18 +195,22 @@ class Ingest:
         for i, ev in enumerate(events):
             if not isinstance(ev, StockEvent):
                 acks[i] = self._reject(ev, strict)
-        translated = await self.mappings.translate([ev for _, ev in parsed])
+        now = self.now_ms()
         groups: dict[str, list[tuple[int, StockEvent]]] = {}
-        for (i, _), ev in zip(parsed, translated, strict=True):
-            groups.setdefault(ev.location, []).append((i, ev))
+        for i, got in await self.mappings.translate(parsed):
+            if isinstance(got, StockEvent) and got.source_time > now + MAX_SKEW_MS:
+                got = InvalidArgument(f"events[{i}].source_time", _FUTURE)
+            if isinstance(got, InvalidArgument):
+                acks[i] = self._reject(got, strict)
+            else:
+                groups.setdefault(got.location, []).append((i, got))
         known = await self.locations.known(groups)
         for location in set(groups) - known:
-            for i, ev in groups.pop(location):
-                reason = f"unknown location {ev.location!r}" + (
-                    f" (and no {ev.source} mapping names it)" if ev.source else ""
+            for i, _ in groups.pop(location):
+                where = f"events[{i}].location_id"
+                acks[i] = self._reject(
+                    InvalidArgument(where, f"unknown location {location!r}"), strict
                 )
-                acks[i] = self._reject(InvalidArgument(f"events[{i}].location_id", reason), strict)
-        now = self.now_ms()
         results = await asyncio.gather(
             *(
                 self.storage.apply_events(loc, [ev for _, ev in items], now)
@@ -236,27 +262,28 @@ class Ingest:
         return out
 
     async def count(self, count: Count, lines: dict[str, int]) -> Counted:
-        """Applies a full count: every line a COUNT event "<count_id>/<sku>" at counted_at;
+        """Applies a full count: every line a COUNT event "count:<count_id>/<sku>" at counted_at;
         with zero_missing, every row of the location the count does not list and that is
         not already counted later, a COUNT of 0 the same way. The lines were all checked
         before this starts, so a failure here leaves a count that sending it again
         completes (its events are recognised as the duplicates they are)."""
         result = Counted(lines=len(lines))
-        location = await self.mappings.location(count.source, count.location)
+        if count.counted_at > self.now_ms() + MAX_SKEW_MS:
+            raise InvalidArgument("header.counted_at", _FUTURE)
+        location = await self.mappings.location(count.source, count.location, "header.location_id")
         await self.locations.require([location], "header.location_id")
         started, done = time.perf_counter(), 0
         counted: dict[str, int] = {}
         for sku, qty in lines.items():
-            ours = await self.mappings.item(count.source, sku)
+            ours = await self.mappings.item(count.source, sku, "lines[].sku")
             if ours in counted:
                 raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
             counted[ours] = qty
-        events = [self._count_event(count, location, sku, qty) for sku, qty in counted.items()]
-        missing = []
+        missing: list[str] = []
         if count.zero_missing:
             rows = await self.storage.rows_at(location)
             missing = [
-                self._count_event(count, location, sku, 0)
+                sku
                 for sku, row in rows.items()
                 if sku not in counted and row.as_of < count.counted_at
             ]
@@ -264,10 +291,11 @@ class Ingest:
         gate = asyncio.Semaphore(COUNT_CALLS)
         short: list[tuple[str, str, int, int]] = []
 
-        async def run(batch: list[StockEvent], zeroing: bool) -> None:
+        async def run(batch: list[tuple[str, int]], zeroing: bool) -> None:
             nonlocal done
+            events = [self._count_event(count, location, sku, qty) for sku, qty in batch]
             async with gate:
-                got = await self.storage.apply_events(location, batch, self.now_ms())
+                got = await self.storage.apply_events(location, events, self.now_ms())
             for outcome in got.outcomes:
                 self.metrics.events.labels(outcome.value.lower()).inc()
                 if outcome is EventOutcome.APPLIED:
@@ -282,13 +310,14 @@ class Ingest:
                 count.count_id,
                 location,
                 done,
-                len(events) + len(missing),
+                len(counted) + len(missing),
                 time.perf_counter() - started,
             )
 
+        listed, zeros = list(counted.items()), [(sku, 0) for sku in missing]
         await asyncio.gather(
-            *(run(events[i : i + COUNT_BATCH], False) for i in range(0, len(events), COUNT_BATCH)),
-            *(run(missing[i : i + COUNT_BATCH], True) for i in range(0, len(missing), COUNT_BATCH)),
+            *(run(listed[i : i + COUNT_BATCH], False) for i in range(0, len(listed), COUNT_BATCH)),
+            *(run(zeros[i : i + COUNT_BATCH], True) for i in range(0, len(zeros), COUNT_BATCH)),
         )
         worst: dict[str, tuple[str, str, int, int]] = {}
         for row in short:  # one sku may come back from several batches: keep the last word
@@ -305,7 +334,7 @@ class Ingest:
     @staticmethod
     def _count_event(count: Count, location: str, sku: str, qty: int) -> StockEvent:
         return StockEvent(
-            f"{count.count_id}/{sku}", location, sku, EventKind.COUNT, qty, count.counted_at
+            f"count:{count.count_id}/{sku}", location, sku, EventKind.COUNT, qty, count.counted_at
         )
 
 

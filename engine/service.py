@@ -228,6 +228,25 @@ def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
     return check_event(event, field)
 
 
+class _Ended(Exception):
+    """StreamEvents: the caller closed its side of the stream."""
+
+
+def _arrived(
+    first: pb.StreamEventsRequest, queue: asyncio.Queue[pb.StreamEventsRequest | Exception]
+) -> tuple[list[pb.StreamEventsRequest], pb.StreamEventsRequest | Exception | None]:
+    """`first` and the requests already queued behind it, up to MAX_EVENTS events; and the
+    item taken that did not fit (the next batch's first request, or the stream's end)."""
+    batch, events = [first], len(first.events)
+    while not queue.empty():
+        item = queue.get_nowait()
+        if not isinstance(item, pb.StreamEventsRequest) or events + len(item.events) > MAX_EVENTS:
+            return batch, item
+        batch.append(item)
+        events += len(item.events)
+    return batch, None
+
+
 def count_from_pb(msg: pb.CountHeader, zero_missing: bool) -> Count:
     if msg.missing != pb.MISSING_SKUS_UNSPECIFIED:
         zero_missing = msg.missing == pb.MISSING_SKUS_ZERO
@@ -601,29 +620,30 @@ class StockService(pb_grpc.StockServiceServicer):
         requests: AsyncIterator[pb.StreamEventsRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamEventsResponse]:
-        """Reads at most STREAM_READ_AHEAD requests ahead of its answers; whatever has
-        arrived by the time one batch is done goes in the next, as one ingest call."""
-        queue: asyncio.Queue[pb.StreamEventsRequest | None] = asyncio.Queue(STREAM_READ_AHEAD)
+        """Reads at most STREAM_READ_AHEAD requests ahead of the batch it is applying; what
+        has arrived by the time a batch is done goes in the next (up to MAX_EVENTS events),
+        as one ingest call."""
+        queue: asyncio.Queue[pb.StreamEventsRequest | Exception] = asyncio.Queue(STREAM_READ_AHEAD)
 
         async def read() -> None:
-            async for request in requests:
-                await queue.put(request)
-            await queue.put(None)
+            try:
+                async for request in requests:
+                    await queue.put(request)
+                await queue.put(_Ended())
+            except Exception as exc:  # the stream broke: the loop below raises it
+                await queue.put(exc)
 
         reader = asyncio.create_task(read())
         self.metrics.event_streams.inc()
         try:
-            ended = False
-            while not ended:
-                batch = [await queue.get()]
-                while not queue.empty() and len(batch) < STREAM_READ_AHEAD:
-                    batch.append(queue.get_nowait())
-                if batch[-1] is None:
-                    ended = True
-                    batch.pop()
-                for response in await self._acks([r for r in batch if r is not None]):
+            item = await queue.get()
+            while isinstance(item, pb.StreamEventsRequest):
+                batch, after = _arrived(item, queue)
+                for response in await self._acks(batch):
                     yield response
-            await reader
+                item = after if after is not None else await queue.get()
+            if not isinstance(item, _Ended):
+                raise item
         except OmnistockError as exc:
             await context.abort(status_of(exc), str(exc))
         finally:
@@ -631,11 +651,14 @@ class StockService(pb_grpc.StockServiceServicer):
             self.metrics.event_streams.dec()
 
     async def _acks(self, batch: list[pb.StreamEventsRequest]) -> list[pb.StreamEventsResponse]:
-        """One ingest call for the events of several requests; one answer per request."""
+        """One ingest call for the events of several requests; one answer per request. A
+        request over MAX_EVENTS has every event rejected; the stream goes on."""
         items: list[StockEvent | OmnistockError] = []
         for request in batch:
             if len(request.events) > MAX_EVENTS:
-                raise InvalidArgument("events", f"at most {MAX_EVENTS} events per message")
+                too_many = InvalidArgument("events", f"at most {MAX_EVENTS} events per message")
+                items += [too_many] * len(request.events)
+                continue
             for i, m in enumerate(request.events):
                 try:
                     items.append(event_from_pb(m, f"events[{i}]"))
@@ -691,7 +714,8 @@ class StockService(pb_grpc.StockServiceServicer):
             raise InvalidArgument(
                 "lines", "a count with no lines would zero every row: send missing KEEP"
             )
-        done = await self.ingest.count(count, lines)
+        # the whole count has arrived: it is applied in full, even if the caller goes away
+        done = await asyncio.shield(self.ingest.count(count, lines))
         return pb.ReconcileCountResponse(
             lines=done.lines,
             changed=done.changed,

@@ -8,7 +8,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:d:<b>      zset   changes after the last count of bucket b's rows (DELTAs and commits),
                           member "sku\\t<e:event id | c:reservation id>\\t<signed qty>",
                           score = time (ms)
-    {L}:e          zset   stock event ids applied at L, scored by arrival (the dedupe window)
+    {L}:e          zset   stock event ids applied at L ("<source>|<event id>", or the event id
+                          of an event with no source), scored by arrival (the dedupe window)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
                           t when it was held (ms)
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
@@ -187,6 +188,12 @@ class Holder(NamedTuple):
 class EventsApplied:
     outcomes: list[EventOutcome]
     short_rows: list[tuple[str, int, int]]  # sku, on_hand, reserved
+
+
+def dedupe_id(event: StockEvent) -> str:
+    """What makes an event a duplicate at its location: its id, from its source. ("|" is
+    no id's character, so two sources' ids never meet.)"""
+    return f"{event.source}|{event.event_id}" if event.source else event.event_id
 
 
 def encode_lines(lines: Iterable[Line]) -> str:
@@ -452,7 +459,7 @@ class Storage:
             part = keys.add(Keys.part(location, ev.reservation_id)) if ev.reservation_id else 0
             stock = keys.add(self.keys.stock(location, ev.sku))
             log = keys.add(self.keys.log(location, ev.sku))
-            args += [ev.event_id, ev.kind.value, ev.sku, ev.qty, ev.source_time, stock, log, part]
+            args += [dedupe_id(ev), ev.kind.value, ev.sku, ev.qty, ev.source_time, stock, log, part]
         outcomes, short = await self.call("apply_events", keys.keys, args)
         return EventsApplied(
             [EventOutcome(o.decode()) for o in outcomes],

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.service import STREAM_READ_AHEAD
+from engine.service import MAX_EVENTS, STREAM_READ_AHEAD
 from engine.storage import SHORTAGES
 
 from .conftest import ON_BOTH
@@ -230,7 +230,7 @@ async def test_platform_ids_are_translated_through_the_sources_mapping(stubs: St
     acks = got[0].acks
     assert acks[0].outcome == pb.EVENT_OUTCOME_APPLIED
     assert acks[1].outcome == pb.EVENT_OUTCOME_REJECTED
-    assert "unknown location '999' (and no shopify mapping names it)" in acks[1].reason
+    assert acks[1].reason == "events[1].location_id: no shopify mapping for '999'"
     assert (await level(stubs, "store-1", "SKU-1")).on_hand == 6
     # a mapping removed ("" as its id) no longer translates
     await stubs.stock.SetMappings(
@@ -257,6 +257,62 @@ async def test_platform_ids_are_translated_through_the_sources_mapping(stubs: St
         ],
     )
     assert again[0].acks[0].outcome == pb.EVENT_OUTCOME_REJECTED
+
+
+async def test_an_unmapped_id_of_a_mapped_source_is_rejected_not_taken_for_ours(
+    stubs: Stubs,
+) -> None:
+    """An item the source's mapping lacks would otherwise land on a phantom row, its event id
+    spent: once the mapping is added, the platform's retry must still apply."""
+    await seed(stubs, {("store-1", "SKU-1"): 10, ("store-1", "SKU-2"): 10})
+    loc = pb.Mapping(source="pos", kind=pb.MAPPING_KIND_LOCATION, external_id="7", id="store-1")
+    item = pb.Mapping(source="pos", kind=pb.MAPPING_KIND_ITEM, external_id="100", id="SKU-1")
+    await stubs.stock.SetMappings(pb.SetMappingsRequest(mappings=[loc, item]))
+    sale = delta("pos-1", "7", "200", -1, T0 + 1, source="pos")
+    got = await stream(stubs, [[sale]])
+    assert got[0].acks[0].reason == "events[0].sku: no pos mapping for '200'"
+    late = pb.Mapping(source="pos", kind=pb.MAPPING_KIND_ITEM, external_id="200", id="SKU-2")
+    await stubs.stock.SetMappings(pb.SetMappingsRequest(mappings=[late]))
+    assert outcomes(await stream(stubs, [[sale]])) == [[pb.EVENT_OUTCOME_APPLIED]]
+    assert (await level(stubs, "store-1", "SKU-2")).on_hand == 9
+
+
+async def test_event_ids_are_told_apart_by_source_and_the_future_is_refused(
+    stubs: Stubs,
+) -> None:
+    await seed(stubs, {("s1", "a"): 10})
+    now = int(time.time() * 1000)
+    got = await stream(
+        stubs,
+        [
+            [
+                delta("sale-1", "s1", "a", -1, T0 + 1, source="till-1"),
+                delta("sale-1", "s1", "a", -1, T0 + 2, source="till-2"),
+                delta("sale-1", "s1", "a", -1, T0 + 3, source="till-2"),
+                delta("ahead", "s1", "a", -1, now + 3_600_000),
+            ]
+        ],
+    )
+    assert outcomes(got) == [
+        [
+            pb.EVENT_OUTCOME_APPLIED,
+            pb.EVENT_OUTCOME_APPLIED,
+            pb.EVENT_OUTCOME_DUPLICATE,
+            pb.EVENT_OUTCOME_REJECTED,
+        ]
+    ]
+    assert got[0].acks[3].reason.startswith("events[3].source_time: more than 5 minutes")
+    assert (await level(stubs, "s1", "a")).on_hand == 8
+
+
+async def test_an_oversized_message_is_rejected_and_the_stream_goes_on(stubs: Stubs) -> None:
+    await seed(stubs, {("s1", "a"): 0})
+    big = [delta(f"b{i}", "s1", "a", 1, T0 + 1 + i) for i in range(MAX_EVENTS + 1)]
+    got = await stream(stubs, [big, [delta("after", "s1", "a", 1, T0 + 1)]])
+    assert {a.outcome for a in got[0].acks} == {pb.EVENT_OUTCOME_REJECTED}
+    assert got[0].acks[0].reason == f"events: at most {MAX_EVENTS} events per message"
+    assert outcomes(got)[1] == [pb.EVENT_OUTCOME_APPLIED]
+    assert (await level(stubs, "s1", "a")).on_hand == 1
 
 
 async def test_bad_mappings_are_refused_naming_the_field(stubs: Stubs) -> None:

@@ -1378,7 +1378,7 @@ class CountHeader(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     count_id: _builtins.str
-    """Names this count: resending it is recognised (its lines are events "<count_id>/<sku>")."""
+    """Names this count: resending it is recognised (its lines are events "count:<count_id>/<sku>")."""
     counted_at: _builtins.int
     """ms since the epoch: when the shelves were counted"""
     missing: Global___MissingSkus.ValueType
