@@ -362,9 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(run(args))
-    except KeyboardInterrupt:  # the call was cancelled: nothing of the count is applied
+    except KeyboardInterrupt:  # the call is cancelled
         return failed(
-            f"{args.file}: interrupted; nothing of the count was applied", EXIT_INTERRUPTED
+            f"{args.file}: interrupted; nothing of the count was applied unless its end had "
+            "been sent (then it is applied whole): run it again to be sure, a count already "
+            "applied changes nothing",
+            EXIT_INTERRUPTED,
         )
 
 

@@ -123,6 +123,7 @@ class Options:
     claim_idle_ms: int = 30_000
     max_deliveries: int = 10
     start_id: str = "0"  # where a new group starts: "0" the whole stream, "$" new entries
+    answer_timeout: float = 30.0  # seconds to wait for the server's answer to a batch
 
 
 class Consumer:
@@ -135,7 +136,9 @@ class Consumer:
         self.dead = dead_letter_stream(options.stream)
         self.metrics = Metrics()
         self._call: Any = None
-        self._recovering = True  # at start and after a failure: own pending entries first
+        self._recovering = True  # at start: own pending entries (left by a crash) first
+        self._retry: list[Entry] = []  # the batch that failed, to send again as it is
+        self._group_made = False
         self._claim_from = b"0-0"
         self._claimed_at = float("-inf")
         self._lag_at = float("-inf")
@@ -148,47 +151,54 @@ class Consumer:
         except rexc.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._group_made = True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set: own pending entries first, then entries idle too long at
-        other consumers, then new ones. Failures are counted, logged and retried."""
-        await self.create_group()
+        other consumers, then new ones. A batch that fails is retried as it is, from
+        memory (reading it again would count as another delivery), with backoff."""
         backoff = 0.1
         while not stop.is_set():
             try:
+                if not self._group_made:
+                    await self.create_group()
                 await self.step()
                 backoff = 0.1
                 continue
             except grpc.aio.AioRpcError as exc:
-                self.metrics.errors.labels("server").inc()
-                log.warning(
-                    "server: %s %s; retrying in %.1fs", exc.code().name, exc.details(), backoff
-                )
+                self._failed("server", f"{exc.code().name} {exc.details()}", backoff)
                 await self._close_call()
-            except StreamEnded as exc:
-                self.metrics.errors.labels("server").inc()
-                log.warning("server: %s; retrying in %.1fs", exc, backoff)
+            except (StreamEnded, asyncio.InvalidStateError, TimeoutError) as exc:
+                self._failed("server", str(exc) or type(exc).__name__, backoff)
                 await self._close_call()
-            except (rexc.ConnectionError, rexc.TimeoutError) as exc:
-                self.metrics.errors.labels("redis").inc()
-                log.warning("redis: %s; retrying in %.1fs", exc, backoff)
-            self._recovering = True
+            except (rexc.RedisError, OSError) as exc:
+                self._failed("redis", str(exc), backoff)
+                if "NOGROUP" in str(exc):  # the stream or the group was deleted: make it again
+                    self._group_made = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 5.0)
         await self._close_call()
 
+    def _failed(self, kind: str, what: str, backoff: float) -> None:
+        self.metrics.errors.labels(kind).inc()
+        log.warning("%s: %s; retrying in %.1fs", kind, what, backoff)
+
     async def step(self) -> int:
         """One batch: read, apply, acknowledge. Returns how many entries it handled."""
         await self._watch_lag()
-        entries = await self._own_pending()
+        entries = self._retry
+        if not entries:
+            entries = await self._own_pending()
         if not entries:
             entries = await self._claim()
         if not entries:
             entries = await self._read_new()
         if entries:
             started = time.perf_counter()
+            self._retry = entries
             await self.handle(entries)
+            self._retry = []
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return len(entries)
 
@@ -206,7 +216,7 @@ class Consumer:
             self._recovering = False
         gone = [e for e in got if not e[1]]  # deleted from the stream while pending
         if gone:
-            await self._settle(gone, [], "")
+            await self._settle(gone, [])
         return await self._drop_redelivered([e for e in got if e[1]])
 
     async def _claim(self) -> list[Entry]:
@@ -246,43 +256,49 @@ class Consumer:
         if not entries:
             return entries
         info = await self.redis.xpending_range(
-            self.o.stream, self.o.group, min=entries[0][0], max=entries[-1][0], count=len(entries)
+            self.o.stream,
+            self.o.group,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=2 * len(entries),
+            consumername=self.o.consumer,
         )
         times = {p["message_id"]: p["times_delivered"] for p in info}
         worn = [e for e in entries if times.get(e[0], 0) > self.o.max_deliveries]
         if worn:
             reason = f"delivered over {self.o.max_deliveries} times without an answer"
-            await self._settle([], [(e, reason) for e in worn], "redelivered")
+            await self._settle([], [(e, reason, "redelivered") for e in worn])
         return [e for e in entries if e not in worn]
 
     async def handle(self, entries: Sequence[Entry]) -> None:
+        """Sends the batch's stock events; then, in one round trip, dead-letters what can
+        never be applied and acknowledges every entry. Nothing is settled before the
+        server has answered, so a failed batch can be sent again whole."""
         events: list[tuple[Entry, pb.StockEvent]] = []
-        bad: list[tuple[Entry, str]] = []
+        dead: list[tuple[Entry, str, str]] = []
         for entry in entries:
             try:
                 events.append((entry, event_of(entry[1])))
             except BadEntry as exc:
-                bad.append((entry, str(exc)))
-        if bad:
-            await self._settle([], bad, "unparsable")
-        if not events:
-            return
-        acks = await self._send([ev for _, ev in events])
-        done, rejected = [], []
-        for (entry, _), ack in zip(events, acks, strict=True):
-            self.metrics.events.labels(_OUTCOMES.get(ack.outcome, "unknown")).inc()
-            if ack.outcome == pb.EVENT_OUTCOME_REJECTED:
-                rejected.append((entry, ack.reason))
-            else:
-                done.append(entry)
-        await self._settle(done, rejected, "rejected")
+                dead.append((entry, str(exc), "unparsable"))
+        done = []
+        if events:
+            acks = await self._send([ev for _, ev in events])
+            for (entry, _), ack in zip(events, acks, strict=True):
+                self.metrics.events.labels(_OUTCOMES.get(ack.outcome, "unknown")).inc()
+                if ack.outcome == pb.EVENT_OUTCOME_REJECTED:
+                    dead.append((entry, ack.reason, "rejected"))
+                else:
+                    done.append(entry)
+        await self._settle(done, dead)
 
     async def _send(self, events: list[pb.StockEvent]) -> list[pb.EventAck]:
         """One request on the open StreamEvents call; its answer."""
         if self._call is None:
             self._call = self.stub.StreamEvents()
         await self._call.write(pb.StreamEventsRequest(events=events))
-        response = await self._call.read()
+        async with asyncio.timeout(self.o.answer_timeout):  # a stuck server: retried
+            response = await self._call.read()
         if response is grpc.aio.EOF:
             await self._close_call()
             raise StreamEnded("the server ended the event stream")
@@ -296,14 +312,12 @@ class Consumer:
             )
         return list(response.acks)
 
-    async def _settle(
-        self, done: Sequence[Entry], dead: Sequence[tuple[Entry, str]], why: str
-    ) -> None:
-        """Dead letters written, then every entry acknowledged: one round trip."""
+    async def _settle(self, done: Sequence[Entry], dead: Sequence[tuple[Entry, str, str]]) -> None:
+        """Dead letters (entry, reason, kind) written, then every entry acknowledged."""
         if not done and not dead:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (entry_id, fields), reason in dead:
+            for (entry_id, fields), reason, _ in dead:
                 letter: dict[bytes, bytes | str] = {
                     **fields,
                     b"dead.reason": reason,
@@ -312,10 +326,10 @@ class Consumer:
                 }
                 pipe.xadd(self.dead, letter)
                 log.warning("dead letter %s: %s", entry_id.decode(), reason)
-            pipe.xack(self.o.stream, self.o.group, *[e[0] for e in done], *[e[0][0] for e in dead])
+            pipe.xack(self.o.stream, self.o.group, *[e[0] for e in done], *[d[0][0] for d in dead])
             await pipe.execute()
-        if dead:
-            self.metrics.dead.labels(why).inc(len(dead))
+        for _, _, kind in dead:
+            self.metrics.dead.labels(kind).inc()
 
     async def _watch_lag(self) -> None:
         if time.monotonic() - self._lag_at < _LAG_INTERVAL:

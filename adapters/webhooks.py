@@ -216,7 +216,7 @@ def shopify_events(headers: Mapping[str, str], body: bytes, received_ms: int) ->
     if action == "disconnect":  # the item is no longer stocked there
         qty, at = 0, _triggered_at(headers, received_ms)
     else:
-        qty, at = _available(payload), iso_ms(payload.get("updated_at"), "updated_at")
+        qty, at = _available(payload), _updated_at(payload, headers)
     event_id = f"{SHOPIFY}:{delivery}:{action}:{location}:{item}"
     return [_count(event_id, location, item, qty, at, SHOPIFY)]
 
@@ -232,6 +232,19 @@ def _available(payload: Mapping[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument("available", f"must be an integer or null, got {value!r}")
     return value
+
+
+def _updated_at(payload: Mapping[str, Any], headers: Mapping[str, str]) -> int:
+    """updated_at is in whole seconds: two updates of one level within a second would tie,
+    and the larger count would win. X-Shopify-Triggered-At, when it falls in that second,
+    tells them apart (it carries the fraction); a later one is not used, as it may lag."""
+    at = iso_ms(payload.get("updated_at"), "updated_at")
+    given = headers.get(SHOPIFY_TRIGGERED_AT)
+    if given:
+        triggered = iso_ms(given, SHOPIFY_TRIGGERED_AT)
+        if at <= triggered < at + 1000:
+            return triggered
+    return at
 
 
 def _triggered_at(headers: Mapping[str, str], received_ms: int) -> int:
@@ -543,6 +556,15 @@ def settings_of(args: argparse.Namespace) -> Settings:
     )
 
 
+async def appendonly(redis: aioredis.Redis) -> bool:
+    """Whether Redis keeps an append-only file; True when it will not say (CONFIG refused)."""
+    try:
+        got = await redis.config_get("appendonly")
+    except RedisError:
+        return True
+    return got.get("appendonly") in ("yes", b"yes")
+
+
 async def serve(args: argparse.Namespace) -> None:
     from engine.app import redis_client  # the engine's fail-fast client settings
 
@@ -551,6 +573,11 @@ async def serve(args: argparse.Namespace) -> None:
     metrics = WebhookMetrics()
     serve_metrics(args.metrics_port, metrics.registry)
     redis = redis_client(redis_url(args.redis_url, args.state_dir), settings.write_timeout)
+    if settings.wait_aof and not await appendonly(redis):
+        raise SystemExit(
+            "the ingest stream's Redis has appendonly off: every delivery would wait for an "
+            "fsync that never comes (503). Turn appendonly on there, or give --no-wait-aof."
+        )
     runner = web.AppRunner(make_app(redis, settings, metrics))
     await runner.setup()
     host, port = args.listen.rsplit(":", 1)

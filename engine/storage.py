@@ -383,8 +383,9 @@ class Storage:
         return await self.guard(lambda: self.batcher.evalsha(sha, keys, args, then))
 
     async def pipeline(self, build: Callable[[Any], object]) -> list[Any]:
-        """One round trip for several commands. Only idempotent commands go in, so a rerun
-        after NOSCRIPT is safe."""
+        """One round trip for several commands. It is run again only after NOSCRIPT, which
+        only a pipeline holding a script call can meet: such pipelines hold idempotent
+        commands only."""
 
         async def run() -> list[Any]:
             pipe = self.redis.pipeline(transaction=False)

@@ -178,23 +178,31 @@ async def test_lag_and_error_metrics_move(
     await consumer._watch_lag()
     assert (gauge("omnistock_streams_lag"), gauge("omnistock_streams_pending")) == (0, 0)
     assert gauge("omnistock_streams_lag_seconds") == 0
-    # a server that cannot be reached: errors counted, nothing acknowledged, then applied
+    # a server that cannot be reached, for more tries than max_deliveries: errors counted,
+    # nothing acknowledged and nothing dead-lettered (the batch is retried from memory,
+    # not delivered again), then applied once the server is back
     await append(redis, delta("late", "s1", "a", 1, T0 + 500))
+    options = Options(DEFAULT_STREAM, "omnistock", "c1", block_ms=50, max_deliveries=2)
     async with grpc.aio.insecure_channel("127.0.0.1:1") as dead_end:
-        consumer.stub = pb_grpc.StockServiceStub(dead_end)
-        await consumer._close_call()
+        cut_off = Consumer(redis, pb_grpc.StockServiceStub(dead_end), options)
         stop = asyncio.Event()
-        run = asyncio.create_task(consumer.run(stop))
+        run = asyncio.create_task(cut_off.run(stop))
+        errors = cut_off.metrics.registry.get_sample_value
         for _ in range(100):  # a bounded poll of a metric
-            if gauge("omnistock_streams_errors_total", {"kind": "server"}):
+            if (errors("omnistock_streams_errors_total", {"kind": "server"}) or 0) >= 4:
                 break
             await asyncio.sleep(0.05)
         stop.set()
         await run
+    assert errors("omnistock_streams_errors_total", {"kind": "server"}) >= 4
     assert (await redis.xpending(DEFAULT_STREAM, "omnistock"))["pending"] == 1
-    consumer.stub = stubs.stock
-    await drain(consumer)
+    assert await redis.xlen(DEAD) == 0
+    cut_off.stub = stubs.stock
+    while await cut_off.step():
+        pass
+    await cut_off._close_call()
     assert (await level(stubs, "s1", "a")).on_hand == 10 + 120 + 1
+    assert await redis.xlen(DEAD) == 0
 
 
 async def test_entries_pending_at_a_crashed_consumer_are_claimed_by_another(

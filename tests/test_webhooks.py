@@ -26,7 +26,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from adapters.config import DEFAULT_STREAM, dead_letter_stream, event_of
 from adapters.streams import Consumer, Options
-from adapters.webhooks import Settings, WebhookMetrics, make_app, parse_args, settings_of
+from adapters.webhooks import (
+    Settings,
+    WebhookMetrics,
+    appendonly,
+    make_app,
+    parse_args,
+    settings_of,
+)
 from engine.clock import ManualClock
 from engine.embedded import EmbeddedRedis, free_port
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -223,6 +230,22 @@ async def test_shopify_level_update_becomes_one_count_on_the_stream(
     assert (event.kind, event.qty, event.source) == (pb.EVENT_KIND_COUNT, 10, "shopify")
     assert events_written(metrics, "shopify") == 1
     assert requests(metrics, "shopify", "accepted") == 1
+
+
+async def test_shopify_updates_within_one_second_are_ordered_by_their_trigger_time(
+    redis: aioredis.Redis,
+) -> None:
+    """updated_at has whole seconds; the trigger time's fraction orders two updates in it."""
+    body = as_body(SHOPIFY_LEVEL)
+    async with receiver(redis) as (client, _):
+        for triggered in ("2022-01-01T00:00:00.250Z", "2022-01-01T00:00:07.000Z"):
+            headers = shopify_headers("inventory_levels/update", body, event_id=triggered)
+            headers["X-Shopify-Triggered-At"] = triggered
+            assert (
+                await client.post("/webhooks/shopify", data=body, headers=headers)
+            ).status == 200
+    got = [int(e["source_time"]) for e in await entries(redis)]
+    assert got == [SHOPIFY_LEVEL_AT + 250, SHOPIFY_LEVEL_AT]  # a lagging trigger time is not used
 
 
 async def test_shopify_connect_becomes_a_count_of_its_available(redis: aioredis.Redis) -> None:
@@ -653,6 +676,14 @@ async def test_write_the_store_cannot_fsync_is_answered_503(no_aof_redis: aiored
         assert resp.status == 503
     assert requests(metrics, "shopify", "unavailable") == 1
     assert events_written(metrics, "shopify") == 0
+
+
+async def test_the_receiver_knows_whether_its_store_keeps_an_append_only_file(
+    redis: aioredis.Redis, no_aof_redis: aioredis.Redis
+) -> None:
+    """So the command refuses to start where every delivery would be a 503."""
+    assert await appendonly(redis) is True
+    assert await appendonly(no_aof_redis) is False
 
 
 async def test_without_wait_aof_the_write_alone_is_enough(no_aof_redis: aioredis.Redis) -> None:
