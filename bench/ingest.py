@@ -223,8 +223,9 @@ class Run:
         self.extra = {
             "answer_ms": {
                 q: round(float(np.percentile(ms, p)), 2)
-                for q, p in (("p50", 50), ("p99", 99), ("max", 100))
+                for q, p in (("p50", 50), ("p99", 99), ("p99.9", 99.9), ("max", 100))
             },
+            "answers_over_1s": int((ms > 1000).sum()),
             "then_applied_by_the_streams_adapter_per_s": round(n / await self.drain(n)),
         }
         return elapsed
