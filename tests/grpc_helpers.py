@@ -58,6 +58,20 @@ async def stock_up(stubs: Stubs, rows: dict[tuple[str, str], int]) -> None:
     await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
 
 
+T0 = int(time.time() * 1000) - 3_600_000  # an hour before the tests: seeds are counted then
+
+
+async def seed(stubs: Stubs, rows: dict[tuple[str, str], int]) -> None:
+    """The locations, and each row counted to its on_hand at T0, so that a test's own
+    events, at T0 + a little, come after the count."""
+    locs = sorted({loc for loc, _ in rows})
+    await stubs.stock.UpsertLocations(
+        pb.UpsertLocationsRequest(locations=[location(loc) for loc in locs])
+    )
+    events = [count(f"seed:{loc}:{sku}", loc, sku, qty, T0) for (loc, sku), qty in rows.items()]
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
+
+
 async def level(stubs: Stubs, loc: str, sku: str) -> pb.StockLevel:
     resp = await stubs.availability.GetAvailability(
         pb.GetAvailabilityRequest(skus=[sku], location_ids=[loc])

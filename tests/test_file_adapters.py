@@ -8,7 +8,6 @@ import gzip
 import re
 import signal
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from adapters import counts, mappings
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
-from .grpc_helpers import Stubs, count, level, line, location
+from .grpc_helpers import T0, Stubs, level, line, location, seed
 
-T0 = int(time.time() * 1000) - 3_600_000  # an hour ago: seeds are counted then
 AT = T0 + 10  # when the files' shelves were counted
 
 
@@ -34,16 +32,6 @@ def stubs(channel: grpc.aio.Channel) -> Stubs:
 @pytest.fixture
 def target(server: Omnistock) -> str:
     return f"127.0.0.1:{server.port}"
-
-
-async def seed(stubs: Stubs, rows: dict[tuple[str, str], int]) -> None:
-    """The locations, and each row counted to its on_hand at T0."""
-    locs = sorted({loc for loc, _ in rows})
-    await stubs.stock.UpsertLocations(
-        pb.UpsertLocationsRequest(locations=[location(loc) for loc in locs])
-    )
-    events = [count(f"seed:{loc}:{sku}", loc, sku, qty, T0) for (loc, sku), qty in rows.items()]
-    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
 
 
 async def on_hand(stubs: Stubs, loc: str, skus: list[str]) -> dict[str, int]:

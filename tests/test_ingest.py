@@ -18,26 +18,14 @@ from engine.service import MAX_EVENTS, STREAM_READ_AHEAD
 from engine.storage import SHORTAGES
 
 from .conftest import ON_BOTH
-from .grpc_helpers import Stubs, count, level, line, location
+from .grpc_helpers import T0, Stubs, count, level, line, seed
 
 pytestmark = ON_BOTH
-
-T0 = int(time.time() * 1000) - 3_600_000  # an hour ago: every source time below is after it
 
 
 @pytest.fixture
 def stubs(channel: grpc.aio.Channel) -> Stubs:
     return Stubs(channel)
-
-
-async def seed(stubs: Stubs, rows: dict[tuple[str, str], int]) -> None:
-    """The locations, and each row counted to its on_hand at T0."""
-    locs = sorted({loc for loc, _ in rows})
-    await stubs.stock.UpsertLocations(
-        pb.UpsertLocationsRequest(locations=[location(loc) for loc in locs])
-    )
-    events = [count(f"seed:{loc}:{sku}", loc, sku, qty, T0) for (loc, sku), qty in rows.items()]
-    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
 
 
 def delta(event_id: str, loc: str, sku: str, qty: int, t: int, **fields: str) -> pb.StockEvent:

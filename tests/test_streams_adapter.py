@@ -21,9 +21,8 @@ from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
-from .grpc_helpers import Stubs, count, level, line, location
+from .grpc_helpers import T0, Stubs, count, level, line, seed
 
-T0 = int(time.time() * 1000) - 3_600_000
 DEAD = dead_letter_stream(DEFAULT_STREAM)
 
 
@@ -39,15 +38,6 @@ async def consumer(redis: aioredis.Redis, channel: grpc.aio.Channel) -> AsyncIte
     await c.create_group()
     yield c
     await c._close_call()
-
-
-async def seed(stubs: Stubs, rows: dict[tuple[str, str], int]) -> None:
-    locs = sorted({loc for loc, _ in rows})
-    await stubs.stock.UpsertLocations(
-        pb.UpsertLocationsRequest(locations=[location(loc) for loc in locs])
-    )
-    events = [count(f"seed:{loc}:{sku}", loc, sku, qty, T0) for (loc, sku), qty in rows.items()]
-    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
 
 
 def delta(event_id: str, loc: str, sku: str, qty: int, t: int, **extra: str) -> dict[str, str]:
