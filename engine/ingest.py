@@ -280,7 +280,8 @@ class Ingest:
                 raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
             counted[ours] = qty
         missing: list[str] = []
-        if count.zero_missing:
+        if count.zero_missing:  # first the mark, so rows made from now on are covered too
+            await self.storage.apply_events(location, [], self.now_ms(), count.counted_at)
             rows = await self.storage.rows_at(location)
             missing = [
                 sku

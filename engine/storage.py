@@ -10,6 +10,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           score = time (ms)
     {L}:e          zset   stock event ids applied at L ("<source>|<event id>", or the event id
                           of an event with no source), scored by arrival (the dedupe window)
+    {L}:f          string the time of the latest full count of L that zeroed what it did not
+                          list: every row of L counts as counted then (apply_events.lua)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
                           t when it was held (ms)
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
@@ -127,6 +129,10 @@ class Keys:
     @staticmethod
     def directory(reservation_id: str) -> str:
         return f"res:{{{reservation_id}}}"
+
+    @staticmethod
+    def full_count(location: str) -> str:
+        return f"{{{location}}}:f"
 
     @staticmethod
     def mapping(source: str) -> str:
@@ -452,10 +458,12 @@ class Storage:
         return key_slot(location.encode()) if self.cluster else 0
 
     async def apply_events(
-        self, location: str, events: Sequence[StockEvent], now: int
+        self, location: str, events: Sequence[StockEvent], now: int, full_count_at: int = 0
     ) -> EventsApplied:
-        keys = KeyList(Keys.seen(location))
-        args: list[Any] = [now, self.event_window_ms, len(events)]
+        """full_count_at: a full count that zeroes what it does not list was taken then (see
+        apply_events.lua); set before that count reads the rows it zeroes."""
+        keys = KeyList(Keys.seen(location), Keys.full_count(location))
+        args: list[Any] = [now, self.event_window_ms, len(events), full_count_at]
         for ev in events:
             part = keys.add(Keys.part(location, ev.reservation_id)) if ev.reservation_id else 0
             stock = keys.add(self.keys.stock(location, ev.sku))

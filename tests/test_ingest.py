@@ -337,6 +337,25 @@ async def test_a_full_count_replaces_on_hand_as_of_its_time(stubs: Stubs) -> Non
     assert (await level(stubs, "s1", "a")).on_hand == 4
 
 
+async def test_after_a_full_count_an_older_delta_is_stale_even_for_a_sku_it_never_saw(
+    stubs: Stubs,
+) -> None:
+    """A full count that zeroes what it does not list says every row was 0 then, rows yet
+    to exist included: a sale from before it, arriving after it, must not count, whichever
+    order they came in (I5)."""
+    await seed(stubs, {("s1", "a"): 10})
+    header = pb.CountHeader(location_id="s1", count_id="full", counted_at=T0 + 10)
+    await reconcile(stubs, header, {"a": 5})
+    got = await stream(
+        stubs,
+        [[delta("old-sale", "s1", "never-seen", -1, T0 + 5), count("old", "s1", "b", 3, T0 + 9)]],
+    )
+    assert outcomes(got) == [[pb.EVENT_OUTCOME_STALE, pb.EVENT_OUTCOME_STALE]]
+    later = await stream(stubs, [[delta("new-sale", "s1", "never-seen", 2, T0 + 11)]])
+    assert outcomes(later) == [[pb.EVENT_OUTCOME_APPLIED]]
+    assert (await level(stubs, "s1", "never-seen")).on_hand == 2
+
+
 async def test_a_count_can_keep_the_rows_it_does_not_list(stubs: Stubs) -> None:
     await seed(stubs, {("s1", "a"): 10, ("s1", "b"): 10})
     header = pb.CountHeader(

@@ -11,14 +11,24 @@
 --     and if the part is released or expires instead, the kept echo is applied as the DELTA
 --     it is (see unhold in _prelude.lua).
 -- on_hand is never clamped: clamping would make the result depend on arrival order.
--- KEYS[1] {L}:e  event ids seen, scored by arrival (ms);  KEYS[2..] {L}:s:<b> stock buckets,
---   {L}:d:<b> change logs, {L}:r:<id> reservation parts named by echoes
--- ARGV: now_ms, window_ms, n, then n groups of 8:
+-- A full count that zeroes what it does not list (ReconcileCount, MISSING_SKUS_ZERO) at time
+-- F says every row of L, even one with no row yet, was 0 at F unless listed: so for every
+-- row, a DELTA at or before F is stale and a COUNT before F is stale, as if each row had
+-- been counted at F. {L}:f keeps the latest such F; the count sets it before it reads the
+-- rows to zero, so a row made meanwhile is covered too.
+-- KEYS[1] {L}:e  event ids seen, scored by arrival (ms);  KEYS[2] {L}:f  latest full count (ms)
+--   KEYS[3..] {L}:s:<b> stock buckets, {L}:d:<b> change logs, {L}:r:<id> parts named by echoes
+-- ARGV: now_ms, window_ms, n, full_count_at (0: none), then n groups of 8:
 --   event_id, kind ('COUNT'|'DELTA'), sku, qty, source_time_ms, stock idx, log idx, part idx (0: none)
 -- Returns {{outcome per event}, {sku, on_hand, reserved for every row left short}}
 local now, window, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local horizon = now - window
 local seen = KEYS[1]
+local full = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[4]) > full then
+  full = tonumber(ARGV[4])
+  redis.call('SET', KEYS[2], full)
+end
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', horizon)
 
 local pruned = {}
@@ -62,7 +72,7 @@ local function is_echo(part, id, sku, d, t)
 end
 
 local function count(key, log, sku, r, q, t)
-  if t <= horizon or t < r[5] then return 'STALE' end
+  if t <= horizon or t < r[5] or t < full then return 'STALE' end
   if t == r[5] and q <= r[1] - changes_after(log, sku, t, false) then return 'STALE' end
   r[1] = q + changes_after(log, sku, t, true)
   r[5] = t
@@ -71,7 +81,7 @@ local function count(key, log, sku, r, q, t)
 end
 
 local function delta(key, log, id, sku, r, d, t)
-  if t <= r[5] then return 'STALE' end
+  if t <= r[5] or t <= full then return 'STALE' end
   r[1] = r[1] + d
   write_row(key, sku, r)
   redis.call('ZADD', log, t, sku .. '\te:' .. id .. '\t' .. d)  -- e: events, c: commits
@@ -80,7 +90,7 @@ end
 
 local outcomes, short, touched = {}, {}, {}
 for j = 0, n - 1 do
-  local p = 4 + j * 8
+  local p = 5 + j * 8
   local id, kind, sku = ARGV[p], ARGV[p + 1], ARGV[p + 2]
   local qty, t = tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
   local key, part = KEYS[tonumber(ARGV[p + 5])], tonumber(ARGV[p + 7])
