@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import orjson
 
@@ -103,10 +104,15 @@ def uncovered(on_hand: int, holders: Sequence[Holder]) -> tuple[Uncovered, ...]:
     return tuple(out)
 
 
+class SourceMap(NamedTuple):
+    ids: dict[str, str]  # "<kind>:<their id>" -> our id
+    kinds: frozenset[str]  # the kinds it maps: a source must map every id of these
+
+
 class Mappings:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.by_source: dict[str, dict[str, str]] = {}
+        self.by_source: dict[str, SourceMap] = {}
         self._version = -1
         self._checked_at = float("-inf")
 
@@ -117,10 +123,12 @@ class Mappings:
                 self.by_source, self._version = {}, version
             self._checked_at = time.monotonic()
 
-    async def of(self, source: str) -> dict[str, str]:
+    async def of(self, source: str) -> SourceMap:
         await self._fresh()
         if source not in self.by_source:
-            self.by_source[source] = await self.storage.mapping(source)
+            ids = await self.storage.mapping(source)
+            kinds = frozenset(k.split(":", 1)[0] for k in ids)
+            self.by_source[source] = SourceMap(ids, kinds)
         return self.by_source[source]
 
     async def _ours(self, source: str, kind: str, theirs: str, field_name: str) -> str:
@@ -129,10 +137,10 @@ class Mappings:
         if not source:
             return theirs
         m = await self.of(source)
-        ours = m.get(f"{kind}:{theirs}")
+        ours = m.ids.get(f"{kind}:{theirs}")
         if ours is not None:
             return ours
-        if any(k.startswith(f"{kind}:") for k in m):
+        if kind in m.kinds:
             raise InvalidArgument(field_name, f"no {source} mapping for {theirs!r}")
         return theirs
 
@@ -320,16 +328,7 @@ class Ingest:
             *(run(listed[i : i + COUNT_BATCH], False) for i in range(0, len(listed), COUNT_BATCH)),
             *(run(zeros[i : i + COUNT_BATCH], True) for i in range(0, len(zeros), COUNT_BATCH)),
         )
-        worst: dict[str, tuple[str, str, int, int]] = {}
-        for row in short:  # one sku may come back from several batches: keep the last word
-            worst[row[1]] = row
-        rows_now = await self.storage.rows([(location, sku) for sku in worst])
-        still = [
-            (location, sku, r.on_hand, r.reserved)
-            for sku, r in zip(worst, rows_now, strict=True)
-            if r.on_hand < r.reserved
-        ]
-        result.shortages = await self.shortages(still)
+        result.shortages = await self.shortages(short)  # each sku is in one batch only
         return result
 
     @staticmethod
