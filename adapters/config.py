@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -41,6 +42,15 @@ FIELDS = (
     "reservation_id",
     "source",
 )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(when: datetime) -> int:
+    """An aware time as ms since the epoch (exact: no float rounding)."""
+    return (when - _EPOCH) // _MS
 
 
 class BadEntry(ValueError):

@@ -36,14 +36,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import orjson
 
-from adapters.config import DEFAULT_SERVER
+from adapters.config import DEFAULT_SERVER, epoch_ms
 from engine.domain import check_id, check_qty
 from engine.errors import InvalidArgument
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -53,8 +53,6 @@ EXIT_OK, EXIT_SERVER, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 FORMATS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
 MISSING = {"zero": pb.MISSING_SKUS_ZERO, "keep": pb.MISSING_SKUS_KEEP}
 PROGRESS_EVERY = 1.0  # seconds between progress lines
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 T = TypeVar("T")
 
 
@@ -81,7 +79,7 @@ def counted_at(text: str) -> int:
             ) from None
         if when.tzinfo is None:
             raise argparse.ArgumentTypeError(f"{text!r} needs an offset or Z (whose time is it?)")
-        ms = (when - _EPOCH) // _MS
+        ms = epoch_ms(when)
     if not 0 < ms < 2**63:
         raise argparse.ArgumentTypeError(f"{text!r} is not a time after the epoch")
     return ms

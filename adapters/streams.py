@@ -59,13 +59,6 @@ from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 log = logging.getLogger("omnistock.streams")
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-_OUTCOMES = {
-    pb.EVENT_OUTCOME_APPLIED: "applied",
-    pb.EVENT_OUTCOME_DUPLICATE: "duplicate",
-    pb.EVENT_OUTCOME_STALE: "stale",
-    pb.EVENT_OUTCOME_ECHO: "echo",
-    pb.EVENT_OUTCOME_REJECTED: "rejected",
-}
 _LAG_INTERVAL = 1.0
 
 
@@ -285,7 +278,8 @@ class Consumer:
         if events:
             acks = await self._send([ev for _, ev in events])
             for (entry, _), ack in zip(events, acks, strict=True):
-                self.metrics.events.labels(_OUTCOMES.get(ack.outcome, "unknown")).inc()
+                outcome = pb.EventOutcome.Name(ack.outcome).removeprefix("EVENT_OUTCOME_")
+                self.metrics.events.labels(outcome.lower()).inc()
                 if ack.outcome == pb.EVENT_OUTCOME_REJECTED:
                     dead.append((entry, ack.reason, "rejected"))
                 else:

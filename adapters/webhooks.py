@@ -45,7 +45,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -61,6 +61,7 @@ from adapters.config import (
     add_common_flags,
     dead_letter_stream,
     entry_fields,
+    epoch_ms,
     redis_url,
     serve_metrics,
 )
@@ -84,8 +85,6 @@ SHOPIFY_TOPICS = frozenset(
 SQUARE_SIGNATURE = "x-square-hmacsha256-signature"
 SQUARE_TYPE = "inventory.count.updated"
 WRITE_TIMEOUT = 0.8  # seconds; platforms give a few more before they count a delivery failed
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 class Result(enum.StrEnum):
@@ -172,7 +171,7 @@ def iso_ms(value: object, field: str) -> int:
         when = None
     if when is None or when.tzinfo is None:
         raise InvalidArgument(field, f"must be an ISO 8601 time with a UTC offset, got {value!r}")
-    return (when - _EPOCH) // _MS
+    return epoch_ms(when)
 
 
 def _int_id(payload: Mapping[str, Any], field: str) -> str:

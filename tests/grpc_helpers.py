@@ -58,6 +58,18 @@ async def stock_up(stubs: Stubs, rows: dict[tuple[str, str], int]) -> None:
     await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
 
 
+def delta(event_id: str, loc: str, sku: str, qty: int, t: int, **fields: str) -> pb.StockEvent:
+    return pb.StockEvent(
+        event_id=event_id,
+        location_id=loc,
+        sku=sku,
+        kind=pb.EVENT_KIND_DELTA,
+        qty=qty,
+        source_time=t,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
 T0 = int(time.time() * 1000) - 3_600_000  # an hour before the tests: seeds are counted then
 
 

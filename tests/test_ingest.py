@@ -18,7 +18,7 @@ from engine.service import MAX_EVENTS, STREAM_READ_AHEAD
 from engine.storage import SHORTAGES
 
 from .conftest import ON_BOTH
-from .grpc_helpers import T0, Stubs, count, level, line, seed
+from .grpc_helpers import T0, Stubs, count, delta, level, line, seed
 
 pytestmark = ON_BOTH
 
@@ -26,18 +26,6 @@ pytestmark = ON_BOTH
 @pytest.fixture
 def stubs(channel: grpc.aio.Channel) -> Stubs:
     return Stubs(channel)
-
-
-def delta(event_id: str, loc: str, sku: str, qty: int, t: int, **fields: str) -> pb.StockEvent:
-    return pb.StockEvent(
-        event_id=event_id,
-        location_id=loc,
-        sku=sku,
-        kind=pb.EVENT_KIND_DELTA,
-        qty=qty,
-        source_time=t,
-        **fields,  # type: ignore[arg-type]
-    )
 
 
 async def stream(

@@ -21,6 +21,7 @@ from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
+from . import grpc_helpers
 from .grpc_helpers import T0, Stubs, count, level, line, seed
 
 DEAD = dead_letter_stream(DEFAULT_STREAM)
@@ -41,16 +42,8 @@ async def consumer(redis: aioredis.Redis, channel: grpc.aio.Channel) -> AsyncIte
 
 
 def delta(event_id: str, loc: str, sku: str, qty: int, t: int, **extra: str) -> dict[str, str]:
-    event = pb.StockEvent(
-        event_id=event_id,
-        location_id=loc,
-        sku=sku,
-        kind=pb.EVENT_KIND_DELTA,
-        qty=qty,
-        source_time=t,
-        **extra,  # type: ignore[arg-type]
-    )
-    return entry_fields(event)
+    """A stock DELTA as the fields of an ingest stream entry."""
+    return entry_fields(grpc_helpers.delta(event_id, loc, sku, qty, t, **extra))
 
 
 async def append(redis: aioredis.Redis, *entries: dict[str, str]) -> None:
