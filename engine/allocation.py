@@ -12,8 +12,9 @@ read, the order is planned again from fresh figures, at most MAX_ATTEMPTS times 
 the answer says what happened to each earlier attempt.
 
 A retried Allocate (same reservation id) answers the plan it held before, priced anew,
-when the reservation holds the same units of each sku as the order; otherwise the id is
-taken (ALREADY_EXISTS).
+when the reservation holds the same units of each sku as the order (with allow_partial: no
+more of each sku than the order, and the rest unfilled); otherwise the id is taken
+(ALREADY_EXISTS).
 """
 
 from __future__ import annotations
@@ -181,7 +182,10 @@ class Allocator:
         units: Counter[str] = Counter()
         for line in held.lines:
             units[line.sku] += line.qty
-        if units != Counter({ln.sku: ln.qty for ln in order.lines}):
+        wanted = Counter({ln.sku: ln.qty for ln in order.lines})
+        # a partial hold holds part of the order, never more of any sku nor another sku
+        same = units - wanted == Counter() if order.allow_partial else units == wanted
+        if not same:
             raise AlreadyExists(
                 f"reservation {order.reservation_id} exists with other lines than this order"
             )

@@ -14,7 +14,7 @@ import grpc
 import hiredis
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import start_http_server
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -24,6 +24,7 @@ from engine import demo
 from engine.allocation import Allocator
 from engine.clock import Clock, SystemClock
 from engine.domain import EventKind, StockEvent
+from engine.edge import DecodeGuard
 from engine.embedded import EmbeddedRedis
 from engine.errors import OmnistockError
 from engine.ingest import Ingest
@@ -45,6 +46,7 @@ from engine.watch import WatchHub
 
 log = logging.getLogger(__name__)
 SERVICES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class _PackedByHiredis:
@@ -98,6 +100,37 @@ async def connect(
     return cluster
 
 
+def grpc_server(settings: Settings) -> grpc.aio.Server:
+    """Over `max_calls` calls under way, a new one is answered RESOURCE_EXHAUSTED (which a
+    client may retry), never left to grpc's default queue of 1,000 calls not yet picked
+    up, whose overflow it answers CANCELLED. (No cap on streams per connection: over
+    one, grpc clients do not wait, they fail the call UNAVAILABLE.)"""
+    limit = settings.max_concurrent_calls
+    return grpc.aio.server(
+        interceptors=[DecodeGuard()],
+        maximum_concurrent_rpcs=limit,
+        options=[
+            ("grpc.server.max_pending_requests", limit * 4),
+            ("grpc.server.max_pending_requests_hard_limit", limit * 8),
+        ],
+    )
+
+
+def enable_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> None:
+    """Reflection v1alpha, and v1: grpcio-reflection ships only v1alpha, whose messages are
+    v1's byte for byte (the same proto in another package), so the same servicer serves both."""
+    servicer = reflection.aio.ReflectionServicer((*names, reflection.SERVICE_NAME, REFLECTION_V1))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": info}),)
+    )
+
+
 class Omnistock:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -132,7 +165,7 @@ class Omnistock:
         self.reservations = Reservations(self.storage, self.clock, timing, self.metrics)
         if self.settings.demo and not self.locations.by_id:
             await load_demo(self.storage, self.locations, self.clock)
-        self.server = grpc.aio.server()
+        self.server = grpc_server(self.settings)
         self._add_services()
         self.port = self.server.add_insecure_port(self.settings.listen)
         await self.server.start()
@@ -173,7 +206,7 @@ class Omnistock:
         pb_grpc.add_StockServiceServicer_to_server(self.stock_service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
+        enable_reflection(self.server, names)
 
     async def _watch(self) -> None:
         """Health follows Redis: NOT_SERVING while it cannot be reached."""

@@ -17,9 +17,11 @@ MAX_ID_LENGTH = 128
 MAX_LINES = 200
 MAX_QTY = 1_000_000_000
 MAX_TTL_SECONDS = 7 * 24 * 3600
+MAX_NAME_LENGTH = 200
 # Ids travel inside Redis key names; braces would break the `{location}` hash tag and
-# whitespace or separators would make logs and encodings ambiguous.
-_ID = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
+# whitespace or separators would make logs and encodings ambiguous. Matched in full
+# (fullmatch): with `$`, "S1\n" would pass, and a newline breaks every line format.
+_ID = re.compile(r"[A-Za-z0-9._:/@+-]+")
 
 
 class LocationType(enum.StrEnum):
@@ -148,10 +150,19 @@ def check_id(value: str, field_name: str) -> str:
         raise InvalidArgument(field_name, "must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(field_name, f"longer than {MAX_ID_LENGTH} characters")
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise InvalidArgument(
             field_name, "may hold only letters, digits and . _ : / @ + - (no spaces or braces)"
         )
+    return value
+
+
+def check_name(value: str, field_name: str) -> str:
+    """A display name: free text, but bounded and printable (it reaches logs and JSON)."""
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgument(field_name, f"longer than {MAX_NAME_LENGTH} characters")
+    if not value.isprintable():
+        raise InvalidArgument(field_name, "may not hold control characters")
     return value
 
 
@@ -184,6 +195,7 @@ def check_ttl(ttl_seconds: float, field_name: str) -> None:
 
 def check_location(location: Location, field_name: str) -> Location:
     check_id(location.id, f"{field_name}.id")
+    check_name(location.name, f"{field_name}.name")
     check_coordinates(location.latitude, location.longitude, field_name)
     if location.ship_capacity is not None and location.ship_capacity < 0:
         raise InvalidArgument(f"{field_name}.ship_capacity", "must not be negative")
@@ -241,6 +253,8 @@ def check_event(event: StockEvent, field_name: str) -> StockEvent:
     check_id(event.sku, f"{field_name}.sku")
     if event.reservation_id:
         check_id(event.reservation_id, f"{field_name}.reservation_id")
+    if event.source:
+        check_id(event.source, f"{field_name}.source")
     if event.source_time <= 0:
         raise InvalidArgument(f"{field_name}.source_time", "must be set (ms since the epoch)")
     if event.kind is EventKind.COUNT:

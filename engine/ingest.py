@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -33,6 +34,7 @@ from engine.storage import Holder, Storage
 log = logging.getLogger(__name__)
 
 _RELOAD_INTERVAL = 1.0
+MAX_CACHED_SOURCES = 1024  # mappings kept in memory; the least recently used go first
 LOCATION, ITEM = "l", "i"  # the two kinds of mapped id, as stored
 MAX_COUNT_LINES = 2_000_000
 COUNT_BATCH = 2000  # count lines per script call
@@ -112,7 +114,7 @@ class SourceMap(NamedTuple):
 class Mappings:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.by_source: dict[str, SourceMap] = {}
+        self.by_source: OrderedDict[str, SourceMap] = OrderedDict()
         self._version = -1
         self._checked_at = float("-inf")
 
@@ -120,16 +122,19 @@ class Mappings:
         if time.monotonic() - self._checked_at > _RELOAD_INTERVAL:
             version = await self.storage.mappings_version()
             if version != self._version:
-                self.by_source, self._version = {}, version
+                self.by_source, self._version = OrderedDict(), version
             self._checked_at = time.monotonic()
 
     async def of(self, source: str) -> SourceMap:
         await self._fresh()
-        if source not in self.by_source:
-            ids = await self.storage.mapping(source)
-            kinds = frozenset(k.split(":", 1)[0] for k in ids)
-            self.by_source[source] = SourceMap(ids, kinds)
-        return self.by_source[source]
+        if source in self.by_source:
+            self.by_source.move_to_end(source)
+            return self.by_source[source]
+        ids = await self.storage.mapping(source)
+        found = self.by_source[source] = SourceMap(ids, frozenset(k.split(":", 1)[0] for k in ids))
+        if len(self.by_source) > MAX_CACHED_SOURCES:
+            self.by_source.popitem(last=False)
+        return found
 
     async def _ours(self, source: str, kind: str, theirs: str, field_name: str) -> str:
         """Our id for a source's id. A source with mappings of this kind must map every id
@@ -175,7 +180,7 @@ class Mappings:
             if ours:
                 check_id(ours, f"mappings[{i}].id")
         await self.storage.set_mappings([(s, f"{k}:{e}", o) for s, k, e, o in changes])
-        self.by_source, self._checked_at = {}, float("-inf")
+        self.by_source, self._checked_at = OrderedDict(), float("-inf")
 
 
 class Ingest:

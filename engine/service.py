@@ -119,34 +119,98 @@ def status_of(exc: OmnistockError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _failure(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str] | None:
+    """The status a handler's exception is answered with; None: let it through (an abort
+    the handler made itself, a cancel)."""
+    if isinstance(exc, OmnistockError):
+        return status_of(exc), str(exc)
+    if isinstance(exc, TimeoutError):
+        # The time went waiting on the store: say so while the caller still listens.
+        return (
+            grpc.StatusCode.UNAVAILABLE,
+            f"{method}: the store did not answer within the deadline",
+        )
+    if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
+        return None
+    log.error("%s failed unexpectedly", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"{method}: internal error (logged on the server)"
+
+
+def _budget(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(remaining - _margin(remaining), 0.001)
+
+
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
-    """Times the call, honours its deadline, and maps our errors to status codes."""
+    """Times the call, honours its deadline, and maps every exception to a status code:
+    ours to theirs, an unexpected one to INTERNAL (logged once), never UNKNOWN."""
 
     def wrap(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(handler)
         async def run(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
             metrics: Metrics = self.metrics
             start, code = time.perf_counter(), grpc.StatusCode.OK
-            remaining = context.time_remaining()
-            budget = None if remaining is None else max(remaining - _margin(remaining), 0.001)
             try:
-                async with asyncio.timeout(budget):
+                async with asyncio.timeout(_budget(context)):
                     return await handler(self, request, context)
-            except OmnistockError as exc:
-                code = status_of(exc)
-                await context.abort(code, str(exc))
-            except TimeoutError:
-                # The time went waiting on the store: say so while the caller still listens.
-                code = grpc.StatusCode.UNAVAILABLE
-                await context.abort(code, f"{method}: the store did not answer within the deadline")
+            except BaseException as exc:
+                failure = _failure(exc, method)
+                if failure is None:
+                    code = context.code() or grpc.StatusCode.CANCELLED
+                    raise
+                code = failure[0]
+                await context.abort(*failure)
             finally:
                 elapsed = time.perf_counter() - start
-                metrics.rpc_seconds.labels(method, code.name).observe(elapsed)
+                metrics.rpc_seconds.labels(method, _code_name(code)).observe(elapsed)
             raise AssertionError("unreachable: abort raises")
 
         return run
 
     return wrap
+
+
+StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]
+
+
+def rpc_stream(method: str) -> Callable[[StreamHandler[Req, Resp]], StreamHandler[Req, Resp]]:
+    """`rpc` for a handler that streams its answers: the stream's life is timed, and its
+    failure mapped the same way."""
+
+    def wrap(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
+        @functools.wraps(handler)
+        async def run(
+            self: Any, request: Req, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Resp]:
+            metrics: Metrics = self.metrics
+            start, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                async for answer in handler(self, request, context):
+                    yield answer
+            except (GeneratorExit, asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException as exc:
+                if context.cancelled():  # the caller is gone: there is no one to answer
+                    code = grpc.StatusCode.CANCELLED
+                    return
+                failure = _failure(exc, method)
+                if failure is None:
+                    code = context.code() or grpc.StatusCode.CANCELLED
+                    raise
+                code = failure[0]
+                await context.abort(*failure)
+            finally:
+                elapsed = time.perf_counter() - start
+                metrics.rpc_seconds.labels(method, _code_name(code)).observe(elapsed)
+
+        return run
+
+    return wrap
+
+
+def _code_name(code: object) -> str:
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
 # -- translation ------------------------------------------------------------------------
@@ -394,6 +458,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         types = types_from_pb(request.location_types, "location_types")
         return [loc.id for loc in await self.locations.active(types)]
 
+    @rpc_stream("WatchAvailability")
     async def WatchAvailability(
         self, request: pb.WatchAvailabilityRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AvailabilityChange]:
@@ -414,8 +479,6 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"{exc}; reconnect and resume with send_current"
             )
-        except OmnistockError as exc:
-            await context.abort(status_of(exc), str(exc))
 
     async def _changes(
         self,
@@ -615,6 +678,7 @@ class StockService(pb_grpc.StockServiceServicer):
             short_rows=[short_row_pb(s) for s in done.shortages],
         )
 
+    @rpc_stream("StreamEvents")
     async def StreamEvents(
         self,
         requests: AsyncIterator[pb.StreamEventsRequest],
@@ -644,8 +708,6 @@ class StockService(pb_grpc.StockServiceServicer):
                 item = after if after is not None else await queue.get()
             if not isinstance(item, _Ended):
                 raise item
-        except OmnistockError as exc:
-            await context.abort(status_of(exc), str(exc))
         finally:
             reader.cancel()
             self.metrics.event_streams.dec()

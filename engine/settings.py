@@ -48,6 +48,10 @@ class Settings:
     saga_timeout_seconds: float = field(
         default=10.0, metadata={"help": "a cross-location step older than this is recovered"}
     )
+    max_concurrent_calls: int = field(
+        default=4000,
+        metadata={"help": "calls under way at once; more are answered RESOURCE_EXHAUSTED"},
+    )
     redis_timeout_seconds: float = field(
         default=2.0, metadata={"help": "socket timeout for each Redis exchange"}
     )
@@ -138,6 +142,8 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--count-missing must be zero or keep")
     if settings.stock_buckets < 1:
         parser.error("--stock-buckets must be at least 1")
+    if settings.max_concurrent_calls < 1:
+        parser.error("--max-concurrent-calls must be at least 1")
     if settings.hold_ttl_seconds <= 0:
         parser.error("--hold-ttl-seconds must be positive")
     for name in COST_FIELDS:

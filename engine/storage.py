@@ -23,8 +23,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:wake       zset  location -> a time at or before its earliest HELD expiry
     {omnistock}:sagas      zset  reservation id -> time after which recovery may act
     {omnistock}:map:<source>  hash  a source's ids -> ours: "l:<its location id>" -> location,
-                          "i:<its item id>" -> sku
-    {omnistock}:map:v      counter  moves with every change of a mapping
+                          "i:<its item id>" -> sku (only mappings live under this prefix)
+    {omnistock}:mapv       counter  moves with every change of a mapping
     {omnistock}:shortages  stream  a shortage event for every row a count or delta left short
 
 Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
@@ -74,7 +74,7 @@ LOCATIONS = "{omnistock}:locations"
 LOCATIONS_VERSION = "{omnistock}:locations:v"
 WAKE = "{omnistock}:wake"
 SAGAS = "{omnistock}:sagas"
-MAPPINGS_VERSION = "{omnistock}:map:v"
+MAPPINGS_VERSION = "{omnistock}:mapv"
 SHORTAGES = "{omnistock}:shortages"
 SHORTAGES_KEPT = 100_000  # about: the stream is trimmed to the newest this many
 
@@ -96,7 +96,9 @@ class Script:
 
 
 class Keys:
-    """Key names, in one place (see the module docstring)."""
+    """Key names, in one place (see the module docstring). Each kind of key has a prefix
+    of its own that no caller's id can reach (ids hold no braces), so no id names another
+    kind's key: tests/test_edge.py checks it for every kind."""
 
     def __init__(self, stock_buckets: int) -> None:
         self.buckets = stock_buckets
@@ -168,6 +170,7 @@ class HoldCall(NamedTuple):
     args: list[Any]
     location: str
     expires_at: int
+    wakes: bool  # the script sets the location's wake-up itself (only when it holds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,18 +582,21 @@ class Storage:
         if capacity is not None:
             cap = [keys.add(Keys.capacity(location)), *capacity]
         with_dir = directory_lines is not None
-        if with_dir:
-            keys.add(Keys.directory(reservation_id))  # last: hold.lua reads it as KEYS[#KEYS]
+        if with_dir:  # last: hold.lua reads them as KEYS[#KEYS-1] and KEYS[#KEYS]
+            keys.add(WAKE)
+            keys.add(Keys.directory(reservation_id))
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
-        return HoldCall(keys.keys, args, location, expires_at)
+        return HoldCall(keys.keys, [*args, location], location, expires_at, with_dir)
 
     async def hold(self, calls: Sequence[HoldCall]) -> list[list[Any]]:
         """Holds parts at one or more locations; the auto-pipeline sends them together.
-        Right behind each hold goes the wake-up of its location's sweep (see wake)."""
+        Right behind each hold goes the wake-up of its location's sweep (see wake), unless
+        the script sets it itself."""
 
         def one(c: HoldCall) -> Awaitable[Any]:
-            return self.call("hold", c.keys, c.args, then=_wake_at(c.location, c.expires_at))
+            then = None if c.wakes else _wake_at(c.location, c.expires_at)
+            return self.call("hold", c.keys, c.args, then=then)
 
         if len(calls) == 1:  # the common case: no task for gather to make
             return [_decode(await one(calls[0]))]
@@ -618,18 +624,21 @@ class Storage:
     async def extend_part(
         self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
     ) -> list[Any]:
-        """Moves a part's expiry; the directory is kept at least as long (PEXPIRE GT), in
-        the same round trip."""
+        """Moves a part's expiry; once it has moved, the location's wake-up follows it (an
+        earlier expiry must wake the sweep earlier) and the directory is kept at least as
+        long (PEXPIRE GT), in a second round trip, so that a refused extend writes nothing."""
         keys = [Keys.part(location, reservation_id), Keys.due(location)]
         args = [reservation_id, now, expires_at, "pin" if pin else "set"]
-        directory_ttl = expires_at - now + self.retention_ms
+        answer = _decode(await self.call("extend", keys, args))
+        if answer[0] == "HELD":
+            directory_ttl = int(answer[1]) - now + self.retention_ms
 
-        def build(pipe: Any) -> None:
-            self.evalsha(pipe, "extend", keys, args)
-            pipe.execute_command(*_wake_at(location, expires_at))
-            pipe.pexpire(Keys.directory(reservation_id), directory_ttl, gt=True)
+            def build(pipe: Any) -> None:
+                pipe.execute_command(*_wake_at(location, int(answer[1])))
+                pipe.pexpire(Keys.directory(reservation_id), directory_ttl, gt=True)
 
-        return _decode((await self.pipeline(build))[0])
+            await self.pipeline(build)
+        return answer
 
     async def parts(self, reservation_id: str, locations: Iterable[str]) -> list[PartState]:
         locs = list(locations)
@@ -656,14 +665,22 @@ class Storage:
     async def claim(
         self, reservation_id: str, fp: str, lines: str, owner: str, ttl_ms: int, recover_at: int
     ) -> list[Any]:
-        """Opens a saga: the sagas index entry and the directory entry, in one round trip."""
+        """Opens a saga: the sagas index entry and the directory entry, in one round trip.
+        The index entry goes first (a crash after it leaves recovery a trace), and only if
+        the id has none (NX: a retry never postpones the recovery of an earlier attempt);
+        a claim refused (CONFLICT, or the id's saga under way) takes back the entry it
+        added, so a refused call leaves nothing behind."""
 
         def build(pipe: Any) -> None:
-            pipe.zadd(SAGAS, {reservation_id: recover_at})
+            pipe.zadd(SAGAS, {reservation_id: recover_at}, nx=True)
             args = [fp, lines, owner, ttl_ms]
             self.evalsha(pipe, "claim", [Keys.directory(reservation_id)], args)
 
-        return _decode((await self.pipeline(build))[1])
+        added, answer = await self.pipeline(build)
+        claimed = _decode(answer)
+        if claimed[0] != "NEW" and added:
+            await self.unschedule_saga(reservation_id)
+        return claimed
 
     async def settle(self, reservation_id: str, expected: str, new: str, ttl_ms: int = 0) -> bool:
         args = [expected, new, ttl_ms]

@@ -207,6 +207,19 @@ async def test_entries_pending_at_a_crashed_consumer_are_claimed_by_another(
     await other._close_call()
 
 
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+
+
+async def stopped(pid: int) -> None:
+    """Returns once the process is stopped (state T in /proc): SIGSTOP is not synchronous."""
+    for _ in range(1000):
+        if process_state(pid) == "T":
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 async def test_a_consumer_killed_mid_batch_applies_every_event_exactly_once_after_restart(
     stubs: Stubs, redis: aioredis.Redis, server: Omnistock, one_redis_url: str, project_root: Path
 ) -> None:
@@ -241,12 +254,16 @@ async def test_a_consumer_killed_mid_batch_applies_every_event_exactly_once_afte
 
     await redis.xgroup_create(DEFAULT_STREAM, "omnistock", "0")
     first = await start()
-    # kill it while it has entries delivered and not yet acknowledged, part way through
+    # kill it while it has entries delivered and not yet acknowledged, part way through:
+    # frozen first (SIGSTOP), so that what is pending when looked at is pending when killed
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pending = (await redis.xpending(DEFAULT_STREAM, "omnistock"))["pending"]
-        if pending and applied() > 2 + 1000:
-            break
+        if applied() > 2 + 1000:
+            first.send_signal(signal.SIGSTOP)
+            await stopped(first.pid)
+            if (await redis.xpending(DEFAULT_STREAM, "omnistock"))["pending"]:
+                break
+            first.send_signal(signal.SIGCONT)
         await asyncio.sleep(0.002)
     first.send_signal(signal.SIGKILL)
     await first.wait()

@@ -1,5 +1,5 @@
 -- extend: move a HELD part's expiry; a part already past its expiry cannot be revived.
--- (The caller keeps the directory alive as long, with PEXPIRE GT in the same round trip.)
+-- (Once it answers HELD, the caller moves L's wake-up and keeps the directory alive as long.)
 -- KEYS[1] {L}:r:<id>;  KEYS[2] {L}:x the expiry index
 -- ARGV: id, now_ms, expires_at_ms, mode ('set' | 'pin': pin never shortens)
 -- Returns {'HELD', expires_at} | {'STATE', state} | {'MISSING'}

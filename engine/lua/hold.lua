@@ -2,12 +2,15 @@
 -- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l, t)
 -- KEYS[2]  {L}:x        the expiry index of L: reservation id -> expiry (ms), for the sweeper
 -- KEYS[3..] {L}:s:<b>   stock buckets the lines live in
--- KEYS[#KEYS] res:{<id>} the directory, only when ARGV[6] == '1' (one Redis, one location)
+-- KEYS[#KEYS-1] {omnistock}:wake, and KEYS[#KEYS] res:{<id>} the directory, only when
+--           ARGV[6] == '1' (one Redis, one location: there the hold also sets L's wake-up;
+--           elsewhere the caller sends that ZADD behind the script)
 -- KEYS[cap] {L}:c        pick capacity, only when the hold takes one (a ship-from-store plan)
 -- ARGV: reservation id, fingerprint, now_ms, expires_at_ms, retention_ms, with_dir, dir_lines, n,
 --       then n triples (sku, qty, bucket key index),
 --       then cap (index of {L}:c in KEYS, 0: takes no capacity), limit, day, keep_from
---       (a plan takes one of the `limit` orders L may pick on `day`; see take_capacity)
+--       (a plan takes one of the `limit` orders L may pick on `day`; see take_capacity),
+--       then L (the location id, for the wake-up)
 -- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
 --       | {'FULL', orders already picked that day} | {'EXISTS', state, expires_at} | {'CONFLICT'}
 local id, fp = ARGV[1], ARGV[2]
@@ -62,4 +65,5 @@ if cap > 0 then
   redis.call('HSET', KEYS[1], 'c', ARGV[c + 2])
 end
 redis.call('ZADD', KEYS[2], exp, id)
+if ARGV[6] == '1' then redis.call('ZADD', KEYS[#KEYS - 1], 'LT', exp, ARGV[c + 4]) end
 return {'HELD', exp}
