@@ -1,4 +1,4 @@
-"""The webhook receiver (adapters/webhooks.py) over real HTTP (aiohttp's test server) against
+"""The webhook receiver (adapters/webhooks/) over real HTTP (aiohttp's test server) against
 the real Redis-compatible server of the session: the platforms' documented payloads, signed in
 this file as each platform documents it (hmac + base64 here, not the module's functions),
 become the right entries on the ingest stream, durably; anything else is refused, ignored or
@@ -26,14 +26,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from adapters.config import DEFAULT_STREAM, dead_letter_stream, event_of
 from adapters.streams import Consumer, Options
-from adapters.webhooks import (
-    Settings,
-    WebhookMetrics,
-    appendonly,
-    make_app,
-    parse_args,
-    settings_of,
-)
+from adapters.webhooks.command import parse_args, settings_of
+from adapters.webhooks.receiver import Settings, WebhookMetrics, make_app
+from adapters.webhooks.writer import appendonly
 from engine.clock import ManualClock
 from engine.embedded import EmbeddedRedis, free_port
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb

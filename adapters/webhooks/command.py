@@ -1,0 +1,109 @@
+"""The command: `python -m adapters.webhooks` serves the receiver (receiver.py) with its flags
+and environment, and its own Prometheus metrics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from adapters.config import add_common_flags, redis_url, serve_metrics
+from adapters.webhooks.receiver import WRITE_TIMEOUT, Settings, WebhookMetrics, make_app
+from adapters.webhooks.writer import appendonly
+from engine.logs import setup_logging
+
+log = logging.getLogger("adapters.webhooks")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(
+        prog="python -m adapters.webhooks",
+        description="Receives Shopify and Square inventory webhooks onto the ingest stream.",
+    )
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
+    parser.add_argument(
+        "--shopify-secret",
+        default=env.get("SHOPIFY_WEBHOOK_SECRET", ""),
+        help="the Shopify app's client secret (env SHOPIFY_WEBHOOK_SECRET); unset: 404",
+    )
+    parser.add_argument(
+        "--square-signature-key",
+        default=env.get("SQUARE_SIGNATURE_KEY", ""),
+        help="the Square subscription's signature key (env SQUARE_SIGNATURE_KEY); unset: 404",
+    )
+    parser.add_argument(
+        "--square-notification-url",
+        default=env.get("SQUARE_NOTIFICATION_URL", ""),
+        help="the notification URL exactly as configured at Square (env "
+        "SQUARE_NOTIFICATION_URL): Square signs it, and behind a proxy it cannot be guessed",
+    )
+    parser.add_argument(
+        "--no-wait-aof",
+        action="store_true",
+        help="answer once Redis took the write, without waiting for its AOF fsync (WAITAOF)",
+    )
+    parser.add_argument(
+        "--write-timeout-seconds",
+        type=float,
+        default=WRITE_TIMEOUT,
+        help="budget of one delivery's write; past it the platform gets a 503 and retries",
+    )
+    add_common_flags(parser, 9466)
+    args = parser.parse_args(argv)
+    if args.square_signature_key and not args.square_notification_url:
+        parser.error("a Square signature key needs --square-notification-url: Square signs it")
+    return args
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    return Settings(
+        stream=args.stream,
+        shopify_secret=args.shopify_secret,
+        square_signature_key=args.square_signature_key,
+        square_notification_url=args.square_notification_url,
+        wait_aof=not args.no_wait_aof,
+        write_timeout=args.write_timeout_seconds,
+    )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from engine.app import redis_client  # the engine's fail-fast client settings
+
+    setup_logging(args.log_level)
+    settings = settings_of(args)
+    metrics = WebhookMetrics()
+    serve_metrics(args.metrics_port, metrics.registry)
+    redis = redis_client(redis_url(args.redis_url, args.state_dir), settings.write_timeout)
+    if settings.wait_aof and not await appendonly(redis):
+        raise SystemExit(
+            "the ingest stream's Redis has appendonly off: every delivery would wait for an "
+            "fsync that never comes (503). Turn appendonly on there, or give --no-wait-aof."
+        )
+    runner = web.AppRunner(make_app(redis, settings, metrics))
+    await runner.setup()
+    host, port = args.listen.rsplit(":", 1)
+    await web.TCPSite(runner, host, int(port)).start()
+    log.info(
+        "webhooks on http://%s (shopify %s, square %s) -> stream %s",
+        args.listen,
+        "on" if settings.shopify_secret else "off",
+        "on" if settings.square_signature_key else "off",
+        settings.stream,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await redis.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    asyncio.run(serve(parse_args(argv)))
