@@ -763,12 +763,19 @@ async def test_healthz_answers(redis: aioredis.Redis) -> None:
         assert await resp.json() == {"status": "ok"}
 
 
-def test_command_line_takes_secrets_from_flags_and_environment(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.fixture
+def no_secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("SHOPIFY_WEBHOOK_SECRET", "SQUARE_SIGNATURE_KEY", "SQUARE_NOTIFICATION_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_command_line_takes_secrets_from_the_environment(
+    no_secrets_in_env: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SHOPIFY_WEBHOOK_SECRET", "from-env")
-    monkeypatch.setenv("SQUARE_SIGNATURE_KEY", "key-from-env")
-    monkeypatch.setenv("SQUARE_NOTIFICATION_URL", SQUARE_URL)
+    no_secrets_in_env.setenv("SHOPIFY_WEBHOOK_SECRET", "from-env")
+    no_secrets_in_env.setenv("SQUARE_SIGNATURE_KEY", "key-from-env")
+    no_secrets_in_env.setenv("SQUARE_NOTIFICATION_URL", SQUARE_URL)
     args = parse_args(["--listen", "127.0.0.1:9000", "--no-wait-aof", "--stream", "s"])
     assert settings_of(args) == Settings(
         stream="s",
@@ -782,16 +789,68 @@ def test_command_line_takes_secrets_from_flags_and_environment(
         9466,
         Path("state"),
     )
-    flags = parse_args(["--shopify-secret", "from-flag"])
-    assert settings_of(flags).shopify_secret == "from-flag"
+
+
+def test_command_line_takes_secrets_from_files(
+    no_secrets_in_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "shopify").write_text("from-file\n")  # as `echo secret > file` leaves it
+    (tmp_path / "square").write_text("key-from-file")
+    args = parse_args(
+        [
+            "--shopify-secret-file",
+            str(tmp_path / "shopify"),
+            "--square-signature-key-file",
+            str(tmp_path / "square"),
+            "--square-notification-url",
+            SQUARE_URL,
+        ]
+    )
+    settings = settings_of(args)
+    assert (settings.shopify_secret, settings.square_signature_key) == (
+        "from-file",
+        "key-from-file",
+    )
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--shopify-secret", "hush"], ["--square-signature-key", "hush"]],
+    ids=["shopify", "square"],
+)
+def test_secrets_are_never_taken_as_flag_values(
+    no_secrets_in_env: pytest.MonkeyPatch, flags: list[str]
+) -> None:
+    """A flag's value shows in `ps` to every user of the machine."""
+    with pytest.raises(SystemExit):
+        parse_args([*flags, "--square-notification-url", SQUARE_URL])
+
+
+def test_a_secret_given_twice_or_empty_is_refused(
+    no_secrets_in_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "secret").write_text("from-file")
+    with pytest.raises(SystemExit):
+        parse_args(["--shopify-secret-file", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit):
+        parse_args(["--shopify-secret-file", str(tmp_path / "missing")])
+    no_secrets_in_env.setenv("SHOPIFY_WEBHOOK_SECRET", "from-env")
+    with pytest.raises(SystemExit):
+        parse_args(["--shopify-secret-file", str(tmp_path / "secret")])
+
+
+def test_settings_never_show_their_secrets() -> None:
+    shown = repr(Settings(shopify_secret="hush-1", square_signature_key="hush-2"))
+    assert "hush" not in shown
 
 
 def test_square_key_without_its_notification_url_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
+    no_secrets_in_env: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("SQUARE_NOTIFICATION_URL", raising=False)
+    no_secrets_in_env.setenv("SQUARE_SIGNATURE_KEY", "k")
     with pytest.raises(SystemExit):
-        parse_args(["--square-signature-key", "k"])
+        parse_args([])
 
 
 # --- end to end: platform -> receiver -> stream -> Streams adapter -> engine ---

@@ -9,15 +9,20 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
 from adapters.config import add_common_flags, redis_url, serve_metrics
 from adapters.webhooks.receiver import WRITE_TIMEOUT, Settings, WebhookMetrics, make_app
 from adapters.webhooks.writer import appendonly
+from engine.errors import InvalidArgument
 from engine.logs import setup_logging
 
 log = logging.getLogger("adapters.webhooks")
+
+SHOPIFY_SECRET = "SHOPIFY_WEBHOOK_SECRET"  # environment variables
+SQUARE_KEY = "SQUARE_SIGNATURE_KEY"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -28,14 +33,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
     parser.add_argument(
-        "--shopify-secret",
-        default=env.get("SHOPIFY_WEBHOOK_SECRET", ""),
-        help="the Shopify app's client secret (env SHOPIFY_WEBHOOK_SECRET); unset: 404",
+        "--shopify-secret-file",
+        type=Path,
+        metavar="PATH",
+        help=f"a file holding the Shopify app's client secret, else env {SHOPIFY_SECRET}; "
+        "neither: /webhooks/shopify answers 404",
     )
     parser.add_argument(
-        "--square-signature-key",
-        default=env.get("SQUARE_SIGNATURE_KEY", ""),
-        help="the Square subscription's signature key (env SQUARE_SIGNATURE_KEY); unset: 404",
+        "--square-signature-key-file",
+        type=Path,
+        metavar="PATH",
+        help=f"a file holding the Square subscription's signature key, else env {SQUARE_KEY}; "
+        "neither: /webhooks/square answers 404",
     )
     parser.add_argument(
         "--square-notification-url",
@@ -56,9 +65,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_common_flags(parser, 9466)
     args = parser.parse_args(argv)
+    try:
+        args.shopify_secret = secret(SHOPIFY_SECRET, args.shopify_secret_file)
+        args.square_signature_key = secret(SQUARE_KEY, args.square_signature_key_file)
+    except InvalidArgument as exc:
+        parser.error(str(exc))
     if args.square_signature_key and not args.square_notification_url:
         parser.error("a Square signature key needs --square-notification-url: Square signs it")
     return args
+
+
+def secret(env_name: str, path: Path | None) -> str:
+    """A secret from its file, else from its environment variable; never from a flag's value,
+    which any user sees in `ps`. Both given is a mistake, refused rather than ranked. A file's
+    trailing newline is not part of the secret."""
+    given = os.environ.get(env_name, "")
+    if path is None:
+        return given
+    if given:
+        raise InvalidArgument(env_name, f"set, and {path} given too: give one of them")
+    try:
+        value = path.read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(str(path), f"cannot be read ({exc})") from None
+    if not value:
+        raise InvalidArgument(str(path), "is empty")
+    return value
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

@@ -23,7 +23,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -53,8 +53,9 @@ class Result(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Settings:
     stream: str = DEFAULT_STREAM
-    shopify_secret: str = ""  # the app's client secret; empty: /webhooks/shopify answers 404
-    square_signature_key: str = ""  # the subscription's; empty: /webhooks/square answers 404
+    # secrets: kept out of repr, so logging the settings never shows them
+    shopify_secret: str = field(default="", repr=False)  # the app's client secret; empty: 404
+    square_signature_key: str = field(default="", repr=False)  # the subscription's; empty: 404
     square_notification_url: str = ""  # exactly as configured at Square: it is signed too
     wait_aof: bool = True
     write_timeout: float = WRITE_TIMEOUT
