@@ -14,7 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from adapters.config import add_common_flags, redis_url, serve_metrics
-from adapters.webhooks.receiver import WRITE_TIMEOUT, Settings, WebhookMetrics, make_app
+from adapters.webhooks.answers import WebhookMetrics
+from adapters.webhooks.receiver import WRITE_TIMEOUT, Settings, make_app, server_options
 from adapters.webhooks.writer import appendonly
 from engine.errors import InvalidArgument
 from engine.logs import setup_logging
@@ -117,7 +118,7 @@ async def serve(args: argparse.Namespace) -> None:
             "the ingest stream's Redis has appendonly off: every delivery would wait for an "
             "fsync that never comes (503). Turn appendonly on there, or give --no-wait-aof."
         )
-    runner = web.AppRunner(make_app(redis, settings, metrics))
+    runner = web.AppRunner(make_app(redis, settings, metrics), **server_options(settings, metrics))
     await runner.setup()
     host, port = args.listen.rsplit(":", 1)
     await web.TCPSite(runner, host, int(port)).start()

@@ -19,18 +19,23 @@ Answers, and why:
 
 from __future__ import annotations
 
-import enum
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from adapters.config import DEFAULT_STREAM, dead_letter_stream
 from adapters.webhooks import shopify, square
+from adapters.webhooks.answers import (
+    Result,
+    WebhookMetrics,
+    answer,
+    answer_counter,
+    errors_as_answers,
+)
 from adapters.webhooks.payloads import load_object
 from adapters.webhooks.writer import StreamWriter, stream_entry
 from engine.clock import Clock, SystemClock
@@ -42,14 +47,6 @@ log = logging.getLogger("adapters.webhooks")
 WRITE_TIMEOUT = 0.8  # seconds; platforms give a few more before they count a delivery failed
 
 
-class Result(enum.StrEnum):
-    ACCEPTED = "accepted"
-    IGNORED = "ignored"
-    BAD_SIGNATURE = "bad_signature"
-    DEAD_LETTER = "dead_letter"
-    UNAVAILABLE = "unavailable"
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     stream: str = DEFAULT_STREAM
@@ -59,32 +56,6 @@ class Settings:
     square_notification_url: str = ""  # exactly as configured at Square: it is signed too
     wait_aof: bool = True
     write_timeout: float = WRITE_TIMEOUT
-
-
-class WebhookMetrics:
-    """The receiver's own metrics, in their own registry."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "omnistock_webhook_requests_total",
-            "Webhook deliveries by platform and result (accepted, ignored, bad_signature, "
-            "dead_letter, unavailable)",
-            ["platform", "result"],
-            registry=self.registry,
-        )
-        self.events = Counter(
-            "omnistock_webhook_events_total",
-            "Stock events written to the ingest stream",
-            ["platform"],
-            registry=self.registry,
-        )
-        self.seconds = Histogram(
-            "omnistock_webhook_seconds",
-            "Time to answer a webhook delivery",
-            ["platform"],
-            registry=self.registry,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +79,6 @@ class Receiver:
         self.writer = StreamWriter(redis, settings.wait_aof, settings.write_timeout)
 
     async def receive_shopify(self, request: web.Request) -> web.Response:
-        return await self._timed(shopify.SHOPIFY, self._shopify(request))
-
-    async def receive_square(self, request: web.Request) -> web.Response:
-        return await self._timed(square.SQUARE, self._square(request))
-
-    async def _timed(self, platform: str, answer: Awaitable[web.Response]) -> web.Response:
-        started = time.perf_counter()
-        try:
-            return await answer
-        finally:
-            self.metrics.seconds.labels(platform).observe(time.perf_counter() - started)
-
-    async def _shopify(self, request: web.Request) -> web.Response:
         secret = self.settings.shopify_secret
         if not secret:
             return _not_configured(shopify.SHOPIFY)
@@ -133,7 +91,7 @@ class Receiver:
         delivery = Delivery(shopify.SHOPIFY, shopify.delivery_id(headers), topic, body)
         return await self._take(delivery, lambda: shopify.events(headers, body, received))
 
-    async def _square(self, request: web.Request) -> web.Response:
+    async def receive_square(self, request: web.Request) -> web.Response:
         key, url = self.settings.square_signature_key, self.settings.square_notification_url
         if not key:
             return _not_configured(square.SQUARE)
@@ -150,13 +108,13 @@ class Receiver:
         except InvalidArgument as exc:
             return await self._dead_letter(delivery, str(exc))
         if not events:
-            return self._answer(delivery.platform, Result.IGNORED)
+            return answer(Result.IGNORED)
         try:
             await self.writer.append(self.settings.stream, [stream_entry(e) for e in events])
         except Unavailable as exc:
             return self._unavailable(delivery, exc)
         self.metrics.events.labels(delivery.platform).inc(len(events))
-        return self._answer(delivery.platform, Result.ACCEPTED, events=len(events))
+        return answer(Result.ACCEPTED, events=len(events))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> web.Response:
         entry: dict[str, str | bytes] = {
@@ -173,7 +131,7 @@ class Receiver:
         log.warning(
             "%s delivery %r dead-lettered: %s", delivery.platform, delivery.delivery_id, reason
         )
-        return self._answer(delivery.platform, Result.DEAD_LETTER, reason=reason)
+        return answer(Result.DEAD_LETTER, reason=reason)
 
     def _unavailable(self, delivery: Delivery, exc: Unavailable) -> web.Response:
         log.warning(
@@ -182,21 +140,15 @@ class Receiver:
             delivery.delivery_id,
             exc,
         )
-        return self._answer(delivery.platform, Result.UNAVAILABLE, status=503)
+        return answer(Result.UNAVAILABLE, 503)
 
     def _refuse(self, platform: str) -> web.Response:
         log.info("%s delivery refused: missing or wrong signature", platform)
-        return self._answer(platform, Result.BAD_SIGNATURE, status=401)
-
-    def _answer(
-        self, platform: str, result: Result, status: int = 200, **more: object
-    ) -> web.Response:
-        self.metrics.requests.labels(platform, result.value).inc()
-        return web.json_response({"result": result.value, **more}, status=status)
+        return answer(Result.BAD_SIGNATURE, 401)
 
 
 def _not_configured(platform: str) -> web.Response:
-    return web.json_response({"error": f"{platform} webhooks are not configured here"}, status=404)
+    return answer(Result.NOT_CONFIGURED, 404, error=f"{platform} webhooks are not configured here")
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -210,7 +162,7 @@ def make_app(
     clock: Clock | None = None,
 ) -> web.Application:
     receiver = Receiver(redis, settings, metrics or WebhookMetrics(), clock or SystemClock())
-    app = web.Application()
+    app = web.Application(middlewares=[errors_as_answers])
     app.add_routes(
         [
             web.post("/webhooks/shopify", receiver.receive_shopify),
@@ -219,3 +171,8 @@ def make_app(
         ]
     )
     return app
+
+
+def server_options(settings: Settings, metrics: WebhookMetrics) -> dict[str, Any]:
+    """The receiver's settings of aiohttp's server (AppRunner's keyword arguments)."""
+    return {"access_log_class": answer_counter(metrics)}
