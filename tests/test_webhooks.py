@@ -646,6 +646,22 @@ def test_command_line_takes_secrets_from_the_environment(
     )
 
 
+def test_command_line_sets_the_guards_at_the_edge(no_secrets_in_env: pytest.MonkeyPatch) -> None:
+    assert settings_of(parse_args([])) == Settings()  # the flags' defaults are the settings'
+    args = parse_args(
+        ["--max-body-bytes", "4096", "--header-timeout-seconds", "3", "--body-timeout-seconds", "4"]
+    )
+    settings = settings_of(args)
+    assert (settings.max_body_bytes, settings.header_timeout, settings.body_timeout) == (
+        4096,
+        3.0,
+        4.0,
+    )
+    for off in (["--max-body-bytes", "0"], ["--header-timeout-seconds", "0"]):
+        with pytest.raises(SystemExit):  # a guard is not turned off by a zero
+            parse_args(off)
+
+
 def test_command_line_takes_secrets_from_files(
     no_secrets_in_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

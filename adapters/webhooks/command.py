@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 from collections.abc import Sequence
@@ -15,7 +16,15 @@ from aiohttp import web
 
 from adapters.config import add_common_flags, redis_url, serve_metrics
 from adapters.webhooks.answers import WebhookMetrics
-from adapters.webhooks.receiver import WRITE_TIMEOUT, Settings, make_app, server_options
+from adapters.webhooks.receiver import (
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    MAX_BODY_BYTES,
+    WRITE_TIMEOUT,
+    Settings,
+    make_app,
+    server_options,
+)
 from adapters.webhooks.writer import appendonly
 from engine.errors import InvalidArgument
 from engine.logs import setup_logging
@@ -64,6 +73,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=WRITE_TIMEOUT,
         help="budget of one delivery's write; past it the platform gets a 503 and retries",
     )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=MAX_BODY_BYTES,
+        help="a body over this many bytes is answered 413 before its signature is checked "
+        "(at once, when its Content-Length says so; default %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout-seconds",
+        type=positive_float,
+        default=HEADER_TIMEOUT,
+        help="a connection that has not sent a whole request head this long after it opened, "
+        "or after its last answer, is closed: slow heads, and idle connections (default "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout-seconds",
+        type=positive_float,
+        default=BODY_TIMEOUT,
+        help="a body not whole this long after its head is answered 408 (default %(default)s)",
+    )
     add_common_flags(parser, 9466)
     args = parser.parse_args(argv)
     try:
@@ -74,6 +104,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.square_signature_key and not args.square_notification_url:
         parser.error("a Square signature key needs --square-notification-url: Square signs it")
     return args
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0 (0 would turn a guard off)."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (0 would turn a guard off)."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
 
 
 def secret(env_name: str, path: Path | None) -> str:
@@ -102,6 +148,9 @@ def settings_of(args: argparse.Namespace) -> Settings:
         square_notification_url=args.square_notification_url,
         wait_aof=not args.no_wait_aof,
         write_timeout=args.write_timeout_seconds,
+        max_body_bytes=args.max_body_bytes,
+        header_timeout=args.header_timeout_seconds,
+        body_timeout=args.body_timeout_seconds,
     )
 
 

@@ -11,14 +11,22 @@ Answers, and why:
     200  written (accepted); nothing to write (ignored: another topic or type, or no IN_STOCK
          count); or a signed payload that is not the documented shape, kept on the dead-letter
          stream with the reason, since a retry would not make it any better (dead_letter)
+    400  a body that cannot be read (broken chunks, a content-encoding that does not decode)
     401  a missing or wrong signature: nothing is written anywhere
     404  the platform's secret is not configured here
+    408  the body came slower than the body timeout allows
+    413  the body is over the cap: refused before any signature is computed, at once when its
+         Content-Length says so
     503  Redis did not take the write, or did not report it fsynced, within the write budget:
          the platform retries later
+
+A connection that has not sent a whole request head within the header timeout of opening, or
+of its last answer, is closed (server_options). Every answer is counted (answers.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +53,15 @@ from engine.errors import InvalidArgument, Unavailable
 log = logging.getLogger("adapters.webhooks")
 
 WRITE_TIMEOUT = 0.8  # seconds; platforms give a few more before they count a delivery failed
+# An inventory_levels delivery is under 1 KB, and an inventory.count.updated one carries a
+# few hundred bytes a count; 256 KiB holds hundreds of counts in one event and keeps what
+# anyone can make the receiver hold in memory, per connection, small.
+MAX_BODY_BYTES = 256 * 1024
+# Shopify waits 5 s for an answer, Square 10 s: a head or body slower than that is not a
+# platform's, and a delivery that takes longer fails at the platform anyway.
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 10.0
+LINGER = 2.0  # seconds to drain a body left unread (413, 408) so the client sees the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +73,9 @@ class Settings:
     square_notification_url: str = ""  # exactly as configured at Square: it is signed too
     wait_aof: bool = True
     write_timeout: float = WRITE_TIMEOUT
+    max_body_bytes: int = MAX_BODY_BYTES
+    header_timeout: float = HEADER_TIMEOUT  # from a connection's opening, or its last answer
+    body_timeout: float = BODY_TIMEOUT  # from the end of the head
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +102,7 @@ class Receiver:
         secret = self.settings.shopify_secret
         if not secret:
             return _not_configured(shopify.SHOPIFY)
-        body = await request.read()
+        body = await read_body(request, self.settings)
         headers = request.headers
         if not shopify.signature_ok(secret, body, headers.get(shopify.HMAC, "")):
             return self._refuse(shopify.SHOPIFY)
@@ -95,7 +115,7 @@ class Receiver:
         key, url = self.settings.square_signature_key, self.settings.square_notification_url
         if not key:
             return _not_configured(square.SQUARE)
-        body = await request.read()
+        body = await read_body(request, self.settings)
         if not square.signature_ok(key, url, body, request.headers.get(square.SIGNATURE, "")):
             return self._refuse(square.SQUARE)
         event_id, kind = square.ids(body)
@@ -147,6 +167,26 @@ class Receiver:
         return answer(Result.BAD_SIGNATURE, 401)
 
 
+async def read_body(request: web.Request, settings: Settings) -> bytes:
+    """The raw body, before anything looks at it: refused at once when its declared length is
+    over the cap, cut off once it passes the cap (aiohttp's client_max_size, for a body sent
+    without a length) or when it comes slower than the body timeout allows."""
+    cap, declared = settings.max_body_bytes, request.content_length
+    if declared is not None and declared > cap:
+        raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=declared)
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"the body took longer than {settings.body_timeout:g} s"
+        ) from None
+    except web.RequestPayloadError as exc:  # broken chunks, or a content-encoding that is not
+        raise web.HTTPBadRequest(text=f"the body cannot be read: {exc}") from None
+    except ConnectionResetError:  # the client left: nobody will read the answer, but it counts
+        raise web.HTTPBadRequest(text="the connection closed before the whole body came") from None
+
+
 def _not_configured(platform: str) -> web.Response:
     return answer(Result.NOT_CONFIGURED, 404, error=f"{platform} webhooks are not configured here")
 
@@ -162,7 +202,7 @@ def make_app(
     clock: Clock | None = None,
 ) -> web.Application:
     receiver = Receiver(redis, settings, metrics or WebhookMetrics(), clock or SystemClock())
-    app = web.Application(middlewares=[errors_as_answers])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_as_answers])
     app.add_routes(
         [
             web.post("/webhooks/shopify", receiver.receive_shopify),
@@ -175,4 +215,11 @@ def make_app(
 
 def server_options(settings: Settings, metrics: WebhookMetrics) -> dict[str, Any]:
     """The receiver's settings of aiohttp's server (AppRunner's keyword arguments)."""
-    return {"access_log_class": answer_counter(metrics)}
+    return {
+        # aiohttp (3.14.4 on) arms this timer when a connection opens and again after each
+        # answer, and closes the connection when it fires while no whole request head has
+        # come: the read timeout of a head (slowloris), which also ends idle connections.
+        "keepalive_timeout": settings.header_timeout,
+        "lingering_time": LINGER,
+        "access_log_class": answer_counter(metrics),
+    }
