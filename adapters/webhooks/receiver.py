@@ -181,7 +181,7 @@ async def read_body(request: web.Request, settings: Settings) -> bytes:
         raise web.HTTPRequestTimeout(
             text=f"the body took longer than {settings.body_timeout:g} s"
         ) from None
-    except web.RequestPayloadError as exc:  # broken chunks, or a content-encoding that is not
+    except web.RequestPayloadError as exc:  # broken chunks, or an encoding that will not decode
         raise web.HTTPBadRequest(text=f"the body cannot be read: {exc}") from None
     except ConnectionResetError:  # the client left: nobody will read the answer, but it counts
         raise web.HTTPBadRequest(text="the connection closed before the whole body came") from None
@@ -196,12 +196,11 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 def make_app(
-    redis: aioredis.Redis,
-    settings: Settings,
-    metrics: WebhookMetrics | None = None,
-    clock: Clock | None = None,
+    redis: aioredis.Redis, settings: Settings, metrics: WebhookMetrics, clock: Clock | None = None
 ) -> web.Application:
-    receiver = Receiver(redis, settings, metrics or WebhookMetrics(), clock or SystemClock())
+    """The receiver's application; served with server_options(settings, metrics), which
+    count its answers into the same metrics."""
+    receiver = Receiver(redis, settings, metrics, clock or SystemClock())
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_as_answers])
     app.add_routes(
         [
