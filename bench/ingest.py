@@ -179,7 +179,7 @@ class Run:
             await self.stock.SetMappings(pb.SetMappingsRequest(mappings=mappings[i : i + 1000]))
         port = free_port()
         receiver = self.spawn(
-            "adapters.webhooks", "--listen", f"127.0.0.1:{port}", "--shopify-secret", SECRET
+            "adapters.webhooks", "--listen", f"127.0.0.1:{port}", SHOPIFY_WEBHOOK_SECRET=SECRET
         )
         url = f"http://127.0.0.1:{port}/webhooks/shopify"
         latencies: list[float] = []
@@ -273,8 +273,8 @@ class Run:
         self.extra = {"every_event_applied_once": applied == n, "counted": True}
         return elapsed
 
-    def spawn(self, module: str, *flags: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    def spawn(self, module: str, *flags: str, **env_vars: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **env_vars}
         command = [sys.executable, "-m", module, "--state-dir", self.server.state]
         command += ["--metrics-port", "0", "--log-level", "WARNING"]
         return subprocess.Popen(

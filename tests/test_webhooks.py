@@ -1,204 +1,54 @@
-"""The webhook receiver (adapters/webhooks.py) over real HTTP (aiohttp's test server) against
-the real Redis-compatible server of the session: the platforms' documented payloads, signed in
-this file as each platform documents it (hmac + base64 here, not the module's functions),
-become the right entries on the ingest stream, durably; anything else is refused, ignored or
-dead-lettered, and the answer says which."""
+"""The webhook receiver (adapters/webhooks/) over real HTTP (aiohttp's test server) against
+the real Redis-compatible server of the session: the platforms' documented payloads, signed as
+each platform documents it (webhook_helpers.py, not the receiver's functions), become the
+right entries on the ingest stream, durably; anything else is refused, ignored or
+dead-lettered, and the answer says which. Guards at the edge: test_webhooks_edge.py."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import calendar
-import copy
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.config import DEFAULT_STREAM, dead_letter_stream, event_of
+from adapters.config import DEFAULT_STREAM, event_of
 from adapters.streams import Consumer, Options
-from adapters.webhooks import (
-    Settings,
-    WebhookMetrics,
-    appendonly,
-    make_app,
-    parse_args,
-    settings_of,
-)
+from adapters.webhooks.command import parse_args, settings_of
+from adapters.webhooks.receiver import Settings
+from adapters.webhooks.writer import appendonly
 from engine.clock import ManualClock
 from engine.embedded import EmbeddedRedis, free_port
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
 from .grpc_helpers import Stubs, count, level, location
-
-DEAD = dead_letter_stream(DEFAULT_STREAM)
-SHOPIFY_SECRET = "hush-shopify-client-secret"
-SQUARE_KEY = "square-subscription-signature-key"
-SQUARE_URL = "https://hooks.example.com/webhooks/square"  # as configured at Square
-
-
-def utc_ms(year: int, month: int, day: int, hour: int, minute: int, second: int, ms: int) -> int:
-    return calendar.timegm((year, month, day, hour, minute, second)) * 1000 + ms
-
-
-# --- payloads, shaped as the platforms document them ---
-
-# Shopify's webhook reference, topic inventory_levels/update (the REST InventoryLevel resource:
-# https://shopify.dev/docs/api/webhooks?reference=toml#list-inventory_levels-update and
-# https://shopify.dev/docs/api/admin-rest/latest/resources/inventorylevel), with the
-# reference's sample ids and time.
-SHOPIFY_LEVEL = {
-    "inventory_item_id": 271878346596884015,
-    "location_id": 24826418,
-    "available": 10,
-    "updated_at": "2021-12-31T19:00:00-05:00",
-    "admin_graphql_api_id": "gid://shopify/InventoryLevel/24826418?inventory_item_id=271878346596884015",
-}
-SHOPIFY_LEVEL_AT = utc_ms(2022, 1, 1, 0, 0, 0, 0)  # 19:00 at -05:00 on the 31st
-# inventory_levels/connect carries the same InventoryLevel resource:
-# https://shopify.dev/docs/api/webhooks?reference=toml#list-inventory_levels-connect
-SHOPIFY_CONNECT = dict(SHOPIFY_LEVEL)
-# inventory_levels/disconnect, verbatim from
-# https://shopify.dev/docs/api/admin-rest/2026-01/resources/webhook#event-topics-inventory-levels-disconnect
-SHOPIFY_DISCONNECT = {"inventory_item_id": 271878346596884015, "location_id": 24826418}
-
-# Square's reference example payload of inventory.count.updated, verbatim from
-# https://developer.squareup.com/reference/square/webhooks/inventory.count.updated
-SQUARE_COUNT_UPDATED: dict[str, Any] = {
-    "merchant_id": "6SSW7HV8K2ST5",
-    "type": "inventory.count.updated",
-    "event_id": "df5f3813-a913-45a1-94e9-fdc3f7d5e3b6",
-    "created_at": "2019-10-29T18:38:45.455006797Z",
-    "data": {
-        "type": "inventory",
-        "id": "84e4ac73-d605-4dbd-a9e5-ffff794ddb9d",
-        "object": {
-            "inventory_counts": [
-                {
-                    "calculated_at": "2019-10-29T18:38:45.10296Z",
-                    "catalog_object_id": "FGQ5JJWT2PYTHF35CKZ2DSKP",
-                    "catalog_object_type": "ITEM_VARIATION",
-                    "location_id": "YYQR03DGCTXA4",
-                    "quantity": "10",
-                    "state": "IN_STOCK",
-                }
-            ]
-        },
-    },
-}
-SQUARE_COUNT_AT = utc_ms(2019, 10, 29, 18, 38, 45, 102)
-
-
-def square_payload(*counts: dict[str, str]) -> dict[str, Any]:
-    """The reference payload with other inventory counts, in the documented count shape."""
-    payload = copy.deepcopy(SQUARE_COUNT_UPDATED)
-    payload["data"]["object"]["inventory_counts"] = list(counts)
-    return payload
-
-
-def square_count(**changes: str) -> dict[str, str]:
-    count = dict(SQUARE_COUNT_UPDATED["data"]["object"]["inventory_counts"][0])
-    count.update(changes)
-    return count
-
-
-# --- signing, as each platform documents it ---
-
-
-def shopify_signature(body: bytes, secret: str = SHOPIFY_SECRET) -> str:
-    # https://shopify.dev/docs/apps/build/webhooks/subscribe/https (verify the webhook):
-    # base64 of the HMAC-SHA256 of the raw body, keyed by the app's client secret, sent in
-    # X-Shopify-Hmac-Sha256 (https://shopify.dev/docs/apps/build/webhooks/delivery-structure).
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
-
-
-def square_signature(body: bytes, key: str = SQUARE_KEY, url: str = SQUARE_URL) -> str:
-    # https://developer.squareup.com/docs/webhooks/step3validate: HMAC-SHA256 keyed by the
-    # subscription's signature key, over the notification URL followed by the raw body, base64,
-    # sent in x-square-hmacsha256-signature.
-    return base64.b64encode(
-        hmac.new(key.encode(), url.encode() + body, hashlib.sha256).digest()
-    ).decode()
-
-
-def shopify_headers(
-    topic: str, body: bytes, *, event_id: str = "evt-7f3a", webhook_id: str = "wh-b54557e4"
-) -> dict[str, str]:
-    headers = {
-        "Content-Type": "application/json",
-        "X-Shopify-Topic": topic,
-        "X-Shopify-Hmac-Sha256": shopify_signature(body),
-        "X-Shopify-Shop-Domain": "example.myshopify.com",
-        "X-Shopify-API-Version": "2026-01",
-    }
-    if event_id:
-        headers["X-Shopify-Event-Id"] = event_id
-    if webhook_id:
-        headers["X-Shopify-Webhook-Id"] = webhook_id
-    return headers
-
-
-def square_headers(body: bytes) -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "x-square-hmacsha256-signature": square_signature(body),
-        "square-environment": "Production",
-    }
-
-
-def as_body(payload: object) -> bytes:
-    return json.dumps(payload).encode()
-
-
-# --- the receiver under test ---
-
-
-@asynccontextmanager
-async def receiver(
-    redis: aioredis.Redis, clock: ManualClock | None = None, **settings: Any
-) -> AsyncIterator[tuple[TestClient[Any, Any], WebhookMetrics]]:
-    values: dict[str, Any] = {
-        "shopify_secret": SHOPIFY_SECRET,
-        "square_signature_key": SQUARE_KEY,
-        "square_notification_url": SQUARE_URL,
-    }
-    values.update(settings)
-    metrics = WebhookMetrics()
-    app = make_app(redis, Settings(**values), metrics, clock)
-    async with TestClient(TestServer(app)) as client:
-        yield client, metrics
-
-
-async def entries(redis: aioredis.Redis, stream: str = DEFAULT_STREAM) -> list[dict[str, str]]:
-    return [
-        {k.decode(): v.decode() for k, v in fields.items()}
-        for _, fields in await redis.xrange(stream)
-    ]
-
-
-def requests(metrics: WebhookMetrics, platform: str, result: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "omnistock_webhook_requests_total", {"platform": platform, "result": result}
-    )
-    return value or 0.0
-
-
-def events_written(metrics: WebhookMetrics, platform: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "omnistock_webhook_events_total", {"platform": platform}
-    )
-    return value or 0.0
-
+from .webhook_helpers import (
+    DEAD,
+    SHOPIFY_CONNECT,
+    SHOPIFY_DISCONNECT,
+    SHOPIFY_LEVEL,
+    SHOPIFY_LEVEL_AT,
+    SQUARE_COUNT_AT,
+    SQUARE_COUNT_UPDATED,
+    SQUARE_URL,
+    as_body,
+    entries,
+    events_written,
+    receiver,
+    requests,
+    shopify_headers,
+    shopify_signature,
+    square_count,
+    square_headers,
+    square_payload,
+    square_signature,
+    utc_ms,
+)
 
 # --- documented payloads in, the right entries out ---
 
@@ -768,12 +618,19 @@ async def test_healthz_answers(redis: aioredis.Redis) -> None:
         assert await resp.json() == {"status": "ok"}
 
 
-def test_command_line_takes_secrets_from_flags_and_environment(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.fixture
+def no_secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("SHOPIFY_WEBHOOK_SECRET", "SQUARE_SIGNATURE_KEY", "SQUARE_NOTIFICATION_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_command_line_takes_secrets_from_the_environment(
+    no_secrets_in_env: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SHOPIFY_WEBHOOK_SECRET", "from-env")
-    monkeypatch.setenv("SQUARE_SIGNATURE_KEY", "key-from-env")
-    monkeypatch.setenv("SQUARE_NOTIFICATION_URL", SQUARE_URL)
+    no_secrets_in_env.setenv("SHOPIFY_WEBHOOK_SECRET", "from-env")
+    no_secrets_in_env.setenv("SQUARE_SIGNATURE_KEY", "key-from-env")
+    no_secrets_in_env.setenv("SQUARE_NOTIFICATION_URL", SQUARE_URL)
     args = parse_args(["--listen", "127.0.0.1:9000", "--no-wait-aof", "--stream", "s"])
     assert settings_of(args) == Settings(
         stream="s",
@@ -787,16 +644,84 @@ def test_command_line_takes_secrets_from_flags_and_environment(
         9466,
         Path("state"),
     )
-    flags = parse_args(["--shopify-secret", "from-flag"])
-    assert settings_of(flags).shopify_secret == "from-flag"
+
+
+def test_command_line_sets_the_guards_at_the_edge(no_secrets_in_env: pytest.MonkeyPatch) -> None:
+    assert settings_of(parse_args([])) == Settings()  # the flags' defaults are the settings'
+    args = parse_args(
+        ["--max-body-bytes", "4096", "--header-timeout-seconds", "3", "--body-timeout-seconds", "4"]
+    )
+    settings = settings_of(args)
+    assert (settings.max_body_bytes, settings.header_timeout, settings.body_timeout) == (
+        4096,
+        3.0,
+        4.0,
+    )
+    for off in (["--max-body-bytes", "0"], ["--header-timeout-seconds", "0"]):
+        with pytest.raises(SystemExit):  # a guard is not turned off by a zero
+            parse_args(off)
+
+
+def test_command_line_takes_secrets_from_files(
+    no_secrets_in_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "shopify").write_text("from-file\n")  # as `echo secret > file` leaves it
+    (tmp_path / "square").write_text("key-from-file")
+    args = parse_args(
+        [
+            "--shopify-secret-file",
+            str(tmp_path / "shopify"),
+            "--square-signature-key-file",
+            str(tmp_path / "square"),
+            "--square-notification-url",
+            SQUARE_URL,
+        ]
+    )
+    settings = settings_of(args)
+    assert (settings.shopify_secret, settings.square_signature_key) == (
+        "from-file",
+        "key-from-file",
+    )
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--shopify-secret", "hush"], ["--square-signature-key", "hush"]],
+    ids=["shopify", "square"],
+)
+def test_secrets_are_never_taken_as_flag_values(
+    no_secrets_in_env: pytest.MonkeyPatch, flags: list[str]
+) -> None:
+    """A flag's value shows in `ps` to every user of the machine."""
+    with pytest.raises(SystemExit):
+        parse_args([*flags, "--square-notification-url", SQUARE_URL])
+
+
+def test_a_secret_given_twice_or_empty_is_refused(
+    no_secrets_in_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "secret").write_text("from-file")
+    with pytest.raises(SystemExit):
+        parse_args(["--shopify-secret-file", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit):
+        parse_args(["--shopify-secret-file", str(tmp_path / "missing")])
+    no_secrets_in_env.setenv("SHOPIFY_WEBHOOK_SECRET", "from-env")
+    with pytest.raises(SystemExit):
+        parse_args(["--shopify-secret-file", str(tmp_path / "secret")])
+
+
+def test_settings_never_show_their_secrets() -> None:
+    shown = repr(Settings(shopify_secret="hush-1", square_signature_key="hush-2"))
+    assert "hush" not in shown
 
 
 def test_square_key_without_its_notification_url_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
+    no_secrets_in_env: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("SQUARE_NOTIFICATION_URL", raising=False)
+    no_secrets_in_env.setenv("SQUARE_SIGNATURE_KEY", "k")
     with pytest.raises(SystemExit):
-        parse_args(["--square-signature-key", "k"])
+        parse_args([])
 
 
 # --- end to end: platform -> receiver -> stream -> Streams adapter -> engine ---

@@ -1,0 +1,3 @@
+from adapters.webhooks.command import main
+
+main()

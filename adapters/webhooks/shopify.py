@@ -1,0 +1,93 @@
+"""Shopify's inventory_levels webhooks as stock events (pure).
+
+    inventory_levels/update, /connect   the level's `available`, at its `updated_at`
+    inventory_levels/disconnect         0: the item is no longer stocked there
+
+Event ids stay the same when Shopify retries, so the engine applies a retried delivery once
+(I5): X-Shopify-Event-Id (the same across retries, and across the deliveries of duplicate
+subscriptions), else X-Shopify-Webhook-Id (one delivery, the same across its retries).
+Because Shopify shares one event id across all the deliveries a merchant action produces, the
+id is qualified by topic, location and item: shopify:<id>:<action>:<loc>:<item>. Locations and
+items keep Shopify's ids; the engine translates them through the source's mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from adapters.webhooks.payloads import count, int_id, iso_ms, load_object, signature_matches
+from engine.domain import StockEvent
+from engine.errors import InvalidArgument
+
+SHOPIFY = "shopify"
+HMAC = "X-Shopify-Hmac-Sha256"
+TOPIC = "X-Shopify-Topic"
+EVENT_ID = "X-Shopify-Event-Id"
+WEBHOOK_ID = "X-Shopify-Webhook-Id"
+TRIGGERED_AT = "X-Shopify-Triggered-At"
+TOPICS = frozenset(
+    {"inventory_levels/update", "inventory_levels/connect", "inventory_levels/disconnect"}
+)
+
+
+def signature_ok(secret: str, body: bytes, given: str) -> bool:
+    """base64(HMAC-SHA256(client secret, raw body)) == X-Shopify-Hmac-Sha256."""
+    return signature_matches(secret, body, given)
+
+
+def delivery_id(headers: Mapping[str, str]) -> str:
+    """The one delivery (for the dead-letter entry and the log)."""
+    return headers.get(WEBHOOK_ID, "") or headers.get(EVENT_ID, "")
+
+
+def events(headers: Mapping[str, str], body: bytes, received_ms: int) -> list[StockEvent]:
+    """The COUNT an inventory_levels delivery carries; [] for any other topic.
+    Payloads: https://shopify.dev/docs/api/webhooks (topics inventory_levels/*)."""
+    topic = headers.get(TOPIC, "")
+    if topic not in TOPICS:
+        return []
+    payload = load_object(body)
+    delivery = headers.get(EVENT_ID) or headers.get(WEBHOOK_ID)
+    if not delivery:
+        raise InvalidArgument(WEBHOOK_ID, "missing: a retry could not be recognised")
+    location = int_id(payload, "location_id")
+    item = int_id(payload, "inventory_item_id")
+    action = topic.rsplit("/", 1)[1]
+    if action == "disconnect":  # the item is no longer stocked there
+        qty, at = 0, _triggered_at(headers, received_ms)
+    else:
+        qty, at = _available(payload), _updated_at(payload, headers)
+    event_id = f"{SHOPIFY}:{delivery}:{action}:{location}:{item}"
+    return [count(event_id, location, item, qty, at, SHOPIFY)]
+
+
+def _available(payload: Mapping[str, Any]) -> int:
+    if "available" not in payload:
+        raise InvalidArgument("available", "missing")
+    value = payload["available"]
+    if value is None:
+        # Shopify documents `available` as null when the item's inventory is not tracked:
+        # nothing is counted there, so the count is 0.
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument("available", f"must be an integer or null, got {value!r}")
+    return value
+
+
+def _updated_at(payload: Mapping[str, Any], headers: Mapping[str, str]) -> int:
+    """updated_at is in whole seconds: two updates of one level within a second would tie,
+    and the larger count would win. X-Shopify-Triggered-At, when it falls in that second,
+    tells them apart (it carries the fraction); a later one is not used, as it may lag."""
+    at = iso_ms(payload.get("updated_at"), "updated_at")
+    given = headers.get(TRIGGERED_AT)
+    if given:
+        triggered = iso_ms(given, TRIGGERED_AT)
+        if at <= triggered < at + 1000:
+            return triggered
+    return at
+
+
+def _triggered_at(headers: Mapping[str, str], received_ms: int) -> int:
+    given = headers.get(TRIGGERED_AT)
+    return iso_ms(given, TRIGGERED_AT) if given else received_ms

@@ -1,0 +1,80 @@
+"""The durable write of a delivery's entries to a Redis stream.
+
+All entries of one delivery go to the stream in one MULTI/EXEC, followed on the same
+connection by WAITAOF 1 0 <ms>, which returns once the local append-only file is fsynced past
+those writes. The receiver answers 200 only after that, so an acknowledged delivery survives a
+crash of Redis; anything less is a 503 and the platform sends it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from adapters.config import KINDS, entry_fields
+from engine.domain import StockEvent
+from engine.errors import Unavailable
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+
+def stream_entry(event: StockEvent) -> dict[str, str]:
+    return entry_fields(
+        pb.StockEvent(
+            event_id=event.event_id,
+            location_id=event.location,
+            sku=event.sku,
+            kind=KINDS[event.kind.value],
+            qty=event.qty,
+            source_time=event.source_time,
+            source=event.source,
+        )
+    )
+
+
+class StreamWriter:
+    """Appends to a Redis stream: one MULTI/EXEC, then (wait_aof) WAITAOF on the same
+    connection. Raises Unavailable when Redis does not take it, or does not report the local
+    fsync, within the budget."""
+
+    def __init__(self, redis: aioredis.Redis, wait_aof: bool, timeout: float) -> None:
+        self.redis = redis
+        self.wait_aof = wait_aof
+        self.timeout = timeout
+
+    async def append(self, stream: str, entries: Sequence[Mapping[str, str | bytes]]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                replies = await self._send(stream, entries)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise Unavailable(f"{stream}: {type(exc).__name__}: {exc}") from exc
+        written = replies[len(entries) + 1]
+        if not isinstance(written, list) or any(isinstance(r, Exception) for r in written):
+            raise Unavailable(f"{stream}: the transaction failed: {written!r}")
+        if self.wait_aof and int(replies[-1][0]) < 1:
+            raise Unavailable(f"{stream}: not fsynced within {self.timeout}s")
+
+    async def _send(self, stream: str, entries: Sequence[Mapping[str, str | bytes]]) -> list[Any]:
+        # Not redis-py's transaction pipeline: it hands its connection back after EXEC, and
+        # WAITAOF counts the writes of the connection it is sent on. Sent as one pipeline,
+        # MULTI ... EXEC WAITAOF share a connection and a round trip.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute_command("MULTI")
+        for fields in entries:
+            pipe.xadd(stream, {name: value for name, value in fields.items()})
+        pipe.execute_command("EXEC")
+        if self.wait_aof:
+            pipe.execute_command("WAITAOF", 1, 0, max(1, int(self.timeout * 1000)))
+        return list(await pipe.execute())
+
+
+async def appendonly(redis: aioredis.Redis) -> bool:
+    """Whether Redis keeps an append-only file; True when it will not say (CONFIG refused)."""
+    try:
+        got = await redis.config_get("appendonly")
+    except RedisError:
+        return True
+    return got.get("appendonly") in ("yes", b"yes")
