@@ -6,7 +6,8 @@ a steady rate (`--rate` a second each, open loop: a probe's time runs from when 
 for `--seconds`: the health check (grpc.health.v1 Health/Check), a small read
 (GetAvailability of 1 sku at 1 location) and a small write (ApplyEvents of one DELTA on the
 same row, +1 and -1 in turn). Every probe has a 5 s deadline. Where the abuse is a finite
-upload held open (reconcile), probing goes on until it is all sent, and 2 s more.
+upload held open (reconcile), probing lasts while it is sent, then `--seconds` while it is
+held, and each part has a row of its own.
 
 Recorded per scenario: each probe's p50 / p99 / max and its errors by status code, the
 status codes the abusive calls got, the server process's RSS before, at its peak and after
@@ -59,10 +60,10 @@ SETTLE_DEADLINE = 1.0
 SETTLE_LIMIT = 60.0
 GOAL_MS = {"health": 50.0, "read": 100.0}  # p99 goals of the issue
 READY_LIMIT = 60.0  # seconds for the client processes to start and connect
-FEED_LIMIT = 120.0  # seconds past --seconds that probing waits for a finite feed
-HOLD_AFTER_FEED = 2.0
+FEED_LIMIT = 120.0  # seconds that probing waits for a finite feed to be sent
 SMALL_STORES, SMALL_SKUS = 8, 200  # --data small
 SERVING = health_pb2.HealthCheckResponse.SERVING
+KINDS = ("health", "read", "write")
 TICK = os.sysconf("SC_CLK_TCK")
 NOT_COPIED = shutil.ignore_patterns("redis.pid", "redis.url", "redis.log")  # of a live store
 
@@ -198,20 +199,29 @@ class CpuMeter:
 
 @dataclass
 class Probe:
-    """One kind of probe: latencies in ms (errors included) and statuses."""
+    """One kind of probe's calls: (seconds into the window it was due, ms, status), the
+    time of an error included."""
 
-    ms: list[float] = field(default_factory=list)
-    codes: Counter[str] = field(default_factory=Counter)
+    calls: list[tuple[float, float, str]] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
-        ms = sorted(self.ms)
+    def summary(self, since: float = 0.0, until: float = float("inf")) -> dict[str, Any]:
+        part = [(ms, code) for at, ms, code in self.calls if since <= at < until]
+        ms = sorted(m for m, _ in part)
         return {
             "count": len(ms),
             "p50_ms": percentile(ms, 50),
             "p99_ms": percentile(ms, 99),
             "max_ms": round(ms[-1], 2) if ms else None,
-            "errors": {k: n for k, n in self.codes.items() if k != "OK"},
+            "errors": dict(Counter(code for _, code in part if code != "OK")),
         }
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Per second of the window: count, p99 and errors."""
+        seconds = sorted({int(at) for at, _, _ in self.calls})
+        return [
+            {"second": s, **{k: v for k, v in self.summary(s, s + 1).items() if k != "p50_ms"}}
+            for s in seconds
+        ]
 
 
 def percentile(ordered: list[float], p: float) -> float | None:
@@ -272,40 +282,45 @@ async def timed(call: Callable[[float], Awaitable[str]], within: float) -> str:
 
 
 class Window:
-    """The probing time: `seconds`; for a finite feed, until it is all sent and
-    HOLD_AFTER_FEED more (at most FEED_LIMIT past `seconds`)."""
+    """The probing time: `seconds`; for a finite feed, the time it takes to send it all
+    (at most FEED_LIMIT), then `seconds` of holding it."""
 
     def __init__(self, seconds: float, fed_at: Callable[[], float | None] | None) -> None:
         self.seconds, self.fed_at = seconds, fed_at
         self.start = time.monotonic()
+        self.fed: float | None = None  # seconds into the window when all was sent
         self.probed = 0.0  # seconds, once over
 
     def over(self) -> bool:
-        now = time.monotonic()
-        elapsed = now - self.start
-        if elapsed < self.seconds or self.fed_at is None:
+        elapsed = time.monotonic() - self.start
+        if self.fed_at is None:
             return elapsed >= self.seconds
-        fed = self.fed_at()
-        return elapsed >= self.seconds + FEED_LIMIT or (
-            fed is not None and now >= fed + HOLD_AFTER_FEED
-        )
+        if self.fed is None and (fed := self.fed_at()) is not None:
+            self.fed = max(0.0, fed - self.start)  # a small feed may be sent before it starts
+        limit = min(self.fed, FEED_LIMIT) if self.fed is not None else FEED_LIMIT
+        return elapsed >= limit + self.seconds
+
+    def phases(self) -> dict[str, tuple[float, float]]:
+        """A finite feed's two parts: while it was sent, and while it was held."""
+        if self.fed is None:
+            return {}
+        return {"sending": (0.0, self.fed), "held": (self.fed, float("inf"))}
 
 
 async def steady(
     call: Callable[[float], Awaitable[str]], probe: Probe, rate: float, window: Window
 ) -> None:
     """Open loop: one call every 1/rate s, each timed from when it was due."""
-    start, tasks = time.perf_counter(), set()
+    start, tasks = window.start, set()
 
     async def one(due: float) -> None:
         code = await timed(call, PROBE_DEADLINE)
-        probe.ms.append((time.perf_counter() - due) * 1000)
-        probe.codes[code] += 1
+        probe.calls.append((due - start, (time.monotonic() - due) * 1000, code))
 
     n = 0
     while not window.over():
         due = start + n / rate
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
         task = asyncio.create_task(one(due))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -314,13 +329,13 @@ async def steady(
         await asyncio.gather(*tasks)
 
 
-async def probe_for(probes: Probes, rate: float, window: Window) -> dict[str, Any]:
-    kinds = {"health": probes.check_health, "read": probes.read, "write": probes.write}
+async def probe_for(probes: Probes, rate: float, window: Window) -> dict[str, Probe]:
+    kinds = dict(zip(KINDS, (probes.check_health, probes.read, probes.write), strict=True))
     results = {name: Probe() for name in kinds}
     await asyncio.gather(
         *(steady(call, results[name], rate, window) for name, call in kinds.items())
     )
-    return {name: r.summary() for name, r in results.items()}
+    return results
 
 
 async def settle(probes: Probes) -> float | None:
@@ -467,7 +482,13 @@ def run_scenario(setup: Setup, scenario: str) -> dict[str, Any]:
     return {
         "scenario": scenario,
         "probe_s": round(window.probed, 1),
-        "probes": seen,
+        "probes": {name: probe.summary() for name, probe in seen.items()},
+        "phases": {
+            phase: {"from_s": round(since, 1)}
+            | {name: probe.summary(since, until) for name, probe in seen.items()}
+            for phase, (since, until) in window.phases().items()
+        },
+        "timeline": {name: probe.timeline() for name, probe in seen.items()},
         "abuse": abuse,
         "settle_s": settled,
         "rss_mb": {"before": before, "peak": peak, "after": rss_mb(setup.server_pid)},
@@ -477,7 +498,7 @@ def run_scenario(setup: Setup, scenario: str) -> dict[str, Any]:
 
 async def _measure(
     setup: Setup, clients: Clients | None, window: Window
-) -> tuple[dict[str, Any], float | None, dict[str, Any] | None]:
+) -> tuple[dict[str, Probe], float | None, dict[str, Any] | None]:
     probes = Probes(setup.target, setup.locations[0], sku(0), setup.run_id)
     try:
         seen = await probe_for(probes, setup.rate, window)
@@ -608,7 +629,7 @@ def _probe(p: dict[str, Any]) -> str:
 
 
 def _errors(probes: dict[str, Any]) -> str:
-    parts = [f"{name}: {_codes(p['errors'])}" for name, p in probes.items() if p["errors"]]
+    parts = [f"{k}: {_codes(probes[k]['errors'])}" for k in KINDS if probes[k]["errors"]]
     return "; ".join(parts) or "none"
 
 
@@ -643,18 +664,30 @@ HEAD = (
 )
 
 
+def _row(name: str, abuse: str, probes: dict[str, Any], rest: str) -> str:
+    cells = [name, abuse, *(_probe(probes[k]) for k in KINDS), _errors(probes)]
+    return "| " + " | ".join(cells) + " | " + rest + " |"
+
+
+def _rows(r: dict[str, Any]) -> list[str]:
+    """One row; for a finite feed, one while it was sent and one while it was held."""
+    rest = f"{_rss(r['rss_mb'])} | {_n(r['settle_s'])} | {_cpu(r['cpu_cores'])}"
+    if "error" in r:
+        return [f"| {r['scenario']} | failed: {r['error']} |" + " |" * 7]
+    if not r["phases"]:
+        return [_row(r["scenario"], _abuse(r["abuse"]), r["probes"], rest)]
+    (sending, first), (held, second) = r["phases"].items()
+    return [
+        _row(f"{r['scenario']}: {sending}", _abuse(r["abuse"]), first, rest),
+        _row(f"{r['scenario']}: {held} (from {second['from_s']:.1f} s)", "(the same)", second,
+             "(the same) | | "),
+    ]  # fmt: skip
+
+
 def table(results: list[dict[str, Any]]) -> str:
     rows = [HEAD, "|" + "---|" * 9]
     for r in results:
-        if "error" in r:
-            rows.append(f"| {r['scenario']} | failed: {r['error']} |" + " |" * 7)
-            continue
-        p = r["probes"]
-        rows.append(
-            f"| {r['scenario']} | {_abuse(r['abuse'])} | {_probe(p['health'])} "
-            f"| {_probe(p['read'])} | {_probe(p['write'])} | {_errors(p)} | {_rss(r['rss_mb'])} "
-            f"| {_n(r['settle_s'])} | {_cpu(r['cpu_cores'])} |"
-        )
+        rows += _rows(r)
     return "\n".join(rows)
 
 

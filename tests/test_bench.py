@@ -130,4 +130,5 @@ def test_the_abuse_run_probes_the_server_and_records_what_the_abuse_got(
     # the location ids are unknown: refused; the count never ends: still open at the end
     assert results["unknown-locations"]["abuse"]["statuses"].get("INVALID_ARGUMENT", 0) > 0
     assert results["reconcile"]["abuse"]["statuses"] == {"open": 1}
+    assert set(results["reconcile"]["phases"]) == {"sending", "held"}
     assert "| unknown-locations |" in done.stdout
