@@ -48,7 +48,7 @@ class BenchServer:
                     time.sleep(0.1)
         raise RuntimeError(f"the bench server did not serve within {timeout}s")
 
-    def stop(self) -> None:
+    def stop(self, remove_state: bool = True) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -56,4 +56,5 @@ class BenchServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.state, ignore_errors=True)
+        if remove_state:
+            shutil.rmtree(self.state, ignore_errors=True)

@@ -109,3 +109,26 @@ def test_every_ingest_path_is_measured_and_applies_each_event_once(
     result = json.loads(next(tmp_path.glob("ingest-*.json")).read_text())["results"]
     assert set(result) == {"apply", "stream", "streams", "webhooks", "count"}
     assert all(r["every_event_applied_once"] and r["events_per_s"] > 0 for r in result.values())
+
+
+def test_the_abuse_run_probes_the_server_and_records_what_the_abuse_got(
+    project_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "abuse.json"
+    command = [
+        sys.executable, "-m", "bench.abuse", "--data", "small", "--scale", "0.001",
+        "--seconds", "1", "--clients", "1", "--rate", "10",
+        "--scenarios", "unknown-locations", "reconcile", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    results = {r["scenario"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"unknown-locations", "reconcile"}
+    for r in results.values():
+        assert all(p["count"] > 0 for p in r["probes"].values())
+        assert r["rss_mb"]["peak"] > 0
+    # the location ids are unknown: refused; the count never ends: still open at the end
+    assert results["unknown-locations"]["abuse"]["statuses"].get("INVALID_ARGUMENT", 0) > 0
+    assert results["reconcile"]["abuse"]["statuses"] == {"open": 1}
+    assert set(results["reconcile"]["phases"]) == {"sending", "held"}
+    assert "| unknown-locations |" in done.stdout
