@@ -459,7 +459,7 @@ async def check_killed_store_fails_fast_then_recovers(
     for call in (reserve, stubs.availability.GetAvailability(availability_request(), timeout=1.0)):
         code, took = await timed(call)
         assert (code, took < 0.5) == (UNAVAILABLE, True), f"{code.name} after {took:.3f}s"
-    # and health turns NOT_SERVING (the server polls the store about once a second)
+    # and health turns NOT_SERVING (the server's probe pings the store every 0.25 s)
     assert await eventually(lambda: _health_is(port, NOT_SERVING), within=3)
 
     # when the same store comes back (same port and state dir: the data is read from the AOF)
