@@ -169,6 +169,9 @@ class Omnistock:
             failures=self.settings.redis_probe_failures,
         )
         self._tasks = [asyncio.create_task(sweeper.run()), asyncio.create_task(probe.run())]
+        if self.embedded is not None:
+            restarted = self.metrics.store_restarts.inc
+            self._tasks.append(asyncio.create_task(self.embedded.supervise(restarted)))
         if self.settings.metrics_port:
             self._metrics_server = start_http_server(
                 self.settings.metrics_port, addr="127.0.0.1", registry=self.metrics.registry

@@ -6,24 +6,28 @@ call's deadline), restart a dead store on the same port and data, reap it, and c
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
 
+from engine.embedded import free_port
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import BUCKETS
-from .grpc_helpers import Stubs, level, stock_up
+from .grpc_helpers import Stubs, level, line, stock_up
 from .processes import (
     ServerProcess,
     connect,
     eventually,
     health_status,
     redis_pid,
+    redis_port,
     timed,
 )
 
@@ -55,6 +59,20 @@ async def availability(stubs: Stubs, deadline: float) -> tuple[grpc.StatusCode, 
 async def answers(stubs: Stubs) -> bool:
     code, _ = await availability(stubs, deadline=1.0)
     return code == OK
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of a process in /proc (Z: a zombie), or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
 
 
 def lines_with(text: str, needle: str) -> list[str]:
@@ -91,3 +109,51 @@ async def test_frozen_store_turns_health_not_serving_and_calls_fail_fast_until_i
         row = await level(stubs, "s1", "a")
         assert (row.on_hand, row.available) == (10, 10)
     assert len(lines_with(service.log_tail(100_000), "sweep failed")) <= 1, service.log_tail()
+
+
+async def test_killed_store_is_reaped_and_restarted_on_its_port_with_its_data(
+    spawn: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # given a service on its embedded store, with stock and a hold
+    state = tmp_path / "state"
+    metrics_port = free_port()
+    service = embedded_service(spawn, state, "--metrics-port", str(metrics_port))
+    await service.start()
+    old_pid = redis_pid(state)
+    old_port = redis_port(old_pid)
+    async with connect(service.port) as stubs:
+        await stock_up(stubs, {("s1", "a"): 10})
+        held = await stubs.reservations.Reserve(
+            pb.ReserveRequest(reservation_id="r1", lines=[line("s1", "a", 3)], ttl_seconds=600)
+        )
+        assert held.reservation.state == pb.RESERVATION_STATE_HELD
+
+        # when the store is killed
+        os.kill(old_pid, signal.SIGKILL)
+
+        # then a new store process is started (it writes its pid file) on the same port
+        async def restarted() -> bool:
+            try:
+                pid = redis_pid(state)
+            except (OSError, ValueError):
+                return False
+            return pid != old_pid and process_state(pid) not in (None, "Z")
+
+        assert await eventually(restarted, within=15), service.log_tail()
+        assert redis_port(redis_pid(state)) == old_port
+        # and the old process was reaped: no zombie is left behind
+        assert process_state(old_pid) != "Z", f"pid {old_pid} left a zombie"
+        # and calls are answered again, on the data written before the kill
+        assert await eventually(lambda: answers(stubs), within=10), service.log_tail()
+        row = await level(stubs, "s1", "a")
+        assert (row.on_hand, row.reserved, row.available) == (10, 3, 7)
+        got = await stubs.reservations.GetReservation(pb.GetReservationRequest(reservation_id="r1"))
+        assert got.state == pb.RESERVATION_STATE_HELD
+        assert await eventually(lambda: health_is(service.port, SERVING), within=2)
+    # and the restart is counted, and logged once, as is the death
+    metrics = await asyncio.to_thread(scrape, metrics_port)
+    assert "omnistock_store_restarts_total 1.0" in metrics, lines_with(metrics, "restarts")
+    logs = service.log_tail(100_000)
+    assert len(lines_with(logs, "died after")) == 1, logs
+    assert len(lines_with(logs, "embedded store restarted")) == 1, logs
+    assert len(lines_with(logs, "sweep failed")) <= 1, logs
