@@ -26,12 +26,12 @@ from engine.clock import Clock, SystemClock
 from engine.domain import EventKind, StockEvent
 from engine.edge import DecodeGuard
 from engine.embedded import EmbeddedRedis
-from engine.errors import OmnistockError
 from engine.ingest import Ingest
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.probe import StoreProbe
 from engine.reservations import Reservations, Timing
 from engine.service import (
     AvailabilityService,
@@ -60,16 +60,18 @@ class _PackedByHiredis:
         return [hiredis.pack_command(args)]
 
 
-def redis_client(url: str, timeout: float, max_connections: int = 128) -> aioredis.Redis:
-    """Fails fast when Redis is away (UNAVAILABLE within the deadline), retrying once:
-    every script is idempotent, so a retried call never applies twice."""
+def redis_client(
+    url: str, timeout: float, max_connections: int = 128, retries: int = 1
+) -> aioredis.Redis:
+    """Fails fast when Redis is away (UNAVAILABLE within the deadline), retrying `retries`
+    times (once): every script is idempotent, so a retried call never applies twice."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=min(timeout, 1.0),
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries),
         health_check_interval=30,
     )
     base = pool.connection_class  # plain, TLS or unix socket, as the url says
@@ -78,26 +80,38 @@ def redis_client(url: str, timeout: float, max_connections: int = 128) -> aiored
 
 
 async def connect(
-    url: str, socket_timeout: float, max_connections: int = 128
+    url: str, socket_timeout: float, max_connections: int = 128, retries: int = 1
 ) -> aioredis.Redis | RedisCluster:
     """A client for the server at `url`, or for its whole cluster when it is a node of a
     Redis Cluster (any node will do as the seed): the server is asked which it is."""
     timeout = socket_timeout
-    client = redis_client(url, timeout, max_connections)
+    client = redis_client(url, timeout, max_connections, retries)
     info = await client.info("cluster")
     if not info.get("cluster_enabled"):
         return client
     await client.aclose()
-    cluster = RedisCluster.from_url(
+    cluster = cluster_client(url, timeout, max_connections, retries)
+    await cluster.initialize()
+    return cluster
+
+
+def cluster_client(url: str, timeout: float, max_connections: int, retries: int) -> RedisCluster:
+    return RedisCluster.from_url(
         url,
         max_connections=max_connections,
         socket_timeout=timeout,
         socket_connect_timeout=min(timeout, 1.0),
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries),
         health_check_interval=30,
     )
-    await cluster.initialize()
-    return cluster
+
+
+def probe_client(url: str, like: aioredis.Redis | RedisCluster, timeout: float) -> Any:
+    """The health probe's own connection (per node), of the kind of `like`, not retried:
+    its timeout is the verdict. Connected on its first ping."""
+    if isinstance(like, RedisCluster):
+        return cluster_client(url, timeout, max_connections=1, retries=0)
+    return redis_client(url, timeout, max_connections=1, retries=0)
 
 
 def grpc_server(settings: Settings) -> grpc.aio.Server:
@@ -153,7 +167,8 @@ class Omnistock:
         self.redis = await connect(
             url, self.settings.redis_timeout_seconds, self.settings.redis_max_connections
         )
-        self.storage = Storage.from_settings(self.redis, self.settings)
+        self.probe_redis = probe_client(url, self.redis, self.settings.redis_probe_timeout_seconds)
+        self.storage = Storage.from_settings(self.redis, self.settings, probe=self.probe_redis)
         await self.storage.load_scripts()
         self.locations = LocationRegistry(self.storage)
         self.hub = WatchHub(self.redis, self.storage.cluster)
@@ -179,7 +194,17 @@ class Omnistock:
             self.metrics,
             self.settings.sweep_interval_ms,
         )
-        self._tasks = [asyncio.create_task(sweeper.run()), asyncio.create_task(self._watch())]
+        probe = StoreProbe(
+            self.storage,
+            self.metrics,
+            self._set_health,
+            interval=self.settings.redis_probe_interval_seconds,
+            failures=self.settings.redis_probe_failures,
+        )
+        self._tasks = [asyncio.create_task(sweeper.run()), asyncio.create_task(probe.run())]
+        if self.embedded is not None:
+            restarted = self.metrics.store_restarts.inc
+            self._tasks.append(asyncio.create_task(self.embedded.supervise(restarted)))
         if self.settings.metrics_port:
             self._metrics_server = start_http_server(
                 self.settings.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
@@ -208,27 +233,15 @@ class Omnistock:
         names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         enable_reflection(self.server, names)
 
-    async def _watch(self) -> None:
-        """Health follows Redis: NOT_SERVING while it cannot be reached."""
-        serving = True
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.storage.ping()
-                ok = True
-            except OmnistockError:
-                ok = False
-            self.metrics.redis_up.set(1 if ok else 0)
-            if ok != serving:
-                serving = ok
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ok
-                    else (health_pb2.HealthCheckResponse.NOT_SERVING)
-                )
-                log.warning("redis %s", "reachable again" if ok else "unreachable")
-                for name in ("", *SERVICES):
-                    await self.health.set(name, status)
+    async def _set_health(self, serving: bool) -> None:
+        """Health follows the store probe: NOT_SERVING while Redis is down."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICES):
+            await self.health.set(name, status)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful: NOT_SERVING first, drain in-flight calls, then stop the store."""
@@ -244,8 +257,9 @@ class Omnistock:
             http, _thread = self._metrics_server
             http.shutdown()
             http.server_close()
-        with contextlib.suppress(Exception):
-            await self.redis.aclose()
+        for client in (self.redis, self.probe_redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 

@@ -6,6 +6,12 @@ append-only file under the state directory (so a restart reuses the data), and s
 the service: on stop(), and, should the service die without stopping it, by the kernel's
 parent-death signal.
 
+Should the process die under the service (a crash, the OOM killer, a SIGKILL), `supervise`
+reaps it and starts it again on the same port and state directory: it reads its data back
+from the AOF, and the service's connections find it there again. A store that died after
+running a while is restarted at once; one that keeps dying soon after a start, or will not
+start, is tried again after a growing pause (RESTART_BACKOFF), with one log line each time.
+
 Durability: appendfsync everysec (default) writes every change to the AOF before the reply
 is sent, so a crash of the Redis process loses nothing acknowledged; a crash of the whole
 machine loses at most the last second. appendfsync always fsyncs before replying.
@@ -13,6 +19,7 @@ machine loses at most the last second. appendfsync always fsyncs before replying
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -21,12 +28,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
+WATCH_INTERVAL = 0.1  # s between looks at the process (each reaps it if it has died)
+RESTART_BACKOFF = (0.5, 30.0)  # s: first pause before a retry, the longest
+STABLE_AFTER = 10.0  # s: a store that ran this long before dying is restarted at once
 
 
 def find_binary() -> Path:
@@ -66,6 +78,11 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.cluster_port = cluster_port
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # time.monotonic() of the last start
+        self._stopped = False
+        # start and stop never overlap: a restart under way when the service stops is
+        # finished, then stopped, and none begins after the stop.
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -103,6 +120,19 @@ class EmbeddedRedis:
         ]  # fmt: skip
 
     def start(self, timeout: float = 15.0) -> None:
+        with self._lock:
+            self._stopped = False
+            self._start(timeout)
+
+    def restart(self, timeout: float = 15.0) -> bool:
+        """Starts the store again after it died; False (and nothing done) once stopped."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._start(timeout)
+            return True
+
+    def _start(self, timeout: float) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
         binary = find_binary()
@@ -114,8 +144,58 @@ class EmbeddedRedis:
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
-        self._wait_ready(timeout)
+        self.started_at = time.monotonic()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self._end_process()  # not left running (or unreaped) behind the error
+            raise
         self.urlfile.write_text(self.url + "\n")
+
+    def exited(self) -> int | None:
+        """The exit code once the process has ended (it is reaped then: no zombie), else None."""
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is not None and self.process.stderr:
+            self.process.stderr.close()
+        return code
+
+    async def supervise(self, on_restart: Callable[[], None]) -> None:
+        """Runs with the service: whenever the process dies, reaps it, says so once, and
+        starts it again; `on_restart()` after each restart."""
+        pause: float | None = 0.0  # before the next restart: none after a stable run
+        while pause is not None:
+            await asyncio.sleep(WATCH_INTERVAL)
+            code = self.exited()
+            if code is None or self._stopped:
+                continue
+            ran = time.monotonic() - self.started_at
+            pause = 0.0 if ran >= STABLE_AFTER else _longer(pause)
+            log.error(
+                "embedded store (pid %d) died after %.1fs: %s; restarting it on port %d%s",
+                self.pid, ran, _exit_reason(code), self.port,
+                f" in {pause:.1f}s" if pause else "",
+            )  # fmt: skip
+            pause = await self._restart_after(pause)
+            if pause is not None:
+                log.warning("embedded store restarted: pid %d on port %d", self.pid, self.port)
+                on_restart()
+
+    async def _restart_after(self, pause: float) -> float | None:
+        """Restarts the store after `pause` s, and again after longer pauses while it fails;
+        the last pause once it runs, None if the service stopped it meanwhile."""
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                return pause if await asyncio.to_thread(self.restart) else None
+            except (RuntimeError, OSError) as exc:
+                pause = _longer(pause)
+                log.error("embedded store restart failed, next try in %.1fs: %s", pause, exc)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -157,15 +237,26 @@ class EmbeddedRedis:
                 time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        with self._lock:
+            self._stopped = True
+            if self.process is None or self.process.poll() is not None:
+                self._end_process()
+                return
+            self.urlfile.unlink(missing_ok=True)
+            self._end_process(timeout)
+
+    def _end_process(self, timeout: float = 10.0) -> None:
+        """Terminates the process if it runs (SIGKILL after `timeout`), reaps it, and closes
+        its pipe."""
+        if self.process is None:
             return
-        self.urlfile.unlink(missing_ok=True)
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         if self.process.stderr:
             self.process.stderr.close()
 
@@ -176,6 +267,18 @@ class EmbeddedRedis:
             self.process.wait()
         if self.process is not None and self.process.stderr:
             self.process.stderr.close()
+
+
+def _longer(pause: float) -> float:
+    first, longest = RESTART_BACKOFF
+    return min(longest, pause * 2) if pause else first
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 class LocalCluster:

@@ -68,5 +68,12 @@ class Metrics:
             "omnistock_event_streams", "StreamEvents streams open on this process", registry=r
         )
         self.redis_up = Gauge(
-            "omnistock_redis_up", "1 when the last Redis exchange succeeded", registry=r
+            "omnistock_redis_up",
+            "1 while the health probe finds Redis up, 0 while it finds it down (engine/probe.py)",
+            registry=r,
+        )
+        self.store_restarts = Counter(
+            "omnistock_store_restarts_total",
+            "Times the embedded store died and was started again on the same data",
+            registry=r,
         )

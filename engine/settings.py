@@ -58,6 +58,19 @@ class Settings:
     redis_max_connections: int = field(
         default=128, metadata={"help": "connections to Redis per server process"}
     )
+    redis_probe_interval_seconds: float = field(
+        default=0.25, metadata={"help": "how often Redis is pinged for health and the circuit"}
+    )
+    redis_probe_timeout_seconds: float = field(
+        default=0.5, metadata={"help": "a health ping not answered within this has failed"}
+    )
+    redis_probe_failures: int = field(
+        default=2,
+        metadata={
+            "help": "failed health pings in a row that mark Redis down: health NOT_SERVING, "
+            "calls UNAVAILABLE at once until a ping succeeds"
+        },
+    )
     appendfsync: str = field(
         default="everysec", metadata={"help": "embedded server AOF fsync: always|everysec"}
     )
@@ -146,8 +159,17 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--max-concurrent-calls must be at least 1")
     if settings.hold_ttl_seconds <= 0:
         parser.error("--hold-ttl-seconds must be positive")
+    _check_probe(settings, parser)
     for name in COST_FIELDS:
         if not getattr(settings, name) >= 0:
             parser.error(f"--{name.replace('_', '-')} must be a number >= 0")
     if not 1 <= settings.max_shipments <= MAX_SHIPMENTS:
         parser.error(f"--max-shipments must be 1 to {MAX_SHIPMENTS}")
+
+
+def _check_probe(settings: Settings, parser: argparse.ArgumentParser) -> None:
+    for name in ("redis_probe_interval_seconds", "redis_probe_timeout_seconds"):
+        if not getattr(settings, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if settings.redis_probe_failures < 1:
+        parser.error("--redis-probe-failures must be at least 1")

@@ -268,12 +268,23 @@ class AutoPipeline:
             task.add_done_callback(self._tasks.discard)
         return await future
 
+    def fail_queued(self, reason: str) -> None:
+        """Answers every call not yet sent with a ConnectionError; they are never sent."""
+        queued, self.queue = self.queue, []
+        for *_, future in queued:
+            if not future.done():
+                future.set_exception(rexc.ConnectionError(reason))
+
     async def _drain(self) -> None:
         try:
             while self.queue:
                 batch = self.queue[: self.max_batch]
                 del self.queue[: self.max_batch]
-                await self._send(batch)
+                # A call given up before it was sent (deadline, circuit) is not sent at all:
+                # it was answered UNAVAILABLE (or its caller left), so it must change nothing.
+                batch = [queued for queued in batch if not queued[-1].done()]
+                if batch:
+                    await self._send(batch)
         finally:
             self.inflight -= 1
 
@@ -335,9 +346,15 @@ class Storage:
         stock_buckets: int,
         retention_ms: int,
         event_window_ms: int,
+        probe: aioredis.Redis | RedisCluster | None = None,
+        probe_timeout: float = 0.5,
     ) -> None:
+        """probe: a client of its own for `probe()` (default: `client`)."""
         # redis-py types its replies as wide unions; this seam decodes them itself.
         self.redis: Any = client
+        self.probe_client: Any = probe or client
+        self.probe_timeout = probe_timeout
+        self.down: str | None = None  # why the circuit is open (open_circuit)
         self.cluster = isinstance(client, RedisCluster)
         self.keys = Keys(stock_buckets)
         self.retention_ms = retention_ms
@@ -348,18 +365,28 @@ class Storage:
         self._loaded_at = 0.0
 
     @classmethod
-    def from_settings(cls, client: aioredis.Redis | RedisCluster, settings: Settings) -> Storage:
+    def from_settings(
+        cls,
+        client: aioredis.Redis | RedisCluster,
+        settings: Settings,
+        probe: aioredis.Redis | RedisCluster | None = None,
+    ) -> Storage:
         return cls(
             client,
             stock_buckets=settings.stock_buckets,
             retention_ms=settings.retention_ms,
             event_window_ms=settings.event_window_ms,
+            probe=probe,
+            probe_timeout=settings.redis_probe_timeout_seconds,
         )
 
     # -- plumbing ---------------------------------------------------------------------
 
     async def guard(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Runs one Redis exchange; a cold script cache is filled and the exchange rerun."""
+        """Runs one Redis exchange; a cold script cache is filled and the exchange rerun.
+        While the circuit is open it fails at once (`open_circuit`)."""
+        if self.down is not None:
+            raise Unavailable(f"redis unreachable: {self.down}")
         try:
             try:
                 return await make()
@@ -368,6 +395,18 @@ class Storage:
                 return await make()
         except _REDIS_DOWN as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    def open_circuit(self, reason: str) -> None:
+        """The store is known down (engine/probe.py): until `close_circuit`, every call fails
+        at once with Unavailable instead of waiting on a frozen socket until its deadline.
+        Script calls still queued behind a batch that waits on the store are answered so
+        now too; they were never sent, so they change nothing. (What was sent already waits
+        for its answer, its deadline or the socket timeout: whether it ran is unknown.)"""
+        self.down = reason
+        self.batcher.fail_queued(f"not sent: {reason}")
+
+    def close_circuit(self) -> None:
+        self.down = None
 
     async def load_scripts(self) -> None:
         for script in self.scripts.values():
@@ -382,8 +421,16 @@ class Storage:
             if self._loaded_at == seen:
                 await self.load_scripts()
 
-    async def ping(self) -> None:
-        await self.guard(self.redis.ping)
+    async def probe(self) -> None:
+        """Pings the store past the circuit, on the probe's own connection (so that a busy
+        pool is not taken for a store that is down), within `probe_timeout` seconds."""
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                await self.probe_client.ping()
+        except (*_REDIS_DOWN, rexc.RedisError) as exc:
+            late = isinstance(exc, TimeoutError | rexc.TimeoutError)
+            why = f"no answer within {self.probe_timeout}s" if late else str(exc)
+            raise Unavailable(f"redis unreachable: {why}") from exc
 
     async def call(
         self, name: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None

@@ -45,11 +45,18 @@ class Sweeper:
         self._cursor = 0
 
     async def run(self) -> None:
+        failed = 0  # passes failed in a row: an outage is logged once, not at every pass
         while True:
             try:
                 await self.sweep()
             except OmnistockError as exc:
-                log.warning("sweep failed: %s", exc)
+                if not failed:
+                    log.warning("sweep failed: %s (retrying quietly until one succeeds)", exc)
+                failed += 1
+            else:
+                if failed:
+                    log.info("sweeping again after %d failed passes", failed)
+                failed = 0
             await asyncio.sleep(self.interval)
 
     async def sweep(self) -> int:

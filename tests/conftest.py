@@ -6,7 +6,7 @@ once on each."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -24,6 +24,8 @@ from engine.reservations import Reservations, Timing
 from engine.settings import Settings
 from engine.storage import Storage
 from engine.sweeper import Sweeper
+
+from .processes import ServerProcess
 
 BUCKETS = 8  # few buckets, so rows share buckets and scripts meet several rows per key
 HOUR_MS = 3_600_000
@@ -133,6 +135,21 @@ async def server(redis: aioredis.Redis | RedisCluster, redis_url: str) -> AsyncI
 async def channel(server: Omnistock) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         yield ch
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., ServerProcess]]:
+    """Makes `python server.py` children; each is stopped (or killed) at teardown."""
+    made: list[ServerProcess] = []
+
+    def make(*args: str) -> ServerProcess:
+        proc = ServerProcess(tmp_path / f"server-{len(made)}", *args)
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        await proc.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.embedded import free_port
+
+from .grpc_helpers import Stubs
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -173,3 +176,32 @@ async def wait_gone(pid: int, within: float) -> bool:
             break
         await asyncio.sleep(0.02)
     return not alive(pid)
+
+
+@contextlib.asynccontextmanager
+async def connect(port: int) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield Stubs(channel)
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float) -> bool:
+    """Polls `check` every 20 ms until it holds or `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        held = check()
+        if held if isinstance(held, bool) else await held:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+
+
+async def timed(call: Awaitable[object]) -> tuple[grpc.StatusCode, float]:
+    """The status code a call ends with, and how long it took (s)."""
+    start = time.perf_counter()
+    try:
+        await call
+        code = grpc.StatusCode.OK
+    except grpc.aio.AioRpcError as err:
+        code = err.code()
+    return code, time.perf_counter() - start

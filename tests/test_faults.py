@@ -37,7 +37,16 @@ from engine.storage import SAGAS, Storage
 
 from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for, sweeper_of
 from .grpc_helpers import Stubs, level, line, stock_up
-from .processes import ServerProcess, health_status, redis_pid, redis_port, wait_gone
+from .processes import (
+    ServerProcess,
+    connect,
+    eventually,
+    health_status,
+    redis_pid,
+    redis_port,
+    timed,
+    wait_gone,
+)
 
 Row = tuple[str, str]  # (location, sku)
 Parts = dict[str, dict[str, tuple[str, dict[str, int]]]]  # id -> location -> (state, sku->qty)
@@ -50,50 +59,6 @@ HELD = pb.RESERVATION_STATE_HELD
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., ServerProcess]]:
-    """Makes `python server.py` children; each is stopped (or killed) at teardown."""
-    made: list[ServerProcess] = []
-
-    def make(*args: str) -> ServerProcess:
-        proc = ServerProcess(tmp_path / f"server-{len(made)}", *args)
-        made.append(proc)
-        return proc
-
-    yield make
-    for proc in made:
-        await proc.close()
-
-
-@asynccontextmanager
-async def connect(port: int) -> AsyncIterator[Stubs]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield Stubs(channel)
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float) -> bool:
-    """Polls `check` every 20 ms until it holds or `within` seconds have passed."""
-    deadline = time.monotonic() + within
-    while True:
-        held = check()
-        if held if isinstance(held, bool) else await held:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-
-
-async def timed(call: Awaitable[object]) -> tuple[grpc.StatusCode, float]:
-    """The status code a call ends with, and how long it took (s)."""
-    start = time.perf_counter()
-    try:
-        await call
-        code = OK
-    except grpc.aio.AioRpcError as err:
-        code = err.code()
-    return code, time.perf_counter() - start
 
 
 def reserve_request(rid: str, lines: Sequence[pb.ReservationLine]) -> pb.ReserveRequest:
@@ -494,7 +459,7 @@ async def check_killed_store_fails_fast_then_recovers(
     for call in (reserve, stubs.availability.GetAvailability(availability_request(), timeout=1.0)):
         code, took = await timed(call)
         assert (code, took < 0.5) == (UNAVAILABLE, True), f"{code.name} after {took:.3f}s"
-    # and health turns NOT_SERVING (the server polls the store about once a second)
+    # and health turns NOT_SERVING (the server's probe pings the store every 0.25 s)
     assert await eventually(lambda: _health_is(port, NOT_SERVING), within=3)
 
     # when the same store comes back (same port and state dir: the data is read from the AOF)
