@@ -35,6 +35,7 @@ async def serve(argv: list[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_auth)
     await stop.wait()
     log.info("shutting down: draining calls")
     await app.stop()

@@ -10,11 +10,10 @@ import logging
 import time
 from typing import Any
 
-import grpc
 import hiredis
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -22,17 +21,19 @@ from redis.backoff import ExponentialBackoff
 
 from engine import demo
 from engine.allocation import Allocator
+from engine.auth import AuthFileError
 from engine.clock import Clock, SystemClock
 from engine.domain import EventKind, StockEvent
-from engine.edge import DecodeGuard
+from engine.edge import Edge, Gate
 from engine.embedded import EmbeddedRedis
 from engine.ingest import Ingest
+from engine.listener import enable_reflection, grpc_server, limits_of, listen, load_principals
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.probe import StoreProbe
-from engine.reservations import Reservations, Timing
+from engine.reservations import CartCaps, Reservations, Timing
 from engine.service import (
     AvailabilityService,
     ReservationService,
@@ -46,7 +47,6 @@ from engine.watch import WatchHub
 
 log = logging.getLogger(__name__)
 SERVICES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
-REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class _PackedByHiredis:
@@ -114,37 +114,6 @@ def probe_client(url: str, like: aioredis.Redis | RedisCluster, timeout: float) 
     return redis_client(url, timeout, max_connections=1, retries=0)
 
 
-def grpc_server(settings: Settings) -> grpc.aio.Server:
-    """Over `max_calls` calls under way, a new one is answered RESOURCE_EXHAUSTED (which a
-    client may retry), never left to grpc's default queue of 1,000 calls not yet picked
-    up, whose overflow it answers CANCELLED. (No cap on streams per connection: over
-    one, grpc clients do not wait, they fail the call UNAVAILABLE.)"""
-    limit = settings.max_concurrent_calls
-    return grpc.aio.server(
-        interceptors=[DecodeGuard()],
-        maximum_concurrent_rpcs=limit,
-        options=[
-            ("grpc.server.max_pending_requests", limit * 4),
-            ("grpc.server.max_pending_requests_hard_limit", limit * 8),
-        ],
-    )
-
-
-def enable_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> None:
-    """Reflection v1alpha, and v1: grpcio-reflection ships only v1alpha, whose messages are
-    v1's byte for byte (the same proto in another package), so the same servicer serves both."""
-    servicer = reflection.aio.ReflectionServicer((*names, reflection.SERVICE_NAME, REFLECTION_V1))
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
-    info = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
-        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": info}),)
-    )
-
-
 class Omnistock:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -177,12 +146,17 @@ class Omnistock:
             default_ttl_ms=int(self.settings.hold_ttl_seconds * 1000),
             saga_timeout_ms=int(self.settings.saga_timeout_seconds * 1000),
         )
-        self.reservations = Reservations(self.storage, self.clock, timing, self.metrics)
+        caps = CartCaps(
+            max_ttl_ms=int(self.settings.storefront_max_ttl_seconds * 1000),
+            max_units=self.settings.storefront_max_held_units,
+        )
+        self.reservations = Reservations(self.storage, self.clock, timing, self.metrics, caps)
         if self.settings.demo and not self.locations.by_id:
             await load_demo(self.storage, self.locations, self.clock)
-        self.server = grpc_server(self.settings)
+        self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
+        self.server = grpc_server(self.settings, Edge(self.gate, self.metrics))
         self._add_services()
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        self.port = listen(self.server, self.settings)
         await self.server.start()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -202,6 +176,8 @@ class Omnistock:
             failures=self.settings.redis_probe_failures,
         )
         self._tasks = [asyncio.create_task(sweeper.run()), asyncio.create_task(probe.run())]
+        if self.settings.auth_file:
+            self._tasks.append(asyncio.create_task(self._follow_auth_file()))
         if self.embedded is not None:
             restarted = self.metrics.store_restarts.inc
             self._tasks.append(asyncio.create_task(self.embedded.supervise(restarted)))
@@ -231,7 +207,30 @@ class Omnistock:
         pb_grpc.add_StockServiceServicer_to_server(self.stock_service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-        enable_reflection(self.server, names)
+        enable_reflection(self.server, (*names, reflection.SERVICE_NAME))
+
+    def reload_auth(self) -> None:
+        """Reads the auth file again (SIGHUP, or a change); one that does not load is
+        logged and the principals before it stay."""
+        try:
+            self.gate.principals = load_principals(self.settings)
+        except AuthFileError as exc:
+            log.error("auth file not reloaded, the principals before it stay: %s", exc)
+            return
+        principals = self.gate.principals
+        log.info("auth file reloaded: %d principals", len(principals.by_name if principals else ()))
+
+    async def _follow_auth_file(self) -> None:
+        path = self.settings.auth_file
+        assert path is not None
+        seen = path.stat().st_mtime_ns
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(OSError):
+                changed = path.stat().st_mtime_ns
+                if changed != seen:
+                    seen = changed
+                    self.reload_auth()
 
     async def _set_health(self, serving: bool) -> None:
         """Health follows the store probe: NOT_SERVING while Redis is down."""

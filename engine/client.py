@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -67,13 +67,27 @@ def _reservation(msg: pb.Reservation) -> Reservation:
 
 class OmnistockClient:
     def __init__(
-        self, target: str, *, timeout: float = 2.0, attempts: int = 4, backoff: float = 0.05
+        self,
+        target: str,
+        *,
+        timeout: float = 2.0,
+        attempts: int = 4,
+        backoff: float = 0.05,
+        token: str | None = None,
+        tls: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """token: a bearer token, sent with every call; tls: credentials for a server that
+        serves TLS (grpc.ssl_channel_credentials(root CA, client key, client chain))."""
         self.target = target
         self.timeout = timeout
         self.attempts = attempts
         self.backoff = backoff
-        self.channel = grpc.aio.insecure_channel(target)
+        bearer = () if token is None else (("authorization", f"Bearer {token}"),)
+        self._opts: dict[str, Any] = {"timeout": timeout, "metadata": bearer}
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(target)
+        else:
+            self.channel = grpc.aio.secure_channel(target, tls)
         self._availability = pb_grpc.AvailabilityServiceStub(self.channel)
         self._reservations = pb_grpc.ReservationServiceStub(self.channel)
 
@@ -106,7 +120,7 @@ class OmnistockClient:
     ) -> list[Availability]:
         request = pb.GetAvailabilityRequest(skus=skus, location_ids=location_ids)
         resp = await self._call(
-            lambda: self._availability.GetAvailability(request, timeout=self.timeout)
+            lambda: self._availability.GetAvailability(request, **self._opts)
         )
         return [_availability(lv) for lv in resp.levels]
 
@@ -135,7 +149,7 @@ class OmnistockClient:
             partial=partial,
         )
         resp = await self._call(
-            lambda: self._availability.FindNearby(request, timeout=self.timeout)
+            lambda: self._availability.FindNearby(request, **self._opts)
         )
         return [
             NearbyHit(
@@ -156,7 +170,7 @@ class OmnistockClient:
                 pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty) for ln in lines
             ],
         )
-        resp = await self._call(lambda: self._reservations.Reserve(request, timeout=self.timeout))
+        resp = await self._call(lambda: self._reservations.Reserve(request, **self._opts))
         if resp.HasField("reservation"):
             return HoldResult(_reservation(resp.reservation))
         return HoldResult(
@@ -168,22 +182,22 @@ class OmnistockClient:
 
     async def commit(self, reservation_id: str) -> Reservation:
         request = pb.CommitRequest(reservation_id=reservation_id)
-        resp = await self._call(lambda: self._reservations.Commit(request, timeout=self.timeout))
+        resp = await self._call(lambda: self._reservations.Commit(request, **self._opts))
         return _reservation(resp)
 
     async def release(self, reservation_id: str) -> Reservation:
         request = pb.ReleaseRequest(reservation_id=reservation_id)
-        resp = await self._call(lambda: self._reservations.Release(request, timeout=self.timeout))
+        resp = await self._call(lambda: self._reservations.Release(request, **self._opts))
         return _reservation(resp)
 
     async def extend(self, reservation_id: str, ttl_seconds: float) -> Reservation:
         request = pb.ExtendRequest(reservation_id=reservation_id, ttl_seconds=ttl_seconds)
-        resp = await self._call(lambda: self._reservations.Extend(request, timeout=self.timeout))
+        resp = await self._call(lambda: self._reservations.Extend(request, **self._opts))
         return _reservation(resp)
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         request = pb.GetReservationRequest(reservation_id=reservation_id)
         resp = await self._call(
-            lambda: self._reservations.GetReservation(request, timeout=self.timeout)
+            lambda: self._reservations.GetReservation(request, **self._opts)
         )
         return _reservation(resp)

@@ -234,9 +234,12 @@ def check_sku_lines(lines: Sequence[tuple[str, int]], what: str) -> None:
         seen.add(sku)
 
 
-def fingerprint(lines: Iterable[Line]) -> str:
-    """Identifies a reservation's content: the same id must always mean the same lines."""
+def fingerprint(lines: Iterable[Line], owner: str = "") -> str:
+    """Identifies a reservation's content: the same id must always mean the same lines,
+    held by the same principal (another principal's same id and lines is another call)."""
     text = "\n".join(f"{ln.location}\t{ln.sku}\t{ln.qty}" for ln in lines)
+    if owner:
+        text = f"{owner}\n{text}"
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 

@@ -1,15 +1,126 @@
-"""What every call meets before its servicer. Request bytes that are not the method's
-message are refused with INVALID_ARGUMENT: left to grpc, the parser's exception would reach
-the caller as UNKNOWN. A servicer never sees such a request."""
+"""What every call meets before its servicer, in this order:
+
+1. who calls: the principal of its bearer token or of its client certificate
+   (UNAUTHENTICATED without one, when the server has principals); health is open to all;
+2. whether its role may call the method (PERMISSION_DENIED), whether it is within its rate,
+   and, for a streaming call, within its open streams (RESOURCE_EXHAUSTED, retryable);
+3. whether the request bytes are the method's message (INVALID_ARGUMENT; left to grpc, the
+   parser's exception would reach the caller as UNKNOWN).
+
+The principal is then the call's `engine.auth.current()`. A servicer never sees a request
+that failed any of these.
+"""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from engine.auth import OPEN, Principal, Principals, act_as
+from engine.errors import OmnistockError, PermissionDenied, ResourceExhausted, Unauthenticated
+from engine.metrics import Metrics
+
+OPEN_SERVICES = ("/grpc.health.v1.Health/",)
+REFLECTION = "/grpc.reflection."
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rate: float  # calls per second per principal (a burst of one second's worth); 0: none
+    streams: int  # streaming calls open at once per principal
+
+
+class Gate:
+    """Identifies callers and keeps each principal within its limits, in this process."""
+
+    def __init__(self, principals: Principals | None, limits: Limits) -> None:
+        self.principals = principals
+        self.limits = limits
+        self._tokens: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
+        self.streams: Counter[str] = Counter()
+
+    def identify(
+        self, metadata: Sequence[tuple[str, Any]], common_names: Sequence[str]
+    ) -> Principal:
+        if self.principals is None:
+            return OPEN
+        token = _bearer(metadata)
+        if token is not None:
+            principal = self.principals.by_bearer(token)
+            if principal is None:
+                raise Unauthenticated("the bearer token is not known")
+            return principal
+        for name in common_names:
+            principal = self.principals.by_name.get(name)
+            if principal is not None:
+                return principal
+        if common_names:
+            raise Unauthenticated(f"no principal is named {common_names[0]!r}")
+        raise Unauthenticated(
+            "a bearer token (metadata 'authorization: Bearer <token>') or a client "
+            "certificate is required"
+        )
+
+    def permit(self, principal: Principal, method: str) -> None:
+        """PERMISSION_DENIED outside the role (reflection: any principal)."""
+        name = method.rsplit("/", 1)[-1]
+        if not method.startswith(REFLECTION) and not principal.may_call(name):
+            raise PermissionDenied(
+                f"principal {principal.name} (role {principal.role}) may not call {name}"
+            )
+
+    def within_rate(self, principal: Principal) -> None:
+        if self.limits.rate > 0 and not self._take(principal.name):
+            raise ResourceExhausted(
+                f"principal {principal.name or 'open'} is over its {self.limits.rate:g} "
+                "calls per second; retry later"
+            )
+
+    def _take(self, name: str) -> bool:
+        rate, now = self.limits.rate, time.monotonic()
+        tokens, at = self._tokens.get(name, (rate, now))
+        tokens = min(rate, tokens + (now - at) * rate)
+        if tokens < 1:
+            self._tokens[name] = (tokens, now)
+            return False
+        self._tokens[name] = (tokens - 1, now)
+        return True
+
+    def open_stream(self, principal: Principal) -> None:
+        if self.streams[principal.name] >= self.limits.streams:
+            raise ResourceExhausted(
+                f"principal {principal.name or 'open'} has {self.limits.streams} streams open, "
+                "its most; close one first"
+            )
+        self.streams[principal.name] += 1
+
+    def close_stream(self, principal: Principal) -> None:
+        self.streams[principal.name] -= 1
+        if self.streams[principal.name] <= 0:
+            del self.streams[principal.name]
+
+
+def _bearer(metadata: Sequence[tuple[str, Any]]) -> str | None:
+    for key, value in metadata:
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization must be 'Bearer <token>'")
+            return token.strip()
+    return None
+
+
+def _common_names(context: grpc.aio.ServicerContext) -> list[str]:
+    names = context.auth_context().get("x509_common_name", [])
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 class _Undecodable:
@@ -31,61 +142,114 @@ def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return run
 
 
-async def _refuse(context: grpc.aio.ServicerContext, method: str, bad: _Undecodable) -> None:
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"request: the bytes are not a {method.rsplit('/', 1)[-1]} request ({bad.error})",
-    )
+class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, gate: Gate, metrics: Metrics) -> None:
+        self.gate = gate
+        self.metrics = metrics
 
-
-def _wrap(
-    behavior: Callable[..., Any],
-    check: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-) -> Callable[..., Any]:
-    """`behavior` called with its request (or request stream) checked first; a wrapper of
-    the same kind (coroutine or async generator function), as grpc runs a handler by kind."""
-    if inspect.isasyncgenfunction(behavior):
-
-        async def gen(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for item in behavior(await check(request, context), context):
-                yield item
-
-        return gen
-
-    async def coro(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await behavior(await check(request, context), context)
-
-    return coro
-
-
-class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
         method: str = details.method
-
-        async def one(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                await _refuse(context, method, request)
-            return request
-
-        async def stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            async def checked() -> AsyncIterator[Any]:
-                async for request in requests:
-                    yield await one(request, context)
-
-            return checked()
-
+        if handler is None or method.startswith(OPEN_SERVICES):
+            return handler
         kind = _kind(handler)
-        wrapped = _wrap(getattr(handler, kind), stream if handler.request_streaming else one)
+        streaming = handler.request_streaming or handler.response_streaming
+        wrapped = self._guard(getattr(handler, kind), method, streaming, handler.request_streaming)
         return handler._replace(
             request_deserializer=_tolerant(handler.request_deserializer), **{kind: wrapped}
         )
+
+    async def _enter(
+        self, method: str, streaming: bool, context: grpc.aio.ServicerContext
+    ) -> Principal:
+        gate = self.gate
+        try:
+            principal = gate.identify(context.invocation_metadata() or (), _common_names(context))
+        except Unauthenticated as exc:
+            await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, exc, "unauthenticated")
+        try:
+            gate.permit(principal, method)
+        except PermissionDenied as exc:
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, exc, "permission")
+        for within, reason in ((gate.within_rate, "rate"), (gate.open_stream, "streams")):
+            if reason == "streams" and not streaming:
+                break
+            try:
+                within(principal)
+            except ResourceExhausted as exc:
+                await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, reason)
+        act_as(principal)
+        return principal
+
+    async def _refuse(
+        self,
+        context: grpc.aio.ServicerContext,
+        code: grpc.StatusCode,
+        exc: OmnistockError,
+        reason: str,
+    ) -> None:
+        self.metrics.refused.labels(reason).inc()
+        await context.abort(code, str(exc))
+
+    def _guard(
+        self, behavior: Callable[..., Any], method: str, streaming: bool, request_streaming: bool
+    ) -> Callable[..., Any]:
+        """`behavior` behind the gate, its request (or each request of its stream) checked; a
+        wrapper of the same kind (coroutine or async generator function), as grpc runs a
+        handler by its kind."""
+
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await _checked(request, context, method, request_streaming)
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def gen(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                principal = await self._enter(method, streaming, context)
+                try:
+                    async for item in behavior(await checked(request, context), context):
+                        yield item
+                finally:
+                    if streaming:
+                        self.gate.close_stream(principal)
+
+            return gen
+
+        async def coro(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            principal = await self._enter(method, streaming, context)
+            try:
+                return await behavior(await checked(request, context), context)
+            finally:
+                if streaming:
+                    self.gate.close_stream(principal)
+
+        return coro
+
+
+async def _decoded(request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
+    if isinstance(request, _Undecodable):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request: the bytes are not a {method.rsplit('/', 1)[-1]} request ({request.error})",
+        )
+    return request
+
+
+async def _checked(
+    request: Any, context: grpc.aio.ServicerContext, method: str, streaming: bool
+) -> Any:
+    """The request checked; or, for a request stream, a stream that checks each request."""
+    if not streaming:
+        return await _decoded(request, context, method)
+
+    async def each() -> AsyncIterator[Any]:
+        async for item in request:
+            yield await _decoded(item, context, method)
+
+    return each()
 
 
 def _kind(handler: grpc.RpcMethodHandler) -> str:

@@ -5,7 +5,10 @@
     ├── NotFound             no such reservation or location            -> NOT_FOUND
     ├── AlreadyExists        a reservation id reused with other lines   -> ALREADY_EXISTS
     ├── FailedPrecondition   the state forbids it (commit after expiry) -> FAILED_PRECONDITION
-    └── Unavailable          the store (Redis) cannot be reached        -> UNAVAILABLE
+    ├── Unavailable          the store (Redis) cannot be reached        -> UNAVAILABLE
+    ├── Unauthenticated      no valid token or client certificate       -> UNAUTHENTICATED
+    ├── PermissionDenied     outside the caller's role or locations     -> PERMISSION_DENIED
+    └── ResourceExhausted    over a per-principal cap or rate (retry)   -> RESOURCE_EXHAUSTED
 
 Redis errors become these at the storage seam (engine.storage); these become gRPC status
 codes in one place (engine.service). Insufficient stock is not an error: it is an answer.
@@ -36,4 +39,16 @@ class FailedPrecondition(OmnistockError):
 
 
 class Unavailable(OmnistockError):
+    pass
+
+
+class Unauthenticated(OmnistockError):
+    pass
+
+
+class PermissionDenied(OmnistockError):
+    pass
+
+
+class ResourceExhausted(OmnistockError):
     pass

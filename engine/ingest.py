@@ -25,8 +25,9 @@ from typing import NamedTuple
 
 import orjson
 
+from engine import auth
 from engine.domain import EventKind, EventOutcome, StockEvent, check_id, check_qty
-from engine.errors import InvalidArgument, OmnistockError
+from engine.errors import InvalidArgument, OmnistockError, PermissionDenied
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.storage import Holder, Storage
@@ -217,6 +218,7 @@ class Ingest:
                 acks[i] = self._reject(got, strict)
             else:
                 groups.setdefault(got.location, []).append((i, got))
+        self._keep_to_scope(groups, acks, strict)
         known = await self.locations.known(groups)
         for location in set(groups) - known:
             for i, _ in groups.pop(location):
@@ -237,6 +239,20 @@ class Ingest:
                 self.metrics.events.labels(outcome.value.lower()).inc()
             short += [(loc, sku, on_hand, held) for sku, on_hand, held in result.short_rows]
         return Ingested([a for a in acks if a is not None], await self.shortages(short))
+
+    def _keep_to_scope(
+        self, groups: dict[str, list[tuple[int, StockEvent]]], acks: list[Ack | None], strict: bool
+    ) -> None:
+        """Events at a location outside the caller's are refused (strict) or rejected."""
+        who = auth.current()
+        if who.locations is None:
+            return
+        for location in [loc for loc in groups if loc not in (who.locations or ())]:
+            for i, _ in groups.pop(location):
+                denied = PermissionDenied(
+                    f"events[{i}].location_id: principal {who.name} may not act at {location}"
+                )
+                acks[i] = self._reject(denied, strict)
 
     def _reject(self, exc: OmnistockError, strict: bool) -> Ack:
         if strict:
@@ -284,6 +300,7 @@ class Ingest:
         if count.counted_at > self.now_ms() + MAX_SKEW_MS:
             raise InvalidArgument("header.counted_at", _FUTURE)
         location = await self.mappings.location(count.source, count.location, "header.location_id")
+        auth.current().require_locations([location], "header.location_id")
         await self.locations.require([location], "header.location_id")
         started, done = time.perf_counter(), 0
         counted: dict[str, int] = {}

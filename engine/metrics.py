@@ -72,6 +72,12 @@ class Metrics:
             "1 while the health probe finds Redis up, 0 while it finds it down (engine/probe.py)",
             registry=r,
         )
+        self.refused = Counter(
+            "omnistock_refused_total",
+            "Calls refused at the edge, by why (unauthenticated, permission, rate, streams)",
+            ["reason"],
+            registry=r,
+        )
         self.store_restarts = Counter(
             "omnistock_store_restarts_total",
             "Times the embedded store died and was started again on the same data",

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from engine import auth
 from engine.clock import Clock
 from engine.domain import (
     HoldResult,
@@ -40,7 +41,14 @@ from engine.domain import (
     check_ttl,
     fingerprint,
 )
-from engine.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from engine.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from engine.metrics import Metrics
 from engine.storage import DirEntry, PickCapacity, Storage, encode_lines
 
@@ -58,12 +66,32 @@ class Timing:
     saga_timeout_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class CartCaps:
+    """What a storefront principal may hold: its longest hold, and its units held at once."""
+
+    max_ttl_ms: int = 1_800_000
+    max_units: int = 1000
+
+
 class Reservations:
-    def __init__(self, storage: Storage, clock: Clock, timing: Timing, metrics: Metrics) -> None:
+    """Each call acts for the principal of the call being served (engine.auth.current()):
+    a reservation records who made it, and only that principal (or one that sees every
+    reservation) may see or settle it; another gets NOT_FOUND, so ids cannot be probed."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Clock,
+        timing: Timing,
+        metrics: Metrics,
+        caps: CartCaps | None = None,
+    ) -> None:
         self.storage = storage
         self.clock = clock
         self.timing = timing
         self.metrics = metrics
+        self.caps = caps or CartCaps()
 
     # -- Reserve ----------------------------------------------------------------------
 
@@ -76,20 +104,64 @@ class Reservations:
     ) -> HoldResult:
         """capacity: location -> its daily pick capacity, for the locations where this hold
         takes one order of it (a ship-from-store plan); a location with none left is FULL."""
+        who = auth.current()
         check_id(reservation_id, "reservation_id")
         canon = canonical_lines(lines)
-        ttl_ms = self.timing.default_ttl_ms
-        if ttl_seconds:
-            check_ttl(ttl_seconds, "ttl_seconds")
-            ttl_ms = int(ttl_seconds * 1000)
-        groups = by_location(canon)
-        caps = self._capacities(capacity or {})
-        if len(groups) == 1 and not self.storage.cluster:
-            result = await self._reserve_one(reservation_id, canon, ttl_ms, caps)
-        else:
-            result = await self._reserve_saga(reservation_id, canon, groups, ttl_ms, caps)
+        who.require_locations((ln.location for ln in canon), "lines[].location_id")
+        ttl_ms = self._ttl_ms(ttl_seconds, who)
+        counted = await self._count_units(who, reservation_id, canon, ttl_ms)
+        try:
+            result = await self._reserve(reservation_id, canon, ttl_ms, capacity or {}, who.name)
+        except BaseException:
+            if counted:
+                await self.storage.unbudget(who.name, reservation_id)
+            raise
+        if counted and not result.ok:
+            await self.storage.unbudget(who.name, reservation_id)
         self.metrics.holds.labels(_hold_outcome(result)).inc()
         return result
+
+    async def _reserve(
+        self,
+        rid: str,
+        canon: tuple[Line, ...],
+        ttl_ms: int,
+        capacity: Mapping[str, int],
+        owner: str,
+    ) -> HoldResult:
+        groups = by_location(canon)
+        caps = self._capacities(capacity)
+        if len(groups) == 1 and not self.storage.cluster:
+            return await self._reserve_one(rid, canon, ttl_ms, caps, owner)
+        return await self._reserve_saga(rid, canon, groups, ttl_ms, caps, owner)
+
+    def _ttl_ms(self, ttl_seconds: float, who: auth.Principal) -> int:
+        cart = who.role is auth.Role.STOREFRONT
+        longest = self.caps.max_ttl_ms if cart else None
+        if not ttl_seconds:
+            return min(self.timing.default_ttl_ms, longest or self.timing.default_ttl_ms)
+        check_ttl(ttl_seconds, "ttl_seconds")
+        if longest is not None and ttl_seconds * 1000 > longest:
+            raise InvalidArgument(
+                "ttl_seconds", f"a storefront may hold for at most {longest // 1000} seconds"
+            )
+        return int(ttl_seconds * 1000)
+
+    async def _count_units(
+        self, who: auth.Principal, rid: str, lines: Sequence[Line], ttl_ms: int
+    ) -> bool:
+        """A storefront's hold counts against its units held at once; True when this call
+        counted it (and must take it back should the hold not be made)."""
+        if who.role is not auth.Role.STOREFRONT:
+            return False
+        units, now = sum(ln.qty for ln in lines), self.clock.now_ms()
+        cap = self.caps.max_units
+        held = await self.storage.budget(who.name, rid, units, now, now + ttl_ms, cap)
+        if held is not None:
+            raise ResourceExhausted(
+                f"principal {who.name} holds {held} units; {units} more would pass its {cap}"
+            )
+        return True
 
     def today(self) -> str:
         """The day pick capacity is counted in (UTC), as YYYYMMDD."""
@@ -107,12 +179,25 @@ class Reservations:
         return {loc: PickCapacity(limit, day, keep_from) for loc, limit in limits.items()}
 
     async def _reserve_one(
-        self, rid: str, lines: tuple[Line, ...], ttl_ms: int, caps: dict[str, PickCapacity]
+        self,
+        rid: str,
+        lines: tuple[Line, ...],
+        ttl_ms: int,
+        caps: dict[str, PickCapacity],
+        owner: str,
     ) -> HoldResult:
         now = self.clock.now_ms()
-        fp, location = fingerprint(lines), lines[0].location
+        fp, location = fingerprint(lines, owner), lines[0].location
         call = self.storage.hold_call(
-            rid, fp, location, lines, now, now + ttl_ms, encode_lines(lines), caps.get(location)
+            rid,
+            fp,
+            location,
+            lines,
+            now,
+            now + ttl_ms,
+            encode_lines(lines),
+            caps.get(location),
+            owner,
         )
         (answer,) = await self.storage.hold([call])
         return self._hold_answer(rid, lines, location, answer)
@@ -138,9 +223,10 @@ class Reservations:
         groups: dict[str, list[Line]],
         ttl_ms: int,
         caps: dict[str, PickCapacity],
+        owner: str,
     ) -> HoldResult:
         for _ in range(3):
-            result = await self._try_saga(rid, lines, groups, ttl_ms, caps)
+            result = await self._try_saga(rid, lines, groups, ttl_ms, caps, owner)
             if result is not None:
                 return result
         raise Unavailable(f"reservation {rid} keeps being placed and rolled back; retry")
@@ -152,13 +238,16 @@ class Reservations:
         groups: dict[str, list[Line]],
         ttl_ms: int,
         caps: dict[str, PickCapacity],
+        made_by: str,
     ) -> HoldResult | None:
         """One attempt; None when a concurrent attempt with this id fell short meanwhile."""
         now = self.clock.now_ms()
-        fp, owner = fingerprint(lines), uuid.uuid4().hex
+        fp, owner = fingerprint(lines, made_by), uuid.uuid4().hex
         ttl = ttl_ms + self.storage.retention_ms
         recover_at = now + self.timing.saga_timeout_ms
-        claimed = await self.storage.claim(rid, fp, encode_lines(lines), owner, ttl, recover_at)
+        claimed = await self.storage.claim(
+            rid, fp, encode_lines(lines), owner, ttl, recover_at, made_by
+        )
         if claimed[0] == "CONFLICT":
             raise AlreadyExists(f"reservation {rid} exists with other lines")
         if claimed[0] == "SAGA":
@@ -204,12 +293,18 @@ class Reservations:
         return await self.get(rid)
 
     async def _release_parts(
-        self, rid: str, groups: dict[str, list[Line]], locations: Sequence[str], mode: str
+        self,
+        rid: str,
+        groups: dict[str, list[Line]],
+        locations: Sequence[str],
+        mode: str,
+        owner: str = "",
     ) -> list[list[object]]:
+        """owner: whose held units the parts stop counting (see Storage.budget)."""
         return list(
             await asyncio.gather(
                 *(
-                    self.storage.release_part(rid, loc, [ln.sku for ln in groups[loc]], mode)
+                    self.storage.release_part(rid, loc, [ln.sku for ln in groups[loc]], mode, owner)
                     for loc in locations
                 )
             )
@@ -225,7 +320,7 @@ class Reservations:
     async def _entry(self, rid: str) -> DirEntry:
         check_id(rid, "reservation_id")
         entry = await self.storage.directory(rid)
-        if entry is None:
+        if entry is None or not auth.current().owns(entry.owner):
             raise NotFound(f"reservation {rid} not found")
         return entry
 
@@ -233,7 +328,7 @@ class Reservations:
         entry = await self._entry(rid)
         groups = by_location(entry.lines)
         if len(groups) == 1 and not entry.saga:
-            await self._commit_parts(rid, groups, force=False)
+            await self._commit_parts(rid, groups, False, entry.owner)
         elif entry.saga in ("", COMMITTING, COMMITTED):
             await self._commit_saga(rid, entry, groups)
         else:
@@ -248,13 +343,13 @@ class Reservations:
                 saga = (await self._entry(rid)).saga
                 if saga not in (COMMITTING, COMMITTED):
                     if pinned:  # parts lapsed unevenly (clock skew): let none outlive the rest
-                        await self._release_saga(rid, groups)
+                        await self._release_saga(rid, groups, entry.owner)
                     raise FailedPrecondition(f"reservation {rid} is no longer HELD")
             else:
                 await self._decide(rid, "", COMMITTING)
                 saga = COMMITTING
         if saga == COMMITTING:
-            await self._commit_parts(rid, groups, force=True)
+            await self._commit_parts(rid, groups, True, entry.owner)
             await self.storage.settle(rid, COMMITTING, COMMITTED)
             await self.storage.unschedule_saga(rid)
 
@@ -268,11 +363,13 @@ class Reservations:
         if entry.saga not in (new, _SETTLED_AS[new]):
             raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}, not HELD")
 
-    async def _commit_parts(self, rid: str, groups: dict[str, list[Line]], force: bool) -> None:
+    async def _commit_parts(
+        self, rid: str, groups: dict[str, list[Line]], force: bool, owner: str
+    ) -> None:
         now = self.clock.now_ms()
         answers = await asyncio.gather(
             *(
-                self.storage.commit_part(rid, loc, [ln.sku for ln in part], now, force)
+                self.storage.commit_part(rid, loc, [ln.sku for ln in part], now, force, owner)
                 for loc, part in groups.items()
             )
         )
@@ -296,9 +393,9 @@ class Reservations:
         entry = await self._entry(rid)
         groups = by_location(entry.lines)
         if len(groups) == 1 and not entry.saga:
-            answers = await self._release_parts(rid, groups, list(groups), "release")
+            answers = await self._release_parts(rid, groups, list(groups), "release", entry.owner)
         elif entry.saga in ("", RELEASING, RELEASED):
-            answers = await self._release_saga(rid, groups, decided=bool(entry.saga))
+            answers = await self._release_saga(rid, groups, entry.owner, bool(entry.saga))
         elif entry.saga == ABORTED:
             return await self.get(rid)
         else:
@@ -312,22 +409,25 @@ class Reservations:
         return Reservation(rid, entry.lines, state, 0)
 
     async def _release_saga(
-        self, rid: str, groups: dict[str, list[Line]], decided: bool = False
+        self, rid: str, groups: dict[str, list[Line]], owner: str, decided: bool = False
     ) -> list[list[object]]:
         if not decided:
             await self._decide(rid, "", RELEASING)
-        answers = await self._release_parts(rid, groups, list(groups), "release")
+        answers = await self._release_parts(rid, groups, list(groups), "release", owner)
         await self.storage.settle(rid, RELEASING, RELEASED)
         await self.storage.unschedule_saga(rid)
         return answers
 
     async def extend(self, rid: str, ttl_seconds: float) -> Reservation:
-        check_ttl(ttl_seconds, "ttl_seconds")
+        who = auth.current()
+        if not ttl_seconds:
+            check_ttl(ttl_seconds, "ttl_seconds")
+        ttl_ms = self._ttl_ms(ttl_seconds, who)
         entry = await self._entry(rid)
         if entry.saga:
             raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}")
         now = self.clock.now_ms()
-        expires_at = now + int(ttl_seconds * 1000)
+        expires_at = now + ttl_ms
         groups = by_location(entry.lines)
         answers = await asyncio.gather(
             *(self.storage.extend_part(rid, loc, now, expires_at, False) for loc in groups)
@@ -336,6 +436,10 @@ class Reservations:
             if answer[0] != "HELD":
                 state = answer[1] if answer[0] == "STATE" else "missing"
                 raise FailedPrecondition(f"reservation {rid} is {state}, not HELD")
+        if who.role is auth.Role.STOREFRONT:  # its units count until the new expiry
+            units = sum(ln.qty for ln in entry.lines)
+            cap = self.caps.max_units
+            await self.storage.budget(who.name, rid, units, now, expires_at, cap)
         return Reservation(rid, entry.lines, ReservationState.HELD, expires_at)
 
     async def get(self, rid: str) -> Reservation:
@@ -362,14 +466,14 @@ class Reservations:
             if entry.saga.startswith(PENDING) and await self.storage.settle(
                 rid, entry.saga, ABORTED
             ):
-                await self._release_parts(rid, groups, list(groups), "tombstone")
+                await self._release_parts(rid, groups, list(groups), "tombstone", entry.owner)
                 action = "rolled_back"
             elif entry.saga == COMMITTING:
-                await self._commit_parts(rid, groups, force=True)
+                await self._commit_parts(rid, groups, True, entry.owner)
                 await self.storage.settle(rid, COMMITTING, COMMITTED)
                 action = "committed"
             elif entry.saga == RELEASING:
-                await self._release_parts(rid, groups, list(groups), "release")
+                await self._release_parts(rid, groups, list(groups), "release", entry.owner)
                 await self.storage.settle(rid, RELEASING, RELEASED)
                 action = "released"
         await self.storage.unschedule_saga(rid)

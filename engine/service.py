@@ -32,6 +32,9 @@ from engine.errors import (
     InvalidArgument,
     NotFound,
     OmnistockError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
@@ -73,6 +76,9 @@ _CODES: tuple[tuple[type[OmnistockError], grpc.StatusCode], ...] = (
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 _TYPES = {

@@ -74,6 +74,40 @@ class Settings:
     appendfsync: str = field(
         default="everysec", metadata={"help": "embedded server AOF fsync: always|everysec"}
     )
+    auth_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "TOML file of principals (docs/security.md); none: the server is open "
+            "and listens on loopback only. Read again on SIGHUP or when it changes"
+        },
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata={"help": "PEM certificate chain: serve gRPC over TLS"}
+    )
+    tls_key: Path | None = field(default=None, metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata={"help": "PEM CA bundle: require client certificates it signed (mutual TLS)"},
+    )
+    insecure: bool = field(
+        default=False,
+        metadata={"help": "allow listening beyond loopback without --auth-file and TLS"},
+    )
+    rate_limit: float = field(
+        default=0.0,
+        metadata={"help": "calls per second per principal and process (0: no limit)"},
+    )
+    max_streams_per_principal: int = field(
+        default=100,
+        metadata={"help": "watch, event and count streams one principal may have open"},
+    )
+    storefront_max_ttl_seconds: float = field(
+        default=1800.0, metadata={"help": "the longest hold a storefront principal may make"}
+    )
+    storefront_max_held_units: int = field(
+        default=1000,
+        metadata={"help": "units a storefront principal may hold at once, over all its holds"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     # Allocate's defaults (engine/sourcing.py); each call may set its own.
     shipment_cost: float = field(default=5.0, metadata={"help": "Allocate: cost of a shipment"})
@@ -118,6 +152,8 @@ def _convert(kind: object, raw: str) -> object:
         return float(raw)
     if kind in (Path, "Path"):
         return Path(raw)
+    if kind == "Path | None":
+        return Path(raw) if raw else None
     return raw
 
 
@@ -157,6 +193,7 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--stock-buckets must be at least 1")
     if settings.max_concurrent_calls < 1:
         parser.error("--max-concurrent-calls must be at least 1")
+    _check_edge(settings, parser)
     if settings.hold_ttl_seconds <= 0:
         parser.error("--hold-ttl-seconds must be positive")
     _check_probe(settings, parser)
@@ -173,3 +210,14 @@ def _check_probe(settings: Settings, parser: argparse.ArgumentParser) -> None:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if settings.redis_probe_failures < 1:
         parser.error("--redis-probe-failures must be at least 1")
+
+
+def _check_edge(settings: Settings, parser: argparse.ArgumentParser) -> None:
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if settings.rate_limit < 0 or settings.max_streams_per_principal < 1:
+        parser.error("--rate-limit must be >= 0 and --max-streams-per-principal >= 1")
+    if settings.storefront_max_ttl_seconds <= 0 or settings.storefront_max_held_units < 1:
+        parser.error("--storefront-max-ttl-seconds and --storefront-max-held-units must be > 0")

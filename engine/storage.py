@@ -17,7 +17,10 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
     {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
     {L}:w          shard channel: every row written at L, as written (engine/watch.py)
-    res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field
+    res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
+                          o the principal that made it ('' on an open server)
+    principal:{<name>}:held  hash  a storefront principal's HELD reservations -> "units,expiry",
+                          counted against its cap on units held at once (budget.lua)
     {omnistock}:locations  hash  location id -> JSON
     {omnistock}:locations:v  counter  moves with every upsert, so caches know when to reload
     {omnistock}:wake       zset  location -> a time at or before its earliest HELD expiry
@@ -140,6 +143,10 @@ class Keys:
     def mapping(source: str) -> str:
         return f"{{omnistock}}:map:{source}"
 
+    @staticmethod
+    def held(principal: str) -> str:
+        return f"principal:{{{principal}}}:held"
+
 
 class KeyList:
     """KEYS of one script call: each distinct key once, addressed by its 1-based index."""
@@ -178,6 +185,7 @@ class DirEntry:
     fingerprint: str
     lines: tuple[Line, ...]
     saga: str
+    owner: str  # the principal that made it ('' on an open server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +345,7 @@ class Storage:
         "set_safety_stock",
         "read_rows",
         "disarm",
+        "budget",
     )
 
     def __init__(
@@ -617,6 +626,7 @@ class Storage:
         expires_at: int,
         directory_lines: str | None,
         capacity: PickCapacity | None = None,
+        owner: str = "",
     ) -> HoldCall:
         """A hold script call; with directory_lines it also writes the directory (on one
         Redis only: on a cluster the directory is in another slot); with capacity it takes
@@ -634,7 +644,7 @@ class Storage:
             keys.add(Keys.directory(reservation_id))
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
-        return HoldCall(keys.keys, [*args, location], location, expires_at, with_dir)
+        return HoldCall(keys.keys, [*args, location, owner], location, expires_at, with_dir)
 
     async def hold(self, calls: Sequence[HoldCall]) -> list[list[Any]]:
         """Holds parts at one or more locations; the auto-pipeline sends them together.
@@ -650,15 +660,23 @@ class Storage:
         return [_decode(answer) for answer in await asyncio.gather(*map(one, calls))]
 
     async def commit_part(
-        self, reservation_id: str, location: str, skus: Iterable[str], now: int, force: bool
+        self,
+        reservation_id: str,
+        location: str,
+        skus: Iterable[str],
+        now: int,
+        force: bool,
+        owner: str = "",
     ) -> list[Any]:
+        """owner: the principal whose held units this part stops counting (see budget)."""
         keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
-        return _decode(await self.call("commit", keys.keys, [*args, *triples]))
+        then = _unbudget(owner, reservation_id)
+        return _decode(await self.call("commit", keys.keys, [*args, *triples], then))
 
     async def release_part(
-        self, reservation_id: str, location: str, skus: Iterable[str], mode: str
+        self, reservation_id: str, location: str, skus: Iterable[str], mode: str, owner: str = ""
     ) -> list[Any]:
         """mode: 'release', 'tombstone' or 'forget' (see release.lua)."""
         keys = KeyList(
@@ -666,7 +684,20 @@ class Storage:
         )
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, self.retention_ms, mode, len(triples) // 3, *triples]
-        return _decode(await self.call("release", keys.keys, args))
+        then = _unbudget(owner, reservation_id)
+        return _decode(await self.call("release", keys.keys, args, then))
+
+    async def budget(
+        self, principal: str, reservation_id: str, units: int, now: int, expires_at: int, cap: int
+    ) -> int | None:
+        """Counts a hold against the units `principal` may hold at once (budget.lua): None
+        when it fits (or was counted before), else the units it holds already."""
+        args = [now, reservation_id, units, expires_at, cap]
+        answer = _decode(await self.call("budget", [Keys.held(principal)], args))
+        return None if answer[0] == "OK" else int(answer[1])
+
+    async def unbudget(self, principal: str, reservation_id: str) -> None:
+        await self.guard(lambda: self.redis.hdel(Keys.held(principal), reservation_id))
 
     async def extend_part(
         self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
@@ -704,13 +735,21 @@ class Storage:
 
     async def directory(self, reservation_id: str) -> DirEntry | None:
         key = Keys.directory(reservation_id)
-        f, lines, g = await self.guard(lambda: self.redis.hmget(key, ["f", "l", "g"]))
+        f, lines, g, o = await self.guard(lambda: self.redis.hmget(key, ["f", "l", "g", "o"]))
         if f is None:
             return None
-        return DirEntry(f.decode(), decode_lines(lines.decode()), (g or b"").decode())
+        text = (g or b"").decode(), (o or b"").decode()
+        return DirEntry(f.decode(), decode_lines(lines.decode()), *text)
 
     async def claim(
-        self, reservation_id: str, fp: str, lines: str, owner: str, ttl_ms: int, recover_at: int
+        self,
+        reservation_id: str,
+        fp: str,
+        lines: str,
+        owner: str,
+        ttl_ms: int,
+        recover_at: int,
+        made_by: str = "",
     ) -> list[Any]:
         """Opens a saga: the sagas index entry and the directory entry, in one round trip.
         The index entry goes first (a crash after it leaves recovery a trace), and only if
@@ -720,7 +759,7 @@ class Storage:
 
         def build(pipe: Any) -> None:
             pipe.zadd(SAGAS, {reservation_id: recover_at}, nx=True)
-            args = [fp, lines, owner, ttl_ms]
+            args = [fp, lines, owner, ttl_ms, made_by]
             self.evalsha(pipe, "claim", [Keys.directory(reservation_id)], args)
 
         added, answer = await self.pipeline(build)
@@ -843,6 +882,12 @@ class Storage:
 def _wake_at(location: str, at: int) -> Command:
     """Makes the sweep look at `location` at `at` at the latest (never later than before)."""
     return ("ZADD", WAKE, "LT", at, location)
+
+
+def _unbudget(owner: str, reservation_id: str) -> Command | None:
+    """Sent behind a commit or release: the part's units no longer count against its
+    owner's held units (a no-op for an owner that has none counted)."""
+    return ("HDEL", Keys.held(owner), reservation_id) if owner else None
 
 
 def _evalsha(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:

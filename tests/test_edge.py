@@ -131,6 +131,7 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "directory": (Keys.directory(a),),
         "full_count": (Keys.full_count(a),),
         "mapping": (Keys.mapping(a),),
+        "held": (Keys.held(a),),
     }
 
 

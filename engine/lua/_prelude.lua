@@ -43,7 +43,8 @@ local function key_map(argv, i, n)
 end
 
 -- The reservation directory (res:{<id>}) is the authority on what an id means (I4):
--- its fingerprint field 'f' names the lines, its saga field 'g' is '' once settled.
+-- its fingerprint field 'f' names the lines (and the principal that made it), its saga
+-- field 'g' is '' once settled, its owner field 'o' names that principal ('' when open).
 -- Returns false when absent, 'CONFLICT' when the id holds other lines, else the saga field.
 local function read_dir(key, fp)
   local cur = redis.call('HMGET', key, 'f', 'g')
@@ -52,8 +53,8 @@ local function read_dir(key, fp)
   return cur[2] or ''
 end
 
-local function write_dir(key, fp, lines, saga, ttl_ms)
-  redis.call('HSET', key, 'f', fp, 'l', lines, 'g', saga)
+local function write_dir(key, fp, lines, saga, ttl_ms, owner)
+  redis.call('HSET', key, 'f', fp, 'l', lines, 'g', saga, 'o', owner)
   redis.call('PEXPIRE', key, ttl_ms)
 end
 

@@ -10,7 +10,8 @@
 --       then n triples (sku, qty, bucket key index),
 --       then cap (index of {L}:c in KEYS, 0: takes no capacity), limit, day, keep_from
 --       (a plan takes one of the `limit` orders L may pick on `day`; see take_capacity),
---       then L (the location id, for the wake-up)
+--       then L (the location id, for the wake-up), then the principal making it (the
+--       directory's owner)
 -- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
 --       | {'FULL', orders already picked that day} | {'EXISTS', state, expires_at} | {'CONFLICT'}
 local id, fp = ARGV[1], ARGV[2]
@@ -52,7 +53,7 @@ if cap > 0 then
   if used >= tonumber(ARGV[c + 1]) then return {'FULL', used} end
 end
 
-if ARGV[6] == '1' and not dir then write_dir(KEYS[#KEYS], fp, ARGV[7], '', exp - now + retention) end
+if ARGV[6] == '1' and not dir then write_dir(KEYS[#KEYS], fp, ARGV[7], '', exp - now + retention, ARGV[c + 5]) end
 local lines = {}
 for _, x in ipairs(rows) do
   x[4][2] = x[4][2] + x[3]

@@ -1,0 +1,181 @@
+"""Who may do what: principals, their roles and locations, and the rights of each role.
+Pure: the gRPC side (engine/edge.py) finds the caller's principal; this module says what
+it may do.
+
+Principals are read from a TOML file (`--auth-file`), for example
+
+    [[principal]]
+    name = "till-london-0001"
+    role = "pos"
+    locations = ["store-london-0001"]   # omitted: every location
+    token_sha256 = "<hex SHA-256 of the bearer token>"   # omitted: mutual TLS only
+
+A caller is the principal whose token_sha256 is the SHA-256 of its bearer token
+(`authorization: Bearer <token>`), or, over mutual TLS, the principal named by the common
+name of its client certificate. Tokens are never stored in clear. The file is read again on
+SIGHUP and when it changes; a file that does not load leaves the principals as they were.
+
+Roles (docs/security.md has the whole table):
+    storefront  reads, watch, nearby; cart holds (capped units, a shorter longest TTL)
+    pos         reads; holds, commits, releases; stock events and counts: its locations only
+    fulfilment  reads; Allocate; holds anywhere; sees every reservation
+    ingest      stock events, counts and mappings (for its locations, or all)
+    admin       everything, including locations and safety stock
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import hashlib
+import hmac
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.domain import check_id
+from engine.errors import InvalidArgument, PermissionDenied
+
+
+class Role(enum.StrEnum):
+    STOREFRONT = "storefront"
+    POS = "pos"
+    FULFILMENT = "fulfilment"
+    INGEST = "ingest"
+    ADMIN = "admin"
+
+
+_READERS = frozenset({Role.STOREFRONT, Role.POS, Role.FULFILMENT, Role.ADMIN})
+_HOLDERS = frozenset({Role.STOREFRONT, Role.POS, Role.FULFILMENT, Role.ADMIN})
+_WRITERS = frozenset({Role.POS, Role.INGEST, Role.ADMIN})
+
+# Each RPC of omnistock.v1, by its method name, and the roles that may call it.
+RIGHTS: Mapping[str, frozenset[Role]] = {
+    "GetAvailability": _READERS,
+    "FindNearby": _READERS,
+    "WatchAvailability": _READERS,
+    "Reserve": _HOLDERS,
+    "Commit": _HOLDERS,
+    "Release": _HOLDERS,
+    "Extend": _HOLDERS,
+    "GetReservation": _HOLDERS,
+    "Allocate": frozenset({Role.FULFILMENT, Role.ADMIN}),
+    "UpsertLocations": frozenset({Role.ADMIN}),
+    "SetSafetyStock": frozenset({Role.ADMIN}),
+    "ApplyEvents": _WRITERS,
+    "StreamEvents": _WRITERS,
+    "ReconcileCount": _WRITERS,
+    "SetMappings": frozenset({Role.INGEST, Role.ADMIN}),
+}
+# Roles that see and settle every reservation, not only their own.
+SEE_ALL = frozenset({Role.FULFILMENT, Role.ADMIN})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+    locations: frozenset[str] | None = None  # None: every location
+
+    def may_call(self, method: str) -> bool:
+        return self.role in RIGHTS.get(method, frozenset())
+
+    def require_locations(self, locations: Iterable[str], field: str) -> None:
+        """PERMISSION_DENIED naming the first location outside this principal's."""
+        if self.locations is None:
+            return
+        for location in locations:
+            if location not in self.locations:
+                raise PermissionDenied(
+                    f"{field}: principal {self.name} may not act at location {location}"
+                )
+
+    def owns(self, owner: str) -> bool:
+        """Whether a reservation made by `owner` is this principal's to see and settle."""
+        return self.role in SEE_ALL or owner == self.name
+
+
+# The server without an auth file: one principal that may do everything (loopback only).
+OPEN = Principal("", Role.ADMIN)
+
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=OPEN)
+
+
+def current() -> Principal:
+    """The principal of the call being served (OPEN outside any call)."""
+    return _current.get()
+
+
+def act_as(principal: Principal) -> None:
+    """Makes `principal` the caller for the rest of this call (its task)."""
+    _current.set(principal)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AuthFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Principals:
+    by_token: Mapping[str, Principal]  # SHA-256 hex -> principal
+    by_name: Mapping[str, Principal]
+
+    def by_bearer(self, token: str) -> Principal | None:
+        digest = token_digest(token)
+        for known, principal in self.by_token.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None
+
+    @classmethod
+    def load(cls, path: Path) -> Principals:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise AuthFileError(f"{path}: {exc}") from exc
+        entries = data.get("principal", [])
+        if not isinstance(entries, list) or not entries:
+            raise AuthFileError(f"{path}: no [[principal]] entries")
+        by_token: dict[str, Principal] = {}
+        by_name: dict[str, Principal] = {}
+        for i, entry in enumerate(entries):
+            principal, digest = _principal(entry, f"{path}: principal[{i}]")
+            if principal.name in by_name:
+                raise AuthFileError(f"{path}: principal {principal.name} is named twice")
+            by_name[principal.name] = principal
+            if digest:
+                if digest in by_token:
+                    raise AuthFileError(f"{path}: two principals share one token")
+                by_token[digest] = principal
+        return cls(by_token, by_name)
+
+
+def _principal(entry: Any, where: str) -> tuple[Principal, str]:
+    if not isinstance(entry, dict):
+        raise AuthFileError(f"{where}: must be a table")
+    unknown = set(entry) - {"name", "role", "locations", "token_sha256"}
+    if unknown:
+        raise AuthFileError(f"{where}: unknown keys {sorted(unknown)}")
+    try:
+        name = check_id(str(entry.get("name", "")), "name")
+        role = Role(str(entry.get("role", "")))
+    except ValueError as exc:
+        raise AuthFileError(f"{where}: {exc}; role is one of {[r.value for r in Role]}") from exc
+    except InvalidArgument as exc:
+        raise AuthFileError(f"{where}: {exc}") from exc
+    locations = entry.get("locations")
+    if locations is not None and (
+        not isinstance(locations, list) or not all(isinstance(x, str) for x in locations)
+    ):
+        raise AuthFileError(f"{where}: locations must be a list of location ids")
+    digest = str(entry.get("token_sha256", "")).lower()
+    if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+        raise AuthFileError(f"{where}: token_sha256 must be 64 hex digits (SHA-256 of the token)")
+    scope = None if locations is None else frozenset(locations)
+    return Principal(name, role, scope), digest

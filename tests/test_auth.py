@@ -1,0 +1,457 @@
+"""Who may do what, over real gRPC: bearer tokens and client certificates, every role
+against every RPC, location scopes, reservation ownership, a storefront's caps, per-principal
+limits, token rotation without a restart, TLS, and where an open server may listen."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine.app import Omnistock, create_server
+from engine.auth import RIGHTS, Role, token_digest
+from engine.client import OmnistockClient
+from engine.listener import ListenRefused
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+from .conftest import settings_for
+from .grpc_helpers import Stubs, count, line, location
+
+ROLES = {role: f"token-{role.value}" for role in Role}
+
+
+def principals_file(path: Path, extra: str = "", tokens: dict[Role, str] | None = None) -> Path:
+    """One principal of each role (named after it, every location), then `extra`."""
+    entries = [
+        f'[[principal]]\nname = "{role.value}"\nrole = "{role.value}"\n'
+        f'token_sha256 = "{token_digest(token)}"\n'
+        for role, token in (tokens or ROLES).items()
+    ]
+    path.write_text("\n".join(entries) + extra)
+    return path
+
+
+def scoped(name: str, role: str, token: str, locations: list[str]) -> str:
+    listed = ", ".join(f'"{loc}"' for loc in locations)
+    return (
+        f'\n[[principal]]\nname = "{name}"\nrole = "{role}"\nlocations = [{listed}]\n'
+        f'token_sha256 = "{token_digest(token)}"\n'
+    )
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def secured(
+    redis: Any, one_redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Omnistock]:
+    """A server with one principal of each role, a till at L1 and a storefront pair."""
+    extra = scoped("till-1", "pos", "till-token", ["L1"]) + scoped(
+        "feed-1", "ingest", "feed-token", ["L1"]
+    )
+    extra += (
+        f'\n[[principal]]\nname = "shop-b"\nrole = "storefront"\n'
+        f'token_sha256 = "{token_digest("shop-b-token")}"\n'
+    )
+    overrides = getattr(request, "param", {})
+    app = create_server(
+        settings_for(
+            one_redis_url, auth_file=principals_file(tmp_path / "auth.toml", extra), **overrides
+        )
+    )
+    await app.start()
+    admin = bearer(ROLES[Role.ADMIN])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stubs = Stubs(channel)
+        await stubs.stock.UpsertLocations(
+            pb.UpsertLocationsRequest(locations=[location("L1"), location("L2")]), metadata=admin
+        )
+        events = [count("seed-1", "L1", "S1", 100), count("seed-2", "L2", "S1", 100)]
+        await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events), metadata=admin)
+    yield app
+    await app.stop(grace=1.0)
+
+
+@pytest.fixture
+async def channel_to(secured: Omnistock) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
+        yield channel
+
+
+async def code_of(call: Awaitable[Any]) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+# One call of each RPC, for the role matrix: what an allowed role gets does not matter here
+# (OK, NOT_FOUND, INVALID_ARGUMENT...), only whether the role was let through.
+async def _watch(stubs: Stubs, md: Any) -> None:
+    request = pb.WatchAvailabilityRequest(location_ids=["L1"], skus=["S1"], send_current=True)
+    stream = stubs.availability.WatchAvailability(request, metadata=md)
+    await stream.read()
+    stream.cancel()
+
+
+async def _stream_events(stubs: Stubs, md: Any) -> None:
+    call = stubs.stock.StreamEvents(metadata=md)
+    await call.write(pb.StreamEventsRequest(events=[count("m-1", "L1", "S1", 100)]))
+    await call.read()
+    await call.done_writing()
+
+
+async def _count(stubs: Stubs, md: Any) -> None:
+    header = pb.CountHeader(location_id="L1", count_id="c1", counted_at=int(time.time() * 1000))
+    messages = [
+        pb.ReconcileCountRequest(header=header, lines=[pb.CountLine(sku="S1", qty=100)], end=True)
+    ]
+    await stubs.stock.ReconcileCount(iter(messages), metadata=md)
+
+
+CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
+    "GetAvailability": lambda s, md: s.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"]), metadata=md
+    ),
+    "FindNearby": lambda s, md: s.availability.FindNearby(
+        pb.FindNearbyRequest(
+            latitude=51.5, longitude=-0.12, radius_km=5, lines=[pb.BasketLine(sku="S1", qty=1)]
+        ),
+        metadata=md,
+    ),
+    "WatchAvailability": _watch,
+    "Reserve": lambda s, md: s.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="m-r", lines=[line("L1", "S1", 1)]), metadata=md
+    ),
+    "Commit": lambda s, md: s.reservations.Commit(
+        pb.CommitRequest(reservation_id="nope"), metadata=md
+    ),
+    "Release": lambda s, md: s.reservations.Release(
+        pb.ReleaseRequest(reservation_id="nope"), metadata=md
+    ),
+    "Extend": lambda s, md: s.reservations.Extend(
+        pb.ExtendRequest(reservation_id="nope", ttl_seconds=60), metadata=md
+    ),
+    "GetReservation": lambda s, md: s.reservations.GetReservation(
+        pb.GetReservationRequest(reservation_id="nope"), metadata=md
+    ),
+    "Allocate": lambda s, md: s.sourcing.Allocate(
+        pb.AllocateRequest(latitude=51.5, longitude=-0.12, lines=[pb.BasketLine(sku="S1", qty=1)]),
+        metadata=md,
+    ),
+    "UpsertLocations": lambda s, md: s.stock.UpsertLocations(
+        pb.UpsertLocationsRequest(locations=[location("L1")]), metadata=md
+    ),
+    "SetSafetyStock": lambda s, md: s.stock.SetSafetyStock(
+        pb.SetSafetyStockRequest(entries=[pb.SafetyStockEntry(location_id="L1", sku="S1", qty=0)]),
+        metadata=md,
+    ),
+    "ApplyEvents": lambda s, md: s.stock.ApplyEvents(
+        pb.ApplyEventsRequest(events=[count("m-2", "L1", "S1", 100)]), metadata=md
+    ),
+    "StreamEvents": _stream_events,
+    "ReconcileCount": _count,
+    "SetMappings": lambda s, md: s.stock.SetMappings(
+        pb.SetMappingsRequest(
+            mappings=[pb.Mapping(source="m", kind=pb.MAPPING_KIND_ITEM, external_id="x", id="S1")]
+        ),
+        metadata=md,
+    ),
+}
+
+
+def test_every_rpc_has_rights_and_a_call_in_the_matrix() -> None:
+    services = pb.DESCRIPTOR.services_by_name.values()
+    methods = {m.name for service in services for m in service.methods}
+    assert set(RIGHTS) == methods == set(CALLS)
+
+
+@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
+async def test_each_role_may_call_exactly_its_rpcs(
+    channel_to: grpc.aio.Channel, role: Role
+) -> None:
+    stubs = Stubs(channel_to)
+    for method, call in CALLS.items():
+        got = await code_of(call(stubs, bearer(ROLES[role])))
+        allowed = role in RIGHTS[method]
+        assert (got != grpc.StatusCode.PERMISSION_DENIED) == allowed, (method, got)
+        assert got not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (method, got)
+
+
+async def test_a_caller_without_a_known_token_is_unauthenticated_and_health_is_open(
+    channel_to: grpc.aio.Channel, secured: Omnistock
+) -> None:
+    stubs = Stubs(channel_to)
+    for md in ((), bearer("not-a-token"), (("authorization", "Basic abc"),)):
+        assert await code_of(CALLS["GetAvailability"](stubs, md)) == grpc.StatusCode.UNAUTHENTICATED
+    health = await health_pb2_grpc.HealthStub(channel_to).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    labels = {"reason": "unauthenticated"}
+    assert secured.metrics.registry.get_sample_value("omnistock_refused_total", labels) == 3
+
+
+async def test_a_till_acts_only_at_its_own_location(channel_to: grpc.aio.Channel) -> None:
+    stubs, till = Stubs(channel_to), bearer("till-token")
+    # a hold at its store is fine; one at another store is refused, naming the field
+    held = await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="t1", lines=[line("L1", "S1", 1)]), metadata=till
+    )
+    assert held.reservation.state == pb.RESERVATION_STATE_HELD
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.reservations.Reserve(
+            pb.ReserveRequest(reservation_id="t2", lines=[line("L2", "S1", 1)]), metadata=till
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "lines[].location_id" in (err.value.details() or "") and "L2" in (
+        err.value.details() or ""
+    )
+    # events: refused in a batch, rejected one by one on a stream
+    got = await code_of(
+        stubs.stock.ApplyEvents(
+            pb.ApplyEventsRequest(events=[count("x1", "L2", "S1", 1)]), metadata=till
+        )
+    )
+    assert got == grpc.StatusCode.PERMISSION_DENIED
+    call = stubs.stock.StreamEvents(metadata=till)
+    await call.write(
+        pb.StreamEventsRequest(events=[count("x2", "L1", "S1", 7), count("x3", "L2", "S1", 7)])
+    )
+    acks = (await call.read()).acks
+    await call.done_writing()
+    assert [a.outcome for a in acks] == [pb.EVENT_OUTCOME_APPLIED, pb.EVENT_OUTCOME_REJECTED]
+    assert "L2" in acks[1].reason
+    # a count of another store
+    header = pb.CountHeader(location_id="L2", count_id="c", counted_at=int(time.time() * 1000))
+    message = pb.ReconcileCountRequest(
+        header=header, lines=[pb.CountLine(sku="S1", qty=1)], end=True
+    )
+    got = await code_of(stubs.stock.ReconcileCount(iter([message]), metadata=till))
+    assert got == grpc.StatusCode.PERMISSION_DENIED
+    # and L2's row is untouched
+    admin = bearer(ROLES[Role.ADMIN])
+    levels = await stubs.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L2"]), metadata=admin
+    )
+    assert (levels.levels[0].on_hand, levels.levels[0].reserved) == (100, 0)
+
+
+async def test_a_reservation_belongs_to_the_principal_that_made_it(
+    channel_to: grpc.aio.Channel,
+) -> None:
+    stubs = Stubs(channel_to)
+    a, b = bearer(ROLES[Role.STOREFRONT]), bearer("shop-b-token")
+    request = pb.ReserveRequest(reservation_id="cart-1", lines=[line("L1", "S1", 2)])
+    await stubs.reservations.Reserve(request, metadata=a)
+    # another storefront cannot see, settle or extend it: NOT_FOUND, as for no such id
+    for call in (
+        stubs.reservations.GetReservation(
+            pb.GetReservationRequest(reservation_id="cart-1"), metadata=b
+        ),
+        stubs.reservations.Commit(pb.CommitRequest(reservation_id="cart-1"), metadata=b),
+        stubs.reservations.Release(pb.ReleaseRequest(reservation_id="cart-1"), metadata=b),
+        stubs.reservations.Extend(
+            pb.ExtendRequest(reservation_id="cart-1", ttl_seconds=60), metadata=b
+        ),
+    ):
+        assert await code_of(call) == grpc.StatusCode.NOT_FOUND
+    # its id with the same lines is not its to retry
+    assert await code_of(stubs.reservations.Reserve(request, metadata=b)) == (
+        grpc.StatusCode.ALREADY_EXISTS
+    )
+    # its maker and fulfilment see it; admin commits it
+    for md in (a, bearer(ROLES[Role.FULFILMENT])):
+        got = await stubs.reservations.GetReservation(
+            pb.GetReservationRequest(reservation_id="cart-1"), metadata=md
+        )
+        assert got.state == pb.RESERVATION_STATE_HELD
+    done = await stubs.reservations.Commit(
+        pb.CommitRequest(reservation_id="cart-1"), metadata=bearer(ROLES[Role.ADMIN])
+    )
+    assert done.state == pb.RESERVATION_STATE_COMMITTED
+
+
+@pytest.mark.parametrize(
+    "secured", [{"storefront_max_held_units": 5, "storefront_max_ttl_seconds": 600}], indirect=True
+)
+async def test_a_storefront_holds_within_its_units_and_its_longest_hold(
+    channel_to: grpc.aio.Channel,
+) -> None:
+    stubs, shop = Stubs(channel_to), bearer(ROLES[Role.STOREFRONT])
+
+    def hold(rid: str, qty: int, ttl: float = 0) -> Awaitable[Any]:
+        request = pb.ReserveRequest(
+            reservation_id=rid, lines=[line("L1", "S1", qty)], ttl_seconds=ttl
+        )
+        return stubs.reservations.Reserve(request, metadata=shop)
+
+    assert await code_of(hold("c1", 3, ttl=601)) == grpc.StatusCode.INVALID_ARGUMENT
+    first = await hold("c1", 3)
+    assert first.reservation.expires_at - time.time() * 1000 <= 600_000  # capped default
+    assert await code_of(hold("c2", 3)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await code_of(hold("c1", 3)) == grpc.StatusCode.OK  # a retry is not counted twice
+    await stubs.reservations.Release(pb.ReleaseRequest(reservation_id="c1"), metadata=shop)
+    assert (await hold("c2", 5)).reservation.state == pb.RESERVATION_STATE_HELD
+    # fulfilment has no such cap
+    request = pb.ReserveRequest(reservation_id="o1", lines=[line("L1", "S1", 50)])
+    await stubs.reservations.Reserve(request, metadata=bearer(ROLES[Role.FULFILMENT]))
+
+
+@pytest.mark.parametrize("secured", [{"max_streams_per_principal": 2}], indirect=True)
+async def test_a_principal_has_at_most_its_streams_open(channel_to: grpc.aio.Channel) -> None:
+    stubs, md = Stubs(channel_to), bearer(ROLES[Role.STOREFRONT])
+    request = pb.WatchAvailabilityRequest(location_ids=["L1"], skus=["S1"], send_current=True)
+    open_ = [stubs.availability.WatchAvailability(request, metadata=md) for _ in range(2)]
+    for stream in open_:
+        await stream.read()
+    third = stubs.availability.WatchAvailability(request, metadata=md)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await third.read()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # another principal is not held back by it, and a closed stream frees its place
+    await _watch(stubs, bearer(ROLES[Role.POS]))
+    open_[0].cancel()
+    for _ in range(100):
+        if await code_of(_watch(stubs, md)) == grpc.StatusCode.OK:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("a closed stream did not free its place")
+    open_[1].cancel()
+
+
+@pytest.mark.parametrize("secured", [{"rate_limit": 5.0}], indirect=True)
+async def test_a_principal_over_its_rate_is_resource_exhausted(
+    channel_to: grpc.aio.Channel,
+) -> None:
+    stubs = Stubs(channel_to)
+    codes = [
+        await code_of(CALLS["GetAvailability"](stubs, bearer(ROLES[Role.STOREFRONT])))
+        for _ in range(20)
+    ]
+    assert codes.count(grpc.StatusCode.OK) <= 6  # a second's worth, and what refilled meanwhile
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    # another principal has its own
+    assert await code_of(CALLS["GetAvailability"](stubs, bearer(ROLES[Role.POS]))) == (
+        grpc.StatusCode.OK
+    )
+
+
+async def test_tokens_rotate_without_a_restart(
+    channel_to: grpc.aio.Channel, secured: Omnistock
+) -> None:
+    # given the admin's token replaced in the file
+    stubs = Stubs(channel_to)
+    path = secured.settings.auth_file
+    assert path is not None
+    principals_file(path, tokens={**ROLES, Role.ADMIN: "rotated"})
+    # then within a few seconds the new one works and the old one no longer does
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if await code_of(CALLS["GetAvailability"](stubs, bearer("rotated"))) == grpc.StatusCode.OK:
+            break
+        await asyncio.sleep(0.1)
+    assert await code_of(CALLS["GetAvailability"](stubs, bearer("rotated"))) == grpc.StatusCode.OK
+    old = await code_of(CALLS["GetAvailability"](stubs, bearer(ROLES[Role.ADMIN])))
+    assert old == grpc.StatusCode.UNAUTHENTICATED
+    # a file that does not load keeps the principals it had
+    path.write_text("[[principal]]\nname = 'x'\nrole = 'emperor'\n")
+    secured.reload_auth()
+    assert await code_of(CALLS["GetAvailability"](stubs, bearer("rotated"))) == grpc.StatusCode.OK
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_files(ca: trustme.CA, tmp: Path) -> dict[str, Path]:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = {"tls_cert": tmp / "server.pem", "tls_key": tmp / "server.key"}
+    cert.private_key_pem.write_to_path(str(files["tls_key"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["tls_cert"]))
+    return files
+
+
+async def test_tls_serves_to_a_client_that_trusts_it_and_not_in_plaintext(
+    one_redis_url: str, tmp_path: Path, ca: trustme.CA
+) -> None:
+    settings = settings_for(
+        one_redis_url, auth_file=principals_file(tmp_path / "a.toml"), **tls_files(ca, tmp_path)
+    )
+    app = create_server(settings)
+    await app.start()
+    try:
+        creds = grpc.ssl_channel_credentials(ca.cert_pem.bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{app.port}", creds) as channel:
+            await Stubs(channel).stock.UpsertLocations(
+                pb.UpsertLocationsRequest(locations=[location("T1")]),
+                metadata=bearer(ROLES[Role.ADMIN]),
+            )
+        async with OmnistockClient(
+            f"127.0.0.1:{app.port}", token=ROLES[Role.STOREFRONT], tls=creds, attempts=1
+        ) as client:
+            levels = await client.availability(["S1"], location_ids=["T1"])
+            assert [(a.location, a.sku) for a in levels] == [("T1", "S1")]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as plain:
+            got = await code_of(
+                CALLS["GetAvailability"](Stubs(plain), bearer(ROLES[Role.STOREFRONT]))
+            )
+            assert got == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await app.stop(grace=1.0)
+
+
+async def test_mutual_tls_names_the_principal_by_its_certificate(
+    one_redis_url: str, tmp_path: Path, ca: trustme.CA
+) -> None:
+    extra = '\n[[principal]]\nname = "till-9"\nrole = "pos"\nlocations = ["L9"]\n'
+    settings = settings_for(
+        one_redis_url,
+        auth_file=principals_file(tmp_path / "a.toml", extra),
+        tls_client_ca=tmp_path / "ca.pem",
+        **tls_files(ca, tmp_path),
+    )
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    app = create_server(settings)
+    await app.start()
+    till = ca.issue_cert("till-9", common_name="till-9")
+    try:
+        creds = grpc.ssl_channel_credentials(
+            ca.cert_pem.bytes(), till.private_key_pem.bytes(), till.cert_chain_pems[0].bytes()
+        )
+        async with grpc.aio.secure_channel(f"127.0.0.1:{app.port}", creds) as channel:
+            stubs = Stubs(channel)
+            # no token: the certificate names till-9, a pos at L9 only
+            got = await code_of(CALLS["GetAvailability"](stubs, ()))
+            assert got in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND)  # let through
+            denied = await code_of(CALLS["Reserve"](stubs, ()))
+            assert denied == grpc.StatusCode.PERMISSION_DENIED
+        no_cert = grpc.ssl_channel_credentials(ca.cert_pem.bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{app.port}", no_cert) as channel:
+            got = await code_of(CALLS["GetAvailability"](Stubs(channel), ()))
+            assert got == grpc.StatusCode.UNAVAILABLE  # the handshake is refused
+    finally:
+        await app.stop(grace=1.0)
+
+
+async def test_an_open_server_refuses_to_listen_beyond_loopback(one_redis_url: str) -> None:
+    app = create_server(settings_for(one_redis_url, listen="0.0.0.0:0"))
+    with pytest.raises(ListenRefused):
+        await app.start()
+    await app.stop(grace=0.1)
+    forced = create_server(settings_for(one_redis_url, listen="0.0.0.0:0", insecure=True))
+    await forced.start()
+    await forced.stop(grace=0.1)
