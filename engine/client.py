@@ -119,9 +119,7 @@ class OmnistockClient:
         self, skus: Sequence[str], *, location_ids: Sequence[str] = ()
     ) -> list[Availability]:
         request = pb.GetAvailabilityRequest(skus=skus, location_ids=location_ids)
-        resp = await self._call(
-            lambda: self._availability.GetAvailability(request, **self._opts)
-        )
+        resp = await self._call(lambda: self._availability.GetAvailability(request, **self._opts))
         return [_availability(lv) for lv in resp.levels]
 
     async def find_nearby(
@@ -148,9 +146,7 @@ class OmnistockClient:
             limit=limit,
             partial=partial,
         )
-        resp = await self._call(
-            lambda: self._availability.FindNearby(request, **self._opts)
-        )
+        resp = await self._call(lambda: self._availability.FindNearby(request, **self._opts))
         return [
             NearbyHit(
                 location_from_pb(n.location, "location"),
@@ -197,7 +193,5 @@ class OmnistockClient:
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         request = pb.GetReservationRequest(reservation_id=reservation_id)
-        resp = await self._call(
-            lambda: self._reservations.GetReservation(request, **self._opts)
-        )
+        resp = await self._call(lambda: self._reservations.GetReservation(request, **self._opts))
         return _reservation(resp)
