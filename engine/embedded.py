@@ -12,6 +12,9 @@ from the AOF, and the service's connections find it there again. A store that di
 running a while is restarted at once; one that keeps dying soon after a start, or will not
 start, is tried again after a growing pause (RESTART_BACKOFF), with one log line each time.
 
+It asks for a password, made on the first start and kept in the state directory's
+redis.conf; the URL with it is written to redis.url; both are readable by their owner only.
+
 Durability: appendfsync everysec (default) writes every change to the AOF before the reply
 is sent, so a crash of the Redis process loses nothing acknowledged; a crash of the whole
 machine loses at most the last second. appendfsync always fsyncs before replying.
@@ -24,6 +27,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -57,6 +61,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner may read (it holds a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+
+
 def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -71,9 +83,12 @@ class EmbeddedRedis:
         appendfsync: str = "everysec",
         port: int = 0,
         cluster_port: int = 0,
+        password: bool = True,
     ) -> None:
-        """cluster_port: enables cluster mode, with the node's cluster bus on that port."""
+        """cluster_port: enables cluster mode, with the node's cluster bus on that port.
+        password: the store asks for one (made once, kept in its owner-only config file)."""
         self.state_dir = state_dir.resolve()
+        self.password = password
         self.appendfsync = appendfsync
         self.port = port or free_port()
         self.cluster_port = cluster_port
@@ -86,7 +101,26 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        secret = f":{self._secret()}@" if self.password else ""
+        return f"redis://{secret}127.0.0.1:{self.port}/0"
+
+    @property
+    def conffile(self) -> Path:
+        """The store's own config: its password (requirepass), readable by its owner only,
+        so that it shows neither in `ps` nor to other users."""
+        return self.state_dir / "redis.conf"
+
+    def _secret(self) -> str:
+        """The password, made on first use and kept for every later start (the adapters
+        hold URLs with it)."""
+        try:
+            return self.conffile.read_text().split("requirepass ", 1)[1].split()[0]
+        except (OSError, IndexError):
+            pass
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(24)
+        write_private(self.conffile, f"requirepass {secret}\n")
+        return secret
 
     @property
     def pidfile(self) -> Path:
@@ -137,8 +171,9 @@ class EmbeddedRedis:
         self._stop_leftover()
         binary = find_binary()
         log.info("starting embedded server %s on 127.0.0.1:%d", binary.name, self.port)
+        conf = [str(self.conffile)] if self.password and self._secret() else []
         self.process = subprocess.Popen(
-            [str(binary), *self.config()],
+            [str(binary), *conf, *self.config()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -150,7 +185,7 @@ class EmbeddedRedis:
         except BaseException:
             self._end_process()  # not left running (or unreaped) behind the error
             raise
-        self.urlfile.write_text(self.url + "\n")
+        write_private(self.urlfile, self.url + "\n")
 
     def exited(self) -> int | None:
         """The exit code once the process has ended (it is reaped then: no zombie), else None."""
@@ -213,7 +248,7 @@ class EmbeddedRedis:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -290,7 +325,9 @@ class LocalCluster:
 
     def __init__(self, state_dir: Path, size: int = 3) -> None:
         self.nodes = [
-            EmbeddedRedis(state_dir / f"node-{i}", cluster_port=free_port()) for i in range(size)
+            # a local test cluster: no password (its nodes would need masterauth and more)
+            EmbeddedRedis(state_dir / f"node-{i}", cluster_port=free_port(), password=False)
+            for i in range(size)
         ]
 
     @property

@@ -80,6 +80,16 @@ SAGAS = "{omnistock}:sagas"
 MAPPINGS_VERSION = "{omnistock}:mapv"
 SHORTAGES = "{omnistock}:shortages"
 SHORTAGES_KEPT = 100_000  # about: the stream is trimmed to the newest this many
+# What the engine needs of Redis, as an ACL (docs/security.md): its keys (every one carries
+# a hash tag: `{L}:...`, `{omnistock}:...`, `res:{id}`, `principal:{name}:held`), its
+# row-change channels, and the commands of its scripts and reads; no admin or dangerous
+# command but INFO (is it a cluster?) and the cluster topology the cluster client reads.
+ACL_RULES = (
+    "resetkeys ~{*}:* ~res:{*} ~principal:{*}:held resetchannels &{*}:w "
+    "-@all +@read +@write +@scripting +@pubsub +@connection +@transaction -@dangerous "
+    "-eval -eval_ro -script|flush -script|kill -function -fcall -fcall_ro "
+    "+info +cluster|slots +cluster|shards +cluster|nodes +cluster|info +readonly"
+)
 
 
 class Script:

@@ -9,17 +9,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.exceptions import NoPermissionError
 
 from engine.app import Omnistock, create_server
 from engine.auth import RIGHTS, Role, token_digest
 from engine.client import OmnistockClient
 from engine.listener import ListenRefused
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.storage import ACL_RULES
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, count, line, location
@@ -455,3 +459,93 @@ async def test_an_open_server_refuses_to_listen_beyond_loopback(one_redis_url: s
     forced = create_server(settings_for(one_redis_url, listen="0.0.0.0:0", insecure=True))
     await forced.start()
     await forced.stop(grace=0.1)
+
+
+# -- the Redis ACL user -------------------------------------------------------------------
+
+
+async def test_the_engine_runs_as_its_redis_acl_user(redis: Any, one_redis_url: str) -> None:
+    # given a Redis user with the engine's ACL only
+    await redis.execute_command(
+        "ACL", "SETUSER", "omnistock-acl", "on", ">acl-pw", *ACL_RULES.split()
+    )
+    url = urlsplit(one_redis_url)
+    as_user = f"redis://omnistock-acl:acl-pw@{url.hostname}:{url.port}/0"
+    app = create_server(settings_for(as_user))
+    try:
+        await app.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            await every_kind_of_call(Stubs(channel))
+        # and that user can neither wipe the store nor read a key that is not the engine's
+        user = aioredis.Redis.from_url(as_user)
+        for command in (("FLUSHALL",), ("GET", "other-key"), ("CONFIG", "GET", "dir")):
+            with pytest.raises(NoPermissionError):
+                await user.execute_command(*command)
+        await user.aclose()
+    finally:
+        await app.stop(grace=1.0)
+        await redis.execute_command("ACL", "DELUSER", "omnistock-acl")
+
+
+async def every_kind_of_call(stubs: Stubs) -> None:
+    """Each RPC once, each answered OK (as the engine's ACL user, none may be refused)."""
+    locations = [location("A1"), location("A2")]
+    await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=locations))
+    events = [count("a-1", "A1", "S1", 10), count("a-2", "A2", "S1", 10)]
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
+    await _stream_events_at(stubs, "A1")
+    await stubs.stock.SetSafetyStock(
+        pb.SetSafetyStockRequest(entries=[pb.SafetyStockEntry(location_id="A1", sku="S1", qty=1)])
+    )
+    mapping = pb.Mapping(source="pos", kind=pb.MAPPING_KIND_ITEM, external_id="x", id="S1")
+    await stubs.stock.SetMappings(pb.SetMappingsRequest(mappings=[mapping]))
+    header = pb.CountHeader(location_id="A2", count_id="c", counted_at=int(time.time() * 1000))
+    message = pb.ReconcileCountRequest(
+        header=header, lines=[pb.CountLine(sku="S1", qty=10)], end=True
+    )
+    await stubs.stock.ReconcileCount(iter([message]))
+    watch = pb.WatchAvailabilityRequest(location_ids=["A1"], skus=["S1"], send_current=True)
+    stream = stubs.availability.WatchAvailability(watch)
+    await stream.read()
+    for rid, lines in (
+        ("one", [line("A1", "S1", 1)]),
+        ("two", [line("A1", "S1", 1), line("A2", "S1", 1)]),
+    ):
+        await stubs.reservations.Reserve(pb.ReserveRequest(reservation_id=rid, lines=lines))
+    changed = await stream.read()  # the hold's row change, through the shard channel
+    assert changed.level.reserved >= 1
+    stream.cancel()
+    await stubs.reservations.Extend(pb.ExtendRequest(reservation_id="one", ttl_seconds=60))
+    await stubs.reservations.GetReservation(pb.GetReservationRequest(reservation_id="one"))
+    await stubs.reservations.Commit(pb.CommitRequest(reservation_id="one"))
+    await stubs.reservations.Release(pb.ReleaseRequest(reservation_id="two"))
+    await stubs.sourcing.Allocate(
+        pb.AllocateRequest(
+            latitude=51.5, longitude=-0.12, lines=[pb.BasketLine(sku="S1", qty=1)],
+            reserve=True, reservation_id="order-1",
+        )
+    )  # fmt: skip
+    await stubs.availability.FindNearby(
+        pb.FindNearbyRequest(latitude=51.5, longitude=-0.12, radius_km=5, lines=[
+            pb.BasketLine(sku="S1", qty=1)
+        ])
+    )  # fmt: skip
+    # a short hold is expired by the sweeper, which runs as the same user
+    await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="brief", lines=[line("A2", "S1", 1)], ttl_seconds=0.2)
+    )
+    for _ in range(100):
+        got = await stubs.reservations.GetReservation(
+            pb.GetReservationRequest(reservation_id="brief")
+        )
+        if got.state == pb.RESERVATION_STATE_EXPIRED:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the sweeper did not expire the hold")
+
+
+async def _stream_events_at(stubs: Stubs, loc: str) -> None:
+    call = stubs.stock.StreamEvents()
+    await call.write(pb.StreamEventsRequest(events=[count("a-3", loc, "S2", 5)]))
+    assert (await call.read()).acks[0].outcome == pb.EVENT_OUTCOME_APPLIED
+    await call.done_writing()

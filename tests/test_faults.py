@@ -43,7 +43,6 @@ from .processes import (
     eventually,
     health_status,
     redis_pid,
-    redis_port,
     timed,
     wait_gone,
 )
@@ -347,7 +346,7 @@ async def test_redis_killed_under_load_loses_no_acknowledged_commit(
     # and the service is stopped and started again on the same state directory
     await service.stop(grace=5.0)
     await service.start()
-    store = redis_client(f"redis://127.0.0.1:{redis_port(redis_pid(state))}/0", 2.0)
+    store = redis_client((state / "redis.url").read_text().strip(), 2.0)
     try:
         await check_after_redis_crash(service, store, load, rows)
     finally:
