@@ -38,6 +38,7 @@ from engine.domain import (
 from engine.errors import AlreadyExists, InvalidArgument, NotFound
 from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, distance_km
 from engine.locations import LocationRegistry
+from engine.planner import Planner
 from engine.reservations import Reservations
 from engine.sourcing import (
     COST_FIELDS,
@@ -47,7 +48,6 @@ from engine.sourcing import (
     CostModel,
     OrderLine,
     Plan,
-    plan_order,
     price,
 )
 from engine.storage import Storage
@@ -117,10 +117,12 @@ class Allocator:
         storage: Storage,
         registry: LocationRegistry,
         reservations: Reservations,
+        planner: Planner | None = None,
     ) -> None:
         self.storage = storage
         self.registry = registry
         self.reservations = reservations
+        self.planner = planner or Planner(workers=0, waiting=0)
 
     async def allocate(self, order: Order) -> Allocation:
         if order.reserve:
@@ -129,7 +131,7 @@ class Allocator:
                 return earlier
         retries: list[str] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            plan = plan_order(
+            plan = await self.planner.plan(
                 order.lines, await self.candidates(order), order.model, order.constraints
             )
             nothing_to_hold = not order.reserve or not plan.shipments

@@ -32,6 +32,7 @@ from engine.locations import LocationRegistry
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.planner import Planner
 from engine.probe import StoreProbe
 from engine.reservations import CartCaps, Reservations, Timing
 from engine.service import (
@@ -120,6 +121,7 @@ class Omnistock:
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.embedded: EmbeddedRedis | None = None
+        self.planner: Planner | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -194,7 +196,8 @@ class Omnistock:
         pb_grpc.add_ReservationServiceServicer_to_server(
             ReservationService(self.reservations, self.locations, m), self.server
         )
-        allocator = Allocator(self.storage, self.locations, self.reservations)
+        self.planner = Planner(self.settings.plan_workers, waiting=4 * self.settings.plan_workers)
+        allocator = Allocator(self.storage, self.locations, self.reservations, self.planner)
         pb_grpc.add_SourcingServiceServicer_to_server(
             SourcingService(allocator, m, self.settings), self.server
         )
@@ -203,6 +206,8 @@ class Omnistock:
             self.locations,
             m,
             zero_missing=self.settings.count_missing == "zero",
+            count_lines_held=self.settings.count_lines_held,
+            count_idle_seconds=self.settings.count_idle_seconds,
         )
         pb_grpc.add_StockServiceServicer_to_server(self.stock_service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -259,6 +264,8 @@ class Omnistock:
         for client in (self.redis, self.probe_redis):
             with contextlib.suppress(Exception):
                 await client.aclose()
+        if self.planner is not None:
+            self.planner.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 

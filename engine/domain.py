@@ -157,6 +157,12 @@ def check_id(value: str, field_name: str) -> str:
     return value
 
 
+def check_size(count: int, field_name: str, most: int) -> None:
+    """A repeated field's size, checked before anything else is done with it."""
+    if count > most:
+        raise InvalidArgument(field_name, f"at most {most} per call, got {count}")
+
+
 def check_name(value: str, field_name: str) -> str:
     """A display name: free text, but bounded and printable (it reaches logs and JSON)."""
     if len(value) > MAX_NAME_LENGTH:

@@ -7,13 +7,14 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from engine.allocation import Allocation, Allocator, Order, check_order
 from engine.domain import (
+    MAX_LINES,
     EventKind,
     Line,
     Location,
@@ -25,6 +26,7 @@ from engine.domain import (
     check_id,
     check_location,
     check_qty,
+    check_size,
 )
 from engine.errors import (
     AlreadyExists,
@@ -56,6 +58,7 @@ from engine.reservations import Reservations
 from engine.settings import Settings
 from engine.sourcing import COST_FIELDS, Constraints, CostModel, OrderLine, Unfillable
 from engine.storage import Storage
+from engine.throttle import Budget, gently, next_within
 from engine.watch import Closing, Overflow, Watcher, WatchHub
 
 log = logging.getLogger(__name__)
@@ -63,9 +66,23 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
+# The most of each repeated field one call may carry, checked before any other work.
 MAX_SKUS = 1000
+MAX_LOCATION_IDS = 1000
+MAX_TYPES = 8
 MAX_ROWS = 20_000
 MAX_EVENTS = 5000
+MAX_LOCATIONS = 10_000  # UpsertLocations
+MAX_SAFETY_ENTRIES = 10_000
+SAFETY_BATCH = 1000  # safety entries per script call: no script holds Redis for long
+MAX_MAPPINGS = 10_000
+# Heavy work at once in one process (engine/throttle.py): event batches converted and
+# applied; counts being received (each holds its lines in memory until applied; how many
+# lines all of them may hold, and how long one may stay silent, are settings); opening
+# states of watches being read.
+INGEST_BATCHES = 2
+COUNTS_AT_ONCE = 2
+OPENING_READS = 2
 STREAM_READ_AHEAD = 8  # StreamEvents requests read before their answers are sent
 # Kept back from a call's deadline to send the answer: a tenth of it, 50-250 ms.
 _REPLY_MARGIN = (0.05, 0.1, 0.25)
@@ -298,6 +315,26 @@ def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
     return check_event(event, field)
 
 
+def _check_reads(skus: Sequence[str], location_ids: Sequence[str], types: Sequence[int]) -> None:
+    check_size(len(skus), "skus", MAX_SKUS)
+    check_size(len(location_ids), "location_ids", MAX_LOCATION_IDS)
+    check_size(len(types), "location_types", MAX_TYPES)
+
+
+def _events_of(batch: list[pb.StreamEventsRequest]) -> Iterator[StockEvent | OmnistockError]:
+    """Each request's events, or for a request over MAX_EVENTS an error for each."""
+    for request in batch:
+        if len(request.events) > MAX_EVENTS:
+            too_many = InvalidArgument("events", f"at most {MAX_EVENTS} events per message")
+            yield from [too_many] * len(request.events)
+            continue
+        for i, m in enumerate(request.events):
+            try:
+                yield event_from_pb(m, f"events[{i}]")
+            except InvalidArgument as exc:
+                yield exc
+
+
 class _Ended(Exception):
     """StreamEvents: the caller closed its side of the stream."""
 
@@ -339,6 +376,7 @@ def short_row_pb(s: Shortage) -> pb.ShortRow:
 
 
 def types_from_pb(values: Sequence[pb.LocationType.ValueType], field: str) -> set[LocationType]:
+    check_size(len(values), field, MAX_TYPES)
     types = set()
     for i, t in enumerate(values):
         if t not in _TYPES:
@@ -348,6 +386,7 @@ def types_from_pb(values: Sequence[pb.LocationType.ValueType], field: str) -> se
 
 
 def nearby_query_from_pb(msg: pb.FindNearbyRequest) -> NearbyQuery:
+    check_size(len(msg.lines), "lines", MAX_LINES)
     if msg.fulfilment not in _FULFILMENTS:
         raise InvalidArgument("fulfilment", "must be PICKUP, SHIP or unspecified (any)")
     return check_query(
@@ -374,6 +413,8 @@ def order_from_pb(msg: pb.AllocateRequest, defaults: Settings) -> Order:
     def pick(name: str) -> Any:
         return getattr(cost, name) if cost.HasField(name) else getattr(defaults, name)  # type: ignore[arg-type]
 
+    check_size(len(msg.lines), "lines", MAX_LINES)
+    check_size(len(msg.excluded_location_ids), "excluded_location_ids", MAX_LOCATION_IDS)
     return check_order(
         Order(
             lines=tuple(OrderLine(ln.sku, ln.qty) for ln in msg.lines),
@@ -427,16 +468,16 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         self.locations = locations
         self.metrics = metrics
         self.hub = hub
+        self.openings = asyncio.Semaphore(OPENING_READS)
 
     @rpc("GetAvailability")
     async def GetAvailability(
         self, request: pb.GetAvailabilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAvailabilityResponse:
+        _check_reads(request.skus, request.location_ids, request.location_types)
         skus = list(dict.fromkeys(check_id(s, f"skus[{i}]") for i, s in enumerate(request.skus)))
         if not skus:
             raise InvalidArgument("skus", "at least one sku is required")
-        if len(skus) > MAX_SKUS:
-            raise InvalidArgument("skus", f"at most {MAX_SKUS} skus, got {len(skus)}")
         by_type = not request.location_ids
         locations = await self._locations(request)
         if len(skus) * len(locations) > MAX_ROWS:
@@ -498,7 +539,9 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         versions: dict[tuple[str, str], int] = {}
         if request.send_current:
             pairs = [(loc, sku) for loc in locations for sku in skus]
-            for (loc, sku), row in zip(pairs, await self.storage.rows(pairs), strict=True):
+            async with self.openings:  # a few opening states read at once, the rest wait
+                rows = await self.storage.rows(pairs)
+            for (loc, sku), row in zip(pairs, rows, strict=True):
                 versions[(loc, sku)] = row.version
                 yield pb.AvailabilityChange(level=level(loc, sku, row), current=True)
         wanted = set(skus)
@@ -508,9 +551,8 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
                 yield pb.AvailabilityChange(level=level(loc, sku, row))
 
     async def _watched(self, request: pb.WatchAvailabilityRequest) -> tuple[list[str], list[str]]:
+        _check_reads(request.skus, request.location_ids, ())
         skus = list(dict.fromkeys(check_id(s, f"skus[{i}]") for i, s in enumerate(request.skus)))
-        if len(skus) > MAX_SKUS:
-            raise InvalidArgument("skus", f"at most {MAX_SKUS} skus, got {len(skus)}")
         locations = list(dict.fromkeys(request.location_ids))
         for i, loc in enumerate(locations):
             check_id(loc, f"location_ids[{i}]")
@@ -564,6 +606,7 @@ class ReservationService(pb_grpc.ReservationServiceServicer):
     async def Reserve(
         self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReserveResponse:
+        check_size(len(request.lines), "lines", MAX_LINES)
         lines = lines_from_pb(request.lines)
         for i, line in enumerate(lines):
             check_id(line.location, f"lines[{i}].location_id")
@@ -633,13 +676,23 @@ def _outcome(order: Order, result: Allocation) -> str:
 
 class StockService(pb_grpc.StockServiceServicer):
     def __init__(
-        self, ingest: Ingest, locations: LocationRegistry, metrics: Metrics, zero_missing: bool
+        self,
+        ingest: Ingest,
+        locations: LocationRegistry,
+        metrics: Metrics,
+        zero_missing: bool,
+        count_lines_held: int = 1_000_000,
+        count_idle_seconds: float = 30.0,
     ) -> None:
         self.ingest = ingest
         self.zero_missing = zero_missing
         self.storage = ingest.storage
         self.locations = locations
         self.metrics = metrics
+        self.batches = asyncio.Semaphore(INGEST_BATCHES)
+        self.counts = asyncio.Semaphore(COUNTS_AT_ONCE)
+        self.count_lines = Budget(count_lines_held, "count lines")
+        self.count_idle_seconds = count_idle_seconds
 
     @rpc("UpsertLocations")
     async def UpsertLocations(
@@ -647,6 +700,7 @@ class StockService(pb_grpc.StockServiceServicer):
     ) -> pb.UpsertLocationsResponse:
         if not request.locations:
             raise InvalidArgument("locations", "at least one location is required")
+        check_size(len(request.locations), "locations", MAX_LOCATIONS)
         locs = [location_from_pb(m, f"locations[{i}]") for i, m in enumerate(request.locations)]
         await self.locations.upsert(locs)
         return pb.UpsertLocationsResponse(upserted=len(locs))
@@ -657,6 +711,7 @@ class StockService(pb_grpc.StockServiceServicer):
     ) -> pb.SetSafetyStockResponse:
         if not request.entries:
             raise InvalidArgument("entries", "at least one entry is required")
+        check_size(len(request.entries), "entries", MAX_SAFETY_ENTRIES)
         groups: dict[str, list[tuple[str, int]]] = {}
         for i, e in enumerate(request.entries):
             check_id(e.location_id, f"entries[{i}].location_id")
@@ -664,8 +719,13 @@ class StockService(pb_grpc.StockServiceServicer):
             check_qty(e.qty, f"entries[{i}].qty", allow_zero=True)
             groups.setdefault(e.location_id, []).append((e.sku, e.qty))
         await self.locations.require(list(groups), "entries[].location_id")
+        batches = [
+            (loc, items[i : i + SAFETY_BATCH])
+            for loc, items in groups.items()
+            for i in range(0, len(items), SAFETY_BATCH)
+        ]
         changed = await asyncio.gather(
-            *(self.storage.set_safety_stock(loc, items) for loc, items in groups.items())
+            *(self.storage.set_safety_stock(loc, items) for loc, items in batches)
         )
         return pb.SetSafetyStockResponse(changed=sum(changed))
 
@@ -677,8 +737,11 @@ class StockService(pb_grpc.StockServiceServicer):
             raise InvalidArgument("events", "at least one event is required")
         if len(request.events) > MAX_EVENTS:
             raise InvalidArgument("events", f"at most {MAX_EVENTS} events per call")
-        events = [event_from_pb(m, f"events[{i}]") for i, m in enumerate(request.events)]
-        done = await self.ingest.apply(events, strict=True)
+        async with self.batches:
+            events = [
+                event_from_pb(m, f"events[{i}]") async for i, m in gently(enumerate(request.events))
+            ]
+            done = await self.ingest.apply(events, strict=True)
         return pb.ApplyEventsResponse(
             outcomes=[_OUTCOMES[a.outcome.value] for a in done.acks],
             short_rows=[short_row_pb(s) for s in done.shortages],
@@ -721,21 +784,12 @@ class StockService(pb_grpc.StockServiceServicer):
     async def _acks(self, batch: list[pb.StreamEventsRequest]) -> list[pb.StreamEventsResponse]:
         """One ingest call for the events of several requests; one answer per request. A
         request over MAX_EVENTS has every event rejected; the stream goes on."""
-        items: list[StockEvent | OmnistockError] = []
-        for request in batch:
-            if len(request.events) > MAX_EVENTS:
-                too_many = InvalidArgument("events", f"at most {MAX_EVENTS} events per message")
-                items += [too_many] * len(request.events)
-                continue
-            for i, m in enumerate(request.events):
-                try:
-                    items.append(event_from_pb(m, f"events[{i}]"))
-                except InvalidArgument as exc:
-                    items.append(exc)
-        if not items:
-            return [pb.StreamEventsResponse() for _ in batch]
-        # shielded: should the caller go away mid-call, the events applied are still counted
-        done = await asyncio.shield(self.ingest.apply(items))
+        async with self.batches:
+            items = [item async for item in gently(_events_of(batch))]
+            if not items:
+                return [pb.StreamEventsResponse() for _ in batch]
+            # shielded: should the caller go away mid-call, the events applied still count
+            done = await asyncio.shield(self.ingest.apply(items))
         out, at = [], 0
         for request in batch:
             acks = done.acks[at : at + len(request.events)]
@@ -760,16 +814,35 @@ class StockService(pb_grpc.StockServiceServicer):
         request: AsyncIterator[pb.ReconcileCountRequest],
         context: grpc.aio.ServicerContext,
     ) -> pb.ReconcileCountResponse:
+        async with self.counts:
+            held: list[int] = [0]  # count lines this call holds of the process's budget
+            try:
+                count, lines = await self._received(request, held)
+                return await self._reconciled(count, lines)
+            finally:
+                self.count_lines.give(held[0])
+
+    async def _received(
+        self, requests: AsyncIterator[pb.ReconcileCountRequest], held: list[int]
+    ) -> tuple[Count, dict[str, int]]:
+        """The whole count, once its message marked end has come; a count that goes silent
+        for count_idle_seconds is cut (its slot is others')."""
         count: Count | None = None
         lines: dict[str, int] = {}
         n, ended = 0, False
-        async for message in request:
+        while True:
+            try:
+                message = await next_within(requests, self.count_idle_seconds, "ReconcileCount")
+            except StopAsyncIteration:
+                break
             if ended:
                 raise InvalidArgument("end", "no message may follow the one marked end")
             if count is None:
                 count = count_from_pb(message.header, self.zero_missing)
             elif message.HasField("header"):
                 raise InvalidArgument("header", "only the first message carries the header")
+            self.count_lines.take(len(message.lines))
+            held[0] += len(message.lines)
             for line in message.lines:
                 add_count_line(lines, line.sku, line.qty, f"lines[{n}]")
                 n += 1
@@ -778,6 +851,9 @@ class StockService(pb_grpc.StockServiceServicer):
             raise InvalidArgument("header", "the first message must carry the count's header")
         if not ended:  # cancelled or cut off: a part of a count is not a count
             raise InvalidArgument("end", "the stream ended before the message marked end")
+        return count, lines
+
+    async def _reconciled(self, count: Count, lines: dict[str, int]) -> pb.ReconcileCountResponse:
         if not lines and count.zero_missing:
             raise InvalidArgument(
                 "lines", "a count with no lines would zero every row: send missing KEEP"
@@ -798,6 +874,7 @@ class StockService(pb_grpc.StockServiceServicer):
     ) -> pb.SetMappingsResponse:
         if not request.mappings:
             raise InvalidArgument("mappings", "at least one mapping is required")
+        check_size(len(request.mappings), "mappings", MAX_MAPPINGS)
         kinds = {pb.MAPPING_KIND_LOCATION: LOCATION, pb.MAPPING_KIND_ITEM: ITEM}
         changes = []
         for i, m in enumerate(request.mappings):

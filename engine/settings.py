@@ -74,6 +74,23 @@ class Settings:
     appendfsync: str = field(
         default="everysec", metadata={"help": "embedded server AOF fsync: always|everysec"}
     )
+    count_lines_held: int = field(
+        default=1_000_000,
+        metadata={
+            "help": "ReconcileCount: lines all counts being received may hold in memory at "
+            "once (a count past it is refused RESOURCE_EXHAUSTED)"
+        },
+    )
+    count_idle_seconds: float = field(
+        default=30.0,
+        metadata={"help": "ReconcileCount: a count silent for longer is cut"},
+    )
+    plan_workers: int = field(
+        default=1,
+        metadata={
+            "help": "processes that plan Allocate orders off the event loop (0: plan inline)"
+        },
+    )
     auth_file: Path | None = field(
         default=None,
         metadata={
@@ -191,6 +208,8 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--count-missing must be zero or keep")
     if settings.stock_buckets < 1:
         parser.error("--stock-buckets must be at least 1")
+    if settings.plan_workers < 0:
+        parser.error("--plan-workers must be 0 or more")
     if settings.max_concurrent_calls < 1:
         parser.error("--max-concurrent-calls must be at least 1")
     _check_edge(settings, parser)

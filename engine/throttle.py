@@ -1,0 +1,57 @@
+"""The share of this process that one kind of heavy work may take, so that no caller's
+heavy calls starve the others (health and small reads above all) of the event loop, of
+memory, or of Redis: a budget refused past its size, a conversion that gives the event
+loop a turn every few hundred items, a client stream cut when it goes silent. (Slots that
+calls wait for are plain asyncio.Semaphores, in the servicers.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
+
+from engine.errors import ResourceExhausted
+
+T = TypeVar("T")
+YIELD_EVERY = 500  # items converted between two turns given back to the event loop
+
+
+class Budget:
+    """A quantity (count lines held in memory) shared by every call of this process;
+    a call that would pass it is refused, not queued."""
+
+    def __init__(self, size: int, what: str) -> None:
+        self.size = size
+        self.used = 0
+        self.what = what
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.size:
+            raise ResourceExhausted(
+                f"{self.size} {self.what} are held in this process already; retry later"
+            )
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+async def gently(items: Iterable[T]) -> AsyncIterator[T]:
+    """The items, giving the event loop a turn every YIELD_EVERY of them."""
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+
+async def next_within(stream: AsyncIterator[T], seconds: float, what: str) -> T:
+    """The stream's next item; a caller silent for longer is cut (TimeoutError)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await anext(stream)
+    except TimeoutError:
+        raise IdleStream(f"{what}: nothing received for {seconds:g} s") from None
+
+
+class IdleStream(ResourceExhausted):
+    """A client stream left silent: its slot is given to others."""

@@ -1,0 +1,214 @@
+"""Limits that hold under abuse: every repeated field capped before any Redis I/O, a count
+that holds too many lines or goes silent cut, long orders planned off the event loop with
+a bounded queue, and the heavy paths still correct behind their slots."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine.app import Omnistock, create_server
+from engine.domain import Location, LocationType
+from engine.embedded import EmbeddedRedis
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.planner import Planner
+from engine.sourcing import Candidate, Constraints, CostModel, OrderLine, plan_order
+
+from .conftest import settings_for
+from .grpc_helpers import LAT, LON, Stubs, count, line, location, place, store
+
+N = 100_001  # over every cap
+
+
+def oversized() -> Iterator[tuple[str, Any, str]]:
+    """(RPC, request, the field named) for each repeated field, each over its cap."""
+    ids = [f"x{i}" for i in range(N)]
+    yield "GetAvailability", pb.GetAvailabilityRequest(skus=["a"], location_ids=ids), "location_ids"
+    yield "GetAvailability", pb.GetAvailabilityRequest(skus=ids, location_ids=["L1"]), "skus"
+    yield (
+        "GetAvailability",
+        pb.GetAvailabilityRequest(skus=["a"], location_types=[pb.LOCATION_TYPE_STORE] * 100),
+        "location_types",
+    )
+    basket = [pb.BasketLine(sku=f"s{i}", qty=1) for i in range(1000)]
+    yield "FindNearby", pb.FindNearbyRequest(latitude=1, longitude=1, lines=basket), "lines"
+    yield (
+        "Reserve",
+        pb.ReserveRequest(reservation_id="r", lines=[line(f"L{i}", "a", 1) for i in range(1000)]),
+        "lines",
+    )
+    yield "Allocate", pb.AllocateRequest(latitude=1, longitude=1, lines=basket), "lines"
+    yield (
+        "Allocate",
+        pb.AllocateRequest(latitude=1, longitude=1, lines=basket[:1], excluded_location_ids=ids),
+        "excluded_location_ids",
+    )
+    yield (
+        "UpsertLocations",
+        pb.UpsertLocationsRequest(locations=[location(f"L{i}") for i in range(10_001)]),
+        "locations",
+    )
+    yield (
+        "SetSafetyStock",
+        pb.SetSafetyStockRequest(
+            entries=[pb.SafetyStockEntry(location_id="L1", sku=f"s{i}", qty=1) for i in range(N)]
+        ),
+        "entries",
+    )
+    yield (
+        "ApplyEvents",
+        pb.ApplyEventsRequest(events=[count(f"e{i}", "L1", "a", 1) for i in range(5001)]),
+        "events",
+    )
+    yield (
+        "SetMappings",
+        pb.SetMappingsRequest(
+            mappings=[
+                pb.Mapping(source="s", kind=pb.MAPPING_KIND_ITEM, external_id=f"e{i}", id="a")
+                for i in range(10_001)
+            ]
+        ),
+        "mappings",
+    )
+
+
+@pytest.fixture
+async def frozen_store(tmp_path: Path) -> AsyncIterator[Omnistock]:
+    """A server whose Redis is frozen (SIGSTOP) once it has started: any call that touched
+    Redis would be answered UNAVAILABLE, so one answered otherwise did not."""
+    store = EmbeddedRedis(tmp_path / "redis")
+    store.start()
+    app = create_server(settings_for(store.url))
+    await app.start()
+    os.kill(store.pid, signal.SIGSTOP)
+    try:
+        yield app
+    finally:
+        os.kill(store.pid, signal.SIGCONT)
+        await app.stop(grace=1.0)
+        store.stop()
+
+
+async def test_every_repeated_field_is_capped_before_any_redis_io(
+    frozen_store: Omnistock,
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{frozen_store.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(200):  # the probe has found the store down: the circuit is open
+            got = await health.Check(health_pb2.HealthCheckRequest())
+            if got.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the frozen store was never found down")
+        stubs = Stubs(channel)
+        services = (stubs.availability, stubs.reservations, stubs.sourcing, stubs.stock)
+        for rpc, request, field in oversized():
+            method = next(getattr(s, rpc) for s in services if hasattr(s, rpc))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await method(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, field)
+            assert (err.value.details() or "").startswith(f"{field}: at most"), (rpc, field)
+
+
+async def test_a_count_past_the_lines_held_or_gone_silent_is_cut(
+    one_redis_url: str, redis: Any
+) -> None:
+    app = create_server(settings_for(one_redis_url, count_lines_held=100, count_idle_seconds=0.5))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs = Stubs(channel)
+            await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[location("L1")]))
+            header = pb.CountHeader(
+                location_id="L1", count_id="c", counted_at=int(time.time() * 1000)
+            )
+            many = [pb.CountLine(sku=f"s{i}", qty=1) for i in range(101)]
+            big = pb.ReconcileCountRequest(header=header, lines=many, end=True)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stubs.stock.ReconcileCount(iter([big]))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+            async def silent() -> AsyncIterator[pb.ReconcileCountRequest]:
+                yield pb.ReconcileCountRequest(header=header, lines=many[:5])
+                await asyncio.sleep(30)  # never ends: the server must cut it
+
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stubs.stock.ReconcileCount(silent(), timeout=20)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "nothing received" in (err.value.details() or "")
+            assert time.monotonic() - started < 20  # cut by the server, not the deadline
+            # the budget came back: a count within it is applied
+            small = pb.ReconcileCountRequest(header=header, lines=many[:100], end=True)
+            done = await stubs.stock.ReconcileCount(iter([small]))
+            assert done.changed == 100
+    finally:
+        await app.stop(grace=1.0)
+
+
+def long_order(n_lines: int, n_candidates: int) -> tuple[list[OrderLine], list[Candidate]]:
+    lines = [OrderLine(f"s{i}", 1 + i % 3) for i in range(n_lines)]
+    candidates = [
+        Candidate(
+            Location(f"L{j}", f"L{j}", LocationType.STORE, 51.0, 0.01 * j),
+            float(j),
+            tuple((i * 7 + j * 3) % 5 for i in range(n_lines)),
+            None,
+        )
+        for j in range(n_candidates)
+    ]
+    return lines, candidates
+
+
+async def test_a_long_order_is_planned_in_a_worker_as_it_would_be_inline() -> None:
+    lines, candidates = long_order(30, 60)
+    planner = Planner(workers=1, waiting=0)
+    try:
+        got = await planner.plan(lines, candidates, CostModel(), Constraints(5, True))
+    finally:
+        planner.close()
+    assert got == plan_order(lines, candidates, CostModel(), Constraints(5, True))
+
+
+async def test_orders_past_the_planners_queue_are_refused_not_queued() -> None:
+    lines, candidates = long_order(100, 100)
+    planner = Planner(workers=1, waiting=0)
+    try:
+        got = await asyncio.gather(
+            *(
+                planner.plan(lines, candidates, CostModel(), Constraints(10, True))
+                for _ in range(3)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        planner.close()
+    refused = [g for g in got if isinstance(g, Exception)]
+    assert len(refused) == 2 and all("retry later" in str(e) for e in refused)
+
+
+async def test_allocate_plans_a_long_order_over_grpc(channel: grpc.aio.Channel) -> None:
+    stubs = Stubs(channel)
+    skus = [f"s{i}" for i in range(40)]
+    stores = [store(f"x{j}", 1 + j) for j in range(10)]
+    await place(stubs, stores, {(f"x{j}", sku): 5 for j in range(10) for sku in skus})
+    answer = await stubs.sourcing.Allocate(
+        pb.AllocateRequest(
+            lines=[pb.BasketLine(sku=sku, qty=1) for sku in skus],
+            latitude=LAT,
+            longitude=LON,
+            max_shipments=3,
+        )
+    )
+    assert not answer.unfilled
+    assert sum(ln.qty for s in answer.shipments for ln in s.lines) == 40
