@@ -20,10 +20,10 @@ from typing import Any
 
 import grpc
 
-from engine.domain import MAX_LINES
+from engine.domain import MAX_LINES, MAX_ROWS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.service import MAX_EVENTS, MAX_ROWS, MAX_SKUS
+from engine.service import MAX_EVENTS, MAX_SKUS
 from engine.sourcing import MAX_SHIPMENTS
 
 # The sizes.

@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from engine.domain import (
+    MAX_ROWS,
     Location,
     LocationType,
     Reservation,
@@ -53,7 +54,6 @@ from engine.sourcing import (
 from engine.storage import Storage
 
 MAX_CANDIDATES = 500
-MAX_ROWS = 20_000  # stock rows one Allocate reads (candidates x lines)
 MAX_ATTEMPTS = 3
 
 

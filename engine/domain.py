@@ -17,6 +17,8 @@ MAX_ID_LENGTH = 128
 MAX_LINES = 200
 MAX_QTY = 1_000_000_000
 MAX_TTL_SECONDS = 7 * 24 * 3600
+MAX_ROWS = 20_000  # stock rows one call may read (GetAvailability, a watch's opening,
+# Allocate's and FindNearby's candidates x lines)
 MAX_NAME_LENGTH = 200
 # Ids travel inside Redis key names; braces would break the `{location}` hash tag and
 # whitespace or separators would make logs and encodings ambiguous. Matched in full

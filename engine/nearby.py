@@ -5,8 +5,9 @@ are read in rounds of growing size (32 locations, then 64, 128, ...), each round
 pipelined read (one script per location); a whole-basket search stops as soon as it has
 `limit` locations that fill the basket, so a common query costs one round trip. A partial
 search ranks locations by how much of the basket they fill, so it reads every candidate,
-at most MAX_CANDIDATES of them (the nearest). Availability is the engine's own: on_hand less
-what reservations hold and less safety stock.
+at most MAX_CANDIDATES of them (the nearest), fewer for a long basket, so that one call
+reads at most MAX_ROWS stock rows (candidates x lines). Availability is the engine's own:
+on_hand less what reservations hold and less safety stock.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from engine.domain import (
+    MAX_ROWS,
     Location,
     LocationType,
     check_coordinates,
@@ -87,9 +89,10 @@ async def find_nearby(
     storage: Storage, registry: LocationRegistry, query: NearbyQuery
 ) -> NearbyResult:
     index = await registry.index()
+    most = min(MAX_CANDIDATES, MAX_ROWS // len(query.lines))  # a long basket reads fewer
     candidates = index.within(
         query.latitude, query.longitude, query.radius_km, set(query.types), query.fulfilment
-    )[:MAX_CANDIDATES]
+    )[:most]
     lines = query.lines
     full: list[NearbyHit] = []
     part: list[NearbyHit] = []
@@ -108,6 +111,8 @@ async def find_nearby(
         start, size = start + size, size * 2
     hits = full[: query.limit]  # already nearest first
     if query.partial:
-        part.sort(key=lambda h: (-h.filled(lines)[0], -h.filled(lines)[1], h.distance_km))
+        ranked = [(h.filled(lines), h) for h in part]  # each hit's fill computed once
+        ranked.sort(key=lambda x: (-x[0][0], -x[0][1], x[1].distance_km))
+        part = [h for _, h in ranked]
         hits += part[: query.limit - len(hits)]
     return NearbyResult(hits, min(start, len(candidates)))

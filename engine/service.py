@@ -15,6 +15,7 @@ import grpc
 from engine.allocation import Allocation, Allocator, Order, check_order
 from engine.domain import (
     MAX_LINES,
+    MAX_ROWS,
     EventKind,
     Line,
     Location,
@@ -70,7 +71,6 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 MAX_SKUS = 1000
 MAX_LOCATION_IDS = 1000
 MAX_TYPES = 8
-MAX_ROWS = 20_000
 MAX_EVENTS = 5000
 MAX_LOCATIONS = 10_000  # UpsertLocations
 MAX_SAFETY_ENTRIES = 10_000

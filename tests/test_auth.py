@@ -16,11 +16,12 @@ import pytest
 import redis.asyncio as aioredis
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from redis.exceptions import NoPermissionError
+from redis.exceptions import AuthenticationError, NoPermissionError
 
 from engine.app import Omnistock, create_server
 from engine.auth import RIGHTS, Role, token_digest
 from engine.client import OmnistockClient
+from engine.embedded import EmbeddedRedis
 from engine.listener import ListenRefused
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.storage import ACL_RULES
@@ -549,3 +550,27 @@ async def _stream_events_at(stubs: Stubs, loc: str) -> None:
     await call.write(pb.StreamEventsRequest(events=[count("a-3", loc, "S2", 5)]))
     assert (await call.read()).acks[0].outcome == pb.EVENT_OUTCOME_APPLIED
     await call.done_writing()
+
+
+async def test_the_embedded_store_asks_for_a_password_kept_in_owner_only_files(
+    tmp_path: Path,
+) -> None:
+    store = EmbeddedRedis(tmp_path / "store")
+    store.start()
+    try:
+        for name in ("redis.conf", "redis.url"):
+            assert (tmp_path / "store" / name).stat().st_mode & 0o777 == 0o600, name
+        anonymous = aioredis.Redis(port=store.port)
+        with pytest.raises(AuthenticationError):
+            await anonymous.ping()
+        await anonymous.aclose()
+        with_password = aioredis.Redis.from_url((tmp_path / "store" / "redis.url").read_text())
+        assert await with_password.ping()
+        await with_password.aclose()
+        # and a restart on the same state keeps it (the adapters hold the URL)
+        before = store.url
+        store.stop()
+        store.start()
+        assert store.url == before
+    finally:
+        store.stop()

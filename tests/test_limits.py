@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.app import Omnistock, create_server
-from engine.domain import Location, LocationType
+from engine.domain import MAX_ROWS, Location, LocationType
 from engine.embedded import EmbeddedRedis
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.planner import Planner
@@ -212,3 +212,18 @@ async def test_allocate_plans_a_long_order_over_grpc(channel: grpc.aio.Channel) 
     )
     assert not answer.unfilled
     assert sum(ln.qty for s in answer.shipments for ln in s.lines) == 40
+
+
+async def test_a_long_partial_basket_reads_fewer_locations_within_the_row_limit(
+    channel: grpc.aio.Channel,
+) -> None:
+    # given 150 stores near a point, and a 200-line basket: 100 x 200 rows is the limit
+    stubs = Stubs(channel)
+    await stubs.stock.UpsertLocations(
+        pb.UpsertLocationsRequest(locations=[store(f"n{j}", 0.1 + j * 0.01) for j in range(150)])
+    )
+    basket = [pb.BasketLine(sku=f"s{i}", qty=1) for i in range(200)]
+    answer = await stubs.availability.FindNearby(
+        pb.FindNearbyRequest(latitude=LAT, longitude=LON, radius_km=50, lines=basket, partial=True)
+    )
+    assert answer.locations_considered == MAX_ROWS // 200
