@@ -175,13 +175,15 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             gate.permit(principal, method)
         except PermissionDenied as exc:
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, exc, "permission")
-        for within, reason in ((gate.within_rate, "rate"), (gate.open_stream, "streams")):
-            if reason == "streams" and not streaming:
-                break
+        try:
+            gate.within_rate(principal)
+        except ResourceExhausted as exc:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, "rate")
+        if streaming:
             try:
-                within(principal)
+                gate.open_stream(principal)
             except ResourceExhausted as exc:
-                await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, reason)
+                await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, "streams")
         act_as(principal)
         return principal
 

@@ -245,10 +245,20 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded redis not ready after {timeout}s: {self._log_tail()}")
 
     def _answers_ping(self) -> bool:
+        """PONG, not LOADING (the AOF is still being read) nor NOAUTH (before its password,
+        a store answers that at once, loaded or not)."""
+        secret = self._secret().encode() if self.password else b""
+        auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) if secret else b""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+                s.sendall(auth + b"PING\r\n")
+                got = b""
+                while got.count(b"\r\n") < (2 if secret else 1):
+                    chunk = s.recv(256)
+                    if not chunk:
+                        break
+                    got += chunk
+                return got.endswith(b"+PONG\r\n")
         except OSError:
             return False
 

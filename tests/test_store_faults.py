@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2
 
-from engine.embedded import free_port
+from engine.embedded import EmbeddedRedis, free_port
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import BUCKETS
@@ -157,3 +158,26 @@ async def test_killed_store_is_reaped_and_restarted_on_its_port_with_its_data(
     assert len(lines_with(logs, "died after")) == 1, logs
     assert len(lines_with(logs, "embedded store restarted")) == 1, logs
     assert len(lines_with(logs, "sweep failed")) <= 1, logs
+
+
+def test_a_store_still_loading_its_data_is_not_taken_for_ready(tmp_path: Path) -> None:
+    # given a store with data, restarted so that reading it back takes about a second
+    store = EmbeddedRedis(tmp_path / "store")
+    store.start()
+    try:
+        client = redis.Redis.from_url(store.url)
+        for i in range(100):
+            client.set(f"{{x}}:{i}", i)
+        client.close()
+        store.stop()
+        with store.conffile.open("a") as conf:
+            conf.write("key-load-delay 10000\n")  # 10 ms a key as the AOF is read back
+        # when it is started again
+        store.start()
+        # then start returns once it serves: a script can be loaded at once (not LOADING)
+        client = redis.Redis.from_url(store.url)
+        assert client.script_load("return 1")
+        assert client.dbsize() == 100
+        client.close()
+    finally:
+        store.stop()
