@@ -59,7 +59,7 @@ from engine.reservations import Reservations
 from engine.settings import Settings
 from engine.sourcing import COST_FIELDS, Constraints, CostModel, OrderLine, Unfillable
 from engine.storage import Storage
-from engine.throttle import Budget, gently, next_within
+from engine.throttle import Budget, IdleStream, drain, gently, next_within
 from engine.watch import Closing, Overflow, Watcher, WatchHub
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,10 @@ MAX_MAPPINGS = 10_000
 INGEST_BATCHES = 2
 COUNTS_AT_ONCE = 2
 OPENING_READS = 2
+# A count refused part way is read on (and dropped) this long before the refusal is sent:
+# grpc's asyncio client loses the server's status to INTERNAL when it is still writing as
+# the status arrives (grpc/grpc#36066), so a client that ends its stream soon hears why.
+DRAIN_SECONDS = 1.0
 STREAM_READ_AHEAD = 8  # StreamEvents requests read before their answers are sent
 # Kept back from a call's deadline to send the answer: a tenth of it, 50-250 ms.
 _REPLY_MARGIN = (0.05, 0.1, 0.25)
@@ -817,7 +821,15 @@ class StockService(pb_grpc.StockServiceServicer):
         async with self.counts:
             held: list[int] = [0]  # count lines this call holds of the process's budget
             try:
-                count, lines = await self._received(request, held)
+                try:
+                    count, lines = await self._received(request, held)
+                except IdleStream:
+                    raise
+                except OmnistockError:  # refused part way: its lines go back at once
+                    self.count_lines.give(held[0])
+                    held[0] = 0
+                    await drain(request, DRAIN_SECONDS)
+                    raise
                 return await self._reconciled(count, lines)
             finally:
                 self.count_lines.give(held[0])

@@ -7,6 +7,7 @@ calls wait for are plain asyncio.Semaphores, in the servicers.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import TypeVar
 
@@ -28,7 +29,8 @@ class Budget:
     def take(self, n: int) -> None:
         if self.used + n > self.size:
             raise ResourceExhausted(
-                f"{self.size} {self.what} are held in this process already; retry later"
+                f"{self.what}: this would make {self.used + n} held in this process, over its "
+                f"{self.size}; retry later"
             )
         self.used += n
 
@@ -51,6 +53,14 @@ async def next_within(stream: AsyncIterator[T], seconds: float, what: str) -> T:
             return await anext(stream)
     except TimeoutError:
         raise IdleStream(f"{what}: nothing received for {seconds:g} s") from None
+
+
+async def drain(stream: AsyncIterator[object], seconds: float) -> None:
+    """Reads and drops what the stream sends, until it ends or `seconds` have passed."""
+    with contextlib.suppress(TimeoutError, StopAsyncIteration):
+        async with asyncio.timeout(seconds):
+            async for _ in stream:
+                pass
 
 
 class IdleStream(ResourceExhausted):

@@ -227,3 +227,32 @@ async def test_a_long_partial_basket_reads_fewer_locations_within_the_row_limit(
         pb.FindNearbyRequest(latitude=LAT, longitude=LON, radius_km=50, lines=basket, partial=True)
     )
     assert answer.locations_considered == MAX_ROWS // 200
+
+
+async def test_a_count_refused_part_way_is_told_why_while_its_sender_still_writes(
+    one_redis_url: str, redis: Any
+) -> None:
+    # given a server that holds at most 5,000 count lines, and a count of 20,000 lines sent
+    # in 20 messages without waiting: refused part way, as its sender is still writing
+    app = create_server(settings_for(one_redis_url, count_lines_held=5000))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs = Stubs(channel)
+            await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[location("L1")]))
+            call = stubs.stock.ReconcileCount()
+            header = pb.CountHeader(
+                location_id="L1", count_id="c", counted_at=int(time.time() * 1000)
+            )
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call.write(pb.ReconcileCountRequest(header=header))
+                for first in range(0, 20_000, 1000):
+                    lines = [pb.CountLine(sku=f"s{i}", qty=1) for i in range(first, first + 1000)]
+                    await call.write(pb.ReconcileCountRequest(lines=lines))
+                await call.done_writing()
+                await call
+            # then it hears the server's answer, not the client library's INTERNAL
+            assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "count lines" in (await call.details() or "")
+    finally:
+        await app.stop(grace=1.0)
