@@ -218,8 +218,8 @@ def rpc_stream(method: str) -> Callable[[StreamHandler[Req, Resp]], StreamHandle
                 code = grpc.StatusCode.CANCELLED
                 raise
             except BaseException as exc:
-                if context.cancelled():  # the caller is gone: there is no one to answer
-                    code = grpc.StatusCode.CANCELLED
+                if context.cancelled() or _answer_undeliverable(exc):
+                    code = grpc.StatusCode.CANCELLED  # the caller is gone: no one to answer
                     return
                 failure = _failure(exc, method)
                 if failure is None:
@@ -234,6 +234,12 @@ def rpc_stream(method: str) -> Callable[[StreamHandler[Req, Resp]], StreamHandle
         return run
 
     return wrap
+
+
+def _answer_undeliverable(exc: BaseException) -> bool:
+    """grpc's own error when a status cannot be sent because the call has ended (the
+    caller went away as the stream was closing); its class is not public."""
+    return type(exc).__name__ == "ExecuteBatchError"
 
 
 def _code_name(code: object) -> str:
