@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -30,7 +30,7 @@ from engine.domain import EventKind, EventOutcome, StockEvent, check_id, check_q
 from engine.errors import InvalidArgument, OmnistockError, PermissionDenied
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
-from engine.storage import Holder, Storage
+from engine.storage import EventsApplied, Holder, Storage
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ _FUTURE = (
 class Ack:
     outcome: EventOutcome
     reason: str = ""  # REJECTED: "<field>: <why>"
+
+
+_ACKS = {outcome: Ack(outcome) for outcome in EventOutcome}  # an applied event's ack
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,13 +235,26 @@ class Ingest:
                 for loc, items in groups.items()
             )
         )
+        short = self._tally(groups, results, acks)
+        return Ingested([a for a in acks if a is not None], await self.shortages(short))
+
+    def _tally(
+        self,
+        groups: dict[str, list[tuple[int, StockEvent]]],
+        results: Sequence[EventsApplied],
+        acks: list[Ack | None],
+    ) -> list[tuple[str, str, int, int]]:
+        """Each applied event's ack and the outcomes' counts; the rows left short."""
         short: list[tuple[str, str, int, int]] = []
+        outcomes: Counter[EventOutcome] = Counter()
         for (loc, items), result in zip(groups.items(), results, strict=True):
             for (i, _), outcome in zip(items, result.outcomes, strict=True):
-                acks[i] = Ack(outcome)
-                self.metrics.events.labels(outcome.value.lower()).inc()
+                acks[i] = _ACKS[outcome]
+            outcomes.update(result.outcomes)
             short += [(loc, sku, on_hand, held) for sku, on_hand, held in result.short_rows]
-        return Ingested([a for a in acks if a is not None], await self.shortages(short))
+        for outcome, n in outcomes.items():  # one metric update an outcome, not an event
+            self.metrics.events.labels(outcome.value.lower()).inc(n)
+        return short
 
     def _keep_to_scope(
         self, groups: dict[str, list[tuple[int, StockEvent]]], acks: list[Ack | None], strict: bool

@@ -803,16 +803,17 @@ class StockService(pb_grpc.StockServiceServicer):
         out, at = [], 0
         for request in batch:
             acks = done.acks[at : at + len(request.events)]
-            out.append(
-                pb.StreamEventsResponse(
-                    acks=[
-                        pb.EventAck(
-                            event_id=m.event_id, outcome=_OUTCOMES[a.outcome.value], reason=a.reason
-                        )
-                        for m, a in zip(request.events, acks, strict=True)
-                    ]
-                )
+            pairs = gently(zip(request.events, acks, strict=True))
+            answer = pb.StreamEventsResponse()
+            answer.acks.extend(
+                [
+                    pb.EventAck(
+                        event_id=m.event_id, outcome=_OUTCOMES[a.outcome.value], reason=a.reason
+                    )
+                    async for m, a in pairs
+                ]
             )
+            out.append(answer)
             at += len(request.events)
         if done.shortages:  # told once, on the answer to the last request of the batch
             out[-1].short_rows.extend(short_row_pb(s) for s in done.shortages)
