@@ -1,6 +1,9 @@
 """What every call meets before its servicer. Request bytes that are not the method's
 message are refused with INVALID_ARGUMENT: left to grpc, the parser's exception would reach
-the caller as UNKNOWN. A servicer never sees such a request."""
+the caller as UNKNOWN. A servicer never sees such a request: a unary call is refused before
+its servicer runs; in a request stream the bad message raises UndecodableRequest where the
+servicer reads it, and the call is refused from the servicer's own task (an abort from
+another task, such as StreamEvents' reader, would race the answers being sent)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from engine.errors import InvalidArgument
 
 
 class _Undecodable:
@@ -31,11 +36,14 @@ def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return run
 
 
-async def _refuse(context: grpc.aio.ServicerContext, method: str, bad: _Undecodable) -> None:
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"request: the bytes are not a {method.rsplit('/', 1)[-1]} request ({bad.error})",
-    )
+class UndecodableRequest(InvalidArgument):
+    """A request's bytes are not the method's message. An InvalidArgument, so a servicer
+    that maps our errors (engine.service) answers it as it answers any bad input."""
+
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(
+            "request", f"the bytes are not a {method.rsplit('/', 1)[-1]} request ({error})"
+        )
 
 
 def _wrap(
@@ -43,17 +51,25 @@ def _wrap(
     check: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
 ) -> Callable[..., Any]:
     """`behavior` called with its request (or request stream) checked first; a wrapper of
-    the same kind (coroutine or async generator function), as grpc runs a handler by kind."""
+    the same kind (coroutine or async generator function), as grpc runs a handler by kind.
+    An UndecodableRequest that reaches it (from a servicer that does not map our errors)
+    is answered INVALID_ARGUMENT."""
     if inspect.isasyncgenfunction(behavior):
 
         async def gen(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for item in behavior(await check(request, context), context):
-                yield item
+            try:
+                async for item in behavior(await check(request, context), context):
+                    yield item
+            except UndecodableRequest as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
         return gen
 
     async def coro(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await behavior(await check(request, context), context)
+        try:
+            return await behavior(await check(request, context), context)
+        except UndecodableRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     return coro
 
@@ -71,7 +87,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def one(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Undecodable):
-                await _refuse(context, method, request)
+                raise UndecodableRequest(method, request.error)
             return request
 
         async def stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:

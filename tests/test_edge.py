@@ -318,6 +318,21 @@ async def test_bytes_that_are_not_the_message_are_invalid_argument(
     assert method.rsplit("/", 1)[-1] in (err.value.details() or "")
 
 
+async def test_bytes_that_are_not_the_message_after_a_good_one_end_the_stream_invalid(
+    channel: grpc.aio.Channel,
+) -> None:
+    # given a StreamEvents stream whose first message is a good one (empty), then garbage
+    call = channel.stream_stream("/omnistock.v1.StockService/StreamEvents")
+    # when it is sent, then the stream is answered and ended INVALID_ARGUMENT, at once: the
+    # refusal used to race the first answer's send, fail as an unexpected error, and leave
+    # the call without a status until the caller's deadline
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call(iter([b"", b"\xff\xff"]), timeout=5):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "StreamEvents" in (err.value.details() or "")
+
+
 # -- a refused call writes nothing ------------------------------------------------------
 
 
