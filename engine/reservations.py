@@ -39,6 +39,7 @@ from engine.domain import (
     check_id,
     check_ttl,
     fingerprint,
+    ttl_ms,
 )
 from engine.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from engine.metrics import Metrics
@@ -78,16 +79,16 @@ class Reservations:
         takes one order of it (a ship-from-store plan); a location with none left is FULL."""
         check_id(reservation_id, "reservation_id")
         canon = canonical_lines(lines)
-        ttl_ms = self.timing.default_ttl_ms
+        hold_ms = self.timing.default_ttl_ms
         if ttl_seconds:
             check_ttl(ttl_seconds, "ttl_seconds")
-            ttl_ms = int(ttl_seconds * 1000)
+            hold_ms = ttl_ms(ttl_seconds)
         groups = by_location(canon)
         caps = self._capacities(capacity or {})
         if len(groups) == 1 and not self.storage.cluster:
-            result = await self._reserve_one(reservation_id, canon, ttl_ms, caps)
+            result = await self._reserve_one(reservation_id, canon, hold_ms, caps)
         else:
-            result = await self._reserve_saga(reservation_id, canon, groups, ttl_ms, caps)
+            result = await self._reserve_saga(reservation_id, canon, groups, hold_ms, caps)
         self.metrics.holds.labels(_hold_outcome(result)).inc()
         return result
 
@@ -327,7 +328,7 @@ class Reservations:
         if entry.saga:
             raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}")
         now = self.clock.now_ms()
-        expires_at = now + int(ttl_seconds * 1000)
+        expires_at = now + ttl_ms(ttl_seconds)
         groups = by_location(entry.lines)
         answers = await asyncio.gather(
             *(self.storage.extend_part(rid, loc, now, expires_at, False) for loc in groups)
