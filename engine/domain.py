@@ -201,6 +201,12 @@ def check_ttl(ttl_seconds: float, field_name: str) -> None:
         raise InvalidArgument(field_name, f"must be at most {MAX_TTL_SECONDS} seconds")
 
 
+def ttl_ms(ttl_seconds: float) -> int:
+    """A checked ttl in whole milliseconds, at least one: truncated to 0, a positive ttl
+    would make a hold that is answered HELD yet already expired (its expiry is now)."""
+    return max(1, int(ttl_seconds * 1000))
+
+
 def check_location(location: Location, field_name: str) -> Location:
     check_id(location.id, f"{field_name}.id")
     check_name(location.name, f"{field_name}.name")

@@ -5,7 +5,10 @@
 2. whether its role may call the method (PERMISSION_DENIED), whether it is within its rate,
    and, for a streaming call, within its open streams (RESOURCE_EXHAUSTED, retryable);
 3. whether the request bytes are the method's message (INVALID_ARGUMENT; left to grpc, the
-   parser's exception would reach the caller as UNKNOWN).
+   parser's exception would reach the caller as UNKNOWN). A unary call is refused before its
+   servicer runs; in a request stream the bad message raises UndecodableRequest where the
+   servicer reads it, and the call is refused from the servicer's own task (an abort from
+   another task, such as StreamEvents' reader, would race the answers being sent).
 
 The principal is then the call's `engine.auth.current()`. A servicer never sees a request
 that failed any of these.
@@ -24,7 +27,13 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from engine.auth import OPEN, Principal, Principals, act_as
-from engine.errors import OmnistockError, PermissionDenied, ResourceExhausted, Unauthenticated
+from engine.errors import (
+    InvalidArgument,
+    OmnistockError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from engine.metrics import Metrics
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
@@ -123,6 +132,16 @@ def _common_names(context: grpc.aio.ServicerContext) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
+class UndecodableRequest(InvalidArgument):
+    """A request's bytes are not the method's message. An InvalidArgument, so a servicer
+    that maps our errors (engine.service) answers it as it answers any bad input."""
+
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(
+            "request", f"the bytes are not a {method.rsplit('/', 1)[-1]} request ({error})"
+        )
+
+
 class _Undecodable:
     """Stands in for a request whose bytes did not parse."""
 
@@ -214,6 +233,8 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     async for item in behavior(await checked(request, context), context):
                         yield item
+                except UndecodableRequest as exc:  # from a servicer that does not map it
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 finally:
                     if streaming:
                         self.gate.close_stream(principal)
@@ -224,6 +245,8 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             principal = await self._enter(method, streaming, context)
             try:
                 return await behavior(await checked(request, context), context)
+            except UndecodableRequest as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             finally:
                 if streaming:
                     self.gate.close_stream(principal)
@@ -233,10 +256,7 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 async def _decoded(request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
     if isinstance(request, _Undecodable):
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"request: the bytes are not a {method.rsplit('/', 1)[-1]} request ({request.error})",
-        )
+        raise UndecodableRequest(method, request.error)
     return request
 
 

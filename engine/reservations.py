@@ -40,6 +40,7 @@ from engine.domain import (
     check_id,
     check_ttl,
     fingerprint,
+    ttl_ms,
 )
 from engine.errors import (
     AlreadyExists,
@@ -108,10 +109,10 @@ class Reservations:
         check_id(reservation_id, "reservation_id")
         canon = canonical_lines(lines)
         who.require_locations((ln.location for ln in canon), "lines[].location_id")
-        ttl_ms = self._ttl_ms(ttl_seconds, who)
-        counted = await self._count_units(who, reservation_id, canon, ttl_ms)
+        hold_ms = self._ttl_ms(ttl_seconds, who)
+        counted = await self._count_units(who, reservation_id, canon, hold_ms)
         try:
-            result = await self._reserve(reservation_id, canon, ttl_ms, capacity or {}, who.name)
+            result = await self._reserve(reservation_id, canon, hold_ms, capacity or {}, who.name)
         except BaseException:
             if counted:
                 await self.storage.unbudget(who.name, reservation_id)
@@ -145,7 +146,7 @@ class Reservations:
             raise InvalidArgument(
                 "ttl_seconds", f"a storefront may hold for at most {longest // 1000} seconds"
             )
-        return int(ttl_seconds * 1000)
+        return ttl_ms(ttl_seconds)
 
     async def _count_units(
         self, who: auth.Principal, rid: str, lines: Sequence[Line], ttl_ms: int
@@ -422,12 +423,12 @@ class Reservations:
         who = auth.current()
         if not ttl_seconds:
             check_ttl(ttl_seconds, "ttl_seconds")
-        ttl_ms = self._ttl_ms(ttl_seconds, who)
+        hold_ms = self._ttl_ms(ttl_seconds, who)
         entry = await self._entry(rid)
         if entry.saga:
             raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}")
         now = self.clock.now_ms()
-        expires_at = now + ttl_ms
+        expires_at = now + hold_ms
         groups = by_location(entry.lines)
         answers = await asyncio.gather(
             *(self.storage.extend_part(rid, loc, now, expires_at, False) for loc in groups)

@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster
 
 from engine.app import Omnistock, create_server
-from engine.domain import check_id
+from engine.clock import ManualClock
+from engine.domain import EventKind, Line, ReservationState, StockEvent, check_id
 from engine.errors import InvalidArgument
 from engine.ingest import MAX_CACHED_SOURCES
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.reservations import Reservations
 from engine.storage import (
     LOCATIONS,
     LOCATIONS_VERSION,
@@ -29,6 +31,7 @@ from engine.storage import (
     SHORTAGES,
     WAKE,
     Keys,
+    Storage,
 )
 
 from .conftest import ON_BOTH, all_keys, settings_for
@@ -317,6 +320,38 @@ async def test_bytes_that_are_not_the_message_are_invalid_argument(
                 pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert method.rsplit("/", 1)[-1] in (err.value.details() or "")
+
+
+async def test_bytes_that_are_not_the_message_after_a_good_one_end_the_stream_invalid(
+    channel: grpc.aio.Channel,
+) -> None:
+    # given a StreamEvents stream whose first message is a good one (empty), then garbage
+    call = channel.stream_stream("/omnistock.v1.StockService/StreamEvents")
+    # when it is sent, then the stream is answered and ended INVALID_ARGUMENT, at once: the
+    # refusal used to race the first answer's send, fail as an unexpected error, and leave
+    # the call without a status until the caller's deadline
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call(iter([b"", b"\xff\xff"]), timeout=5):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "StreamEvents" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize("ttl_seconds", [0.0004, 1e-300])
+async def test_a_hold_asked_for_less_than_a_millisecond_lasts_one(
+    storage: Storage, reservations: Reservations, clock: ManualClock, ttl_seconds: float
+) -> None:
+    # given a row with stock
+    counted = StockEvent("c1", "L1", "S1", EventKind.COUNT, 5, clock.now - 10)
+    await storage.apply_events("L1", [counted], clock.now)
+    # when a hold, and then its extension, ask for a positive ttl under a millisecond
+    held = await reservations.reserve("r1", [Line("L1", "S1", 1)], ttl_seconds)
+    extended = await reservations.extend("r1", ttl_seconds)
+    # then each lasts a millisecond (truncated to 0 it was answered HELD yet already
+    # expired), and the hold can be committed at once
+    assert held.reservation is not None and held.reservation.expires_at == clock.now + 1
+    assert extended.expires_at == clock.now + 1
+    assert (await reservations.commit("r1")).state is ReservationState.COMMITTED
 
 
 # -- a refused call writes nothing ------------------------------------------------------
