@@ -4,6 +4,7 @@ codes (in `rpc`, the one place). No business rules live here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -168,6 +169,32 @@ def _budget(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else max(remaining - _margin(remaining), 0.001)
 
 
+@contextlib.asynccontextmanager
+async def _answering(
+    method: str, metrics: Metrics, context: grpc.aio.ServicerContext, stream: bool
+) -> AsyncIterator[None]:
+    """Times a call, and answers every exception of it with its status (see `rpc`)."""
+    start, code = time.perf_counter(), grpc.StatusCode.OK
+    try:
+        yield
+    except (GeneratorExit, asyncio.CancelledError):
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except BaseException as exc:
+        if stream and (context.cancelled() or _answer_undeliverable(exc)):
+            code = grpc.StatusCode.CANCELLED  # the caller is gone: no one to answer
+            return
+        failure = _failure(exc, method)
+        if failure is None:
+            code = context.code() or grpc.StatusCode.CANCELLED
+            raise
+        code = failure[0]
+        await context.abort(*failure)
+    finally:
+        elapsed = time.perf_counter() - start
+        metrics.rpc_seconds.labels(method, _code_name(code)).observe(elapsed)
+
+
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
     """Times the call, honours its deadline, and maps every exception to a status code:
     ours to theirs, an unexpected one to INTERNAL (logged once), never UNKNOWN."""
@@ -175,22 +202,10 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
     def wrap(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(handler)
         async def run(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-            metrics: Metrics = self.metrics
-            start, code = time.perf_counter(), grpc.StatusCode.OK
-            try:
+            async with _answering(method, self.metrics, context, stream=False):
                 async with asyncio.timeout(_budget(context)):
                     return await handler(self, request, context)
-            except BaseException as exc:
-                failure = _failure(exc, method)
-                if failure is None:
-                    code = context.code() or grpc.StatusCode.CANCELLED
-                    raise
-                code = failure[0]
-                await context.abort(*failure)
-            finally:
-                elapsed = time.perf_counter() - start
-                metrics.rpc_seconds.labels(method, _code_name(code)).observe(elapsed)
-            raise AssertionError("unreachable: abort raises")
+            raise AssertionError("unreachable: a failure is answered by abort, which raises")
 
         return run
 
@@ -201,35 +216,17 @@ StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Res
 
 
 def rpc_stream(method: str) -> Callable[[StreamHandler[Req, Resp]], StreamHandler[Req, Resp]]:
-    """`rpc` for a handler that streams its answers: the stream's life is timed, and its
-    failure mapped the same way."""
+    """`rpc` for a handler that streams its answers: the stream's life is timed, its
+    failure answered the same way (or not at all, once its caller has gone)."""
 
     def wrap(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
         @functools.wraps(handler)
         async def run(
             self: Any, request: Req, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Resp]:
-            metrics: Metrics = self.metrics
-            start, code = time.perf_counter(), grpc.StatusCode.OK
-            try:
+            async with _answering(method, self.metrics, context, stream=True):
                 async for answer in handler(self, request, context):
                     yield answer
-            except (GeneratorExit, asyncio.CancelledError):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except BaseException as exc:
-                if context.cancelled() or _answer_undeliverable(exc):
-                    code = grpc.StatusCode.CANCELLED  # the caller is gone: no one to answer
-                    return
-                failure = _failure(exc, method)
-                if failure is None:
-                    code = context.code() or grpc.StatusCode.CANCELLED
-                    raise
-                code = failure[0]
-                await context.abort(*failure)
-            finally:
-                elapsed = time.perf_counter() - start
-                metrics.rpc_seconds.labels(method, _code_name(code)).observe(elapsed)
 
         return run
 

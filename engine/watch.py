@@ -130,6 +130,11 @@ class WatchHub:
                 watcher.offer(change)
 
     async def _next_message(self) -> dict[str, Any] | None:
+        if not self.watchers:
+            # Nothing subscribed: redis-py's cluster pubsub then answers at once, without
+            # waiting, and this loop would spin, holding the event loop (and a close()).
+            await asyncio.sleep(0.05)
+            return None
         if self.cluster:
             got: dict[str, Any] | None = await self._pubsub.get_sharded_message(
                 ignore_subscribe_messages=True, timeout=1.0

@@ -106,3 +106,27 @@ async def test_bad_watch_requests_are_named(
         await next_change(watch(stubs, **fields), 5.0)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith(field)
+
+
+async def test_the_server_serves_on_after_its_last_watcher_leaves(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    # given one watch, opened and then closed, so that nothing is subscribed any more
+    stubs = Stubs(channel)
+    await stock_up(stubs, {("s1", "a"): 10})
+    call = stubs.availability.WatchAvailability(
+        pb.WatchAvailabilityRequest(location_ids=["s1"], skus=["a"], send_current=True)
+    )
+    await call.read()
+    call.cancel()
+    for _ in range(200):
+        if not server.hub.watchers:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    # then the process still answers (on a cluster, redis-py's pubsub with no subscription
+    # answers at once: the subscription loop once spun on it, holding the event loop)
+    got = await stubs.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=["a"], location_ids=["s1"]), timeout=5
+    )
+    assert got.levels[0].on_hand == 10
