@@ -178,11 +178,14 @@ class Mappings:
 
     async def set(self, changes: Sequence[tuple[str, str, str, str]]) -> None:
         """(source, kind LOCATION|ITEM, external id, our id or "" to remove) each."""
-        for i, (source, _, external, ours) in enumerate(changes):
+        who = auth.current()
+        for i, (source, kind, external, ours) in enumerate(changes):
             check_id(source, f"mappings[{i}].source")
             check_id(external, f"mappings[{i}].external_id")
             if ours:
                 check_id(ours, f"mappings[{i}].id")
+            if kind == LOCATION:  # a scoped principal maps only to its own locations
+                who.require_locations([ours] if ours else [], f"mappings[{i}].id")
         await self.storage.set_mappings([(s, f"{k}:{e}", o) for s, k, e, o in changes])
         self.by_source, self._checked_at = OrderedDict(), float("-inf")
 

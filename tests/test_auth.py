@@ -574,3 +574,19 @@ async def test_the_embedded_store_asks_for_a_password_kept_in_owner_only_files(
         assert store.url == before
     finally:
         store.stop()
+
+
+async def test_a_scoped_ingest_maps_only_to_its_own_locations(channel_to: grpc.aio.Channel) -> None:
+    stubs, feed = Stubs(channel_to), bearer("feed-token")
+
+    def mapping(ours: str) -> pb.SetMappingsRequest:
+        m = pb.Mapping(source="pos", kind=pb.MAPPING_KIND_LOCATION, external_id="7", id=ours)
+        return pb.SetMappingsRequest(mappings=[m])
+
+    assert await code_of(stubs.stock.SetMappings(mapping("L1"), metadata=feed)) == (
+        grpc.StatusCode.OK
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.stock.SetMappings(mapping("L2"), metadata=feed)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "mappings[0].id" in (err.value.details() or "")
