@@ -160,8 +160,9 @@ class Allocator:
         near = [(d, loc) for d, loc in near if loc.id not in order.excluded][:most]
         pairs = [(loc.id, ln.sku) for _, loc in near for ln in order.lines]
         limited = [loc.id for _, loc in near if loc.ship_capacity is not None]
-        rows, used = await asyncio.gather(
-            self.storage.rows(pairs), self.storage.capacity_used(limited, self.reservations.today())
+        available, used = await asyncio.gather(
+            self.storage.available(pairs),
+            self.storage.capacity_used(limited, self.reservations.today()),
         )
         used_at = dict(zip(limited, used, strict=True))
         width = len(order.lines)
@@ -169,7 +170,7 @@ class Allocator:
             Candidate(
                 loc,
                 distance,
-                tuple(row.available for row in rows[i * width : (i + 1) * width]),
+                tuple(available[i * width : (i + 1) * width]),
                 _left(loc, used_at.get(loc.id, 0)),
             )
             for i, (distance, loc) in enumerate(near)

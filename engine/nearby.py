@@ -99,10 +99,9 @@ async def find_nearby(
     start, size = 0, FIRST_ROUND
     while start < len(candidates) and (query.partial or len(full) < query.limit):
         batch = candidates[start : start + size]
-        rows = await storage.rows([(loc.id, ln.sku) for _, loc in batch for ln in lines])
+        available = await storage.available([(loc.id, ln.sku) for _, loc in batch for ln in lines])
         for i, (distance, loc) in enumerate(batch):
-            got = rows[i * len(lines) : (i + 1) * len(lines)]
-            hit = NearbyHit(loc, distance, tuple(row.available for row in got))
+            hit = NearbyHit(loc, distance, tuple(available[i * len(lines) : (i + 1) * len(lines)]))
             filled, units = hit.filled(lines)
             if filled == len(lines):
                 full.append(hit)

@@ -79,11 +79,10 @@ SAFETY_BATCH = 1000  # safety entries per script call: no script holds Redis for
 MAX_MAPPINGS = 10_000
 # Heavy work at once in one process (engine/throttle.py): event batches converted and
 # applied; counts being received (each holds its lines in memory until applied; how many
-# lines all of them may hold, and how long one may stay silent, are settings); opening
-# states of watches being read.
+# lines all of them may hold, and how long one may stay silent, are settings). (Wide row
+# reads take their turn in the store: engine/storage.py BIG_READ.)
 INGEST_BATCHES = 2
 COUNTS_AT_ONCE = 2
-OPENING_READS = 2
 # A count refused part way is read on (and dropped) this long before the refusal is sent:
 # grpc's asyncio client loses the server's status to INTERNAL when it is still writing as
 # the status arrives (grpc/grpc#36066), so a client that ends its stream soon hears why.
@@ -475,7 +474,6 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         self.locations = locations
         self.metrics = metrics
         self.hub = hub
-        self.openings = asyncio.Semaphore(OPENING_READS)
 
     @rpc("GetAvailability")
     async def GetAvailability(
@@ -546,8 +544,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         versions: dict[tuple[str, str], int] = {}
         if request.send_current:
             pairs = [(loc, sku) for loc in locations for sku in skus]
-            async with self.openings:  # a few opening states read at once, the rest wait
-                rows = await self.storage.rows(pairs)
+            rows = await self.storage.rows(pairs)
             for (loc, sku), row in zip(pairs, rows, strict=True):
                 versions[(loc, sku)] = row.version
                 yield pb.AvailabilityChange(level=level(loc, sku, row), current=True)
