@@ -60,7 +60,7 @@ from engine.reservations import Reservations
 from engine.settings import Settings
 from engine.sourcing import COST_FIELDS, Constraints, CostModel, OrderLine, Unfillable
 from engine.storage import Storage
-from engine.throttle import Budget, IdleStream, drain, gently, next_within
+from engine.throttle import Budget, IdleStream, Turns, drain, gently, next_within
 from engine.watch import Closing, Overflow, Watcher, WatchHub
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ MAX_MAPPINGS = 10_000
 # lines all of them may hold, and how long one may stay silent, are settings). (Wide row
 # reads take their turn in the store: engine/storage.py BIG_READ.)
 INGEST_BATCHES = 2
+LIGHT_BATCH = 100  # events: a batch this small never waits behind the big ones
 COUNTS_AT_ONCE = 2
 # A count refused part way is read on (and dropped) this long before the refusal is sent:
 # grpc's asyncio client loses the server's status to INTERNAL when it is still writing as
@@ -693,7 +694,7 @@ class StockService(pb_grpc.StockServiceServicer):
         self.storage = ingest.storage
         self.locations = locations
         self.metrics = metrics
-        self.batches = asyncio.Semaphore(INGEST_BATCHES)
+        self.batches = Turns(INGEST_BATCHES, light=LIGHT_BATCH)
         self.counts = asyncio.Semaphore(COUNTS_AT_ONCE)
         self.count_lines = Budget(count_lines_held, "count lines")
         self.count_idle_seconds = count_idle_seconds
@@ -741,7 +742,7 @@ class StockService(pb_grpc.StockServiceServicer):
             raise InvalidArgument("events", "at least one event is required")
         if len(request.events) > MAX_EVENTS:
             raise InvalidArgument("events", f"at most {MAX_EVENTS} events per call")
-        async with self.batches:
+        async with self.batches.take(len(request.events)):
             events = [
                 event_from_pb(m, f"events[{i}]") async for i, m in gently(enumerate(request.events))
             ]
@@ -788,7 +789,7 @@ class StockService(pb_grpc.StockServiceServicer):
     async def _acks(self, batch: list[pb.StreamEventsRequest]) -> list[pb.StreamEventsResponse]:
         """One ingest call for the events of several requests; one answer per request. A
         request over MAX_EVENTS has every event rejected; the stream goes on."""
-        async with self.batches:
+        async with self.batches.take(sum(len(request.events) for request in batch)):
             items = [item async for item in gently(_events_of(batch))]
             if not items:
                 return [pb.StreamEventsResponse() for _ in batch]

@@ -48,7 +48,6 @@ and runs the call again, which is safe because every script here is idempotent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.resources
 import time
 import zlib
@@ -72,7 +71,7 @@ from engine.domain import (
 )
 from engine.errors import Unavailable
 from engine.settings import Settings
-from engine.throttle import gently
+from engine.throttle import Turns, gently
 
 T = TypeVar("T")
 LOCATIONS = "{omnistock}:locations"
@@ -395,7 +394,7 @@ class Storage:
         self.event_window_ms = event_window_ms
         self.scripts = {name: Script(name) for name in self.SCRIPTS}
         self.batcher = AutoPipeline(client)
-        self._big_reads = asyncio.Semaphore(1)
+        self._wide_reads = Turns(1, light=BIG_READ)
         self._load_lock = asyncio.Lock()
         self._loaded_at = 0.0
 
@@ -523,19 +522,13 @@ class Storage:
         slot (on one Redis: for all of them), every slot's script in one round trip.
         Decoded giving the event loop a turn every few hundred rows: a read of 20,000
         rows takes tens of milliseconds to decode."""
-        async with self._turn(pairs):
+        async with self._wide_reads.take(len(pairs)):
             return [parse_row(v) async for v in gently(await self._read_values(pairs))]
 
     async def available(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """What `rows` reads, as each row's available units only (cheaper to decode)."""
-        async with self._turn(pairs):
+        async with self._wide_reads.take(len(pairs)):
             return [available_of(v) async for v in gently(await self._read_values(pairs))]
-
-    def _turn(
-        self, pairs: Sequence[tuple[str, str]]
-    ) -> contextlib.AbstractAsyncContextManager[Any]:
-        """A wide read (and its decoding) waits for the one slot of wide reads."""
-        return self._big_reads if len(pairs) > BIG_READ else contextlib.nullcontext()
 
     async def _read_values(self, pairs: Sequence[tuple[str, str]]) -> list[bytes | None]:
         by_slot: dict[int, list[int]] = {}

@@ -1,20 +1,32 @@
 """The share of this process that one kind of heavy work may take, so that no caller's
 heavy calls starve the others (health and small reads above all) of the event loop, of
-memory, or of Redis: a budget refused past its size, a conversion that gives the event
-loop a turn every few hundred items, a client stream cut when it goes silent. (Slots that
-calls wait for are plain asyncio.Semaphores, in the servicers.)"""
+memory, or of Redis: turns that heavy work waits for (light work never does), a budget
+refused past its size, a conversion that gives the event loop a turn every few hundred
+items, a client stream cut when it goes silent."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from engine.errors import ResourceExhausted
 
 T = TypeVar("T")
 YIELD_EVERY = 500  # items converted between two turns given back to the event loop
+
+
+class Turns:
+    """A few slots for heavy work, which waits its turn for one; light work (at most
+    `light` items) does not wait: it must never queue behind the heavy."""
+
+    def __init__(self, slots: int, light: int) -> None:
+        self._gate = asyncio.Semaphore(slots)
+        self.light = light
+
+    def take(self, size: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._gate if size > self.light else contextlib.nullcontext()
 
 
 class Budget:
