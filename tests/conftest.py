@@ -5,6 +5,7 @@ once on each."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -20,11 +21,13 @@ from engine.domain import Location, LocationType
 from engine.embedded import EmbeddedRedis, LocalCluster
 from engine.locations import LocationRegistry
 from engine.metrics import Metrics
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.reservations import Reservations, Timing
 from engine.settings import Settings
 from engine.storage import Storage
 from engine.sweeper import Sweeper
 
+from .grpc_helpers import Stubs, location
 from .processes import ServerProcess
 
 BUCKETS = 8  # few buckets, so rows share buckets and scripts meet several rows per key
@@ -121,6 +124,21 @@ def settings_for(redis_url: str, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def served(redis_url: str, **overrides: object) -> AsyncIterator[tuple[Omnistock, Stubs]]:
+    """A server of its own with these settings, and stubs over a channel to it, with the
+    location L1 made; stopped on leaving."""
+    app = create_server(settings_for(redis_url, **overrides))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs = Stubs(channel)
+            await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[location("L1")]))
+            yield app, stubs
+    finally:
+        await app.stop(grace=1.0)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster
 
-from engine.app import Omnistock, create_server
+from engine.app import Omnistock
 from engine.clock import ManualClock
 from engine.domain import EventKind, Line, ReservationState, StockEvent, check_id
 from engine.errors import InvalidArgument
@@ -34,7 +34,7 @@ from engine.storage import (
     Storage,
 )
 
-from .conftest import ON_BOTH, all_keys, settings_for
+from .conftest import ON_BOTH, all_keys, served
 from .grpc_helpers import LAT, LON, Stubs, count, line, location, place, stock_up, store
 
 
@@ -218,28 +218,21 @@ async def test_a_burst_of_calls_is_answered_never_cancelled(server: Omnistock) -
 
 async def test_calls_over_the_limit_are_resource_exhausted(one_redis_url: str) -> None:
     # given a server that takes two calls at once, both taken by open watch streams
-    app = create_server(settings_for(one_redis_url, max_concurrent_calls=2))
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stubs = Stubs(channel)
-            await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[location("L1")]))
-            watch = pb.WatchAvailabilityRequest(location_ids=["L1"], skus=["S1"], send_current=True)
-            streams = [stubs.availability.WatchAvailability(watch) for _ in range(2)]
-            for stream in streams:
-                assert (await stream.read()).current  # under way
-            # when a third call comes
-            err = await refused(
-                stubs.availability.GetAvailability(
-                    pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"])
-                )
+    async with served(one_redis_url, max_concurrent_calls=2) as (_, stubs):
+        watch = pb.WatchAvailabilityRequest(location_ids=["L1"], skus=["S1"], send_current=True)
+        streams = [stubs.availability.WatchAvailability(watch) for _ in range(2)]
+        for stream in streams:
+            assert (await stream.read()).current  # under way
+        # when a third call comes
+        err = await refused(
+            stubs.availability.GetAvailability(
+                pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"])
             )
-            # then it is refused as retryable
-            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            for stream in streams:
-                stream.cancel()
-    finally:
-        await app.stop(grace=1.0)
+        )
+        # then it is refused as retryable
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for stream in streams:
+            stream.cancel()
 
 
 # -- answers ------------------------------------------------------------------------------
