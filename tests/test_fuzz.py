@@ -31,14 +31,18 @@ as its server starts is waited out (Fuzz.start). Each example starts from the sa
 world, made once through the API and restored from its dumps, so a failure replays and
 shrinks. In CI the examples are derandomized: the same ones every run.
 
-Sizes. By default 20 examples per RPC (10 per RPC of raw bytes, 20 sequences): about 35 s
+Request streams (StreamEvents, ReconcileCount) are sent on a plain channel, the others on
+an asyncio one: the asyncio client may report an INTERNAL of its own over the status of a
+server that ended a stream before reading all of it (grpc/grpc#36066).
+
+Sizes. By default 15 examples per RPC (8 per RPC of raw bytes, 15 sequences): about 30 s
 on a shared two-core machine. A longer run sets OMNISTOCK_FUZZ_EXAMPLES (examples per RPC;
 the others scale with it) and draws fresh examples each run:
 
     OMNISTOCK_FUZZ_EXAMPLES=1000 .venv/bin/python -m pytest tests/test_fuzz.py -q
 
-(200 per RPC take about 6 minutes there; a failure prints the `@reproduce_failure` blob
-that replays it).
+(200 per RPC take about 6 minutes there, 1000 about 30; a failure prints the
+`@reproduce_failure` blob that replays it).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ from engine.domain import MAX_ID_LENGTH, MAX_LINES, MAX_QTY, MAX_TTL_SECONDS
 from engine.geo import HALF_CIRCUMFERENCE_KM
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.service import MAX_EVENTS, MAX_SKUS
-from engine.storage import SAGAS, parse_row
+from engine.storage import SAGAS, SHORTAGES, parse_row
 
 from .conftest import HOUR_MS, all_keys, settings_for
 from .grpc_helpers import LON, Stubs, north
@@ -76,7 +80,7 @@ from .test_concurrency import assert_rows_match_holds, held_per_row, parts_in_re
 
 EXAMPLES = int(os.environ.get("OMNISTOCK_FUZZ_EXAMPLES", "0"))
 LONG_RUN = EXAMPLES > 0
-PER_RPC = EXAMPLES or 20
+PER_RPC = EXAMPLES or 15
 FUZZ = settings(
     max_examples=PER_RPC,
     deadline=None,
@@ -93,7 +97,7 @@ FUZZ = settings(
 # the per-test timeout of the suite (120 s) fits CI's sizes; a long run needs more
 TIMEOUT = pytest.mark.timeout(max(120, PER_RPC * 3))
 CALL_TIMEOUT = 10.0  # s: far above any call here; a hang fails (DEADLINE_EXCEEDED) in time
-WATCH_WAIT = 0.15  # s: an accepted watch without send_current says nothing until a change
+WATCH_WAIT = 0.1  # s: an accepted watch without send_current says nothing until a change
 
 NOW = ManualClock().now  # the engine's time, frozen
 T0 = NOW - HOUR_MS  # when the seeded rows were counted
@@ -565,31 +569,40 @@ class Outcome:
     answers: list[Any] = field(default_factory=list)
 
 
-async def invoke(channel: grpc.aio.Channel, rpc: Rpc, payload: Any, raw: bool) -> Outcome:
-    """One call through the generic channel methods: typed messages, or raw bytes."""
-    method = getattr(channel, rpc.kind)(
+def generic(channel: grpc.Channel | grpc.aio.Channel, rpc: Rpc, raw: bool) -> Any:
+    """The channel's generic method for `rpc`: typed requests, or raw bytes."""
+    return getattr(channel, rpc.kind)(
         rpc.path,
         request_serializer=None if raw else rpc.request.SerializeToString,
         response_deserializer=rpc.response.FromString,
     )
+
+
+async def invoke(channel: grpc.aio.Channel, rpc: Rpc, payload: Any, raw: bool) -> Outcome:
+    """One call of a unary request, on the asyncio channel."""
+    method = generic(channel, rpc, raw)
     try:
         if rpc.kind == "unary_stream":
             return await watch(method(payload, timeout=CALL_TIMEOUT))
-        if rpc.kind == "stream_stream":
-            return await answers_of(method(iter(payload), timeout=CALL_TIMEOUT))
-        request = iter(payload) if rpc.kind == "stream_unary" else payload
-        return Outcome(OK, answers=[await method(request, timeout=CALL_TIMEOUT)])
+        return Outcome(OK, answers=[await method(payload, timeout=CALL_TIMEOUT)])
     except grpc.aio.AioRpcError as err:
         return Outcome(err.code(), err.details() or "")
 
 
-async def answers_of(call: Any) -> Outcome:
-    """Every answer a stream sent, also those before the status that ended it."""
+def invoke_streaming(channel: grpc.Channel, rpc: Rpc, payload: Any, raw: bool) -> Outcome:
+    """One call of a request stream, on a plain (thread) channel: when a server ends a
+    stream it has not read to the end, the asyncio client may report its own INTERNAL
+    ("Internal error from Core") over the server's status (grpc/grpc#36066; the server
+    answered as it should, and the plain client reports that). Every answer is kept, also
+    those before the status that ended the stream."""
     got = Outcome(OK)
     try:
-        async for answer in call:
-            got.answers.append(answer)
-    except grpc.aio.AioRpcError as err:
+        if rpc.kind == "stream_unary":
+            got.answers.append(generic(channel, rpc, raw)(iter(payload), timeout=CALL_TIMEOUT))
+        else:
+            for answer in generic(channel, rpc, raw)(iter(payload), timeout=CALL_TIMEOUT):
+                got.answers.append(answer)
+    except grpc.RpcError as err:
         got.code, got.details = err.code(), err.details() or ""
     return got
 
@@ -627,6 +640,14 @@ async def snapshot(redis: aioredis.Redis) -> State:
     """Every key with its serialized value and absolute expiry: equal snapshots, equal data
     (tests/test_edge.py's snapshot, with the expiry too: a refused call may not move it)."""
     return {key: (value, expires_at) for key, value, expires_at in await redis.eval(SNAPSHOT, 0)}
+
+
+def without_shortages(state: State) -> State:
+    return {key: value for key, value in state.items() if key != SHORTAGES.encode()}
+
+
+async def shortage_events(redis: aioredis.Redis) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in await redis.xrange(SHORTAGES)]
 
 
 def diff(before: State, after: State) -> dict[str, list[bytes]]:
@@ -685,6 +706,7 @@ class Fuzz:
         self.app: Omnistock = create_server(settings_, self.clock)
         await self.app.start()
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.app.port}")
+        self.streaming = grpc.insecure_channel(f"127.0.0.1:{self.app.port}")
         self.stubs = Stubs(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         async with asyncio.timeout(CALL_TIMEOUT):  # polled: the sign is in Redis
@@ -694,6 +716,7 @@ class Fuzz:
                 await asyncio.sleep(0.001)
 
     async def stop(self) -> None:
+        self.streaming.close()
         await self.channel.close()
         await self.app.stop(grace=1.0)
 
@@ -725,10 +748,15 @@ class Fuzz:
         still unread since it started, so it reads this world's mappings on first use."""
         await self.restore(self.seeded)
 
+    async def call(self, rpc: Rpc, payload: Any, raw: bool) -> Outcome:
+        if rpc.method.client_streaming:
+            return await asyncio.to_thread(invoke_streaming, self.streaming, rpc, payload, raw)
+        return await invoke(self.channel, rpc, payload, raw)
+
     async def send(self, rpc: Rpc, payload: Any, raw: bool = False) -> Outcome:
         """One call, and every check after it."""
         before = await snapshot(self.redis)
-        got = await invoke(self.channel, rpc, payload, raw)
+        got = await self.call(rpc, payload, raw)
         event(f"{rpc.name}: {got.code.name}")
         assert got.code in DEFINED, f"{rpc.name} answered {got.code.name}: {got.details}"
         if got.code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -754,16 +782,20 @@ class Fuzz:
         """A StreamEvents stream refused after some answers: the messages answered were
         applied (each answer acknowledges one), the refused one and what followed it were
         not. So the store is as after a stream of just the messages answered: sent again
-        from the state before, they must leave every key as the refused stream did."""
+        from the state before, they must leave every key as the refused stream did. (The
+        shortage events are compared by content: their stream ids are Redis' own clock.)"""
         answered = payload[: len(got.answers)]
+        shortages = await shortage_events(self.redis)
         await self.restore(before)
-        again = await invoke(self.channel, rpc, answered, raw)
+        again = await self.call(rpc, answered, raw)
         assert again.code == OK and len(again.answers) == len(answered), again
         replayed = await snapshot(self.redis)
-        assert replayed == after, (
-            f"refused {rpc.name} ({got.code.name}: {got.details}) after {len(answered)} "
-            f"answers wrote more than those messages: {diff(replayed, after)}"
+        refused = f"refused {rpc.name} ({got.code.name}: {got.details})"
+        assert without_shortages(replayed) == without_shortages(after), (
+            f"{refused} after {len(answered)} answers wrote more than those messages: "
+            f"{diff(replayed, after)}"
         )
+        assert await shortage_events(self.redis) == shortages, refused
 
     async def alive(self) -> None:
         """The server answers health and a small read."""
@@ -856,7 +888,7 @@ async def test_hostile_messages_get_a_defined_answer_and_a_refusal_writes_nothin
 
 @TIMEOUT
 @pytest.mark.parametrize("name", NAMES)
-@settings(FUZZ, max_examples=max(10, PER_RPC // 2))
+@settings(FUZZ, max_examples=max(8, PER_RPC // 2))
 @given(data=st.data())
 async def test_bytes_that_are_not_the_message_get_a_defined_answer(
     fuzz: Fuzz, name: str, data: st.DataObject
