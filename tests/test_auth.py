@@ -5,6 +5,8 @@ limits, token rotation without a restart, TLS, and where an open server may list
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from engine.storage import ACL_RULES
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, count, line, location
+from .processes import ServerProcess
 
 ROLES = {role: f"token-{role.value}" for role in Role}
 
@@ -590,3 +593,31 @@ async def test_a_scoped_ingest_maps_only_to_its_own_locations(channel_to: grpc.a
         await stubs.stock.SetMappings(mapping("L2"), metadata=feed)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "mappings[0].id" in (err.value.details() or "")
+
+
+async def test_sighup_reloads_the_auth_file_of_a_running_server(
+    spawn: Callable[..., ServerProcess], tmp_path: Path, one_redis_url: str
+) -> None:
+    # given a server process with principals, its admin token then replaced in the file
+    # (with the file's old modification time, so that only the signal can reload it)
+    path = principals_file(tmp_path / "auth.toml")
+    service = spawn("--redis-url", one_redis_url, "--auth-file", str(path), "--metrics-port", "0")
+    await service.start()
+    before = path.stat()
+    principals_file(path, tokens={**ROLES, Role.ADMIN: "after-hup"})
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stubs = Stubs(channel)
+        call = CALLS["GetAvailability"]
+        assert await code_of(call(stubs, bearer("after-hup"))) == grpc.StatusCode.UNAUTHENTICATED
+        # when it is sent SIGHUP
+        os.kill(service.pid, signal.SIGHUP)
+        # then the new token is taken, and the old one no longer
+        for _ in range(100):
+            if await code_of(call(stubs, bearer("after-hup"))) != grpc.StatusCode.UNAUTHENTICATED:
+                break
+            await asyncio.sleep(0.05)
+        got = await code_of(call(stubs, bearer("after-hup")))  # L1 may not be there: let in
+        assert got not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE), got
+        old = await code_of(call(stubs, bearer(ROLES[Role.ADMIN])))
+        assert old == grpc.StatusCode.UNAUTHENTICATED
