@@ -255,9 +255,17 @@ EVENT_IDS = st.sampled_from([f"seed:{STORE}:SKU-1:{T0}", "e-1", "e-2", "c:done-1
 STRINGS: dict[str, Pool] = {
     "location": ids(*LOCATIONS, CLOSED),
     "sku": ids(*SKUS, "SKU-new", "item-9"),
-    "reservation_id": ids(clean=st.one_of(st.sampled_from(RESERVATION_IDS), VALID_ID)),
+    "reservation_id": ids(*RESERVATION_IDS),
+    # a new hold and a new plan also need ids no one holds yet; an event, often none
+    "omnistock.v1.ReserveRequest.reservation_id": ids(
+        clean=st.one_of(st.sampled_from(RESERVATION_IDS), VALID_ID)
+    ),
+    "omnistock.v1.AllocateRequest.reservation_id": ids(
+        clean=st.one_of(st.sampled_from(RESERVATION_IDS), VALID_ID)
+    ),
+    "omnistock.v1.StockEvent.reservation_id": ids("", "", *RESERVATION_IDS),
     "event_id": ids(clean=st.one_of(EVENT_IDS, VALID_ID)),
-    "source": ids("", "", "till-1", "shop"),
+    "source": pool(st.sampled_from(["", "", "till-1"]), st.just("shop"), HOSTILE_TEXT),
     "omnistock.v1.Mapping.source": ids("shop", "till-1", "square"),
     "count_id": ids(clean=st.one_of(st.sampled_from(["count-1", "count-2"]), VALID_ID)),
     "external_id": ids("ext-1", "item-9", "ext-new"),
@@ -370,18 +378,26 @@ SIZES = st.one_of(st.none(), st.none(), st.none(), st.none(), st.sampled_from(BI
 
 
 def values(f: FieldDescriptor) -> Pool:
-    """The field's strategies; a repeated field's are lists of its values (the wild ones
-    mix clean and wild entries), empty, short, or grown to one of the sizes in BIG."""
+    """The field's strategies; a repeated field's are lists of its values, short or grown
+    to one of the sizes in BIG: clean ones of clean values; wild ones either clean but for
+    one entry, or of any values (empty too)."""
     one = BY_TYPE[f.type](f)
     if not f.is_repeated:
         return one
     unique = None
     if f.message_type is not None and set(f.message_type.fields_by_name) == {"sku", "qty"}:
         unique = attrgetter("sku")  # a basket or a count lists each sku once
+    clean_list = st.lists(one.clean, min_size=1, max_size=4, unique_by=unique)
+    odd = st.builds(with_one, clean_list, one.wild, st.integers(0, 3))
     return Pool(
-        st.builds(grow, st.lists(one.clean, min_size=1, max_size=4, unique_by=unique), SIZES),
-        st.builds(grow, st.lists(one.wild, max_size=6), SIZES),
+        st.builds(grow, clean_list, SIZES),
+        st.builds(grow, st.one_of(odd, st.lists(one.wild, max_size=6)), SIZES),
     )
+
+
+def with_one(items: list[Any], odd: Any, at: int) -> list[Any]:
+    """`items` with `odd` in place of one of them."""
+    return [odd if i == at % len(items) else item for i, item in enumerate(items)]
 
 
 def grow(items: list[Any], size: int | None) -> list[Any]:
