@@ -329,7 +329,11 @@ class Ingest:
                 raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
             counted[ours] = qty
         missing: list[str] = []
-        if count.zero_missing:  # first the mark, so rows made from now on are covered too
+        # a count older than the event window is stale for every row (apply_events.lua):
+        # it may not set the location's full-count mark either, or a delta from before it
+        # arriving after it would be taken for one it includes (I5: order would matter)
+        in_window = count.counted_at > self.now_ms() - self.storage.event_window_ms
+        if count.zero_missing and in_window:  # first the mark: rows made later are covered
             await self.storage.apply_events(location, [], self.now_ms(), count.counted_at)
             rows = await self.storage.rows_at(location)
             missing = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -396,3 +397,23 @@ async def test_reflection_is_served_as_v1_and_v1alpha(
     ]
     names = {s.name for s in answers[0].list_services_response.service}
     assert {"omnistock.v1.ReservationService", "grpc.reflection.v1.ServerReflection"} <= names
+
+
+async def test_a_zeroing_count_older_than_the_window_leaves_no_mark(stubs: Stubs) -> None:
+    # given a zeroing count from 100 h ago (older than the 72 h window: stale)
+    await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[location("L1")]))
+    now = int(time.time() * 1000)
+    header = pb.CountHeader(
+        location_id="L1", count_id="c1", counted_at=now - 100 * 3_600_000,
+        missing=pb.MISSING_SKUS_ZERO,
+    )  # fmt: skip
+    message = pb.ReconcileCountRequest(
+        header=header, lines=[pb.CountLine(sku="A", qty=5)], end=True
+    )
+    assert (await stubs.stock.ReconcileCount(iter([message]))).changed == 0
+    # when a delta from before it arrives after it
+    delta = count("d1", "L1", "B", 3, now - 101 * 3_600_000)
+    delta.kind = pb.EVENT_KIND_DELTA
+    done = await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[delta]))
+    # then it applies, as it would have before the count (arrival order does not matter)
+    assert list(done.outcomes) == [pb.EVENT_OUTCOME_APPLIED]
