@@ -20,7 +20,8 @@ Scenarios: baseline (no abuse), unknown-locations, allocate, watch, stream-event
 safety-stock, reconcile (bench/abusers.py says what each sends). Without --target, each
 scenario gets a fresh `python server.py --demo` of this checkout, with an embedded store in
 a temporary state dir, on free ports (the demo data is loaded once and its state dir
-copied). With --target host:port it measures a running server instead (--server-pid for
+copied), and an --auth-file of two principals: the abusive clients call as one, the probes
+as the other (a per-principal limit the abusers meet is not the probes'). With --target host:port it measures a running server instead (--server-pid for
 its RSS and CPU), so an older commit's server can be measured the same way; the scenarios
 then share that server, in the order given. A markdown table goes to stdout, the full
 results as JSON to --out.
@@ -51,10 +52,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.abusers import FINITE_FEEDS, SCENARIOS, Plan, client_entry, sku
-from bench.server import ROOT, BenchServer
+from bench.server import ROOT, BenchServer, bearer, principals_file
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
+# The servers the bench starts know two principals: the abusive clients are one, the probes
+# the other, so that a per-principal limit the abusers meet is not met by the probes.
+TOKENS = {"abuser": "abuser-token", "probe": "probe-token"}
 PROBE_DEADLINE = 5.0
 SETTLE_DEADLINE = 1.0
 SETTLE_LIMIT = 60.0
@@ -235,8 +239,9 @@ def percentile(ordered: list[float], p: float) -> float | None:
 class Probes:
     """The three small calls, on a channel each (as a load balancer and two apps would)."""
 
-    def __init__(self, target: str, location: str, sku_id: str, run_id: str) -> None:
+    def __init__(self, target: str, token: str, location: str, sku_id: str, run_id: str) -> None:
         self.channels = [grpc.aio.insecure_channel(target) for _ in range(3)]
+        self.md = bearer(token)
         self.health = health_pb2_grpc.HealthStub(self.channels[0])
         self.availability = pb_grpc.AvailabilityServiceStub(self.channels[1])
         self.stock = pb_grpc.StockServiceStub(self.channels[2])
@@ -251,7 +256,7 @@ class Probes:
 
     async def read(self, within: float) -> str:
         request = pb.GetAvailabilityRequest(skus=[self.sku], location_ids=[self.location])
-        await self.availability.GetAvailability(request, timeout=within)
+        await self.availability.GetAvailability(request, timeout=within, metadata=self.md)
         return "OK"
 
     async def write(self, within: float) -> str:
@@ -265,7 +270,9 @@ class Probes:
             source_time=int(time.time() * 1000),
             source="abuse-probe",
         )
-        await self.stock.ApplyEvents(pb.ApplyEventsRequest(events=[event]), timeout=within)
+        await self.stock.ApplyEvents(
+            pb.ApplyEventsRequest(events=[event]), timeout=within, metadata=self.md
+        )
         return "OK"
 
     async def close(self) -> None:
@@ -443,6 +450,7 @@ class Setup:
     rate: float
     run_id: str
     locations: tuple[str, ...]  # the probe's first
+    tokens: dict[str, str]  # principal -> bearer token: "abuser" and "probe" ({}: open server)
 
     def plans(self, scenario: str) -> list[Plan]:
         return [
@@ -457,6 +465,7 @@ class Setup:
                 probe_sku=sku(0),
                 locations=self.locations,
                 stop_after=self.seconds + READY_LIMIT + FEED_LIMIT + 30,
+                token=self.tokens.get("abuser", ""),
             )
             for i in range(self.clients)
         ]
@@ -499,7 +508,9 @@ def run_scenario(setup: Setup, scenario: str) -> dict[str, Any]:
 async def _measure(
     setup: Setup, clients: Clients | None, window: Window
 ) -> tuple[dict[str, Probe], float | None, dict[str, Any] | None]:
-    probes = Probes(setup.target, setup.locations[0], sku(0), setup.run_id)
+    probes = Probes(
+        setup.target, setup.tokens.get("probe", ""), setup.locations[0], sku(0), setup.run_id
+    )
     try:
         seen = await probe_for(probes, setup.rate, window)
         window.probed = time.monotonic() - window.start
@@ -575,8 +586,11 @@ class Servers:
         self.state = seed.state
 
     def start(self) -> BenchServer:
+        """With principals of their own for the abusers and the probes (TOKENS)."""
         server = BenchServer(self.args)
         shutil.copytree(self.state, server.state, ignore=NOT_COPIED, dirs_exist_ok=True)
+        auth = principals_file(Path(server.state) / "auth.toml", TOKENS)
+        server.extra = [*server.extra, "--auth-file", str(auth)]
         server.start(timeout=120.0)
         return server
 
@@ -699,7 +713,7 @@ def run_all(args: argparse.Namespace, run_id: str) -> list[dict[str, Any]]:
     locations = servers.locations if servers else asyncio.run(active_locations(args.target))
     setup = Setup(
         args.target or "", args.server_pid, args.clients, args.scale, args.seconds, args.rate,
-        run_id, locations,
+        run_id, locations, TOKENS if servers else {},
     )  # fmt: skip
     results = []
     try:

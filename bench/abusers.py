@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from bench.server import bearer
 from engine.domain import MAX_LINES, MAX_ROWS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
@@ -74,6 +75,7 @@ class Plan:
     probe_sku: str
     locations: tuple[str, ...]  # every active location, the probe's first
     stop_after: float  # seconds: a client stops by itself then, whatever happens
+    token: str  # the bearer token of the abusers' principal ("": an open server)
 
     def size(self, full: int) -> int:
         return max(1, round(full * self.scale))
@@ -170,6 +172,7 @@ class Abuse:
         self.availability = pb_grpc.AvailabilityServiceStub(channel)
         self.sourcing = pb_grpc.SourcingServiceStub(channel)
         self.stock = pb_grpc.StockServiceStub(channel)
+        self.md = bearer(plan.token)
 
     async def run(self, stop: asyncio.Event) -> None:
         runs: dict[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = {
@@ -189,7 +192,7 @@ class Abuse:
         def call(k: int) -> Awaitable[Any]:
             ids = [f"nowhere-{p.run_id}-{p.index}-{k}-{i:06d}" for i in range(n)]
             return self.availability.GetAvailability(  # type: ignore[no-any-return]
-                pb.GetAvailabilityRequest(skus=[p.probe_sku], location_ids=ids)
+                pb.GetAvailabilityRequest(skus=[p.probe_sku], location_ids=ids), metadata=self.md
             )
 
         await unary_loop(call, stop, self.tally)
@@ -209,7 +212,8 @@ class Abuse:
                     longitude=lon,
                     max_shipments=MAX_SHIPMENTS,
                     allow_split=True,
-                )
+                ),
+                metadata=self.md,
             )
 
         await unary_loop(call, stop, self.tally)
@@ -227,7 +231,7 @@ class Abuse:
                 for i in range(n)
             ]
             return self.stock.SetSafetyStock(  # type: ignore[no-any-return]
-                pb.SetSafetyStockRequest(entries=entries)
+                pb.SetSafetyStockRequest(entries=entries), metadata=self.md
             )
 
         await unary_loop(call, stop, self.tally)
@@ -255,7 +259,7 @@ class Abuse:
                 self.tally.sent["changes_received"] += 1
 
         async def one(k: int) -> None:
-            call = self.availability.WatchAvailability(request(k))
+            call = self.availability.WatchAvailability(request(k), metadata=self.md)
             await hold(call, read(call), stop, self.tally)
 
         await asyncio.gather(*(one(k) for k in p.share(p.size(WATCHES))))
@@ -288,7 +292,7 @@ class Abuse:
                 self.tally.sent["events"] += per_message
 
         async def one(k: int) -> None:
-            call = self.stock.StreamEvents()
+            call = self.stock.StreamEvents(metadata=self.md)
             await hold(call, feed(call, k), stop, self.tally)
 
         await asyncio.gather(*(one(k) for k in p.share(p.size(EVENT_STREAMS))))
@@ -319,7 +323,7 @@ class Abuse:
                 self.tally.sent["feed_ms"] = round((time.perf_counter() - started) * 1000)
                 self.fed()
 
-        call = self.stock.ReconcileCount()
+        call = self.stock.ReconcileCount(metadata=self.md)
         await hold(call, feed(call), stop, self.tally)
 
 

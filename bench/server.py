@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from engine.auth import token_digest
 from engine.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,3 +59,20 @@ class BenchServer:
                 self.process.wait()
         if remove_state:
             shutil.rmtree(self.state, ignore_errors=True)
+
+
+def principals_file(path: Path, tokens: dict[str, str]) -> Path:
+    """An --auth-file of admin principals, one per name, with these bearer tokens."""
+    path.write_text(
+        "".join(
+            f'[[principal]]\nname = "{name}"\nrole = "admin"\n'
+            f'token_sha256 = "{token_digest(token)}"\n\n'
+            for name, token in tokens.items()
+        )
+    )
+    return path
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...] | None:
+    """The metadata of a call made with this bearer token (none: "")."""
+    return (("authorization", f"Bearer {token}"),) if token else None

@@ -208,6 +208,7 @@ class Omnistock:
             zero_missing=self.settings.count_missing == "zero",
             count_lines_held=self.settings.count_lines_held,
             count_idle_seconds=self.settings.count_idle_seconds,
+            ingest_rate=self.settings.ingest_rate,
         )
         pb_grpc.add_StockServiceServicer_to_server(self.stock_service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

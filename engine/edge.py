@@ -17,7 +17,6 @@ that failed any of these.
 from __future__ import annotations
 
 import inspect
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from engine.errors import (
     Unauthenticated,
 )
 from engine.metrics import Metrics
+from engine.throttle import Rate
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 REFLECTION = "/grpc.reflection."
@@ -52,7 +52,7 @@ class Gate:
     def __init__(self, principals: Principals | None, limits: Limits) -> None:
         self.principals = principals
         self.limits = limits
-        self._tokens: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
+        self.calls = Rate(limits.rate)
         self.streams: Counter[str] = Counter()
 
     def identify(
@@ -86,21 +86,11 @@ class Gate:
             )
 
     def within_rate(self, principal: Principal) -> None:
-        if self.limits.rate > 0 and not self._take(principal.name):
+        if not self.calls.try_take(principal.name):
             raise ResourceExhausted(
                 f"principal {principal.name or 'open'} is over its {self.limits.rate:g} "
                 "calls per second; retry later"
             )
-
-    def _take(self, name: str) -> bool:
-        rate, now = self.limits.rate, time.monotonic()
-        tokens, at = self._tokens.get(name, (rate, now))
-        tokens = min(rate, tokens + (now - at) * rate)
-        if tokens < 1:
-            self._tokens[name] = (tokens, now)
-            return False
-        self._tokens[name] = (tokens - 1, now)
-        return True
 
     def open_stream(self, principal: Principal) -> None:
         if self.streams[principal.name] >= self.limits.streams:

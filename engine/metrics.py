@@ -72,6 +72,12 @@ class Metrics:
             "1 while the health probe finds Redis up, 0 while it finds it down (engine/probe.py)",
             registry=r,
         )
+        self.ingest_paced = Counter(
+            "omnistock_ingest_paced_seconds_total",
+            "Seconds stock events and count lines were held back, their principal being over "
+            "--ingest-rate (summed over the calls held)",
+            registry=r,
+        )
         self.refused = Counter(
             "omnistock_refused_total",
             "Calls refused at the edge, by why (unauthenticated, permission, rate, streams)",

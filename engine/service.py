@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from engine.allocation import Allocation, Allocator, Order, check_order
+from engine.auth import current
 from engine.domain import (
     MAX_LINES,
     MAX_ROWS,
@@ -60,7 +61,7 @@ from engine.reservations import Reservations
 from engine.settings import Settings
 from engine.sourcing import COST_FIELDS, Constraints, CostModel, OrderLine, Unfillable
 from engine.storage import Storage
-from engine.throttle import Budget, IdleStream, Turns, drain, gently, next_within
+from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next_within
 from engine.watch import Closing, Overflow, Watcher, WatchHub
 
 log = logging.getLogger(__name__)
@@ -688,6 +689,7 @@ class StockService(pb_grpc.StockServiceServicer):
         zero_missing: bool,
         count_lines_held: int = 1_000_000,
         count_idle_seconds: float = 30.0,
+        ingest_rate: float = 0.0,
     ) -> None:
         self.ingest = ingest
         self.zero_missing = zero_missing
@@ -698,6 +700,7 @@ class StockService(pb_grpc.StockServiceServicer):
         self.counts = asyncio.Semaphore(COUNTS_AT_ONCE)
         self.count_lines = Budget(count_lines_held, "count lines")
         self.count_idle_seconds = count_idle_seconds
+        self.pace = Rate(ingest_rate)
 
     @rpc("UpsertLocations")
     async def UpsertLocations(
@@ -742,6 +745,7 @@ class StockService(pb_grpc.StockServiceServicer):
             raise InvalidArgument("events", "at least one event is required")
         if len(request.events) > MAX_EVENTS:
             raise InvalidArgument("events", f"at most {MAX_EVENTS} events per call")
+        await self._paced(len(request.events))
         async with self.batches.take(len(request.events)):
             events = [
                 event_from_pb(m, f"events[{i}]") async for i, m in gently(enumerate(request.events))
@@ -766,6 +770,7 @@ class StockService(pb_grpc.StockServiceServicer):
         async def read() -> None:
             try:
                 async for request in requests:
+                    await self._paced(len(request.events))
                     await queue.put(request)
                 await queue.put(_Ended())
             except Exception as exc:  # the stream broke: the loop below raises it
@@ -785,6 +790,12 @@ class StockService(pb_grpc.StockServiceServicer):
         finally:
             reader.cancel()
             self.metrics.event_streams.dec()
+
+    async def _paced(self, items: int) -> None:
+        """Waits while the caller's principal is over its ingest rate."""
+        waited = await self.pace.take(current().name, items)
+        if waited:
+            self.metrics.ingest_paced.inc(waited)
 
     async def _acks(self, batch: list[pb.StreamEventsRequest]) -> list[pb.StreamEventsResponse]:
         """One ingest call for the events of several requests; one answer per request. A
@@ -856,6 +867,7 @@ class StockService(pb_grpc.StockServiceServicer):
             elif message.HasField("header"):
                 raise InvalidArgument("header", "only the first message carries the header")
             self.count_lines.take(len(message.lines))
+            await self._paced(len(message.lines))
             held[0] += len(message.lines)
             for line in message.lines:
                 add_count_line(lines, line.sku, line.qty, f"lines[{n}]")

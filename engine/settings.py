@@ -114,6 +114,13 @@ class Settings:
         default=0.0,
         metadata={"help": "calls per second per principal and process (0: no limit)"},
     )
+    ingest_rate: float = field(
+        default=20_000.0,
+        metadata={
+            "help": "stock events and count lines per second per principal and process; a "
+            "principal sending faster is slowed down, not refused (0: no limit)"
+        },
+    )
     max_streams_per_principal: int = field(
         default=100,
         metadata={"help": "watch, event and count streams one principal may have open"},
@@ -236,7 +243,9 @@ def _check_edge(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--tls-cert and --tls-key go together")
     if settings.tls_client_ca and not settings.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
-    if settings.rate_limit < 0 or settings.max_streams_per_principal < 1:
-        parser.error("--rate-limit must be >= 0 and --max-streams-per-principal >= 1")
+    if settings.rate_limit < 0 or settings.ingest_rate < 0:
+        parser.error("--rate-limit and --ingest-rate must be >= 0")
+    if settings.max_streams_per_principal < 1:
+        parser.error("--max-streams-per-principal must be >= 1")
     if settings.storefront_max_ttl_seconds <= 0 or settings.storefront_max_held_units < 1:
         parser.error("--storefront-max-ttl-seconds and --storefront-max-held-units must be > 0")

@@ -1,13 +1,14 @@
 """The share of this process that one kind of heavy work may take, so that no caller's
 heavy calls starve the others (health and small reads above all) of the event loop, of
 memory, or of Redis: turns that heavy work waits for (light work never does), a budget
-refused past its size, a conversion that gives the event loop a turn every few hundred
-items, a client stream cut when it goes silent."""
+refused past its size, a rate per principal, a conversion that gives the event loop a turn
+every few hundred items, a client stream cut when it goes silent."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
@@ -48,6 +49,42 @@ class Budget:
 
     def give(self, n: int) -> None:
         self.used -= n
+
+
+class Rate:
+    """So many a second for each principal, from a bucket that holds one second's worth."""
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second  # 0: no limit
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (level, at)
+
+    def try_take(self, name: str, n: int = 1) -> bool:
+        """Takes n, or nothing and False when the bucket holds fewer."""
+        if self.per_second <= 0:
+            return True
+        level = self._level(name)
+        if level < n:
+            return False
+        self._buckets[name] = (level - n, time.monotonic())
+        return True
+
+    async def take(self, name: str, n: int) -> float:
+        """Takes n, leaving the bucket in debt if need be, and waits until the debt is
+        paid off: a principal sending faster is slowed down, each of its callers in turn.
+        The seconds it waited."""
+        if self.per_second <= 0:
+            return 0.0
+        level = self._level(name) - n
+        self._buckets[name] = (level, time.monotonic())
+        wait = max(0.0, -level / self.per_second)
+        if wait:
+            await asyncio.sleep(wait)
+        return wait
+
+    def _level(self, name: str) -> float:
+        now = time.monotonic()
+        level, at = self._buckets.get(name, (self.per_second, now))
+        return min(self.per_second, level + (now - at) * self.per_second)
 
 
 async def gently(items: Iterable[T]) -> AsyncIterator[T]:

@@ -29,7 +29,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.storage import ACL_RULES
 
 from .conftest import settings_for
-from .grpc_helpers import Stubs, count, line, location
+from .grpc_helpers import Stubs, count, delta, line, location
 from .processes import ServerProcess
 
 ROLES = {role: f"token-{role.value}" for role in Role}
@@ -352,6 +352,43 @@ async def test_a_principal_over_its_rate_is_resource_exhausted(
     assert await code_of(CALLS["GetAvailability"](stubs, bearer(ROLES[Role.POS]))) == (
         grpc.StatusCode.OK
     )
+
+
+@pytest.mark.parametrize("secured", [{"ingest_rate": 1000.0}], indirect=True)
+async def test_a_principal_over_its_ingest_rate_is_slowed_down_not_refused(
+    channel_to: grpc.aio.Channel, secured: Omnistock
+) -> None:
+    stubs = Stubs(channel_to)
+
+    def paced() -> float:
+        value = secured.metrics.registry.get_sample_value("omnistock_ingest_paced_seconds_total")
+        return value or 0.0
+
+    def events(prefix: str, n: int) -> list[pb.StockEvent]:
+        now = int(time.time() * 1000)
+        return [delta(f"{prefix}-{i}", "L1", "S1", 1, t=now) for i in range(n)]
+
+    feed = bearer(ROLES[Role.INGEST])
+    # a second's worth passes at once; 1,500 more wait for what did not refill meanwhile
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events("a", 1000)), metadata=feed)
+    assert paced() == 0.0
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events("b", 1500)), metadata=feed)
+    assert paced() > 0.0
+    # another principal has its own
+    before = paced()
+    till = bearer("till-token")
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events("c", 500)), metadata=till)
+    assert paced() == before
+    # a stream is slowed where it is read, and every event of it applied
+    requests = [pb.StreamEventsRequest(events=events(f"d{k}", 500)) for k in range(2)]
+    acks = [ack async for ack in stubs.stock.StreamEvents(iter(requests), metadata=feed)]
+    assert [{a.outcome for a in ack.acks} for ack in acks] == [{pb.EVENT_OUTCOME_APPLIED}] * 2
+    assert paced() > before
+    row = await stubs.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"]),
+        metadata=bearer(ROLES[Role.ADMIN]),
+    )
+    assert row.levels[0].on_hand == 100 + 1000 + 1500 + 500 + 1000
 
 
 async def test_tokens_rotate_without_a_restart(

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.service import MAX_EVENTS, STREAM_READ_AHEAD
-from engine.storage import SHORTAGES
+from engine.storage import EVENTS_PER_SCRIPT, SHORTAGES
 
 from .conftest import ON_BOTH
 from .grpc_helpers import T0, Stubs, count, delta, level, line, seed
@@ -383,6 +383,35 @@ async def test_a_count_below_what_is_held_keeps_the_holds_and_names_the_uncovere
     # the holds still stand: the first can be committed
     done = await stubs.reservations.Commit(pb.CommitRequest(reservation_id="first"))
     assert done.state == pb.RESERVATION_STATE_COMMITTED
+
+
+async def test_a_batch_longer_than_one_script_is_applied_in_order_as_one_would_be(
+    stubs: Stubs,
+) -> None:
+    """Past EVENTS_PER_SCRIPT events the batch goes to Redis in several scripts: an id seen
+    in an earlier one is a duplicate in a later one, and a row short after an earlier one
+    but covered by a later one is not reported short."""
+    await seed(stubs, {("s1", "a"): 10, ("s1", "b"): 10})
+    await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="r", lines=[line("s1", "a", 8), line("s1", "b", 8)])
+    )
+    now = int(time.time() * 1000)
+    filler = [delta(f"f{i}", "s1", "c", 1, now) for i in range(EVENTS_PER_SCRIPT - 1)]
+    events = [
+        delta("drop-a", "s1", "a", -5, now),  # a: 5 on hand, 8 held, in the first script
+        delta("drop-b", "s1", "b", -5, now),  # b: the same
+        *filler,
+        delta("back-a", "s1", "a", 5, now),  # a covered again in the second script
+        delta("drop-b", "s1", "b", -5, now),  # the same id again: a duplicate
+    ]
+    done = await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
+    assert len(events) > EVENTS_PER_SCRIPT
+    outcomes = list(done.outcomes)
+    assert outcomes[:-1] == [pb.EVENT_OUTCOME_APPLIED] * (len(events) - 1)
+    assert outcomes[-1] == pb.EVENT_OUTCOME_DUPLICATE
+    assert [(r.sku, r.on_hand, r.reserved) for r in done.short_rows] == [("b", 5, 8)]
+    assert (await level(stubs, "s1", "a")).on_hand == 10
+    assert (await level(stubs, "s1", "c")).on_hand == EVENTS_PER_SCRIPT - 1
 
 
 async def test_a_bad_count_is_refused_whole_and_changes_nothing(stubs: Stubs) -> None:
