@@ -286,7 +286,8 @@ class Run:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    server = BenchServer(["--stock-buckets", "256"])
+    # what the engine can take: no --ingest-rate holding the one open principal back
+    server = BenchServer(["--stock-buckets", "256", "--ingest-rate", "0"])
     server.start()
     results: dict[str, Any] = {}
     try:
