@@ -44,8 +44,8 @@ import grpc
 import orjson
 
 from adapters.config import DEFAULT_SERVER, epoch_ms
-from engine.domain import check_id, check_qty
-from engine.errors import InvalidArgument
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import check_id, check_qty
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 

@@ -33,8 +33,8 @@ from adapters.counts import (
     failed,
     numbered,
 )
-from engine.domain import check_id
-from engine.errors import InvalidArgument
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import check_id
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 

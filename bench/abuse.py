@@ -21,10 +21,10 @@ safety-stock, reconcile (bench/abusers.py says what each sends). Without --targe
 scenario gets a fresh `python server.py --demo` of this checkout, with an embedded store in
 a temporary state dir, on free ports (the demo data is loaded once and its state dir
 copied), and an --auth-file of two principals: the abusive clients call as one, the probes
-as the other (a per-principal limit the abusers meet is not the probes'). With --target host:port it measures a running server instead (--server-pid for
-its RSS and CPU), so an older commit's server can be measured the same way; the scenarios
-then share that server, in the order given. A markdown table goes to stdout, the full
-results as JSON to --out.
+as the other (a per-principal limit the abusers meet is not the probes'). With --target
+host:port it measures a running server instead (--server-pid for its RSS and CPU), so an
+older commit's server can be measured the same way; the scenarios then share that server,
+in the order given. A markdown table goes to stdout, the full results as JSON to --out.
 """
 
 from __future__ import annotations

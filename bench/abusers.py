@@ -21,11 +21,11 @@ from typing import Any
 import grpc
 
 from bench.server import bearer
-from engine.domain import MAX_LINES, MAX_ROWS
+from engine.api.service import MAX_EVENTS, MAX_SKUS
+from engine.domain.model import MAX_LINES, MAX_ROWS
+from engine.domain.sourcing import MAX_SHIPMENTS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.service import MAX_EVENTS, MAX_SKUS
-from engine.sourcing import MAX_SHIPMENTS
 
 # The sizes.
 UNKNOWN_LOCATIONS = 100_000  # location ids in one GetAvailability

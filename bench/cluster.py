@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.embedded import LocalCluster
+from engine.store.embedded import LocalCluster
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from typing import Any
 
 from bench.__main__ import machine
 from engine.app import redis_client
-from engine.domain import EventKind, StockEvent
-from engine.embedded import EmbeddedRedis
-from engine.storage import Storage
+from engine.domain.model import EventKind, StockEvent
+from engine.store.embedded import EmbeddedRedis
+from engine.store.storage import Storage
 
 
 async def _sum_usage(client: Any, pattern: str) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
     python -m bench.search_gap --orders 300 --candidates 40 --lines 6 --cells 100000
 
-engine.sourcing scores every set of candidates while the sets of a size fit its budget
+engine.domain.sourcing scores every set of candidates while the sets of a size fit its budget
 (SEARCH_CELLS numbers scored); past it, sets of that size are drawn from a pool of the best
 candidates per line and overall, and the plan says exact=False. Orders in the demo bench
 never reach the budget, so here the budget is set low (`--cells`) on orders built to need
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from bench.__main__ import machine
-from engine import sourcing
-from engine.domain import Location, LocationType
-from engine.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
+from engine.domain import sourcing
+from engine.domain.model import Location, LocationType
+from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
 
 
 def instance(rng: random.Random, n: int, width: int) -> tuple[list[OrderLine], list[Candidate]]:

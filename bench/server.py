@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.auth import token_digest
-from engine.embedded import free_port
+from engine.domain.auth import token_digest
+from engine.store.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

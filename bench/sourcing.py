@@ -9,7 +9,7 @@ centres with their stock and daily pick capacity. Orders: 1 line most often, a g
 up to 10 lines, quantities mostly 1, skus drawn by popularity (engine.demo.popularity, without
 repeats in one order), shipped to a point up to 30 km from a city drawn by population. An
 order's candidates are the engine's own (every active, ship-enabled location, nearest first,
-engine.geo) in the destination's country, with its available units of each line and the
+engine.usecases.geo) in the destination's country, with its available units of each line and the
 orders it may still pick today. The country scope is how each product compared is set up:
 Magento ships from the sources of the website's stock, Shopify's default routing keeps an
 order within its destination market, Saleor allocates from the warehouses whose shipping
@@ -51,9 +51,9 @@ from engine.demo import (
     offset_km,
     popularity,
 )
-from engine.domain import Location
-from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, LocationIndex, distance_km
-from engine.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
+from engine.domain.model import Location
+from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
+from engine.usecases.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, LocationIndex, distance_km
 
 MAX_LINES = 10
 LINES_P = 0.55  # lines per order ~ geometric: 55% one line, 25% two, 11% three, ...

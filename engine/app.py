@@ -20,31 +20,31 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from engine import demo
-from engine.allocation import Allocator
-from engine.auth import AuthFileError
-from engine.clock import Clock, SystemClock
-from engine.domain import EventKind, StockEvent
-from engine.edge import Edge, Gate
-from engine.embedded import EmbeddedRedis
-from engine.ingest import Ingest
-from engine.listener import enable_reflection, grpc_server, limits_of, listen, load_principals
-from engine.locations import LocationRegistry
-from engine.metrics import Metrics
-from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.planner import Planner
-from engine.probe import StoreProbe
-from engine.reservations import CartCaps, Reservations, Timing
-from engine.service import (
+from engine.api.edge import Edge, Gate
+from engine.api.listener import enable_reflection, grpc_server, limits_of, listen, load_principals
+from engine.api.service import (
     AvailabilityService,
     ReservationService,
     SourcingService,
     StockService,
 )
+from engine.domain.auth import AuthFileError
+from engine.domain.clock import Clock, SystemClock
+from engine.domain.model import EventKind, StockEvent
+from engine.metrics import Metrics
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.settings import Settings
-from engine.storage import Storage
-from engine.sweeper import Sweeper
-from engine.watch import WatchHub
+from engine.store.embedded import EmbeddedRedis
+from engine.store.probe import StoreProbe
+from engine.store.storage import Storage
+from engine.store.watch import WatchHub
+from engine.usecases.allocation import Allocator
+from engine.usecases.ingest import Ingest
+from engine.usecases.locations import LocationRegistry
+from engine.usecases.planner import Planner
+from engine.usecases.reservations import CartCaps, Reservations, Timing
+from engine.usecases.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 SERVICES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from engine.domain import (
+from engine.api.service import location_from_pb
+from engine.domain.model import (
     Availability,
     HoldResult,
     Line,
@@ -26,11 +27,10 @@ from engine.domain import (
     Shortfall,
     StockRow,
 )
-from engine.geo import Fulfilment
-from engine.nearby import BasketLine, NearbyHit
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.service import location_from_pb
+from engine.usecases.geo import Fulfilment
+from engine.usecases.nearby import BasketLine, NearbyHit
 
 __all__ = ["Availability", "BasketLine", "Fulfilment", "Line", "NearbyHit", "OmnistockClient"]
 T = TypeVar("T")

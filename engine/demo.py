@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.domain import MAX_QTY, Location, LocationType
+from engine.domain.model import MAX_QTY, Location, LocationType
 
 KM_PER_DEGREE_LAT = 111.32
 # Store scatter around a city centre: sigma grows with city size, within these bounds, and

@@ -69,7 +69,8 @@ class Metrics:
         )
         self.redis_up = Gauge(
             "omnistock_redis_up",
-            "1 while the health probe finds Redis up, 0 while it finds it down (engine/probe.py)",
+            "1 while the health probe finds Redis up, 0 while it finds it down "
+            "(engine/store/probe.py)",
             registry=r,
         )
         self.ingest_paced = Counter(

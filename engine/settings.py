@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from engine.sourcing import COST_FIELDS, MAX_SHIPMENTS
+from engine.domain.sourcing import COST_FIELDS, MAX_SHIPMENTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ class Settings:
         metadata={"help": "units a storefront principal may hold at once, over all its holds"},
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
-    # Allocate's defaults (engine/sourcing.py); each call may set its own.
+    # Allocate's defaults (engine/domain/sourcing.py); each call may set its own.
     shipment_cost: float = field(default=5.0, metadata={"help": "Allocate: cost of a shipment"})
     cost_per_km: float = field(
         default=0.01, metadata={"help": "Allocate: cost per km from location to destination"}

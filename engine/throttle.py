@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
-from engine.errors import ResourceExhausted
+from engine.domain.errors import ResourceExhausted
 
 T = TypeVar("T")
 YIELD_EVERY = 500  # items converted between two turns given back to the event loop

@@ -16,16 +16,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from engine.app import Omnistock, connect, create_server
-from engine.clock import ManualClock
-from engine.domain import Location, LocationType
-from engine.embedded import EmbeddedRedis, LocalCluster
-from engine.locations import LocationRegistry
+from engine.domain.clock import ManualClock
+from engine.domain.model import Location, LocationType
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.reservations import Reservations, Timing
 from engine.settings import Settings
-from engine.storage import Storage
-from engine.sweeper import Sweeper
+from engine.store.embedded import EmbeddedRedis, LocalCluster
+from engine.store.storage import Storage
+from engine.usecases.locations import LocationRegistry
+from engine.usecases.reservations import Reservations, Timing
+from engine.usecases.sweeper import Sweeper
 
 from .grpc_helpers import Stubs, location
 from .processes import ServerProcess

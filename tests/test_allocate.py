@@ -11,15 +11,15 @@ import asyncio
 import grpc
 import pytest
 
-from engine import allocation
-from engine.allocation import Allocator, Order
 from engine.app import Omnistock
-from engine.clock import ManualClock
-from engine.domain import EventKind, Line, StockEvent
+from engine.domain.clock import ManualClock
+from engine.domain.model import EventKind, Line, StockEvent
+from engine.domain.sourcing import Candidate, OrderLine
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.reservations import Reservations
-from engine.sourcing import Candidate, OrderLine
-from engine.storage import Storage
+from engine.store.storage import Storage
+from engine.usecases import allocation
+from engine.usecases.allocation import Allocator, Order
+from engine.usecases.reservations import Reservations
 
 from .conftest import ON_BOTH
 from .grpc_helpers import LAT, LON, Stubs, level, place, store

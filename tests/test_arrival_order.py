@@ -24,10 +24,10 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 
 from engine.app import redis_client
-from engine.clock import ManualClock
-from engine.domain import EventKind, EventOutcome, Line, StockEvent, StockRow
-from engine.reservations import Reservations
-from engine.storage import Storage
+from engine.domain.clock import ManualClock
+from engine.domain.model import EventKind, EventOutcome, Line, StockEvent, StockRow
+from engine.store.storage import Storage
+from engine.usecases.reservations import Reservations
 
 from .conftest import BUCKETS, HOUR_MS
 

@@ -20,13 +20,13 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import AuthenticationError, NoPermissionError
 
+from engine.api.listener import ListenRefused
 from engine.app import Omnistock, create_server
-from engine.auth import RIGHTS, Role, token_digest
 from engine.client import OmnistockClient
-from engine.embedded import EmbeddedRedis
-from engine.listener import ListenRefused
+from engine.domain.auth import RIGHTS, Role, token_digest
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.storage import ACL_RULES
+from engine.store.embedded import EmbeddedRedis
+from engine.store.storage import ACL_RULES
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, count, delta, line, location

@@ -7,7 +7,7 @@ import pytest
 
 from engine.app import Omnistock
 from engine.client import BasketLine, Fulfilment, Line, OmnistockClient
-from engine.domain import ReservationState
+from engine.domain.model import ReservationState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import ON_BOTH

@@ -9,7 +9,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from engine.app import Omnistock, connect, create_server
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.storage import Keys
+from engine.store.storage import Keys
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, level, line, stock_up

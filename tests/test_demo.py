@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from engine.demo import CITIES, DC_SITES, demo_locations, demo_skus, demo_stock, stores_per_city
-from engine.domain import Location, LocationType, check_id, check_location
+from engine.domain.model import Location, LocationType, check_id, check_location
 
 Rows = list[tuple[str, str, int]]
 

@@ -18,13 +18,11 @@ from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster
 
 from engine.app import Omnistock
-from engine.clock import ManualClock
-from engine.domain import EventKind, Line, ReservationState, StockEvent, check_id
-from engine.errors import InvalidArgument
-from engine.ingest import MAX_CACHED_SOURCES
+from engine.domain.clock import ManualClock
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import EventKind, Line, ReservationState, StockEvent, check_id
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.reservations import Reservations
-from engine.storage import (
+from engine.store.storage import (
     LOCATIONS,
     LOCATIONS_VERSION,
     MAPPINGS_VERSION,
@@ -34,6 +32,8 @@ from engine.storage import (
     Keys,
     Storage,
 )
+from engine.usecases.ingest import MAX_CACHED_SOURCES
+from engine.usecases.reservations import Reservations
 
 from .conftest import ON_BOTH, all_keys, served
 from .grpc_helpers import LAT, LON, Stubs, count, line, location, place, stock_up, store

@@ -28,12 +28,12 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 
 from engine.app import Omnistock, create_server, redis_client
-from engine.clock import ManualClock
-from engine.domain import EventKind, Line, StockEvent
-from engine.embedded import EmbeddedRedis, free_port
+from engine.domain.clock import ManualClock
+from engine.domain.model import EventKind, Line, StockEvent
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.reservations import COMMITTING, Reservations
-from engine.storage import SAGAS, Storage
+from engine.store.embedded import EmbeddedRedis, free_port
+from engine.store.storage import SAGAS, Storage
+from engine.usecases.reservations import COMMITTING, Reservations
 
 from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for, sweeper_of
 from .grpc_helpers import Stubs, level, line, stock_up

@@ -12,10 +12,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from engine.api.service import MAX_EVENTS, STREAM_READ_AHEAD
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.service import MAX_EVENTS, STREAM_READ_AHEAD
-from engine.storage import EVENTS_PER_SCRIPT, SHORTAGES
+from engine.store.storage import EVENTS_PER_SCRIPT, SHORTAGES
 
 from .conftest import ON_BOTH
 from .grpc_helpers import T0, Stubs, count, delta, level, line, seed

@@ -17,11 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.app import Omnistock, create_server
-from engine.domain import MAX_ROWS, Location, LocationType
-from engine.embedded import EmbeddedRedis
+from engine.domain.model import MAX_ROWS, Location, LocationType
+from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, plan_order
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.planner import Planner
-from engine.sourcing import Candidate, Constraints, CostModel, OrderLine, plan_order
+from engine.store.embedded import EmbeddedRedis
+from engine.usecases.planner import Planner
 
 from .conftest import served, settings_for
 from .grpc_helpers import LAT, LON, Stubs, count, line, location, place, store

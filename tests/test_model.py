@@ -37,14 +37,14 @@ from hypothesis.stateful import (
 )
 
 from engine.app import connect
-from engine.clock import ManualClock
-from engine.domain import EventKind, Line, Reservation, ReservationState, StockEvent, StockRow
-from engine.errors import AlreadyExists, FailedPrecondition, OmnistockError
-from engine.locations import LocationRegistry
+from engine.domain.clock import ManualClock
+from engine.domain.errors import AlreadyExists, FailedPrecondition, OmnistockError
+from engine.domain.model import EventKind, Line, Reservation, ReservationState, StockEvent, StockRow
 from engine.metrics import Metrics
-from engine.reservations import Reservations, Timing
-from engine.storage import Keys, Storage, decode_lines
-from engine.sweeper import Sweeper
+from engine.store.storage import Keys, Storage, decode_lines
+from engine.usecases.locations import LocationRegistry
+from engine.usecases.reservations import Reservations, Timing
+from engine.usecases.sweeper import Sweeper
 
 from .conftest import HOUR_MS, ON_BOTH, store, sweeper_of
 

@@ -1,5 +1,5 @@
 """The baselines of bench/peers/routing.py make the plans their products' documented rules
-make, and the exhaustive optimum agrees with engine.sourcing.plan_order on small orders."""
+make, and the exhaustive optimum agrees with engine.domain.sourcing.plan_order on small orders."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from bench.peers.routing import (
     most_stock,
     priority,
 )
-from engine.domain import Location, LocationType
-from engine.sourcing import (
+from engine.domain.model import Location, LocationType
+from engine.domain.sourcing import (
     Candidate,
     Constraints,
     CostModel,

@@ -1,4 +1,4 @@
-"""The sourcing optimiser (engine/sourcing.py), pure: the plans it makes on hand-made
+"""The sourcing optimiser (engine/domain/sourcing.py), pure: the plans it makes on hand-made
 networks, and two properties: every plan is feasible, and on small instances it costs what
 the exhaustive optimum (a brute force over every assignment, written here) costs."""
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.domain import Location, LocationType
-from engine.sourcing import (
+from engine.domain.model import Location, LocationType
+from engine.domain.sourcing import (
     Candidate,
     Constraints,
     CostModel,

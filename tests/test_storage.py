@@ -6,10 +6,17 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from engine.clock import ManualClock
-from engine.domain import EventKind, EventOutcome, Line, ReservationState, StockEvent, fingerprint
-from engine.reservations import Reservations
-from engine.storage import WAKE, Keys, PickCapacity, Storage, encode_lines
+from engine.domain.clock import ManualClock
+from engine.domain.model import (
+    EventKind,
+    EventOutcome,
+    Line,
+    ReservationState,
+    StockEvent,
+    fingerprint,
+)
+from engine.store.storage import WAKE, Keys, PickCapacity, Storage, encode_lines
+from engine.usecases.reservations import Reservations
 
 from .conftest import HOUR_MS, ON_BOTH, all_keys, sweeper_of
 

@@ -17,8 +17,8 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2
 
-from engine.embedded import EmbeddedRedis, free_port
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.store.embedded import EmbeddedRedis, free_port
 
 from .conftest import BUCKETS
 from .grpc_helpers import Stubs, level, line, stock_up

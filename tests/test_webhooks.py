@@ -21,10 +21,10 @@ from adapters.streams import Consumer, Options
 from adapters.webhooks.command import parse_args, settings_of
 from adapters.webhooks.receiver import Settings
 from adapters.webhooks.writer import appendonly
-from engine.clock import ManualClock
-from engine.embedded import EmbeddedRedis, free_port
+from engine.domain.clock import ManualClock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.store.embedded import EmbeddedRedis, free_port
 
 from .grpc_helpers import Stubs, count, level, location
 from .webhook_helpers import (

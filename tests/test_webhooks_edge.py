@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from adapters.config import DEFAULT_STREAM
 from adapters.webhooks.answers import WebhookMetrics
 from adapters.webhooks.receiver import Settings, make_app, server_options
-from engine.clock import ManualClock
+from engine.domain.clock import ManualClock
 
 from .webhook_helpers import (
     SHOPIFY_LEVEL,

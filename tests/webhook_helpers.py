@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from adapters.config import DEFAULT_STREAM, dead_letter_stream
 from adapters.webhooks.answers import WebhookMetrics
 from adapters.webhooks.receiver import Settings, make_app, server_options
-from engine.clock import Clock
+from engine.domain.clock import Clock
 
 DEAD = dead_letter_stream(DEFAULT_STREAM)
 SHOPIFY_SECRET = "hush-shopify-client-secret"

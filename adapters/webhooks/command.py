@@ -26,7 +26,7 @@ from adapters.webhooks.receiver import (
     server_options,
 )
 from adapters.webhooks.writer import appendonly
-from engine.errors import InvalidArgument
+from engine.domain.errors import InvalidArgument
 from engine.logs import setup_logging
 
 log = logging.getLogger("adapters.webhooks")

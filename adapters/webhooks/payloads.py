@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from adapters.config import epoch_ms
-from engine.domain import EventKind, StockEvent, check_event, check_id
-from engine.errors import InvalidArgument
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import EventKind, StockEvent, check_event, check_id
 
 
 def signature_matches(key: str, signed: bytes, given: str) -> bool:

@@ -46,9 +46,9 @@ from adapters.webhooks.answers import (
 )
 from adapters.webhooks.payloads import load_object
 from adapters.webhooks.writer import StreamWriter, stream_entry
-from engine.clock import Clock, SystemClock
-from engine.domain import StockEvent
-from engine.errors import InvalidArgument, Unavailable
+from engine.domain.clock import Clock, SystemClock
+from engine.domain.errors import InvalidArgument, Unavailable
+from engine.domain.model import StockEvent
 
 log = logging.getLogger("adapters.webhooks")
 

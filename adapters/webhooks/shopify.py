@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters.webhooks.payloads import count, int_id, iso_ms, load_object, signature_matches
-from engine.domain import StockEvent
-from engine.errors import InvalidArgument
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import StockEvent
 
 SHOPIFY = "shopify"
 HMAC = "X-Shopify-Hmac-Sha256"

@@ -14,8 +14,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from adapters.webhooks.payloads import count, iso_ms, load_object, signature_matches, text
-from engine.domain import StockEvent, check_id
-from engine.errors import InvalidArgument
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import StockEvent, check_id
 
 SQUARE = "square"
 SIGNATURE = "x-square-hmacsha256-signature"

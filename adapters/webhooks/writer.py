@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from adapters.config import KINDS, entry_fields
-from engine.domain import StockEvent
-from engine.errors import Unavailable
+from engine.domain.errors import Unavailable
+from engine.domain.model import StockEvent
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 

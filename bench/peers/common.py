@@ -21,13 +21,13 @@ import redis.asyncio as aioredis
 from hdrh.histogram import HdrHistogram
 
 from engine.app import redis_client
-from engine.clock import SystemClock
-from engine.domain import EventKind, StockEvent, StockRow
-from engine.embedded import EmbeddedRedis, find_binary
+from engine.domain.clock import SystemClock
+from engine.domain.model import EventKind, StockEvent, StockRow
 from engine.metrics import Metrics
-from engine.reservations import Reservations, Timing
 from engine.settings import Settings
-from engine.storage import Storage
+from engine.store.embedded import EmbeddedRedis, find_binary
+from engine.store.storage import Storage
+from engine.usecases.reservations import Reservations, Timing
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ from typing import Any
 from bench.peers.common import LOCATION, SKU, Peer, private_redis, run_async, running
 from bench.peers.flash_load import FlashConfig, run_flash_sale
 from bench.peers.postgres import PgLine, PgStock, PrivatePostgres
-from engine.domain import Line
-from engine.storage import Keys
+from engine.domain.model import Line
+from engine.store.storage import Keys
 
 HOLD_TTL_S = 3600.0  # longer than any run: nothing expires while the load runs
 
@@ -95,7 +95,9 @@ async def omnistock_flash_sale(args: argparse.Namespace) -> dict[str, Any]:
         info = await redis.client.info("server")
     store = redis.describe() | {
         "version": info.get("valkey_version") or info.get("redis_version"),
-        "code_path": "engine.reservations.Reservations.reserve -> engine.storage.Storage.hold",
+        "code_path": (
+            "engine.usecases.reservations.Reservations.reserve -> engine.store.storage.Storage.hold"
+        ),
     }
     check = {
         "on_hand": row.on_hand,

@@ -1,9 +1,9 @@
 """The raw limit: Redis driven as fast as a client will drive it, with none of omnistock's
-Python in the way, on a private server started like the engine's (engine.embedded).
+Python in the way, on a private server started like the engine's (engine.store.embedded).
 
 Measured one after the other, each for --duration seconds:
 
-    hold     the engine's own hold script (engine.storage.Script("hold")) with exactly the
+    hold     the engine's own hold script (engine.store.storage.Script("hold")) with exactly the
              KEYS and ARGV the engine sends for a one-line, one-unit, single-location hold
              (built once by Storage.hold_call, with a fresh reservation id per call), on a
              row with stock that never runs out
@@ -45,9 +45,9 @@ from bench.peers.common import (
 )
 from bench.runner import MAX_LATENCY_US, new_histogram
 from engine.app import redis_client
-from engine.domain import Line, fingerprint
+from engine.domain.model import Line, fingerprint
 from engine.settings import Settings
-from engine.storage import Storage, encode_lines
+from engine.store.storage import Storage, encode_lines
 
 OPS = ("hold", "get", "hincrby")
 HUGE_STOCK = 1_000_000_000

@@ -1,7 +1,7 @@
 """The allocation rules a retailer would otherwise use, to compare omnistock's sourcing
-optimiser (engine.sourcing.plan_order) against, and the exhaustive optimum that checks it on
+optimiser (engine.domain.sourcing.plan_order) against, and the exhaustive optimum that checks it on
 small orders. Each is a pure function with plan_order's signature returning a Plan whose
-shipments are costed by engine.sourcing.price (the optimiser's own cost model), so that the
+shipments are costed by engine.domain.sourcing.price (the optimiser's own cost model), so that the
 plans compare.
 
     priority       Magento MSI "Source Priority" source selection: sources in priority order
@@ -21,7 +21,7 @@ plans compare.
     exhaustive     Every assignment of the order's units to the candidates, honouring
                    max_shipments and allow_split: the optimum, for small orders only (it
                    raises TooLarge above EXHAUSTIVE_LIMIT assignments). Written apart from
-                   engine.sourcing's search, so that it checks it.
+                   engine.domain.sourcing's search, so that it checks it.
 
 All of them skip candidates with capacity_left == 0 (no pick capacity left today). What the
 real products have no notion of, the baselines ignore as those products do: Magento and
@@ -43,8 +43,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.domain import LocationType
-from engine.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, price
+from engine.domain.model import LocationType
+from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, price
 
 EXHAUSTIVE_LIMIT = 100_000  # assignments of an order beyond which exhaustive refuses it
 _CHUNK = 8192  # assignments scored at once
@@ -71,7 +71,7 @@ def _priced(
     constraints: Constraints,
     draws: Draws,
 ) -> Plan:
-    """The plan shipping `draws` (in their order), costed by engine.sourcing's own cost
+    """The plan shipping `draws` (in their order), costed by engine.domain.sourcing's own cost
     model; `constraints` only tell why a line is left unfilled."""
     taken = {
         candidates[i].location.id: {ln.sku: q for ln, q in zip(lines, units, strict=True)}

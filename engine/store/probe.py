@@ -21,9 +21,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from engine.errors import Unavailable
+from engine.domain.errors import Unavailable
 from engine.metrics import Metrics
-from engine.storage import Storage
+from engine.store.storage import Storage
 
 log = logging.getLogger(__name__)
 

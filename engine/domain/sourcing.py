@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.domain import Line, Location, LocationType
+from engine.domain.model import Line, Location, LocationType
 
 SEARCH_CELLS = 2_000_000  # numbers scored per set size (sets x size x lines) before pooling
 MAX_SHIPMENTS = 10

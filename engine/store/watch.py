@@ -23,8 +23,8 @@ from typing import Any
 
 from redis import exceptions as rexc
 
-from engine.domain import StockRow
-from engine.storage import parse_row
+from engine.domain.model import StockRow
+from engine.store.storage import parse_row
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 10_000

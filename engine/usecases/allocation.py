@@ -4,7 +4,7 @@ Candidates are the active, ship-enabled locations of the allowed types, not excl
 within the maximum distance of the destination: the nearest MAX_CANDIDATES of them, fewer
 for long orders so that one call reads at most MAX_ROWS stock rows. Their
 rows for every line and today's pick capacity are read together (two pipelines sent at
-once: one round trip of latency), the optimiser (engine.sourcing) plans, and with
+once: one round trip of latency), the optimiser (engine.domain.sourcing) plans, and with
 `reserve` the plan is held under one reservation id, taking one order of the daily pick
 capacity at each shipping location that has a limit (atomic per location, the saga across
 them). If the hold fails because stock moved or a location's capacity ran out since the
@@ -25,7 +25,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from engine.domain import (
+from engine.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from engine.domain.model import (
     MAX_ROWS,
     Location,
     LocationType,
@@ -36,12 +37,7 @@ from engine.domain import (
     check_sku_lines,
     check_ttl,
 )
-from engine.errors import AlreadyExists, InvalidArgument, NotFound
-from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, distance_km
-from engine.locations import LocationRegistry
-from engine.planner import Planner
-from engine.reservations import Reservations
-from engine.sourcing import (
+from engine.domain.sourcing import (
     COST_FIELDS,
     MAX_SHIPMENTS,
     Candidate,
@@ -51,7 +47,11 @@ from engine.sourcing import (
     Plan,
     price,
 )
-from engine.storage import Storage
+from engine.store.storage import Storage
+from engine.usecases.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, distance_km
+from engine.usecases.locations import LocationRegistry
+from engine.usecases.planner import Planner
+from engine.usecases.reservations import Reservations
 
 MAX_CANDIDATES = 500
 MAX_ATTEMPTS = 3

@@ -1,6 +1,6 @@
 """FindNearby: the locations near a point that can fill one sku or a whole basket.
 
-Candidates come from the in-process location index (engine.geo), nearest first. Their rows
+Candidates come from the in-process location index (engine.usecases.geo), nearest first. Their rows
 are read in rounds of growing size (32 locations, then 64, 128, ...), each round one
 pipelined read (one script per location); a whole-basket search stops as soon as it has
 `limit` locations that fill the basket, so a common query costs one round trip. A partial
@@ -15,17 +15,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from engine.domain import (
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import (
     MAX_ROWS,
     Location,
     LocationType,
     check_coordinates,
     check_sku_lines,
 )
-from engine.errors import InvalidArgument
-from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
-from engine.locations import LocationRegistry
-from engine.storage import Storage
+from engine.store.storage import Storage
+from engine.usecases.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
+from engine.usecases.locations import LocationRegistry
 
 MAX_CANDIDATES = 2000
 FIRST_ROUND = 32

@@ -17,7 +17,7 @@ from enum import Enum
 
 import numpy as np
 
-from engine.domain import Location, LocationType
+from engine.domain.model import Location, LocationType
 
 EARTH_RADIUS_KM = 6371.0088  # the mean radius (IUGG)
 EDGE_KM = 1e-6  # a radius includes its edge to the millimetre (floating-point rounding)

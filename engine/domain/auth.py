@@ -1,5 +1,5 @@
 """Who may do what: principals, their roles and locations, and the rights of each role.
-Pure: the gRPC side (engine/edge.py) finds the caller's principal; this module says what
+Pure: the gRPC side (engine/api/edge.py) finds the caller's principal; this module says what
 it may do.
 
 Principals are read from a TOML file (`--auth-file`), for example
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.domain import check_id
-from engine.errors import InvalidArgument, PermissionDenied
+from engine.domain.errors import InvalidArgument, PermissionDenied
+from engine.domain.model import check_id
 
 
 class Role(enum.StrEnum):

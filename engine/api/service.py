@@ -13,9 +13,19 @@ from typing import Any, TypeVar
 
 import grpc
 
-from engine.allocation import Allocation, Allocator, Order, check_order
-from engine.auth import current
-from engine.domain import (
+from engine.domain.auth import current
+from engine.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OmnistockError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from engine.domain.model import (
     MAX_LINES,
     MAX_ROWS,
     EventKind,
@@ -31,19 +41,17 @@ from engine.domain import (
     check_qty,
     check_size,
 )
-from engine.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OmnistockError,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-)
-from engine.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
-from engine.ingest import (
+from engine.domain.sourcing import COST_FIELDS, Constraints, CostModel, OrderLine, Unfillable
+from engine.metrics import Metrics
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.settings import Settings
+from engine.store.storage import Storage
+from engine.store.watch import Closing, Overflow, Watcher, WatchHub
+from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next_within
+from engine.usecases.allocation import Allocation, Allocator, Order, check_order
+from engine.usecases.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
+from engine.usecases.ingest import (
     ITEM,
     LOCATION,
     Count,
@@ -52,17 +60,9 @@ from engine.ingest import (
     add_count_line,
     check_count,
 )
-from engine.locations import LocationRegistry
-from engine.metrics import Metrics
-from engine.nearby import BasketLine, NearbyQuery, check_query, find_nearby
-from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.reservations import Reservations
-from engine.settings import Settings
-from engine.sourcing import COST_FIELDS, Constraints, CostModel, OrderLine, Unfillable
-from engine.storage import Storage
-from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next_within
-from engine.watch import Closing, Overflow, Watcher, WatchHub
+from engine.usecases.locations import LocationRegistry
+from engine.usecases.nearby import BasketLine, NearbyQuery, check_query, find_nearby
+from engine.usecases.reservations import Reservations
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -81,7 +81,7 @@ MAX_MAPPINGS = 10_000
 # Heavy work at once in one process (engine/throttle.py): event batches converted and
 # applied; counts being received (each holds its lines in memory until applied; how many
 # lines all of them may hold, and how long one may stay silent, are settings). (Wide row
-# reads take their turn in the store: engine/storage.py BIG_READ.)
+# reads take their turn in the store: engine/store/storage.py BIG_READ.)
 INGEST_BATCHES = 2
 LIGHT_BATCH = 100  # events: a batch this small never waits behind the big ones
 COUNTS_AT_ONCE = 2

@@ -14,12 +14,12 @@ import asyncio
 import logging
 import math
 
-from engine.clock import Clock
-from engine.errors import FailedPrecondition, NotFound, OmnistockError
-from engine.locations import LocationRegistry
+from engine.domain.clock import Clock
+from engine.domain.errors import FailedPrecondition, NotFound, OmnistockError
 from engine.metrics import Metrics
-from engine.reservations import Reservations
-from engine.storage import Storage
+from engine.store.storage import Storage
+from engine.usecases.locations import LocationRegistry
+from engine.usecases.reservations import Reservations
 
 log = logging.getLogger(__name__)
 BATCH = 500

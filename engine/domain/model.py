@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from engine.errors import InvalidArgument
+from engine.domain.errors import InvalidArgument
 
 MAX_ID_LENGTH = 128
 MAX_LINES = 200

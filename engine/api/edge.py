@@ -10,7 +10,7 @@
    servicer reads it, and the call is refused from the servicer's own task (an abort from
    another task, such as StreamEvents' reader, would race the answers being sent).
 
-The principal is then the call's `engine.auth.current()`. A servicer never sees a request
+The principal is then the call's `engine.domain.auth.current()`. A servicer never sees a request
 that failed any of these.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from engine.auth import OPEN, Principal, Principals, act_as
-from engine.errors import (
+from engine.domain.auth import OPEN, Principal, Principals, act_as
+from engine.domain.errors import (
     InvalidArgument,
     OmnistockError,
     PermissionDenied,
@@ -124,7 +124,7 @@ def _common_names(context: grpc.aio.ServicerContext) -> list[str]:
 
 class UndecodableRequest(InvalidArgument):
     """A request's bytes are not the method's message. An InvalidArgument, so a servicer
-    that maps our errors (engine.service) answers it as it answers any bad input."""
+    that maps our errors (engine.api.service) answers it as it answers any bad input."""
 
     def __init__(self, method: str, error: str) -> None:
         super().__init__(

@@ -27,9 +27,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from engine import auth
-from engine.clock import Clock
-from engine.domain import (
+from engine.domain import auth
+from engine.domain.clock import Clock
+from engine.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from engine.domain.model import (
     HoldResult,
     Line,
     Reservation,
@@ -42,16 +50,8 @@ from engine.domain import (
     fingerprint,
     ttl_ms,
 )
-from engine.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
 from engine.metrics import Metrics
-from engine.storage import DirEntry, PickCapacity, Storage, encode_lines
+from engine.store.storage import DirEntry, PickCapacity, Storage, encode_lines
 
 PENDING = "PENDING:"
 COMMITTING, COMMITTED = "COMMITTING", "COMMITTED"
@@ -76,7 +76,7 @@ class CartCaps:
 
 
 class Reservations:
-    """Each call acts for the principal of the call being served (engine.auth.current()):
+    """Each call acts for the principal of the call being served (engine.domain.auth.current()):
     a reservation records who made it, and only that principal (or one that sees every
     reservation) may see or settle it; another gets NOT_FOUND, so ids cannot be probed."""
 

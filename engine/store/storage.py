@@ -16,7 +16,7 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           t when it was held (ms)
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
     {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
-    {L}:w          shard channel: every row written at L, as written (engine/watch.py)
+    {L}:w          shard channel: every row written at L, as written (engine/store/watch.py)
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
                           o the principal that made it ('' on an open server)
     principal:{<name>}:held  hash  a storefront principal's HELD reservations -> "units,expiry",
@@ -61,7 +61,8 @@ from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from engine.domain import (
+from engine.domain.errors import Unavailable
+from engine.domain.model import (
     EventOutcome,
     Line,
     Location,
@@ -69,7 +70,6 @@ from engine.domain import (
     StockEvent,
     StockRow,
 )
-from engine.errors import Unavailable
 from engine.settings import Settings
 from engine.throttle import Turns, gently
 
@@ -102,12 +102,12 @@ ACL_RULES = (
 
 
 class Script:
-    """A Lua file from engine/lua, prefixed with the shared helpers, run by SHA."""
+    """A Lua file from engine/store/lua, prefixed with the shared helpers, run by SHA."""
 
     _prelude: str | None = None
 
     def __init__(self, name: str) -> None:
-        files = importlib.resources.files("engine") / "lua"
+        files = importlib.resources.files("engine.store") / "lua"
         if Script._prelude is None:
             Script._prelude = (files / "_prelude.lua").read_text()
         self.name = name
@@ -434,7 +434,7 @@ class Storage:
             raise Unavailable(f"redis unreachable: {exc}") from exc
 
     def open_circuit(self, reason: str) -> None:
-        """The store is known down (engine/probe.py): until `close_circuit`, every call fails
+        """The store is known down (engine/store/probe.py): until `close_circuit`, every call fails
         at once with Unavailable instead of waiting on a frozen socket until its deadline.
         Script calls still queued behind a batch that waits on the store are answered so
         now too; they were never sent, so they change nothing. (What was sent already waits

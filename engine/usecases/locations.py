@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from engine.domain import Location, LocationType
-from engine.errors import InvalidArgument
-from engine.geo import LocationIndex
-from engine.storage import Storage
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import Location, LocationType
+from engine.store.storage import Storage
+from engine.usecases.geo import LocationIndex
 
 _RELOAD_INTERVAL = 1.0
 

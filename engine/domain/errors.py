@@ -10,8 +10,8 @@
     ├── PermissionDenied     outside the caller's role or locations     -> PERMISSION_DENIED
     └── ResourceExhausted    over a per-principal cap or rate (retry)   -> RESOURCE_EXHAUSTED
 
-Redis errors become these at the storage seam (engine.storage); these become gRPC status
-codes in one place (engine.service). Insufficient stock is not an error: it is an answer.
+Redis errors become these at the storage seam (engine.store.storage); these become gRPC status
+codes in one place (engine.api.service). Insufficient stock is not an error: it is an answer.
 """
 
 

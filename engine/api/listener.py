@@ -1,4 +1,4 @@
-"""The gRPC server itself: its limits, its edge (engine/edge.py), reflection, TLS, and
+"""The gRPC server itself: its limits, its edge (engine/api/edge.py), reflection, TLS, and
 where it may listen. Without an auth file the server is open (every caller may do
 everything), so it listens on loopback only; anything else needs principals and TLS, or
 `--insecure` said out loud."""
@@ -11,8 +11,8 @@ import logging
 import grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from engine.auth import Principals
-from engine.edge import Edge, Limits
+from engine.api.edge import Edge, Limits
+from engine.domain.auth import Principals
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Runs the sourcing search (engine.sourcing.plan_order, pure CPU: about 0.1 s for an order
+"""Runs the sourcing search (engine.domain.sourcing.plan_order, pure CPU: about 0.1 s for an order
 of a few lines over 500 candidate locations, more for long ones) in worker processes, so
 that no Allocate holds the event loop that every other call of the process shares. A
 small order is planned inline: sending it to a worker would cost more than planning it.
@@ -12,8 +12,8 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
-from engine.errors import ResourceExhausted
-from engine.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
+from engine.domain.errors import ResourceExhausted
+from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
 
 INLINE_CELLS = 200  # lines x candidates planned on the event loop (well under a millisecond)
 

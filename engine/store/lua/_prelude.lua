@@ -1,4 +1,4 @@
--- Shared helpers, prepended to every script when it is loaded (engine/storage.py).
+-- Shared helpers, prepended to every script when it is loaded (engine/store/storage.py).
 -- A stock row is one hash field of its location's bucket: sku -> "on_hand,reserved,safety,version,as_of".
 
 local function read_row(key, sku)
@@ -9,7 +9,7 @@ local function read_row(key, sku)
 end
 
 -- Every write of a row is published on its location's shard channel {L}:w, for watchers
--- (engine/watch.py): "sku\t<the row as stored>".
+-- (engine/store/watch.py): "sku\t<the row as stored>".
 local function write_row(key, sku, r)
   r[4] = r[4] + 1
   local value = string.format('%d,%d,%d,%d,%d', r[1], r[2], r[3], r[4], r[5])

@@ -25,12 +25,12 @@ from typing import NamedTuple
 
 import orjson
 
-from engine import auth
-from engine.domain import EventKind, EventOutcome, StockEvent, check_id, check_qty
-from engine.errors import InvalidArgument, OmnistockError, PermissionDenied
-from engine.locations import LocationRegistry
+from engine.domain import auth
+from engine.domain.errors import InvalidArgument, OmnistockError, PermissionDenied
+from engine.domain.model import EventKind, EventOutcome, StockEvent, check_id, check_qty
 from engine.metrics import Metrics
-from engine.storage import EventsApplied, Holder, Storage
+from engine.store.storage import EventsApplied, Holder, Storage
+from engine.usecases.locations import LocationRegistry
 
 log = logging.getLogger(__name__)
 
