@@ -21,8 +21,7 @@ from typing import Any
 import grpc
 
 from bench.server import bearer
-from engine.api.service import MAX_EVENTS, MAX_SKUS
-from engine.domain.model import MAX_LINES, MAX_ROWS
+from engine.domain.model import MAX_EVENTS, MAX_LINES, MAX_ROWS, MAX_SKUS
 from engine.domain.sourcing import MAX_SHIPMENTS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc

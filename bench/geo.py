@@ -6,7 +6,7 @@ For each estate size (the demo's stores around 54 real cities), the same random 
 (a store's position, jittered by a few km) ask for the active pickup stores within the
 radius, nearest first, two ways:
 
-- numpy: engine.usecases.geo.LocationIndex in this process (what the engine uses);
+- numpy: engine.usecases.index.LocationIndex in this process (what the engine uses);
 - GEOSEARCH: the stores in one Redis geo set on a private embedded server
   (`GEOSEARCH ... FROMLONLAT ... BYRADIUS ... ASC WITHDIST`, one call at a time), then the
   same active/pickup filter in this process.
@@ -32,9 +32,10 @@ import numpy as np
 from bench.__main__ import machine
 from engine.app import redis_client
 from engine.demo import demo_locations
+from engine.domain.geo import Fulfilment
 from engine.domain.model import Location, LocationType
 from engine.store.embedded import EmbeddedRedis
-from engine.usecases.geo import Fulfilment, LocationIndex
+from engine.usecases.index import LocationIndex
 
 GEO_KEY = "{bench}:geo"
 

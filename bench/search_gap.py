@@ -25,12 +25,12 @@ import numpy as np
 
 from bench.__main__ import machine
 from engine.domain import sourcing
-from engine.domain.model import Location, LocationType
-from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
+from engine.domain.model import BasketLine, Location, LocationType
+from engine.domain.sourcing import Candidate, Constraints, CostModel, Plan, plan_order
 
 
-def instance(rng: random.Random, n: int, width: int) -> tuple[list[OrderLine], list[Candidate]]:
-    lines = [OrderLine(f"k{j}", rng.choice([1, 1, 2, 3])) for j in range(width)]
+def instance(rng: random.Random, n: int, width: int) -> tuple[list[BasketLine], list[Candidate]]:
+    lines = [BasketLine(f"k{j}", rng.choice([1, 1, 2, 3])) for j in range(width)]
     kinds = [LocationType.STORE] * 8 + [LocationType.DARK_STORE, LocationType.DC]
     candidates = [
         Candidate(

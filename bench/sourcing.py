@@ -9,7 +9,7 @@ centres with their stock and daily pick capacity. Orders: 1 line most often, a g
 up to 10 lines, quantities mostly 1, skus drawn by popularity (engine.demo.popularity, without
 repeats in one order), shipped to a point up to 30 km from a city drawn by population. An
 order's candidates are the engine's own (every active, ship-enabled location, nearest first,
-engine.usecases.geo) in the destination's country, with its available units of each line and the
+engine.usecases.index) in the destination's country, with its available units of each line and the
 orders it may still pick today. The country scope is how each product compared is set up:
 Magento ships from the sources of the website's stock, Shopify's default routing keeps an
 order within its destination market, Saleor allocates from the warehouses whose shipping
@@ -51,9 +51,10 @@ from engine.demo import (
     offset_km,
     popularity,
 )
-from engine.domain.model import Location
-from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
-from engine.usecases.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, LocationIndex, distance_km
+from engine.domain.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, distance_km
+from engine.domain.model import BasketLine, Location
+from engine.domain.sourcing import Candidate, Constraints, CostModel, Plan, plan_order
+from engine.usecases.index import LocationIndex
 
 MAX_LINES = 10
 LINES_P = 0.55  # lines per order ~ geometric: 55% one line, 25% two, 11% three, ...
@@ -74,7 +75,7 @@ class Network:
 
 @dataclass(frozen=True)
 class Order:
-    lines: tuple[OrderLine, ...]
+    lines: tuple[BasketLine, ...]
     sku_index: tuple[int, ...]
     where: list[int]  # candidate locations (indices into Network.locations), nearest first
     km: list[float]
@@ -125,12 +126,12 @@ def make_orders(network: Network, count: int, seed: int, cross_border: bool) -> 
 
 def draw_lines(
     rng: np.random.Generator, skus: list[str]
-) -> tuple[tuple[OrderLine, ...], tuple[int, ...]]:
+) -> tuple[tuple[BasketLine, ...], tuple[int, ...]]:
     """An order's lines (distinct skus, by popularity) and the skus' indices."""
     width = min(int(rng.geometric(LINES_P)), MAX_LINES, len(skus))
     picked = rng.choice(len(skus), size=width, replace=False, p=popularity(len(skus)))
     qty = np.minimum(rng.geometric(QTY_P, size=width), MAX_UNITS)
-    lines = tuple(OrderLine(skus[s], int(q)) for s, q in zip(picked, qty, strict=True))
+    lines = tuple(BasketLine(skus[s], int(q)) for s, q in zip(picked, qty, strict=True))
     return lines, tuple(int(s) for s in picked)
 
 

@@ -20,14 +20,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from engine import demo
+from engine.api.availability import AvailabilityService
 from engine.api.edge import Edge, Gate
 from engine.api.listener import enable_reflection, grpc_server, limits_of, listen, load_principals
-from engine.api.service import (
-    AvailabilityService,
-    ReservationService,
-    SourcingService,
-    StockService,
-)
+from engine.api.reservations import ReservationService
+from engine.api.sourcing import SourcingService
+from engine.api.stock import StockService
 from engine.domain.auth import AuthFileError
 from engine.domain.clock import Clock, SystemClock
 from engine.domain.model import EventKind, StockEvent

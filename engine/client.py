@@ -16,12 +16,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from engine.api.service import location_from_pb
+from engine.api.convert import location_from_pb
+from engine.domain.geo import Fulfilment
 from engine.domain.model import (
     Availability,
+    BasketLine,
     HoldResult,
     Line,
     LocationType,
+    NearbyHit,
     Reservation,
     ReservationState,
     Shortfall,
@@ -29,8 +32,6 @@ from engine.domain.model import (
 )
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.usecases.geo import Fulfilment
-from engine.usecases.nearby import BasketLine, NearbyHit
 
 __all__ = ["Availability", "BasketLine", "Fulfilment", "Line", "NearbyHit", "OmnistockClient"]
 T = TypeVar("T")

@@ -7,9 +7,9 @@ import time
 
 import grpc
 
+from engine.domain.geo import EARTH_RADIUS_KM
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.usecases.geo import EARTH_RADIUS_KM
 
 
 class Stubs:

@@ -13,8 +13,8 @@ import pytest
 
 from engine.app import Omnistock
 from engine.domain.clock import ManualClock
-from engine.domain.model import EventKind, Line, StockEvent
-from engine.domain.sourcing import Candidate, OrderLine
+from engine.domain.model import BasketLine, EventKind, Line, StockEvent
+from engine.domain.sourcing import Candidate
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.storage import Storage
 from engine.usecases import allocation
@@ -179,7 +179,7 @@ async def test_a_plan_whose_stock_moves_before_the_hold_is_made_again(
             return seen
 
     allocator = Raced(server.storage, server.locations, server.reservations)
-    order = Order((OrderLine("a", 2),), LAT, LON, reserve=True, reservation_id="o-1")
+    order = Order((BasketLine("a", 2),), LAT, LON, reserve=True, reservation_id="o-1")
     # when the order is allocated and held
     result = await allocator.allocate(order)
     # then the first hold failed, the order was planned again, and the far store holds it
@@ -235,8 +235,8 @@ async def test_a_long_order_reads_fewer_candidates_within_the_row_limit(
                 {(s, k): 5 for s in "abc" for k in ("x", "y")})  # fmt: skip
     monkeypatch.setattr(allocation, "MAX_ROWS", 4)
     allocator = Allocator(server.storage, server.locations, server.reservations)
-    two = Order((OrderLine("x", 1), OrderLine("y", 1)), LAT, LON)
-    one = Order((OrderLine("x", 1),), LAT, LON)
+    two = Order((BasketLine("x", 1), BasketLine("y", 1)), LAT, LON)
+    one = Order((BasketLine("x", 1),), LAT, LON)
     # then the nearest two are read for it, and all three for a 1-line order
     assert [c.location.id for c in await allocator.candidates(two)] == ["a", "b"]
     assert [c.location.id for c in await allocator.candidates(one)] == ["a", "b", "c"]

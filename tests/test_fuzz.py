@@ -66,13 +66,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engine.api.service import MAX_EVENTS, MAX_SKUS
 from engine.app import Omnistock, create_server
 from engine.domain.clock import ManualClock
-from engine.domain.model import MAX_ID_LENGTH, MAX_LINES, MAX_QTY, MAX_TTL_SECONDS
+from engine.domain.geo import HALF_CIRCUMFERENCE_KM
+from engine.domain.model import (
+    MAX_EVENTS,
+    MAX_ID_LENGTH,
+    MAX_LINES,
+    MAX_QTY,
+    MAX_SKUS,
+    MAX_TTL_SECONDS,
+)
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.storage import SAGAS, SHORTAGES, parse_row
-from engine.usecases.geo import HALF_CIRCUMFERENCE_KM
 
 from .conftest import HOUR_MS, all_keys, settings_for
 from .grpc_helpers import LON, Stubs, north

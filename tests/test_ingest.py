@@ -12,8 +12,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from engine.api.service import MAX_EVENTS, STREAM_READ_AHEAD
+from engine.api.stock import STREAM_READ_AHEAD
 from engine.app import Omnistock
+from engine.domain.model import MAX_EVENTS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.storage import EVENTS_PER_SCRIPT, SHORTAGES
 

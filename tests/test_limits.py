@@ -17,8 +17,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.app import Omnistock, create_server
-from engine.domain.model import MAX_ROWS, Location, LocationType
-from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, plan_order
+from engine.domain.model import MAX_ROWS, BasketLine, Location, LocationType
+from engine.domain.sourcing import Candidate, Constraints, CostModel, plan_order
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import EmbeddedRedis
 from engine.usecases.planner import Planner
@@ -146,8 +146,8 @@ async def test_a_count_past_the_lines_held_or_gone_silent_is_cut(
         assert done.changed == 100
 
 
-def long_order(n_lines: int, n_candidates: int) -> tuple[list[OrderLine], list[Candidate]]:
-    lines = [OrderLine(f"s{i}", 1 + i % 3) for i in range(n_lines)]
+def long_order(n_lines: int, n_candidates: int) -> tuple[list[BasketLine], list[Candidate]]:
+    lines = [BasketLine(f"s{i}", 1 + i % 3) for i in range(n_lines)]
     candidates = [
         Candidate(
             Location(f"L{j}", f"L{j}", LocationType.STORE, 51.0, 0.01 * j),

@@ -18,17 +18,17 @@ from bench.peers.routing import (
 )
 from engine.domain.model import Location, LocationType
 from engine.domain.sourcing import (
+    BasketLine,
     Candidate,
     Constraints,
     CostModel,
-    OrderLine,
     Plan,
     Unfillable,
     plan_order,
 )
 
 MODEL = CostModel()
-Case = tuple[list[OrderLine], list[Candidate], CostModel, Constraints]
+Case = tuple[list[BasketLine], list[Candidate], CostModel, Constraints]
 WHOLE = Constraints(max_shipments=3, allow_split=False)
 
 
@@ -52,8 +52,8 @@ def shipped(plan: Plan) -> dict[str, dict[str, int]]:
     return {s.location.id: {ln.sku: ln.qty for ln in s.lines} for s in plan.shipments}
 
 
-def lines(*qty: int) -> list[OrderLine]:
-    return [OrderLine(f"SKU-{n}", q) for n, q in enumerate(qty)]
+def lines(*qty: int) -> list[BasketLine]:
+    return [BasketLine(f"SKU-{n}", q) for n, q in enumerate(qty)]
 
 
 def test_priority_takes_from_the_higher_priority_source_even_when_farther() -> None:

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from engine.domain.model import Location, LocationType
 from engine.domain.sourcing import (
+    BasketLine,
     Candidate,
     Constraints,
     CostModel,
-    OrderLine,
     Plan,
     Unfillable,
     plan_order,
@@ -39,8 +39,8 @@ def cand(loc_id: str, km: float, *available: int, **fields: object) -> Candidate
     return Candidate(location, km, available, **fields)  # type: ignore[arg-type]
 
 
-def order(*lines: tuple[str, int]) -> list[OrderLine]:
-    return [OrderLine(sku, qty) for sku, qty in lines]
+def order(*lines: tuple[str, int]) -> list[BasketLine]:
+    return [BasketLine(sku, qty) for sku, qty in lines]
 
 
 def shipped(plan: Plan) -> dict[str, dict[str, int]]:
@@ -169,7 +169,7 @@ def test_price_costs_a_given_plan_as_the_optimiser_would() -> None:
 
 
 def check_feasible(
-    plan: Plan, lines: list[OrderLine], candidates: list[Candidate], rules: Constraints
+    plan: Plan, lines: list[BasketLine], candidates: list[Candidate], rules: Constraints
 ) -> None:
     """No line over-allocated, no location over its stock, the constraints met."""
     by_id = {c.location.id: c for c in candidates}
@@ -192,7 +192,7 @@ def check_feasible(
 
 
 def exhaustive(
-    lines: list[OrderLine], candidates: list[Candidate], model: CostModel, rules: Constraints
+    lines: list[BasketLine], candidates: list[Candidate], model: CostModel, rules: Constraints
 ) -> tuple[int, float]:
     """(units unfilled, cost) of the best plan, by trying every assignment of every unit
     group: each line goes whole to one candidate or nowhere (without split), or each of its
@@ -232,10 +232,10 @@ def exhaustive(
 
 
 @st.composite
-def instances(draw: st.DrawFn) -> tuple[list[OrderLine], list[Candidate], Constraints]:
+def instances(draw: st.DrawFn) -> tuple[list[BasketLine], list[Candidate], Constraints]:
     split = draw(st.booleans())
     width = draw(st.integers(1, 3))
-    lines = [OrderLine(f"k{i}", draw(st.integers(1, 2 if split else 3))) for i in range(width)]
+    lines = [BasketLine(f"k{i}", draw(st.integers(1, 2 if split else 3))) for i in range(width)]
     n = draw(st.integers(1, 4 if not split else 3))
     candidates = [
         Candidate(
@@ -252,7 +252,7 @@ def instances(draw: st.DrawFn) -> tuple[list[OrderLine], list[Candidate], Constr
 @settings(max_examples=150, deadline=None)
 @given(instances())
 def test_every_plan_is_feasible_and_as_cheap_as_the_exhaustive_optimum(
-    instance: tuple[list[OrderLine], list[Candidate], Constraints],
+    instance: tuple[list[BasketLine], list[Candidate], Constraints],
 ) -> None:
     lines, candidates, rules = instance
     plan = plan_order(lines, candidates, MODEL, rules)

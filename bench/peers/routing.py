@@ -43,14 +43,14 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.domain.model import LocationType
-from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, price
+from engine.domain.model import BasketLine, LocationType
+from engine.domain.sourcing import Candidate, Constraints, CostModel, Plan, price
 
 EXHAUSTIVE_LIMIT = 100_000  # assignments of an order beyond which exhaustive refuses it
 _CHUNK = 8192  # assignments scored at once
 _TIE = 1e-9
 
-Strategy = Callable[[Sequence[OrderLine], Sequence[Candidate], CostModel, Constraints], Plan]
+Strategy = Callable[[Sequence[BasketLine], Sequence[Candidate], CostModel, Constraints], Plan]
 Draws = dict[int, list[int]]  # candidate index -> units it ships of each order line
 Ints = NDArray[np.int64]
 
@@ -65,7 +65,7 @@ def usable(candidates: Sequence[Candidate]) -> list[int]:
 
 
 def _priced(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,
@@ -81,7 +81,7 @@ def _priced(
 
 
 def _deduct(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,
@@ -113,7 +113,7 @@ def _nearest(candidates: Sequence[Candidate]) -> list[int]:
 
 
 def priority(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,
@@ -124,7 +124,7 @@ def priority(
 
 
 def distance(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,
@@ -135,7 +135,7 @@ def distance(
 
 
 def most_stock(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,
@@ -150,7 +150,7 @@ def most_stock(
 
 
 def fewest_splits(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,
@@ -169,7 +169,7 @@ def fewest_splits(
     return _priced(lines, candidates, model, whole_lines, draws)
 
 
-def _whole_lines(lines: Sequence[OrderLine], candidate: Candidate) -> int:
+def _whole_lines(lines: Sequence[BasketLine], candidate: Candidate) -> int:
     """Bit n set when the candidate has order line n whole."""
     return sum(1 << n for n, ln in enumerate(lines) if candidate.available[n] >= ln.qty)
 
@@ -218,7 +218,7 @@ def _undominated(pool: list[int], whole: dict[int, int]) -> list[int]:
 
 
 def exhaustive(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,

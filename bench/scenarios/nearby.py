@@ -12,11 +12,12 @@ import time
 from collections import Counter
 
 from bench.scenarios import Stubs
-from engine.api.service import location_pb
+from engine.api.convert import location_pb
 from engine.demo import demo_locations
+from engine.domain.geo import Fulfilment
 from engine.domain.model import LocationType
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.usecases.geo import Fulfilment, LocationIndex
+from engine.usecases.index import LocationIndex
 
 EVENTS_PER_CALL = 2000
 NEAREST = 20

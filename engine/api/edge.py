@@ -124,7 +124,7 @@ def _common_names(context: grpc.aio.ServicerContext) -> list[str]:
 
 class UndecodableRequest(InvalidArgument):
     """A request's bytes are not the method's message. An InvalidArgument, so a servicer
-    that maps our errors (engine.api.service) answers it as it answers any bad input."""
+    that maps our errors (engine.api.rpc) answers it as it answers any bad input."""
 
     def __init__(self, method: str, error: str) -> None:
         super().__init__(

@@ -11,7 +11,7 @@
     └── ResourceExhausted    over a per-principal cap or rate (retry)   -> RESOURCE_EXHAUSTED
 
 Redis errors become these at the storage seam (engine.store.storage); these become gRPC status
-codes in one place (engine.api.service). Insufficient stock is not an error: it is an answer.
+codes in one place (engine.api.rpc). Insufficient stock is not an error: it is an answer.
 """
 
 

@@ -20,6 +20,14 @@ MAX_TTL_SECONDS = 7 * 24 * 3600
 MAX_ROWS = 20_000  # stock rows one call may read (GetAvailability, a watch's opening,
 # Allocate's and FindNearby's candidates x lines)
 MAX_NAME_LENGTH = 200
+# The most of each repeated field one call may carry, checked before any other work.
+MAX_SKUS = 1000
+MAX_LOCATION_IDS = 1000
+MAX_TYPES = 8
+MAX_EVENTS = 5000
+MAX_LOCATIONS = 10_000  # UpsertLocations
+MAX_SAFETY_ENTRIES = 10_000
+MAX_MAPPINGS = 10_000
 # Ids travel inside Redis key names; braces would break the `{location}` hash tag and
 # whitespace or separators would make logs and encodings ambiguous. Matched in full
 # (fullmatch): with `$`, "S1\n" would pass, and a newline breaks every line format.
@@ -84,6 +92,32 @@ class Line:
     location: str
     sku: str
     qty: int
+
+
+@dataclass(frozen=True, slots=True)
+class BasketLine:
+    """A sku and how many of it a basket (FindNearby) or an order (Allocate) wants; where
+    from is not said yet (a Line says where)."""
+
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True, slots=True)
+class NearbyHit:
+    """A location near the point asked about, and what it has of each line of the basket."""
+
+    location: Location
+    distance_km: float
+    available: tuple[int, ...]  # per basket line, in the query's order
+
+    def filled(self, lines: tuple[BasketLine, ...]) -> tuple[int, int]:
+        """(lines filled, units filled) of this basket here."""
+        pairs = list(zip(lines, self.available, strict=True))
+        return (
+            sum(1 for ln, a in pairs if a >= ln.qty),
+            sum(min(ln.qty, a) for ln, a in pairs),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.domain.model import Line, Location, LocationType
+from engine.domain.model import BasketLine, Line, Location, LocationType
 
 SEARCH_CELLS = 2_000_000  # numbers scored per set size (sets x size x lines) before pooling
 MAX_SHIPMENTS = 10
@@ -57,12 +57,6 @@ class CostModel:
 
 
 COST_FIELDS = tuple(f.name for f in dataclasses.fields(CostModel))
-
-
-@dataclass(frozen=True, slots=True)
-class OrderLine:
-    sku: str
-    qty: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +92,7 @@ class UnfilledLine:
 @dataclass(frozen=True, slots=True)
 class Shipment:
     location: Location
-    lines: tuple[OrderLine, ...]
+    lines: tuple[BasketLine, ...]
     distance_km: float
     cost: float  # the shipment's own cost plus the buffer penalties of its units
 
@@ -123,7 +117,7 @@ class Plan:
 class _Problem:
     """The order against its usable candidates, as arrays (candidates x lines)."""
 
-    lines: tuple[OrderLine, ...]
+    lines: tuple[BasketLine, ...]
     candidates: tuple[Candidate, ...]
     qty: Ints  # (L,)
     stock: Ints  # (N, L) available, capped at the line's qty
@@ -136,7 +130,7 @@ class _Problem:
     @classmethod
     def build(
         cls,
-        lines: Sequence[OrderLine],
+        lines: Sequence[BasketLine],
         candidates: Sequence[Candidate],
         model: CostModel,
         split: bool,
@@ -182,7 +176,7 @@ class _Problem:
 
 
 def plan_order(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,
@@ -201,7 +195,7 @@ def plan_order(
 
 
 def price(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     model: CostModel,
     constraints: Constraints,
@@ -227,7 +221,7 @@ def _top(candidates: Sequence[Candidate]) -> int:
 
 
 def _plan(
-    lines: Sequence[OrderLine],
+    lines: Sequence[BasketLine],
     candidates: Sequence[Candidate],
     constraints: Constraints,
     shipments: list[Shipment],
@@ -351,7 +345,7 @@ def _shipment(problem: _Problem, cand: int, takes: list[tuple[int, int]]) -> Shi
     below = sum(max(0, q - int(problem.free[cand, line])) for line, q in takes)
     return Shipment(
         c.location,
-        tuple(OrderLine(problem.lines[line].sku, q) for line, q in takes),
+        tuple(BasketLine(problem.lines[line].sku, q) for line, q in takes),
         c.distance_km,
         round(float(problem.base[cand]) + problem.buffer_penalty * below, 6),
     )
@@ -378,7 +372,7 @@ def _draw(problem: _Problem, chosen: tuple[int, ...], line: int) -> list[tuple[i
 
 
 def _why(
-    line: int, order_line: OrderLine, candidates: Sequence[Candidate], constraints: Constraints
+    line: int, order_line: BasketLine, candidates: Sequence[Candidate], constraints: Constraints
 ) -> Unfillable:
     """Why some of a line could not be planned."""
     usable = [c for c in candidates if c.capacity_left is None or c.capacity_left > 0]

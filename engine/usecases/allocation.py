@@ -26,8 +26,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from engine.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from engine.domain.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, check_radius, distance_km
 from engine.domain.model import (
     MAX_ROWS,
+    BasketLine,
     Location,
     LocationType,
     Reservation,
@@ -43,12 +45,10 @@ from engine.domain.sourcing import (
     Candidate,
     Constraints,
     CostModel,
-    OrderLine,
     Plan,
     price,
 )
 from engine.store.storage import Storage
-from engine.usecases.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, distance_km
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.planner import Planner
 from engine.usecases.reservations import Reservations
@@ -59,7 +59,7 @@ MAX_ATTEMPTS = 3
 
 @dataclass(frozen=True, slots=True)
 class Order:
-    lines: tuple[OrderLine, ...]
+    lines: tuple[BasketLine, ...]
     latitude: float
     longitude: float
     constraints: Constraints = field(default_factory=Constraints)
@@ -89,11 +89,7 @@ def check_order(order: Order) -> Order:
         raise InvalidArgument(
             "max_shipments", f"must be 1 to {MAX_SHIPMENTS}, got {order.constraints.max_shipments}"
         )
-    d = order.max_distance_km
-    if not (math.isfinite(d) and 0 < d <= HALF_CIRCUMFERENCE_KM):
-        raise InvalidArgument(
-            "max_distance_km", f"must be above 0 and at most {HALF_CIRCUMFERENCE_KM:.0f}, got {d}"
-        )
+    check_radius(order.max_distance_km, "max_distance_km")
     for i, location in enumerate(sorted(order.excluded)):
         check_id(location, f"excluded_location_ids[{i}]")
     _check_model(order.model)

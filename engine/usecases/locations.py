@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import Location, LocationType
 from engine.store.storage import Storage
-from engine.usecases.geo import LocationIndex
+from engine.usecases.index import LocationIndex
 
 _RELOAD_INTERVAL = 1.0
 

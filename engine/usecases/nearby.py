@@ -1,41 +1,35 @@
 """FindNearby: the locations near a point that can fill one sku or a whole basket.
 
-Candidates come from the in-process location index (engine.usecases.geo), nearest first. Their rows
-are read in rounds of growing size (32 locations, then 64, 128, ...), each round one
-pipelined read (one script per location); a whole-basket search stops as soon as it has
-`limit` locations that fill the basket, so a common query costs one round trip. A partial
-search ranks locations by how much of the basket they fill, so it reads every candidate,
-at most MAX_CANDIDATES of them (the nearest), fewer for a long basket, so that one call
-reads at most MAX_ROWS stock rows (candidates x lines). Availability is the engine's own:
-on_hand less what reservations hold and less safety stock.
+Candidates come from the in-process location index (engine.usecases.index), nearest
+first. Their rows are read in rounds of growing size (32 locations, then 64, 128, ...),
+each round one pipelined read (one script per location); a whole-basket search stops as
+soon as it has `limit` locations that fill the basket, so a common query costs one round
+trip. A partial search ranks locations by how much of the basket they fill, so it reads
+every candidate, at most MAX_CANDIDATES of them (the nearest), fewer for a long basket, so
+that one call reads at most MAX_ROWS stock rows (candidates x lines). Availability is the
+engine's own: on_hand less what reservations hold and less safety stock.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument
+from engine.domain.geo import Fulfilment, check_radius
 from engine.domain.model import (
     MAX_ROWS,
-    Location,
+    BasketLine,
     LocationType,
+    NearbyHit,
     check_coordinates,
     check_sku_lines,
 )
 from engine.store.storage import Storage
-from engine.usecases.geo import HALF_CIRCUMFERENCE_KM, Fulfilment
 from engine.usecases.locations import LocationRegistry
 
 MAX_CANDIDATES = 2000
 FIRST_ROUND = 32
 MAX_LIMIT = 100
-
-
-@dataclass(frozen=True, slots=True)
-class BasketLine:
-    sku: str
-    qty: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,21 +45,6 @@ class NearbyQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class NearbyHit:
-    location: Location
-    distance_km: float
-    available: tuple[int, ...]  # per basket line, in the query's order
-
-    def filled(self, lines: tuple[BasketLine, ...]) -> tuple[int, int]:
-        """(lines filled, units filled) of this basket here."""
-        pairs = list(zip(lines, self.available, strict=True))
-        return (
-            sum(1 for ln, a in pairs if a >= ln.qty),
-            sum(min(ln.qty, a) for ln, a in pairs),
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class NearbyResult:
     hits: list[NearbyHit]
     considered: int
@@ -74,11 +53,7 @@ class NearbyResult:
 def check_query(query: NearbyQuery) -> NearbyQuery:
     """The query as given, or INVALID_ARGUMENT naming the first bad field."""
     check_coordinates(query.latitude, query.longitude)
-    r = query.radius_km
-    if not (math.isfinite(r) and 0 < r <= HALF_CIRCUMFERENCE_KM):
-        raise InvalidArgument(
-            "radius_km", f"must be above 0 and at most {HALF_CIRCUMFERENCE_KM:.0f}, got {r}"
-        )
+    check_radius(query.radius_km, "radius_km")
     check_sku_lines([(ln.sku, ln.qty) for ln in query.lines], "basket")
     if not 1 <= query.limit <= MAX_LIMIT:
         raise InvalidArgument("limit", f"must be 1 to {MAX_LIMIT} (0: 10), got {query.limit}")

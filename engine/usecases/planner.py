@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from engine.domain.errors import ResourceExhausted
-from engine.domain.sourcing import Candidate, Constraints, CostModel, OrderLine, Plan, plan_order
+from engine.domain.model import BasketLine
+from engine.domain.sourcing import Candidate, Constraints, CostModel, Plan, plan_order
 
 INLINE_CELLS = 200  # lines x candidates planned on the event loop (well under a millisecond)
 
@@ -26,7 +27,7 @@ class Planner:
 
     async def plan(
         self,
-        lines: Sequence[OrderLine],
+        lines: Sequence[BasketLine],
         candidates: Sequence[Candidate],
         model: CostModel,
         constraints: Constraints,

@@ -1,4 +1,4 @@
-"""Where locations are: great-circle distances and the in-process index FindNearby searches.
+"""The in-process index of locations FindNearby and Allocate search, nearest first.
 
 The index holds every location's coordinates and flags in numpy arrays, and a query
 computes the haversine distance to all of them at once. It is rebuilt from the location
@@ -13,30 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from enum import Enum
 
 import numpy as np
 
+from engine.domain.geo import EARTH_RADIUS_KM, EDGE_KM, Fulfilment
 from engine.domain.model import Location, LocationType
-
-EARTH_RADIUS_KM = 6371.0088  # the mean radius (IUGG)
-EDGE_KM = 1e-6  # a radius includes its edge to the millimetre (floating-point rounding)
-HALF_CIRCUMFERENCE_KM = math.pi * EARTH_RADIUS_KM
-
-
-class Fulfilment(Enum):
-    ANY = "ANY"
-    PICKUP = "PICKUP"
-    SHIP = "SHIP"
-
-
-def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle (haversine) distance between two points given in degrees."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
-
 
 _TYPE_CODES = {t: i for i, t in enumerate(LocationType)}
 

@@ -1,0 +1,142 @@
+"""Protobuf <-> domain for the messages the servicers and the client share. Each
+conversion from the wire checks what it builds and names the field at fault."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.domain.errors import InvalidArgument
+from engine.domain.geo import Fulfilment
+from engine.domain.model import (
+    MAX_TYPES,
+    EventKind,
+    Line,
+    Location,
+    LocationType,
+    Reservation,
+    StockEvent,
+    StockRow,
+    check_event,
+    check_location,
+    check_size,
+)
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+_TYPES = {
+    pb.LOCATION_TYPE_STORE: LocationType.STORE,
+    pb.LOCATION_TYPE_DC: LocationType.DC,
+    pb.LOCATION_TYPE_DARK_STORE: LocationType.DARK_STORE,
+}
+_TYPES_BACK = {v: k for k, v in _TYPES.items()}
+FULFILMENTS = {
+    pb.FULFILMENT_UNSPECIFIED: Fulfilment.ANY,
+    pb.FULFILMENT_PICKUP: Fulfilment.PICKUP,
+    pb.FULFILMENT_SHIP: Fulfilment.SHIP,
+}
+
+
+_STATES = {
+    "HELD": pb.RESERVATION_STATE_HELD,
+    "COMMITTED": pb.RESERVATION_STATE_COMMITTED,
+    "RELEASED": pb.RESERVATION_STATE_RELEASED,
+    "EXPIRED": pb.RESERVATION_STATE_EXPIRED,
+}
+
+
+OUTCOMES = {
+    "APPLIED": pb.EVENT_OUTCOME_APPLIED,
+    "DUPLICATE": pb.EVENT_OUTCOME_DUPLICATE,
+    "STALE": pb.EVENT_OUTCOME_STALE,
+    "ECHO": pb.EVENT_OUTCOME_ECHO,
+    "REJECTED": pb.EVENT_OUTCOME_REJECTED,
+}
+
+
+def level(location: str, sku: str, row: StockRow) -> pb.StockLevel:
+    return pb.StockLevel(
+        location_id=location,
+        sku=sku,
+        available=row.available,
+        on_hand=row.on_hand,
+        reserved=row.reserved,
+        safety_stock=row.safety_stock,
+        version=row.version,
+        as_of=row.as_of,
+    )
+
+
+def reservation_pb(res: Reservation) -> pb.Reservation:
+    return pb.Reservation(
+        reservation_id=res.id,
+        state=_STATES[res.state.value],
+        expires_at=res.expires_at if res.state.value == "HELD" else 0,
+        lines=[
+            pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty) for ln in res.lines
+        ],
+    )
+
+
+def location_from_pb(msg: pb.Location, field: str) -> Location:
+    if msg.type not in _TYPES:
+        raise InvalidArgument(f"{field}.type", "must be STORE, DC or DARK_STORE")
+    loc = Location(
+        id=msg.id,
+        name=msg.name or msg.id,
+        type=_TYPES[msg.type],
+        latitude=msg.latitude,
+        longitude=msg.longitude,
+        pickup_enabled=msg.pickup_enabled,
+        ship_enabled=msg.ship_enabled,
+        ship_capacity=msg.ship_capacity if msg.HasField("ship_capacity") else None,
+        priority=msg.priority,
+        active=msg.active,
+    )
+    return check_location(loc, field)
+
+
+def location_pb(loc: Location) -> pb.Location:
+    msg = pb.Location(
+        id=loc.id,
+        name=loc.name,
+        type=_TYPES_BACK[loc.type],
+        latitude=loc.latitude,
+        longitude=loc.longitude,
+        pickup_enabled=loc.pickup_enabled,
+        ship_enabled=loc.ship_enabled,
+        priority=loc.priority,
+        active=loc.active,
+    )
+    if loc.ship_capacity is not None:
+        msg.ship_capacity = loc.ship_capacity
+    return msg
+
+
+def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
+    kinds = {pb.EVENT_KIND_COUNT: EventKind.COUNT, pb.EVENT_KIND_DELTA: EventKind.DELTA}
+    if msg.kind not in kinds:
+        raise InvalidArgument(f"{field}.kind", "must be COUNT or DELTA")
+    event = StockEvent(
+        event_id=msg.event_id,
+        location=msg.location_id,
+        sku=msg.sku,
+        kind=kinds[msg.kind],
+        qty=msg.qty,
+        source_time=msg.source_time,
+        reservation_id=msg.reservation_id,
+        source=msg.source,
+    )
+    return check_event(event, field)
+
+
+def types_from_pb(values: Sequence[pb.LocationType.ValueType], field: str) -> set[LocationType]:
+    check_size(len(values), field, MAX_TYPES)
+    types = set()
+    for i, t in enumerate(values):
+        if t not in _TYPES:
+            raise InvalidArgument(f"{field}[{i}]", "must be STORE, DC or DARK_STORE")
+        types.add(_TYPES[t])
+    return types
+
+
+def lines_from_pb(lines: Sequence[pb.ReservationLine]) -> list[Line]:
+    return [Line(ln.location_id, ln.sku, ln.qty) for ln in lines]

@@ -1,0 +1,69 @@
+"""ReservationService: Reserve, Commit, Release, Extend, GetReservation."""
+
+from __future__ import annotations
+
+import grpc
+
+from engine.api.convert import lines_from_pb, reservation_pb
+from engine.api.rpc import rpc
+from engine.domain.model import MAX_LINES, check_id, check_size
+from engine.metrics import Metrics
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.usecases.locations import LocationRegistry
+from engine.usecases.reservations import Reservations
+
+
+class ReservationService(pb_grpc.ReservationServiceServicer):
+    def __init__(
+        self, reservations: Reservations, locations: LocationRegistry, metrics: Metrics
+    ) -> None:
+        self.reservations = reservations
+        self.locations = locations
+        self.metrics = metrics
+
+    @rpc("Reserve")
+    async def Reserve(
+        self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReserveResponse:
+        check_size(len(request.lines), "lines", MAX_LINES)
+        lines = lines_from_pb(request.lines)
+        for i, line in enumerate(lines):
+            check_id(line.location, f"lines[{i}].location_id")
+        await self.locations.require([ln.location for ln in lines], "lines[].location_id")
+        result = await self.reservations.reserve(request.reservation_id, lines, request.ttl_seconds)
+        if result.reservation is not None:
+            return pb.ReserveResponse(reservation=reservation_pb(result.reservation))
+        return pb.ReserveResponse(
+            shortfalls=[
+                pb.Shortfall(
+                    location_id=s.location, sku=s.sku, requested=s.requested, available=s.available
+                )
+                for s in result.shortfalls
+            ]
+        )
+
+    @rpc("Commit")
+    async def Commit(
+        self, request: pb.CommitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reservation:
+        return reservation_pb(await self.reservations.commit(request.reservation_id))
+
+    @rpc("Release")
+    async def Release(
+        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reservation:
+        return reservation_pb(await self.reservations.release(request.reservation_id))
+
+    @rpc("Extend")
+    async def Extend(
+        self, request: pb.ExtendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reservation:
+        res = await self.reservations.extend(request.reservation_id, request.ttl_seconds)
+        return reservation_pb(res)
+
+    @rpc("GetReservation")
+    async def GetReservation(
+        self, request: pb.GetReservationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Reservation:
+        return reservation_pb(await self.reservations.get(request.reservation_id))
