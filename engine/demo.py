@@ -6,9 +6,12 @@ always gives the same data.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import math
 import re
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,7 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.domain.model import MAX_QTY, Location, LocationType
+from engine.domain.clock import Clock
+from engine.domain.model import MAX_QTY, EventKind, Location, LocationType, StockEvent
+from engine.store.storage import Storage
+from engine.usecases.locations import LocationRegistry
+
+log = logging.getLogger(__name__)
 
 KM_PER_DEGREE_LAT = 111.32
 # Store scatter around a city centre: sigma grows with city size, within these bounds, and
@@ -332,3 +340,36 @@ def demo_stock(
         quantities = np.clip(qty, 0, MAX_QTY).astype(np.int64).tolist()
         for index, on_hand in zip(carried.tolist(), quantities, strict=True):
             yield location.id, skus[index], on_hand
+
+
+async def load(storage: Storage, locations: LocationRegistry, clock: Clock) -> None:
+    """Counts every demo row in as COUNT events (the one way stock enters), a few batches in
+    flight at once, logging progress; the locations go in last, so a load cut short is redone
+    at the next start (the events are idempotent)."""
+    started = time.perf_counter()
+    locs = demo_locations()
+    now = clock.now_ms()
+    batches: list[tuple[str, list[StockEvent]]] = []
+    current: dict[str, list[StockEvent]] = {}
+    for location, sku, qty in demo_stock(locs, demo_skus()):
+        event = StockEvent(f"demo:{location}:{sku}", location, sku, EventKind.COUNT, qty, now - 1)
+        current.setdefault(location, []).append(event)
+        if len(current[location]) >= 500:
+            batches.append((location, current.pop(location)))
+    batches += current.items()
+    total = sum(len(events) for _, events in batches)
+    done, gate, next_report = 0, asyncio.Semaphore(4), 0.25
+
+    async def apply(location: str, events: list[StockEvent]) -> None:
+        nonlocal done, next_report
+        async with gate:
+            await storage.apply_events(location, events, now)
+        done += len(events)
+        if done / total >= next_report:
+            log.info("demo data: %d of %d stock rows loaded", done, total)
+            next_report += 0.25
+
+    await asyncio.gather(*(apply(loc, events) for loc, events in batches))
+    await locations.upsert(locs)
+    elapsed = time.perf_counter() - started
+    log.info("demo data: %d locations, %d stock rows in %.1fs", len(locs), total, elapsed)

@@ -9,7 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from engine.domain.sourcing import COST_FIELDS, MAX_SHIPMENTS
+from engine.domain.sourcing import COST_FIELDS, MAX_SHIPMENTS, Constraints, CostModel
+
+_COST, _CONSTRAINTS = CostModel(), Constraints()  # the defaults are theirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,22 +136,33 @@ class Settings:
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     # Allocate's defaults (engine/domain/sourcing.py); each call may set its own.
-    shipment_cost: float = field(default=5.0, metadata={"help": "Allocate: cost of a shipment"})
+    shipment_cost: float = field(
+        default=_COST.shipment_cost, metadata={"help": "Allocate: cost of a shipment"}
+    )
     cost_per_km: float = field(
-        default=0.01, metadata={"help": "Allocate: cost per km from location to destination"}
+        default=_COST.cost_per_km,
+        metadata={"help": "Allocate: cost per km from location to destination"},
     )
     priority_cost: float = field(
-        default=0.1, metadata={"help": "Allocate: cost per step of priority below the highest"}
+        default=_COST.priority_cost,
+        metadata={"help": "Allocate: cost per step of priority below the highest"},
     )
     buffer_units: int = field(
-        default=2, metadata={"help": "Allocate: a store's last units kept for walk-in shoppers"}
+        default=_COST.buffer_units,
+        metadata={"help": "Allocate: a store's last units kept for walk-in shoppers"},
     )
     buffer_penalty: float = field(
-        default=2.0, metadata={"help": "Allocate: cost of each unit taken below that buffer"}
+        default=_COST.buffer_penalty,
+        metadata={"help": "Allocate: cost of each unit taken below that buffer"},
     )
     max_shipments: int = field(
-        default=3, metadata={"help": "Allocate: shipments per order when a call sets none"}
+        default=_CONSTRAINTS.max_shipments,
+        metadata={"help": "Allocate: shipments per order when a call sets none"},
     )
+
+    def cost_model(self) -> CostModel:
+        """Allocate's cost model for a call that sets none of its own."""
+        return CostModel(**{name: getattr(self, name) for name in COST_FIELDS})
 
     @property
     def retention_ms(self) -> int:

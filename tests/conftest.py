@@ -15,12 +15,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from engine.app import Omnistock, connect, create_server
+from engine.app import Omnistock, create_server
 from engine.domain.clock import ManualClock
 from engine.domain.model import Location, LocationType
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.settings import Settings
+from engine.store.connect import connect
 from engine.store.embedded import EmbeddedRedis, LocalCluster
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry

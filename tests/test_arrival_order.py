@@ -23,9 +23,9 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 
-from engine.app import redis_client
 from engine.domain.clock import ManualClock
 from engine.domain.model import EventKind, EventOutcome, Line, StockEvent, StockRow
+from engine.store.connect import redis_client
 from engine.store.storage import Storage
 from engine.usecases.reservations import Reservations
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import grpc
 from redis.asyncio.cluster import RedisCluster
 
-from engine.app import Omnistock, connect, create_server
+from engine.app import Omnistock, create_server
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.store.connect import connect
 from engine.store.storage import Keys
 
 from .conftest import settings_for

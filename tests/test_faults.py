@@ -27,10 +27,11 @@ import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 
-from engine.app import Omnistock, create_server, redis_client
+from engine.app import Omnistock, create_server
 from engine.domain.clock import ManualClock
 from engine.domain.model import EventKind, Line, StockEvent
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis, free_port
 from engine.store.storage import SAGAS, Storage
 from engine.usecases.reservations import COMMITTING, Reservations

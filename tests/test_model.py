@@ -36,11 +36,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from engine.app import connect
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, OmnistockError
 from engine.domain.model import EventKind, Line, Reservation, ReservationState, StockEvent, StockRow
 from engine.metrics import Metrics
+from engine.store.connect import connect
 from engine.store.storage import Keys, Storage, decode_lines
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.reservations import Reservations, Timing

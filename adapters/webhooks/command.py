@@ -28,6 +28,7 @@ from adapters.webhooks.receiver import (
 from adapters.webhooks.writer import appendonly
 from engine.domain.errors import InvalidArgument
 from engine.logs import setup_logging
+from engine.store.connect import redis_client  # the engine's fail-fast client settings
 
 log = logging.getLogger("adapters.webhooks")
 
@@ -155,8 +156,6 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from engine.app import redis_client  # the engine's fail-fast client settings
-
     setup_logging(args.log_level)
     settings = settings_of(args)
     metrics = WebhookMetrics()

@@ -1,7 +1,7 @@
-"""The gRPC server itself: its limits, its edge (engine/api/edge.py), reflection, TLS, and
-where it may listen. Without an auth file the server is open (every caller may do
-everything), so it listens on loopback only; anything else needs principals and TLS, or
-`--insecure` said out loud."""
+"""The gRPC server itself: its limits, its edge (engine/api/edge.py), its services, health,
+reflection, TLS, and where it may listen. Without an auth file the server is open (every
+caller may do everything), so it listens on loopback only; anything else needs principals
+and TLS, or `--insecure` said out loud."""
 
 from __future__ import annotations
 
@@ -9,14 +9,55 @@ import ipaddress
 import logging
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from engine.api.availability import AvailabilityService
 from engine.api.edge import Edge, Limits
+from engine.api.reservations import ReservationService
+from engine.api.sourcing import SourcingService
+from engine.api.stock import StockService
 from engine.domain.auth import Principals
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+SERVICES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class Health:
+    """grpc.health.v1, for the server as a whole ("") and for each service alike."""
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer()
+
+    async def set(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        for name in ("", *SERVICES):
+            await self.servicer.set(name, status.SERVING if serving else status.NOT_SERVING)
+
+    async def shutdown(self) -> None:
+        """NOT_SERVING for good: the server is going away."""
+        await self.servicer.enter_graceful_shutdown()
+
+
+def add_services(
+    server: grpc.aio.Server,
+    health: Health,
+    availability: AvailabilityService,
+    reservations: ReservationService,
+    sourcing: SourcingService,
+    stock: StockService,
+) -> None:
+    pb_grpc.add_AvailabilityServiceServicer_to_server(availability, server)
+    pb_grpc.add_ReservationServiceServicer_to_server(reservations, server)
+    pb_grpc.add_SourcingServiceServicer_to_server(sourcing, server)
+    pb_grpc.add_StockServiceServicer_to_server(stock, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    enable_reflection(server, (*SERVICES, HEALTH, reflection.SERVICE_NAME))
 
 
 def grpc_server(settings: Settings, edge: Edge) -> grpc.aio.Server:

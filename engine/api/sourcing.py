@@ -14,7 +14,6 @@ from engine.domain.sourcing import COST_FIELDS, Constraints, CostModel, Unfillab
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.settings import Settings
 from engine.usecases.allocation import Allocation, Allocator, Order, check_order
 
 _UNFILLED = {
@@ -25,11 +24,11 @@ _UNFILLED = {
 }
 
 
-def order_from_pb(msg: pb.AllocateRequest, defaults: Settings) -> Order:
+def order_from_pb(msg: pb.AllocateRequest, default: CostModel, max_shipments: int) -> Order:
     cost = msg.cost
 
     def pick(name: str) -> Any:
-        return getattr(cost, name) if cost.HasField(name) else getattr(defaults, name)  # type: ignore[arg-type]
+        return getattr(cost, name) if cost.HasField(name) else getattr(default, name)  # type: ignore[arg-type]
 
     check_size(len(msg.lines), "lines", MAX_LINES)
     check_size(len(msg.excluded_location_ids), "excluded_location_ids", MAX_LOCATION_IDS)
@@ -38,7 +37,7 @@ def order_from_pb(msg: pb.AllocateRequest, defaults: Settings) -> Order:
             lines=tuple(BasketLine(ln.sku, ln.qty) for ln in msg.lines),
             latitude=msg.latitude,
             longitude=msg.longitude,
-            constraints=Constraints(msg.max_shipments or defaults.max_shipments, msg.allow_split),
+            constraints=Constraints(msg.max_shipments or max_shipments, msg.allow_split),
             types=frozenset(types_from_pb(msg.location_types, "location_types")),
             excluded=frozenset(msg.excluded_location_ids),
             max_distance_km=msg.max_distance_km or HALF_CIRCUMFERENCE_KM,
@@ -76,16 +75,20 @@ def allocation_pb(result: Allocation) -> pb.AllocateResponse:
 
 
 class SourcingService(pb_grpc.SourcingServiceServicer):
-    def __init__(self, allocator: Allocator, metrics: Metrics, defaults: Settings) -> None:
+    def __init__(
+        self, allocator: Allocator, metrics: Metrics, cost: CostModel, max_shipments: int
+    ) -> None:
+        """cost, max_shipments: what a call that sets none of its own gets."""
         self.allocator = allocator
         self.metrics = metrics
-        self.defaults = defaults
+        self.cost = cost
+        self.max_shipments = max_shipments
 
     @rpc("Allocate")
     async def Allocate(
         self, request: pb.AllocateRequest, context: grpc.aio.ServicerContext
     ) -> pb.AllocateResponse:
-        order = order_from_pb(request, self.defaults)
+        order = order_from_pb(request, self.cost, self.max_shipments)
         result = await self.allocator.allocate(order)
         self.metrics.replans.inc(len(result.retries))
         self.metrics.allocations.labels(_outcome(order, result)).inc()

@@ -36,7 +36,7 @@ table entry or a key of its own would (measured: tests/test_storage.py, bench/RE
 
 The directory lives in the slot of its reservation id, not of a location. On one Redis the
 hold script of a single-location reservation writes it with the hold (one round trip); on a
-Redis Cluster (engine.app.connect asks the server which it is) it never does: there every
+Redis Cluster (engine.store.connect asks the server which it is) it never does: there every
 Reserve is a saga (reservations.py). Everything else is the same on both: every script
 touches one slot, and commands of several slots go in one pipeline, which the cluster
 client splits by node.
@@ -70,7 +70,6 @@ from engine.domain.model import (
     StockEvent,
     StockRow,
 )
-from engine.settings import Settings
 from engine.throttle import Turns, gently
 
 T = TypeVar("T")
@@ -400,22 +399,6 @@ class Storage:
         self._wide_reads = Turns(1, light=BIG_READ)
         self._load_lock = asyncio.Lock()
         self._loaded_at = 0.0
-
-    @classmethod
-    def from_settings(
-        cls,
-        client: aioredis.Redis | RedisCluster,
-        settings: Settings,
-        probe: aioredis.Redis | RedisCluster | None = None,
-    ) -> Storage:
-        return cls(
-            client,
-            stock_buckets=settings.stock_buckets,
-            retention_ms=settings.retention_ms,
-            event_window_ms=settings.event_window_ms,
-            probe=probe,
-            probe_timeout=settings.redis_probe_timeout_seconds,
-        )
 
     # -- plumbing ---------------------------------------------------------------------
 
