@@ -1,0 +1,124 @@
+"""The shape of engine/ (docs/architecture.md), checked on every import statement:
+
+    domain    the business, pure: imports nothing of the engine but itself
+    support   metrics, throttle, logs: imported by every layer, importing only domain
+    store     the one Redis seam
+    usecases  what the engine does
+    api       gRPC
+    wiring    app, settings, demo: anything
+
+Each layer imports only those listed before it (and support); only engine/store imports
+redis, only engine/api and the client import grpc; numpy only in the sourcing optimiser,
+the location index and the demo data. The client imports only the domain, the generated
+stubs and the shared conversions, so that `import engine.client` loads no Redis nor numpy.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENGINE = Path(__file__).resolve().parents[1] / "engine"
+LAYERS = ("domain", "support", "store", "usecases", "api", "wiring")
+SUPPORT = {"metrics", "throttle", "logs"}
+WIRING = {"app", "settings", "demo", "client"}
+# A layer's settings-free modules may also import these from the wiring.
+CONFIG_FOR = {"api": {"settings"}}
+NUMPY = {"domain.sourcing", "usecases.index", "demo"}
+CLIENT_MAY_IMPORT = ("engine.domain", "engine.pb", "engine.api.convert")
+
+
+def layer_of(module: str) -> str:
+    """'store.storage' -> 'store'; 'metrics' -> 'support'; 'pb...' -> 'domain' (generated)."""
+    head = module.split(".")[0]
+    if head in ("domain", "store", "usecases", "api"):
+        return head
+    if head == "pb":
+        return "domain"
+    if head in SUPPORT:
+        return "support"
+    if head in WIRING:
+        return "wiring"
+    raise AssertionError(f"engine.{module} belongs to no layer: add it to one")
+
+
+def modules() -> list[tuple[str, Path]]:
+    found = []
+    for path in sorted(ENGINE.rglob("*.py")):
+        relative = path.relative_to(ENGINE).with_suffix("")
+        if relative.parts[0] == "pb" or relative.name == "__init__":
+            continue
+        found.append((".".join(relative.parts), path))
+    return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module an import statement names (at any depth: lazy imports count too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            if node.module == "engine":  # from engine import demo
+                names.update(f"engine.{alias.name}" for alias in node.names)
+    return names
+
+
+def broken_rules(module: str, imported: set[str]) -> list[str]:
+    layer, broken = layer_of(module), []
+    allowed = set(LAYERS[: LAYERS.index(layer) + 1]) | {"support"}
+    for name in sorted(imported):
+        top = name.split(".")[0]
+        if top == "redis" and layer != "store":
+            broken.append(f"imports {name}: only engine/store imports redis")
+        if top.startswith("grpc") and layer != "api" and module != "client":
+            broken.append(f"imports {name}: only engine/api and the client import grpc")
+        if top == "numpy" and module not in NUMPY:
+            broken.append(f"imports {name}: numpy only in {sorted(NUMPY)}")
+        if top != "engine" or name == "engine":
+            continue
+        inner = name.removeprefix("engine.")
+        if module == "client":
+            if not name.startswith(CLIENT_MAY_IMPORT):
+                broken.append(f"imports {name}: the client imports only {CLIENT_MAY_IMPORT}")
+            continue
+        if layer == "support" and layer_of(inner) != "domain":
+            broken.append(f"imports {name}: support modules import only the domain")
+        elif inner.split(".")[0] in CONFIG_FOR.get(layer, ()):
+            continue
+        elif layer_of(inner) not in allowed:
+            broken.append(f"imports {name}: {layer} is below {layer_of(inner)}")
+    return broken
+
+
+@pytest.mark.parametrize("module,path", modules(), ids=[m for m, _ in modules()])
+def test_each_module_imports_only_what_its_layer_may(module: str, path: Path) -> None:
+    assert broken_rules(module, imports_of(path)) == []
+
+
+def test_the_rules_catch_what_they_forbid() -> None:
+    """The checker itself: each rule, broken once."""
+    assert broken_rules("domain.model", {"redis.asyncio"}) != []
+    assert broken_rules("domain.model", {"engine.store.storage"}) != []
+    assert broken_rules("store.storage", {"engine.usecases.ingest"}) != []
+    assert broken_rules("store.storage", {"engine.settings"}) != []
+    assert broken_rules("usecases.ingest", {"grpc"}) != []
+    assert broken_rules("usecases.ingest", {"engine.api.convert"}) != []
+    assert broken_rules("metrics", {"engine.store.storage"}) != []
+    assert broken_rules("client", {"engine.usecases.nearby"}) != []
+    assert broken_rules("domain.model", {"numpy"}) != []
+    assert broken_rules("api.stock", {"engine.usecases.ingest", "engine.settings", "grpc"}) == []
+
+
+def test_importing_the_client_loads_neither_redis_nor_numpy() -> None:
+    code = (
+        "import sys, engine.client; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'redis', 'numpy', 'hiredis'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
