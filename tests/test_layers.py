@@ -70,30 +70,33 @@ def imports_of(path: Path) -> set[str]:
 
 
 def broken_rules(module: str, imported: set[str]) -> list[str]:
-    layer, broken = layer_of(module), []
-    allowed = set(LAYERS[: LAYERS.index(layer) + 1]) | {"support"}
-    for name in sorted(imported):
-        top = name.split(".")[0]
-        if top == "redis" and layer != "store":
-            broken.append(f"imports {name}: only engine/store imports redis")
-        if top.startswith("grpc") and layer != "api" and module != "client":
-            broken.append(f"imports {name}: only engine/api and the client import grpc")
-        if top == "numpy" and module not in NUMPY:
-            broken.append(f"imports {name}: numpy only in {sorted(NUMPY)}")
-        if top != "engine" or name == "engine":
-            continue
-        inner = name.removeprefix("engine.")
-        if module == "client":
-            if not name.startswith(CLIENT_MAY_IMPORT):
-                broken.append(f"imports {name}: the client imports only {CLIENT_MAY_IMPORT}")
-            continue
-        if layer == "support" and layer_of(inner) != "domain":
-            broken.append(f"imports {name}: support modules import only the domain")
-        elif inner.split(".")[0] in CONFIG_FOR.get(layer, ()):
-            continue
-        elif layer_of(inner) not in allowed:
-            broken.append(f"imports {name}: {layer} is below {layer_of(inner)}")
-    return broken
+    return [f"imports {name}: {why}" for name in sorted(imported) if (why := _why(module, name))]
+
+
+def _why(module: str, name: str) -> str:
+    """Why `module` may not import `name` ('' if it may)."""
+    layer, top = layer_of(module), name.split(".")[0]
+    if top == "redis" and layer != "store":
+        return "only engine/store imports redis"
+    if top.startswith("grpc") and layer != "api" and module != "client":
+        return "only engine/api and the client import grpc"
+    if top == "numpy" and module not in NUMPY:
+        return f"numpy only in {sorted(NUMPY)}"
+    if top != "engine" or name == "engine":
+        return ""
+    inner = name.removeprefix("engine.")
+    if module == "client":
+        return (
+            ""
+            if name.startswith(CLIENT_MAY_IMPORT)
+            else f"the client imports only {CLIENT_MAY_IMPORT}"
+        )
+    if layer == "support":
+        return "" if layer_of(inner) == "domain" else "support modules import only the domain"
+    if inner.split(".")[0] in CONFIG_FOR.get(layer, ()):
+        return ""
+    allowed = {*LAYERS[: LAYERS.index(layer) + 1], "support"}
+    return "" if layer_of(inner) in allowed else f"{layer} is below {layer_of(inner)}"
 
 
 @pytest.mark.parametrize("module,path", modules(), ids=[m for m, _ in modules()])

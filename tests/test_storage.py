@@ -15,6 +15,7 @@ from engine.domain.model import (
     StockEvent,
     fingerprint,
 )
+from engine.store.replies import HoldReply, PartReply, ReleaseMode, Reply, Short
 from engine.store.storage import WAKE, Keys, PickCapacity, Storage, encode_lines
 from engine.usecases.reservations import Reservations
 
@@ -33,7 +34,7 @@ def delta(eid: str, sku: str, qty: int, t: int, rid: str = "") -> StockEvent:
     return StockEvent(eid, L, sku, EventKind.DELTA, qty, t, reservation_id=rid)
 
 
-async def hold(storage: Storage, rid: str, lines: list[Line], exp: int = NOW + 60_000) -> list:
+async def hold(storage: Storage, rid: str, lines: list[Line], exp: int = NOW + 60_000) -> HoldReply:
     fp = fingerprint(lines)
     directory = None if storage.cluster else encode_lines(lines)  # a cluster: a step of its own
     (answer,) = await storage.hold([storage.hold_call(rid, fp, L, lines, NOW, exp, directory)])
@@ -48,7 +49,7 @@ async def test_hold_is_all_or_nothing_and_reports_every_short_line(storage: Stor
     # when a hold asks 6 of a and 2 of b
     answer = await hold(storage, "r1", [Line(L, "a", 6), Line(L, "b", 2)])
     # then both lines are reported short, and nothing is held
-    assert answer == ["SHORT", "a", 6, 5, "b", 2, 1]
+    assert answer == HoldReply(Reply.SHORT, short=(Short("a", 6, 5), Short("b", 2, 1)))
     rows = await storage.rows([(L, "a"), (L, "b")])
     assert [r.reserved for r in rows] == [0, 0]
     assert await storage.directory("r1") is None
@@ -56,20 +57,26 @@ async def test_hold_is_all_or_nothing_and_reports_every_short_line(storage: Stor
 
 async def test_hold_then_commit_moves_on_hand_and_reserved(storage: Storage) -> None:
     await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
-    assert (await hold(storage, "r1", [Line(L, "a", 3)]))[0] == "HELD"
+    assert (await hold(storage, "r1", [Line(L, "a", 3)])).reply is Reply.HELD
     (row,) = await storage.rows([(L, "a")])
     assert (row.on_hand, row.reserved, row.available) == (5, 3, 2)
-    assert await storage.commit_part("r1", L, ["a"], NOW + 1, force=False) == ["COMMITTED", 1]
-    assert await storage.commit_part("r1", L, ["a"], NOW + 2, force=False) == ["COMMITTED", 0]
+    assert await storage.commit_part("r1", L, ["a"], NOW + 1, force=False) == PartReply(
+        Reply.COMMITTED, changed=True
+    )
+    assert await storage.commit_part("r1", L, ["a"], NOW + 2, force=False) == PartReply(
+        Reply.COMMITTED, changed=False
+    )
     (row,) = await storage.rows([(L, "a")])
     assert (row.on_hand, row.reserved, row.available) == (2, 0, 2)
 
 
 async def test_same_id_same_lines_holds_once_other_lines_conflict(storage: Storage) -> None:
     await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
-    assert (await hold(storage, "r1", [Line(L, "a", 2)]))[0] == "HELD"
-    assert (await hold(storage, "r1", [Line(L, "a", 2)]))[:2] == ["EXISTS", "HELD"]
-    assert await hold(storage, "r1", [Line(L, "a", 1)]) == ["CONFLICT"]
+    first = await hold(storage, "r1", [Line(L, "a", 2)])
+    assert first.reply is Reply.HELD
+    again = await hold(storage, "r1", [Line(L, "a", 2)])
+    assert again == HoldReply(Reply.EXISTS, ReservationState.HELD, first.expires_at)
+    assert await hold(storage, "r1", [Line(L, "a", 1)]) == HoldReply(Reply.CONFLICT)
     (row,) = await storage.rows([(L, "a")])
     assert row.reserved == 2
 
@@ -77,8 +84,12 @@ async def test_same_id_same_lines_holds_once_other_lines_conflict(storage: Stora
 async def test_release_gives_units_back_once(storage: Storage) -> None:
     await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
     await hold(storage, "r1", [Line(L, "a", 4)])
-    assert await storage.release_part("r1", L, ["a"], "release") == ["RELEASED", 1]
-    assert await storage.release_part("r1", L, ["a"], "release") == ["RELEASED", 0]
+    assert await storage.release_part("r1", L, ["a"], ReleaseMode.RELEASE) == PartReply(
+        Reply.RELEASED, changed=True
+    )
+    assert await storage.release_part("r1", L, ["a"], ReleaseMode.RELEASE) == PartReply(
+        Reply.RELEASED, changed=False
+    )
     (row,) = await storage.rows([(L, "a")])
     assert row.reserved == 0 and row.available == 5
 
@@ -155,7 +166,9 @@ async def test_a_sale_reported_under_a_hold_that_is_released_counts_as_a_delta(
     # and a count taken between the two sales, which includes the first only
     await storage.apply_events(L, [count("c2", "a", 7, NOW + 3)], NOW + 7)
     # when both holds are given back instead of committed
-    assert await storage.release_part("pos-1", L, ["a"], "release") == ["RELEASED", 1]
+    assert await storage.release_part("pos-1", L, ["a"], ReleaseMode.RELEASE) == PartReply(
+        Reply.RELEASED, changed=True
+    )
     assert await storage.expire(L, ["pos-2"], NOW + 10**6) == 1
     # then the sales count as deltas: the first is in the count already, the second is not
     (row,) = await storage.rows([(L, "a")])
@@ -179,8 +192,10 @@ async def test_count_older_than_the_window_is_stale(storage: Storage) -> None:
 async def test_safety_stock_is_kept_back_from_holds(storage: Storage) -> None:
     await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
     assert await storage.set_safety_stock(L, [("a", 2)]) == 1
-    assert await hold(storage, "r1", [Line(L, "a", 4)]) == ["SHORT", "a", 4, 3]
-    assert (await hold(storage, "r2", [Line(L, "a", 3)]))[0] == "HELD"
+    assert await hold(storage, "r1", [Line(L, "a", 4)]) == HoldReply(
+        Reply.SHORT, short=(Short("a", 4, 3),)
+    )
+    assert (await hold(storage, "r2", [Line(L, "a", 3)])).reply is Reply.HELD
 
 
 async def test_every_key_of_a_location_carries_its_hash_tag(
@@ -285,23 +300,23 @@ async def test_a_plan_takes_pick_capacity_and_gives_it_back_on_release_and_expir
     await storage.apply_events(L, [count("c1", "a", 50, NOW - 10)], NOW)
     today = PickCapacity(2, "20260101", "20251230")
 
-    async def plan_hold(rid: str, exp: int = NOW + 60_000) -> list:
+    async def plan_hold(rid: str, exp: int = NOW + 60_000) -> HoldReply:
         lines = [Line(L, "a", 1)]
         call = storage.hold_call(rid, fingerprint(lines), L, lines, NOW, exp, None, today)
         return (await storage.hold([call]))[0]
 
     # when two plans are held, a third finds the day full, and nothing of it is held
-    assert (await plan_hold("p1"))[0] == "HELD"
-    assert (await plan_hold("p2", exp=NOW + 1000))[0] == "HELD"
-    assert await plan_hold("p3") == ["FULL", 2]
+    assert (await plan_hold("p1")).reply is Reply.HELD
+    assert (await plan_hold("p2", exp=NOW + 1000)).reply is Reply.HELD
+    assert await plan_hold("p3") == HoldReply(Reply.FULL, used=2)
     assert await storage.capacity_used([L], "20260101") == [2]
     (row,) = await storage.rows([(L, "a")])
     assert row.reserved == 2
     # then a release and an expiry each give one back; a hold without capacity takes none
-    assert (await storage.release_part("p1", L, ["a"], "release"))[0] == "RELEASED"
+    assert (await storage.release_part("p1", L, ["a"], ReleaseMode.RELEASE)).changed
     assert await storage.expire(L, ["p2"], NOW + 1000) == 1
     assert await storage.capacity_used([L], "20260101") == [0]
-    assert (await hold(storage, "pos", [Line(L, "a", 1)]))[0] == "HELD"
+    assert (await hold(storage, "pos", [Line(L, "a", 1)])).reply is Reply.HELD
     assert await storage.capacity_used([L], "20260101") == [0]
 
 
@@ -313,7 +328,7 @@ async def test_pick_capacity_forgets_days_before_the_ones_kept(storage: Storage)
         keep_from = days[max(0, n - 2)]
         cap = PickCapacity(9, day, keep_from)
         call = storage.hold_call(f"p{n}", fingerprint(lines), L, lines, NOW, NOW + 9, None, cap)
-        assert (await storage.hold([call]))[0][0] == "HELD"
+        assert (await storage.hold([call]))[0].reply is Reply.HELD
     # only the last three days are counted still
     assert await storage.capacity_used([L], *days[:1]) == [0]
     assert [(await storage.capacity_used([L], d))[0] for d in days[2:]] == [1, 1, 1]

@@ -70,6 +70,17 @@ from engine.domain.model import (
     StockEvent,
     StockRow,
 )
+from engine.store.replies import (
+    Claim,
+    ClaimReply,
+    HoldReply,
+    PartReply,
+    ReleaseMode,
+    Reply,
+    claim_reply,
+    hold_reply,
+    part_reply,
+)
 from engine.throttle import Turns, gently
 
 T = TypeVar("T")
@@ -685,7 +696,7 @@ class Storage:
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
         return HoldCall(keys.keys, [*args, location, owner], location, expires_at, with_dir)
 
-    async def hold(self, calls: Sequence[HoldCall]) -> list[list[Any]]:
+    async def hold(self, calls: Sequence[HoldCall]) -> list[HoldReply]:
         """Holds parts at one or more locations; the auto-pipeline sends them together.
         Right behind each hold goes the wake-up of its location's sweep (see wake), unless
         the script sets it itself."""
@@ -695,8 +706,8 @@ class Storage:
             return self.call("hold", c.keys, c.args, then=then)
 
         if len(calls) == 1:  # the common case: no task for gather to make
-            return [_decode(await one(calls[0]))]
-        return [_decode(answer) for answer in await asyncio.gather(*map(one, calls))]
+            return [hold_reply(await one(calls[0]))]
+        return [hold_reply(answer) for answer in await asyncio.gather(*map(one, calls))]
 
     async def commit_part(
         self,
@@ -706,25 +717,29 @@ class Storage:
         now: int,
         force: bool,
         owner: str = "",
-    ) -> list[Any]:
+    ) -> PartReply:
         """owner: the principal whose held units this part stops counting (see budget)."""
         keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
         then = _unbudget(owner, reservation_id)
-        return _decode(await self.call("commit", keys.keys, [*args, *triples], then))
+        return part_reply(await self.call("commit", keys.keys, [*args, *triples], then))
 
     async def release_part(
-        self, reservation_id: str, location: str, skus: Iterable[str], mode: str, owner: str = ""
-    ) -> list[Any]:
-        """mode: 'release', 'tombstone' or 'forget' (see release.lua)."""
+        self,
+        reservation_id: str,
+        location: str,
+        skus: Iterable[str],
+        mode: ReleaseMode,
+        owner: str = "",
+    ) -> PartReply:
         keys = KeyList(
             Keys.part(location, reservation_id), Keys.due(location), Keys.capacity(location)
         )
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, self.retention_ms, mode, len(triples) // 3, *triples]
         then = _unbudget(owner, reservation_id)
-        return _decode(await self.call("release", keys.keys, args, then))
+        return part_reply(await self.call("release", keys.keys, args, then))
 
     async def budget(
         self, principal: str, reservation_id: str, units: int, now: int, expires_at: int, cap: int
@@ -740,18 +755,18 @@ class Storage:
 
     async def extend_part(
         self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
-    ) -> list[Any]:
+    ) -> PartReply:
         """Moves a part's expiry; once it has moved, the location's wake-up follows it (an
         earlier expiry must wake the sweep earlier) and the directory is kept at least as
         long (PEXPIRE GT), in a second round trip, so that a refused extend writes nothing."""
         keys = [Keys.part(location, reservation_id), Keys.due(location)]
         args = [reservation_id, now, expires_at, "pin" if pin else "set"]
-        answer = _decode(await self.call("extend", keys, args))
-        if answer[0] == "HELD":
-            directory_ttl = int(answer[1]) - now + self.retention_ms
+        answer = part_reply(await self.call("extend", keys, args))
+        if answer.reply is Reply.HELD:
+            directory_ttl = answer.expires_at - now + self.retention_ms
 
             def build(pipe: Any) -> None:
-                pipe.execute_command(*_wake_at(location, int(answer[1])))
+                pipe.execute_command(*_wake_at(location, answer.expires_at))
                 pipe.pexpire(Keys.directory(reservation_id), directory_ttl, gt=True)
 
             await self.pipeline(build)
@@ -789,7 +804,7 @@ class Storage:
         ttl_ms: int,
         recover_at: int,
         made_by: str = "",
-    ) -> list[Any]:
+    ) -> ClaimReply:
         """Opens a saga: the sagas index entry and the directory entry, in one round trip.
         The index entry goes first (a crash after it leaves recovery a trace), and only if
         the id has none (NX: a retry never postpones the recovery of an earlier attempt);
@@ -802,8 +817,8 @@ class Storage:
             self.evalsha(pipe, "claim", [Keys.directory(reservation_id)], args)
 
         added, answer = await self.pipeline(build)
-        claimed = _decode(answer)
-        if claimed[0] != "NEW" and added:
+        claimed = claim_reply(answer)
+        if claimed.reply is not Claim.NEW and added:
             await self.unschedule_saga(reservation_id)
         return claimed
 

@@ -51,12 +51,20 @@ from engine.domain.model import (
     ttl_ms,
 )
 from engine.metrics import Metrics
+from engine.store.replies import (
+    PENDING,
+    Claim,
+    HoldReply,
+    PartReply,
+    ReleaseMode,
+    Reply,
+    Saga,
+)
 from engine.store.storage import DirEntry, PickCapacity, Storage, encode_lines
 
-PENDING = "PENDING:"
-COMMITTING, COMMITTED = "COMMITTING", "COMMITTED"
-RELEASING, RELEASED = "RELEASING", "RELEASED"
-ABORTED = "ABORTED"
+COMMITTING, COMMITTED = Saga.COMMITTING, Saga.COMMITTED
+RELEASING, RELEASED = Saga.RELEASING, Saga.RELEASED
+ABORTED = Saga.ABORTED
 _SETTLED_AS = {COMMITTING: COMMITTED, RELEASING: RELEASED}
 _COMMIT_PIN_MS = 120_000
 
@@ -204,18 +212,16 @@ class Reservations:
         return self._hold_answer(rid, lines, location, answer)
 
     def _hold_answer(
-        self, rid: str, lines: tuple[Line, ...], location: str, answer: list[object]
+        self, rid: str, lines: tuple[Line, ...], location: str, answer: HoldReply
     ) -> HoldResult:
-        kind = answer[0]
-        if kind == "CONFLICT":
+        if answer.reply is Reply.CONFLICT:
             raise AlreadyExists(f"reservation {rid} exists with other lines")
-        if kind == "SHORT":
-            return HoldResult(None, _shortfalls(location, answer[1:]))
-        if kind == "FULL":
+        if answer.reply is Reply.SHORT:
+            return HoldResult(None, _shortfalls(location, answer))
+        if answer.reply is Reply.FULL:
             return HoldResult(None, full=(location,))
-        state = "HELD" if kind == "HELD" else str(answer[1])
-        expires_at = int(str(answer[-1] or 0))
-        return HoldResult(Reservation(rid, lines, ReservationState(state), expires_at))
+        assert answer.state is not None  # HELD or EXISTS
+        return HoldResult(Reservation(rid, lines, answer.state, answer.expires_at))
 
     async def _reserve_saga(
         self,
@@ -249,30 +255,29 @@ class Reservations:
         claimed = await self.storage.claim(
             rid, fp, encode_lines(lines), owner, ttl, recover_at, made_by
         )
-        if claimed[0] == "CONFLICT":
+        if claimed.reply is Claim.CONFLICT:
             raise AlreadyExists(f"reservation {rid} exists with other lines")
-        if claimed[0] == "SAGA":
-            settled = await self._settled(rid, str(claimed[1]))
+        if claimed.reply is Claim.SAGA:
+            settled = await self._settled(rid, claimed.saga)
             return None if settled is None else HoldResult(settled)
         calls = [
             self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None, caps.get(loc))
             for loc, part in groups.items()
         ]
         answers = await self.storage.hold(calls)
-        held = [loc for loc, a in zip(groups, answers, strict=True) if a[0] == "HELD"]
+        held = [loc for loc, a in zip(groups, answers, strict=True) if a.reply is Reply.HELD]
         if len(held) == len(calls):
             if not await self.storage.settle(rid, PENDING + owner, ""):
-                await self._release_parts(rid, groups, held, "tombstone")
+                await self._release_parts(rid, groups, held, ReleaseMode.TOMBSTONE)
                 raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
             await self.storage.unschedule_saga(rid)
             return HoldResult(Reservation(rid, lines, ReservationState.HELD, now + ttl_ms))
         shortfalls: list[Shortfall] = []
         for loc, answer in zip(groups, answers, strict=True):
-            if answer[0] == "SHORT":
-                shortfalls += _shortfalls(loc, answer[1:])
-        full = tuple(loc for loc, a in zip(groups, answers, strict=True) if a[0] == "FULL")
+            shortfalls += _shortfalls(loc, answer)
+        full = tuple(loc for loc, a in zip(groups, answers, strict=True) if a.reply is Reply.FULL)
         # It never took effect: forget every part held, then the id itself.
-        await self._release_parts(rid, groups, held, "forget")
+        await self._release_parts(rid, groups, held, ReleaseMode.FORGET)
         await self.storage.drop_directory(rid, fp)
         await self.storage.unschedule_saga(rid)
         if not shortfalls and not full:
@@ -298,9 +303,9 @@ class Reservations:
         rid: str,
         groups: dict[str, list[Line]],
         locations: Sequence[str],
-        mode: str,
+        mode: ReleaseMode,
         owner: str = "",
-    ) -> list[list[object]]:
+    ) -> list[PartReply]:
         """owner: whose held units the parts stop counting (see Storage.budget)."""
         return list(
             await asyncio.gather(
@@ -354,7 +359,7 @@ class Reservations:
             await self.storage.settle(rid, COMMITTING, COMMITTED)
             await self.storage.unschedule_saga(rid)
 
-    async def _decide(self, rid: str, expected: str, new: str) -> None:
+    async def _decide(self, rid: str, expected: str, new: Saga) -> None:
         """Moves the saga field by compare-and-set; on losing, says who won (unless the
         winner made the same decision: then this call helps finish it)."""
         await self.storage.schedule_saga(rid, self.clock.now_ms() + self.timing.saga_timeout_ms)
@@ -375,11 +380,11 @@ class Reservations:
             )
         )
         for answer in answers:
-            if answer[0] == "STATE":
-                raise FailedPrecondition(f"reservation {rid} is {answer[1]}, not HELD")
-            if answer[0] == "MISSING":
+            if answer.reply is Reply.STATE:
+                raise FailedPrecondition(f"reservation {rid} is {answer.state}, not HELD")
+            if answer.reply is Reply.MISSING:
                 raise NotFound(f"reservation {rid} not found")
-        if any(answer[1] == 1 for answer in answers):
+        if any(answer.changed for answer in answers):
             self.metrics.commits.inc()
 
     async def _pin(self, rid: str, groups: dict[str, list[Line]]) -> list[str]:
@@ -388,33 +393,35 @@ class Reservations:
         answers = await asyncio.gather(
             *(self.storage.extend_part(rid, loc, now, now + _COMMIT_PIN_MS, True) for loc in groups)
         )
-        return [loc for loc, a in zip(groups, answers, strict=True) if a[0] == "HELD"]
+        return [loc for loc, a in zip(groups, answers, strict=True) if a.reply is Reply.HELD]
 
     async def release(self, rid: str) -> Reservation:
         entry = await self._entry(rid)
         groups = by_location(entry.lines)
         if len(groups) == 1 and not entry.saga:
-            answers = await self._release_parts(rid, groups, list(groups), "release", entry.owner)
+            answers = await self._release_parts(
+                rid, groups, list(groups), ReleaseMode.RELEASE, entry.owner
+            )
         elif entry.saga in ("", RELEASING, RELEASED):
             answers = await self._release_saga(rid, groups, entry.owner, bool(entry.saga))
         elif entry.saga == ABORTED:
             return await self.get(rid)
         else:
             raise FailedPrecondition(f"reservation {rid} is {_saga_word(entry.saga)}")
-        if any(a[0] == "STATE" and a[1] == "COMMITTED" for a in answers):
+        if any(a.state is ReservationState.COMMITTED for a in answers):
             raise FailedPrecondition(f"reservation {rid} is COMMITTED; it cannot be released")
-        if any(a[0] == "RELEASED" and a[1] == 1 for a in answers):
+        if any(a.changed for a in answers):
             self.metrics.releases.inc()
-        expired = all(a[0] == "STATE" and a[1] == "EXPIRED" for a in answers)
+        expired = all(a.state is ReservationState.EXPIRED for a in answers)
         state = ReservationState.EXPIRED if expired else ReservationState.RELEASED
         return Reservation(rid, entry.lines, state, 0)
 
     async def _release_saga(
         self, rid: str, groups: dict[str, list[Line]], owner: str, decided: bool = False
-    ) -> list[list[object]]:
+    ) -> list[PartReply]:
         if not decided:
             await self._decide(rid, "", RELEASING)
-        answers = await self._release_parts(rid, groups, list(groups), "release", owner)
+        answers = await self._release_parts(rid, groups, list(groups), ReleaseMode.RELEASE, owner)
         await self.storage.settle(rid, RELEASING, RELEASED)
         await self.storage.unschedule_saga(rid)
         return answers
@@ -434,8 +441,8 @@ class Reservations:
             *(self.storage.extend_part(rid, loc, now, expires_at, False) for loc in groups)
         )
         for answer in answers:
-            if answer[0] != "HELD":
-                state = answer[1] if answer[0] == "STATE" else "missing"
+            if answer.reply is not Reply.HELD:
+                state = answer.state or "missing"
                 raise FailedPrecondition(f"reservation {rid} is {state}, not HELD")
         if who.role is auth.Role.STOREFRONT:  # its units count until the new expiry
             units = sum(ln.qty for ln in entry.lines)
@@ -467,14 +474,18 @@ class Reservations:
             if entry.saga.startswith(PENDING) and await self.storage.settle(
                 rid, entry.saga, ABORTED
             ):
-                await self._release_parts(rid, groups, list(groups), "tombstone", entry.owner)
+                await self._release_parts(
+                    rid, groups, list(groups), ReleaseMode.TOMBSTONE, entry.owner
+                )
                 action = "rolled_back"
             elif entry.saga == COMMITTING:
                 await self._commit_parts(rid, groups, True, entry.owner)
                 await self.storage.settle(rid, COMMITTING, COMMITTED)
                 action = "committed"
             elif entry.saga == RELEASING:
-                await self._release_parts(rid, groups, list(groups), "release", entry.owner)
+                await self._release_parts(
+                    rid, groups, list(groups), ReleaseMode.RELEASE, entry.owner
+                )
                 await self.storage.settle(rid, RELEASING, RELEASED)
                 action = "released"
         await self.storage.unschedule_saga(rid)
@@ -493,11 +504,8 @@ def _saga_word(saga: str) -> str:
     return "being placed" if saga.startswith(PENDING) else saga.replace("ABORTED", "RELEASED")
 
 
-def _shortfalls(location: str, flat: Sequence[object]) -> tuple[Shortfall, ...]:
-    return tuple(
-        Shortfall(location, str(flat[i]), int(str(flat[i + 1])), int(str(flat[i + 2])))
-        for i in range(0, len(flat), 3)
-    )
+def _shortfalls(location: str, answer: HoldReply) -> tuple[Shortfall, ...]:
+    return tuple(Shortfall(location, *short) for short in answer.short)
 
 
 def _overall(states: set[str | None]) -> ReservationState:
