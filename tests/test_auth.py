@@ -26,7 +26,7 @@ from engine.client import OmnistockClient
 from engine.domain.auth import RIGHTS, Role, token_digest
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import EmbeddedRedis
-from engine.store.storage import ACL_RULES
+from engine.store.keys import ACL_RULES
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, count, delta, line, location

@@ -10,7 +10,7 @@ from redis.asyncio.cluster import RedisCluster
 from engine.app import Omnistock, create_server
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.connect import connect
-from engine.store.storage import Keys
+from engine.store.keys import Keys
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, level, line, stock_up

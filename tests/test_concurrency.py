@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.storage import SAGAS, WAKE
+from engine.store.keys import SAGAS, WAKE
 
 from .conftest import ON_BOTH, all_keys
 from .grpc_helpers import Stubs, count, level, line, stock_up

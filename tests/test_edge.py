@@ -22,7 +22,7 @@ from engine.domain.clock import ManualClock
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import EventKind, Line, ReservationState, StockEvent, check_id
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.storage import (
+from engine.store.keys import (
     LOCATIONS,
     LOCATIONS_VERSION,
     MAPPINGS_VERSION,
@@ -30,8 +30,8 @@ from engine.store.storage import (
     SHORTAGES,
     WAKE,
     Keys,
-    Storage,
 )
+from engine.store.storage import Storage
 from engine.usecases.ingest import MAX_CACHED_SOURCES
 from engine.usecases.reservations import Reservations
 

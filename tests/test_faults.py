@@ -33,7 +33,8 @@ from engine.domain.model import EventKind, Line, StockEvent
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis, free_port
-from engine.store.storage import SAGAS, Storage
+from engine.store.keys import SAGAS
+from engine.store.storage import Storage
 from engine.usecases.reservations import COMMITTING, Reservations
 
 from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for, sweeper_of

@@ -78,7 +78,8 @@ from engine.domain.model import (
     MAX_TTL_SECONDS,
 )
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.storage import SAGAS, SHORTAGES, parse_row
+from engine.store.codecs import parse_row
+from engine.store.keys import SAGAS, SHORTAGES
 
 from .conftest import HOUR_MS, all_keys, settings_for
 from .grpc_helpers import LON, Stubs, north

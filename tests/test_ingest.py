@@ -16,7 +16,8 @@ from engine.api.stock import STREAM_READ_AHEAD
 from engine.app import Omnistock
 from engine.domain.model import MAX_EVENTS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.storage import EVENTS_PER_SCRIPT, SHORTAGES
+from engine.store.keys import SHORTAGES
+from engine.store.storage import EVENTS_PER_SCRIPT
 
 from .conftest import ON_BOTH
 from .grpc_helpers import T0, Stubs, count, delta, level, line, seed

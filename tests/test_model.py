@@ -40,8 +40,10 @@ from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, OmnistockError
 from engine.domain.model import EventKind, Line, Reservation, ReservationState, StockEvent, StockRow
 from engine.metrics import Metrics
+from engine.store.codecs import decode_lines
 from engine.store.connect import connect
-from engine.store.storage import Keys, Storage, decode_lines
+from engine.store.keys import Keys
+from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.reservations import Reservations, Timing
 from engine.usecases.sweeper import Sweeper

@@ -15,8 +15,10 @@ from engine.domain.model import (
     StockEvent,
     fingerprint,
 )
+from engine.store.codecs import PickCapacity, encode_lines
+from engine.store.keys import WAKE, Keys
 from engine.store.replies import HoldReply, PartReply, ReleaseMode, Reply, Short
-from engine.store.storage import WAKE, Keys, PickCapacity, Storage, encode_lines
+from engine.store.storage import Storage
 from engine.usecases.reservations import Reservations
 
 from .conftest import HOUR_MS, ON_BOTH, all_keys, sweeper_of

@@ -15,7 +15,7 @@ from bench.peers.common import LOCATION, SKU, Peer, private_redis, run_async, ru
 from bench.peers.flash_load import FlashConfig, run_flash_sale
 from bench.peers.postgres import PgLine, PgStock, PrivatePostgres
 from engine.domain.model import Line
-from engine.store.storage import Keys
+from engine.store.keys import Keys
 
 HOLD_TTL_S = 3600.0  # longer than any run: nothing expires while the load runs
 

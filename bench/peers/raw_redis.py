@@ -47,7 +47,8 @@ from bench.runner import MAX_LATENCY_US, new_histogram
 from engine.app import redis_client
 from engine.domain.model import Line, fingerprint
 from engine.settings import Settings
-from engine.store.storage import Storage, encode_lines
+from engine.store.codecs import encode_lines
+from engine.store.storage import Storage
 
 OPS = ("hold", "get", "hincrby")
 HUGE_STOCK = 1_000_000_000

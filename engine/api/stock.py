@@ -17,6 +17,7 @@ from engine.domain.model import (
     MAX_LOCATIONS,
     MAX_MAPPINGS,
     MAX_SAFETY_ENTRIES,
+    IdKind,
     StockEvent,
     check_id,
     check_qty,
@@ -27,8 +28,6 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next_within
 from engine.usecases.ingest import (
-    ITEM,
-    LOCATION,
     Count,
     Ingest,
     Shortage,
@@ -327,7 +326,7 @@ class StockService(pb_grpc.StockServiceServicer):
         if not request.mappings:
             raise InvalidArgument("mappings", "at least one mapping is required")
         check_size(len(request.mappings), "mappings", MAX_MAPPINGS)
-        kinds = {pb.MAPPING_KIND_LOCATION: LOCATION, pb.MAPPING_KIND_ITEM: ITEM}
+        kinds = {pb.MAPPING_KIND_LOCATION: IdKind.LOCATION, pb.MAPPING_KIND_ITEM: IdKind.ITEM}
         changes = []
         for i, m in enumerate(request.mappings):
             if m.kind not in kinds:

@@ -60,6 +60,13 @@ class EventOutcome(enum.StrEnum):
     REJECTED = "REJECTED"  # can never be applied (bad field, unknown location): not applied
 
 
+class IdKind(enum.StrEnum):
+    """The two kinds of id a platform's mapping translates into ours."""
+
+    LOCATION = "location"
+    ITEM = "item"
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     id: str

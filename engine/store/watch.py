@@ -24,15 +24,12 @@ from typing import Any
 from redis import exceptions as rexc
 
 from engine.domain.model import StockRow
-from engine.store.storage import parse_row
+from engine.store.codecs import parse_row
+from engine.store.keys import Keys
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 10_000
 Change = tuple[str, str, StockRow]  # location, sku, row after the change
-
-
-def channel(location: str) -> str:
-    return f"{{{location}}}:w"
 
 
 class Overflow(Exception):
@@ -95,7 +92,7 @@ class WatchHub:
             if new:
                 if self._pubsub is None:
                     self._pubsub = self.redis.pubsub()
-                await self._pubsub.ssubscribe(*map(channel, new))
+                await self._pubsub.ssubscribe(*map(Keys.changes, new))
             if self._pump is None:
                 self._pump = asyncio.create_task(self._run())
 
@@ -110,7 +107,7 @@ class WatchHub:
                     gone.append(loc)
             if gone and self._pubsub is not None:
                 with contextlib.suppress(rexc.RedisError, OSError):
-                    await self._pubsub.sunsubscribe(*map(channel, gone))
+                    await self._pubsub.sunsubscribe(*map(Keys.changes, gone))
 
     async def _run(self) -> None:
         """Hands each published change to the watchers of its location."""
@@ -123,7 +120,7 @@ class WatchHub:
                 continue
             if message is None or message.get("type") not in (b"smessage", "smessage"):
                 continue
-            location = message["channel"].decode()[1:-3]  # "{L}:w"
+            location = Keys.location_of_changes(message["channel"].decode())
             sku, value = message["data"].split(b"\t", 1)
             change = (location, sku.decode(), parse_row(value))
             for watcher in self.watchers.get(location, ()):

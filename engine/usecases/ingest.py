@@ -27,16 +27,23 @@ import orjson
 
 from engine.domain import auth
 from engine.domain.errors import InvalidArgument, OmnistockError, PermissionDenied
-from engine.domain.model import EventKind, EventOutcome, StockEvent, check_id, check_qty
+from engine.domain.model import (
+    EventKind,
+    EventOutcome,
+    IdKind,
+    StockEvent,
+    check_id,
+    check_qty,
+)
 from engine.metrics import Metrics
-from engine.store.storage import EventsApplied, Holder, Storage
+from engine.store.codecs import EventsApplied, Holder
+from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 
 log = logging.getLogger(__name__)
 
 _RELOAD_INTERVAL = 1.0
 MAX_CACHED_SOURCES = 1024  # mappings kept in memory; the least recently used go first
-LOCATION, ITEM = "l", "i"  # the two kinds of mapped id, as stored
 MAX_COUNT_LINES = 2_000_000
 COUNT_BATCH = 2000  # count lines per script call
 COUNT_CALLS = 4  # script calls of one count in flight
@@ -111,8 +118,8 @@ def uncovered(on_hand: int, holders: Sequence[Holder]) -> tuple[Uncovered, ...]:
 
 
 class SourceMap(NamedTuple):
-    ids: dict[str, str]  # "<kind>:<their id>" -> our id
-    kinds: frozenset[str]  # the kinds it maps: a source must map every id of these
+    ids: dict[tuple[IdKind, str], str]  # (kind, their id) -> our id
+    kinds: frozenset[IdKind]  # the kinds it maps: a source must map every id of these
 
 
 class Mappings:
@@ -135,18 +142,18 @@ class Mappings:
             self.by_source.move_to_end(source)
             return self.by_source[source]
         ids = await self.storage.mapping(source)
-        found = self.by_source[source] = SourceMap(ids, frozenset(k.split(":", 1)[0] for k in ids))
+        found = self.by_source[source] = SourceMap(ids, frozenset(kind for kind, _ in ids))
         if len(self.by_source) > MAX_CACHED_SOURCES:
             self.by_source.popitem(last=False)
         return found
 
-    async def _ours(self, source: str, kind: str, theirs: str, field_name: str) -> str:
+    async def _ours(self, source: str, kind: IdKind, theirs: str, field_name: str) -> str:
         """Our id for a source's id. A source with mappings of this kind must map every id
         of it: an id it does not map is refused, never taken for one of ours."""
         if not source:
             return theirs
         m = await self.of(source)
-        ours = m.ids.get(f"{kind}:{theirs}")
+        ours = m.ids.get((kind, theirs))
         if ours is not None:
             return ours
         if kind in m.kinds:
@@ -154,10 +161,10 @@ class Mappings:
         return theirs
 
     async def location(self, source: str, location: str, field_name: str) -> str:
-        return await self._ours(source, LOCATION, location, field_name)
+        return await self._ours(source, IdKind.LOCATION, location, field_name)
 
     async def item(self, source: str, sku: str, field_name: str) -> str:
-        return await self._ours(source, ITEM, sku, field_name)
+        return await self._ours(source, IdKind.ITEM, sku, field_name)
 
     async def translate(
         self, events: Sequence[tuple[int, StockEvent]]
@@ -176,17 +183,17 @@ class Mappings:
             out.append((i, ev))
         return out
 
-    async def set(self, changes: Sequence[tuple[str, str, str, str]]) -> None:
-        """(source, kind LOCATION|ITEM, external id, our id or "" to remove) each."""
+    async def set(self, changes: Sequence[tuple[str, IdKind, str, str]]) -> None:
+        """(source, kind, external id, our id or "" to remove) each."""
         who = auth.current()
         for i, (source, kind, external, ours) in enumerate(changes):
             check_id(source, f"mappings[{i}].source")
             check_id(external, f"mappings[{i}].external_id")
             if ours:
                 check_id(ours, f"mappings[{i}].id")
-            if kind == LOCATION:  # a scoped principal maps only to its own locations
+            if kind is IdKind.LOCATION:  # a scoped principal maps only to its own locations
                 who.require_locations([ours] if ours else [], f"mappings[{i}].id")
-        await self.storage.set_mappings([(s, f"{k}:{e}", o) for s, k, e, o in changes])
+        await self.storage.set_mappings(changes)
         self.by_source, self._checked_at = OrderedDict(), float("-inf")
 
 

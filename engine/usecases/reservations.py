@@ -51,6 +51,7 @@ from engine.domain.model import (
     ttl_ms,
 )
 from engine.metrics import Metrics
+from engine.store.codecs import DirEntry, PickCapacity, encode_lines
 from engine.store.replies import (
     PENDING,
     Claim,
@@ -60,7 +61,7 @@ from engine.store.replies import (
     Reply,
     Saga,
 )
-from engine.store.storage import DirEntry, PickCapacity, Storage, encode_lines
+from engine.store.storage import Storage
 
 COMMITTING, COMMITTED = Saga.COMMITTING, Saga.COMMITTED
 RELEASING, RELEASED = Saga.RELEASING, Saga.RELEASED

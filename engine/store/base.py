@@ -1,0 +1,155 @@
+"""The plumbing every part of the store shares: the clients, the scripts, the circuit that
+fails calls at once while the store is known down, and Redis errors turned into ours."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from engine.domain.errors import Unavailable
+from engine.store.keys import Keys
+from engine.store.scripts import REDIS_DOWN, AutoPipeline, Command, Script, evalsha_into
+from engine.throttle import Turns
+
+T = TypeVar("T")
+# Reads of more rows than this (a long order's candidates, a wide GetAvailability or watch
+# opening) are made one at a time in a process: a few of them at once fill the pipeline
+# that every other call waits behind (bench/RESULTS.md, "Abuse": a one-event write went
+# from 400 to 40 ms at p50 beside four 20,000-row Allocates).
+BIG_READ = 2000
+# Stock events applied by one script: a batch of 5,000 at one location holds Redis a few ms
+# at a time instead of tens of ms at once.
+EVENTS_PER_SCRIPT = 500
+
+
+class Base:
+    """The clients and scripts of the store, and how every exchange with Redis is made."""
+
+    SCRIPTS = (
+        "hold",
+        "commit",
+        "release",
+        "expire",
+        "extend",
+        "claim",
+        "settle",
+        "apply_events",
+        "set_safety_stock",
+        "read_rows",
+        "disarm",
+        "budget",
+    )
+
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        *,
+        stock_buckets: int,
+        retention_ms: int,
+        event_window_ms: int,
+        probe: aioredis.Redis | RedisCluster | None = None,
+        probe_timeout: float = 0.5,
+    ) -> None:
+        """probe: a client of its own for `probe()` (default: `client`)."""
+        # redis-py types its replies as wide unions; this seam decodes them itself.
+        self.redis: Any = client
+        self.probe_client: Any = probe or client
+        self.probe_timeout = probe_timeout
+        self.down: str | None = None  # why the circuit is open (open_circuit)
+        self.cluster = isinstance(client, RedisCluster)
+        self.keys = Keys(stock_buckets)
+        self.retention_ms = retention_ms
+        self.event_window_ms = event_window_ms
+        self.scripts = {name: Script(name) for name in self.SCRIPTS}
+        self.batcher = AutoPipeline(client)
+        self._wide_reads = Turns(1, light=BIG_READ)
+        self._load_lock = asyncio.Lock()
+        self._loaded_at = 0.0
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def guard(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Runs one Redis exchange; a cold script cache is filled and the exchange rerun.
+        While the circuit is open it fails at once (`open_circuit`)."""
+        if self.down is not None:
+            raise Unavailable(f"redis unreachable: {self.down}")
+        try:
+            try:
+                return await make()
+            except rexc.NoScriptError:
+                await self._reload_scripts()
+                return await make()
+        except REDIS_DOWN as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    def open_circuit(self, reason: str) -> None:
+        """The store is known down (engine/store/probe.py): until `close_circuit`, every call fails
+        at once with Unavailable instead of waiting on a frozen socket until its deadline.
+        Script calls still queued behind a batch that waits on the store are answered so
+        now too; they were never sent, so they change nothing. (What was sent already waits
+        for its answer, its deadline or the socket timeout: whether it ran is unknown.)"""
+        self.down = reason
+        self.batcher.fail_queued(f"not sent: {reason}")
+
+    def close_circuit(self) -> None:
+        self.down = None
+
+    async def load_scripts(self) -> None:
+        for script in self.scripts.values():
+            await self.redis.script_load(script.source)
+        self._loaded_at = time.monotonic()
+
+    async def _reload_scripts(self) -> None:
+        """After a Redis restart every call in flight meets NOSCRIPT at once: one of them
+        loads the scripts, the others wait for it instead of loading them again."""
+        seen = self._loaded_at
+        async with self._load_lock:
+            if self._loaded_at == seen:
+                await self.load_scripts()
+
+    async def probe(self) -> None:
+        """Pings the store past the circuit, on the probe's own connection (so that a busy
+        pool is not taken for a store that is down), within `probe_timeout` seconds."""
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                await self.probe_client.ping()
+        except (*REDIS_DOWN, rexc.RedisError) as exc:
+            late = isinstance(exc, TimeoutError | rexc.TimeoutError)
+            why = f"no answer within {self.probe_timeout}s" if late else str(exc)
+            raise Unavailable(f"redis unreachable: {why}") from exc
+
+    async def call(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+    ) -> Any:
+        sha = self.scripts[name].sha
+        return await self.guard(lambda: self.batcher.evalsha(sha, keys, args, then))
+
+    async def pipeline(self, build: Callable[[Any], object]) -> list[Any]:
+        """One round trip for several commands. It is run again only after NOSCRIPT, which
+        only a pipeline holding a script call can meet: such pipelines hold idempotent
+        commands only."""
+
+        async def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+
+        return await self.guard(run)
+
+    def evalsha(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        evalsha_into(pipe, self.scripts[name].sha, keys, args)
+
+    def _slot(self, location: str) -> int:
+        """The cluster hash slot of a location's keys; 0 for all of them on one Redis."""
+        return key_slot(location.encode()) if self.cluster else 0

@@ -1,0 +1,149 @@
+"""How values are laid out in Redis, both ways: stock rows, the lines of a reservation (in
+its directory, "location\tsku\tqty\n" each, and in a part, "sku\tqty\n" each: the Lua
+scripts read the same), locations, event ids; and the typed values the store hands up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from engine.domain.model import (
+    EventOutcome,
+    IdKind,
+    Line,
+    Location,
+    LocationType,
+    StockEvent,
+    StockRow,
+)
+
+
+class PickCapacity(NamedTuple):
+    """A hold that takes one of the `limit` orders its location may pick on `day`."""
+
+    limit: int
+    day: str  # YYYYMMDD (UTC)
+    keep_from: str  # days before this one are forgotten
+
+
+class HoldCall(NamedTuple):
+    keys: list[str]
+    args: list[Any]
+    location: str
+    expires_at: int
+    wakes: bool  # the script sets the location's wake-up itself (only when it holds)
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    fingerprint: str
+    lines: tuple[Line, ...]
+    saga: str
+    owner: str  # the principal that made it ('' on an open server)
+
+
+@dataclass(frozen=True, slots=True)
+class PartState:
+    location: str
+    state: str | None  # None: no part at this location
+    expires_at: int
+
+
+class Holder(NamedTuple):
+    reservation_id: str
+    qty: int
+    held_at: int  # ms; 0 for a part held before holds recorded it
+
+
+@dataclass(frozen=True, slots=True)
+class EventsApplied:
+    outcomes: list[EventOutcome]
+    short_rows: list[tuple[str, int, int]]  # sku, on_hand, reserved
+
+
+def dedupe_id(event: StockEvent) -> str:
+    """What makes an event a duplicate at its location: its id, from its source. ("|" is
+    no id's character, so two sources' ids never meet.)"""
+    return f"{event.source}|{event.event_id}" if event.source else event.event_id
+
+
+def encode_lines(lines: Iterable[Line]) -> str:
+    return "".join(f"{ln.location}\t{ln.sku}\t{ln.qty}\n" for ln in lines)
+
+
+def decode_lines(text: str) -> tuple[Line, ...]:
+    out = []
+    for row in text.splitlines():
+        location, sku, qty = row.split("\t")
+        out.append(Line(location, sku, int(qty)))
+    return tuple(out)
+
+
+def available_of(value: bytes | None) -> int:
+    """A stored row's available units (StockRow.available), without decoding the rest."""
+    if value is None:
+        return 0
+    on_hand, reserved, safety, _ = value.split(b",", 3)
+    return max(0, int(on_hand) - int(reserved) - int(safety))
+
+
+def parse_row(value: bytes | None) -> StockRow:
+    if value is None:
+        return StockRow()
+    on_hand, reserved, safety, version, as_of = value.split(b",")
+    return StockRow(int(on_hand), int(reserved), int(safety), int(version), int(as_of))
+
+
+def part_lines(text: bytes | None) -> list[tuple[str, int]]:
+    """The (sku, qty) lines of a reservation part's `l` field."""
+    out = []
+    for row in (text or b"").decode().splitlines():
+        sku, qty = row.split("\t")
+        out.append((sku, int(qty)))
+    return out
+
+
+def location_dict(loc: Location) -> dict[str, Any]:
+    return {
+        "id": loc.id,
+        "name": loc.name,
+        "type": loc.type.value,
+        "lat": loc.latitude,
+        "lon": loc.longitude,
+        "pickup": loc.pickup_enabled,
+        "ship": loc.ship_enabled,
+        "cap": loc.ship_capacity,
+        "prio": loc.priority,
+        "active": loc.active,
+    }
+
+
+def location_from(d: dict[str, Any]) -> Location:
+    return Location(
+        id=d["id"],
+        name=d["name"],
+        type=LocationType(d["type"]),
+        latitude=d["lat"],
+        longitude=d["lon"],
+        pickup_enabled=d["pickup"],
+        ship_enabled=d["ship"],
+        ship_capacity=d["cap"],
+        priority=d["prio"],
+        active=d["active"],
+    )
+
+
+# A mapping's field, "<l|i>:<their id>" (only mappings live under {omnistock}:map:).
+_KIND_TAGS = {IdKind.LOCATION: "l", IdKind.ITEM: "i"}
+_TAG_KINDS = {tag: kind for kind, tag in _KIND_TAGS.items()}
+
+
+def mapping_field(kind: IdKind, theirs: str) -> str:
+    return f"{_KIND_TAGS[kind]}:{theirs}"
+
+
+def mapping_of(field: str) -> tuple[IdKind, str]:
+    tag, theirs = field.split(":", 1)
+    return _TAG_KINDS[tag], theirs

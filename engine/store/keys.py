@@ -1,0 +1,139 @@
+"""Every key and channel name the engine uses, in one place: nothing else names one, and
+the Lua scripts get theirs in KEYS.
+
+Key layout. Every key of one location carries its hash tag `{L}`, so each per-location
+script touches one hash slot and runs unchanged on Redis Cluster.
+
+    {L}:s:<b>      hash   stock rows of bucket b: sku -> "on_hand,reserved,safety,version,as_of"
+    {L}:d:<b>      zset   changes after the last count of bucket b's rows (DELTAs and commits),
+                          member "sku\\t<e:event id | c:reservation id>\\t<signed qty>",
+                          score = time (ms)
+    {L}:e          zset   stock event ids applied at L ("<source>|<event id>", or the event id
+                          of an event with no source), scored by arrival (the dedupe window)
+    {L}:f          string the time of the latest full count of L that zeroed what it did not
+                          list: every row of L counts as counted then (apply_events.lua)
+    {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
+                          t when it was held (ms)
+    {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
+    {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
+    {L}:w          shard channel: every row written at L, as written (engine/store/watch.py)
+    res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
+                          o the principal that made it ('' on an open server)
+    principal:{<name>}:held  hash  a storefront principal's HELD reservations -> "units,expiry",
+                          counted against its cap on units held at once (budget.lua)
+    {omnistock}:locations  hash  location id -> JSON
+    {omnistock}:locations:v  counter  moves with every upsert, so caches know when to reload
+    {omnistock}:wake       zset  location -> a time at or before its earliest HELD expiry
+    {omnistock}:sagas      zset  reservation id -> time after which recovery may act
+    {omnistock}:map:<source>  hash  a source's ids -> ours: "l:<its location id>" -> location,
+                          "i:<its item id>" -> sku (only mappings live under this prefix)
+    {omnistock}:mapv       counter  moves with every change of a mapping
+    {omnistock}:shortages  stream  a shortage event for every row a count or delta left short
+
+Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
+listpack-encoded hash: a stock row then costs about 40 bytes instead of the ~100 a hash
+table entry or a key of its own would (measured: tests/test_storage.py, bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+LOCATIONS = "{omnistock}:locations"
+LOCATIONS_VERSION = "{omnistock}:locations:v"
+WAKE = "{omnistock}:wake"
+SAGAS = "{omnistock}:sagas"
+MAPPINGS_VERSION = "{omnistock}:mapv"
+SHORTAGES = "{omnistock}:shortages"
+SHORTAGES_KEPT = 100_000  # about: the stream is trimmed to the newest this many
+
+# What the engine needs of Redis, as an ACL (docs/security.md): its keys (every one carries
+# a hash tag: `{L}:...`, `{omnistock}:...`, `res:{id}`, `principal:{name}:held`), its
+# row-change channels, and the commands of its scripts and reads; no admin or dangerous
+# command but INFO (is it a cluster?) and the cluster topology the cluster client reads.
+ACL_RULES = (
+    "resetkeys ~{*}:* ~res:{*} ~principal:{*}:held resetchannels &{*}:w "
+    "-@all +@read +@write +@scripting +@pubsub +@connection +@transaction -@dangerous "
+    "-eval -eval_ro -script|flush -script|kill -function -fcall -fcall_ro "
+    "+info +cluster|slots +cluster|shards +cluster|nodes +cluster|info +readonly"
+)
+
+
+class Keys:
+    """Key names, in one place (see the module docstring). Each kind of key has a prefix
+    of its own that no caller's id can reach (ids hold no braces), so no id names another
+    kind's key: tests/test_edge.py checks it for every kind."""
+
+    def __init__(self, stock_buckets: int) -> None:
+        self.buckets = stock_buckets
+
+    def bucket(self, sku: str) -> int:
+        return zlib.crc32(sku.encode()) % self.buckets
+
+    def stock(self, location: str, sku: str) -> str:
+        return f"{{{location}}}:s:{self.bucket(sku)}"
+
+    def log(self, location: str, sku: str) -> str:
+        return f"{{{location}}}:d:{self.bucket(sku)}"
+
+    def stock_buckets(self, location: str) -> list[str]:
+        """Every stock bucket of a location."""
+        return [f"{{{location}}}:s:{b}" for b in range(self.buckets)]
+
+    @staticmethod
+    def changes(location: str) -> str:
+        """The shard channel of a location's row changes (engine/store/watch.py). The Lua
+        prelude's write_row names it the same way, from the hash tag of the row's key."""
+        return f"{{{location}}}:w"
+
+    @staticmethod
+    def location_of_changes(channel: str) -> str:
+        return channel[1 : -len("}:w")]
+
+    @staticmethod
+    def seen(location: str) -> str:
+        return f"{{{location}}}:e"
+
+    @staticmethod
+    def part(location: str, reservation_id: str) -> str:
+        return f"{{{location}}}:r:{reservation_id}"
+
+    @staticmethod
+    def due(location: str) -> str:
+        return f"{{{location}}}:x"
+
+    @staticmethod
+    def capacity(location: str) -> str:
+        return f"{{{location}}}:c"
+
+    @staticmethod
+    def directory(reservation_id: str) -> str:
+        return f"res:{{{reservation_id}}}"
+
+    @staticmethod
+    def full_count(location: str) -> str:
+        return f"{{{location}}}:f"
+
+    @staticmethod
+    def mapping(source: str) -> str:
+        return f"{{omnistock}}:map:{source}"
+
+    @staticmethod
+    def held(principal: str) -> str:
+        return f"principal:{{{principal}}}:held"
+
+
+class KeyList:
+    """KEYS of one script call: each distinct key once, addressed by its 1-based index."""
+
+    def __init__(self, *fixed: str) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        for key in fixed:
+            self.add(key)
+
+    def add(self, key: str) -> int:
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)
+        return self._index[key]

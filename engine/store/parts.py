@@ -1,0 +1,323 @@
+"""Reservation parts in Redis: holds, commits, releases, extends, the directory and the
+sagas index, and the expiry of holds (the sweeper's reads and writes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any
+
+from engine.domain.model import Line
+from engine.store.base import Base
+from engine.store.codecs import (
+    DirEntry,
+    HoldCall,
+    PartState,
+    PickCapacity,
+    decode_lines,
+    part_lines,
+)
+from engine.store.keys import SAGAS, WAKE, KeyList, Keys
+from engine.store.replies import (
+    Claim,
+    ClaimReply,
+    HoldReply,
+    PartReply,
+    ReleaseMode,
+    Reply,
+    claim_reply,
+    hold_reply,
+    part_reply,
+)
+from engine.store.scripts import Command, decoded
+
+
+class Parts(Base):
+    """Reservation parts, the directory, sagas and expiry (see engine/store/storage.py)."""
+
+    # -- reservation parts ------------------------------------------------------------
+
+    def _line_keys(self, keys: KeyList, location: str, skus: Iterable[str]) -> list[Any]:
+        """(sku, stock key index, change log key index) for each sku, the keys added."""
+        args: list[Any] = []
+        for sku in skus:
+            stock = keys.add(self.keys.stock(location, sku))
+            args += [sku, stock, keys.add(self.keys.log(location, sku))]
+        return args
+
+    def hold_call(
+        self,
+        reservation_id: str,
+        fp: str,
+        location: str,
+        lines: Sequence[Line],
+        now: int,
+        expires_at: int,
+        directory_lines: str | None,
+        capacity: PickCapacity | None = None,
+        owner: str = "",
+    ) -> HoldCall:
+        """A hold script call; with directory_lines it also writes the directory (on one
+        Redis only: on a cluster the directory is in another slot); with capacity it takes
+        one order of the location's daily pick capacity, or answers FULL."""
+        keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
+        triples: list[Any] = []
+        for line in lines:
+            triples += [line.sku, line.qty, keys.add(self.keys.stock(location, line.sku))]
+        cap: list[Any] = [0, 0, "", ""]
+        if capacity is not None:
+            cap = [keys.add(Keys.capacity(location)), *capacity]
+        with_dir = directory_lines is not None
+        if with_dir:  # last: hold.lua reads them as KEYS[#KEYS-1] and KEYS[#KEYS]
+            keys.add(WAKE)
+            keys.add(Keys.directory(reservation_id))
+        args = [reservation_id, fp, now, expires_at, self.retention_ms]
+        args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
+        return HoldCall(keys.keys, [*args, location, owner], location, expires_at, with_dir)
+
+    async def hold(self, calls: Sequence[HoldCall]) -> list[HoldReply]:
+        """Holds parts at one or more locations; the auto-pipeline sends them together.
+        Right behind each hold goes the wake-up of its location's sweep (see wake), unless
+        the script sets it itself."""
+
+        def one(c: HoldCall) -> Awaitable[Any]:
+            then = None if c.wakes else _wake_at(c.location, c.expires_at)
+            return self.call("hold", c.keys, c.args, then=then)
+
+        if len(calls) == 1:  # the common case: no task for gather to make
+            return [hold_reply(await one(calls[0]))]
+        return [hold_reply(answer) for answer in await asyncio.gather(*map(one, calls))]
+
+    async def commit_part(
+        self,
+        reservation_id: str,
+        location: str,
+        skus: Iterable[str],
+        now: int,
+        force: bool,
+        owner: str = "",
+    ) -> PartReply:
+        """owner: the principal whose held units this part stops counting (see budget)."""
+        keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
+        triples = self._line_keys(keys, location, skus)
+        args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
+        then = _unbudget(owner, reservation_id)
+        return part_reply(await self.call("commit", keys.keys, [*args, *triples], then))
+
+    async def release_part(
+        self,
+        reservation_id: str,
+        location: str,
+        skus: Iterable[str],
+        mode: ReleaseMode,
+        owner: str = "",
+    ) -> PartReply:
+        keys = KeyList(
+            Keys.part(location, reservation_id), Keys.due(location), Keys.capacity(location)
+        )
+        triples = self._line_keys(keys, location, skus)
+        args = [reservation_id, self.retention_ms, mode, len(triples) // 3, *triples]
+        then = _unbudget(owner, reservation_id)
+        return part_reply(await self.call("release", keys.keys, args, then))
+
+    async def budget(
+        self, principal: str, reservation_id: str, units: int, now: int, expires_at: int, cap: int
+    ) -> int | None:
+        """Counts a hold against the units `principal` may hold at once (budget.lua): None
+        when it fits (or was counted before), else the units it holds already."""
+        args = [now, reservation_id, units, expires_at, cap]
+        answer = decoded(await self.call("budget", [Keys.held(principal)], args))
+        return None if answer[0] == "OK" else int(answer[1])
+
+    async def unbudget(self, principal: str, reservation_id: str) -> None:
+        await self.guard(lambda: self.redis.hdel(Keys.held(principal), reservation_id))
+
+    async def extend_part(
+        self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
+    ) -> PartReply:
+        """Moves a part's expiry; once it has moved, the location's wake-up follows it (an
+        earlier expiry must wake the sweep earlier) and the directory is kept at least as
+        long (PEXPIRE GT), in a second round trip, so that a refused extend writes nothing."""
+        keys = [Keys.part(location, reservation_id), Keys.due(location)]
+        args = [reservation_id, now, expires_at, "pin" if pin else "set"]
+        answer = part_reply(await self.call("extend", keys, args))
+        if answer.reply is Reply.HELD:
+            directory_ttl = answer.expires_at - now + self.retention_ms
+
+            def build(pipe: Any) -> None:
+                pipe.execute_command(*_wake_at(location, answer.expires_at))
+                pipe.pexpire(Keys.directory(reservation_id), directory_ttl, gt=True)
+
+            await self.pipeline(build)
+        return answer
+
+    async def parts(self, reservation_id: str, locations: Iterable[str]) -> list[PartState]:
+        locs = list(locations)
+
+        def build(pipe: Any) -> None:
+            for location in locs:
+                pipe.hmget(Keys.part(location, reservation_id), ["s", "x"])
+
+        results = await self.pipeline(build)
+        return [
+            PartState(loc, s.decode() if s else None, int(x) if x else 0)
+            for loc, (s, x) in zip(locs, results, strict=True)
+        ]
+
+    # -- the directory and sagas ------------------------------------------------------
+
+    async def directory(self, reservation_id: str) -> DirEntry | None:
+        key = Keys.directory(reservation_id)
+        f, lines, g, o = await self.guard(lambda: self.redis.hmget(key, ["f", "l", "g", "o"]))
+        if f is None:
+            return None
+        text = (g or b"").decode(), (o or b"").decode()
+        return DirEntry(f.decode(), decode_lines(lines.decode()), *text)
+
+    async def claim(
+        self,
+        reservation_id: str,
+        fp: str,
+        lines: str,
+        owner: str,
+        ttl_ms: int,
+        recover_at: int,
+        made_by: str = "",
+    ) -> ClaimReply:
+        """Opens a saga: the sagas index entry and the directory entry, in one round trip.
+        The index entry goes first (a crash after it leaves recovery a trace), and only if
+        the id has none (NX: a retry never postpones the recovery of an earlier attempt);
+        a claim refused (CONFLICT, or the id's saga under way) takes back the entry it
+        added, so a refused call leaves nothing behind."""
+
+        def build(pipe: Any) -> None:
+            pipe.zadd(SAGAS, {reservation_id: recover_at}, nx=True)
+            args = [fp, lines, owner, ttl_ms, made_by]
+            self.evalsha(pipe, "claim", [Keys.directory(reservation_id)], args)
+
+        added, answer = await self.pipeline(build)
+        claimed = claim_reply(answer)
+        if claimed.reply is not Claim.NEW and added:
+            await self.unschedule_saga(reservation_id)
+        return claimed
+
+    async def settle(self, reservation_id: str, expected: str, new: str, ttl_ms: int = 0) -> bool:
+        args = [expected, new, ttl_ms]
+        return bool(await self.call("settle", [Keys.directory(reservation_id)], args))
+
+    async def schedule_saga(self, reservation_id: str, recover_at: int) -> None:
+        await self.guard(lambda: self.redis.zadd(SAGAS, {reservation_id: recover_at}))
+
+    async def unschedule_saga(self, reservation_id: str) -> None:
+        await self.guard(lambda: self.redis.zrem(SAGAS, reservation_id))
+
+    async def sagas_due(self, now: int, limit: int) -> list[str]:
+        ids = await self.guard(
+            lambda: self.redis.zrangebyscore(SAGAS, "-inf", now, start=0, num=limit)
+        )
+        return [i.decode() for i in ids]
+
+    async def drop_directory(self, reservation_id: str, fp: str) -> None:
+        """Forgets a reservation that never took effect (every part rolled back)."""
+        key = Keys.directory(reservation_id)
+
+        async def run() -> None:
+            if await self.redis.hget(key, "f") == fp.encode():
+                await self.redis.delete(key)
+
+        await self.guard(run)
+
+    # -- expiry -----------------------------------------------------------------------
+
+    # The sweep does not read every location's expiry index on every pass: the wake-up index
+    # says which locations may have a hold due. Each hold, and each extend, is followed in
+    # the same batch by ZADD LT of its location at its expiry; the sweeper, after expiring
+    # what was due at a location, takes the location off (disarm: only if no hold lowered
+    # its time meanwhile), reads its earliest remaining expiry, and puts it back at that
+    # time (ZADD LT). On one Redis a hold's ZADD runs after its script, which closes every
+    # race with the sweeper; on a cluster, or after a client died between the two, the
+    # sweeper's scan of every location every `full_scan` seconds (sweeper.py) is the net.
+
+    async def woken(self, now: int, limit: int) -> dict[str, int]:
+        """Locations whose wake-up time has come, with that time."""
+        got = await self.guard(
+            lambda: self.redis.zrangebyscore(WAKE, "-inf", now, start=0, num=limit, withscores=True)
+        )
+        return {member.decode(): int(score) for member, score in got}
+
+    async def rearm(self, woken: dict[str, int | None]) -> None:
+        """After a sweep of these locations: each goes back on the wake-up index at its
+        earliest remaining expiry, if it has one. None: not taken off first (a full scan)."""
+        seen = [x for loc, at in woken.items() if at is not None for x in (loc, at)]
+        if seen:
+            await self.call("disarm", [WAKE], seen)
+        locations = list(woken)
+
+        def build(pipe: Any) -> None:
+            for location in locations:
+                pipe.zrange(Keys.due(location), 0, 0, withscores=True)
+
+        earliest = {
+            location: int(first[0][1])
+            for location, first in zip(locations, await self.pipeline(build), strict=True)
+            if first
+        }
+        if earliest:
+            await self.guard(lambda: self.redis.zadd(WAKE, earliest, lt=True))
+
+    async def capacity_used(self, locations: Sequence[str], day: str) -> list[int]:
+        """Ship-from-store orders held or picked on `day` at each location: one round trip."""
+        if not locations:
+            return []
+
+        def build(pipe: Any) -> None:
+            for location in locations:
+                pipe.hget(Keys.capacity(location), day)
+
+        return [int(v or 0) for v in await self.pipeline(build)]
+
+    async def due(self, locations: Sequence[str], now: int, limit: int) -> dict[str, list[str]]:
+        """Reservation ids of HELD parts past their expiry, by location, earliest first:
+        one read of each location's expiry index, all in one round trip (one per node)."""
+        if not locations:
+            return {}
+
+        def build(pipe: Any) -> None:
+            for location in locations:
+                pipe.zrangebyscore(Keys.due(location), "-inf", now, start=0, num=limit)
+
+        got = await self.pipeline(build)
+        return {
+            location: [rid.decode() for rid in rids]
+            for location, rids in zip(locations, got, strict=True)
+            if rids
+        }
+
+    async def expire(self, location: str, reservation_ids: Sequence[str], now: int) -> int:
+        """Expires those of the parts at one location that are due; answers how many."""
+
+        def build(pipe: Any) -> None:
+            for rid in reservation_ids:
+                pipe.hget(Keys.part(location, rid), "l")
+
+        lines = await self.pipeline(build)
+        skus = {sku for text in lines for sku, _ in part_lines(text)}
+        keys = KeyList(
+            Keys.due(location),
+            Keys.capacity(location),
+            *(Keys.part(location, rid) for rid in reservation_ids),
+        )
+        triples = self._line_keys(keys, location, sorted(skus))
+        args = [now, self.retention_ms, len(reservation_ids), *reservation_ids, len(skus), *triples]
+        return int(await self.call("expire", keys.keys, args))
+
+
+def _wake_at(location: str, at: int) -> Command:
+    """Makes the sweep look at `location` at `at` at the latest (never later than before)."""
+    return ("ZADD", WAKE, "LT", at, location)
+
+
+def _unbudget(owner: str, reservation_id: str) -> Command | None:
+    """Sent behind a commit or release: the part's units no longer count against its
+    owner's held units (a no-op for an owner that has none counted)."""
+    return ("HDEL", Keys.held(owner), reservation_id) if owner else None
