@@ -35,6 +35,7 @@ from engine.store.probe import StoreProbe
 from engine.store.storage import Storage
 from engine.store.watch import WatchHub
 from engine.usecases.allocation import Allocator
+from engine.usecases.availability import Availability
 from engine.usecases.ingest import Ingest
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.planner import Planner
@@ -127,8 +128,10 @@ class Omnistock:
         m = self.metrics
         self.planner = Planner(self.settings.plan_workers, waiting=4 * self.settings.plan_workers)
         allocator = Allocator(self.storage, self.locations, self.reservations, self.planner)
+        availability = Availability(self.storage, self.locations)
         self.stock_service = StockService(
             Ingest(self.storage, self.locations, m, self.clock.now_ms),
+            availability,
             self.locations,
             m,
             zero_missing=self.settings.count_missing == "zero",
@@ -139,7 +142,7 @@ class Omnistock:
         add_services(
             self.server,
             self.health,
-            AvailabilityService(self.storage, self.locations, m, self.hub),
+            AvailabilityService(availability, self.storage, self.locations, m, self.hub),
             ReservationService(self.reservations, self.locations, m),
             SourcingService(allocator, m, self.settings.cost_model(), self.settings.max_shipments),
             self.stock_service,

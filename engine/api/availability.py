@@ -12,11 +12,9 @@ from engine.domain.errors import InvalidArgument
 from engine.domain.model import (
     MAX_LINES,
     MAX_LOCATION_IDS,
-    MAX_ROWS,
     MAX_SKUS,
     MAX_TYPES,
     BasketLine,
-    check_id,
     check_size,
 )
 from engine.metrics import Metrics
@@ -24,6 +22,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.storage import Storage
 from engine.store.watch import Closing, Overflow, Watcher, WatchHub
+from engine.usecases.availability import Availability, Watched
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.nearby import NearbyQuery, check_query, find_nearby
 
@@ -54,8 +53,14 @@ def nearby_query_from_pb(msg: pb.FindNearbyRequest) -> NearbyQuery:
 
 class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
     def __init__(
-        self, storage: Storage, locations: LocationRegistry, metrics: Metrics, hub: WatchHub
+        self,
+        availability: Availability,
+        storage: Storage,
+        locations: LocationRegistry,
+        metrics: Metrics,
+        hub: WatchHub,
     ) -> None:
+        self.availability = availability
         self.storage = storage
         self.locations = locations
         self.metrics = metrics
@@ -66,46 +71,25 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         self, request: pb.GetAvailabilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAvailabilityResponse:
         _check_reads(request.skus, request.location_ids, request.location_types)
-        skus = list(dict.fromkeys(check_id(s, f"skus[{i}]") for i, s in enumerate(request.skus)))
-        if not skus:
-            raise InvalidArgument("skus", "at least one sku is required")
-        by_type = not request.location_ids
-        locations = await self._locations(request)
-        if len(skus) * len(locations) > MAX_ROWS:
-            raise InvalidArgument(
-                "location_ids", f"{len(skus)} skus x {len(locations)} locations is over {MAX_ROWS}"
-            )
-        pairs = [(loc, sku) for loc in locations for sku in skus]
-        rows = await self.storage.rows(pairs)
-        keep_empty = request.include_empty or not by_type
-        return pb.GetAvailabilityResponse(
-            levels=[
-                level(loc, sku, row)
-                for (loc, sku), row in zip(pairs, rows, strict=True)
-                if keep_empty or row.available > 0
-            ]
-        )
-
-    async def _locations(self, request: pb.GetAvailabilityRequest) -> list[str]:
-        if request.location_ids:
-            ids = list(dict.fromkeys(request.location_ids))
-            for i, loc in enumerate(ids):
-                check_id(loc, f"location_ids[{i}]")
-            await self.locations.require(ids, "location_ids")
-            return ids
         types = types_from_pb(request.location_types, "location_types")
-        return [loc.id for loc in await self.locations.active(types)]
+        found = await self.availability.levels(
+            request.skus, request.location_ids, types, request.include_empty
+        )
+        return pb.GetAvailabilityResponse(levels=[level(*found_level) for found_level in found])
 
     @rpc_stream("WatchAvailability")
     async def WatchAvailability(
         self, request: pb.WatchAvailabilityRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AvailabilityChange]:
+        _check_reads(request.skus, request.location_ids, ())
+        watched = await self.availability.watched(
+            request.skus, request.location_ids, request.send_current
+        )
         try:
-            skus, locations = await self._watched(request)
             self.metrics.watchers.inc()
             try:
-                async with self.hub.watch(locations) as watcher:
-                    async for change in self._changes(watcher, skus, locations, request):
+                async with self.hub.watch(watched.locations) as watcher:
+                    async for change in self._changes(watcher, watched, request.send_current):
                         yield change
             finally:
                 self.metrics.watchers.dec()
@@ -119,45 +103,20 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             )
 
     async def _changes(
-        self,
-        watcher: Watcher,
-        skus: list[str],
-        locations: list[str],
-        request: pb.WatchAvailabilityRequest,
+        self, watcher: Watcher, watched: Watched, send_current: bool
     ) -> AsyncIterator[pb.AvailabilityChange]:
         """The opening state if asked for, then every later change of the chosen rows.
         The watcher is subscribed before the state is read, so nothing falls between."""
         versions: dict[tuple[str, str], int] = {}
-        if request.send_current:
-            pairs = [(loc, sku) for loc in locations for sku in skus]
-            rows = await self.storage.rows(pairs)
-            for (loc, sku), row in zip(pairs, rows, strict=True):
+        if send_current:
+            for loc, sku, row in await self.availability.opening(watched):
                 versions[(loc, sku)] = row.version
                 yield pb.AvailabilityChange(level=level(loc, sku, row), current=True)
-        wanted = set(skus)
+        wanted = set(watched.skus)
         while True:
             loc, sku, row = await watcher.next()
             if (not wanted or sku in wanted) and row.version > versions.get((loc, sku), -1):
                 yield pb.AvailabilityChange(level=level(loc, sku, row))
-
-    async def _watched(self, request: pb.WatchAvailabilityRequest) -> tuple[list[str], list[str]]:
-        _check_reads(request.skus, request.location_ids, ())
-        skus = list(dict.fromkeys(check_id(s, f"skus[{i}]") for i, s in enumerate(request.skus)))
-        locations = list(dict.fromkeys(request.location_ids))
-        for i, loc in enumerate(locations):
-            check_id(loc, f"location_ids[{i}]")
-        await self.locations.require(locations, "location_ids")
-        if not locations:
-            if not skus:
-                raise InvalidArgument("skus", "choose skus, locations or both")
-            locations = list(await self.locations.fresh())
-        if request.send_current and not skus:
-            raise InvalidArgument("skus", "send_current needs the skus whose state to send")
-        if len(skus) * len(locations) > MAX_ROWS and request.send_current:
-            raise InvalidArgument(
-                "location_ids", f"{len(skus)} skus x {len(locations)} locations is over {MAX_ROWS}"
-            )
-        return skus, locations
 
     @rpc("FindNearby")
     async def FindNearby(

@@ -16,17 +16,15 @@ from engine.domain.model import (
     MAX_EVENTS,
     MAX_LOCATIONS,
     MAX_MAPPINGS,
-    MAX_SAFETY_ENTRIES,
     IdKind,
     StockEvent,
-    check_id,
-    check_qty,
     check_size,
 )
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next_within
+from engine.usecases.availability import Availability
 from engine.usecases.ingest import (
     Count,
     Ingest,
@@ -36,7 +34,6 @@ from engine.usecases.ingest import (
 )
 from engine.usecases.locations import LocationRegistry
 
-SAFETY_BATCH = 1000  # safety entries per script call: no script holds Redis for long
 # Heavy work at once in one process (engine/throttle.py): event batches converted and
 # applied; counts being received (each holds its lines in memory until applied; how many
 # lines all of them may hold, and how long one may stay silent, are settings). (Wide row
@@ -109,6 +106,7 @@ class StockService(pb_grpc.StockServiceServicer):
     def __init__(
         self,
         ingest: Ingest,
+        availability: Availability,
         locations: LocationRegistry,
         metrics: Metrics,
         zero_missing: bool,
@@ -117,6 +115,7 @@ class StockService(pb_grpc.StockServiceServicer):
         ingest_rate: float = 0.0,
     ) -> None:
         self.ingest = ingest
+        self.availability = availability
         self.zero_missing = zero_missing
         self.storage = ingest.storage
         self.locations = locations
@@ -142,25 +141,9 @@ class StockService(pb_grpc.StockServiceServicer):
     async def SetSafetyStock(
         self, request: pb.SetSafetyStockRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetSafetyStockResponse:
-        if not request.entries:
-            raise InvalidArgument("entries", "at least one entry is required")
-        check_size(len(request.entries), "entries", MAX_SAFETY_ENTRIES)
-        groups: dict[str, list[tuple[str, int]]] = {}
-        for i, e in enumerate(request.entries):
-            check_id(e.location_id, f"entries[{i}].location_id")
-            check_id(e.sku, f"entries[{i}].sku")
-            check_qty(e.qty, f"entries[{i}].qty", allow_zero=True)
-            groups.setdefault(e.location_id, []).append((e.sku, e.qty))
-        await self.locations.require(list(groups), "entries[].location_id")
-        batches = [
-            (loc, items[i : i + SAFETY_BATCH])
-            for loc, items in groups.items()
-            for i in range(0, len(items), SAFETY_BATCH)
-        ]
-        changed = await asyncio.gather(
-            *(self.storage.set_safety_stock(loc, items) for loc, items in batches)
-        )
-        return pb.SetSafetyStockResponse(changed=sum(changed))
+        entries = [(e.location_id, e.sku, e.qty) for e in request.entries]
+        changed = await self.availability.set_safety_stock(entries)
+        return pb.SetSafetyStockResponse(changed=changed)
 
     @rpc("ApplyEvents")
     async def ApplyEvents(

@@ -1,0 +1,127 @@
+"""Stock rows as the callers see them: what is available where (GetAvailability), the rows
+a watch follows and their state when it opens (WatchAvailability), and the safety stock
+kept back from holds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import (
+    MAX_ROWS,
+    MAX_SAFETY_ENTRIES,
+    LocationType,
+    StockRow,
+    check_id,
+    check_qty,
+    check_size,
+)
+from engine.store.storage import Storage
+from engine.usecases.locations import LocationRegistry
+
+SAFETY_BATCH = 1000  # safety entries per script call: no script holds Redis for long
+
+Level = tuple[str, str, StockRow]  # location, sku, its row
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    skus: list[str]  # [] : every sku of the locations
+    locations: list[str]
+
+
+class Availability:
+    def __init__(self, storage: Storage, locations: LocationRegistry) -> None:
+        self.storage = storage
+        self.locations = locations
+
+    async def levels(
+        self,
+        skus: Sequence[str],
+        location_ids: Sequence[str],
+        types: set[LocationType],
+        include_empty: bool,
+    ) -> list[Level]:
+        """The rows of `skus` at the locations named, or else at every active location of
+        `types` (all types when none), where only rows with units available are kept
+        unless `include_empty`."""
+        wanted = _skus(skus)
+        if not wanted:
+            raise InvalidArgument("skus", "at least one sku is required")
+        if location_ids:
+            locations = await self._named(location_ids)
+        else:
+            locations = [loc.id for loc in await self.locations.active(types)]
+        _within_rows(wanted, locations)
+        pairs = [(loc, sku) for loc in locations for sku in wanted]
+        rows = await self.storage.rows(pairs)
+        keep_empty = include_empty or bool(location_ids)
+        return [
+            (loc, sku, row)
+            for (loc, sku), row in zip(pairs, rows, strict=True)
+            if keep_empty or row.available > 0
+        ]
+
+    async def watched(
+        self, skus: Sequence[str], location_ids: Sequence[str], send_current: bool
+    ) -> Watched:
+        """What a watch follows: the skus (all when none) at the locations named (all when
+        none); its opening state, when asked for, needs the skus and at most MAX_ROWS rows."""
+        wanted = _skus(skus)
+        locations = await self._named(location_ids)
+        if not locations:
+            if not wanted:
+                raise InvalidArgument("skus", "choose skus, locations or both")
+            locations = list(await self.locations.fresh())
+        if send_current and not wanted:
+            raise InvalidArgument("skus", "send_current needs the skus whose state to send")
+        if send_current:
+            _within_rows(wanted, locations)
+        return Watched(wanted, locations)
+
+    async def opening(self, watched: Watched) -> list[Level]:
+        pairs = [(loc, sku) for loc in watched.locations for sku in watched.skus]
+        rows = await self.storage.rows(pairs)
+        return [(loc, sku, row) for (loc, sku), row in zip(pairs, rows, strict=True)]
+
+    async def set_safety_stock(self, entries: Sequence[tuple[str, str, int]]) -> int:
+        """(location, sku, units kept back) each; answers how many rows changed."""
+        if not entries:
+            raise InvalidArgument("entries", "at least one entry is required")
+        check_size(len(entries), "entries", MAX_SAFETY_ENTRIES)
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for i, (location, sku, qty) in enumerate(entries):
+            check_id(location, f"entries[{i}].location_id")
+            check_id(sku, f"entries[{i}].sku")
+            check_qty(qty, f"entries[{i}].qty", allow_zero=True)
+            groups.setdefault(location, []).append((sku, qty))
+        await self.locations.require(list(groups), "entries[].location_id")
+        batches = [
+            (loc, items[i : i + SAFETY_BATCH])
+            for loc, items in groups.items()
+            for i in range(0, len(items), SAFETY_BATCH)
+        ]
+        changed = await asyncio.gather(
+            *(self.storage.set_safety_stock(loc, items) for loc, items in batches)
+        )
+        return sum(changed)
+
+    async def _named(self, location_ids: Sequence[str]) -> list[str]:
+        ids = list(dict.fromkeys(location_ids))
+        for i, loc in enumerate(ids):
+            check_id(loc, f"location_ids[{i}]")
+        await self.locations.require(ids, "location_ids")
+        return ids
+
+
+def _skus(skus: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(check_id(s, f"skus[{i}]") for i, s in enumerate(skus)))
+
+
+def _within_rows(skus: Sequence[str], locations: Sequence[str]) -> None:
+    if len(skus) * len(locations) > MAX_ROWS:
+        raise InvalidArgument(
+            "location_ids", f"{len(skus)} skus x {len(locations)} locations is over {MAX_ROWS}"
+        )
