@@ -32,7 +32,7 @@ from engine.store.keys import (
     Keys,
 )
 from engine.store.storage import Storage
-from engine.usecases.ingest import MAX_CACHED_SOURCES
+from engine.usecases.mappings import MAX_CACHED_SOURCES
 from engine.usecases.reservations import Reservations
 
 from .conftest import ON_BOTH, all_keys, served

@@ -3,14 +3,8 @@ or an adapter, comes through Ingest.apply: its ids translated through its source
 checked, grouped by location, and applied by the apply_events script (each at most once,
 independent of arrival order: I5, I6). A row the events leave with on_hand below what is
 held becomes a shortage: the holds stay (I3), and the reservations left uncovered are named,
-in the answer, in the log, and as an event on the shortage stream.
-
-Mappings. A platform names things its own way (a Shopify location 24826418, an inventory
-item 271878346596884015). Each source may have a mapping, kept in Redis: an event of that
-source has its location_id and sku translated where the mapping has them, and kept as they
-are where it has not (a source may send our ids). Each process keeps the mappings it uses
-in memory, checked against the version every change moves at most once a second; a change
-made through this process is seen at once.
+in the answer, in the log, and as an event on the shortage stream. (The mappings are
+engine/usecases/mappings.py.)
 """
 
 from __future__ import annotations
@@ -18,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -30,7 +23,6 @@ from engine.domain.errors import InvalidArgument, OmnistockError, PermissionDeni
 from engine.domain.model import (
     EventKind,
     EventOutcome,
-    IdKind,
     StockEvent,
     check_id,
     check_qty,
@@ -39,11 +31,10 @@ from engine.metrics import Metrics
 from engine.store.codecs import EventsApplied, Holder
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
+from engine.usecases.mappings import Mappings
 
 log = logging.getLogger(__name__)
 
-_RELOAD_INTERVAL = 1.0
-MAX_CACHED_SOURCES = 1024  # mappings kept in memory; the least recently used go first
 MAX_COUNT_LINES = 2_000_000
 COUNT_BATCH = 2000  # count lines per script call
 COUNT_CALLS = 4  # script calls of one count in flight
@@ -115,86 +106,6 @@ def uncovered(on_hand: int, holders: Sequence[Holder]) -> tuple[Uncovered, ...]:
         if got < h.qty:
             out.append(Uncovered(h.reservation_id, h.qty, h.qty - got))
     return tuple(out)
-
-
-class SourceMap(NamedTuple):
-    ids: dict[tuple[IdKind, str], str]  # (kind, their id) -> our id
-    kinds: frozenset[IdKind]  # the kinds it maps: a source must map every id of these
-
-
-class Mappings:
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self.by_source: OrderedDict[str, SourceMap] = OrderedDict()
-        self._version = -1
-        self._checked_at = float("-inf")
-
-    async def _fresh(self) -> None:
-        if time.monotonic() - self._checked_at > _RELOAD_INTERVAL:
-            version = await self.storage.mappings_version()
-            if version != self._version:
-                self.by_source, self._version = OrderedDict(), version
-            self._checked_at = time.monotonic()
-
-    async def of(self, source: str) -> SourceMap:
-        await self._fresh()
-        if source in self.by_source:
-            self.by_source.move_to_end(source)
-            return self.by_source[source]
-        ids = await self.storage.mapping(source)
-        found = self.by_source[source] = SourceMap(ids, frozenset(kind for kind, _ in ids))
-        if len(self.by_source) > MAX_CACHED_SOURCES:
-            self.by_source.popitem(last=False)
-        return found
-
-    async def _ours(self, source: str, kind: IdKind, theirs: str, field_name: str) -> str:
-        """Our id for a source's id. A source with mappings of this kind must map every id
-        of it: an id it does not map is refused, never taken for one of ours."""
-        if not source:
-            return theirs
-        m = await self.of(source)
-        ours = m.ids.get((kind, theirs))
-        if ours is not None:
-            return ours
-        if kind in m.kinds:
-            raise InvalidArgument(field_name, f"no {source} mapping for {theirs!r}")
-        return theirs
-
-    async def location(self, source: str, location: str, field_name: str) -> str:
-        return await self._ours(source, IdKind.LOCATION, location, field_name)
-
-    async def item(self, source: str, sku: str, field_name: str) -> str:
-        return await self._ours(source, IdKind.ITEM, sku, field_name)
-
-    async def translate(
-        self, events: Sequence[tuple[int, StockEvent]]
-    ) -> list[tuple[int, StockEvent | InvalidArgument]]:
-        """(index, event) each, translated; an id the source must map and does not, an error."""
-        out: list[tuple[int, StockEvent | InvalidArgument]] = []
-        for i, ev in events:
-            try:
-                location = await self.location(ev.source, ev.location, f"events[{i}].location_id")
-                sku = await self.item(ev.source, ev.sku, f"events[{i}].sku")
-            except InvalidArgument as exc:
-                out.append((i, exc))
-                continue
-            if (location, sku) != (ev.location, ev.sku):
-                ev = replace(ev, location=location, sku=sku)
-            out.append((i, ev))
-        return out
-
-    async def set(self, changes: Sequence[tuple[str, IdKind, str, str]]) -> None:
-        """(source, kind, external id, our id or "" to remove) each."""
-        who = auth.current()
-        for i, (source, kind, external, ours) in enumerate(changes):
-            check_id(source, f"mappings[{i}].source")
-            check_id(external, f"mappings[{i}].external_id")
-            if ours:
-                check_id(ours, f"mappings[{i}].id")
-            if kind is IdKind.LOCATION:  # a scoped principal maps only to its own locations
-                who.require_locations([ours] if ours else [], f"mappings[{i}].id")
-        await self.storage.set_mappings(changes)
-        self.by_source, self._checked_at = OrderedDict(), float("-inf")
 
 
 class Ingest:
