@@ -38,8 +38,9 @@ from engine.usecases.allocation import Allocator
 from engine.usecases.availability import Availability
 from engine.usecases.ingest import Ingest
 from engine.usecases.locations import LocationRegistry
+from engine.usecases.parts import CartCaps, Timing
 from engine.usecases.planner import Planner
-from engine.usecases.reservations import CartCaps, Reservations, Timing
+from engine.usecases.reservations import Reservations
 from engine.usecases.sweeper import Sweeper
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from engine.store.connect import connect
 from engine.store.embedded import EmbeddedRedis, LocalCluster
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
-from engine.usecases.reservations import Reservations, Timing
+from engine.usecases.parts import Timing
+from engine.usecases.reservations import Reservations
 from engine.usecases.sweeper import Sweeper
 
 from .grpc_helpers import Stubs, location

@@ -35,7 +35,8 @@ from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis, free_port
 from engine.store.keys import SAGAS
 from engine.store.storage import Storage
-from engine.usecases.reservations import COMMITTING, Reservations
+from engine.usecases.parts import COMMITTING
+from engine.usecases.reservations import Reservations
 
 from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for, sweeper_of
 from .grpc_helpers import Stubs, level, line, stock_up

@@ -45,7 +45,8 @@ from engine.store.connect import connect
 from engine.store.keys import Keys
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
-from engine.usecases.reservations import Reservations, Timing
+from engine.usecases.parts import Timing
+from engine.usecases.reservations import Reservations
 from engine.usecases.sweeper import Sweeper
 
 from .conftest import HOUR_MS, ON_BOTH, store, sweeper_of

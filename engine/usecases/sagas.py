@@ -1,0 +1,194 @@
+"""A reservation across locations (and every reservation on a Redis Cluster) is a saga: its
+parts are held, committed or released one location at a time, and the directory's saga
+field decides between racing calls and tells recovery what to finish. The whole story is
+in engine/usecases/reservations.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from engine.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Unavailable,
+)
+from engine.domain.model import (
+    HoldResult,
+    Line,
+    Reservation,
+    ReservationState,
+    Shortfall,
+    by_location,
+    fingerprint,
+)
+from engine.store.codecs import DirEntry, PickCapacity, encode_lines
+from engine.store.replies import (
+    PENDING,
+    Claim,
+    HoldReply,
+    PartReply,
+    ReleaseMode,
+    Reply,
+    Saga,
+)
+from engine.usecases.parts import (
+    ABORTED,
+    COMMITTED,
+    COMMITTING,
+    RELEASED,
+    RELEASING,
+    SETTLED_AS,
+    ReservationParts,
+    saga_word,
+)
+
+
+class Sagas(ReservationParts):
+    """The saga steps of Reserve, Commit and Release, and their recovery."""
+
+    async def _reserve_saga(
+        self,
+        rid: str,
+        lines: tuple[Line, ...],
+        groups: dict[str, list[Line]],
+        ttl_ms: int,
+        caps: dict[str, PickCapacity],
+        owner: str,
+    ) -> HoldResult:
+        for _ in range(3):
+            result = await self._try_saga(rid, lines, groups, ttl_ms, caps, owner)
+            if result is not None:
+                return result
+        raise Unavailable(f"reservation {rid} keeps being placed and rolled back; retry")
+
+    async def _try_saga(
+        self,
+        rid: str,
+        lines: tuple[Line, ...],
+        groups: dict[str, list[Line]],
+        ttl_ms: int,
+        caps: dict[str, PickCapacity],
+        made_by: str,
+    ) -> HoldResult | None:
+        """One attempt; None when a concurrent attempt with this id fell short meanwhile."""
+        now = self.clock.now_ms()
+        fp, owner = fingerprint(lines, made_by), uuid.uuid4().hex
+        ttl = ttl_ms + self.storage.retention_ms
+        recover_at = now + self.timing.saga_timeout_ms
+        claimed = await self.storage.claim(
+            rid, fp, encode_lines(lines), owner, ttl, recover_at, made_by
+        )
+        if claimed.reply is Claim.CONFLICT:
+            raise AlreadyExists(f"reservation {rid} exists with other lines")
+        if claimed.reply is Claim.SAGA:
+            settled = await self._settled(rid, claimed.saga)
+            return None if settled is None else HoldResult(settled)
+        calls = [
+            self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None, caps.get(loc))
+            for loc, part in groups.items()
+        ]
+        answers = await self.storage.hold(calls)
+        held = [loc for loc, a in zip(groups, answers, strict=True) if a.reply is Reply.HELD]
+        if len(held) == len(calls):
+            if not await self.storage.settle(rid, PENDING + owner, ""):
+                await self._release_parts(rid, groups, held, ReleaseMode.TOMBSTONE)
+                raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
+            await self.storage.unschedule_saga(rid)
+            return HoldResult(Reservation(rid, lines, ReservationState.HELD, now + ttl_ms))
+        shortfalls: list[Shortfall] = []
+        for loc, answer in zip(groups, answers, strict=True):
+            shortfalls += shortfalls_of(loc, answer)
+        full = tuple(loc for loc, a in zip(groups, answers, strict=True) if a.reply is Reply.FULL)
+        # It never took effect: forget every part held, then the id itself.
+        await self._release_parts(rid, groups, held, ReleaseMode.FORGET)
+        await self.storage.drop_directory(rid, fp)
+        await self.storage.unschedule_saga(rid)
+        if not shortfalls and not full:
+            raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
+        return HoldResult(None, tuple(shortfalls), full)
+
+    async def _settled(self, rid: str, saga: str) -> Reservation | None:
+        """Another call owns this saga: wait for it to settle, then answer as it did.
+        None: it fell short and forgot the id, so this call may place it anew."""
+        deadline = time.monotonic() + self.timing.saga_timeout_ms / 1000
+        while saga.startswith(PENDING) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            entry = await self.storage.directory(rid)
+            if entry is None:
+                return None
+            saga = entry.saga
+        if saga.startswith(PENDING):
+            raise Unavailable(f"reservation {rid} is still being placed; retry")
+        return await self.get(rid)
+
+    async def _commit_saga(self, rid: str, entry: DirEntry, groups: dict[str, list[Line]]) -> None:
+        saga = entry.saga
+        if not saga:
+            pinned = await self._pin(rid, groups)
+            if len(pinned) < len(groups):
+                saga = (await self._entry(rid)).saga
+                if saga not in (COMMITTING, COMMITTED):
+                    if pinned:  # parts lapsed unevenly (clock skew): let none outlive the rest
+                        await self._release_saga(rid, groups, entry.owner)
+                    raise FailedPrecondition(f"reservation {rid} is no longer HELD")
+            else:
+                await self._decide(rid, "", COMMITTING)
+                saga = COMMITTING
+        if saga == COMMITTING:
+            await self._commit_parts(rid, groups, True, entry.owner)
+            await self.storage.settle(rid, COMMITTING, COMMITTED)
+            await self.storage.unschedule_saga(rid)
+
+    async def _decide(self, rid: str, expected: str, new: Saga) -> None:
+        """Moves the saga field by compare-and-set; on losing, says who won (unless the
+        winner made the same decision: then this call helps finish it)."""
+        await self.storage.schedule_saga(rid, self.clock.now_ms() + self.timing.saga_timeout_ms)
+        if await self.storage.settle(rid, expected, new):
+            return
+        entry = await self._entry(rid)
+        if entry.saga not in (new, SETTLED_AS[new]):
+            raise FailedPrecondition(f"reservation {rid} is {saga_word(entry.saga)}, not HELD")
+
+    async def _release_saga(
+        self, rid: str, groups: dict[str, list[Line]], owner: str, decided: bool = False
+    ) -> list[PartReply]:
+        if not decided:
+            await self._decide(rid, "", RELEASING)
+        answers = await self._release_parts(rid, groups, list(groups), ReleaseMode.RELEASE, owner)
+        await self.storage.settle(rid, RELEASING, RELEASED)
+        await self.storage.unschedule_saga(rid)
+        return answers
+
+    async def recover(self, rid: str) -> str:
+        """Finishes or rolls back a saga whose owner did not; returns what it did."""
+        entry = await self.storage.directory(rid)
+        action = "none"
+        if entry is not None:
+            groups = by_location(entry.lines)
+            if entry.saga.startswith(PENDING) and await self.storage.settle(
+                rid, entry.saga, ABORTED
+            ):
+                await self._release_parts(
+                    rid, groups, list(groups), ReleaseMode.TOMBSTONE, entry.owner
+                )
+                action = "rolled_back"
+            elif entry.saga == COMMITTING:
+                await self._commit_parts(rid, groups, True, entry.owner)
+                await self.storage.settle(rid, COMMITTING, COMMITTED)
+                action = "committed"
+            elif entry.saga == RELEASING:
+                await self._release_parts(
+                    rid, groups, list(groups), ReleaseMode.RELEASE, entry.owner
+                )
+                await self.storage.settle(rid, RELEASING, RELEASED)
+                action = "released"
+        await self.storage.unschedule_saga(rid)
+        if action != "none":
+            self.metrics.sagas_recovered.labels(action).inc()
+        return action
+
+
+def shortfalls_of(location: str, answer: HoldReply) -> tuple[Shortfall, ...]:
+    return tuple(Shortfall(location, *short) for short in answer.short)
