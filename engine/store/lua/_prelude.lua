@@ -1,4 +1,4 @@
--- Shared helpers, prepended to every script when it is loaded (engine/store/storage.py).
+-- Shared helpers, prepended to every script when it is loaded (engine/store/scripts.py).
 -- A stock row is one hash field of its location's bucket: sku -> "on_hand,reserved,safety,version,as_of".
 
 local function read_row(key, sku)
@@ -40,6 +40,18 @@ local function key_map(argv, i, n)
     m[argv[p]] = {tonumber(argv[p + 1]), tonumber(argv[p + 2])}
   end
   return m
+end
+
+-- The gate of every step on a reservation part (commit, release, extend): nil when the part
+-- is HELD (and, when `now` is given, not past its expiry `x`), else what the step answers:
+-- {'MISSING'}, {done, 0} when the part is already where the step leads (done: 'COMMITTED',
+-- 'RELEASED', or false for none), or {'STATE', its state} ('EXPIRED' once past its expiry).
+local function part_gate(state, x, done, now)
+  if not state then return {'MISSING'} end
+  if done and state == done then return {done, 0} end
+  if state ~= 'HELD' then return {'STATE', state} end
+  if now and tonumber(x) <= now then return {'STATE', 'EXPIRED'} end
+  return nil
 end
 
 -- The reservation directory (res:{<id>}) is the authority on what an id means (I4):

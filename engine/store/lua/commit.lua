@@ -8,10 +8,8 @@
 -- Returns {'COMMITTED', 1 if this call committed else 0} | {'STATE', state} | {'MISSING'}
 local id, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cur = redis.call('HMGET', KEYS[1], 's', 'x', 'l')
-if not cur[1] then return {'MISSING'} end
-if cur[1] == 'COMMITTED' then return {'COMMITTED', 0} end
-if cur[1] ~= 'HELD' then return {'STATE', cur[1]} end
-if ARGV[4] ~= '1' and tonumber(cur[2]) <= now then return {'STATE', 'EXPIRED'} end
+local refused = part_gate(cur[1], cur[2], 'COMMITTED', ARGV[4] ~= '1' and now or nil)
+if refused then return refused end
 
 local keys = key_map(ARGV, 6, tonumber(ARGV[5]))
 for _, ln in ipairs(parse_lines(cur[3])) do

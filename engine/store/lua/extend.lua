@@ -5,9 +5,8 @@
 -- Returns {'HELD', expires_at} | {'STATE', state} | {'MISSING'}
 local id, now, exp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cur = redis.call('HMGET', KEYS[1], 's', 'x')
-if not cur[1] then return {'MISSING'} end
-if cur[1] ~= 'HELD' then return {'STATE', cur[1]} end
-if tonumber(cur[2]) <= now then return {'STATE', 'EXPIRED'} end
+local refused = part_gate(cur[1], cur[2], false, now)
+if refused then return refused end
 if ARGV[4] == 'pin' and tonumber(cur[2]) > exp then exp = tonumber(cur[2]) end
 redis.call('HSET', KEYS[1], 'x', exp)
 redis.call('ZADD', KEYS[2], exp, id)

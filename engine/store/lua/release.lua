@@ -18,8 +18,8 @@ if not state then
   end
   return {'MISSING'}
 end
-if state == 'RELEASED' then return {'RELEASED', 0} end
-if state ~= 'HELD' then return {'STATE', state} end
+local refused = part_gate(state, nil, 'RELEASED', nil)
+if refused then return refused end
 unhold(KEYS[1], KEYS[2], KEYS[3], id, 'RELEASED', key_map(ARGV, 5, tonumber(ARGV[4])), retention)
 if mode == 'forget' then redis.call('DEL', KEYS[1]) end
 return {'RELEASED', 1}
