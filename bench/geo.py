@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from bench.__main__ import machine
-from engine.app import redis_client
 from engine.demo import demo_locations
 from engine.domain.geo import Fulfilment
 from engine.domain.model import Location, LocationType
+from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis
 from engine.usecases.index import LocationIndex
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import machine
-from engine.app import redis_client
 from engine.domain.model import EventKind, StockEvent
+from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis
 from engine.store.storage import Storage
 

@@ -20,14 +20,15 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from hdrh.histogram import HdrHistogram
 
-from engine.app import redis_client
 from engine.domain.clock import SystemClock
 from engine.domain.model import EventKind, StockEvent, StockRow
 from engine.metrics import Metrics
 from engine.settings import Settings
+from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis, find_binary
 from engine.store.storage import Storage
-from engine.usecases.reservations import Reservations, Timing
+from engine.usecases.parts import Timing
+from engine.usecases.reservations import Reservations
 
 T = TypeVar("T")
 
@@ -117,7 +118,7 @@ class PrivateRedis:
         return {
             "server": find_binary().name,
             "appendfsync": self.server.appendfsync,
-            "client_pool": "engine.app.redis_client (BlockingConnectionPool)",
+            "client_pool": "engine.store.connect.redis_client (BlockingConnectionPool)",
         }
 
 

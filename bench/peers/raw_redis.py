@@ -12,7 +12,7 @@ Measured one after the other, each for --duration seconds:
 
 each unpipelined (--concurrency callers, one command per round trip) and pipelined
 (--pipelines callers, --batch commands per round trip), from --processes client processes
-(redis.asyncio through engine.app.redis_client, one event loop each), started together at
+(redis.asyncio through engine.store.connect.redis_client, one event loop each), started together at
 every phase by a barrier. At the end the row's reserved must equal the holds answered HELD.
 """
 
@@ -44,10 +44,10 @@ from bench.peers.common import (
     run_async,
 )
 from bench.runner import MAX_LATENCY_US, new_histogram
-from engine.app import redis_client
 from engine.domain.model import Line, fingerprint
 from engine.settings import Settings
 from engine.store.codecs import encode_lines
+from engine.store.connect import redis_client
 from engine.store.storage import Storage
 
 OPS = ("hold", "get", "hincrby")
