@@ -16,12 +16,16 @@ stubs and the shared conversions, so that `import engine.client` loads no Redis 
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
 LAYERS = ("domain", "support", "store", "usecases", "api", "wiring")
@@ -117,6 +121,19 @@ def test_the_rules_catch_what_they_forbid() -> None:
     assert broken_rules("client", {"engine.usecases.nearby"}) != []
     assert broken_rules("domain.model", {"numpy"}) != []
     assert broken_rules("api.stock", {"engine.usecases.ingest", "engine.settings", "grpc"}) == []
+    # and the tracer's: a call up, a second trip down
+    assert _upward([(1, "store.storage", "usecases.ingest")]) != []
+    bounce = [
+        (1, "", m)
+        for m in (
+            "api.stock",
+            "usecases.ingest",
+            "store.storage",
+            "usecases.ingest",
+            "store.storage",
+        )
+    ]
+    assert _path(bounce, 1) == ["api", "usecases", "store", "usecases", "store"]
 
 
 def test_importing_the_client_loads_neither_redis_nor_numpy() -> None:
@@ -155,5 +172,78 @@ def _submodule(package: object, name: str) -> bool:
     try:
         importlib.import_module(f"{getattr(package, '__name__', '')}.{name}")
     except ImportError:
+        return False
+    return True
+
+
+def _path(calls: list[tuple[int, str, str]], task: int) -> list[str]:
+    """The layers one task's calls went into, in order (domain and support left out: every
+    layer may call them), a run of calls within one layer counted once."""
+    out: list[str] = []
+    for seen_task, _, module in calls:
+        layer = layer_of(module)
+        if seen_task == task and layer not in ("domain", "support") and out[-1:] != [layer]:
+            out.append(layer)
+    return out
+
+
+def _upward(calls: list[tuple[int, str, str]]) -> list[str]:
+    """Calls from a lower layer into a higher one (none may be)."""
+    order = {layer: i for i, layer in enumerate(LAYERS)}
+    return [
+        f"{caller} -> {callee}"
+        for _, caller, callee in calls
+        if caller and order[layer_of(callee)] > order[layer_of(caller)]
+    ]
+
+
+async def test_a_reserve_goes_down_through_the_layers_and_back_up_once(one_redis_url: str) -> None:
+    """Followed by a profiler on a real server: the task serving a Reserve goes from the
+    api to the use case to the store (one round trip to Redis) and back up, never calling
+    from a lower layer into a higher one, nor going down a second time."""
+    from .conftest import served
+    from .grpc_helpers import line, stock_up
+
+    calls: list[tuple[int, str, str]] = []  # task, calling module ('' outside engine/), callee
+    exchanges: list[int] = []  # the task of each exchange with Redis (Base.guard)
+    entered: set[Any] = set()  # a coroutine resumed is "called" again: only its start counts
+    root = str(ENGINE) + "/"
+
+    def module_of(frame: Any) -> str:
+        path = frame.f_code.co_filename if frame is not None else ""
+        if not path.startswith(root) or "/pb/" in path:
+            return ""
+        return str(path[len(root) : -3].replace("/", "."))
+
+    def profiler(frame: Any, event: str, arg: Any) -> None:
+        if event != "call" or frame in entered:
+            return
+        entered.add(frame)
+        callee = module_of(frame)
+        if callee:
+            task = id(asyncio.current_task()) if _running() else 0
+            calls.append((task, module_of(frame.f_back), callee))
+            if callee == "store.base" and frame.f_code.co_name == "guard":
+                exchanges.append(task)
+
+    async with served(one_redis_url) as (_, stubs):
+        await stock_up(stubs, {("L1", "S1"): 10})
+        request = pb.ReserveRequest(reservation_id="traced", lines=[line("L1", "S1", 1)])
+        sys.setprofile(profiler)
+        try:
+            answer = await stubs.reservations.Reserve(request)
+        finally:
+            sys.setprofile(None)
+    assert answer.reservation.state == pb.RESERVATION_STATE_HELD
+    (task,) = {task for task, _, module in calls if module == "api.reservations"}
+    assert _path(calls, task) == ["api", "usecases", "store", "usecases", "api"]
+    assert _upward(calls) == []
+    assert exchanges.count(task) == 1  # one round trip to Redis
+
+
+def _running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         return False
     return True
