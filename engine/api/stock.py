@@ -37,7 +37,7 @@ from engine.usecases.locations import LocationRegistry
 # Heavy work at once in one process (engine/throttle.py): event batches converted and
 # applied; counts being received (each holds its lines in memory until applied; how many
 # lines all of them may hold, and how long one may stay silent, are settings). (Wide row
-# reads take their turn in the store: engine/store/storage.py BIG_READ.)
+# reads take their turn in the store: engine/store/base.py BIG_READ.)
 INGEST_BATCHES = 2
 LIGHT_BATCH = 100  # events: a batch this small never waits behind the big ones
 COUNTS_AT_ONCE = 2

@@ -2,7 +2,7 @@
 
 Every server process runs one. They may run at once: each step is a CAS or an idempotent
 script, so two sweepers at the same entry do the work once. A pass looks only at the
-locations the wake-up index says may have a hold due (storage.py, "The sweep"), so its cost
+locations the wake-up index says may have a hold due (engine/store/parts.py, "expiry"), so its cost
 follows the holds that expire, not the size of the estate. As a safety net each pass also
 re-arms a slice of all locations, so that every location's earliest expiry is put back on
 the wake-up index at least every FULL_SCAN_S seconds.
