@@ -148,7 +148,7 @@ class EmbeddedRedis:
             "--appendfsync", self.appendfsync,
             "--save", "",
             "--protected-mode", "yes",
-            # Stock rows live in buckets; keep each bucket a compact listpack (engine/store/keys.py).
+            # Stock rows live in buckets: each stays a compact listpack (engine/store/keys.py).
             "--hash-max-listpack-entries", "512",
             "--hash-max-listpack-value", "128",
         ]  # fmt: skip
