@@ -13,7 +13,7 @@ stream (default `omnistock:events`), one entry an event, its fields named as Sto
     reservation_id  optional: the store's echo of a sale committed through omnistock
     source          optional: who sent it (its mapping applies: shopify, square, ...)
 
-The Streams adapter (adapters/streams.py) applies them; entries that can never be applied go
+The Streams adapter (adapters/streams/) applies them; entries that can never be applied go
 to the dead-letter stream `<stream>:dead`, with the reason.
 """
 

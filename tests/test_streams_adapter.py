@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from adapters.config import DEFAULT_STREAM, dead_letter_stream, entry_fields
-from adapters.streams import Consumer, Options
+from adapters.streams.consumer import Consumer, Options
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from adapters.config import DEFAULT_STREAM, event_of
-from adapters.streams import Consumer, Options
+from adapters.streams.consumer import Consumer, Options
 from adapters.webhooks.command import parse_args, settings_of
 from adapters.webhooks.receiver import Settings
 from adapters.webhooks.writer import appendonly

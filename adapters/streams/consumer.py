@@ -1,38 +1,12 @@
-"""The Redis Streams adapter: store systems append stock events to a stream; this process
-applies them through the server's StockService.StreamEvents, exactly once.
-
-    python -m adapters.streams [--stream omnistock:events] [--group omnistock]
-                               [--consumer <host>] [--server 127.0.0.1:50051]
-
-A consumer group delivers every entry at least once; the server's dedupe by event id makes
-that exactly once. An entry is acknowledged (XACK) only after the server has answered for it
-(applied, duplicate, stale or echo), so a consumer killed mid-batch leaves its entries
-pending, and they are sent again: by itself when it restarts under the same name (it reads
-its own pending entries first), or by another consumer of the group once they have been
-idle for --claim-idle-ms (XAUTOCLAIM). The server then answers DUPLICATE for what it had
-applied already.
-
-An entry that can never be applied goes to the dead-letter stream `<stream>:dead` with the
-reason, and is acknowledged, so it does not block the rest: one that is not a stock event
-(adapters/config.py lists the fields), one the server rejects (a bad field, an unknown
-location), and one delivered --max-deliveries times without ever being answered. While the
-server or Redis cannot be reached nothing is acknowledged; the adapter retries with backoff.
-
-Metrics (127.0.0.1:9465): omnistock_streams_events_total{outcome},
-omnistock_streams_dead_letters_total{reason}, omnistock_streams_errors_total{kind},
-omnistock_streams_lag (entries not yet delivered to the group), omnistock_streams_pending
-(delivered, not yet acknowledged), omnistock_streams_lag_seconds (age of the oldest entry
-not yet delivered), omnistock_streams_batch_seconds.
-"""
+"""The consumer of the ingest stream: reads entries for its group, sends them through
+StreamEvents, acknowledges what the server answered, dead-letters what can never apply
+(the package docstring says how)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import signal
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,15 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis import exceptions as rexc
 
 from adapters.config import (
-    DEFAULT_SERVER,
     BadEntry,
-    add_common_flags,
     dead_letter_stream,
     event_of,
-    redis_url,
-    serve_metrics,
 )
-from engine.logs import setup_logging
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
@@ -360,74 +329,3 @@ def _entries(got: Any) -> list[Entry]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m adapters.streams",
-        description="Apply stock events from a Redis stream through omnistock, exactly once",
-    )
-    add_common_flags(parser, metrics_port=9465)
-    parser.add_argument("--group", default="omnistock", help="the consumer group")
-    parser.add_argument(
-        "--consumer",
-        default=socket.gethostname(),
-        help="this consumer's name in the group; keep it across restarts (default: host name)",
-    )
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="omnistock gRPC address")
-    parser.add_argument("--batch", type=int, default=500, help="entries per read and request")
-    parser.add_argument(
-        "--claim-idle-ms",
-        type=int,
-        default=30_000,
-        help="take over entries pending this long at another (crashed) consumer",
-    )
-    parser.add_argument(
-        "--max-deliveries",
-        type=int,
-        default=10,
-        help="an entry delivered more often without an answer is dead-lettered",
-    )
-    parser.add_argument(
-        "--start-id", default="0", help="where a new group starts: 0 the whole stream, $ new only"
-    )
-    args = parser.parse_args(argv)
-    if not 1 <= args.batch <= 5000:
-        parser.error("--batch must be 1 to 5000 (the server takes at most 5000 events a message)")
-    return args
-
-
-async def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args.log_level)
-    options = Options(
-        stream=args.stream,
-        group=args.group,
-        consumer=args.consumer,
-        batch=args.batch,
-        claim_idle_ms=args.claim_idle_ms,
-        max_deliveries=args.max_deliveries,
-        start_id=args.start_id,
-    )
-    redis = aioredis.from_url(redis_url(args.redis_url, args.state_dir))
-    async with grpc.aio.insecure_channel(args.server) as channel:
-        consumer = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
-        serve_metrics(args.metrics_port, consumer.metrics.registry)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        log.info(
-            "applying %s (group %s, consumer %s) through %s",
-            args.stream,
-            args.group,
-            args.consumer,
-            args.server,
-        )
-        await consumer.run(stop)
-    await redis.aclose()
-    log.info("stopped")
-
-
-if __name__ == "__main__":
-    asyncio.run(main())

@@ -1,0 +1,5 @@
+import asyncio
+
+from adapters.streams.command import main
+
+asyncio.run(main())

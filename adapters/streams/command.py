@@ -1,0 +1,92 @@
+"""`python -m adapters.streams`: flags, then the consumer until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+
+import grpc
+import redis.asyncio as aioredis
+
+from adapters.config import (
+    DEFAULT_SERVER,
+    add_common_flags,
+    redis_url,
+    serve_metrics,
+)
+from adapters.streams.consumer import Consumer, Options
+from engine.logs import setup_logging
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+
+log = logging.getLogger("omnistock.streams")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m adapters.streams",
+        description="Apply stock events from a Redis stream through omnistock, exactly once",
+    )
+    add_common_flags(parser, metrics_port=9465)
+    parser.add_argument("--group", default="omnistock", help="the consumer group")
+    parser.add_argument(
+        "--consumer",
+        default=socket.gethostname(),
+        help="this consumer's name in the group; keep it across restarts (default: host name)",
+    )
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="omnistock gRPC address")
+    parser.add_argument("--batch", type=int, default=500, help="entries per read and request")
+    parser.add_argument(
+        "--claim-idle-ms",
+        type=int,
+        default=30_000,
+        help="take over entries pending this long at another (crashed) consumer",
+    )
+    parser.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=10,
+        help="an entry delivered more often without an answer is dead-lettered",
+    )
+    parser.add_argument(
+        "--start-id", default="0", help="where a new group starts: 0 the whole stream, $ new only"
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.batch <= 5000:
+        parser.error("--batch must be 1 to 5000 (the server takes at most 5000 events a message)")
+    return args
+
+
+async def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    options = Options(
+        stream=args.stream,
+        group=args.group,
+        consumer=args.consumer,
+        batch=args.batch,
+        claim_idle_ms=args.claim_idle_ms,
+        max_deliveries=args.max_deliveries,
+        start_id=args.start_id,
+    )
+    redis = aioredis.from_url(redis_url(args.redis_url, args.state_dir))
+    async with grpc.aio.insecure_channel(args.server) as channel:
+        consumer = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
+        serve_metrics(args.metrics_port, consumer.metrics.registry)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "applying %s (group %s, consumer %s) through %s",
+            args.stream,
+            args.group,
+            args.consumer,
+            args.server,
+        )
+        await consumer.run(stop)
+    await redis.aclose()
+    log.info("stopped")
