@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 proto: $(STAMP)
-	$(PY) -m engine.pb.generate
+	$(PY) -m tools.proto
 
 clean:
 	rm -rf $(VENV) state .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from engine.pb import generate
+from tools import proto as generate
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:

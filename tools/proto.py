@@ -1,4 +1,5 @@
-"""Regenerates the protobuf and gRPC code from proto/: `python -m engine.pb.generate`.
+"""Regenerates the protobuf and gRPC code from proto/ into engine/pb: `python -m tools.proto`
+(`make proto`).
 
 protoc writes `from omnistock.v1 import ...`; the imports are rewritten to live under
 engine.pb so that the generated code needs no sys.path tricks.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from grpc_tools import protoc
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "engine" / "pb"
 BIN = Path(sys.executable).parent
