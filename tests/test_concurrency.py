@@ -1,8 +1,8 @@
 """Concurrency over real gRPC: many clients at once against one real server and one real
 Redis-compatible store; then the invariants, checked from the answers and from Redis itself.
 
-I1 a row's reserved equals the sum of the HELD lines on it (read from the reservation parts,
-   `{L}:r:<id>`, in Redis); I2 a reservation is applied at all its locations or at none;
+I1 a row's reserved equals the sum of the HELD lines on it (read from the reservation parts
+   in Redis: tests/invariants.py); I2 a reservation is applied at all its locations or at none;
 I3 no oversell; I4 the same Reserve, Commit or Release twice has one effect.
 
 The workloads are seeded, but how the calls interleave is up to the machine: a race a test
@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,16 @@ from engine.store.keys import SAGAS, WAKE
 
 from .conftest import ON_BOTH, all_keys
 from .grpc_helpers import Stubs, count, level, line, stock_up
+from .invariants import (
+    Holds,
+    arithmetic_problems,
+    assert_reserved_is_held,
+    assert_served_rows_match_holds,
+    in_one_state_problems,
+    read_holds,
+    reserved_problems,
+    served_levels,
+)
 
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 CALL_TIMEOUT = 30.0  # seconds: a hung call fails its test long before the 120 s limit
@@ -125,42 +135,7 @@ def send(stubs: Stubs, call: str, rid: str) -> Awaitable[Any]:
     return r.Extend(pb.ExtendRequest(reservation_id=rid, ttl_seconds=900), timeout=CALL_TIMEOUT)
 
 
-# -- what Redis holds -------------------------------------------------------------------
-
-
-@dataclass
-class Part:
-    state: str
-    lines: dict[str, int]  # sku -> qty
-
-
-async def parts_in_redis(redis: aioredis.Redis) -> dict[str, dict[str, Part]]:
-    """Every reservation part in Redis (`{L}:r:<id>`): id -> location -> part."""
-    keys = [key.decode() async for key in redis.scan_iter(match="{*}:r:*", count=1000)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hmget(key, ["s", "l"])
-        values = await pipe.execute()
-    out: dict[str, dict[str, Part]] = defaultdict(dict)
-    for key, (state, text) in zip(keys, values, strict=True):
-        location, rid = key[1:].split("}:r:", 1)
-        lines = {}
-        for row in (text or b"").decode().splitlines():
-            sku, qty = row.split("\t")
-            lines[sku] = int(qty)
-        out[rid][location] = Part((state or b"").decode(), lines)
-    return out
-
-
-def held_per_row(parts: dict[str, dict[str, Part]]) -> Counter[tuple[str, str]]:
-    """I1's right-hand side: the sum of the HELD lines on each (location, sku)."""
-    held: Counter[tuple[str, str]] = Counter()
-    for by_location in parts.values():
-        for location, part in by_location.items():
-            if part.state == "HELD":
-                for sku, qty in part.lines.items():
-                    held[(location, sku)] += qty
-    return held
+# -- what Redis holds ---------------------------------------------------------------------
 
 
 async def dump(redis: aioredis.Redis) -> dict[bytes, bytes]:
@@ -171,32 +146,10 @@ async def dump(redis: aioredis.Redis) -> dict[bytes, bytes]:
     return {key: await redis.dump(key) for key in keys}
 
 
-async def levels(
-    stubs: Stubs, locations: Sequence[str], skus: Sequence[str]
-) -> dict[tuple[str, str], pb.StockLevel]:
-    resp = await stubs.availability.GetAvailability(
-        pb.GetAvailabilityRequest(skus=list(skus), location_ids=list(locations))
-    )
-    return {(lv.location_id, lv.sku): lv for lv in resp.levels}
-
-
-async def assert_rows_match_holds(
-    stubs: Stubs, redis: aioredis.Redis, locations: Sequence[str], skus: Sequence[str]
-) -> dict[tuple[str, str], pb.StockLevel]:
-    """I1 and the availability arithmetic, for every row of locations x skus."""
-    rows = await levels(stubs, locations, skus)
-    held = held_per_row(await parts_in_redis(redis))
-    for key, row in rows.items():
-        assert row.reserved == held[key], f"I1 broken at {key}: {row} vs held {held[key]}"
-        expected = max(0, row.on_hand - row.reserved - row.safety_stock)
-        assert row.available == expected, f"available wrong at {key}: {row}"
-    return rows
-
-
 # -- 1. the flash sale ------------------------------------------------------------------
 
 
-async def test_flash_sale_sells_exactly_the_stock(server: Omnistock, redis: aioredis.Redis) -> None:
+async def test_flash_sale_sells_exactly_the_stock(server: Omnistock) -> None:
     # given 100 units of one sku at one store, and 1,000 shoppers on 50 clients
     async with clients(server, 50) as crowd:
         await stock_up(crowd[0], {("s1", "hot"): 100})
@@ -230,10 +183,11 @@ async def test_flash_sale_sells_exactly_the_stock(server: Omnistock, redis: aior
         assert (row.on_hand, row.reserved, row.available) == (100, 100, 0)
 
     # and I1 holds in Redis: one HELD part per winner, none for a loser
-    parts = await parts_in_redis(redis)
-    held = {rid for rid, by_loc in parts.items() if by_loc["s1"].state == "HELD"}
-    assert held == {a.reservation.reservation_id for a in winners}
-    assert held_per_row(parts)[("s1", "hot")] == row.reserved == 100
+    holds = await read_holds(server.storage, ["s1"])
+    assert holds.held_ids("s1") == {a.reservation.reservation_id for a in winners}
+    assert set(holds.states) == holds.held_ids("s1")
+    assert holds.held[("s1", "hot")] == row.reserved == 100
+    assert_reserved_is_held(holds)
 
 
 # -- 2. the same Reserve, retried at once -----------------------------------------------
@@ -247,7 +201,7 @@ async def test_flash_sale_sells_exactly_the_stock(server: Omnistock, redis: aior
     ],
 )
 async def test_same_reserve_retried_concurrently_holds_once(
-    server: Omnistock, redis: aioredis.Redis, lines: list[pb.ReservationLine]
+    server: Omnistock, lines: list[pb.ReservationLine]
 ) -> None:
     # given stock at two stores, and one Reserve that a flaky client sends 10 times at once
     async with clients(server, 10) as tills:
@@ -268,13 +222,13 @@ async def test_same_reserve_retried_concurrently_holds_once(
         assert all(a.reservation == first for a in answers), answers
         # ... and the units are held once
         wanted = {(ln.location_id, ln.sku): ln.qty for ln in lines}
-        rows = await assert_rows_match_holds(tills[0], redis, ["s1", "s2"], ["a", "b"])
+        rows = await assert_served_rows_match_holds(
+            tills[0], server.storage, ["s1", "s2"], ["a", "b"]
+        )
         for key, row in rows.items():
             assert row.reserved == wanted.get(key, 0), key
-    parts = await parts_in_redis(redis)
-    assert {loc: p.state for loc, p in parts["cart-1"].items()} == {
-        ln.location_id: "HELD" for ln in lines
-    }
+    holds = await read_holds(server.storage, ["s1", "s2"])
+    assert holds.states == {"cart-1": {ln.location_id: "HELD" for ln in lines}}
 
 
 # -- 3. an id reused with other lines ---------------------------------------------------
@@ -295,7 +249,7 @@ async def test_reused_id_with_other_lines_is_already_exists(
         await stock_up(till, {("s1", "a"): 10, ("s2", "b"): 10, ("s3", "a"): 10})
         held = await till.reservations.Reserve(reserve("r1", *lines))
         assert held.reservation.state == pb.RESERVATION_STATE_HELD
-        before = await levels(till, ["s1", "s2", "s3"], ["a", "b"])
+        before = await served_levels(till, ["s1", "s2", "s3"], ["a", "b"])
         stored = await dump(redis)
         reused = [
             [line("s1", "a", 3)],  # same sku and store, another qty
@@ -314,30 +268,29 @@ async def test_reused_id_with_other_lines_is_already_exists(
 
         # then every attempt is ALREADY_EXISTS, and nothing changed
         assert one_by_one == at_once == [grpc.StatusCode.ALREADY_EXISTS] * len(reused)
-        assert await levels(till, ["s1", "s2", "s3"], ["a", "b"]) == before
+        assert await served_levels(till, ["s1", "s2", "s3"], ["a", "b"]) == before
         assert await dump(redis) == stored
         assert (await get(till, "r1")) == held.reservation
-        await assert_rows_match_holds(till, redis, ["s1", "s2", "s3"], ["a", "b"])
-    assert set((await parts_in_redis(redis))["r1"]) == {ln.location_id for ln in lines}
+        await assert_served_rows_match_holds(till, server.storage, ["s1", "s2", "s3"], ["a", "b"])
+    holds = await read_holds(server.storage, ["s1", "s2", "s3"])
+    assert holds.states == {"r1": {ln.location_id: "HELD" for ln in lines}}
 
 
 # -- 4. commit and release, twice -------------------------------------------------------
 
 
-async def test_commit_and_release_twice_are_harmless(
-    server: Omnistock, redis: aioredis.Redis
-) -> None:
+async def test_commit_and_release_twice_are_harmless(server: Omnistock) -> None:
     async with clients(server, 1) as (till,):
         await stock_up(till, {("s1", "a"): 10, ("s2", "b"): 10})
         for shape in ("one", "cross"):
             lines = [line("s1", "a", 2)] + ([line("s2", "b", 3)] if shape == "cross" else [])
             await _commit_twice(till, f"sold-{shape}", lines)
             await _release_twice(till, f"void-{shape}", lines)
-        await assert_rows_match_holds(till, redis, ["s1", "s2"], ["a", "b"])
+        await assert_served_rows_match_holds(till, server.storage, ["s1", "s2"], ["a", "b"])
 
 
 async def _rows(till: Stubs) -> dict[tuple[str, str], tuple[int, int]]:
-    got = await levels(till, ["s1", "s2"], ["a", "b"])
+    got = await served_levels(till, ["s1", "s2"], ["a", "b"])
     return {key: (row.on_hand, row.reserved) for key, row in got.items()}
 
 
@@ -382,7 +335,7 @@ async def _release_twice(till: Stubs, rid: str, lines: list[pb.ReservationLine])
 
 
 async def test_commit_racing_release_across_locations_settles_one_way_everywhere(
-    server: Omnistock, redis: aioredis.Redis
+    server: Omnistock,
 ) -> None:
     # given 100 baskets held at two stores each
     n = 100
@@ -409,11 +362,11 @@ async def test_commit_racing_release_across_locations_settles_one_way_everywhere
 
         # then exactly one call of each pair won, and the reservation went its way at both
         # stores: GetReservation, the parts in Redis and a retry of the winner all agree
-        parts = await parts_in_redis(redis)
+        holds = await read_holds(server.storage, ["s1", "s2"])
         problems, sold = [], 0
         for rid, (committed, released) in zip(ids, answers, strict=True):
             won = [a.state for a in (committed, released) if isinstance(a, pb.Reservation)]
-            states = sorted({p.state for p in parts[rid].values()})
+            states = sorted({str(holds.state(rid, loc)) for loc in ("s1", "s2")})
             seen = await get(tills[0], rid)
             said = name_of(seen)
             retry = await outcome(
@@ -436,7 +389,9 @@ async def test_commit_racing_release_across_locations_settles_one_way_everywhere
                 good = False
             if not good or not isinstance(retry, pb.Reservation) or retry.state not in won:
                 problems.append(story)
-        rows = await assert_rows_match_holds(tills[0], redis, ["s1", "s2"], ["a", "b"])
+        rows = await assert_served_rows_match_holds(
+            tills[0], server.storage, ["s1", "s2"], ["a", "b"]
+        )
         assert not problems, f"{len(problems)} of {n} races went wrong:\n" + "\n".join(problems)
         assert (rows[("s1", "a")].on_hand, rows[("s2", "b")].on_hand) == (1000 - sold, 1000 - sold)
         assert (rows[("s1", "a")].reserved, rows[("s2", "b")].reserved) == (0, 0)
@@ -446,7 +401,7 @@ async def test_commit_racing_release_across_locations_settles_one_way_everywhere
 
 
 async def test_cross_location_reservation_short_at_one_location_holds_nothing_anywhere(
-    server: Omnistock, redis: aioredis.Redis
+    server: Omnistock,
 ) -> None:
     # given 5 of a at s1, but only 3 of b at s2
     async with clients(server, 1) as (till,):
@@ -460,7 +415,7 @@ async def test_cross_location_reservation_short_at_one_location_holds_nothing_an
         assert not resp.HasField("reservation")
         short = [(s.location_id, s.sku, s.requested, s.available) for s in resp.shortfalls]
         assert short == [("s2", "b", 5, 3)]
-        rows = await assert_rows_match_holds(till, redis, ["s1", "s2"], ["a", "b"])
+        rows = await assert_served_rows_match_holds(till, server.storage, ["s1", "s2"], ["a", "b"])
         assert (rows[("s1", "a")].reserved, rows[("s2", "b")].reserved) == (0, 0)
         assert (rows[("s1", "a")].available, rows[("s2", "b")].available) == (5, 3)
         # and the id is not remembered
@@ -476,7 +431,7 @@ async def test_cross_location_reservation_short_at_one_location_holds_nothing_an
 
         # then it holds, at both stores
         assert retried.reservation.state == pb.RESERVATION_STATE_HELD, retried
-        rows = await assert_rows_match_holds(till, redis, ["s1", "s2"], ["a", "b"])
+        rows = await assert_served_rows_match_holds(till, server.storage, ["s1", "s2"], ["a", "b"])
         assert (rows[("s1", "a")].reserved, rows[("s2", "b")].reserved) == (2, 5)
         assert (await get(till, "basket")).state == pb.RESERVATION_STATE_HELD
 
@@ -575,7 +530,7 @@ def stock_events(rng: random.Random, n: int) -> list[pb.ApplyEventsRequest]:
 
 
 async def test_concurrent_mixed_traffic_keeps_reserved_equal_to_held_parts(
-    server: Omnistock, redis: aioredis.Redis
+    server: Omnistock,
 ) -> None:
     # given 9 rows at 3 stores, two of them with safety stock, and 8 clients
     rng = random.Random(20240611)
@@ -606,12 +561,14 @@ async def test_concurrent_mixed_traffic_keeps_reserved_equal_to_held_parts(
         # some of its locations only (I2), what GetReservation says agrees with the parts,
         # and on every row reserved is the sum of its HELD lines (I1)
         assert all(isinstance(r, pb.ApplyEventsResponse) for r in events), events
-        parts = await parts_in_redis(redis)
+        holds = await read_holds(server.storage, LOCATIONS)
         problems = []
         for s in plays:
             problems += _answer_problems(s)
-            problems += await _all_or_nothing_problems(s, parts.get(s.rid, {}), crowd[0])
-        problems += _row_problems(await levels(crowd[0], LOCATIONS, SKUS), held_per_row(parts))
+            problems += await _all_or_nothing_problems(s, holds, crowd[0])
+        levels = await served_levels(crowd[0], LOCATIONS, SKUS)
+        served = {row: level.reserved for row, level in levels.items()}
+        problems += reserved_problems(holds, served) + arithmetic_problems(levels)
         assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems)
     assert sum(len(s.answers) for s in plays) + len(events) >= 250
 
@@ -634,11 +591,9 @@ def _answer_problems(s: Scenario) -> list[str]:
     return out
 
 
-async def _all_or_nothing_problems(s: Scenario, parts: dict[str, Part], stubs: Stubs) -> list[str]:
-    states = {
-        ln.location_id: parts[ln.location_id].state if ln.location_id in parts else None
-        for ln in s.lines
-    }
+async def _all_or_nothing_problems(s: Scenario, holds: Holds, stubs: Stubs) -> list[str]:
+    locations = {ln.location_id for ln in s.lines}
+    states = {loc: holds.state(s.rid, loc) for loc in sorted(locations)}
     seen = await get(stubs, s.rid)
     said = name_of(seen)
     where = f"parts {states}, GetReservation {said}: {s}"
@@ -646,8 +601,8 @@ async def _all_or_nothing_problems(s: Scenario, parts: dict[str, Part], stubs: S
         if {"HELD", "COMMITTED"} & set(states.values()) or said != "NOT_FOUND":
             return [f"a short reservation left something behind: {where}"]
         return []
-    if len(set(states.values())) != 1:
-        return [f"I2: applied at some locations only: {where}"]
+    if split := in_one_state_problems(holds, {s.rid: locations}):
+        return [f"{problem}: {where}" for problem in split]
     (state,) = set(states.values())
     if state not in STATES or said != pb.ReservationState.Name(STATES[state]):
         return [f"GetReservation disagrees with the parts: {where}"]
@@ -658,15 +613,3 @@ async def _all_or_nothing_problems(s: Scenario, parts: dict[str, Part], stubs: S
     if any(a.state != STATES[state] for a in decided):
         return [f"an OK answer was overturned: {where}"]
     return []
-
-
-def _row_problems(
-    rows: dict[tuple[str, str], pb.StockLevel], held: Counter[tuple[str, str]]
-) -> list[str]:
-    out = []
-    for key, row in sorted(rows.items()):
-        if row.reserved != held[key]:
-            out.append(f"I1: {key} reserved {row.reserved}, HELD lines sum to {held[key]}")
-        if row.available != max(0, row.on_hand - row.reserved - row.safety_stock):
-            out.append(f"available wrong at {key}: {row}")
-    return out

@@ -2,9 +2,10 @@
 
 Each test runs real processes on loopback: `python server.py` as a child (tests/processes.py)
 or an in-process server, against the session's Redis-compatible server or a private one.
-After every fault the invariants of the brief are checked on what Redis holds:
-I1 (reserved == the sum of HELD parts on the row), I2 (a reservation is held at all of its
-locations or at none) and I7 (expired holds stop counting within a second).
+After every fault the invariants of the brief are checked on what Redis holds
+(tests/invariants.py): I1 (reserved == the sum of HELD parts on the row), I2 (a
+reservation is held, or committed, at all of its locations or at none) and I7 (expired
+holds stop counting within a second).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import random
 import signal
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ from engine.usecases.reservations import Reservations
 
 from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for, sweeper_of
 from .grpc_helpers import Stubs, level, line, stock_up
+from .invariants import (
+    all_or_nothing_problems,
+    assert_all_or_nothing,
+    assert_reserved_is_held,
+    read_holds,
+)
 from .processes import (
     ServerProcess,
     connect,
@@ -51,7 +58,6 @@ from .processes import (
 )
 
 Row = tuple[str, str]  # (location, sku)
-Parts = dict[str, dict[str, tuple[str, dict[str, int]]]]  # id -> location -> (state, sku->qty)
 OK = grpc.StatusCode.OK
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -65,66 +71,6 @@ HELD = pb.RESERVATION_STATE_HELD
 
 def reserve_request(rid: str, lines: Sequence[pb.ReservationLine]) -> pb.ReserveRequest:
     return pb.ReserveRequest(reservation_id=rid, lines=lines, ttl_seconds=600)
-
-
-async def read_parts(redis: aioredis.Redis, locations: Iterable[str]) -> Parts:
-    """Every reservation part in Redis, from the keys `{L}:r:<id>` (s = state, l = lines)."""
-    parts: Parts = defaultdict(dict)
-    for loc in locations:
-        prefix = f"{{{loc}}}:r:"
-        keys = [key async for key in redis.scan_iter(match=prefix + "*", count=1000)]
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, ["s", "l"])
-            values = await pipe.execute()
-        for key, (state, text) in zip(keys, values, strict=True):
-            lines = {}
-            for row in (text or b"").decode().splitlines():
-                sku, qty = row.split("\t")
-                lines[sku] = int(qty)
-            parts[key.decode()[len(prefix) :]][loc] = ((state or b"").decode(), lines)
-    return parts
-
-
-def held_units(parts: Parts) -> Counter[Row]:
-    held: Counter[Row] = Counter()
-    for by_location in parts.values():
-        for loc, (state, lines) in by_location.items():
-            if state == "HELD":
-                for sku, qty in lines.items():
-                    held[(loc, sku)] += qty
-    return held
-
-
-def held_at(parts: Parts, rid: str, lines: Iterable[pb.ReservationLine]) -> dict[str, bool]:
-    """For each location of a reservation: is its part there HELD?"""
-    locations = {ln.location_id for ln in lines}
-    return {loc: parts.get(rid, {}).get(loc, ("", {}))[0] == "HELD" for loc in locations}
-
-
-async def check_reserved_is_sum_of_held_parts(
-    storage: Storage, parts: Parts, rows: Sequence[Row]
-) -> None:
-    """I1, on every row."""
-    held = held_units(parts)
-    stock = await storage.rows(rows)
-    wrong = {
-        row: (s.reserved, held[row])
-        for row, s in zip(rows, stock, strict=True)
-        if s.reserved != held[row]
-    }
-    assert not wrong, f"I1 broken; row: (reserved, sum of HELD parts): {wrong}"
-    assert set(held) <= set(rows), f"HELD parts on unknown rows: {set(held) - set(rows)}"
-
-
-def check_all_or_nothing(parts: Parts, sent: dict[str, list[pb.ReservationLine]]) -> None:
-    """I2, for every reservation id used."""
-    partial = {}
-    for rid, lines in sent.items():
-        at = held_at(parts, rid, lines)
-        if any(at.values()) and not all(at.values()):
-            partial[rid] = at
-    assert not partial, f"I2 broken; partly held reservations: {partial}"
 
 
 # -- the service killed mid-saga ------------------------------------------------------------
@@ -176,12 +122,15 @@ async def reserve_then_kill(
     return open_sagas & set(batch)
 
 
+def locations_of(sent: dict[str, list[pb.ReservationLine]]) -> dict[str, set[str]]:
+    return {rid: {ln.location_id for ln in lines} for rid, lines in sent.items()}
+
+
 async def some_partly_held(
-    redis: aioredis.Redis, reservations: dict[str, list[pb.ReservationLine]]
+    storage: Storage, reservations: dict[str, list[pb.ReservationLine]]
 ) -> bool:
-    parts = await read_parts(redis, SAGA_LOCATIONS)
-    held = [list(held_at(parts, rid, lines).values()) for rid, lines in reservations.items()]
-    return any(any(at) and not all(at) for at in held)
+    holds = await read_holds(storage, SAGA_LOCATIONS, reservations)
+    return bool(all_or_nothing_problems(holds, locations_of(reservations)))
 
 
 @ON_BOTH
@@ -215,7 +164,7 @@ async def test_service_killed_mid_saga_leaves_no_stray_hold_after_restart(
         sent.update(batch)
         open_now = await reserve_then_kill(service, redis, batch, answers)
         open_at_kill |= open_now
-        if await some_partly_held(redis, {rid: batch[rid] for rid in open_now}):
+        if await some_partly_held(storage, {rid: batch[rid] for rid in open_now}):
             break
     assert open_at_kill, "4 kills, and never one while a saga was open"
 
@@ -223,15 +172,17 @@ async def test_service_killed_mid_saga_leaves_no_stray_hold_after_restart(
     await service.start()
     settled = await eventually(lambda: _zero(redis.zcard(SAGAS)), within=10)
     assert settled, f"sagas still open: {await redis.zrange(SAGAS, 0, -1)}"
-    parts = await read_parts(redis, SAGA_LOCATIONS)
-    check_all_or_nothing(parts, sent)
-    await check_reserved_is_sum_of_held_parts(storage, parts, list(rows))
+    holds = await read_holds(storage, SAGA_LOCATIONS)
+    assert_all_or_nothing(holds, locations_of(sent))
+    assert_reserved_is_held(holds)
+    assert set(holds.rows) == set(rows)
     # and every answered Reserve still means what it said
     for rid, answer in answers.items():
         if isinstance(answer, pb.ReserveResponse):
-            at = held_at(parts, rid, sent[rid])
-            expected = answer.HasField("reservation")
-            assert set(at.values()) == {expected}, f"{rid} answered held={expected}, now {at}"
+            at = {loc: holds.state(rid, loc) for loc in locations_of(sent)[rid]}
+            expected = "HELD" if answer.HasField("reservation") else None
+            held = {state if state == "HELD" else None for state in at.values()}
+            assert held == {expected}, f"{rid} answered held={expected is not None}, now {at}"
 
 
 async def _zero(count: Awaitable[int]) -> bool:
@@ -379,10 +330,11 @@ async def check_after_redis_crash(
     expected = {row: LOAD_ON_HAND - units[row] for row in rows}
     assert on_hand == expected
     # and reserved is the sum of the HELD parts (I1), each reservation all or nothing (I2)
-    parts = await read_parts(store, LOAD_LOCATIONS)
     storage = Storage(store, stock_buckets=BUCKETS, retention_ms=HOUR_MS, event_window_ms=HOUR_MS)
-    await check_reserved_is_sum_of_held_parts(storage, parts, rows)
-    check_all_or_nothing(parts, load.sent)
+    holds = await read_holds(storage, LOAD_LOCATIONS)
+    assert_reserved_is_held(holds)
+    assert set(holds.rows) == set(rows)
+    assert_all_or_nothing(holds, locations_of(load.sent))
 
 
 # -- Redis away: fast UNAVAILABLE, then recovery ----------------------------------------------

@@ -19,9 +19,10 @@ check and a small GetAvailability; a refused call (any error status), and a Stre
 call whose every event was rejected, changed no key (every key's DUMP and absolute expiry,
 before and after; a StreamEvents stream refused after some answers applied exactly the
 messages answered: sent alone from the state before, they leave the same keys); I1
-(reserved == the sum of the HELD reservation lines, on every row in Redis) and the
-availability arithmetic as served. At the end of each example the server is stopped and a
-new one started on the same Redis, and I1 and the answers are checked again through it.
+(reserved == the sum of the HELD reservation lines, on every row of every location, as
+stored and as served: tests/invariants.py) and the availability arithmetic as served. At the
+end of each example the server is stopped and a new one started on the same Redis, and I1
+and the answers are checked again through it.
 
 Why it is deterministic. The engine's clock is a ManualClock that does not move, and the
 sweeper sleeps an hour between passes: so no hold comes due (every example checks that no
@@ -78,12 +79,11 @@ from engine.domain.model import (
     MAX_TTL_SECONDS,
 )
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.codecs import parse_row
 from engine.store.keys import SAGAS, SHORTAGES
 
-from .conftest import HOUR_MS, all_keys, settings_for
+from .conftest import HOUR_MS, settings_for
 from .grpc_helpers import LON, Stubs, north
-from .test_concurrency import assert_rows_match_holds, held_per_row, parts_in_redis
+from .invariants import arithmetic_problems, read_holds, reserved_problems, served_levels
 
 EXAMPLES = int(os.environ.get("OMNISTOCK_FUZZ_EXAMPLES", "0"))
 LONG_RUN = EXAMPLES > 0
@@ -681,29 +681,6 @@ def diff(before: State, after: State) -> dict[str, list[bytes]]:
     }
 
 
-async def rows_and_due(
-    redis: aioredis.Redis, now: int
-) -> tuple[dict[tuple[str, str], Any], dict[bytes, list[Any]]]:
-    """Every stock row in Redis (from the buckets `{L}:s:<b>`), and the HELD parts whose
-    expiry has come at `now` (from the expiry indexes `{L}:x`)."""
-    keys = await all_keys(redis, "{*}:[sx]*")
-    buckets = [k for k in keys if b"}:s:" in k]
-    indexes = [k for k in keys if k.endswith(b"}:x")]
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in buckets:
-            pipe.hgetall(key)
-        for key in indexes:
-            pipe.zrangebyscore(key, "-inf", now, withscores=True)
-        got = await pipe.execute()
-    rows = {}
-    for key, bucket in zip(buckets, got, strict=False):
-        location = key.decode()[1 : key.decode().index("}")]
-        for sku, value in bucket.items():
-            rows[(location, sku.decode())] = parse_row(value)
-    due = {key: d for key, d in zip(indexes, got[len(buckets) :], strict=True) if d}
-    return rows, due
-
-
 # -- the harness ------------------------------------------------------------------------------
 
 
@@ -829,19 +806,18 @@ class Fuzz:
         assert [(lv.location_id, lv.sku) for lv in got.levels] == [(STORE, "SKU-1")]
 
     async def invariants(self) -> None:
-        """I1 on every row in Redis, no HELD part due at the frozen time (so nothing moves in
-        the background), and the availability arithmetic of the seeded rows as served."""
-        holds = held_per_row(await parts_in_redis(self.redis))
-        rows, due = await rows_and_due(self.redis, self.clock.now)
-        broken = {
-            key: (row.reserved, holds[key])
-            for key, row in rows.items()
-            if row.reserved != holds[key]
-        }
-        assert not broken, f"I1 broken; row: (reserved, sum of HELD lines): {broken}"
-        assert set(holds) <= set(rows), f"HELD lines on no row: {set(holds) - set(rows)}"
+        """I1 on every row of every location (stored, and as served for the seeded rows), no
+        HELD part due at the frozen time (so nothing moves in the background), and the
+        availability arithmetic of the seeded rows as served."""
+        storage = self.app.storage
+        locations = sorted(await storage.load_locations())
+        holds = await read_holds(storage, locations)
+        due = await storage.due(locations, self.clock.now, limit=100)
+        levels = await served_levels(self.stubs, LOCATIONS, SKUS)
+        served = {row: level.reserved for row, level in levels.items()}
+        problems = reserved_problems(holds, served) + arithmetic_problems(levels)
+        assert not problems, "\n".join(problems)
         assert not due, f"HELD parts due at the frozen time {self.clock.now}: {due}"
-        await assert_rows_match_holds(self.stubs, self.redis, LOCATIONS, SKUS)
 
     async def after_restart(self) -> None:
         """The example's end: a new server on the same data keeps I1 and answers."""

@@ -40,9 +40,7 @@ from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, OmnistockError
 from engine.domain.model import EventKind, Line, Reservation, ReservationState, StockEvent, StockRow
 from engine.metrics import Metrics
-from engine.store.codecs import decode_lines
 from engine.store.connect import connect
-from engine.store.keys import Keys
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.parts import Timing
@@ -50,6 +48,7 @@ from engine.usecases.reservations import Reservations
 from engine.usecases.sweeper import Sweeper
 
 from .conftest import HOUR_MS, ON_BOTH, store, sweeper_of
+from .invariants import Holds, assert_reserved_is_held, in_one_state_problems, read_holds
 
 T = TypeVar("T")
 
@@ -276,7 +275,7 @@ class Snapshot:
 
     rows: dict[Pair, StockRow]
     directory: dict[str, tuple[Line, ...] | None]  # reservation id -> its lines, if known
-    parts: dict[tuple[str, str], tuple[str, list[tuple[str, int]]]]  # (id, loc) -> state, lines
+    holds: Holds  # the parts of every reservation at every location, and what they hold
     answers: dict[str, tuple[Any, ...]]  # reservation id -> what `get` answers
 
 
@@ -296,12 +295,6 @@ def reservation_answer(res: Reservation) -> tuple[Any, ...]:
 
 def error_answer(exc: OmnistockError) -> tuple[Any, ...]:
     return (type(exc).__name__,)
-
-
-def parse_part_lines(raw: bytes | None) -> list[tuple[str, int]]:
-    """A part's lines as stored at its location: "sku\tqty\n"..."""
-    rows = (row.split("\t") for row in (raw or b"").decode().splitlines())
-    return [(sku, int(qty)) for sku, qty in rows]
 
 
 # -- strategies ------------------------------------------------------------------------
@@ -576,36 +569,25 @@ class StockMachine(RuleBasedStateMachine):
     # after every step
 
     async def engine_snapshot(self) -> Snapshot:
-        """Everything the checks read: the rows, then every reservation record (the
-        directory, and the part at each location any reserve named) in one round trip,
-        then what `get` answers for each id whose records changed since the last step
-        (`get` reads nothing else, so the answers of the others are the same as before)."""
+        """Everything the checks read: the rows; every reservation record (the directory,
+        and the part at each location of each id any reserve named, with what the HELD
+        parts hold: tests/invariants.py); then what `get` answers for each id whose records
+        changed since the last step (`get` reads nothing else, so the answers of the others
+        are the same as before)."""
         ids = sorted({rid for rid, _ in self.attempts})
-        places = sorted({(rid, loc) for rid, lines in self.attempts for loc, _, _ in lines})
-
-        def build(pipe: Any) -> None:
-            for rid in ids:
-                pipe.hmget(Keys.directory(rid), ["f", "l", "g"])
-            for rid, loc in places:
-                pipe.hmget(Keys.part(loc, rid), ["s", "x", "l"])
-
-        rows = await self.storage.rows(list(PAIRS))
-        records = await self.storage.pipeline(build) if ids else []
-        snap = Snapshot(dict(zip(PAIRS, rows, strict=True)), {}, {}, {})
+        rows, directory, holds = await asyncio.gather(
+            self.storage.rows(list(PAIRS)),
+            asyncio.gather(*(self.storage.directory(rid) for rid in ids)),
+            read_holds(self.storage, LOCATIONS, ids),
+        )
+        snap = Snapshot(dict(zip(PAIRS, rows, strict=True)), {}, holds, {})
         snap.answers.update(dict.fromkeys(RESERVATION_IDS, ("NotFound",)))
-        seen: dict[str, list[Any]] = {rid: [] for rid in ids}
-        for rid, (fp, lines, saga) in zip(ids, records, strict=False):
-            seen[rid].append((fp, lines, saga))
-            snap.directory[rid] = decode_lines(lines.decode()) if fp is not None else None
-        for (rid, loc), (state, expires_at, held) in zip(places, records[len(ids) :], strict=True):
-            seen[rid].append((state, expires_at))
-            if state is not None:
-                snap.parts[(rid, loc)] = (state.decode(), parse_part_lines(held))
-        for rid in ids:
-            key = (rid, tuple(seen[rid]))
-            if key not in self.answers:
-                self.answers[key] = await self.get(rid)
-            snap.answers[rid] = self.answers[key]
+        for rid, entry in zip(ids, directory, strict=True):
+            snap.directory[rid] = entry.lines if entry is not None else None
+            seen = (entry, tuple(sorted(holds.parts.get(rid, {}).items())))
+            if (rid, seen) not in self.answers:
+                self.answers[(rid, seen)] = await self.get(rid)
+            snap.answers[rid] = self.answers[(rid, seen)]
         return snap
 
     async def get(self, rid: str) -> tuple[Any, ...]:
@@ -642,20 +624,19 @@ class StockMachine(RuleBasedStateMachine):
 
     def reserved_is_the_sum_of_held_parts(self, snap: Snapshot) -> None:
         """I1, from the engine's own records: every HELD part, whatever its directory says."""
-        held: dict[Pair, int] = dict.fromkeys(PAIRS, 0)
-        for (_, loc), (state, lines) in snap.parts.items():
-            if state == "HELD":
-                for sku, qty in lines:
-                    held[(loc, sku)] += qty
-        assert {pair: row.reserved for pair, row in snap.rows.items()} == held
+        assert_reserved_is_held(snap.holds)
+        assert set(snap.holds.rows) <= set(PAIRS)
 
     def every_part_of_a_reservation_is_in_one_state(self, snap: Snapshot) -> None:
         """I2: a reservation the engine knows has a part at each of its locations, and
         all of them in one state."""
-        for rid, lines in snap.directory.items():
-            if lines is not None:
-                states = {snap.parts.get((rid, ln.location), ("missing", []))[0] for ln in lines}
-                assert len(states) == 1 and "missing" not in states, (rid, states)
+        known = {
+            rid: [ln.location for ln in lines]
+            for rid, lines in snap.directory.items()
+            if lines is not None
+        }
+        problems = in_one_state_problems(snap.holds, known)
+        assert not problems, problems
 
     def no_hold_outlives_its_expiry_after_a_sweep(self, snap: Snapshot) -> None:
         """I7: once the sweeper has run at this time, nothing past its expiry is HELD."""
