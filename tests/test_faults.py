@@ -3,9 +3,9 @@
 Each test runs real processes on loopback: `python server.py` as a child (tests/processes.py)
 or an in-process server, against the session's Redis-compatible server or a private one.
 After every fault the invariants of the brief are checked on what Redis holds
-(tests/invariants.py): I1 (reserved == the sum of HELD parts on the row), I2 (a
-reservation is held, or committed, at all of its locations or at none) and I7 (expired
-holds stop counting within a second).
+(tests/invariants.py): I1 (reserved == the sum of HELD parts on the row) and I2 (a
+reservation is held, or committed, at all of its locations or at none). The sweeper's
+expiry (I7) and its recovery of sagas cut short: tests/test_sweeper.py.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import itertools
 import os
 import random
 import signal
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -29,17 +26,13 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 
 from engine.app import Omnistock, create_server
-from engine.domain.clock import ManualClock
-from engine.domain.model import EventKind, Line, StockEvent
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis, free_port
 from engine.store.keys import SAGAS
 from engine.store.storage import Storage
-from engine.usecases.parts import COMMITTING
-from engine.usecases.reservations import Reservations
 
-from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for, sweeper_of
+from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for
 from .grpc_helpers import Stubs, level, line, stock_up
 from .invariants import (
     all_or_nothing_problems,
@@ -484,140 +477,3 @@ async def test_sigterm_drains_and_stops_the_embedded_store(
             assert got.state == HELD, rid
         row = await level(stubs, "s1", "a")
         assert (row.on_hand, row.reserved, row.available) == (10, 5, 5)
-
-
-# -- expiry (I7) ----------------------------------------------------------------------------------
-
-
-@ON_BOTH
-async def test_expired_holds_are_released_within_a_second(channel: grpc.aio.Channel) -> None:
-    # given a hold of 3 of 10 units that lives half a second
-    stubs = Stubs(channel)
-    await stock_up(stubs, {("s1", "a"): 10})
-    resp = await stubs.reservations.Reserve(
-        pb.ReserveRequest(reservation_id="r1", lines=[line("s1", "a", 3)], ttl_seconds=0.5)
-    )
-    expires_at = resp.reservation.expires_at
-    assert (await level(stubs, "s1", "a")).available == 7
-    # when nobody does anything, and availability is read every 20 ms
-    back_at = 0.0
-    while time.time() * 1000 < expires_at + 3000:
-        if (await level(stubs, "s1", "a")).available == 10:
-            back_at = time.time() * 1000
-            break
-        await asyncio.sleep(0.02)
-    # then the units are back within one second of the expiry
-    assert back_at, "the hold was not released within 3 s of its expiry"
-    lag = back_at - expires_at
-    assert lag < 1000, f"available again {lag:.0f} ms after the expiry (bound: 1000 ms)"
-    got = await stubs.reservations.GetReservation(pb.GetReservationRequest(reservation_id="r1"))
-    assert got.state == pb.RESERVATION_STATE_EXPIRED
-
-
-@asynccontextmanager
-async def second_server(redis_url: str) -> AsyncIterator[Omnistock]:
-    app = create_server(settings_for(redis_url))
-    await app.start()
-    try:
-        yield app
-    finally:
-        await stop_in_process(app)
-
-
-def expiries(*apps: Omnistock) -> float:
-    return sum(
-        app.metrics.registry.get_sample_value("omnistock_expiries_total") or 0.0 for app in apps
-    )
-
-
-@ON_BOTH
-async def test_two_sweepers_expire_each_hold_exactly_once(
-    server: Omnistock, channel: grpc.aio.Channel, redis_url: str
-) -> None:
-    # given two server processes on one Redis, and 200 holds of half a second over 20 rows
-    stubs = Stubs(channel)
-    rows = [(f"s{i}", sku) for i in range(4) for sku in ("a", "b", "c", "d", "e")]
-    await stock_up(stubs, dict.fromkeys(rows, 100))
-    async with second_server(redis_url) as other:
-        for start in range(0, 200, 50):
-            answers = await asyncio.gather(
-                *(
-                    stubs.reservations.Reserve(
-                        pb.ReserveRequest(
-                            reservation_id=f"r{i}",
-                            lines=[line(*rows[i % len(rows)], 1)],
-                            ttl_seconds=0.5,
-                        )
-                    )
-                    for i in range(start, start + 50)
-                )
-            )
-            assert all(a.reservation.state == HELD for a in answers)
-        # when both sweepers run past the expiry
-        done = await eventually(lambda: expiries(server, other) >= 200, within=5)
-        await asyncio.sleep(0.3)  # a few more sweeps of each, which must find nothing
-        # then each hold expired exactly once, and nothing is reserved any more
-        counted = (expiries(server), expiries(other))
-        assert done and sum(counted) == 200, f"expiries counted by each server: {counted}"
-        got = await stubs.availability.GetAvailability(
-            pb.GetAvailabilityRequest(skus=["a", "b", "c", "d", "e"], location_ids=["s0", "s1"])
-        )
-        assert {lv.reserved for lv in got.levels} == {0}
-
-
-# -- a cross-location commit cut short by a crash --------------------------------------------
-
-
-class ProcessDied(Exception):
-    """Stands for the death of the server process at the point where it is raised."""
-
-
-def count_event(location: str, sku: str, qty: int, now: int) -> StockEvent:
-    return StockEvent(f"c:{location}:{sku}", location, sku, EventKind.COUNT, qty, now - 10)
-
-
-@ON_BOTH
-async def test_a_commit_decided_before_a_crash_is_finished_by_recovery(
-    storage: Storage,
-    reservations: Reservations,
-    clock: ManualClock,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # given a reservation held at two stores, and a sweeper (of any server process)
-    now = clock.now_ms()
-    for loc in ("s1", "s2"):
-        await storage.apply_events(loc, [count_event(loc, "a", 5, now)], now)
-    lines = [Line("s1", "a", 2), Line("s2", "a", 2)]
-    assert (await reservations.reserve("r1", lines, ttl_seconds=60)).ok
-    sweeper = await sweeper_of(storage, reservations, clock, "s1", "s2")
-
-    # when a commit is decided (COMMITTING) and the process dies before committing any part;
-    # the sweeper happens to pass between the recovery entry and the decision
-    decide = storage.settle
-
-    async def sweep_then_decide(rid: str, expected: str, new: str, ttl_ms: int = 0) -> bool:
-        if new == COMMITTING:
-            await sweeper.sweep()
-        return await decide(rid, expected, new, ttl_ms)
-
-    async def die(*args: Any, **kwargs: Any) -> list[Any]:
-        raise ProcessDied
-
-    monkeypatch.setattr(storage, "settle", sweep_then_decide)
-    monkeypatch.setattr(storage, "commit_part", die)
-    with pytest.raises(ProcessDied):
-        await reservations.commit("r1")
-    monkeypatch.undo()
-
-    # then recovery, past the saga timeout, finishes the commit it finds decided
-    for _ in range(3):
-        clock.advance(reservations.timing.saga_timeout_ms + 1)
-        await sweeper.sweep()
-    got = await reservations.get("r1")
-    rows = await storage.rows([("s1", "a"), ("s2", "a")])
-    assert got.state.value == "COMMITTED"
-    assert [(r.on_hand, r.reserved) for r in rows] == [(3, 0), (3, 0)], (
-        "the reservation reads COMMITTED, but its parts were never committed: "
-        f"{[(r.on_hand, r.reserved) for r in rows]}; recovery entries: "
-        f"{await storage.sagas_due(clock.now_ms(), 10)}"
-    )
