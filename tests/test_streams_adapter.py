@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,6 +23,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
 from . import grpc_helpers
 from .grpc_helpers import T0, Stubs, count, level, line, seed
+from .stream_helpers import drain
 
 DEAD = dead_letter_stream(DEFAULT_STREAM)
 
@@ -33,12 +34,11 @@ def stubs(channel: grpc.aio.Channel) -> Stubs:
 
 
 @pytest.fixture
-async def consumer(redis: aioredis.Redis, channel: grpc.aio.Channel) -> AsyncIterator[Consumer]:
+async def consumer(redis: aioredis.Redis, channel: grpc.aio.Channel) -> Consumer:
     options = Options(DEFAULT_STREAM, "omnistock", "c1", batch=50, block_ms=50, claim_idle_ms=200)
     c = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
     await c.create_group()
-    yield c
-    await c._close_call()
+    return c
 
 
 def delta(event_id: str, loc: str, sku: str, qty: int, t: int, **extra: str) -> dict[str, str]:
@@ -46,16 +46,13 @@ def delta(event_id: str, loc: str, sku: str, qty: int, t: int, **extra: str) -> 
     return entry_fields(grpc_helpers.delta(event_id, loc, sku, qty, t, **extra))
 
 
-async def append(redis: aioredis.Redis, *entries: dict[str, str]) -> None:
+async def append(redis: aioredis.Redis, *entries: dict[str, str], at: int | None = None) -> None:
+    """Appends the entries; `at`: as if appended at that time (ms), which their ids tell."""
     async with redis.pipeline(transaction=False) as pipe:
-        for fields in entries:
-            pipe.xadd(DEFAULT_STREAM, fields)  # type: ignore[arg-type]
+        for i, fields in enumerate(entries):
+            entry_id = f"{at}-{i}" if at is not None else "*"
+            pipe.xadd(DEFAULT_STREAM, fields, id=entry_id)  # type: ignore[arg-type]
         await pipe.execute()
-
-
-async def drain(c: Consumer) -> None:
-    while await c.step():
-        pass
 
 
 async def dead_letters(redis: aioredis.Redis) -> list[dict[str, str]]:
@@ -76,7 +73,7 @@ async def test_entries_are_applied_once_each_and_acknowledged(
         entry_fields(count("count-1", "s1", "a", 20, T0 + 5)),  # a count from before sale-1
         delta("offline", "s1", "a", -3, T0 + 2),  # before that count: included in it
     )
-    await drain(consumer)
+    await drain(redis, consumer)
     assert (await level(stubs, "s1", "a")).on_hand == 20 - 2
     outcomes = consumer.metrics.registry.get_sample_value
     assert outcomes("omnistock_streams_events_total", {"outcome": "applied"}) == 2
@@ -96,7 +93,7 @@ async def test_a_stores_echo_of_a_committed_sale_is_not_subtracted_twice(
     await stubs.reservations.Commit(pb.CommitRequest(reservation_id="web-7"))
     now = int(time.time() * 1000)
     await append(redis, delta("till-55", "s1", "a", -4, now, reservation_id="web-7"))
-    await drain(consumer)
+    await drain(redis, consumer)
     assert (await level(stubs, "s1", "a")).on_hand == 6
     got = consumer.metrics.registry.get_sample_value(
         "omnistock_streams_events_total", {"outcome": "echo"}
@@ -115,7 +112,7 @@ async def test_poison_entries_are_dead_lettered_with_the_reason_and_do_not_block
         delta("p3", "nowhere", "a", -1, T0 + 1),  # the server rejects it
         *[delta(f"ok{i}", "s1", "a", -1, T0 + 10 + i) for i in range(3)],
     )
-    await drain(consumer)
+    await drain(redis, consumer)
     assert (await level(stubs, "s1", "a")).on_hand == 7
     letters = await dead_letters(redis)
     assert [d["event_id"] for d in letters] == ["p1", "p2", "p3"]
@@ -128,37 +125,66 @@ async def test_poison_entries_are_dead_lettered_with_the_reason_and_do_not_block
     assert (await redis.xpending(DEFAULT_STREAM, "omnistock"))["pending"] == 0
 
 
-async def test_an_entry_that_never_gets_an_answer_is_dead_lettered_after_max_deliveries(
+async def test_an_entry_delivered_over_max_deliveries_is_dead_lettered_and_not_applied(
     stubs: Stubs, redis: aioredis.Redis, channel: grpc.aio.Channel
 ) -> None:
+    # given two entries that a consumer, c1, kept crashing on before it could answer: each
+    # crash a delivery, the first entry 3 times, the second twice
     await seed(stubs, {("s1", "a"): 10})
-    await append(redis, delta("stuck", "s1", "a", -1, T0 + 1))
     options = Options(DEFAULT_STREAM, "omnistock", "c1", block_ms=10, max_deliveries=3)
-    stuck = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
-    await stuck.create_group()
-    await stuck._read_new()  # delivered once, then the consumer "crashes" before answering
-    for _ in range(2):
-        stuck._recovering = True
-        assert len(await stuck._own_pending()) == 1  # delivered again: 2, then 3 times
-    stuck._recovering = True
-    assert await stuck._own_pending() == []  # a 4th delivery: dead-lettered instead
+    restarted = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
+    await restarted.create_group()
+    await append(redis, delta("stuck", "s1", "a", -1, T0 + 1), delta("next", "s1", "a", -2, T0 + 2))
+    assert len(await crashed_reading(redis, "c1", ">")) == 2
+    assert len(await crashed_reading(redis, "c1", "0")) == 2
+    assert len(await crashed_reading(redis, "c1", "0", count=1)) == 1
+    # when c1 starts again and reads its own pending entries (deliveries 4 and 3)
+    await drain(redis, restarted)
+    # then the one delivered over 3 times is dead-lettered, not applied; the other applied
     (letter,) = await dead_letters(redis)
-    assert letter["dead.reason"] == "delivered over 3 times without an answer"
-    assert (await level(stubs, "s1", "a")).on_hand == 10
+    assert (letter["event_id"], letter["dead.reason"]) == (
+        "stuck",
+        "delivered over 3 times without an answer",
+    )
+    assert (await level(stubs, "s1", "a")).on_hand == 10 - 2
+    counted = restarted.metrics.registry.get_sample_value
+    assert counted("omnistock_streams_dead_letters_total", {"reason": "redelivered"}) == 1
+    assert counted("omnistock_streams_events_total", {"outcome": "applied"}) == 1
+
+
+async def crashed_reading(
+    redis: aioredis.Redis, name: str, start: str, count: int | None = None
+) -> list[Any]:
+    """What a consumer of the group that dies before answering does: it reads entries (">":
+    new ones, "0": its own pending ones, each read a delivery more), and never
+    acknowledges them."""
+    got = await redis.xreadgroup("omnistock", name, {DEFAULT_STREAM: start}, count=count)
+    return [entry for _, entries in got for entry in entries]
 
 
 async def test_lag_and_error_metrics_move(
-    stubs: Stubs, redis: aioredis.Redis, consumer: Consumer
+    stubs: Stubs, redis: aioredis.Redis, consumer: Consumer, channel: grpc.aio.Channel
 ) -> None:
+    # given 120 entries appended 5 s ago (an entry's id is the time it was appended)
     await seed(stubs, {("s1", "a"): 10})
-    await append(redis, *[delta(f"l{i}", "s1", "a", 1, T0 + 1 + i) for i in range(120)])
-    await consumer._watch_lag()
+    appended_at = int(time.time() * 1000) - 5000
+    await append(
+        redis,
+        *[delta(f"l{i}", "s1", "a", 1, T0 + 1 + i) for i in range(120)],
+        at=appended_at,
+    )
+    # when the consumer takes its first batch of 50
+    assert await consumer.step() == 50
+    # then it measured the lag first: 120 entries not delivered, the oldest 5 s old
     gauge = consumer.metrics.registry.get_sample_value
+    oldest = (time.time() * 1000 - appended_at) / 1000
     assert gauge("omnistock_streams_lag") == 120
-    assert gauge("omnistock_streams_lag_seconds") >= 0
-    await drain(consumer)
-    consumer._lag_at = float("-inf")
-    await consumer._watch_lag()
+    assert 5.0 <= gauge("omnistock_streams_lag_seconds") <= oldest
+    # and once it has caught up, a consumer looking at the group sees no lag
+    await drain(redis, consumer)
+    looking = Consumer(redis, pb_grpc.StockServiceStub(channel), consumer.o)
+    assert await looking.step() == 0
+    gauge = looking.metrics.registry.get_sample_value
     assert (gauge("omnistock_streams_lag"), gauge("omnistock_streams_pending")) == (0, 0)
     assert gauge("omnistock_streams_lag_seconds") == 0
     # a server that cannot be reached, for more tries than max_deliveries: errors counted,
@@ -181,9 +207,7 @@ async def test_lag_and_error_metrics_move(
     assert (await redis.xpending(DEFAULT_STREAM, "omnistock"))["pending"] == 1
     assert await redis.xlen(DEAD) == 0
     cut_off.stub = stubs.stock
-    while await cut_off.step():
-        pass
-    await cut_off._close_call()
+    await drain(redis, cut_off)
     assert (await level(stubs, "s1", "a")).on_hand == 10 + 120 + 1
     assert await redis.xlen(DEAD) == 0
 
@@ -191,20 +215,20 @@ async def test_lag_and_error_metrics_move(
 async def test_entries_pending_at_a_crashed_consumer_are_claimed_by_another(
     stubs: Stubs, redis: aioredis.Redis, channel: grpc.aio.Channel
 ) -> None:
+    # given 30 entries that a consumer of the group read and died before answering
     await seed(stubs, {("s1", "a"): 0})
     await append(redis, *[delta(f"x{i}", "s1", "a", 1, T0 + 1 + i) for i in range(30)])
-    stub = pb_grpc.StockServiceStub(channel)
-    crashed = Consumer(redis, stub, Options(DEFAULT_STREAM, "omnistock", "gone", batch=30))
-    await crashed.create_group()
-    assert len(await crashed._read_new()) == 30  # delivered, never answered
-    other = Consumer(
-        redis, stub, Options(DEFAULT_STREAM, "omnistock", "c2", block_ms=10, claim_idle_ms=100)
-    )
-    await asyncio.sleep(0.15)
-    await drain(other)
+    options = Options(DEFAULT_STREAM, "omnistock", "c2", block_ms=10, claim_idle_ms=100)
+    other = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
+    await other.create_group()
+    assert len(await crashed_reading(redis, "gone", ">", count=30)) == 30
+    # when another consumer of the group runs
+    await drain(redis, other)
+    # then it claims them once they have been idle 100 ms, and applies each once
     assert (await level(stubs, "s1", "a")).on_hand == 30
     assert (await redis.xpending(DEFAULT_STREAM, "omnistock"))["pending"] == 0
-    await other._close_call()
+    claimed = other.metrics.registry.get_sample_value
+    assert claimed("omnistock_streams_events_total", {"outcome": "applied"}) == 30
 
 
 def process_state(pid: int) -> str:

@@ -27,6 +27,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.embedded import EmbeddedRedis, free_port
 
 from .grpc_helpers import Stubs, count, level, location
+from .stream_helpers import drain
 from .webhook_helpers import (
     DEAD,
     SHOPIFY_CONNECT,
@@ -772,9 +773,7 @@ async def test_deliveries_reach_the_stock_once_each_through_the_mapping_and_the_
     options = Options(DEFAULT_STREAM, "omnistock", "e2e", block_ms=10)
     consumer = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
     await consumer.create_group()
-    while await consumer.step():
-        pass
-    await consumer._close_call()
+    await drain(redis, consumer)
     assert (await level(stubs, "store-1", "A")).on_hand == 6
     assert (await level(stubs, "store-1", "B")).on_hand == 4
     outcome = consumer.metrics.registry.get_sample_value
