@@ -4,6 +4,7 @@ process for the rules, and as its own process, killed mid-batch, for exactly onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -23,7 +24,8 @@ from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
 from . import grpc_helpers
 from .grpc_helpers import T0, Stubs, count, level, line, seed
-from .stream_helpers import drain
+from .processes import eventually
+from .stream_helpers import caught_up, drain, group_state
 
 DEAD = dead_letter_stream(DEFAULT_STREAM)
 
@@ -231,22 +233,75 @@ async def test_entries_pending_at_a_crashed_consumer_are_claimed_by_another(
     assert claimed("omnistock_streams_events_total", {"outcome": "applied"}) == 30
 
 
-def process_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+class Relay:
+    """A TCP relay on loopback between a gRPC client and its server. Once armed
+    (`hold_answers_from_next_request`), the first request the client sends after that
+    passes to the server, and from then on nothing the server sends passes back: the
+    server applies that request and its client never hears of it. (A request of the
+    adapter is kilobytes of events; what else a client sends on its own, HTTP/2 settings,
+    pings and window updates, is a few bytes.)"""
 
+    REQUEST_BYTES = 1000
 
-async def stopped(pid: int) -> None:
-    """Returns once the process is stopped (state T in /proc): SIGSTOP is not synchronous."""
-    for _ in range(1000):
-        if process_state(pid) == "T":
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"process {pid} did not stop")
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.armed = False
+        self.answers = asyncio.Event()
+        self.answers.set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Relay:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def hold_answers_from_next_request(self) -> None:
+        self.armed = True
+
+    @property
+    def holding(self) -> bool:
+        return not self.answers.is_set()
+
+    async def serve(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        server, to_server = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [to_client, to_server]
+        up, down = self.requests(client, to_server), self.replies(server, to_client)
+        self.tasks |= {asyncio.ensure_future(up), asyncio.ensure_future(down)}
+
+    async def requests(self, client: asyncio.StreamReader, to: asyncio.StreamWriter) -> None:
+        while data := await client.read(65536):
+            if self.armed and len(data) >= self.REQUEST_BYTES:
+                self.answers.clear()  # before the request reaches the server
+            to.write(data)
+            await to.drain()
+        to.close()
+
+    async def replies(self, server: asyncio.StreamReader, to: asyncio.StreamWriter) -> None:
+        while data := await server.read(65536):
+            await self.answers.wait()
+            to.write(data)
+            await to.drain()
+        to.close()
 
 
 async def test_a_consumer_killed_mid_batch_applies_every_event_exactly_once_after_restart(
     stubs: Stubs, redis: aioredis.Redis, server: Omnistock, one_redis_url: str, project_root: Path
 ) -> None:
+    # given 20,000 deltas on the stream, and the adapter's process reaching the server
+    # through a relay
     n = 20_000
     await seed(stubs, {("s1", "a"): 0, ("s2", "a"): 0})
     for i in range(0, n, 1000):
@@ -254,14 +309,15 @@ async def test_a_consumer_killed_mid_batch_applies_every_event_exactly_once_afte
             redis,
             *[delta(f"k{j}", f"s{1 + j % 2}", "a", 1, T0 + 1 + j) for j in range(i, i + 1000)],
         )
-    command = [
-        sys.executable, "-m", "adapters.streams",
-        "--redis-url", one_redis_url,
-        "--server", f"127.0.0.1:{server.port}",
-        "--consumer", "till-feed", "--batch", "200", "--metrics-port", "0",
-    ]  # fmt: skip
+    await redis.xgroup_create(DEFAULT_STREAM, "omnistock", "0")
 
-    async def start() -> asyncio.subprocess.Process:
+    async def start(port: int) -> asyncio.subprocess.Process:
+        command = [
+            sys.executable, "-m", "adapters.streams",
+            "--redis-url", one_redis_url,
+            "--server", f"127.0.0.1:{port}",
+            "--consumer", "till-feed", "--batch", "200", "--metrics-port", "0",
+        ]  # fmt: skip
         return await asyncio.create_subprocess_exec(
             *command,
             cwd=project_root,
@@ -270,40 +326,43 @@ async def test_a_consumer_killed_mid_batch_applies_every_event_exactly_once_afte
             env={**os.environ, "PYTHONPATH": str(project_root)},
         )
 
-    def applied() -> float:
+    def events(outcome: str) -> float:
         got = server.metrics.registry.get_sample_value(
-            "omnistock_stock_events_total", {"outcome": "applied"}
+            "omnistock_stock_events_total", {"outcome": outcome}
         )
         return got or 0
 
-    await redis.xgroup_create(DEFAULT_STREAM, "omnistock", "0")
-    first = await start()
-    # kill it while it has entries delivered and not yet acknowledged, part way through:
-    # frozen first (SIGSTOP), so that what is pending when looked at is pending when killed
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if applied() > 2 + 1000:
-            first.send_signal(signal.SIGSTOP)
-            await stopped(first.pid)
-            if (await redis.xpending(DEFAULT_STREAM, "omnistock"))["pending"]:
-                break
-            first.send_signal(signal.SIGCONT)
-        await asyncio.sleep(0.002)
-    first.send_signal(signal.SIGKILL)
-    await first.wait()
-    assert (await redis.xpending(DEFAULT_STREAM, "omnistock"))["pending"] > 0
-    assert applied() < 2 + n
+    async def applied_but_unacknowledged() -> bool:
+        """Answers are held, the server has applied every entry delivered, and some are not
+        acknowledged (so they never will be: their answer is held)."""
+        if not relay.holding:  # first: what is read next is then read after the hold
+            return False
+        group = await group_state(redis, DEFAULT_STREAM, "omnistock")
+        return bool(group["pending"]) and events("applied") - 2 == n - group["lag"]
 
-    second = await start()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        info = (await redis.xinfo_groups(DEFAULT_STREAM))[0]
-        if info["pending"] == 0 and info["lag"] == 0:
-            break
-        await asyncio.sleep(0.05)
+    async with Relay(server.port) as relay:
+        first = await start(relay.port)
+        # when, part way through, the answer to the adapter's next batch is held back (it
+        # sends a batch only once it has acknowledged the one before), and it is killed once
+        # the server has applied that batch
+        assert await eventually(lambda: events("applied") > 2 + 1000, within=60)
+        relay.hold_answers_from_next_request()
+        held = await eventually(applied_but_unacknowledged, within=20)
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    at_kill = await group_state(redis, DEFAULT_STREAM, "omnistock")
+    assert held, f"no batch was left applied and unacknowledged: {at_kill}"
+    assert at_kill["pending"] > 0 and at_kill["lag"] > 0, at_kill
+    assert events("duplicate") == 0
+
+    # and it starts again under the same name
+    second = await start(server.port)
+    assert await eventually(lambda: caught_up(redis, DEFAULT_STREAM, "omnistock"), within=90)
     second.send_signal(signal.SIGTERM)
     assert await second.wait() == 0
-    # every one of the n +1 deltas counted once: none lost, none twice
+    # then every one of the n deltas counted once: none lost, none twice; the batch the
+    # server had applied came again and was answered DUPLICATE
     assert (await level(stubs, "s1", "a")).on_hand == n // 2
     assert (await level(stubs, "s2", "a")).on_hand == n // 2
-    assert applied() == 2 + n
+    assert events("applied") == 2 + n
+    assert events("duplicate") == at_kill["pending"]
