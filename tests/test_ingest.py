@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 import orjson
@@ -16,6 +16,7 @@ from engine.api.stock import STREAM_READ_AHEAD
 from engine.app import Omnistock
 from engine.domain.model import MAX_EVENTS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.keys import SHORTAGES
 from engine.store.storage import EVENTS_PER_SCRIPT
 
@@ -121,27 +122,90 @@ async def test_an_echo_of_a_committed_sale_is_not_subtracted_twice(stubs: Stubs)
     assert (await level(stubs, "s1", "a")).on_hand == 7
 
 
+class HandlerDoor(grpc.aio.ServerInterceptor):
+    """Counts, at the door of the StreamEvents handler, the requests it has taken from its
+    stream and the answers it has given back."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self.given = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if not details.method.endswith("/StreamEvents"):
+            return handler
+        serve = handler.stream_stream
+
+        async def counted(
+            requests: AsyncIterator[pb.StreamEventsRequest], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[pb.StreamEventsResponse]:
+            async def taken() -> AsyncIterator[pb.StreamEventsRequest]:
+                async for request in requests:
+                    self.taken += 1
+                    yield request
+
+            async for answer in serve(taken(), context):
+                self.given += 1
+                yield answer
+
+        return grpc.stream_stream_rpc_method_handler(
+            counted, handler.request_deserializer, handler.response_serializer
+        )
+
+
+async def settled(door: HandlerDoor, within: float) -> tuple[int, int]:
+    """(taken, given) once neither has moved for half a second."""
+    seen, still_since = (-1, -1), time.monotonic()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        now = (door.taken, door.given)
+        if now != seen:
+            seen, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since > 0.5:
+            return now
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the handler never settled: taken, given = {seen}")
+
+
 async def test_the_server_reads_a_bounded_number_of_requests_ahead_of_its_answers(
     server: Omnistock, stubs: Stubs
 ) -> None:
-    """Flow control: while nobody takes its answers, the handler pulls at most
-    STREAM_READ_AHEAD requests (+1 waiting for room) from a producer that never waits."""
+    """Flow control: while nobody takes its answers, the handler takes at most
+    STREAM_READ_AHEAD requests ahead of the batch it is answering (+1 waiting for room).
+    The server's own StreamEvents handler runs on a gRPC server of the test's, whose
+    interceptor counts what it takes and gives (the engine's server offers no such door)."""
+    # given a client that streams 2,000 requests of 100 events with long ids (big answers)
+    # and never reads an answer
     await seed(stubs, {("s1", "a"): 10})
-    pulled = 0
+    door = HandlerDoor()
+    own = grpc.aio.server(interceptors=[door])
+    pb_grpc.add_StockServiceServicer_to_server(server.stock_service, own)
+    port = own.add_insecure_port("127.0.0.1:0")
+    await own.start()
 
     async def producer() -> AsyncIterator[pb.StreamEventsRequest]:
-        nonlocal pulled
-        for i in range(10_000):
-            pulled += 1
-            yield pb.StreamEventsRequest(events=[delta(f"f{i}", "s1", "a", 1, T0 + i + 1)])
+        for i in range(2000):
+            yield pb.StreamEventsRequest(
+                events=[
+                    delta(f"{i:05d}-{j:03d}-" + "x" * 110, "s1", "a", 1, T0 + i) for j in range(100)
+                ]
+            )
 
-    service = server.stock_service
-    answers = service.StreamEvents(producer(), context=None)  # type: ignore[arg-type]
-    first = await anext(answers)  # the handler starts; then nobody reads
-    assert len(first.acks) == 1
-    await asyncio.sleep(0.3)
-    assert pulled <= 2 + 2 * STREAM_READ_AHEAD
-    await answers.aclose()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = pb_grpc.StockServiceStub(channel).StreamEvents(producer())
+            # when the answers back up
+            taken, given = await settled(door, within=30)
+            call.cancel()
+    finally:
+        await own.stop(None)
+    # then the handler stopped answering well before the end, and took few requests ahead
+    assert 0 < given < 2000
+    assert taken - given <= 1 + 2 * STREAM_READ_AHEAD, (taken, given)
 
 
 async def test_many_events_through_one_stream_each_applied_once(stubs: Stubs) -> None:
