@@ -1,0 +1,301 @@
+"""The webhook payload parsers (adapters/webhooks/shopify.py and square.py) as the pure
+functions they are: the platforms' documented payloads, the same ones the HTTP tests send
+(webhook_helpers.py), become the stock events they mean; a payload of another shape is
+refused with InvalidArgument naming the field at fault. Through HTTP and Redis, with the
+signatures: test_webhooks.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from adapters.webhooks import shopify, square
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import EventKind, StockEvent
+
+from .webhook_helpers import (
+    SHOPIFY_CONNECT,
+    SHOPIFY_DISCONNECT,
+    SHOPIFY_LEVEL,
+    SHOPIFY_LEVEL_AT,
+    SQUARE_COUNT_AT,
+    SQUARE_COUNT_UPDATED,
+    as_body,
+    shopify_headers,
+    square_count,
+    square_payload,
+    utc_ms,
+)
+
+RECEIVED = 1_767_225_600_123  # when the receiver took the delivery (ms)
+ITEM, LOCATION = "271878346596884015", "24826418"  # the Shopify reference's sample ids
+SQUARE_EVENT = "df5f3813-a913-45a1-94e9-fdc3f7d5e3b6"
+
+
+def shopify_count(action: str, qty: int, at: int, delivery: str = "evt-7f3a") -> StockEvent:
+    event_id = f"shopify:{delivery}:{action}:{LOCATION}:{ITEM}"
+    return StockEvent(event_id, LOCATION, ITEM, EventKind.COUNT, qty, at, source="shopify")
+
+
+def from_shopify(
+    payload: object, topic: str = "inventory_levels/update", **headers: str
+) -> list[StockEvent]:
+    """What the parser makes of a delivery; `headers` added or replaced, "" removes one."""
+    given = shopify_headers(topic, b"")
+    given.update(headers)
+    return shopify.events(
+        {k: v for k, v in given.items() if v},
+        payload if isinstance(payload, bytes) else as_body(payload),
+        RECEIVED,
+    )
+
+
+# -- Shopify: documented payloads ------------------------------------------------------------
+
+
+def test_shopify_level_update_is_a_count_of_its_available_at_its_update_time() -> None:
+    assert from_shopify(SHOPIFY_LEVEL) == [shopify_count("update", 10, SHOPIFY_LEVEL_AT)]
+
+
+def test_shopify_connect_is_a_count_of_its_available() -> None:
+    got = from_shopify(SHOPIFY_CONNECT, "inventory_levels/connect")
+    assert got == [shopify_count("connect", 10, SHOPIFY_LEVEL_AT)]
+
+
+def test_shopify_disconnect_counts_zero_at_the_trigger_time_else_at_receipt() -> None:
+    triggered = "2023-03-29T18:00:27.877041743Z"
+    topic = "inventory_levels/disconnect"
+    at_trigger = from_shopify(SHOPIFY_DISCONNECT, topic, **{shopify.TRIGGERED_AT: triggered})
+    assert at_trigger == [shopify_count("disconnect", 0, utc_ms(2023, 3, 29, 18, 0, 27, 877))]
+    assert from_shopify(SHOPIFY_DISCONNECT, topic) == [shopify_count("disconnect", 0, RECEIVED)]
+
+
+def test_shopify_untracked_level_with_null_available_counts_zero() -> None:
+    got = from_shopify({**SHOPIFY_LEVEL, "available": None})
+    assert got == [shopify_count("update", 0, SHOPIFY_LEVEL_AT)]
+
+
+def test_shopify_level_below_zero_is_an_empty_shelf() -> None:
+    got = from_shopify({**SHOPIFY_LEVEL, "available": -2})
+    assert got == [shopify_count("update", 0, SHOPIFY_LEVEL_AT)]
+
+
+def test_shopify_ids_given_as_strings_are_the_same_ids() -> None:
+    payload = {**SHOPIFY_LEVEL, "location_id": LOCATION, "inventory_item_id": ITEM}
+    assert from_shopify(payload) == from_shopify(SHOPIFY_LEVEL)
+
+
+def test_shopify_event_id_is_the_delivery_else_the_webhook_id_qualified_by_level() -> None:
+    (by_event,) = from_shopify(SHOPIFY_LEVEL, **{shopify.EVENT_ID: "evt-1"})
+    (by_webhook,) = from_shopify(
+        SHOPIFY_LEVEL, **{shopify.EVENT_ID: "", shopify.WEBHOOK_ID: "wh-2"}
+    )
+    (other_item,) = from_shopify({**SHOPIFY_LEVEL, "inventory_item_id": 39072856})
+    assert by_event.event_id == f"shopify:evt-1:update:{LOCATION}:{ITEM}"
+    assert by_webhook.event_id == f"shopify:wh-2:update:{LOCATION}:{ITEM}"
+    assert other_item.event_id == f"shopify:evt-7f3a:update:{LOCATION}:39072856"
+
+
+@pytest.mark.parametrize(
+    ("triggered", "at"),
+    [
+        ("2022-01-01T00:00:00.250Z", SHOPIFY_LEVEL_AT + 250),  # within updated_at's second
+        ("2022-01-01T00:00:00.999Z", SHOPIFY_LEVEL_AT + 999),
+        ("2022-01-01T00:00:01.000Z", SHOPIFY_LEVEL_AT),  # later: it may lag, not used
+        ("2021-12-31T23:59:59.999Z", SHOPIFY_LEVEL_AT),  # earlier than the update
+    ],
+)
+def test_shopify_trigger_time_within_the_updates_second_gives_its_fraction(
+    triggered: str, at: int
+) -> None:
+    (got,) = from_shopify(SHOPIFY_LEVEL, **{shopify.TRIGGERED_AT: triggered})
+    assert got.source_time == at
+
+
+def test_shopify_other_topics_are_no_stock_events() -> None:
+    product = {"id": 788032119674292922, "title": "Example T-Shirt"}
+    assert from_shopify(product, "products/update") == []
+    assert from_shopify(b"not even JSON", "orders/create") == []
+
+
+# -- Shopify: other shapes, refused naming the field -----------------------------------------
+
+
+def without(payload: dict[str, Any], field: str) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k != field}
+
+
+@pytest.mark.parametrize(
+    ("payload", "headers", "field"),
+    [
+        (b"{not json", {}, "body"),
+        ([SHOPIFY_LEVEL], {}, "body"),
+        (without(SHOPIFY_LEVEL, "location_id"), {}, "location_id"),
+        ({**SHOPIFY_LEVEL, "location_id": "store 1"}, {}, "location_id"),
+        ({**SHOPIFY_LEVEL, "location_id": True}, {}, "location_id"),
+        ({**SHOPIFY_LEVEL, "location_id": ""}, {}, "location_id"),
+        (without(SHOPIFY_LEVEL, "inventory_item_id"), {}, "inventory_item_id"),
+        ({**SHOPIFY_LEVEL, "inventory_item_id": 2.5}, {}, "inventory_item_id"),
+        (without(SHOPIFY_LEVEL, "available"), {}, "available"),
+        ({**SHOPIFY_LEVEL, "available": "10"}, {}, "available"),
+        ({**SHOPIFY_LEVEL, "available": 1.5}, {}, "available"),
+        ({**SHOPIFY_LEVEL, "available": True}, {}, "available"),
+        (without(SHOPIFY_LEVEL, "updated_at"), {}, "updated_at"),
+        ({**SHOPIFY_LEVEL, "updated_at": "2021-12-31T19:00:00"}, {}, "updated_at"),
+        ({**SHOPIFY_LEVEL, "updated_at": "yesterday"}, {}, "updated_at"),
+        (SHOPIFY_LEVEL, {shopify.TRIGGERED_AT: "soon"}, shopify.TRIGGERED_AT),
+        (SHOPIFY_LEVEL, {shopify.EVENT_ID: "", shopify.WEBHOOK_ID: ""}, shopify.WEBHOOK_ID),
+    ],
+    ids=[
+        "not-json",
+        "not-an-object",
+        "no-location",
+        "location-the-engine-refuses",
+        "location-a-boolean",
+        "location-empty",
+        "no-item",
+        "item-a-fraction",
+        "no-available",
+        "available-a-string",
+        "available-a-fraction",
+        "available-a-boolean",
+        "no-update-time",
+        "update-time-without-offset",
+        "update-time-not-a-time",
+        "trigger-time-not-a-time",
+        "no-delivery-id",
+    ],
+)
+def test_shopify_payload_of_another_shape_is_refused_naming_the_field(
+    payload: object, headers: dict[str, str], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        from_shopify(payload, **headers)
+    assert refused.value.field == field
+
+
+def test_shopify_disconnect_with_a_bad_trigger_time_is_refused_naming_it() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        from_shopify(
+            SHOPIFY_DISCONNECT, "inventory_levels/disconnect", **{shopify.TRIGGERED_AT: "x"}
+        )
+    assert refused.value.field == shopify.TRIGGERED_AT
+
+
+# -- Square: documented payloads -------------------------------------------------------------
+
+
+def square_event(location: str, sku: str, qty: int, at: int = SQUARE_COUNT_AT) -> StockEvent:
+    event_id = f"square:{SQUARE_EVENT}:{location}:{sku}"
+    return StockEvent(event_id, location, sku, EventKind.COUNT, qty, at, source="square")
+
+
+def test_square_documented_count_is_a_count_at_its_calculated_time() -> None:
+    got = square.events(SQUARE_COUNT_UPDATED)
+    assert got == [square_event("YYQR03DGCTXA4", "FGQ5JJWT2PYTHF35CKZ2DSKP", 10)]
+
+
+def test_square_counts_only_in_stock_states_one_event_each() -> None:
+    # A state change arrives as two counts, before and after
+    # (https://developer.squareup.com/docs/inventory-api/webhooks, "State adjustments").
+    payload = square_payload(
+        square_count(state="IN_STOCK", quantity="7"),
+        square_count(state="SOLD", quantity="3", catalog_object_id="W62UWFY35CWMYGVWK6TWJDNI"),
+        square_count(state="IN_STOCK", quantity="2", location_id="L2"),
+    )
+    assert square.events(payload) == [
+        square_event("YYQR03DGCTXA4", "FGQ5JJWT2PYTHF35CKZ2DSKP", 7),
+        square_event("L2", "FGQ5JJWT2PYTHF35CKZ2DSKP", 2),
+    ]
+    assert square.events(square_payload(square_count(state="WASTE", quantity="2"))) == []
+
+
+@pytest.mark.parametrize(
+    ("quantity", "units"), [("12.00000", 12), ("0", 0), ("-3", 0), ("1000000000", 10**9)]
+)
+def test_square_quantity_is_whole_units_and_never_below_zero(quantity: str, units: int) -> None:
+    (got,) = square.events(square_payload(square_count(quantity=quantity)))
+    assert got.qty == units
+
+
+def test_square_calculated_time_keeps_its_fraction_and_offset() -> None:
+    count = square_count(calculated_at="2019-10-29T20:38:45.5+02:00")
+    (got,) = square.events(square_payload(count))
+    assert got.source_time == utc_ms(2019, 10, 29, 18, 38, 45, 500)
+
+
+def test_square_other_event_types_are_no_stock_events() -> None:
+    customer = {**SQUARE_COUNT_UPDATED, "type": "customer.created", "data": {"object": {}}}
+    assert square.events(customer) == []
+
+
+def test_square_ids_of_a_body_are_what_it_gives() -> None:
+    assert square.ids(as_body(SQUARE_COUNT_UPDATED)) == (SQUARE_EVENT, "inventory.count.updated")
+    assert square.ids(as_body({"event_id": 7, "type": None})) == ("", "")
+    assert square.ids(b"{not json") == ("", "")
+
+
+# -- Square: other shapes, refused naming the field ------------------------------------------
+
+COUNT = "data.object.inventory_counts"
+
+
+def with_data(data: object) -> dict[str, Any]:
+    return {**SQUARE_COUNT_UPDATED, "data": data}
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (without(SQUARE_COUNT_UPDATED, "type"), "type"),
+        (without(SQUARE_COUNT_UPDATED, "event_id"), "event_id"),
+        (without(SQUARE_COUNT_UPDATED, "data"), COUNT),
+        (with_data({"object": {}}), COUNT),
+        (with_data({"object": {"inventory_counts": {"0": {}}}}), COUNT),
+        (with_data({"object": {"inventory_counts": ["IN_STOCK"]}}), f"{COUNT}[0]"),
+        (square_payload(square_count(quantity="12.375")), f"{COUNT}[0].quantity"),
+        (square_payload(square_count(quantity="lots")), f"{COUNT}[0].quantity"),
+        (square_payload(square_count(quantity="NaN")), f"{COUNT}[0].quantity"),
+        (square_payload(square_count(quantity="Infinity")), f"{COUNT}[0].quantity"),
+        (square_payload({**square_count(), "quantity": 10}), f"{COUNT}[0].quantity"),
+        (square_payload(without(square_count(), "location_id")), f"{COUNT}[0].location_id"),
+        (square_payload(square_count(location_id="{L1}")), f"{COUNT}[0].location_id"),
+        (
+            square_payload(without(square_count(), "catalog_object_id")),
+            f"{COUNT}[0].catalog_object_id",
+        ),
+        (
+            square_payload(square_count(calculated_at="2019-10-29T18:38:45")),
+            f"{COUNT}[0].calculated_at",
+        ),
+        (
+            square_payload(square_count(), square_count(quantity="2.5")),
+            f"{COUNT}[1].quantity",
+        ),
+    ],
+    ids=[
+        "no-type",
+        "no-event-id",
+        "no-data",
+        "no-counts",
+        "counts-not-a-list",
+        "count-not-an-object",
+        "quantity-a-fraction",
+        "quantity-not-a-number",
+        "quantity-nan",
+        "quantity-infinite",
+        "quantity-not-a-string",
+        "no-location",
+        "location-the-engine-refuses",
+        "no-catalog-object",
+        "time-without-offset",
+        "second-count-a-fraction",
+    ],
+)
+def test_square_payload_of_another_shape_is_refused_naming_the_field(
+    payload: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        square.events(payload)
+    assert refused.value.field == field
