@@ -299,3 +299,25 @@ def test_square_payload_of_another_shape_is_refused_naming_the_field(
     with pytest.raises(InvalidArgument) as refused:
         square.events(payload)
     assert refused.value.field == field
+
+
+# -- What the engine would refuse is named by the payload's field, not the event's ---------
+
+
+def test_shopify_count_over_the_engines_most_is_refused_naming_available() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        from_shopify({**SHOPIFY_LEVEL, "available": 10**9 + 1})
+    assert refused.value.field == "available"
+
+
+def test_shopify_delivery_id_too_long_for_an_event_id_is_refused_naming_its_header() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        from_shopify(SHOPIFY_LEVEL, **{shopify.EVENT_ID: "e" * 120})
+    assert refused.value.field == shopify.EVENT_ID
+
+
+def test_square_count_calculated_before_1970_is_refused_naming_its_time() -> None:
+    old = square_count(calculated_at="1969-12-31T23:59:59Z")
+    with pytest.raises(InvalidArgument) as refused:
+        square.events(square_payload(old))
+    assert refused.value.field == "data.object.inventory_counts[0].calculated_at"

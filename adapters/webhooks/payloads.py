@@ -60,9 +60,24 @@ def text(payload: Mapping[str, Any], field: str, where: str) -> str:
     return value
 
 
-def count(event_id: str, location: str, sku: str, qty: int, at: int, source: str) -> StockEvent:
+def count(
+    event_id: str,
+    location: str,
+    sku: str,
+    qty: int,
+    at: int,
+    source: str,
+    named: Mapping[str, str],
+) -> StockEvent:
+    """named: the payload's (or header's) name of each of the event's fields (event_id,
+    location_id, sku, qty, source_time), so that what the engine would refuse is refused
+    naming what the platform sent."""
     # Both platforms let a count go below zero (sold more than was recorded); no units are
     # left on the shelf then, and a COUNT is absolute physical stock, which is never negative.
     on_hand = max(qty, 0)
     event = StockEvent(event_id, location, sku, EventKind.COUNT, on_hand, at, source=source)
-    return check_event(event, "event")
+    try:
+        return check_event(event, "event")
+    except InvalidArgument as exc:
+        field = named.get(exc.field.removeprefix("event."), exc.field)
+        raise InvalidArgument(field, exc.reason) from None

@@ -59,7 +59,14 @@ def events(headers: Mapping[str, str], body: bytes, received_ms: int) -> list[St
     else:
         qty, at = _available(payload), _updated_at(payload, headers)
     event_id = f"{SHOPIFY}:{delivery}:{action}:{location}:{item}"
-    return [count(event_id, location, item, qty, at, SHOPIFY)]
+    named = {
+        "event_id": EVENT_ID if headers.get(EVENT_ID) else WEBHOOK_ID,
+        "location_id": "location_id",
+        "sku": "inventory_item_id",
+        "qty": "available",
+        "source_time": TRIGGERED_AT if action == "disconnect" else "updated_at",
+    }
+    return [count(event_id, location, item, qty, at, SHOPIFY, named)]
 
 
 def _available(payload: Mapping[str, Any]) -> int:

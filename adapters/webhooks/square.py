@@ -69,7 +69,15 @@ def _in_stock(event_id: str, each: Mapping[str, Any], where: str) -> StockEvent:
     sku = check_id(text(each, "catalog_object_id", where), f"{where}catalog_object_id")
     qty = _whole(text(each, "quantity", where), f"{where}quantity")
     at = iso_ms(each.get("calculated_at"), f"{where}calculated_at")
-    return count(f"{SQUARE}:{event_id}:{location}:{sku}", location, sku, qty, at, SQUARE)
+    named = {
+        "event_id": "event_id",
+        "location_id": f"{where}location_id",
+        "sku": f"{where}catalog_object_id",
+        "qty": f"{where}quantity",
+        "source_time": f"{where}calculated_at",
+    }
+    event = f"{SQUARE}:{event_id}:{location}:{sku}"
+    return count(event, location, sku, qty, at, SQUARE, named)
 
 
 def _whole(decimal: str, field: str) -> int:
