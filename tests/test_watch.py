@@ -1,5 +1,6 @@
-"""WatchAvailability over real gRPC: a watcher sees another client's hold within 100 ms,
-with growing versions, and nothing of the locations and skus it did not choose."""
+"""WatchAvailability over real gRPC: a watcher sees another client's holds, and every other
+kind of write of its rows, with growing versions, and nothing of the locations and skus it
+did not choose. (How soon: bench/RESULTS.md.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import ON_BOTH
-from .grpc_helpers import Stubs, line, stock_up
+from .grpc_helpers import Stubs, delta, line, stock_up
 
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 
@@ -32,7 +33,7 @@ def watch(stubs: Stubs, **fields: object) -> AsyncIterator[pb.AvailabilityChange
     return aiter(stubs.availability.WatchAvailability(request))
 
 
-async def test_a_watcher_sees_another_clients_holds_within_100_ms_in_version_order(
+async def test_a_watcher_sees_another_clients_holds_in_version_order(
     server: Omnistock, channel: grpc.aio.Channel
 ) -> None:
     # given 10 of "a" and "b" at s1 and s2, and a watcher of "a" at s1 with its current state
@@ -53,21 +54,58 @@ async def test_a_watcher_sees_another_clients_holds_within_100_ms_in_version_ord
             await other.reservations.Reserve(
                 pb.ReserveRequest(reservation_id=f"{rid}-y", lines=[line("s1", "b", 1)])
             )
-            sent = time.perf_counter()
             await other.reservations.Reserve(
                 pb.ReserveRequest(reservation_id=rid, lines=[line("s1", "a", 2)])
             )
-            got = await next_change(stream, 1.0)
-            seen_after = time.perf_counter() - sent
-            # then the watcher sees that hold, and only it, within 100 ms
+            got = await next_change(stream, 5.0)
+            # then the watcher sees that hold, and only it
             assert isinstance(got, pb.AvailabilityChange) and not got.current
             assert (got.level.location_id, got.level.sku) == ("s1", "a")
             assert (got.level.reserved, got.level.available) == (2 * n, 10 - 2 * n)
-            assert seen_after < 0.1, f"seen {seen_after * 1000:.0f} ms after the Reserve"
             versions.append(got.level.version)
     # each change moves the version by one
     assert versions == [versions[0], versions[0] + 1, versions[0] + 2]
     assert await next_change(stream, 0.3) is None  # nothing about s2 or "b" came through
+
+
+async def test_every_kind_of_write_of_a_row_reaches_its_watcher(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    """Each script that writes rows publishes them: a stock event, safety stock, a hold, its
+    commit, a release, and an expiry by the sweeper."""
+    stubs = Stubs(channel)
+    await stock_up(stubs, {("s1", "a"): 10})
+    stream = watch(stubs, skus=["a"], location_ids=["s1"], send_current=True)
+
+    async def seen() -> tuple[int, int, int]:
+        got = await next_change(stream, 5.0)
+        assert isinstance(got, pb.AvailabilityChange), "a write was not published"
+        return got.level.on_hand, got.level.reserved, got.level.safety_stock
+
+    def hold(rid: str, qty: int, ttl: float = 60.0) -> object:
+        lines = [line("s1", "a", qty)]
+        return stubs.reservations.Reserve(
+            pb.ReserveRequest(reservation_id=rid, lines=lines, ttl_seconds=ttl)
+        )
+
+    assert await seen() == (10, 0, 0)  # the opening state: subscribed before it was read
+    now = int(time.time() * 1000)
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[delta("d1", "s1", "a", 5, now)]))
+    assert await seen() == (15, 0, 0)
+    entry = pb.SafetyStockEntry(location_id="s1", sku="a", qty=2)
+    await stubs.stock.SetSafetyStock(pb.SetSafetyStockRequest(entries=[entry]))
+    assert await seen() == (15, 0, 2)
+    await hold("w1", 3)
+    assert await seen() == (15, 3, 2)
+    await stubs.reservations.Commit(pb.CommitRequest(reservation_id="w1"))
+    assert await seen() == (12, 0, 2)
+    await hold("w2", 4)
+    assert await seen() == (12, 4, 2)
+    await stubs.reservations.Release(pb.ReleaseRequest(reservation_id="w2"))
+    assert await seen() == (12, 0, 2)
+    await hold("w3", 1, ttl=0.2)
+    assert await seen() == (12, 1, 2)
+    assert await seen() == (12, 0, 2)  # expired by the sweeper
 
 
 async def test_a_sku_watched_everywhere_reports_every_location(

@@ -82,8 +82,8 @@ class Keys:
 
     @staticmethod
     def changes(location: str) -> str:
-        """The shard channel of a location's row changes (engine/store/watch.py). The Lua
-        prelude's write_row names it the same way, from the hash tag of the row's key."""
+        """The shard channel of a location's row changes (engine/store/watch.py); every
+        script that writes rows is given it as its last ARGV (write_row in _prelude.lua)."""
         return f"{{{location}}}:w"
 
     @staticmethod

@@ -73,7 +73,8 @@ class Parts(Base):
             keys.add(Keys.directory(reservation_id))
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
-        return HoldCall(keys.keys, [*args, location, owner], location, expires_at, with_dir)
+        args += [location, owner, Keys.changes(location)]
+        return HoldCall(keys.keys, args, location, expires_at, with_dir)
 
     async def hold(self, calls: Sequence[HoldCall]) -> list[HoldReply]:
         """Holds parts at one or more locations; the auto-pipeline sends them together.
@@ -102,7 +103,8 @@ class Parts(Base):
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
         then = _unbudget(owner, reservation_id)
-        return part_reply(await self.call("commit", keys.keys, [*args, *triples], then))
+        args += [*triples, Keys.changes(location)]
+        return part_reply(await self.call("commit", keys.keys, args, then))
 
     async def release_part(
         self,
@@ -117,6 +119,7 @@ class Parts(Base):
         )
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, self.retention_ms, mode, len(triples) // 3, *triples]
+        args.append(Keys.changes(location))
         then = _unbudget(owner, reservation_id)
         return part_reply(await self.call("release", keys.keys, args, then))
 
@@ -309,6 +312,7 @@ class Parts(Base):
         )
         triples = self._line_keys(keys, location, sorted(skus))
         args = [now, self.retention_ms, len(reservation_ids), *reservation_ids, len(skus), *triples]
+        args.append(Keys.changes(location))
         return int(await self.call("expire", keys.keys, args))
 
 

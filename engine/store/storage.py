@@ -141,6 +141,7 @@ class Storage(Parts):
             stock = keys.add(self.keys.stock(location, ev.sku))
             log = keys.add(self.keys.log(location, ev.sku))
             args += [dedupe_id(ev), ev.kind.value, ev.sku, ev.qty, ev.source_time, stock, log, part]
+        args.append(Keys.changes(location))
         outcomes, short = await self.call("apply_events", keys.keys, args)
         return EventsApplied(
             [EventOutcome(o.decode()) for o in outcomes],
@@ -219,4 +220,5 @@ class Storage(Parts):
         args: list[Any] = [len(items)]
         for sku, qty in items:
             args += [sku, qty, keys.add(self.keys.stock(location, sku))]
+        args.append(Keys.changes(location))
         return int(await self.call("set_safety_stock", keys.keys, args))

@@ -8,13 +8,14 @@ local function read_row(key, sku)
   return {tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(e)}
 end
 
--- Every write of a row is published on its location's shard channel {L}:w, for watchers
--- (engine/store/watch.py): "sku\t<the row as stored>".
+-- Every write of a row is published on its location's shard channel, for watchers
+-- (engine/store/watch.py): "sku\t<the row as stored>". Every script that writes rows is
+-- given that channel as its last ARGV (engine/store/keys.py names it: Keys.changes).
 local function write_row(key, sku, r)
   r[4] = r[4] + 1
   local value = string.format('%d,%d,%d,%d,%d', r[1], r[2], r[3], r[4], r[5])
   redis.call('HSET', key, sku, value)
-  redis.call('SPUBLISH', string.match(key, '^(%b{})') .. ':w', sku .. '\t' .. value)
+  redis.call('SPUBLISH', ARGV[#ARGV], sku .. '\t' .. value)
 end
 
 local function available(r)

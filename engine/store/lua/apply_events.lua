@@ -20,6 +20,7 @@
 --   KEYS[3..] {L}:s:<b> stock buckets, {L}:d:<b> change logs, {L}:r:<id> parts named by echoes
 -- ARGV: now_ms, window_ms, n, full_count_at (0: none), then n groups of 8:
 --   event_id, kind ('COUNT'|'DELTA'), sku, qty, source_time_ms, stock idx, log idx, part idx (0: none)
+--   then the location's change channel (write_row)
 -- Returns {{outcome per event}, {sku, on_hand, reserved for every row left short}}
 local now, window, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local horizon = now - window

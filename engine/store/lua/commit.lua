@@ -2,7 +2,8 @@
 -- The commit is logged at now_ms so that a later store count taken before it keeps it (I5),
 -- and the part is kept (retention) so the store's echo of the sale is recognised (I6).
 -- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3..] {L}:s:<b> and {L}:d:<b> buckets
--- ARGV: id, now_ms, retention_ms, force, n, then n triples (sku, stock key index, log key index)
+-- ARGV: id, now_ms, retention_ms, force, n, then n triples (sku, stock key index, log key index),
+--   then the location's change channel (write_row)
 --   force == '1' commits a part even past its expiry: the commit was decided while every
 --   part was pinned (a cross-location commit being finished after a crash).
 -- Returns {'COMMITTED', 1 if this call committed else 0} | {'STATE', state} | {'MISSING'}

@@ -4,7 +4,8 @@
 -- (another process's clock ran ahead) stays in it.
 -- KEYS[1] {L}:x the expiry index;  KEYS[2] {L}:c pick capacity;  KEYS[3..m+2] {L}:r:<id> for
 -- the m parts;  KEYS[m+3..] stock buckets
--- ARGV: now_ms, retention_ms, m, then m reservation ids, then n, then n triples (sku, stock key index, log key index)
+-- ARGV: now_ms, retention_ms, m, then m reservation ids, then n, then n triples (sku, stock key index, log key index),
+--   then the location's change channel (write_row)
 -- Returns the number of parts expired
 local now, retention, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local keys = key_map(ARGV, 5 + m, tonumber(ARGV[4 + m]))

@@ -11,7 +11,7 @@
 --       then cap (index of {L}:c in KEYS, 0: takes no capacity), limit, day, keep_from
 --       (a plan takes one of the `limit` orders L may pick on `day`; see take_capacity),
 --       then L (the location id, for the wake-up), then the principal making it (the
---       directory's owner)
+--       directory's owner), then the location's change channel (write_row)
 -- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
 --       | {'FULL', orders already picked that day} | {'EXISTS', state, expires_at} | {'CONFLICT'}
 local id, fp = ARGV[1], ARGV[2]

@@ -1,7 +1,8 @@
 -- release: give a HELD reservation part's units back (reserved drops by each qty).
 -- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3] {L}:c pick capacity;
 -- KEYS[4..] {L}:s:<b> stock buckets
--- ARGV: id, retention_ms, mode, n, then n triples (sku, stock key index, log key index)
+-- ARGV: id, retention_ms, mode, n, then n triples (sku, stock key index, log key index),
+--   then the location's change channel (write_row)
 --   mode 'release':   the part becomes RELEASED, and is remembered for the retention.
 --   mode 'tombstone': also leaves a RELEASED part where none exists, so that a hold still on
 --                     its way from a crashed saga can never land after its rollback.

@@ -1,6 +1,7 @@
 -- set_safety_stock: set the units kept back from sale on rows of one location.
 -- KEYS[1..] {L}:s:<b> stock buckets
--- ARGV: n, then n triples (sku, safety_stock, stock key index)
+-- ARGV: n, then n triples (sku, safety_stock, stock key index), then the location's change
+--   channel (write_row)
 -- Returns the number of rows changed
 local n, changed = tonumber(ARGV[1]), 0
 for j = 0, n - 1 do
