@@ -70,14 +70,7 @@ class Omnistock:
             url, self.settings.redis_timeout_seconds, self.settings.redis_max_connections
         )
         self.probe_redis = probe_client(url, self.redis, self.settings.redis_probe_timeout_seconds)
-        self.storage = Storage(
-            self.redis,
-            stock_buckets=self.settings.stock_buckets,
-            retention_ms=self.settings.retention_ms,
-            event_window_ms=self.settings.event_window_ms,
-            probe=self.probe_redis,
-            probe_timeout=self.settings.redis_probe_timeout_seconds,
-        )
+        self.storage = storage_of(self.redis, self.settings, probe=self.probe_redis)
         await self.storage.load_scripts()
         self.locations = LocationRegistry(self.storage)
         self.hub = WatchHub(self.redis, self.storage.cluster)
@@ -90,7 +83,9 @@ class Omnistock:
             max_ttl_ms=int(self.settings.storefront_max_ttl_seconds * 1000),
             max_units=self.settings.storefront_max_held_units,
         )
-        self.reservations = Reservations(self.storage, self.clock, timing, self.metrics, caps)
+        self.reservations = Reservations(
+            self.storage, self.locations, self.clock, timing, self.metrics, caps
+        )
         if self.settings.demo and not self.locations.by_id:
             await demo.load(self.storage, self.locations, self.clock)
         self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
@@ -144,7 +139,7 @@ class Omnistock:
             self.server,
             self.health,
             AvailabilityService(availability, self.storage, self.locations, m, self.hub),
-            ReservationService(self.reservations, self.locations, m),
+            ReservationService(self.reservations, m),
             SourcingService(allocator, m, self.settings.cost_model(), self.settings.max_shipments),
             self.stock_service,
         )
@@ -193,6 +188,18 @@ class Omnistock:
             self.planner.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+
+
+def storage_of(redis: Any, settings: Settings, probe: Any = None) -> Storage:
+    """The store as the settings say (probe: the health probe's own client)."""
+    return Storage(
+        redis,
+        stock_buckets=settings.stock_buckets,
+        retention_ms=settings.retention_ms,
+        event_window_ms=settings.event_window_ms,
+        probe=probe,
+        probe_timeout=settings.redis_probe_timeout_seconds,
+    )
 
 
 def create_server(settings: Settings, clock: Clock | None = None) -> Omnistock:

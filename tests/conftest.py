@@ -97,13 +97,17 @@ async def storage(redis: aioredis.Redis | RedisCluster) -> Storage:
 
 @pytest.fixture
 def reservations(storage: Storage, clock: ManualClock) -> Reservations:
-    return Reservations(
-        storage, clock, Timing(default_ttl_ms=60_000, saga_timeout_ms=5_000), Metrics()
-    )
+    timing = Timing(default_ttl_ms=60_000, saga_timeout_ms=5_000)
+    return Reservations(storage, LocationRegistry(storage), clock, timing, Metrics())
 
 
 def store(location_id: str, lat: float = 51.5, lon: float = -0.12) -> Location:
     return Location(location_id, location_id.title(), LocationType.STORE, lat, lon)
+
+
+async def register(reservations: Reservations, *location_ids: str) -> None:
+    """Makes the locations known, as a Reserve needs them to be."""
+    await reservations.locations.upsert([store(loc) for loc in location_ids])
 
 
 async def sweeper_of(

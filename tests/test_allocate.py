@@ -21,7 +21,7 @@ from engine.usecases import allocation
 from engine.usecases.allocation import Allocator, Order
 from engine.usecases.reservations import Reservations
 
-from .conftest import ON_BOTH
+from .conftest import ON_BOTH, register
 from .grpc_helpers import LAT, LON, Stubs, level, place, store
 
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
@@ -249,6 +249,7 @@ async def test_a_hold_refused_for_pick_capacity_is_counted_as_full_not_short(
     now = clock.now_ms()
     event = StockEvent("c1", "s", "a", EventKind.COUNT, 9, now - 1)
     await storage.apply_events("s", [event], now)
+    await register(reservations, "s")
     # when a plan's hold asks for one of its orders
     result = await reservations.reserve("o-1", [Line("s", "a", 1)], capacity={"s": 0})
     # then nothing is held, the location is named full, and the metric says so

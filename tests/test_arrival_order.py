@@ -29,7 +29,7 @@ from engine.store.connect import redis_client
 from engine.store.storage import Storage
 from engine.usecases.reservations import Reservations
 
-from .conftest import BUCKETS, HOUR_MS
+from .conftest import BUCKETS, HOUR_MS, register
 
 T = TypeVar("T")
 NOW = 1_767_225_600_000
@@ -230,6 +230,7 @@ async def test_a_count_taken_before_a_commit_keeps_the_commit_and_one_after_it_d
 ) -> None:
     # given 10 units, and a sale of 3 committed through the engine now
     await deliver(storage, [count("count", 10, NOW - HOUR_MS)])
+    await register(reservations, "store-a")
     await reservations.reserve("pos-1", [Line("store-a", SKU, 3)], 30)
     await reservations.commit("pos-1")
     committed_at = clock.now_ms()
@@ -247,6 +248,7 @@ async def test_an_event_whose_id_reads_like_a_commit_is_counted_apart_from_it(
 ) -> None:
     # given 10 units, and a sale of 2 committed through the engine as reservation pos-1
     await deliver(storage, [count("count", 10, NOW - HOUR_MS)])
+    await register(reservations, "store-a")
     await reservations.reserve("pos-1", [Line("store-a", SKU, 2)], 30)
     await reservations.commit("pos-1")
     # and another sale of 2 from the store, whose event id happens to be "c:pos-1"

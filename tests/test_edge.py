@@ -35,7 +35,7 @@ from engine.store.storage import Storage
 from engine.usecases.mappings import MAX_CACHED_SOURCES
 from engine.usecases.reservations import Reservations
 
-from .conftest import ON_BOTH, all_keys, served
+from .conftest import ON_BOTH, all_keys, register, served
 from .grpc_helpers import LAT, LON, Stubs, count, line, location, place, stock_up, store
 
 
@@ -338,6 +338,7 @@ async def test_a_hold_asked_for_less_than_a_millisecond_lasts_one(
     # given a row with stock
     counted = StockEvent("c1", "L1", "S1", EventKind.COUNT, 5, clock.now - 10)
     await storage.apply_events("L1", [counted], clock.now)
+    await register(reservations, "L1")
     # when a hold, and then its extension, ask for a positive ttl under a millisecond
     held = await reservations.reserve("r1", [Line("L1", "S1", 1)], ttl_seconds)
     extended = await reservations.extend("r1", ttl_seconds)

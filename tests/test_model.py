@@ -47,7 +47,7 @@ from engine.usecases.parts import Timing
 from engine.usecases.reservations import Reservations
 from engine.usecases.sweeper import Sweeper
 
-from .conftest import HOUR_MS, ON_BOTH, store, sweeper_of
+from .conftest import HOUR_MS, ON_BOTH, register, store, sweeper_of
 from .invariants import Holds, assert_reserved_is_held, in_one_state_problems, read_holds
 
 T = TypeVar("T")
@@ -328,8 +328,8 @@ class StockMachine(RuleBasedStateMachine):
             event_window_ms=WINDOW_MS,
         )
         timing = Timing(default_ttl_ms=60_000, saga_timeout_ms=5_000)
-        self.reservations = Reservations(self.storage, self.clock, timing, Metrics())
         registry = LocationRegistry(self.storage)
+        self.reservations = Reservations(self.storage, registry, self.clock, timing, Metrics())
         self.sweeper = Sweeper(
             self.storage, self.reservations, registry, self.clock, Metrics(), interval_ms=50
         )
@@ -682,6 +682,7 @@ async def test_a_commit_at_the_expiry_changes_nothing_and_the_sweeper_expires_th
 ) -> None:
     # given a hold of one unit at each location, for one second
     await stock(storage, clock, *locations)
+    await register(reservations, *locations)
     await reservations.reserve("r1", [Line(loc, "sku-1", 1) for loc in locations], 1)
     # when the client commits at its expiry, before the sweeper has run
     clock.advance(1000)
@@ -700,6 +701,7 @@ async def test_a_cart_across_locations_that_fell_short_leaves_its_id_free(
 ) -> None:
     # given stock at loc-a only, and two carts across loc-a and loc-b that fall short there
     await stock(storage, clock, "loc-a")
+    await register(reservations, "loc-a", "loc-b")
     cart = [Line("loc-a", "sku-1", 1), Line("loc-b", "sku-1", 1)]
     assert not (await reservations.reserve("r1", cart, 30)).ok
     assert not (await reservations.reserve("r2", cart, 30)).ok

@@ -16,9 +16,8 @@ from bench.peers.routing import (
     most_stock,
     priority,
 )
-from engine.domain.model import Location, LocationType
+from engine.domain.model import BasketLine, Location, LocationType
 from engine.domain.sourcing import (
-    BasketLine,
     Candidate,
     Constraints,
     CostModel,

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.domain.model import Location, LocationType
+from engine.domain.model import BasketLine, Location, LocationType
 from engine.domain.sourcing import (
-    BasketLine,
     Candidate,
     Constraints,
     CostModel,

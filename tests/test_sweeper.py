@@ -20,7 +20,7 @@ from engine.store.storage import Storage
 from engine.usecases.parts import COMMITTING
 from engine.usecases.reservations import Reservations
 
-from .conftest import ON_BOTH, served, sweeper_of
+from .conftest import ON_BOTH, register, served, sweeper_of
 from .grpc_helpers import Stubs, level, line, stock_up
 from .invariants import assert_reserved_is_held, in_one_state_problems, read_holds
 from .processes import eventually
@@ -126,6 +126,7 @@ async def test_a_commit_decided_before_a_crash_is_finished_by_recovery(
     now = clock.now_ms()
     for loc in ("s1", "s2"):
         await storage.apply_events(loc, [count_event(loc, "a", 5, now)], now)
+    await register(reservations, "s1", "s2")
     lines = [Line("s1", "a", 2), Line("s2", "a", 2)]
     assert (await reservations.reserve("r1", lines, ttl_seconds=60)).ok
     sweeper = await sweeper_of(storage, reservations, clock, "s1", "s2")

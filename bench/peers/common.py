@@ -20,13 +20,15 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from hdrh.histogram import HdrHistogram
 
+from engine.app import storage_of
 from engine.domain.clock import SystemClock
-from engine.domain.model import EventKind, StockEvent, StockRow
+from engine.domain.model import EventKind, Location, LocationType, StockEvent, StockRow
 from engine.metrics import Metrics
 from engine.settings import Settings
 from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis, find_binary
 from engine.store.storage import Storage
+from engine.usecases.locations import LocationRegistry
 from engine.usecases.parts import Timing
 from engine.usecases.reservations import Reservations
 
@@ -101,10 +103,15 @@ class PrivateRedis:
             default_ttl_ms=int(self.settings.hold_ttl_seconds * 1000),
             saga_timeout_ms=int(self.settings.saga_timeout_seconds * 1000),
         )
-        return Reservations(self.storage, SystemClock(), timing, Metrics())
+        return Reservations(
+            self.storage, LocationRegistry(self.storage), SystemClock(), timing, Metrics()
+        )
 
     async def seed(self, on_hand: int) -> None:
-        """Counts the hot row in, as a store system would (a COUNT event)."""
+        """Makes the hot row's store known, then counts the row in, as a store system would
+        (a COUNT event)."""
+        store = Location(LOCATION, LOCATION, LocationType.STORE, 51.5, -0.12)
+        await LocationRegistry(self.storage).upsert([store])
         now = SystemClock().now_ms()
         event_id = f"peer-seed-{uuid.uuid4().hex}"
         count = StockEvent(event_id, LOCATION, SKU, EventKind.COUNT, on_hand, now - 1)
@@ -148,7 +155,7 @@ async def private_redis(appendfsync: str) -> AsyncIterator[PrivateRedis]:
 
     async with running(server.start, stop):
         client = redis_client(server.url, 5.0)
-        storage = Storage.from_settings(client, settings)
+        storage = storage_of(client, settings)
         await storage.load_scripts()
         try:
             yield PrivateRedis(server, client, storage, settings)

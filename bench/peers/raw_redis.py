@@ -44,6 +44,7 @@ from bench.peers.common import (
     run_async,
 )
 from bench.runner import MAX_LATENCY_US, new_histogram
+from engine.app import storage_of
 from engine.domain.model import Line, fingerprint
 from engine.settings import Settings
 from engine.store.codecs import encode_lines
@@ -169,7 +170,7 @@ async def _phase(
 async def _work(cfg: RawConfig, index: int, barrier: Any) -> list[PhaseResult]:
     settings = Settings()
     client = redis_client(cfg.url, 5.0)
-    storage = Storage.from_settings(client, settings)
+    storage = storage_of(client, settings)
     commands = Commands(storage, f"raw-{uuid.uuid4().hex[:8]}-{index}")
     out = []
     try:

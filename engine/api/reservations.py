@@ -6,20 +6,16 @@ import grpc
 
 from engine.api.convert import lines_from_pb, reservation_pb
 from engine.api.rpc import rpc
-from engine.domain.model import MAX_LINES, check_id, check_size
+from engine.domain.model import MAX_LINES, check_size
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.usecases.locations import LocationRegistry
 from engine.usecases.reservations import Reservations
 
 
 class ReservationService(pb_grpc.ReservationServiceServicer):
-    def __init__(
-        self, reservations: Reservations, locations: LocationRegistry, metrics: Metrics
-    ) -> None:
+    def __init__(self, reservations: Reservations, metrics: Metrics) -> None:
         self.reservations = reservations
-        self.locations = locations
         self.metrics = metrics
 
     @rpc("Reserve")
@@ -28,9 +24,6 @@ class ReservationService(pb_grpc.ReservationServiceServicer):
     ) -> pb.ReserveResponse:
         check_size(len(request.lines), "lines", MAX_LINES)
         lines = lines_from_pb(request.lines)
-        for i, line in enumerate(lines):
-            check_id(line.location, f"lines[{i}].location_id")
-        await self.locations.require([ln.location for ln in lines], "lines[].location_id")
         result = await self.reservations.reserve(request.reservation_id, lines, request.ttl_seconds)
         if result.reservation is not None:
             return pb.ReserveResponse(reservation=reservation_pb(result.reservation))

@@ -31,6 +31,7 @@ from engine.store.replies import (
     Saga,
 )
 from engine.store.storage import Storage
+from engine.usecases.locations import LocationRegistry
 
 COMMITTING, COMMITTED = Saga.COMMITTING, Saga.COMMITTED
 RELEASING, RELEASED = Saga.RELEASING, Saga.RELEASED
@@ -59,12 +60,14 @@ class ReservationParts:
     def __init__(
         self,
         storage: Storage,
+        locations: LocationRegistry,
         clock: Clock,
         timing: Timing,
         metrics: Metrics,
         caps: CartCaps | None = None,
     ) -> None:
         self.storage = storage
+        self.locations = locations
         self.clock = clock
         self.timing = timing
         self.metrics = metrics

@@ -80,6 +80,9 @@ class Reservations(Sagas):
         """capacity: location -> its daily pick capacity, for the locations where this hold
         takes one order of it (a ship-from-store plan); a location with none left is FULL."""
         who = auth.current()
+        for i, line in enumerate(lines):
+            check_id(line.location, f"lines[{i}].location_id")
+        await self.locations.require([ln.location for ln in lines], "lines[].location_id")
         check_id(reservation_id, "reservation_id")
         canon = canonical_lines(lines)
         who.require_locations((ln.location for ln in canon), "lines[].location_id")
