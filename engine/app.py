@@ -199,6 +199,8 @@ def storage_of(redis: Any, settings: Settings, probe: Any = None) -> Storage:
         event_window_ms=settings.event_window_ms,
         probe=probe,
         probe_timeout=settings.redis_probe_timeout_seconds,
+        replicas=settings.durability_replicas if settings.durability == "replica" else 0,
+        replica_timeout_ms=settings.durability_timeout_ms,
     )
 
 

@@ -112,6 +112,21 @@ class Settings:
         default=False,
         metadata={"help": "allow listening beyond loopback without --auth-file and TLS"},
     )
+    durability: str = field(
+        default="local",
+        metadata={
+            "help": "local: a write is answered once the primary has it (and its AOF, as "
+            "--appendfsync says); replica: only once --durability-replicas replicas have it "
+            "too, else UNAVAILABLE (one Redis with replicas; not yet on a cluster)"
+        },
+    )
+    durability_replicas: int = field(
+        default=1, metadata={"help": "with --durability replica: replicas that must have a write"}
+    )
+    durability_timeout_ms: int = field(
+        default=1000,
+        metadata={"help": "with --durability replica: how long a write waits for them"},
+    )
     rate_limit: float = field(
         default=0.0,
         metadata={"help": "calls per second per principal and process (0: no limit)"},
@@ -258,6 +273,10 @@ def _check_edge(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if settings.rate_limit < 0 or settings.ingest_rate < 0:
         parser.error("--rate-limit and --ingest-rate must be >= 0")
+    if settings.durability not in ("local", "replica"):
+        parser.error("--durability must be local or replica")
+    if settings.durability_replicas < 1 or settings.durability_timeout_ms < 1:
+        parser.error("--durability-replicas and --durability-timeout-ms must be at least 1")
     if settings.max_streams_per_principal < 1:
         parser.error("--max-streams-per-principal must be >= 1")
     if settings.storefront_max_ttl_seconds <= 0 or settings.storefront_max_held_units < 1:

@@ -15,7 +15,15 @@ from redis.crc import key_slot
 
 from engine.domain.errors import Unavailable
 from engine.store.keys import Keys
-from engine.store.scripts import REDIS_DOWN, AutoPipeline, Command, Script, evalsha_into
+from engine.store.scripts import (
+    REDIS_DOWN,
+    AutoPipeline,
+    Command,
+    NotReplicated,
+    Replication,
+    Script,
+    evalsha_into,
+)
 from engine.throttle import Turns
 
 T = TypeVar("T")
@@ -46,6 +54,7 @@ class Base:
         "disarm",
         "budget",
     )
+    READ_ONLY = ("read_rows",)  # the scripts that write nothing
 
     def __init__(
         self,
@@ -56,8 +65,11 @@ class Base:
         event_window_ms: int,
         probe: aioredis.Redis | RedisCluster | None = None,
         probe_timeout: float = 0.5,
+        replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
-        """probe: a client of its own for `probe()` (default: `client`)."""
+        """probe: a client of its own for `probe()` (default: `client`). replicas: a write is
+        answered only once this many replicas have it (else UNAVAILABLE); one Redis only."""
         # redis-py types its replies as wide unions; this seam decodes them itself.
         self.redis: Any = client
         self.probe_client: Any = probe or client
@@ -68,7 +80,16 @@ class Base:
         self.retention_ms = retention_ms
         self.event_window_ms = event_window_ms
         self.scripts = {name: Script(name) for name in self.SCRIPTS}
-        self.batcher = AutoPipeline(client)
+        replication = None
+        if replicas:
+            if self.cluster:
+                raise ValueError(
+                    "waiting for replicas is not supported on a Redis Cluster yet: each node "
+                    "would need a WAIT of its own"
+                )
+            reads = frozenset(self.scripts[name].sha for name in self.READ_ONLY)
+            replication = Replication(replicas, replica_timeout_ms, reads)
+        self.batcher = AutoPipeline(client, replication=replication)
         self._wide_reads = Turns(1, light=BIG_READ)
         self._load_lock = asyncio.Lock()
         self._loaded_at = 0.0
@@ -86,6 +107,8 @@ class Base:
             except rexc.NoScriptError:
                 await self._reload_scripts()
                 return await make()
+        except NotReplicated as exc:
+            raise Unavailable(str(exc)) from exc
         except REDIS_DOWN as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
 

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import importlib.resources
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as rexc
@@ -41,6 +42,22 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
+class NotReplicated(rexc.RedisError):
+    """A write the primary made that too few replicas acknowledged in time: whether it would
+    survive a failover is unknown, so its caller is answered UNAVAILABLE (a retry with the
+    same id is safe: every script is idempotent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """A batch holding a write is followed, on the same connection, by WAIT `replicas`
+    `timeout_ms`; its writes are answered only when that many replicas have them."""
+
+    replicas: int
+    timeout_ms: int
+    reads: frozenset[str]  # SHAs of the scripts that write nothing (no WAIT for them)
+
+
 class AutoPipeline:
     """Script calls made at about the same time by one process, sent together: one round
     trip and one connection for many. A call made while fewer than `max_inflight` batches
@@ -48,8 +65,15 @@ class AutoPipeline:
     next batch. Each call gets its own answer or error. One batch in flight at a time made
     the most Reserves per second over gRPC (bench/RESULTS.md: +15% against four)."""
 
-    def __init__(self, client: Any, max_batch: int = 256, max_inflight: int = 1) -> None:
+    def __init__(
+        self,
+        client: Any,
+        max_batch: int = 256,
+        max_inflight: int = 1,
+        replication: Replication | None = None,
+    ) -> None:
         self.redis = client
+        self.replication = replication
         self.max_batch = max_batch
         self.max_inflight = max_inflight
         self.queue: list[_Queued] = []
@@ -109,18 +133,33 @@ class AutoPipeline:
                 future.set_result(result)
 
     async def _execute(self, batch: list[_Queued]) -> list[Any]:
-        """One pipeline for the batch; the script replies, in order."""
+        """One pipeline for the batch; the script replies, in order. With replication, a
+        batch that writes ends with WAIT, and its writes fail if too few replicas have them."""
         pipe = self.redis.pipeline(transaction=False)
         for sha, keys, args, then, _ in batch:
             evalsha_into(pipe, sha, keys, args)
             if then is not None:
                 pipe.execute_command(*then)
+        wait = self.replication
+        writes = wait is not None and any(q[0] not in wait.reads for q in batch)
+        if wait is not None and writes:
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
         replies = iter(await pipe.execute(raise_on_error=False))
         results = []
         for *_, then, _future in batch:
             results.append(next(replies))
             if then is not None:
                 next(replies)  # the follow-up's own reply is not wanted
+        if wait is not None and writes:
+            acked = next(replies)
+            if isinstance(acked, Exception) or int(acked) < wait.replicas:
+                late = NotReplicated(
+                    f"the write was not acknowledged by {wait.replicas} replica(s) within "
+                    f"{wait.timeout_ms} ms (got {acked}); it may be lost at a failover: retry"
+                )
+                results = [
+                    r if q[0] in wait.reads else late for q, r in zip(batch, results, strict=True)
+                ]
         return results
 
 
