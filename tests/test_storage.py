@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
 
 from engine.domain.clock import ManualClock
+from engine.domain.errors import Unavailable
 from engine.domain.model import (
     EventKind,
     EventOutcome,
@@ -334,3 +337,26 @@ async def test_pick_capacity_forgets_days_before_the_ones_kept(storage: Storage)
     # only the last three days are counted still
     assert await storage.capacity_used([L], *days[:1]) == [0]
     assert [(await storage.capacity_used([L], d))[0] for d in days[2:]] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        rexc.ClusterError("TTL exhausted."),
+        rexc.ReadOnlyError("You can't write against a read only replica."),
+        rexc.MasterDownError("Link with MASTER is down"),
+        rexc.TryAgainError("Multiple keys request during rehashing of slot"),
+        rexc.ConnectionError("Connection closed by server."),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_what_redis_says_while_it_fails_over_or_moves_slots_is_unavailable(
+    storage: Storage, error: Exception
+) -> None:
+    """Retryable, so answered UNAVAILABLE (which clients retry), never UNKNOWN or INTERNAL."""
+
+    async def failing() -> None:
+        raise error
+
+    with pytest.raises(Unavailable):
+        await storage.guard(failing)

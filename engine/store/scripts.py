@@ -20,6 +20,9 @@ REDIS_DOWN = (
     rexc.ClusterDownError,
     rexc.TryAgainError,
     rexc.SlotNotCoveredError,
+    rexc.ClusterError,  # "TTL exhausted": redirected too often while slots move
+    rexc.ReadOnlyError,  # a write reached a node that a failover just made a replica
+    rexc.MasterDownError,
     OSError,
 )
 
