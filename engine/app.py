@@ -72,6 +72,7 @@ class Omnistock:
         self.probe_redis = probe_client(url, self.redis, self.settings.redis_probe_timeout_seconds)
         self.storage = storage_of(self.redis, self.settings, probe=self.probe_redis)
         await self.storage.load_scripts()
+        await self.storage.migrate()
         self.locations = LocationRegistry(self.storage)
         self.hub = WatchHub(self.redis, self.storage.cluster)
         await self.locations.reload()

@@ -23,7 +23,7 @@ from typing import Any
 from engine.domain.model import StockRow
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.codecs import part_lines
-from engine.store.keys import Keys
+from engine.store.keys import SAGAS, Keys
 from engine.store.storage import Storage
 
 from .grpc_helpers import Stubs
@@ -206,3 +206,12 @@ async def assert_served_rows_match_holds(
     problems = reserved_problems(holds, served) + arithmetic_problems(levels)
     assert not problems, "\n".join(problems)
     return levels
+
+
+async def open_sagas(redis: Any) -> set[str]:
+    """Every reservation id the sagas index holds (every shard of it)."""
+    return {member.decode() for key in SAGAS for member in await redis.zrange(key, 0, -1)}
+
+
+async def no_open_sagas(redis: Any) -> bool:
+    return not await open_sagas(redis)

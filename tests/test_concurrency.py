@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.keys import SAGAS, WAKE
+from engine.store.keys import SAGAS, WAKES
 
 from .conftest import ON_BOTH, all_keys
 from .grpc_helpers import Stubs, count, level, line, stock_up
@@ -142,7 +142,8 @@ async def dump(redis: aioredis.Redis) -> dict[bytes, bytes]:
     """Every key's value, except the sagas index and the sweep's wake-up index: a
     cross-location Reserve (re)schedules its id there before it learns the id is taken, and
     a hold wakes its location's sweep whatever its answer; both find nothing to do later."""
-    keys = [k for k in await all_keys(redis) if k not in (SAGAS.encode(), WAKE.encode())]
+    indexes = {key.encode() for key in (*SAGAS, *WAKES)}
+    keys = [k for k in await all_keys(redis) if k not in indexes]
     return {key: await redis.dump(key) for key in keys}
 
 

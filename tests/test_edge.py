@@ -28,7 +28,7 @@ from engine.store.keys import (
     MAPPINGS_VERSION,
     SAGAS,
     SHORTAGES,
-    WAKE,
+    WAKES,
     Keys,
 )
 from engine.store.storage import Storage
@@ -120,7 +120,7 @@ async def test_a_location_name_is_bounded_and_printable(stubs: Stubs) -> None:
 
 ids = st.from_regex(r"[A-Za-z0-9._:/@+-]{1,20}", fullmatch=True)
 KEYS = Keys(stock_buckets=8)
-GLOBAL = (LOCATIONS, LOCATIONS_VERSION, WAKE, SAGAS, MAPPINGS_VERSION, SHORTAGES)
+GLOBAL = (LOCATIONS, LOCATIONS_VERSION, *WAKES, *SAGAS, MAPPINGS_VERSION, SHORTAGES)
 
 
 def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:

@@ -29,7 +29,6 @@ from engine.app import Omnistock, create_server
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.connect import redis_client
 from engine.store.embedded import EmbeddedRedis, free_port
-from engine.store.keys import SAGAS
 from engine.store.storage import Storage
 
 from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for
@@ -38,6 +37,8 @@ from .invariants import (
     all_or_nothing_problems,
     assert_all_or_nothing,
     assert_reserved_is_held,
+    no_open_sagas,
+    open_sagas,
     read_holds,
 )
 from .processes import (
@@ -110,9 +111,9 @@ async def reserve_then_kill(
         tasks = [asyncio.create_task(one(stubs, rid, lines)) for rid, lines in batch.items()]
         await eventually(lambda: answered >= len(batch) // 5, within=10)
         await service.kill()
-        open_sagas = {member.decode() for member in await redis.zrange(SAGAS, 0, -1)}
+        open_at_kill = await open_sagas(redis)
         await asyncio.gather(*tasks)
-    return open_sagas & set(batch)
+    return open_at_kill & set(batch)
 
 
 def locations_of(sent: dict[str, list[pb.ReservationLine]]) -> dict[str, set[str]]:
@@ -163,8 +164,8 @@ async def test_service_killed_mid_saga_leaves_no_stray_hold_after_restart(
 
     # then, restarted, the service recovers every open saga past the saga timeout (1 s)
     await service.start()
-    settled = await eventually(lambda: _zero(redis.zcard(SAGAS)), within=10)
-    assert settled, f"sagas still open: {await redis.zrange(SAGAS, 0, -1)}"
+    settled = await eventually(lambda: no_open_sagas(redis), within=10)
+    assert settled, f"sagas still open: {await open_sagas(redis)}"
     holds = await read_holds(storage, SAGA_LOCATIONS)
     assert_all_or_nothing(holds, locations_of(sent))
     assert_reserved_is_held(holds)
@@ -305,8 +306,8 @@ async def test_redis_killed_under_load_loses_no_acknowledged_commit(
 async def check_after_redis_crash(
     service: ServerProcess, store: aioredis.Redis, load: Load, rows: list[Row]
 ) -> None:
-    settled = await eventually(lambda: _zero(store.zcard(SAGAS)), within=10)
-    assert settled, f"sagas still open: {await store.zrange(SAGAS, 0, -1)}"
+    settled = await eventually(lambda: no_open_sagas(store), within=10)
+    assert settled, f"sagas still open: {await open_sagas(store)}"
     async with connect(service.port) as stubs:
         states = await reservation_states(stubs, load.sent)
         got = await stubs.availability.GetAvailability(

@@ -79,7 +79,7 @@ from engine.domain.model import (
     MAX_TTL_SECONDS,
 )
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.keys import SAGAS, SHORTAGES
+from engine.store.keys import SHORTAGES, Keys
 
 from .conftest import HOUR_MS, settings_for
 from .grpc_helpers import LON, Stubs, north
@@ -701,7 +701,7 @@ class Fuzz:
         this one is taking it off the index (so it leaves no trace)."""
         self.starts += 1
         probe = f"fuzz-probe-{self.starts}"
-        await self.redis.zadd(SAGAS, {probe: self.clock.now - 1})
+        await self.redis.zadd(Keys.sagas(probe), {probe: self.clock.now - 1})
         settings_ = settings_for(self.url, sweep_interval_ms=HOUR_MS)
         self.app: Omnistock = create_server(settings_, self.clock)
         await self.app.start()
@@ -711,7 +711,7 @@ class Fuzz:
         self.health = health_pb2_grpc.HealthStub(self.channel)
         async with asyncio.timeout(CALL_TIMEOUT):  # polled: the sign is in Redis
             while True:
-                if await self.redis.zscore(SAGAS, probe) is None:
+                if await self.redis.zscore(Keys.sagas(probe), probe) is None:
                     return
                 await asyncio.sleep(0.001)
 

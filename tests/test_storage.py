@@ -19,7 +19,7 @@ from engine.domain.model import (
     fingerprint,
 )
 from engine.store.codecs import PickCapacity, encode_lines
-from engine.store.keys import WAKE, Keys
+from engine.store.keys import OLD_SAGAS, OLD_WAKE, Keys
 from engine.store.replies import HoldReply, PartReply, ReleaseMode, Reply, Short
 from engine.store.storage import Storage
 from engine.usecases.reservations import Reservations
@@ -209,7 +209,7 @@ async def test_every_key_of_a_location_carries_its_hash_tag(
     await storage.apply_events(L, [count("c1", "a", 5, NOW - 10), delta("d", "a", 1, NOW)], NOW)
     await hold(storage, "r1", [Line(L, "a", 1)])
     keys = {k.decode() for k in await all_keys(redis)}
-    location_keys = {k for k in keys if not k.startswith(("res:", "{omnistock}"))}
+    location_keys = {k for k in keys if not k.startswith(("res:", "{omnistock"))}
     assert location_keys and all(k.startswith("{store-a}:") for k in location_keys)
     assert (Keys.directory("r1") in keys) is not storage.cluster  # one Redis: with the hold
 
@@ -271,14 +271,14 @@ async def test_the_sweep_is_woken_at_each_locations_earliest_expiry(
     await reservations.reserve("early", [Line(L, "a", 1)], 1)
     await reservations.reserve("late", [Line(L, "a", 1)], 5)
     # then L wakes the sweep at the first expiry
-    assert await redis.zscore(WAKE, L) == now + 1000
+    assert await storage.wake_at(L) == now + 1000
     # when the sweep passes after it, L is put back at the next expiry, and then taken off
     clock.advance(1000)
     assert await sweeper.sweep() == 1
-    assert await redis.zscore(WAKE, L) == now + 5000
+    assert await storage.wake_at(L) == now + 5000
     clock.advance(4000)
     assert await sweeper.sweep() == 1
-    assert await redis.zscore(WAKE, L) is None
+    assert await storage.wake_at(L) is None
 
 
 async def test_a_hold_whose_wake_up_was_lost_still_expires(
@@ -290,7 +290,7 @@ async def test_a_hold_whose_wake_up_was_lost_still_expires(
     now = clock.now_ms()
     await storage.apply_events(L, [count("c1", "a", 9, now - 10)], now)
     await reservations.reserve("lost", [Line(L, "a", 1)], 1)
-    await redis.zrem(WAKE, L)
+    await redis.zrem(Keys.wake(L), L)
     # when its expiry passes, the sweep's slice of every location finds it within a round
     clock.advance(1000)
     expired = [await sweeper.sweep() for _ in range(4)]
@@ -360,3 +360,20 @@ async def test_what_redis_says_while_it_fails_over_or_moves_slots_is_unavailable
 
     with pytest.raises(Unavailable):
         await storage.guard(failing)
+
+
+async def test_the_indexes_of_before_their_shards_are_moved_into_them_at_start(
+    storage: Storage, redis: aioredis.Redis
+) -> None:
+    # given a wake-up and a saga recorded in the one-key indexes of before
+    await redis.zadd(OLD_WAKE, {"loc-old": 1234})
+    await redis.zadd(OLD_SAGAS, {"rid-old": 5678})
+    # when the store starts (twice: it must be idempotent)
+    await storage.migrate()
+    await storage.migrate()
+    # then each is in its shard at its time, and the old keys are gone
+    assert await storage.wake_at("loc-old") == 1234
+    assert await storage.sagas_due(5678, 100) == ["rid-old"]
+    assert await redis.exists(OLD_WAKE, OLD_SAGAS) == 0
+    await storage.unschedule_saga("rid-old")
+    await redis.zrem(Keys.wake("loc-old"), "loc-old")

@@ -23,8 +23,10 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           counted against its cap on units held at once (budget.lua)
     {omnistock}:locations  hash  location id -> JSON
     {omnistock}:locations:v  counter  moves with every upsert, so caches know when to reload
-    {omnistock}:wake       zset  location -> a time at or before its earliest HELD expiry
-    {omnistock}:sagas      zset  reservation id -> time after which recovery may act
+    {omnistock:w<k>}:wake  zset  location -> a time at or before its earliest HELD expiry,
+                          for the locations of shard k = crc32(location) mod SHARDS
+    {omnistock:s<k>}:sagas zset  reservation id -> time after which recovery may act, for
+                          the ids of shard k = crc32(id) mod SHARDS
     {omnistock}:map:<source>  hash  a source's ids -> ours: "l:<its location id>" -> location,
                           "i:<its item id>" -> sku (only mappings live under this prefix)
     {omnistock}:mapv       counter  moves with every change of a mapping
@@ -41,8 +43,14 @@ import zlib
 
 LOCATIONS = "{omnistock}:locations"
 LOCATIONS_VERSION = "{omnistock}:locations:v"
-WAKE = "{omnistock}:wake"
-SAGAS = "{omnistock}:sagas"
+# The wake-up and sagas indexes are each spread over SHARDS keys of their own hash tags, so
+# that on a cluster no one slot is written by every Reserve (and no one node's failure
+# stops every location's sweep and recovery). The sweeper reads all of them, one pipeline.
+SHARDS = 16
+WAKES = tuple(f"{{omnistock:w{k}}}:wake" for k in range(SHARDS))
+SAGAS = tuple(f"{{omnistock:s{k}}}:sagas" for k in range(SHARDS))
+# Where they were, as one key each, before (moved into the shards at start: Parts.migrate).
+OLD_WAKE, OLD_SAGAS = "{omnistock}:wake", "{omnistock}:sagas"
 MAPPINGS_VERSION = "{omnistock}:mapv"
 SHORTAGES = "{omnistock}:shortages"
 SHORTAGES_KEPT = 100_000  # about: the stream is trimmed to the newest this many
@@ -117,6 +125,14 @@ class Keys:
     @staticmethod
     def mapping(source: str) -> str:
         return f"{{omnistock}}:map:{source}"
+
+    @staticmethod
+    def wake(location: str) -> str:
+        return WAKES[zlib.crc32(location.encode()) % SHARDS]
+
+    @staticmethod
+    def sagas(reservation_id: str) -> str:
+        return SAGAS[zlib.crc32(reservation_id.encode()) % SHARDS]
 
     @staticmethod
     def held(principal: str) -> str:

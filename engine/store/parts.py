@@ -4,7 +4,7 @@ sagas index, and the expiry of holds (the sweeper's reads and writes)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from engine.domain.model import Line
@@ -17,7 +17,7 @@ from engine.store.codecs import (
     decode_lines,
     part_lines,
 )
-from engine.store.keys import SAGAS, WAKE, KeyList, Keys
+from engine.store.keys import OLD_SAGAS, OLD_WAKE, SAGAS, WAKES, KeyList, Keys
 from engine.store.replies import (
     Claim,
     ClaimReply,
@@ -69,7 +69,7 @@ class Parts(Base):
             cap = [keys.add(Keys.capacity(location)), *capacity]
         with_dir = directory_lines is not None
         if with_dir:  # last: hold.lua reads them as KEYS[#KEYS-1] and KEYS[#KEYS]
-            keys.add(WAKE)
+            keys.add(Keys.wake(location))
             keys.add(Keys.directory(reservation_id))
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
@@ -194,7 +194,7 @@ class Parts(Base):
         added, so a refused call leaves nothing behind."""
 
         def build(pipe: Any) -> None:
-            pipe.zadd(SAGAS, {reservation_id: recover_at}, nx=True)
+            pipe.zadd(Keys.sagas(reservation_id), {reservation_id: recover_at}, nx=True)
             args = [fp, lines, owner, ttl_ms, made_by]
             self.evalsha(pipe, "claim", [Keys.directory(reservation_id)], args)
 
@@ -209,16 +209,32 @@ class Parts(Base):
         return bool(await self.call("settle", [Keys.directory(reservation_id)], args))
 
     async def schedule_saga(self, reservation_id: str, recover_at: int) -> None:
-        await self.guard(lambda: self.redis.zadd(SAGAS, {reservation_id: recover_at}))
+        key = Keys.sagas(reservation_id)
+        await self.guard(lambda: self.redis.zadd(key, {reservation_id: recover_at}))
 
     async def unschedule_saga(self, reservation_id: str) -> None:
-        await self.guard(lambda: self.redis.zrem(SAGAS, reservation_id))
+        await self.guard(lambda: self.redis.zrem(Keys.sagas(reservation_id), reservation_id))
 
     async def sagas_due(self, now: int, limit: int) -> list[str]:
-        ids = await self.guard(
-            lambda: self.redis.zrangebyscore(SAGAS, "-inf", now, start=0, num=limit)
-        )
-        return [i.decode() for i in ids]
+        """Ids whose recovery time has come, earliest first: every shard, one round trip."""
+        due = await self._due_in(SAGAS, now, limit)
+        return [rid for rid, _ in due[:limit]]
+
+    async def open_sagas(self) -> list[str]:
+        """Every id with a saga under way or not yet recovered (for operators and tests)."""
+        return [rid for rid, _ in await self._due_in(SAGAS, float("inf"), -1)]
+
+    async def _due_in(self, keys: Sequence[str], now: float, limit: int) -> list[tuple[str, int]]:
+        """(member, score) of every key's members scored at most `now` (at most `limit` of
+        each; -1: all), merged, lowest score first."""
+
+        def build(pipe: Any) -> None:
+            for key in keys:
+                pipe.zrangebyscore(key, "-inf", now, start=0, num=limit, withscores=True)
+
+        got = await self.pipeline(build)
+        merged = [(member.decode(), int(score)) for rows in got for member, score in rows]
+        return sorted(merged, key=lambda item: item[1])
 
     async def drop_directory(self, reservation_id: str, fp: str) -> None:
         """Forgets a reservation that never took effect (every part rolled back)."""
@@ -242,31 +258,40 @@ class Parts(Base):
     # sweeper's scan of every location every `full_scan` seconds (sweeper.py) is the net.
 
     async def woken(self, now: int, limit: int) -> dict[str, int]:
-        """Locations whose wake-up time has come, with that time."""
-        got = await self.guard(
-            lambda: self.redis.zrangebyscore(WAKE, "-inf", now, start=0, num=limit, withscores=True)
-        )
-        return {member.decode(): int(score) for member, score in got}
+        """Locations whose wake-up time has come, with that time (every shard, one trip)."""
+        return dict((await self._due_in(WAKES, now, limit))[:limit])
+
+    async def wake_at(self, location: str) -> int | None:
+        """When the sweep is next to look at a location (None: not until a hold is made)."""
+        score = await self.guard(lambda: self.redis.zscore(Keys.wake(location), location))
+        return None if score is None else int(score)
 
     async def rearm(self, woken: dict[str, int | None]) -> None:
         """After a sweep of these locations: each goes back on the wake-up index at its
         earliest remaining expiry, if it has one. None: not taken off first (a full scan)."""
-        seen = [x for loc, at in woken.items() if at is not None for x in (loc, at)]
-        if seen:
-            await self.call("disarm", [WAKE], seen)
+        seen: dict[str, list[Any]] = {}
+        for loc, at in woken.items():
+            if at is not None:
+                seen.setdefault(Keys.wake(loc), []).extend((loc, at))
+        await asyncio.gather(*(self.call("disarm", [key], args) for key, args in seen.items()))
         locations = list(woken)
 
         def build(pipe: Any) -> None:
             for location in locations:
                 pipe.zrange(Keys.due(location), 0, 0, withscores=True)
 
-        earliest = {
-            location: int(first[0][1])
+        earliest = [
+            (location, int(first[0][1]))
             for location, first in zip(locations, await self.pipeline(build), strict=True)
             if first
-        }
+        ]
         if earliest:
-            await self.guard(lambda: self.redis.zadd(WAKE, earliest, lt=True))
+            await self.pipeline(
+                lambda pipe: [
+                    pipe.zadd(Keys.wake(location), {location: at}, lt=True)
+                    for location, at in earliest
+                ]
+            )
 
     async def capacity_used(self, locations: Sequence[str], day: str) -> list[int]:
         """Ship-from-store orders held or picked on `day` at each location: one round trip."""
@@ -315,10 +340,26 @@ class Parts(Base):
         args.append(Keys.changes(location))
         return int(await self.call("expire", keys.keys, args))
 
+    async def migrate(self) -> None:
+        """Moves the wake-up and sagas indexes of before SHARDS (one key each) into their
+        shards, keeping each entry's time; idempotent, a no-op once done."""
+        await self._move(OLD_WAKE, Keys.wake, lt=True)
+        await self._move(OLD_SAGAS, Keys.sagas, nx=True)
+
+    async def _move(self, old: str, shard_of: Callable[[str], str], **how: bool) -> None:
+        got = await self.guard(lambda: self.redis.zrange(old, 0, -1, withscores=True))
+        if not got:
+            return
+        entries = [(member.decode(), int(score)) for member, score in got]
+        await self.pipeline(
+            lambda pipe: [pipe.zadd(shard_of(m), {m: at}, **how) for m, at in entries]
+        )
+        await self.guard(lambda: self.redis.delete(old))
+
 
 def _wake_at(location: str, at: int) -> Command:
     """Makes the sweep look at `location` at `at` at the latest (never later than before)."""
-    return ("ZADD", WAKE, "LT", at, location)
+    return ("ZADD", Keys.wake(location), "LT", at, location)
 
 
 def _unbudget(owner: str, reservation_id: str) -> Command | None:

@@ -2,7 +2,7 @@
 -- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l, t)
 -- KEYS[2]  {L}:x        the expiry index of L: reservation id -> expiry (ms), for the sweeper
 -- KEYS[3..] {L}:s:<b>   stock buckets the lines live in
--- KEYS[#KEYS-1] {omnistock}:wake, and KEYS[#KEYS] res:{<id>} the directory, only when
+-- KEYS[#KEYS-1] {omnistock:w<k>}:wake (L's wake-up shard), and KEYS[#KEYS] res:{<id>} the directory, only when
 --           ARGV[6] == '1' (one Redis, one location: there the hold also sets L's wake-up;
 --           elsewhere the caller sends that ZADD behind the script)
 -- KEYS[cap] {L}:c        pick capacity, only when the hold takes one (a ship-from-store plan)
