@@ -14,7 +14,7 @@ from typing import Any
 from bench.charts import draw
 from bench.runner import LoadConfig, run_load
 from bench.scenarios import SCENARIOS, Stubs, make_scenario, open_channel
-from bench.server import BenchServer
+from bench.server import BenchServer, attach_replica
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 
@@ -44,6 +44,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="where results go")
     p.add_argument("--no-charts", action="store_true")
+    p.add_argument(
+        "--replica",
+        action="store_true",
+        help="attach a replica to the started server's store (for --durability replica)",
+    )
     return p.parse_args(argv)
 
 
@@ -108,8 +113,10 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     params = {k: int(v) for k, v in (item.split("=", 1) for item in args.param)}
     server = None if args.target else BenchServer(args.server_arg)
+    replica = None
     if server:
         server.start()
+        replica = attach_replica(server) if args.replica else None
     target = args.target or server.target  # type: ignore[union-attr]
     try:
         config = LoadConfig(
@@ -134,6 +141,8 @@ def main(argv: list[str]) -> int:
     finally:
         if server:
             server.stop()
+        if replica:
+            replica.stop()
     load.pop("held")
     result = {
         "scenario": args.scenario,

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.domain.auth import token_digest
-from engine.store.embedded import free_port
+from engine.store.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,3 +76,26 @@ def principals_file(path: Path, tokens: dict[str, str]) -> Path:
 def bearer(token: str) -> tuple[tuple[str, str], ...] | None:
     """The metadata of a call made with this bearer token (none: "")."""
     return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def attach_replica(server: BenchServer, timeout: float = 30.0) -> EmbeddedRedis:
+    """A replica of the bench server's embedded store, started in a state dir of its own
+    and in sync before it is returned (for `--durability replica` runs)."""
+    from urllib.parse import urlsplit
+
+    import redis
+
+    primary = urlsplit((Path(server.state) / "redis.url").read_text().strip())
+    replica = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="omnistock-replica-")), password=False)
+    replica.start()
+    with redis.Redis.from_url(replica.url) as r:
+        if primary.password:
+            r.config_set("masterauth", primary.password)
+        r.replicaof(primary.hostname, primary.port)
+        deadline = time.monotonic() + timeout
+        while r.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                replica.stop()
+                raise RuntimeError("the replica did not come in sync")
+            time.sleep(0.05)
+    return replica
