@@ -10,6 +10,7 @@ import sys
 from engine.app import create_server
 from engine.logs import setup_logging
 from engine.settings import from_args
+from engine.workers import Workers
 
 log = logging.getLogger("omnistock")
 
@@ -17,6 +18,9 @@ log = logging.getLogger("omnistock")
 async def serve(argv: list[str]) -> None:
     settings = from_args(argv)
     setup_logging(settings.log_level)
+    if settings.workers > 1:
+        await Workers(settings).run()
+        return
     app = create_server(settings)
     await app.start()
     host = settings.listen.rsplit(":", 1)[0]

@@ -127,6 +127,13 @@ class Settings:
         default=1000,
         metadata={"help": "with --durability replica: how long a write waits for them"},
     )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "server processes, all on the --listen port (each its own event loop; "
+            "worker i serves metrics on --metrics-port + i)"
+        },
+    )
     rate_limit: float = field(
         default=0.0,
         metadata={"help": "calls per second per principal and process (0: no limit)"},
@@ -188,6 +195,19 @@ class Settings:
         return int(self.event_window_hours * 3_600_000)
 
 
+def as_environment(settings: Settings, **changes: object) -> dict[str, str]:
+    """The settings, with `changes`, as the environment variables that give them back."""
+    values = {f.name: getattr(settings, f.name) for f in fields(Settings)} | changes
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        else:
+            text = "" if value is None else str(value)
+        out[env_name(name)] = text
+    return out
+
+
 def env_name(name: str) -> str:
     for f in fields(Settings):
         if f.name == name:
@@ -241,12 +261,10 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--appendfsync must be always or everysec")
     if settings.count_missing not in ("zero", "keep"):
         parser.error("--count-missing must be zero or keep")
-    if settings.stock_buckets < 1:
-        parser.error("--stock-buckets must be at least 1")
-    if settings.plan_workers < 0:
-        parser.error("--plan-workers must be 0 or more")
-    if settings.max_concurrent_calls < 1:
-        parser.error("--max-concurrent-calls must be at least 1")
+    for name, least in (("stock_buckets", 1), ("plan_workers", 0), ("max_concurrent_calls", 1),
+                        ("workers", 1)):  # fmt: skip
+        if getattr(settings, name) < least:
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}")
     _check_edge(settings, parser)
     if settings.hold_ttl_seconds <= 0:
         parser.error("--hold-ttl-seconds must be positive")

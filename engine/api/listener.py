@@ -140,3 +140,15 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+def serving(target: str, timeout: float = 0.5) -> bool:
+    """Whether the server at `target` answers its health check SERVING (blocking)."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            got = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(got.status == health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,98 @@
+"""`server.py --workers 2` as a real process tree: two server processes on one port, each
+serving some of the connections, sharing one embedded store (what one writes, the other
+reads), and a worker that dies started again by the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+from .grpc_helpers import Stubs, stock_up
+from .processes import ServerProcess, eventually
+
+CHANNELS = 24  # connections, each reaching one worker (the kernel picks)
+
+
+def two_free_ports() -> int:
+    """A port p such that p and p + 1 are both free (worker i serves metrics on p + i)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", port + 1))
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
+def calls_served(port: int) -> float | None:
+    """GetAvailability calls a worker answered OK, from its metrics (None: not up)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    wanted = 'omnistock_rpc_seconds_count{code="OK",method="GetAvailability"}'
+    for row in text.splitlines():
+        if row.startswith(wanted):
+            return float(row.split()[-1])
+    return 0.0
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_two_workers_share_one_port_and_one_store(
+    spawn: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    metrics = two_free_ports()
+    server = spawn(
+        "--workers", "2", "--state-dir", str(tmp_path / "state"), "--metrics-port", str(metrics)
+    )  # fmt: skip
+    await server.start(within=60.0)
+    assert await eventually(lambda: calls_served(metrics + 1) is not None, 60.0)
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own per channel
+    target = f"127.0.0.1:{server.port}"
+    channels = [grpc.aio.insecure_channel(target, options=own) for _ in range(CHANNELS)]
+    try:
+        # given a row written through one connection
+        await stock_up(Stubs(channels[0]), {("L1", "S1"): 7})
+        # when every connection reads it
+        request = pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"])
+        answers = [await Stubs(ch).availability.GetAvailability(request) for ch in channels]
+        # then each read it as written, whichever worker served it ...
+        assert {a.levels[0].on_hand for a in answers} == {7}
+        # ... and both workers served some of them
+        served = [calls_served(metrics), calls_served(metrics + 1)]
+        assert sum(n or 0 for n in served) == CHANNELS
+        assert all(n for n in served), f"one worker served every connection: {served}"
+    finally:
+        for ch in channels:
+            await ch.close()
+    # and a worker that dies is started again
+    workers = children_of(server.pid)
+    assert len(workers) >= 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    await asyncio.sleep(0.5)
+    assert await eventually(
+        lambda: len([p for p in children_of(server.pid) if p not in workers[-1:]]) >= 2, 30.0
+    )
