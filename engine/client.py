@@ -9,6 +9,7 @@ applied once by event id.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -66,10 +67,23 @@ def _reservation(msg: pb.Reservation) -> Reservation:
     return Reservation(msg.reservation_id, lines, _STATES[msg.state], msg.expires_at)
 
 
+def _spread(targets: Sequence[str]) -> str:
+    """One grpc target for several IPv4 servers (grpc's `ipv4:` scheme)."""
+    for t in targets:
+        host = t.rsplit(":", 1)[0]
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"several targets must each be an IPv4 address:port, got {t!r}"
+            ) from None
+    return "ipv4:" + ",".join(targets)
+
+
 class OmnistockClient:
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         timeout: float = 2.0,
         attempts: int = 4,
@@ -77,8 +91,14 @@ class OmnistockClient:
         token: str | None = None,
         tls: grpc.ChannelCredentials | None = None,
     ) -> None:
-        """token: a bearer token, sent with every call; tls: credentials for a server that
-        serves TLS (grpc.ssl_channel_credentials(root CA, client key, client chain))."""
+        """target: host:port, or several of them (server processes or machines serving the
+        same store), over which calls are spread round robin, a server that is down left
+        out until it is back; token: a bearer token, sent with every call; tls: credentials
+        for a server that serves TLS (grpc.ssl_channel_credentials(root CA, key, chain))."""
+        options: list[tuple[str, Any]] = []
+        if not isinstance(target, str):
+            target = _spread(target)
+            options.append(("grpc.lb_policy_name", "round_robin"))
         self.target = target
         self.timeout = timeout
         self.attempts = attempts
@@ -86,9 +106,9 @@ class OmnistockClient:
         bearer = () if token is None else (("authorization", f"Bearer {token}"),)
         self._opts: dict[str, Any] = {"timeout": timeout, "metadata": bearer}
         if tls is None:
-            self.channel = grpc.aio.insecure_channel(target)
+            self.channel = grpc.aio.insecure_channel(target, options=options)
         else:
-            self.channel = grpc.aio.secure_channel(target, tls)
+            self.channel = grpc.aio.secure_channel(target, tls, options=options)
         self._availability = pb_grpc.AvailabilityServiceStub(self.channel)
         self._reservations = pb_grpc.ReservationServiceStub(self.channel)
 

@@ -53,3 +53,29 @@ async def test_client_finds_stores_nearby(server: Omnistock, channel: grpc.aio.C
         assert [h.location.id for h in part] == ["s1", "s2"]
         assert part[1].distance_km == pytest.approx(222.4, abs=0.1)  # 2 degrees of latitude
         assert part[1].filled(tuple(basket)) == (0, 1)
+
+
+async def test_a_client_of_two_servers_spreads_its_calls_over_both(redis_url: str) -> None:
+    """Two server processes' worth (two servers in this process) on one store."""
+    from .conftest import served
+
+    async with served(redis_url) as (first, stubs), served(redis_url) as (second, _):
+        await stock_up(stubs, {("L1", "S1"): 5})
+        targets = [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]
+        async with OmnistockClient(targets) as client:
+            for _ in range(20):
+                (level,) = await client.availability(["S1"], location_ids=["L1"])
+                assert level.row.on_hand == 5
+        served_by = [
+            app.metrics.registry.get_sample_value(
+                "omnistock_rpc_seconds_count", {"method": "GetAvailability", "code": "OK"}
+            )
+            or 0
+            for app in (first, second)
+        ]
+        assert all(served_by) and sum(served_by) == 20, served_by
+
+
+def test_several_targets_must_be_addresses() -> None:
+    with pytest.raises(ValueError, match="IPv4"):
+        OmnistockClient(["localhost:1", "localhost:2"])
