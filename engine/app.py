@@ -59,13 +59,7 @@ class Omnistock:
         self._metrics_server: Any = None
 
     async def start(self) -> None:
-        url = self.settings.redis_url
-        if not url:
-            self.embedded = EmbeddedRedis(
-                self.settings.state_dir, appendfsync=self.settings.appendfsync
-            )
-            await asyncio.to_thread(self.embedded.start)
-            url = self.embedded.url
+        url, self.embedded = await store_of(self.settings)
         self.redis = await connect(
             url, self.settings.redis_timeout_seconds, self.settings.redis_max_connections
         )
@@ -189,6 +183,16 @@ class Omnistock:
             self.planner.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+
+
+async def store_of(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    """The store's URL: --redis-url's, else that of an embedded store started for it (also
+    returned, to be stopped by whoever started it)."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    embedded = EmbeddedRedis(settings.state_dir, appendfsync=settings.appendfsync)
+    await asyncio.to_thread(embedded.start)
+    return embedded.url, embedded
 
 
 def storage_of(redis: Any, settings: Settings, probe: Any = None) -> Storage:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from engine.api.listener import serving
+from engine.app import store_of
 from engine.settings import Settings, as_environment
 from engine.store.embedded import EmbeddedRedis, free_port
 
@@ -41,13 +42,7 @@ class Workers:
         self.stopping = False
 
     async def run(self) -> None:
-        url = self.settings.redis_url
-        if not url:
-            self.embedded = EmbeddedRedis(
-                self.settings.state_dir, appendfsync=self.settings.appendfsync
-            )
-            await asyncio.to_thread(self.embedded.start)
-            url = self.embedded.url
+        url, self.embedded = await store_of(self.settings)
         host, port = self.settings.listen.rsplit(":", 1)
         self.listen = f"{host}:{port if int(port) else free_port()}"
         self.url = url
