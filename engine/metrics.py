@@ -79,6 +79,12 @@ class Metrics:
             "--ingest-rate (summed over the calls held)",
             registry=r,
         )
+        self.redis_nodes_down = Gauge(
+            "omnistock_redis_nodes_down",
+            "On a Redis Cluster: primaries the health probe found down (health stays SERVING "
+            "while any answers; their slots' calls fail UNAVAILABLE)",
+            registry=r,
+        )
         self.refused = Counter(
             "omnistock_refused_total",
             "Calls refused at the edge, by why (unauthenticated, permission, rate, streams)",

@@ -75,6 +75,7 @@ class Base:
         self.probe_client: Any = probe or client
         self.probe_timeout = probe_timeout
         self.down: str | None = None  # why the circuit is open (open_circuit)
+        self.nodes_down: list[str] = []  # on a cluster: the primaries the probe last missed
         self.cluster = isinstance(client, RedisCluster)
         self.keys = Keys(stock_buckets)
         self.retention_ms = retention_ms
@@ -139,10 +140,27 @@ class Base:
 
     async def probe(self) -> None:
         """Pings the store past the circuit, on the probe's own connection (so that a busy
-        pool is not taken for a store that is down), within `probe_timeout` seconds."""
+        pool is not taken for a store that is down), within `probe_timeout` seconds. On a
+        cluster it pings every primary: the store is down only when none answers, and the
+        ones that do not are in `nodes_down` (a degraded shard is not a store down)."""
+        if not self.cluster:
+            await self._ping(self.probe_client.ping())
+            return
+        await self._ping(self.probe_client.initialize())  # a no-op once it knows the nodes
+        nodes = self.probe_client.get_primaries()
+        answers = await asyncio.gather(
+            *(self._ping(node.execute_command("PING")) for node in nodes), return_exceptions=True
+        )
+        self.nodes_down = sorted(
+            n.name for n, a in zip(nodes, answers, strict=True) if a is not None
+        )
+        if nodes and len(self.nodes_down) == len(nodes):
+            raise Unavailable(f"redis unreachable: no primary answered ({answers[0]})")
+
+    async def _ping(self, ping: Awaitable[Any]) -> None:
         try:
             async with asyncio.timeout(self.probe_timeout):
-                await self.probe_client.ping()
+                await ping
         except (*REDIS_DOWN, rexc.RedisError) as exc:
             late = isinstance(exc, TimeoutError | rexc.TimeoutError)
             why = f"no answer within {self.probe_timeout}s" if late else str(exc)

@@ -10,9 +10,10 @@ loop, a long fsync) flips nothing; the first ping that succeeds marks it up agai
 defaults (0.25 s, 0.5 s timeout, 2 failures) a frozen store is known down within about
 1.25 s, and a thawed one up within about 0.25 s.
 
-On a Redis Cluster the probe pings one node, so it only drives health: the circuit stays
-closed, because a node that is down takes away its own slots only, and calls to the others
-must go on.
+On a Redis Cluster the probe pings every primary, and only drives health: the store is down
+when none answers; one that does not is a degraded shard, reported in the log and in
+`omnistock_redis_nodes_down` while health stays SERVING (the other shards' calls go on).
+The circuit stays closed, because a node that is down takes away its own slots only.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class StoreProbe:
         self.failures = failures
         self.up = True
         self._failed = 0  # pings failed in a row
+        self._nodes_down: list[str] = []
         self.circuit = not storage.cluster
 
     async def run(self) -> None:
@@ -68,6 +70,14 @@ class StoreProbe:
             if not self.up:
                 await self._mark_up()
         self.metrics.redis_up.set(1 if self.up else 0)
+        down = self.storage.nodes_down
+        if down != self._nodes_down:
+            if down:
+                log.warning("redis primaries not answering: %s (the others serve)", down)
+            else:
+                log.warning("every redis primary answers again")
+            self._nodes_down = down
+        self.metrics.redis_nodes_down.set(len(down))
 
     async def _mark_down(self, why: str) -> None:
         self.up = False
