@@ -146,7 +146,8 @@ class Base:
         if not self.cluster:
             await self._ping(self.probe_client.ping())
             return
-        await self._ping(self.probe_client.initialize())  # a no-op once it knows the nodes
+        if not self.probe_client.get_primaries():  # it learns the nodes on its first ping
+            await self._ping(self.probe_client.initialize())
         nodes = self.probe_client.get_primaries()
         answers = await asyncio.gather(
             *(self._ping(node.execute_command("PING")) for node in nodes), return_exceptions=True
