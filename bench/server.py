@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -78,24 +79,15 @@ def bearer(token: str) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
-def attach_replica(server: BenchServer, timeout: float = 30.0) -> EmbeddedRedis:
+def attach_replica(server: BenchServer) -> EmbeddedRedis:
     """A replica of the bench server's embedded store, started in a state dir of its own
     and in sync before it is returned (for `--durability replica` runs)."""
-    from urllib.parse import urlsplit
-
-    import redis
-
     primary = urlsplit((Path(server.state) / "redis.url").read_text().strip())
     replica = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="omnistock-replica-")), password=False)
     replica.start()
-    with redis.Redis.from_url(replica.url) as r:
-        if primary.password:
-            r.config_set("masterauth", primary.password)
-        r.replicaof(primary.hostname, primary.port)
-        deadline = time.monotonic() + timeout
-        while r.info("replication").get("master_link_status") != "up":
-            if time.monotonic() > deadline:
-                replica.stop()
-                raise RuntimeError("the replica did not come in sync")
-            time.sleep(0.05)
+    try:
+        replica.follow(primary.hostname or "127.0.0.1", primary.port or 0, primary.password or "")
+    except BaseException:
+        replica.stop()
+        raise
     return replica

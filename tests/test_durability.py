@@ -9,8 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -39,14 +38,7 @@ class Pair:
     def start(self) -> None:
         self.primary.start()
         self.replica.start()
-        with redis.Redis.from_url(self.replica.url) as r:
-            r.replicaof("127.0.0.1", self.primary.port)
-        in_time(self.in_sync)
-
-    def in_sync(self) -> bool:
-        with redis.Redis.from_url(self.replica.url) as r:
-            info = r.info("replication")
-        return info.get("master_link_status") == "up"
+        self.replica.follow("127.0.0.1", self.primary.port)
 
     def fall_behind(self) -> None:
         """The replica stops taking the primary's writes: it is frozen, and its link is cut
@@ -70,14 +62,6 @@ class Pair:
             node.stop()
 
 
-def in_time(check: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("the replica never came in sync")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
     both = Pair(tmp_path)
@@ -93,7 +77,7 @@ async def holds_through_a_failover(pair: Pair, durability: str) -> tuple[list[st
     held: list[str] = []
     async with served(pair.primary.url, **overrides) as (_, stubs):
         await stock_up(stubs, {("L1", "S1"): 1000})
-        await asyncio.to_thread(in_time, pair.in_sync)
+        assert await eventually(lambda: asyncio.to_thread(pair.replica.in_sync), 20.0)
         pair.fall_behind()
 
         async def reserve(i: int) -> None:
@@ -147,7 +131,7 @@ async def test_a_hold_refused_for_want_of_a_replica_is_held_on_retry_once_it_is_
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "replica" in (refused.value.details() or "")
         os.kill(pair.replica.pid, signal.SIGCONT)
-        assert await eventually(lambda: asyncio.to_thread(pair.in_sync), 20.0)
+        assert await eventually(lambda: asyncio.to_thread(pair.replica.in_sync), 20.0)
         again = await stubs.reservations.Reserve(request)  # the same id: idempotent
         assert again.reservation.state == pb.RESERVATION_STATE_HELD
         level = await stubs.availability.GetAvailability(

@@ -117,7 +117,6 @@ class StockService(pb_grpc.StockServiceServicer):
         self.ingest = ingest
         self.availability = availability
         self.zero_missing = zero_missing
-        self.storage = ingest.storage
         self.locations = locations
         self.metrics = metrics
         self.batches = Turns(INGEST_BATCHES, light=LIGHT_BATCH)

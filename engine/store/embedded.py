@@ -232,6 +232,28 @@ class EmbeddedRedis:
     def pid(self) -> int:
         return self.process.pid if self.process is not None else 0
 
+    def follow(self, host: str, port: int, password: str = "", timeout: float = 30.0) -> None:
+        """Makes this store a replica of the one at host:port (a store without a password of
+        its own: tests and benches) and returns once it is in sync."""
+        import redis
+
+        with redis.Redis(port=self.port, socket_timeout=5) as me:
+            if password:
+                me.config_set("masterauth", password)
+            me.replicaof(host, port)
+        deadline = time.monotonic() + timeout
+        while not self.in_sync():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica on port {self.port} did not come in sync")
+            time.sleep(0.05)
+
+    def in_sync(self) -> bool:
+        """A replica whose link to its primary is up."""
+        import redis
+
+        with redis.Redis(port=self.port, socket_timeout=5) as me:
+            return bool(me.info("replication").get("master_link_status") == "up")
+
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
