@@ -4,6 +4,7 @@ fails calls at once while the store is known down, and Redis errors turned into 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -144,13 +145,14 @@ class Base:
         cluster it pings every primary: the store is down only when none answers, and the
         ones that do not are in `nodes_down` (a degraded shard is not a store down)."""
         if not self.cluster:
-            await self._ping(self.probe_client.ping())
+            await self._ping(self.probe_client.ping)
             return
         if not self.probe_client.get_primaries():  # it learns the nodes on its first ping
-            await self._ping(self.probe_client.initialize())
+            await self._ping(self.probe_client.initialize)
         nodes = self.probe_client.get_primaries()
         answers = await asyncio.gather(
-            *(self._ping(node.execute_command("PING")) for node in nodes), return_exceptions=True
+            *(self._ping(functools.partial(node.execute_command, "PING")) for node in nodes),
+            return_exceptions=True,
         )
         self.nodes_down = sorted(
             n.name for n, a in zip(nodes, answers, strict=True) if a is not None
@@ -158,10 +160,12 @@ class Base:
         if nodes and len(self.nodes_down) == len(nodes):
             raise Unavailable(f"redis unreachable: no primary answered ({answers[0]})")
 
-    async def _ping(self, ping: Awaitable[Any]) -> None:
+    async def _ping(self, ping: Callable[[], Awaitable[Any]]) -> None:
+        """ping is called here, inside the timeout: a probe cancelled before its turn leaves
+        no coroutine made and never awaited."""
         try:
             async with asyncio.timeout(self.probe_timeout):
-                await ping
+                await ping()
         except (*REDIS_DOWN, rexc.RedisError) as exc:
             late = isinstance(exc, TimeoutError | rexc.TimeoutError)
             why = f"no answer within {self.probe_timeout}s" if late else str(exc)
