@@ -176,6 +176,8 @@ class Omnistock:
             http, _thread = self._metrics_server
             http.shutdown()
             http.server_close()
+        with contextlib.suppress(Exception):
+            await self.storage.aclose()
         for client in (self.redis, self.probe_redis):
             with contextlib.suppress(Exception):
                 await client.aclose()

@@ -117,7 +117,7 @@ class Settings:
         metadata={
             "help": "local: a write is answered once the primary has it (and its AOF, as "
             "--appendfsync says); replica: only once --durability-replicas replicas have it "
-            "too, else UNAVAILABLE (one Redis with replicas; not yet on a cluster)"
+            "too, else UNAVAILABLE (on a cluster: each node's own replicas)"
         },
     )
     durability_replicas: int = field(

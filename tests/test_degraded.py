@@ -10,15 +10,20 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from redis.crc import key_slot
 
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import LocalCluster
+from engine.store.keys import Keys
 
 from .conftest import served
+from .grpc_helpers import line, location, stock_up
 from .processes import eventually, health_status
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -72,3 +77,62 @@ async def test_a_frozen_primary_is_a_degraded_shard_not_a_store_down(
             os.kill(frozen.pid, signal.SIGCONT)
         assert await eventually(lambda: nodes_down() == 0, 5.0)
         assert await health_status(app.port) == SERVING
+
+
+def on_node(cluster: LocalCluster, index: int, key: str) -> bool:
+    """Whether `key` hashes into the slots LocalCluster gave its node `index`."""
+    size = len(cluster.nodes)
+    lo, hi = index * LocalCluster.SLOTS // size, (index + 1) * LocalCluster.SLOTS // size - 1
+    return lo <= key_slot(key.encode()) <= hi
+
+
+def named(prefix: str, fits: Callable[[str], bool], count: int) -> list[str]:
+    return [n for n in (f"{prefix}{i}" for i in range(10_000)) if fits(n)][:count]
+
+
+async def test_a_frozen_primary_fails_only_the_calls_for_its_own_slots(
+    cluster: LocalCluster,
+) -> None:
+    """Reserves at the healthy shards' locations, sent beside Reserves at the frozen
+    shard's (so that they share batches), all succeed within their deadline; the frozen
+    shard's fail. (The ids, and their sagas index shards, are kept off the frozen node: on
+    a cluster a Reserve also writes in its id's slot.)"""
+    frozen = cluster.nodes[0]
+
+    def healthy(key: str) -> bool:
+        return not on_node(cluster, 0, key)
+
+    def healthy_id(rid: str) -> bool:
+        return healthy(Keys.directory(rid)) and healthy(Keys.sagas(rid))
+
+    far = named("far", healthy, 4)
+    near = named("near", lambda n: on_node(cluster, 0, n), 1)[0]
+    ids = iter(named("r", healthy_id, 1000))
+    async with served(cluster.url, redis_timeout_seconds=0.5) as (_, stubs):
+        locs = [location(loc) for loc in [*far, near]]
+        await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=locs))
+        await stock_up(stubs, {(loc, "a"): 1_000_000 for loc in [*far, near]})
+
+        async def reserve(loc: str) -> grpc.StatusCode:
+            request = pb.ReserveRequest(reservation_id=next(ids), lines=[line(loc, "a", 1)])
+            try:
+                got = await stubs.reservations.Reserve(request, timeout=1.5)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            assert got.reservation.state == pb.RESERVATION_STATE_HELD
+            return grpc.StatusCode.OK
+
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            far_codes: list[grpc.StatusCode] = []
+            near_codes: list[grpc.StatusCode] = []
+            # past the node timeout (5 s): the cluster then knows the node failed, and
+            # still serves the other slots (cluster-require-full-coverage no)
+            for _ in range(8):
+                near_call = asyncio.ensure_future(reserve(near))
+                far_codes += await asyncio.gather(*(reserve(loc) for loc in far * 4))
+                near_codes.append(await near_call)
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        assert far_codes == [grpc.StatusCode.OK] * len(far_codes)
+        assert grpc.StatusCode.OK not in near_codes  # the frozen shard's calls did wait on it

@@ -138,3 +138,33 @@ async def test_a_hold_refused_for_want_of_a_replica_is_held_on_retry_once_it_is_
             pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"])
         )
         assert level.levels[0].reserved == 2  # held once, not twice
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [("min-replicas-to-write", "1"), ("maxmemory", "1")],
+    ids=["no-replica-in-reach", "out-of-memory"],
+)
+async def test_a_primary_that_refuses_writes_is_answered_unavailable_and_reads_go_on(
+    tmp_path: Path, setting: tuple[str, str]
+) -> None:
+    """A primary with min-replicas-to-write and no replica in reach answers NOREPLICAS; one
+    past its maxmemory answers OOM. Neither is an engine fault: both are UNAVAILABLE (the
+    caller retries elsewhere or later), nothing is written, and reads still work."""
+    store = EmbeddedRedis(tmp_path / "alone", password=False)
+    store.start()
+    try:
+        async with served(store.url) as (_, stubs):
+            await stock_up(stubs, {("L1", "a"): 5})
+            with redis.Redis.from_url(store.url) as r:
+                r.config_set(*setting)
+            request = pb.ReserveRequest(reservation_id="r1", lines=[line("L1", "a", 2)])
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stubs.reservations.Reserve(request)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            got = await stubs.availability.GetAvailability(
+                pb.GetAvailabilityRequest(location_ids=["L1"], skus=["a"])
+            )
+            assert (got.levels[0].available, got.levels[0].reserved) == (5, 0)
+    finally:
+        store.stop()

@@ -12,11 +12,14 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
+from redis.commands import AsyncCoreCommands
 from redis.crc import key_slot
 
 from engine.domain.errors import Unavailable
 from engine.store.keys import Keys
+from engine.store.nodes import NodeBatches
 from engine.store.scripts import (
+    READ_COMMANDS,
     REDIS_DOWN,
     AutoPipeline,
     Command,
@@ -24,6 +27,7 @@ from engine.store.scripts import (
     Replication,
     Script,
     evalsha_into,
+    refuses_writes,
 )
 from engine.throttle import Turns
 
@@ -70,7 +74,8 @@ class Base:
         replica_timeout_ms: int = 1000,
     ) -> None:
         """probe: a client of its own for `probe()` (default: `client`). replicas: a write is
-        answered only once this many replicas have it (else UNAVAILABLE); one Redis only."""
+        answered only once this many replicas (of its node, on a cluster) have it, else
+        UNAVAILABLE."""
         # redis-py types its replies as wide unions; this seam decodes them itself.
         self.redis: Any = client
         self.probe_client: Any = probe or client
@@ -82,16 +87,15 @@ class Base:
         self.retention_ms = retention_ms
         self.event_window_ms = event_window_ms
         self.scripts = {name: Script(name) for name in self.SCRIPTS}
-        replication = None
+        self.replication: Replication | None = None
         if replicas:
-            if self.cluster:
-                raise ValueError(
-                    "waiting for replicas is not supported on a Redis Cluster yet: each node "
-                    "would need a WAIT of its own"
-                )
             reads = frozenset(self.scripts[name].sha for name in self.READ_ONLY)
-            replication = Replication(replicas, replica_timeout_ms, reads)
-        self.batcher = AutoPipeline(client, replication=replication)
+            self.replication = Replication(replicas, replica_timeout_ms, reads)
+        self.batcher: AutoPipeline | NodeBatches = (
+            NodeBatches(client, self.replication)
+            if isinstance(client, RedisCluster)
+            else AutoPipeline(client, replication=self.replication)
+        )
         self._wide_reads = Turns(1, light=BIG_READ)
         self._load_lock = asyncio.Lock()
         self._loaded_at = 0.0
@@ -113,6 +117,10 @@ class Base:
             raise Unavailable(str(exc)) from exc
         except REDIS_DOWN as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
+        except rexc.ResponseError as exc:
+            if not refuses_writes(exc):
+                raise
+            raise Unavailable(f"redis refuses writes: {exc}") from exc
 
     def open_circuit(self, reason: str) -> None:
         """The store is known down (engine/store/probe.py): until `close_circuit`, every call fails
@@ -125,6 +133,11 @@ class Base:
 
     def close_circuit(self) -> None:
         self.down = None
+
+    async def aclose(self) -> None:
+        """Closes what the store opened beside its client (a cluster's lanes)."""
+        if isinstance(self.batcher, NodeBatches):
+            await self.batcher.aclose()
 
     async def load_scripts(self) -> None:
         for script in self.scripts.values():
@@ -178,20 +191,58 @@ class Base:
         return await self.guard(lambda: self.batcher.evalsha(sha, keys, args, then))
 
     async def pipeline(self, build: Callable[[Any], object]) -> list[Any]:
-        """One round trip for several commands. It is run again only after NOSCRIPT, which
-        only a pipeline holding a script call can meet: such pipelines hold idempotent
-        commands only."""
+        """One round trip for several commands (on a cluster, one per node, each node's
+        commands in its own batch: engine/store/nodes.py). With replication, writes among
+        them are answered once replicas have them. It is run again only after NOSCRIPT,
+        which only a pipeline holding a script call can meet: such pipelines hold
+        idempotent commands only."""
+        recorder = _Recorder()
+        build(recorder)
+        commands = recorder.commands
 
         async def run() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            build(pipe)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if isinstance(self.batcher, NodeBatches):
+                results = await asyncio.gather(
+                    *(self.batcher.run(c, kw, self._writes(c)) for c, kw in commands),
+                    return_exceptions=True,
+                )
+            else:
+                results = await self._one_trip(commands)
             for result in results:
-                if isinstance(result, Exception):
+                if isinstance(result, BaseException):
                     raise result
             return results
 
         return await self.guard(run)
+
+    async def command(self, build: Callable[[Any], object]) -> Any:
+        """One command, made like a pipeline's (`build` calls one redis-py method)."""
+        (result,) = await self.pipeline(build)
+        return result
+
+    async def _one_trip(self, commands: list[tuple[Command, dict[str, Any]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for command, options in commands:
+            pipe.execute_command(*command, **options)
+        wait = self.replication is not None and any(self._writes(c) for c, _ in commands)
+        if wait and self.replication is not None:
+            pipe.execute_command("WAIT", self.replication.replicas, self.replication.timeout_ms)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        if not wait or self.replication is None:
+            return results
+        acked, results = results[-1], results[:-1]
+        if isinstance(acked, Exception) or int(acked) < self.replication.replicas:
+            raise NotReplicated(
+                f"a write was not acknowledged by {self.replication.replicas} replica(s) "
+                f"within {self.replication.timeout_ms} ms; it may be lost at a failover: retry"
+            )
+        return results
+
+    def _writes(self, command: Command) -> bool:
+        name = str(command[0]).upper()
+        if name == "EVALSHA":
+            return self.replication is None or command[1] not in self.replication.reads
+        return name not in READ_COMMANDS
 
     def evalsha(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
         evalsha_into(pipe, self.scripts[name].sha, keys, args)
@@ -199,3 +250,17 @@ class Base:
     def _slot(self, location: str) -> int:
         """The cluster hash slot of a location's keys; 0 for all of them on one Redis."""
         return key_slot(location.encode()) if self.cluster else 0
+
+
+class _Recorder(AsyncCoreCommands):
+    """Takes the commands redis-py's methods make (with the options their replies are
+    parsed by) instead of sending them: what Base.pipeline's `build` calls."""
+
+    _event_dispatcher: Any = None  # abstract in redis-py's mixin; never used here
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Command, dict[str, Any]]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append((args, options))
+        return self

@@ -133,7 +133,7 @@ class Parts(Base):
         return None if answer[0] == "OK" else int(answer[1])
 
     async def unbudget(self, principal: str, reservation_id: str) -> None:
-        await self.guard(lambda: self.redis.hdel(Keys.held(principal), reservation_id))
+        await self.command(lambda p: p.hdel(Keys.held(principal), reservation_id))
 
     async def extend_part(
         self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
@@ -171,7 +171,7 @@ class Parts(Base):
 
     async def directory(self, reservation_id: str) -> DirEntry | None:
         key = Keys.directory(reservation_id)
-        f, lines, g, o = await self.guard(lambda: self.redis.hmget(key, ["f", "l", "g", "o"]))
+        f, lines, g, o = await self.command(lambda p: p.hmget(key, ["f", "l", "g", "o"]))
         if f is None:
             return None
         text = (g or b"").decode(), (o or b"").decode()
@@ -210,10 +210,10 @@ class Parts(Base):
 
     async def schedule_saga(self, reservation_id: str, recover_at: int) -> None:
         key = Keys.sagas(reservation_id)
-        await self.guard(lambda: self.redis.zadd(key, {reservation_id: recover_at}))
+        await self.command(lambda p: p.zadd(key, {reservation_id: recover_at}))
 
     async def unschedule_saga(self, reservation_id: str) -> None:
-        await self.guard(lambda: self.redis.zrem(Keys.sagas(reservation_id), reservation_id))
+        await self.command(lambda p: p.zrem(Keys.sagas(reservation_id), reservation_id))
 
     async def sagas_due(self, now: int, limit: int) -> list[str]:
         """Ids whose recovery time has come, earliest first: every shard, one round trip."""
@@ -239,12 +239,8 @@ class Parts(Base):
     async def drop_directory(self, reservation_id: str, fp: str) -> None:
         """Forgets a reservation that never took effect (every part rolled back)."""
         key = Keys.directory(reservation_id)
-
-        async def run() -> None:
-            if await self.redis.hget(key, "f") == fp.encode():
-                await self.redis.delete(key)
-
-        await self.guard(run)
+        if await self.command(lambda p: p.hget(key, "f")) == fp.encode():
+            await self.command(lambda p: p.delete(key))
 
     # -- expiry -----------------------------------------------------------------------
 
@@ -263,7 +259,7 @@ class Parts(Base):
 
     async def wake_at(self, location: str) -> int | None:
         """When the sweep is next to look at a location (None: not until a hold is made)."""
-        score = await self.guard(lambda: self.redis.zscore(Keys.wake(location), location))
+        score = await self.command(lambda p: p.zscore(Keys.wake(location), location))
         return None if score is None else int(score)
 
     async def rearm(self, woken: dict[str, int | None]) -> None:
@@ -347,14 +343,14 @@ class Parts(Base):
         await self._move(OLD_SAGAS, Keys.sagas, nx=True)
 
     async def _move(self, old: str, shard_of: Callable[[str], str], **how: bool) -> None:
-        got = await self.guard(lambda: self.redis.zrange(old, 0, -1, withscores=True))
+        got = await self.command(lambda p: p.zrange(old, 0, -1, withscores=True))
         if not got:
             return
         entries = [(member.decode(), int(score)) for member, score in got]
         await self.pipeline(
             lambda pipe: [pipe.zadd(shard_of(m), {m: at}, **how) for m, at in entries]
         )
-        await self.guard(lambda: self.redis.delete(old))
+        await self.command(lambda p: p.delete(old))
 
 
 def _wake_at(location: str, at: int) -> Command:

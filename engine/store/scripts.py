@@ -27,8 +27,42 @@ REDIS_DOWN = (
 )
 
 
+def refuses_writes(exc: rexc.ResponseError) -> bool:
+    """A primary that takes no writes for now: past its maxmemory (OOM), or with fewer
+    replicas in reach than its min-replicas-to-write (NOREPLICAS). Nothing was written; the
+    call is answered UNAVAILABLE, and reads go on."""
+    text = str(exc)
+    return isinstance(exc, rexc.OutOfMemoryError) or "NOREPLICAS" in text or "OOM " in text
+
+
 Command = tuple[Any, ...]
-_Queued = tuple[str, Sequence[str], Sequence[Any], Command | None, "asyncio.Future[Any]"]
+# Commands that write nothing: a batch of only these is not followed by WAIT.
+READ_COMMANDS = frozenset(
+    {"GET", "HGET", "HMGET", "HGETALL", "ZRANGE", "ZRANGEBYSCORE", "ZSCORE", "ZCARD", "PING"}
+)
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One command of a batch. Its answer goes to `future`; `then`, a command sent right
+    behind it whose answer is not wanted, runs after it on one Redis (on a cluster it is
+    sent once the call has succeeded, to its own node)."""
+
+    args: Command
+    kwargs: dict[str, Any]
+    future: asyncio.Future[Any]
+    writes: bool
+    then: Command | None = None
+    retry_until: float = 0.0  # on a cluster: until when a refusal may be retried
+    tries: int = 0
+
+    def answer(self, result: Any) -> None:
+        if self.future.done():
+            return  # the caller gave up (deadline); the command ran or not, idempotently
+        if isinstance(result, BaseException):
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
 
 
 class Script:
@@ -62,11 +96,13 @@ class Replication:
 
 
 class AutoPipeline:
-    """Script calls made at about the same time by one process, sent together: one round
-    trip and one connection for many. A call made while fewer than `max_inflight` batches
-    are under way is sent at once (on the next turn of the event loop); others join the
-    next batch. Each call gets its own answer or error. One batch in flight at a time made
-    the most Reserves per second over gRPC (bench/RESULTS.md: +15% against four)."""
+    """Commands made at about the same time by one process, sent together: one round trip
+    and one connection for many. A call made while fewer than `max_inflight` batches are
+    under way is sent at once (on the next turn of the event loop); others join the next
+    batch. Each call gets its own answer or error. One batch in flight at a time made the
+    most Reserves per second over gRPC (bench/RESULTS.md: +15% against four).
+
+    This one sends to one Redis; engine/store/nodes.py keeps one per node of a cluster."""
 
     def __init__(
         self,
@@ -79,30 +115,38 @@ class AutoPipeline:
         self.replication = replication
         self.max_batch = max_batch
         self.max_inflight = max_inflight
-        self.queue: list[_Queued] = []
+        self.queue: list[Call] = []
         self.inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def evalsha(
         self, sha: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
     ) -> Any:
-        """Runs the script; `then`, a command sent right behind it in the same batch (its
-        answer is not wanted), runs after it on one Redis."""
+        """Runs the script; `then` (see Call) goes right behind it."""
+        writes = self.replication is None or sha not in self.replication.reads
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+        return await self.run(command, {}, writes, then)
+
+    async def run(
+        self, command: Command, options: dict[str, Any], writes: bool, then: Command | None = None
+    ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.append((sha, keys, args, then, future))
+        self.submit(Call(command, options, future, writes, then))
+        return await future
+
+    def submit(self, call: Call) -> None:
+        self.queue.append(call)
         if self.inflight < self.max_inflight:
             self.inflight += 1
             task = asyncio.ensure_future(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await future
 
     def fail_queued(self, reason: str) -> None:
         """Answers every call not yet sent with a ConnectionError; they are never sent."""
         queued, self.queue = self.queue, []
-        for *_, future in queued:
-            if not future.done():
-                future.set_exception(rexc.ConnectionError(reason))
+        for call in queued:
+            call.answer(rexc.ConnectionError(reason))
 
     async def _drain(self) -> None:
         try:
@@ -111,59 +155,66 @@ class AutoPipeline:
                 del self.queue[: self.max_batch]
                 # A call given up before it was sent (deadline, circuit) is not sent at all:
                 # it was answered UNAVAILABLE (or its caller left), so it must change nothing.
-                batch = [queued for queued in batch if not queued[-1].done()]
+                batch = [call for call in batch if not call.future.done()]
                 if batch:
                     await self._send(batch)
         finally:
             self.inflight -= 1
 
-    async def _send(self, batch: list[_Queued]) -> None:
+    async def _send(self, batch: list[Call]) -> None:
         try:
             results = await self._execute(batch)
         except BaseException as exc:  # every caller of the batch learns why
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            self._failed(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue  # the caller gave up (deadline); the script ran or not, idempotently
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        for call, result in zip(batch, results, strict=True):
+            self._answer(call, result)
 
-    async def _execute(self, batch: list[_Queued]) -> list[Any]:
-        """One pipeline for the batch; the script replies, in order. With replication, a
-        batch that writes ends with WAIT, and its writes fail if too few replicas have them."""
+    def _failed(self, batch: list[Call], exc: BaseException) -> None:
+        for call in batch:
+            call.answer(exc)
+
+    def _answer(self, call: Call, result: Any) -> None:
+        call.answer(result)
+
+    async def _execute(self, batch: list[Call]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
-        for sha, keys, args, then, _ in batch:
-            evalsha_into(pipe, sha, keys, args)
-            if then is not None:
-                pipe.execute_command(*then)
-        wait = self.replication
-        writes = wait is not None and any(q[0] not in wait.reads for q in batch)
-        if wait is not None and writes:
-            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+        for call in batch:
+            pipe.execute_command(*call.args, **call.kwargs)
+            if call.then is not None:
+                pipe.execute_command(*call.then)
+        wait = self._wait(batch)
+        if wait is not None:
+            pipe.execute_command(*wait)
         replies = iter(await pipe.execute(raise_on_error=False))
         results = []
-        for *_, then, _future in batch:
+        for call in batch:
             results.append(next(replies))
-            if then is not None:
+            if call.then is not None:
                 next(replies)  # the follow-up's own reply is not wanted
-        if wait is not None and writes:
-            acked = next(replies)
-            if isinstance(acked, Exception) or int(acked) < wait.replicas:
-                late = NotReplicated(
-                    f"the write was not acknowledged by {wait.replicas} replica(s) within "
-                    f"{wait.timeout_ms} ms (got {acked}); it may be lost at a failover: retry"
-                )
-                results = [
-                    r if q[0] in wait.reads else late for q, r in zip(batch, results, strict=True)
-                ]
-        return results
+        return self._replicated(batch, results, next(replies) if wait is not None else None)
+
+    def _wait(self, batch: Sequence[Call]) -> Command | None:
+        """With replication, a batch that writes ends with WAIT, on the same connection."""
+        wait = self.replication
+        if wait is None or not any(call.writes for call in batch):
+            return None
+        return ("WAIT", wait.replicas, wait.timeout_ms)
+
+    def _replicated(self, batch: Sequence[Call], results: list[Any], acked: Any) -> list[Any]:
+        """The results, each write's replaced by NotReplicated if too few replicas have it."""
+        wait = self.replication
+        if wait is None or acked is None:
+            return results
+        if not isinstance(acked, Exception) and int(acked) >= wait.replicas:
+            return results
+        late = NotReplicated(
+            f"the write was not acknowledged by {wait.replicas} replica(s) within "
+            f"{wait.timeout_ms} ms (got {acked}); it may be lost at a failover: retry"
+        )
+        return [late if call.writes else r for call, r in zip(batch, results, strict=True)]
 
 
 def evalsha_into(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:

@@ -69,14 +69,14 @@ class Storage(Parts):
         await self.guard(run)
 
     async def locations_version(self) -> int:
-        return int(await self.guard(lambda: self.redis.get(LOCATIONS_VERSION)) or 0)
+        return int(await self.command(lambda p: p.get(LOCATIONS_VERSION)) or 0)
 
     async def load_locations(self, ids: Sequence[str] | None = None) -> dict[str, Location]:
         """Every location, or those of `ids` that exist."""
         if ids is None:
-            raw: dict[bytes, bytes] = await self.guard(lambda: self.redis.hgetall(LOCATIONS))
+            raw: dict[bytes, bytes] = await self.command(lambda p: p.hgetall(LOCATIONS))
             return {k.decode(): location_from(orjson.loads(v)) for k, v in raw.items()}
-        got = await self.guard(lambda: self.redis.hmget(LOCATIONS, list(ids)))
+        got = await self.command(lambda p: p.hmget(LOCATIONS, list(ids)))
         return {i: location_from(orjson.loads(v)) for i, v in zip(ids, got, strict=True) if v}
 
     # -- stock ------------------------------------------------------------------------
@@ -162,8 +162,7 @@ class Storage(Parts):
         first. It reads every HELD part there: meant for the rare row left short."""
         wanted = set(skus)
         ids = [
-            i.decode()
-            for i in await self.guard(lambda: self.redis.zrange(Keys.due(location), 0, -1))
+            i.decode() for i in await self.command(lambda p: p.zrange(Keys.due(location), 0, -1))
         ]
         if not ids:
             return {}
@@ -193,11 +192,11 @@ class Storage(Parts):
     # -- id mappings ------------------------------------------------------------------
 
     async def mappings_version(self) -> int:
-        return int(await self.guard(lambda: self.redis.get(MAPPINGS_VERSION)) or 0)
+        return int(await self.command(lambda p: p.get(MAPPINGS_VERSION)) or 0)
 
     async def mapping(self, source: str) -> dict[tuple[IdKind, str], str]:
         """A source's mapping: (kind, its id) -> ours."""
-        got = await self.guard(lambda: self.redis.hgetall(Keys.mapping(source)))
+        got = await self.command(lambda p: p.hgetall(Keys.mapping(source)))
         return {mapping_of(k.decode()): v.decode() for k, v in got.items()}
 
     async def set_mappings(self, changes: Sequence[tuple[str, IdKind, str, str]]) -> None:
