@@ -9,6 +9,8 @@ reserved + safety_stock <= on_hand.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
 from bench.peers.common import LOCATION, SKU, Peer, private_redis, run_async, running
@@ -89,7 +91,10 @@ async def omnistock_flash_sale(args: argparse.Namespace) -> dict[str, Any]:
             result = await reservations.reserve(reservation_id, lines, HOLD_TTL_S)
             return result.ok
 
+        spent = await _redis_spent(redis.client, redis.server.pid)
         load = await run_flash_sale(hold, load_config(args), "omnistock")
+        after = await _redis_spent(redis.client, redis.server.pid)
+        spent = [b - a for a, b in zip(spent, after, strict=True)]
         row = await redis.hot_row()
         held_parts = int(await redis.client.zcard(Keys.due(LOCATION)))
         info = await redis.client.info("server")
@@ -106,7 +111,37 @@ async def omnistock_flash_sale(args: argparse.Namespace) -> dict[str, Any]:
         "held_parts": held_parts,
     }
     held = load["held"] + load["warmup"]["held"]
-    return {"store": store, "load": load, "check": check | _verdict(check, held)}
+    return {
+        "store": store | _per_hold(spent, held),
+        "load": load,
+        "check": check | _verdict(check, held),
+    }
+
+
+async def _redis_spent(client: Any, pid: int) -> list[float]:
+    """What the store has spent so far: µs inside scripts (INFO commandstats; a script's
+    own calls included), script calls, and CPU µs of its process (user + system, reading and
+    answering included: /proc/<pid>/stat)."""
+    scripts = (await client.info("commandstats")).get("cmdstat_evalsha", {})
+    return [float(scripts.get("usec", 0)), float(scripts.get("calls", 0)), _cpu_us(pid)]
+
+
+def _cpu_us(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1e6 / os.sysconf("SC_CLK_TCK")
+
+
+def _per_hold(spent: list[float], held: int) -> dict[str, Any]:
+    """Redis' cost of one Reserve at the hot row, all of it in one slot: the ceiling of one
+    slot (one Redis core) is about 1e6 / cpu_us_per_hold holds a second."""
+    usec, scripts, cpu_us = spent
+    per = max(held, 1)
+    return {
+        "redis_script_us_per_hold": round(usec / per, 1),
+        "redis_scripts_per_hold": round(scripts / per, 2),
+        "redis_cpu_us_per_hold": round(cpu_us / per, 1),
+        "one_slot_ceiling_holds_per_s": round(per * 1e6 / cpu_us) if cpu_us else None,
+    }
 
 
 # -- PostgreSQL -----------------------------------------------------------------------
@@ -166,6 +201,13 @@ def _side_line(name: str, side: dict[str, Any]) -> str:
         f" ({sold}) = {load['held_per_s']:,.0f} holds/s; errors {load['errors']};"
         f" latency ms p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p99.9']:.2f};"
         f" oversell check {verdict}"
+        + (
+            f"; Redis per hold: {side['store']['redis_script_us_per_hold']} µs in scripts,"
+            f" {side['store']['redis_cpu_us_per_hold']} µs CPU (one slot's ceiling about"
+            f" {side['store']['one_slot_ceiling_holds_per_s']:,}/s)"
+            if "redis_cpu_us_per_hold" in side["store"]
+            else ""
+        )
     )
 
 
