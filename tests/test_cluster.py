@@ -4,7 +4,11 @@ so that a cross-location reservation there is a saga across nodes."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import grpc
+import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from engine.app import Omnistock, create_server
@@ -72,5 +76,86 @@ async def test_a_reservation_across_three_nodes_holds_commits_and_releases(
             for loc in SERVICE_LOCATIONS:
                 row = await level(stubs, loc, "a")
                 assert (row.on_hand, row.reserved, row.available) == (3, 0, 3)
+    finally:
+        await app.stop(grace=0.5)
+
+
+async def test_a_reserve_at_one_location_is_two_round_trips_and_no_saga_on_a_cluster(
+    cluster_url: str,
+) -> None:
+    """Its directory entry (at the id's node), then its hold (at the location's), and
+    nothing else: no saga index, no claim, no settle."""
+    app: Omnistock = create_server(settings_for(cluster_url))
+    await app.start()
+    await app.redis.flushall()
+    events: list[tuple[str, str]] = []
+    real_call, real_pipeline = app.storage.call, app.storage.pipeline
+
+    async def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        events.append(("sent", name))
+        try:
+            return await real_call(name, *args, **kwargs)
+        finally:
+            events.append(("answered", name))
+
+    async def pipeline(build: Any) -> Any:
+        events.append(("sent", "pipeline"))
+        return await real_pipeline(build)
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs = Stubs(channel)
+            await stock_up(stubs, {("s1", "a"): 5})
+            app.storage.call, app.storage.pipeline = call, pipeline  # type: ignore[method-assign]
+            got = await stubs.reservations.Reserve(
+                pb.ReserveRequest(reservation_id="one-trip", lines=[line("s1", "a", 2)])
+            )
+            app.storage.call, app.storage.pipeline = real_call, real_pipeline  # type: ignore[method-assign]
+            assert got.reservation.state == pb.RESERVATION_STATE_HELD
+            assert events == [
+                ("sent", "place"),
+                ("answered", "place"),
+                ("sent", "hold"),
+                ("answered", "hold"),
+            ]
+            assert await app.storage.open_sagas() == []
+            assert (await level(stubs, "s1", "a")).reserved == 2
+    finally:
+        await app.stop(grace=0.5)
+
+
+async def test_an_id_is_one_reservation_at_one_location_on_a_cluster(cluster_url: str) -> None:
+    """The same id elsewhere is refused and the stock there is left as it was; an id whose
+    hold fell short is free again at once; many concurrent tries of one id hold it once."""
+    app: Omnistock = create_server(settings_for(cluster_url))
+    await app.start()
+    await app.redis.flushall()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs = Stubs(channel)
+            await stock_up(stubs, {(loc, "a"): 5 for loc in SERVICE_LOCATIONS})
+
+            def reserve(rid: str, loc: str, qty: int) -> Any:
+                lines = [line(loc, "a", qty)]
+                return stubs.reservations.Reserve(
+                    pb.ReserveRequest(reservation_id=rid, lines=lines)
+                )
+
+            assert (await reserve("x", "s1", 1)).reservation.state == pb.RESERVATION_STATE_HELD
+            with pytest.raises(grpc.aio.AioRpcError) as taken:
+                await reserve("x", "s2", 1)
+            assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert (await level(stubs, "s2", "a")).reserved == 0
+
+            short = await reserve("y", "s2", 6)
+            assert not short.HasField("reservation")
+            assert (await reserve("y", "s3", 1)).reservation.state == pb.RESERVATION_STATE_HELD
+
+            answers = await asyncio.gather(*(reserve("z", "s2", 2) for _ in range(20)))
+            assert {a.reservation.state for a in answers} == {pb.RESERVATION_STATE_HELD}
+            assert (await level(stubs, "s2", "a")).reserved == 2
+            await stubs.reservations.Commit(pb.CommitRequest(reservation_id="z"))
+            row = await level(stubs, "s2", "a")
+            assert (row.on_hand, row.reserved) == (3, 0)
     finally:
         await app.stop(grace=0.5)

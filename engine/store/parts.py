@@ -204,6 +204,18 @@ class Parts(Base):
             await self.unschedule_saga(reservation_id)
         return claimed
 
+    async def place(
+        self, reservation_id: str, fp: str, lines: str, ttl_ms: int, made_by: str
+    ) -> ClaimReply:
+        """On a cluster: the directory entry of a reservation at one location, made beside
+        its hold (place.lua); NEW counts this attempt in, until `unplace`."""
+        args = [fp, lines, ttl_ms, made_by]
+        return claim_reply(await self.call("place", [Keys.directory(reservation_id)], args))
+
+    async def unplace(self, reservation_id: str, fp: str) -> None:
+        """An attempt counted in by `place` whose hold failed counts itself out."""
+        await self.call("unplace", [Keys.directory(reservation_id)], [fp])
+
     async def settle(self, reservation_id: str, expected: str, new: str, ttl_ms: int = 0) -> bool:
         args = [expected, new, ttl_ms]
         return bool(await self.call("settle", [Keys.directory(reservation_id)], args))
@@ -236,11 +248,9 @@ class Parts(Base):
         merged = [(member.decode(), int(score)) for rows in got for member, score in rows]
         return sorted(merged, key=lambda item: item[1])
 
-    async def drop_directory(self, reservation_id: str, fp: str) -> None:
-        """Forgets a reservation that never took effect (every part rolled back)."""
-        key = Keys.directory(reservation_id)
-        if await self.command(lambda p: p.hget(key, "f")) == fp.encode():
-            await self.command(lambda p: p.delete(key))
+    async def drop_directory(self, reservation_id: str, saga: str) -> bool:
+        """Forgets a reservation that never took effect, if its saga field is still `saga`."""
+        return bool(await self.call("drop", [Keys.directory(reservation_id)], [saga]))
 
     # -- expiry -----------------------------------------------------------------------
 

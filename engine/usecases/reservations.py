@@ -2,8 +2,13 @@
 
 A reservation at one location is one Lua script: the directory entry and the hold are
 written together (one round trip). On a Redis Cluster the directory lives in the slot of
-the reservation id, apart from any location's, so there every Reserve is a saga, even at
-one location. A reservation across locations is a saga of per-location
+the reservation id, apart from any location's: there the directory entry is written first
+and the hold second (two round trips, each to its own node; no saga). Each attempt counts
+itself into the entry, and one whose hold failed counts itself out, so the entry stays
+exactly while some attempt may have held (place.lua). Why not both at once: an id used
+with other lines at another location is refused only by the entry, and a hold sent beside
+it would take stock, visibly to others, before being let go.
+A reservation across locations is a saga of per-location
 atomic steps under a durable intent: the directory entry, with saga field PENDING:<owner>,
 and an entry in the sagas index written before any step. The owner holds every part; if a
 part falls short it releases the others and forgets the reservation; if it dies midway, the
@@ -48,6 +53,7 @@ from engine.domain.model import (
 )
 from engine.store.codecs import PickCapacity, encode_lines
 from engine.store.replies import (
+    Claim,
     HoldReply,
     ReleaseMode,
     Reply,
@@ -111,6 +117,10 @@ class Reservations(Sagas):
         caps = self._capacities(capacity)
         if len(groups) == 1 and not self.storage.cluster:
             return await self._reserve_one(rid, canon, ttl_ms, caps, owner)
+        if len(groups) == 1:
+            placed = await self._reserve_placed(rid, canon, ttl_ms, caps, owner)
+            if placed is not None:
+                return placed
         return await self._reserve_saga(rid, canon, groups, ttl_ms, caps, owner)
 
     def _ttl_ms(self, ttl_seconds: float, who: auth.Principal) -> int:
@@ -178,6 +188,33 @@ class Reservations(Sagas):
             owner,
         )
         (answer,) = await self.storage.hold([call])
+        return self._hold_answer(rid, lines, location, answer)
+
+    async def _reserve_placed(
+        self,
+        rid: str,
+        lines: tuple[Line, ...],
+        ttl_ms: int,
+        caps: dict[str, PickCapacity],
+        owner: str,
+    ) -> HoldResult | None:
+        """On a cluster: the directory entry at the id's node, then the hold at the
+        location's (two round trips, no saga). None: the id is a saga's; take its way."""
+        now = self.clock.now_ms()
+        fp, location = fingerprint(lines, owner), lines[0].location
+        ttl = ttl_ms + self.storage.retention_ms
+        placed = await self.storage.place(rid, fp, encode_lines(lines), ttl, owner)
+        if placed.reply is Claim.CONFLICT:
+            raise AlreadyExists(f"reservation {rid} exists with other lines")
+        if placed.reply is Claim.SAGA:
+            return None
+        call = self.storage.hold_call(
+            rid, fp, location, lines, now, now + ttl_ms, None, caps.get(location)
+        )
+        # If the hold fails (UNAVAILABLE), the entry stays: whether it held is unknown.
+        (answer,) = await self.storage.hold([call])
+        if answer.reply not in (Reply.HELD, Reply.EXISTS):
+            await self.storage.unplace(rid, fp)  # this attempt held nothing
         return self._hold_answer(rid, lines, location, answer)
 
     def _hold_answer(

@@ -93,21 +93,29 @@ class Sagas(ReservationParts):
         held = [loc for loc, a in zip(groups, answers, strict=True) if a.reply is Reply.HELD]
         if len(held) == len(calls):
             if not await self.storage.settle(rid, PENDING + owner, ""):
+                # recovery rolled it back meanwhile: so is this, and the id reads RELEASED
                 await self._release_parts(rid, groups, held, ReleaseMode.TOMBSTONE)
-                raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
+                return HoldResult(await self.get(rid))
             await self.storage.unschedule_saga(rid)
             return HoldResult(Reservation(rid, lines, ReservationState.HELD, now + ttl_ms))
         shortfalls: list[Shortfall] = []
         for loc, answer in zip(groups, answers, strict=True):
             shortfalls += shortfalls_of(loc, answer)
         full = tuple(loc for loc, a in zip(groups, answers, strict=True) if a.reply is Reply.FULL)
-        # It never took effect: forget every part held, then the id itself.
-        await self._release_parts(rid, groups, held, ReleaseMode.FORGET)
-        await self.storage.drop_directory(rid, fp)
-        await self.storage.unschedule_saga(rid)
-        if not shortfalls and not full:
-            raise Unavailable(f"reservation {rid} was rolled back by recovery; retry")
-        return HoldResult(None, tuple(shortfalls), full)
+        if shortfalls or full:
+            # It never took effect: forget every part held, then the id itself.
+            await self._release_parts(rid, groups, held, ReleaseMode.FORGET)
+            await self.storage.drop_directory(rid, PENDING + owner)
+            await self.storage.unschedule_saga(rid)
+            return HoldResult(None, tuple(shortfalls), full)
+        # A part is there already in another state: this id's earlier life, rolled back
+        # by recovery (its tombstones) or settled. The id is spent: what was held now is
+        # let go, the attempt is decided ABORTED if still its own, and the call answers as
+        # the id reads (RELEASED, once recovery has rolled it back).
+        await self._release_parts(rid, groups, held, ReleaseMode.TOMBSTONE)
+        if await self.storage.settle(rid, PENDING + owner, ABORTED):
+            await self.storage.unschedule_saga(rid)
+        return HoldResult(await self.get(rid))
 
     async def _settled(self, rid: str, saga: str) -> Reservation | None:
         """Another call owns this saga: wait for it to settle, then answer as it did.
