@@ -214,7 +214,10 @@ class AutoPipeline:
             f"the write was not acknowledged by {wait.replicas} replica(s) within "
             f"{wait.timeout_ms} ms (got {acked}); it may be lost at a failover: retry"
         )
-        return [late if call.writes else r for call, r in zip(batch, results, strict=True)]
+        return [
+            late if call.writes and not isinstance(r, Exception) else r  # a refusal stays
+            for call, r in zip(batch, results, strict=True)
+        ]
 
 
 def evalsha_into(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:
