@@ -176,6 +176,7 @@ class Load:
     answered: int = 0
     at_moving_while_moving: int = 0  # calls at the moving location answered while it moved
     moving_now: bool = False
+    slowest: Counter[str] = field(default_factory=Counter)  # kind -> longest call (ms)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -201,6 +202,7 @@ class Load:
                 await self._call(kind, rid, "", self.settle(kind, rid))
 
     async def _call(self, kind: str, rid: str, where: str, call: Awaitable[None]) -> bool:
+        began = time.perf_counter()
         try:
             await call
             code = OK
@@ -208,6 +210,8 @@ class Load:
             code = exc.code()
             self.failed.append((kind, rid))
         self.codes[(kind, code)] += 1
+        took = round((time.perf_counter() - began) * 1000)
+        self.slowest[kind] = max(self.slowest[kind], took)
         self.answered += 1
         if self.moving_now and where == self.moving:
             self.at_moving_while_moving += 1
@@ -331,7 +335,7 @@ def report(how: str, load: Load, seconds: float, **more: object) -> None:
     print(
         f"\n{how}: moved in {seconds:.3f}s; {answered} calls answered, "
         f"{load.at_moving_while_moving} at the moving location while it moved; "
-        f"failures {dict(load.failures())}; {more}"
+        f"failures {dict(load.failures())}; slowest call (ms) {dict(load.slowest)}; {more}"
     )
 
 
@@ -427,3 +431,73 @@ async def test_a_classic_slot_migration_under_load_fails_only_unavailable_and_lo
 
 async def _more(count: Awaitable[int], than: int) -> bool:
     return await count > than
+
+
+async def test_during_a_classic_migration_a_call_whose_keys_have_moved_is_served_by_the_target(
+    cluster: LocalCluster,
+) -> None:
+    """Given a classic migration paused with every key of the slot on the target and the
+    slot not yet given to it (between the last MIGRATE and SETSLOT NODE, where an
+    interrupted `valkey-cli --cluster reshard` leaves it), when reads and a Reserve come for
+    the moving location, then the reads are answered by the target (ASK: ASKING and the
+    command there), at once and within any deadline, never INTERNAL; the Reserve, which
+    creates a key there, is answered UNAVAILABLE (TRYAGAIN until the slot is the target's)
+    and changes nothing; once the slot is given, its retry is HELD."""
+    where = scene(cluster)
+    operator = Operator(cluster)
+    try:
+        async with served(cluster.url) as (_, stubs):
+            await _start(stubs, where)
+            first = pb.ReserveRequest(
+                reservation_id="before", lines=[line(where.moving, "a", 2)], ttl_seconds=600
+            )
+            await stubs.reservations.Reserve(first, timeout=DEADLINE)
+            read = pb.GetAvailabilityRequest(skus=["a"], location_ids=[where.moving])
+            late = pb.ReserveRequest(
+                reservation_id="during", lines=[line(where.moving, "a", 3)], ttl_seconds=600
+            )
+            seen: dict[str, Any] = {}
+
+            async def nothing() -> None:
+                pass
+
+            async def paused() -> None:
+                for deadline in (2.0, 8.0):  # within, then past, the engine's retry time
+                    began = time.perf_counter()
+                    try:
+                        got = await stubs.availability.GetAvailability(read, timeout=deadline)
+                        seen[f"read within {deadline}s"] = (OK, got.levels[0].reserved)
+                    except grpc.aio.AioRpcError as exc:
+                        seen[f"read within {deadline}s"] = (exc.code(), exc.details())
+                    seen[f"read within {deadline}s took"] = round(time.perf_counter() - began, 3)
+                try:
+                    state = await stubs.reservations.GetReservation(
+                        pb.GetReservationRequest(reservation_id="before"), timeout=2.0
+                    )
+                    seen["state"] = STATES.get(state.state)
+                except grpc.aio.AioRpcError as exc:
+                    seen["state"] = exc.code()
+                try:
+                    await stubs.reservations.Reserve(late, timeout=1.0)
+                    seen["reserve"] = OK
+                except grpc.aio.AioRpcError as exc:
+                    seen["reserve"] = exc.code()
+
+            await operator.migrate_classically(
+                where.source, where.target, where.slot, nothing, paused
+            )
+            print(f"\npaused classic migration: {seen}")
+            assert (
+                seen["read within 2.0s"],
+                seen["read within 8.0s"],
+                seen["state"],
+                seen["reserve"],
+            ) == ((OK, 2), (OK, 2), "HELD", UNAVAILABLE), seen
+            target_id = await operator.node_id(where.target)
+            assert await eventually(lambda: operator.all_say_owner(where.slot, target_id), 10)
+            got = await stubs.reservations.Reserve(late, timeout=DEADLINE)
+            assert got.reservation.state == pb.RESERVATION_STATE_HELD
+            after = await stubs.availability.GetAvailability(read, timeout=DEADLINE)
+            assert after.levels[0].reserved == 5
+    finally:
+        await operator.aclose()
