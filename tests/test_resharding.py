@@ -287,17 +287,16 @@ def scene(cluster: LocalCluster) -> Scene:
     source = next(i for i in range(size) if on_node(cluster, i, Keys.due(moving)))
     target = (source + 1) % size
     slot = key_slot(Keys.due(moving).encode())
-    others = [
-        named(f"n{i}-", lambda n, i=i: on_node(cluster, i, Keys.due(n)) and not _same(n, slot), 1)[
-            0
-        ]
-        for i in range(size)
-    ]
-    return Scene(moving, slot, source, target, others)
 
+    def elsewhere_on(index: int) -> str:
+        """A location on node `index`, in a slot other than the moving one."""
 
-def _same(location: str, slot: int) -> bool:
-    return key_slot(Keys.due(location).encode()) == slot
+        def fits(name: str) -> bool:
+            return on_node(cluster, index, Keys.due(name)) and key_slot(name.encode()) != slot
+
+        return named(f"n{index}-", fits, 1)[0]
+
+    return Scene(moving, slot, source, target, [elsewhere_on(i) for i in range(size)])
 
 
 async def after_the_move(app: Any, stubs: Stubs, load: Load) -> None:
