@@ -11,7 +11,11 @@ What a node answers is handled per call:
 - refused before it ran (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, READONLY, a slot
   not covered): the call is sent again, to the node the cluster now names, with a short
   backoff, for up to RETRY_FOR seconds and never past its caller's deadline (the caller
-  stops waiting; a call whose caller has gone is not sent again);
+  stops waiting; a call whose caller has gone is not sent again); one still refused when
+  that time is up is answered UNAVAILABLE, a redirect included;
+- ASK (its slot is moving and its keys have left the owner): the call is sent at once to
+  the node the ASK names, preceded by ASKING, in that node's batch (the owner would answer
+  ASK again until the move ends: tests/test_resharding.py);
 - a connection lost or timed out: whether the commands ran is unknown, so they fail
   (UNAVAILABLE: a retry with the same id is safe, every script is idempotent), and the
   cluster's map of slots is read again before the next call.
@@ -27,6 +31,7 @@ from typing import Any
 
 from redis import exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.cluster import get_node_name
 from redis.crc import key_slot
 
 from engine.store.scripts import AutoPipeline, Call, Command, Replication
@@ -70,15 +75,22 @@ class Lane(AutoPipeline):
         self.name = name
 
     async def _execute(self, batch: list[Call]) -> list[Any]:
+        asking = [self.router.asked(call) for call in batch]
         node = self.router.node(self.name)
         if node is not None:
             self.router.used.add(node)
         if node is None:  # the node left the cluster: the map says where its slots went
             raise rexc.SlotNotCoveredError(f"node {self.name} is no longer in the cluster")
-        commands = [PipelineCommand(i, *c.args, **c.kwargs) for i, c in enumerate(batch)]
+        commands: list[PipelineCommand] = []
+        positions = []  # of each call's own command among `commands`
+        for call, asked in zip(batch, asking, strict=True):
+            if asked:  # ASKING opens the importing node to the one command after it
+                commands.append(PipelineCommand(len(commands), "ASKING"))
+            positions.append(len(commands))
+            commands.append(PipelineCommand(len(commands), *call.args, **call.kwargs))
         wait = self._wait(batch)
         if wait is not None:
-            commands.append(PipelineCommand(len(batch), *wait))
+            commands.append(PipelineCommand(len(commands), *wait))
         try:
             await node.execute_pipeline(commands)
         except (rexc.ConnectionError, rexc.TimeoutError, OSError):
@@ -86,7 +98,7 @@ class Lane(AutoPipeline):
             await node.disconnect_free_connections()
             self.router.remap(self.name)
             raise
-        results = [c.result for c in commands[: len(batch)]]
+        results = [commands[i].result for i in positions]
         return self._replicated(batch, results, commands[-1].result if wait else None)
 
     def _failed(self, batch: list[Call], exc: BaseException) -> None:
@@ -96,6 +108,8 @@ class Lane(AutoPipeline):
     def _answer(self, call: Call, result: Any) -> None:
         if isinstance(result, REFUSED) and self.router.retry(call, result):
             return
+        if isinstance(result, rexc.AskError):  # MOVED too: still redirected, time is up
+            result = rexc.ClusterError(f"still redirected when its time was up: {result}")
         call.answer(result)
         if call.then is not None and not isinstance(result, BaseException):
             self.router.follow_up(call.then)
@@ -111,6 +125,7 @@ class NodeBatches:
         self._remapping: asyncio.Task[None] | None = None
         self._remapped_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._asking: set[Call] = set()  # calls to send after ASKING (answered ASK)
         # every node object a lane sent on: redis-py drops a node's object from its map
         # when the node fails or moves, with the connections open; closed in aclose
         self.used: set[ClusterNode] = set()
@@ -130,10 +145,11 @@ class NodeBatches:
         self.submit(Call(command, options, future, writes, then, time.monotonic() + RETRY_FOR))
         return await future
 
-    def submit(self, call: Call) -> None:
+    def submit(self, call: Call, to: str | None = None) -> None:
+        """Sends the call to its slot's node, or to node `to`."""
         try:
             slot = key_slot(_encoded(key_of(call.args)))
-            name = self.cluster.nodes_manager.get_node_from_slot(slot).name
+            name = to or self.cluster.nodes_manager.get_node_from_slot(slot).name
         except rexc.SlotNotCoveredError as exc:
             if not self.retry(call, exc):
                 call.answer(exc)
@@ -164,10 +180,22 @@ class NodeBatches:
     async def _again(self, call: Call, refusal: BaseException, pause: float) -> None:
         if isinstance(refusal, rexc.MovedError):
             await self.cluster.nodes_manager.move_slot(refusal)  # the slot's new owner
+        elif isinstance(refusal, rexc.AskError) and not call.future.done():
+            self._asking.add(call)  # the importing node, once, at once
+            call.future.add_done_callback(lambda _: self._asking.discard(call))
+            self.submit(call, to=get_node_name(refusal.host, refusal.port))
+            return
         else:
             await asyncio.sleep(pause)
         if not call.future.done():
             self.submit(call)
+
+    def asked(self, call: Call) -> bool:
+        """Whether the call goes after ASKING (this once: the next refusal routes it anew)."""
+        if call in self._asking:
+            self._asking.discard(call)
+            return True
+        return False
 
     def remap(self, failed: str | None) -> None:
         """Reads the cluster's map of slots again (once at a time, at most every
