@@ -5,23 +5,20 @@ missing, on a cluster of its own (the session's is left alone)."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
-import sys
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from redis.crc import key_slot
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import LocalCluster
 from engine.store.keys import Keys
 
+from .cluster_helpers import local_cluster, named, on_node
 from .conftest import served
 from .grpc_helpers import line, location, stock_up
 from .processes import eventually, health_status
@@ -31,28 +28,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path / "cluster")
-    made.start()
-    yield made
-    for node in made.nodes:
-        os.kill(node.pid, signal.SIGCONT)
-    made.stop()
-    forget_dropped_connections()
-
-
-def forget_dropped_connections() -> None:
-    """redis-py's cluster client, finding a node gone, maps the cluster again and drops its
-    old node objects with their connections open: collected here, their complaints are not
-    this suite's (they would surface as unraisable warnings at the end of the session)."""
-    complaints: list[object] = []
-    before = sys.unraisablehook
-    sys.unraisablehook = complaints.append
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
-    finally:
-        sys.unraisablehook = before
+    with local_cluster(tmp_path / "cluster") as made:
+        yield made
 
 
 async def test_a_frozen_primary_is_a_degraded_shard_not_a_store_down(
@@ -77,17 +54,6 @@ async def test_a_frozen_primary_is_a_degraded_shard_not_a_store_down(
             os.kill(frozen.pid, signal.SIGCONT)
         assert await eventually(lambda: nodes_down() == 0, 5.0)
         assert await health_status(app.port) == SERVING
-
-
-def on_node(cluster: LocalCluster, index: int, key: str) -> bool:
-    """Whether `key` hashes into the slots LocalCluster gave its node `index`."""
-    size = len(cluster.nodes)
-    lo, hi = index * LocalCluster.SLOTS // size, (index + 1) * LocalCluster.SLOTS // size - 1
-    return lo <= key_slot(key.encode()) <= hi
-
-
-def named(prefix: str, fits: Callable[[str], bool], count: int) -> list[str]:
-    return [n for n in (f"{prefix}{i}" for i in range(10_000)) if fits(n)][:count]
 
 
 async def test_a_frozen_primary_fails_only_the_calls_for_its_own_slots(

@@ -6,7 +6,6 @@ them (docs/operations.md quotes the count)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -20,10 +19,10 @@ from redis.crc import key_slot
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import LocalCluster
 
+from .cluster_helpers import local_cluster
 from .conftest import served
 from .grpc_helpers import Stubs, line, location, stock_up
 from .processes import eventually
-from .test_degraded import forget_dropped_connections
 
 UNITS = 60  # the flash row's stock
 LAGGING = 20  # Reserves of one unit sent while the replica receives nothing
@@ -31,14 +30,8 @@ LAGGING = 20  # Reserves of one unit sent while the replica receives nothing
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path / "cluster", replicas=1)
-    made.start()
-    yield made
-    for node in made.nodes:
-        with contextlib.suppress(ProcessLookupError, OSError):
-            os.kill(node.pid, signal.SIGCONT)
-    made.stop()
-    forget_dropped_connections()
+    with local_cluster(tmp_path / "cluster", replicas=1) as made:
+        yield made
 
 
 def on_first_primary(name: str) -> bool:

@@ -32,11 +32,11 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import LocalCluster
 from engine.store.keys import Keys
 
+from .cluster_helpers import local_cluster, named, on_node
 from .conftest import served
 from .grpc_helpers import Stubs, line, stock_up
 from .invariants import HELD, assert_served_rows_match_holds, read_holds
 from .processes import eventually
-from .test_degraded import forget_dropped_connections, named, on_node
 
 OK = grpc.StatusCode.OK
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -57,11 +57,8 @@ MIGRATE_BATCH = 10  # keys per MIGRATE, as valkey-cli's --cluster-pipeline defau
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path / "cluster")
-    made.start()
-    yield made
-    made.stop()
-    forget_dropped_connections()
+    with local_cluster(tmp_path / "cluster") as made:
+        yield made
 
 
 # -- the operator -------------------------------------------------------------------------

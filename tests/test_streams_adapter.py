@@ -23,6 +23,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
 from . import grpc_helpers
+from .conftest import ON_BOTH
 from .grpc_helpers import T0, Stubs, count, level, line, seed
 from .processes import eventually
 from .stream_helpers import caught_up, drain, group_state
@@ -64,6 +65,7 @@ async def dead_letters(redis: aioredis.Redis) -> list[dict[str, str]]:
     ]
 
 
+@ON_BOTH  # a cluster too: the stream, its dead letters and the engine's keys on any node
 async def test_entries_are_applied_once_each_and_acknowledged(
     stubs: Stubs, redis: aioredis.Redis, consumer: Consumer
 ) -> None:
@@ -103,6 +105,7 @@ async def test_a_stores_echo_of_a_committed_sale_is_not_subtracted_twice(
     assert got == 1
 
 
+@ON_BOTH
 async def test_poison_entries_are_dead_lettered_with_the_reason_and_do_not_block(
     stubs: Stubs, redis: aioredis.Redis, consumer: Consumer
 ) -> None:

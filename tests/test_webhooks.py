@@ -26,6 +26,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.embedded import EmbeddedRedis, free_port
 
+from .conftest import ON_BOTH
 from .grpc_helpers import Stubs, count, level, location
 from .stream_helpers import drain
 from .webhook_helpers import (
@@ -54,6 +55,7 @@ from .webhook_helpers import (
 # --- documented payloads in, the right entries out ---
 
 
+@ON_BOTH  # a cluster too: the write goes to the stream's node
 async def test_shopify_level_update_becomes_one_count_on_the_stream(
     redis: aioredis.Redis,
 ) -> None:
@@ -434,6 +436,7 @@ async def test_square_fractional_quantity_is_dead_lettered_with_the_reason(
         "id-the-engine-refuses",
     ],
 )
+@ON_BOTH
 async def test_signed_shopify_payload_of_another_shape_is_dead_lettered(
     redis: aioredis.Redis, body: bytes, reason: bytes
 ) -> None:

@@ -10,7 +10,6 @@ import socket
 from collections.abc import Sequence
 
 import grpc
-import redis.asyncio as aioredis
 
 from adapters.config import (
     DEFAULT_SERVER,
@@ -21,6 +20,7 @@ from adapters.config import (
 from adapters.streams.consumer import Consumer, Options
 from engine.logs import setup_logging
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.store.connect import connect  # one Redis, or a whole cluster
 
 log = logging.getLogger("omnistock.streams")
 
@@ -72,7 +72,9 @@ async def main(argv: Sequence[str] | None = None) -> None:
         max_deliveries=args.max_deliveries,
         start_id=args.start_id,
     )
-    redis = aioredis.from_url(redis_url(args.redis_url, args.state_dir))
+    # the socket waits out a blocked read (XREADGROUP BLOCK), and a little more
+    timeout = options.block_ms / 1000 + 5.0
+    redis = await connect(redis_url(args.redis_url, args.state_dir), timeout)
     async with grpc.aio.insecure_channel(args.server) as channel:
         consumer = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
         serve_metrics(args.metrics_port, consumer.metrics.registry)

@@ -16,6 +16,7 @@ import grpc
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 
 from adapters.config import (
     BadEntry,
@@ -90,7 +91,10 @@ class Options:
 
 class Consumer:
     def __init__(
-        self, redis: aioredis.Redis, stub: pb_grpc.StockServiceStub, options: Options
+        self,
+        redis: aioredis.Redis | RedisCluster,
+        stub: pb_grpc.StockServiceStub,
+        options: Options,
     ) -> None:
         self.redis: Any = redis  # redis-py types its replies as wide unions
         self.stub = stub
@@ -279,18 +283,21 @@ class Consumer:
         """Dead letters (entry, reason, kind) written, then every entry acknowledged."""
         if not done and not dead:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (entry_id, fields), reason, _ in dead:
-                letter: dict[bytes, bytes | str] = {
-                    **fields,
-                    b"dead.reason": reason,
-                    b"dead.entry_id": entry_id,
-                    b"dead.at": str(_now_ms()),
-                }
-                pipe.xadd(self.dead, letter)
-                log.warning("dead letter %s: %s", entry_id.decode(), reason)
-            pipe.xack(self.o.stream, self.o.group, *[e[0] for e in done], *[d[0][0] for d in dead])
-            await pipe.execute()
+        if dead:  # first, and apart: on a cluster the two streams may be on two nodes
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (entry_id, fields), reason, _ in dead:
+                    letter: dict[bytes, bytes | str] = {
+                        **fields,
+                        b"dead.reason": reason,
+                        b"dead.entry_id": entry_id,
+                        b"dead.at": str(_now_ms()),
+                    }
+                    pipe.xadd(self.dead, letter)
+                    log.warning("dead letter %s: %s", entry_id.decode(), reason)
+                await pipe.execute()
+        await self.redis.xack(
+            self.o.stream, self.o.group, *[e[0] for e in done], *[d[0][0] for d in dead]
+        )
         for _, _, kind in dead:
             self.metrics.dead.labels(kind).inc()
 

@@ -28,7 +28,7 @@ from adapters.webhooks.receiver import (
 from adapters.webhooks.writer import appendonly
 from engine.domain.errors import InvalidArgument
 from engine.logs import setup_logging
-from engine.store.connect import redis_client  # the engine's fail-fast client settings
+from engine.store.connect import connect  # the engine's fail-fast client, or a cluster's
 
 log = logging.getLogger("adapters.webhooks")
 
@@ -160,7 +160,7 @@ async def serve(args: argparse.Namespace) -> None:
     settings = settings_of(args)
     metrics = WebhookMetrics()
     serve_metrics(args.metrics_port, metrics.registry)
-    redis = redis_client(redis_url(args.redis_url, args.state_dir), settings.write_timeout)
+    redis = await connect(redis_url(args.redis_url, args.state_dir), settings.write_timeout)
     if settings.wait_aof and not await appendonly(redis):
         raise SystemExit(
             "the ingest stream's Redis has appendonly off: every delivery would wait for an "

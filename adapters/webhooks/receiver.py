@@ -34,6 +34,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster
 
 from adapters.config import DEFAULT_STREAM, dead_letter_stream
 from adapters.webhooks import shopify, square
@@ -91,7 +92,11 @@ Parse = Callable[[], list[StockEvent]]
 
 class Receiver:
     def __init__(
-        self, redis: aioredis.Redis, settings: Settings, metrics: WebhookMetrics, clock: Clock
+        self,
+        redis: aioredis.Redis | RedisCluster,
+        settings: Settings,
+        metrics: WebhookMetrics,
+        clock: Clock,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -196,7 +201,10 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 def make_app(
-    redis: aioredis.Redis, settings: Settings, metrics: WebhookMetrics, clock: Clock | None = None
+    redis: aioredis.Redis | RedisCluster,
+    settings: Settings,
+    metrics: WebhookMetrics,
+    clock: Clock | None = None,
 ) -> web.Application:
     """The receiver's application; served with server_options(settings, metrics), which
     count its answers into the same metrics."""

@@ -1,9 +1,10 @@
 """The durable write of a delivery's entries to a Redis stream.
 
-All entries of one delivery go to the stream in one MULTI/EXEC, followed on the same
-connection by WAITAOF 1 0 <ms>, which returns once the local append-only file is fsynced past
-those writes. The receiver answers 200 only after that, so an acknowledged delivery survives a
-crash of Redis; anything less is a 503 and the platform sends it again.
+All entries of one delivery go to the stream in one MULTI/EXEC (on a Redis Cluster, on a
+connection of the stream's node), followed on the same connection by WAITAOF 1 0 <ms>,
+which returns once the local append-only file is fsynced past those writes. The receiver
+answers 200 only after that, so an acknowledged delivery survives a crash of Redis;
+anything less is a 503 and the platform sends it again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
+from redis.exceptions import ConnectionError, MovedError, RedisError, TimeoutError
 
 from adapters.config import KINDS, entry_fields
 from engine.domain.errors import Unavailable
@@ -40,8 +42,11 @@ class StreamWriter:
     connection. Raises Unavailable when Redis does not take it, or does not report the local
     fsync, within the budget."""
 
-    def __init__(self, redis: aioredis.Redis, wait_aof: bool, timeout: float) -> None:
+    def __init__(
+        self, redis: aioredis.Redis | RedisCluster, wait_aof: bool, timeout: float
+    ) -> None:
         self.redis = redis
+        self._remap = False
         self.wait_aof = wait_aof
         self.timeout = timeout
 
@@ -61,17 +66,46 @@ class StreamWriter:
         # Not redis-py's transaction pipeline: it hands its connection back after EXEC, and
         # WAITAOF counts the writes of the connection it is sent on. Sent as one pipeline,
         # MULTI ... EXEC WAITAOF share a connection and a round trip.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.execute_command("MULTI")
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
         for fields in entries:
-            pipe.xadd(stream, {name: value for name, value in fields.items()})
-        pipe.execute_command("EXEC")
+            commands.append(("XADD", stream, "*", *(x for kv in fields.items() for x in kv)))
+        commands.append(("EXEC",))
         if self.wait_aof:
-            pipe.execute_command("WAITAOF", 1, 0, max(1, int(self.timeout * 1000)))
+            commands.append(("WAITAOF", 1, 0, max(1, int(self.timeout * 1000))))
+        if isinstance(self.redis, RedisCluster):
+            return await self._send_to_node(self.redis, stream, commands)
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
         return list(await pipe.execute())
 
+    async def _send_to_node(
+        self, cluster: RedisCluster, stream: str, commands: list[tuple[Any, ...]]
+    ) -> list[Any]:
+        """On a cluster: the whole pipeline on one connection of the stream's node. A MOVED
+        (the slot moved, a failover) updates the map for the platform's next delivery."""
+        if self._remap:
+            cluster._initialize = True  # redis-py's own way to ask for a new map
+            await cluster.initialize()
+            self._remap = False
+        node = cluster.get_node_from_key(stream)
+        if node is None:
+            raise ConnectionError(f"no node serves the slot of {stream}")
+        queued = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
+        try:
+            await node.execute_pipeline(queued)
+        except (ConnectionError, TimeoutError, OSError):
+            self._remap = True
+            raise
+        for command in queued:
+            if isinstance(command.result, MovedError):
+                await cluster.nodes_manager.move_slot(command.result)
+            if isinstance(command.result, RedisError):
+                raise command.result
+        return [command.result for command in queued]
 
-async def appendonly(redis: aioredis.Redis) -> bool:
+
+async def appendonly(redis: aioredis.Redis | RedisCluster) -> bool:
     """Whether Redis keeps an append-only file; True when it will not say (CONFIG refused)."""
     try:
         got = await redis.config_get("appendonly")
