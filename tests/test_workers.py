@@ -18,7 +18,7 @@ import grpc
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
-from .grpc_helpers import Stubs, stock_up
+from .grpc_helpers import Stubs, level, line, location, stock_up
 from .processes import ServerProcess, eventually
 
 CHANNELS = 24  # connections, each reaching one worker (the kernel picks)
@@ -96,3 +96,59 @@ async def test_two_workers_share_one_port_and_one_store(
     assert await eventually(
         lambda: len([p for p in children_of(server.pid) if p not in workers[-1:]]) >= 2, 30.0
     )
+
+
+def metric(port: int, name: str) -> float:
+    """A counter's value at a worker's metrics port (0 when it has not moved)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        rows = resp.read().decode().splitlines()
+    return sum(float(row.split()[-1]) for row in rows if row.startswith(name + " "))
+
+
+async def test_two_workers_on_a_cluster_expire_each_hold_once(
+    spawn: Callable[..., ServerProcess], cluster_url: str
+) -> None:
+    """Two server processes on a Redis Cluster, each with its sweeper: holds made through
+    both, at one location and across locations (sagas), expire once each, wherever they
+    were made, and leave nothing reserved and no saga open."""
+    metrics = two_free_ports()
+    server = spawn("--workers", "2", "--redis-url", cluster_url, "--metrics-port", str(metrics))
+    await server.start(within=60.0)
+    assert await eventually(lambda: calls_served(metrics + 1) is not None, 60.0)
+    stores = ["w-s1", "w-s2", "w-s3"]
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    target = f"127.0.0.1:{server.port}"
+    channels = [grpc.aio.insecure_channel(target, options=own) for _ in range(CHANNELS)]
+    try:
+        first = Stubs(channels[0])
+        await first.stock.UpsertLocations(
+            pb.UpsertLocationsRequest(locations=[location(s) for s in stores])
+        )
+        await stock_up(first, {(s, "a"): 100 for s in stores})
+        before = sum(metric(metrics + i, "omnistock_expiries_total") for i in range(2))
+        holds = 0
+        for i, ch in enumerate(channels):
+            lines = [line(stores[i % 3], "a", 1)]
+            if i % 2:
+                lines.append(line(stores[(i + 1) % 3], "a", 1))  # a saga across nodes
+            got = await Stubs(ch).reservations.Reserve(
+                pb.ReserveRequest(reservation_id=f"w{i}", lines=lines, ttl_seconds=0.5)
+            )
+            assert got.reservation.state == pb.RESERVATION_STATE_HELD
+            holds += len(lines)
+
+        async def all_back() -> bool:
+            rows = [await level(first, s, "a") for s in stores]
+            return all(r.reserved == 0 and r.available == 100 for r in rows)
+
+        assert await eventually(all_back, 30.0)
+        expired = sum(metric(metrics + i, "omnistock_expiries_total") for i in range(2))
+        assert expired - before == holds  # each part once, by one sweeper or the other
+        for i, ch in enumerate(channels):
+            got = await Stubs(ch).reservations.GetReservation(
+                pb.GetReservationRequest(reservation_id=f"w{i}")
+            )
+            assert got.state == pb.RESERVATION_STATE_EXPIRED
+    finally:
+        for ch in channels:
+            await ch.close()
