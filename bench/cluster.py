@@ -1,6 +1,6 @@
-"""`python -m bench.cluster [--nodes 3]`: a real local Redis Cluster on loopback, for pointing
-a server or a benchmark at (`--server-arg=--redis-url=<url>`); it prints the URL of a node
-and runs until interrupted. Its data lives in a temporary directory, removed at the end."""
+"""`python -m bench.cluster [--nodes 3] [--replicas 0]`: a real local Redis Cluster on
+loopback (each primary with that many replicas), for pointing a server or a benchmark at
+(`--server-arg=--redis-url=<url>`); it prints the URL of a node and runs until interrupted. Its data lives in a temporary directory, removed at the end."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from engine.store.embedded import LocalCluster
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
     parser.add_argument("--nodes", type=int, default=3, help="primaries (default 3)")
+    parser.add_argument("--replicas", type=int, default=0, help="replicas of each (default 0)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="omnistock-cluster-") as state:
-        cluster = LocalCluster(Path(state), size=args.nodes)
+        cluster = LocalCluster(Path(state), size=args.nodes, replicas=args.replicas)
         cluster.start()
         print(cluster.url, flush=True)
         try:

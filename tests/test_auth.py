@@ -379,16 +379,18 @@ async def test_a_principal_over_its_ingest_rate_is_slowed_down_not_refused(
     till = bearer("till-token")
     await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events("c", 500)), metadata=till)
     assert paced() == before
-    # a stream is slowed where it is read, and every event of it applied
-    requests = [pb.StreamEventsRequest(events=events(f"d{k}", 500)) for k in range(2)]
+    # a stream is slowed where it is read, and every event of it applied: 2,500 events
+    # are more than a full bucket (1,000) and what refills while they are read, however
+    # long the calls before took (a machine under load once refilled it whole)
+    requests = [pb.StreamEventsRequest(events=events(f"d{k}", 500)) for k in range(5)]
     acks = [ack async for ack in stubs.stock.StreamEvents(iter(requests), metadata=feed)]
-    assert [{a.outcome for a in ack.acks} for ack in acks] == [{pb.EVENT_OUTCOME_APPLIED}] * 2
+    assert [{a.outcome for a in ack.acks} for ack in acks] == [{pb.EVENT_OUTCOME_APPLIED}] * 5
     assert paced() > before
     row = await stubs.availability.GetAvailability(
         pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"]),
         metadata=bearer(ROLES[Role.ADMIN]),
     )
-    assert row.levels[0].on_hand == 100 + 1000 + 1500 + 500 + 1000
+    assert row.levels[0].on_hand == 100 + 1000 + 1500 + 500 + 2500
 
 
 async def test_tokens_rotate_without_a_restart(

@@ -377,7 +377,7 @@ class LocalCluster:
     def replicas_of(self, i: int) -> list[EmbeddedRedis]:
         return self.nodes[self.size + i :: self.size]
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         import redis
 
         for node in self.nodes:
@@ -414,7 +414,7 @@ class LocalCluster:
                 _wait_for(replica.in_sync, timeout, f"replica {replica.port} in sync")
 
     def _wait_ok(self, clients: list[Any], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline, infos = time.monotonic() + timeout, []
         while time.monotonic() < deadline:
             infos = [client.cluster("info") for client in clients]
             if all(
@@ -423,7 +423,11 @@ class LocalCluster:
             ):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"local cluster not ready after {timeout}s")
+        seen = [
+            (node.port, info["cluster_state"], info["cluster_known_nodes"])
+            for node, info in zip(self.nodes, infos, strict=True)
+        ]
+        raise RuntimeError(f"local cluster not ready after {timeout}s: (port, state, known) {seen}")
 
     def stop(self) -> None:
         for node in self.nodes:

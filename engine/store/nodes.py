@@ -92,7 +92,10 @@ class Lane(AutoPipeline):
         if wait is not None:
             commands.append(PipelineCommand(len(commands), *wait))
         try:
-            await node.execute_pipeline(commands)
+            try:
+                await node.execute_pipeline(commands)
+            except AttributeError as exc:  # redis-py: a connection closed under the send
+                raise rexc.ConnectionError(f"connection closed while sending: {exc}") from exc
         except (rexc.ConnectionError, rexc.TimeoutError, OSError):
             node.update_active_connections_for_reconnect()
             await node.disconnect_free_connections()
