@@ -1,6 +1,7 @@
 """`python -m bench.cluster [--nodes 3] [--replicas 0]`: a real local Redis Cluster on
 loopback (each primary with that many replicas), for pointing a server or a benchmark at
-(`--server-arg=--redis-url=<url>`); it prints the URL of a node and runs until interrupted. Its data lives in a temporary directory, removed at the end."""
+(`--server-arg=--redis-url=<url>`); it prints the URL of a node and runs until interrupted.
+Its data lives in a temporary directory, removed at the end."""
 
 from __future__ import annotations
 

@@ -143,54 +143,37 @@ async def test_a_reserve_stalled_at_a_step_and_retried_meanwhile_ends_clear(
     assert [(r.on_hand, r.reserved) for r in rows] == [(10, held), (10, held)]
 
 
-# a Commit of a held reservation, stalled at each step: the retry finishes it
-COMMIT_STEPS = ("extend_part", "schedule_saga", "settle", "commit_part", "unschedule_saga")
+# a Commit or a Release of a held reservation, stalled at each of its steps: the retry
+# finishes it, and the first attempt, let go, answers the same
+SETTLE_STEPS = {
+    "commit": ("extend_part", "schedule_saga", "settle", "commit_part", "unschedule_saga"),
+    "release": ("schedule_saga", "settle", "release_part", "unschedule_saga"),
+}
+SETTLED = {"commit": ("COMMITTED", 8), "release": ("RELEASED", 10)}  # state, on_hand after
 
 
-@pytest.mark.parametrize("step", COMMIT_STEPS)
-async def test_a_commit_stalled_at_a_step_and_retried_meanwhile_ends_committed(
-    storage: Storage, reservations: Reservations, clock: ManualClock, step: str
+@pytest.mark.parametrize(
+    ("call", "step"), [(call, step) for call, steps in SETTLE_STEPS.items() for step in steps]
+)
+async def test_a_commit_or_release_stalled_at_a_step_and_retried_meanwhile_ends_settled(
+    storage: Storage, reservations: Reservations, clock: ManualClock, call: str, step: str
 ) -> None:
     sweeper = await setup(storage, reservations, clock)
     assert (await reservations.reserve("r1", LINES, ttl_seconds=60)).ok
+    settle = getattr(reservations, call)
     stall = Stall(storage, step)
 
-    first = asyncio.ensure_future(reservations.commit("r1"))
+    first = asyncio.ensure_future(settle("r1"))
     await until(stall.reached.is_set)
     clock.advance(1000)
-    retried = await asyncio.wait_for(reservations.commit("r1"), LIVENESS)
+    retried = await asyncio.wait_for(settle("r1"), LIVENESS)
     await recover_when_due(reservations, clock, sweeper)
     stall.go.set()
     answered = await asyncio.wait_for(first, LIVENESS)
-    again = await reservations.commit("r1")
+    again = await settle("r1")
 
     final = await check_ends_clear(storage, reservations, [answered, retried, again])
-    assert final.state.value == "COMMITTED"
+    state, on_hand = SETTLED[call]
+    assert final.state.value == state
     rows = await storage.rows([("s1", "a"), ("s2", "a")])
-    assert [(r.on_hand, r.reserved) for r in rows] == [(8, 0), (8, 0)]
-
-
-RELEASE_STEPS = ("schedule_saga", "settle", "release_part", "unschedule_saga")
-
-
-@pytest.mark.parametrize("step", RELEASE_STEPS)
-async def test_a_release_stalled_at_a_step_and_retried_meanwhile_ends_released(
-    storage: Storage, reservations: Reservations, clock: ManualClock, step: str
-) -> None:
-    sweeper = await setup(storage, reservations, clock)
-    assert (await reservations.reserve("r1", LINES, ttl_seconds=60)).ok
-    stall = Stall(storage, step)
-
-    first = asyncio.ensure_future(reservations.release("r1"))
-    await until(stall.reached.is_set)
-    clock.advance(1000)
-    retried = await asyncio.wait_for(reservations.release("r1"), LIVENESS)
-    await recover_when_due(reservations, clock, sweeper)
-    stall.go.set()
-    answered = await asyncio.wait_for(first, LIVENESS)
-    again = await reservations.release("r1")
-
-    final = await check_ends_clear(storage, reservations, [answered, retried, again])
-    assert final.state.value == "RELEASED"
-    rows = await storage.rows([("s1", "a"), ("s2", "a")])
-    assert [(r.on_hand, r.reserved) for r in rows] == [(10, 0), (10, 0)]
+    assert [(r.on_hand, r.reserved) for r in rows] == [(on_hand, 0), (on_hand, 0)]
