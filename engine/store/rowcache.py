@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import secrets
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 MAX_LOCATIONS = 10_000  # subscribed at once, per process
 EPOCH_CHECK = 1.0  # seconds between two looks at the epoch key (a FLUSHALL is found so)
 RETRY_AFTER = 0.5  # seconds a node whose connection failed is left alone
+_NONE = ("", "", 0, 0.0)  # what a reply answers when nothing was asked
 
 
 class RowReader(Protocol):
@@ -70,10 +72,14 @@ class LinkGone(Exception):
     """A cache connection met something it cannot vouch for; its locations are dropped."""
 
 
+_serials = itertools.count(1)
+
+
 @dataclass(eq=False)
 class _Location:
     name: str
     link: _Link
+    serial: int = field(default_factory=lambda: next(_serials))  # which subscription
     live: bool = False  # Redis confirmed the subscription on link
     written_at: float = -math.inf  # when this process's last write here was answered
     rows: dict[str, StockRow] = field(default_factory=dict)
@@ -88,8 +94,9 @@ class _Link:
     node: str
     conn: Any
     fresh_at: float = -math.inf  # send time of the newest PING answered
-    pending: deque[tuple[str, str, float]] = field(default_factory=deque)  # kind, where, when
-    outbox: list[tuple[str, str]] = field(default_factory=list)  # (sub|unsub, location)
+    # what each reply will answer: sub|unsub|ping, the location and its serial, when sent
+    pending: deque[tuple[str, str, int, float]] = field(default_factory=deque)
+    outbox: list[tuple[str, str, int]] = field(default_factory=list)  # sub|unsub, where
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     locations: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
@@ -133,8 +140,12 @@ class RowCache:
         now = time.monotonic()
         out: list[StockRow | None] = [None] * len(pairs)
         fills: list[tuple[int, _Location | None]] = []  # from Redis: None = not kept
+        states: dict[str, _Location | None] = {}
         for i, (location, sku) in enumerate(pairs):
-            state = self._servable(location, now)
+            if location in states:
+                state = states[location]
+            else:
+                state = states[location] = self._servable(location, now)
             row = state.rows.get(sku) if state is not None else None
             if row is not None:
                 out[i] = row
@@ -229,7 +240,7 @@ class RowCache:
         state = _Location(location, link)
         self.locations[location] = state
         link.locations.add(location)
-        link.outbox.append(("sub", location))
+        link.outbox.append(("sub", location, state.serial))
         link.wake.set()
         self._evict()
 
@@ -262,7 +273,7 @@ class RowCache:
             self.metrics.read_cache_evictions.inc()
             link = state.link
             if self.links.get(link.node) is link:
-                link.outbox.append(("unsub", state.name))
+                link.outbox.append(("unsub", state.name, state.serial))
                 link.wake.set()
 
     def _forget(self, state: _Location) -> None:
@@ -343,7 +354,7 @@ class RowCache:
     def _on_answer(self, link: _Link, kind: bytes, what: bytes) -> None:
         """A reply to the command at the head of `pending`, or the link is out of step
         (an unsubscribe Redis sent of itself: the slot moved)."""
-        expected, arg, sent_at = link.pending.popleft() if link.pending else ("", "", 0.0)
+        expected, arg, serial, sent_at = link.pending.popleft() if link.pending else _NONE
         if kind == b"pong" and expected == "ping":
             link.fresh_at = sent_at
             self._heard.set()
@@ -351,7 +362,7 @@ class RowCache:
         name = what.decode() if isinstance(what, bytes) else ""
         if expected == "sub" and kind == b"ssubscribe" and name == Keys.changes(arg):
             state = self.locations.get(arg)
-            if state is not None and state.link is link:
+            if state is not None and state.serial == serial:  # not a dropped one's
                 state.live = True
             return
         if expected == "unsub" and kind == b"sunsubscribe" and name == Keys.changes(arg):
@@ -359,11 +370,11 @@ class RowCache:
         raise LinkGone(f"{kind!r} {name} out of step (expected {expected} {arg})")
 
     def _refused(self, link: _Link, exc: Exception) -> None:
-        expected, arg, _ = link.pending.popleft() if link.pending else ("", "", 0.0)
+        expected, arg, serial, _ = link.pending.popleft() if link.pending else _NONE
         if expected != "sub":
             raise LinkGone(f"{exc} (expected {expected})")
         state = self.locations.get(arg)
-        if state is not None and state.link is link:
+        if state is not None and state.serial == serial:
             del self.locations[arg]
             self._forget(state)
         log.info("read cache: %s not subscribed: %s", arg, exc)
@@ -378,14 +389,14 @@ class RowCache:
             link.wake.clear()
             now = time.monotonic()
             commands: list[tuple[str, ...]] = []
-            for kind, location in link.outbox:
-                link.pending.append((kind, location, now))
+            for kind, location, serial in link.outbox:
+                link.pending.append((kind, location, serial, now))
                 verb = "SSUBSCRIBE" if kind == "sub" else "SUNSUBSCRIBE"
                 commands.append((verb, Keys.changes(location)))
             link.outbox.clear()
             if now >= next_ping:
                 self._check_answered(link, now)
-                link.pending.append(("ping", "", now))
+                link.pending.append(("ping", "", 0, now))
                 commands.append(("PING",))
                 next_ping = now + self.beat
             if commands:
@@ -396,7 +407,7 @@ class RowCache:
                 )
 
     def _check_answered(self, link: _Link, now: float) -> None:
-        oldest = next((at for kind, _, at in link.pending if kind == "ping"), None)
+        oldest = next((at for kind, _, _, at in link.pending if kind == "ping"), None)
         if oldest is not None and now - oldest > self.dead_after:
             raise LinkGone(f"no PONG for {now - oldest:.1f}s")
 
