@@ -22,8 +22,6 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.__main__ import machine
 from engine.domain.model import EventKind, StockEvent
 from engine.metrics import Metrics
@@ -98,13 +96,17 @@ async def staleness(url: str, args: argparse.Namespace) -> dict[str, Any]:
     await cache.close()
     await ours.aclose()
     await theirs.aclose()
-    ms = np.array(lags) * 1000
+    ms = sorted(lag * 1000 for lag in lags)
+
+    def pct(p: float) -> float:
+        return round(ms[min(len(ms) - 1, int(p / 100 * len(ms)))], 3)
+
     return {
         "writes": len(lags),
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p90_ms": round(float(np.percentile(ms, 90)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        "max_ms": round(float(ms.max()), 3),
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "max_ms": round(ms[-1], 3),
         "in_cache_at_ack": round(at_ack / len(lags), 3),
         "readers": args.readers,
     }
