@@ -54,6 +54,7 @@ async def staleness(url: str, args: argparse.Namespace) -> dict[str, Any]:
     await storage.load_scripts()
     await writer.load_scripts()
     cache = RowCache(storage, Metrics(), max_rows=10**6, max_lag=args.max_lag_ms / 1000)
+    await cache.start()
     pairs = [
         (f"store-{i:03d}", f"SKU-{k:05d}") for i in range(args.locations) for k in range(args.skus)
     ]
@@ -119,11 +120,11 @@ async def memory(url: str, rows: int) -> dict[str, Any]:
     storage = storage_on(client)
     await storage.load_scripts()
     cache = RowCache(storage, Metrics(), max_rows=rows, max_lag=0.2)
+    await cache.start()
     locations, per = max(1, rows // 2000), min(rows, 2000)
     pairs = [(f"mem-{i:04d}", f"SKU-{k:07d}") for i in range(locations) for k in range(per)]
     await cache.rows(pairs)  # subscribes
     await cache.caught_up()
-    await cache.check_epoch()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for start in range(0, len(pairs), 2000):

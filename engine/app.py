@@ -80,6 +80,7 @@ class Omnistock:
                 dead_after=self.settings.redis_timeout_seconds,
             )
             self.storage.wrote = self.cache.wrote
+            await self.cache.start()
         await self.locations.reload()
         timing = Timing(
             default_ttl_ms=int(self.settings.hold_ttl_seconds * 1000),

@@ -49,9 +49,10 @@ def storage_on(client: aioredis.Redis | RedisCluster) -> Storage:
     return Storage(client, stock_buckets=BUCKETS, retention_ms=HOUR_MS, event_window_ms=HOUR_MS)
 
 
-def cache_on(storage: Storage, max_rows: int = 10_000, max_lag: float = 0.2) -> RowCache:
+async def cache_on(storage: Storage, max_rows: int = 10_000, max_lag: float = 0.2) -> RowCache:
     cache = RowCache(storage, Metrics(), max_rows=max_rows, max_lag=max_lag)
     storage.wrote = cache.wrote
+    await cache.start()
     return cache
 
 
@@ -97,7 +98,7 @@ async def other(redis_url: str, redis: Any) -> AsyncIterator[Storage]:
 
 @pytest.fixture
 async def cache(storage: Storage) -> AsyncIterator[RowCache]:
-    made = cache_on(storage)
+    made = await cache_on(storage)
     yield made
     await made.close()
 
@@ -172,7 +173,7 @@ class CacheMachine(RuleBasedStateMachine):
         self.ours = storage_on(self.redis)
         self.theirs = storage_on(self.theirs_client)
         self.run(self.ours.load_scripts())
-        self.cache = cache_on(self.ours)
+        self.cache = self.run(cache_on(self.ours))
         self.history: dict[Pair, list[StockRow]] = {p: [StockRow()] for p in PAIRS}
         self.floor: dict[Pair, int] = dict.fromkeys(PAIRS, 0)  # the oldest history allowed
         self.seen: dict[Pair, int] = dict.fromkeys(PAIRS, 0)  # versions read last
@@ -309,7 +310,7 @@ async def test_a_store_restarted_under_the_cache_is_read_again(tmp_path: Path) -
     client = await connect(store.url, 2.0)
     storage = storage_on(client)
     await storage.load_scripts()
-    cache = cache_on(storage)
+    cache = await cache_on(storage)
     try:
         for loc, sku in PAIRS:
             await change(storage, loc, sku, 10, count=True)
@@ -362,7 +363,7 @@ async def test_the_cache_keeps_no_more_rows_than_its_bound_and_unsubscribes_what
     redis: aioredis.Redis, storage: Storage
 ) -> None:
     # given a cache of at most 4 rows
-    cache = cache_on(storage, max_rows=4)
+    cache = await cache_on(storage, max_rows=4)
     locations = [f"m{i}" for i in range(4)]
     try:
         for loc in locations:

@@ -135,8 +135,6 @@ class RowCache:
 
     async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]:
         """The rows of (location, sku) pairs, each as fresh as the module docstring says."""
-        if self._epoch_task is None and not self._closed:
-            self._epoch_task = asyncio.create_task(self._watch_epoch())
         now = time.monotonic()
         out: list[StockRow | None] = [None] * len(pairs)
         fills: list[tuple[int, _Location | None]] = []  # from Redis: None = not kept
@@ -411,6 +409,12 @@ class RowCache:
         if oldest is not None and now - oldest > self.dead_after:
             raise LinkGone(f"no PONG for {now - oldest:.1f}s")
 
+    async def start(self) -> None:
+        """Sets or learns the store's epoch, then looks at it every EPOCH_CHECK seconds."""
+        with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
+            await self.check_epoch()
+        self._epoch_task = asyncio.create_task(self._watch_epoch())
+
     async def caught_up(self) -> None:
         """Waits until every connection has answered a PING sent after now (or is gone):
         from then on, every write answered before now is in the cache."""
@@ -427,9 +431,9 @@ class RowCache:
         """A flushed store says nothing on the channels; its epoch key disappears (or
         another process's replaces it) and every location is forgotten."""
         while not self._closed:
+            await asyncio.sleep(EPOCH_CHECK)
             with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
                 await self.check_epoch()
-            await asyncio.sleep(EPOCH_CHECK)
 
     async def check_epoch(self) -> None:
         redis = self.storage.redis
