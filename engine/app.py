@@ -32,6 +32,7 @@ from engine.settings import Settings
 from engine.store.connect import connect, probe_client
 from engine.store.embedded import EmbeddedRedis
 from engine.store.probe import StoreProbe
+from engine.store.rowcache import RowCache, RowReader
 from engine.store.storage import Storage
 from engine.store.watch import WatchHub
 from engine.usecases.allocation import Allocator
@@ -57,6 +58,7 @@ class Omnistock:
         self.port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
+        self.cache: RowCache | None = None
 
     async def start(self) -> None:
         url, self.embedded = await store_of(self.settings)
@@ -69,6 +71,16 @@ class Omnistock:
         await self.storage.migrate()
         self.locations = LocationRegistry(self.storage)
         self.hub = WatchHub(self.redis, self.storage.cluster)
+        if self.settings.read_cache_rows:
+            self.cache = RowCache(
+                self.storage,
+                self.metrics,
+                max_rows=self.settings.read_cache_rows,
+                max_lag=self.settings.read_cache_max_lag_ms / 1000,
+                dead_after=self.settings.redis_timeout_seconds,
+            )
+            self.storage.wrote = self.cache.wrote
+            await self.cache.start()
         await self.locations.reload()
         timing = Timing(
             default_ttl_ms=int(self.settings.hold_ttl_seconds * 1000),
@@ -119,7 +131,8 @@ class Omnistock:
         m = self.metrics
         self.planner = Planner(self.settings.plan_workers, waiting=4 * self.settings.plan_workers)
         allocator = Allocator(self.storage, self.locations, self.reservations, self.planner)
-        availability = Availability(self.storage, self.locations)
+        reader: RowReader = self.cache or self.storage
+        availability = Availability(self.storage, self.locations, reader)
         self.stock_service = StockService(
             Ingest(self.storage, self.locations, m, self.clock.now_ms),
             availability,
@@ -133,7 +146,7 @@ class Omnistock:
         add_services(
             self.server,
             self.health,
-            AvailabilityService(availability, self.storage, self.locations, m, self.hub),
+            AvailabilityService(availability, reader, self.locations, m, self.hub),
             ReservationService(self.reservations, m),
             SourcingService(allocator, m, self.settings.cost_model(), self.settings.max_shipments),
             self.stock_service,
@@ -167,6 +180,8 @@ class Omnistock:
         await self.health.shutdown()
         await self.hub.close()  # open watch streams end now, not at the end of the grace
         await self.server.stop(grace)
+        if self.cache is not None:
+            await self.cache.close()
         pending = set(self._tasks)
         while pending:  # Python 3.11's wait_for can swallow a cancel (gh-86296): send it again
             for task in pending:

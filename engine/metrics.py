@@ -96,3 +96,32 @@ class Metrics:
             "Times the embedded store died and was started again on the same data",
             registry=r,
         )
+        self.read_cache_reads = Counter(
+            "omnistock_read_cache_reads_total",
+            "Stock rows read by GetAvailability and FindNearby, by where they came from: hit "
+            "(this process's cache), filled (Redis, then kept), fallback (Redis: the "
+            "location is not in sync, its feed is late, or the cache is off)",
+            ["result"],
+            registry=r,
+        )
+        self.read_cache_resyncs = Counter(
+            "omnistock_read_cache_resyncs_total",
+            "Locations dropped from the read cache by a gap in their feed, to be read from "
+            "Redis and subscribed again: gap (a connection lost, out of step or silent), "
+            "flush (the store's epoch key changed)",
+            ["reason"],
+            registry=r,
+        )
+        self.read_cache_evictions = Counter(
+            "omnistock_read_cache_evictions_total",
+            "Locations dropped from the read cache to stay within --read-cache-rows",
+            registry=r,
+        )
+        self.read_cache_rows = Gauge(
+            "omnistock_read_cache_rows", "Stock rows kept by the read cache", registry=r
+        )
+        self.read_cache_locations = Gauge(
+            "omnistock_read_cache_locations",
+            "Locations the read cache follows (subscribed)",
+            registry=r,
+        )

@@ -156,6 +156,20 @@ class Settings:
         default=1000,
         metadata={"help": "units a storefront principal may hold at once, over all its holds"},
     )
+    read_cache_rows: int = field(
+        default=200_000,
+        metadata={
+            "help": "stock rows each process keeps for GetAvailability and FindNearby, kept "
+            "fresh by the rows' change messages (0: off, every read goes to Redis)"
+        },
+    )
+    read_cache_max_lag_ms: int = field(
+        default=200,
+        metadata={
+            "help": "a cached read reflects every write answered more than this before it; "
+            "a location whose feed cannot vouch for that is read from Redis"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     # Allocate's defaults (engine/domain/sourcing.py); each call may set its own.
     shipment_cost: float = field(
@@ -262,7 +276,8 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
     if settings.count_missing not in ("zero", "keep"):
         parser.error("--count-missing must be zero or keep")
     for name, least in (("stock_buckets", 1), ("plan_workers", 0), ("max_concurrent_calls", 1),
-                        ("workers", 1)):  # fmt: skip
+                        ("workers", 1), ("read_cache_rows", 0),
+                        ("read_cache_max_lag_ms", 1)):  # fmt: skip
         if getattr(settings, name) < least:
             parser.error(f"--{name.replace('_', '-')} must be at least {least}")
     _check_edge(settings, parser)

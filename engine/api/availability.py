@@ -20,7 +20,7 @@ from engine.domain.model import (
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.store.storage import Storage
+from engine.store.rowcache import RowReader
 from engine.store.watch import Closing, Overflow, Watcher, WatchHub
 from engine.usecases.availability import Availability, Watched
 from engine.usecases.locations import LocationRegistry
@@ -55,13 +55,13 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
     def __init__(
         self,
         availability: Availability,
-        storage: Storage,
+        reader: RowReader,
         locations: LocationRegistry,
         metrics: Metrics,
         hub: WatchHub,
     ) -> None:
         self.availability = availability
-        self.storage = storage
+        self.reader = reader
         self.locations = locations
         self.metrics = metrics
         self.hub = hub
@@ -123,7 +123,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         self, request: pb.FindNearbyRequest, context: grpc.aio.ServicerContext
     ) -> pb.FindNearbyResponse:
         query = nearby_query_from_pb(request)
-        found = await find_nearby(self.storage, self.locations, query)
+        found = await find_nearby(self.reader, self.locations, query)
         answer = pb.FindNearbyResponse(locations_considered=found.considered)
         for hit in found.hits:
             filled, units = hit.filled(query.lines)

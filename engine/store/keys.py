@@ -31,6 +31,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           "i:<its item id>" -> sku (only mappings live under this prefix)
     {omnistock}:mapv       counter  moves with every change of a mapping
     {omnistock}:shortages  stream  a shortage event for every row a count or delta left short
+    {omnistock}:epoch      string  a random token the read caches set when it is missing: gone
+                          or changed, the store was flushed (engine/store/rowcache.py)
 
 Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
 listpack-encoded hash: a stock row then costs about 40 bytes instead of the ~100 a hash
@@ -54,6 +56,7 @@ OLD_WAKE, OLD_SAGAS = "{omnistock}:wake", "{omnistock}:sagas"
 MAPPINGS_VERSION = "{omnistock}:mapv"
 SHORTAGES = "{omnistock}:shortages"
 SHORTAGES_KEPT = 100_000  # about: the stream is trimmed to the newest this many
+EPOCH = "{omnistock}:epoch"
 
 # What the engine needs of Redis, as an ACL (docs/security.md): its keys (every one carries
 # a hash tag: `{L}:...`, `{omnistock}:...`, `res:{id}`, `principal:{name}:held`), its
@@ -97,6 +100,11 @@ class Keys:
     @staticmethod
     def location_of_changes(channel: str) -> str:
         return channel[1 : -len("}:w")]
+
+    @staticmethod
+    def is_changes(value: object) -> bool:
+        """Whether a script argument is a change channel (a row-writing script's last)."""
+        return isinstance(value, str) and value.startswith("{") and value.endswith("}:w")
 
     @staticmethod
     def seen(location: str) -> str:

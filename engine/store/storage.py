@@ -15,7 +15,7 @@ and runs the call again, which is safe because every script here is idempotent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -43,6 +43,7 @@ from engine.store.keys import (
     Keys,
 )
 from engine.store.parts import Parts
+from engine.store.scripts import Command
 from engine.throttle import gently
 
 # Stock events applied by one script: a batch of 5,000 at one location holds Redis a few ms
@@ -54,6 +55,19 @@ class Storage(Parts):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the plumbing engine/store/base.py."""
+
+    # Told the location of every row-writing script call once it is answered (or failed:
+    # it may have run): the read cache's fence for a caller's own writes (rowcache.py).
+    wrote: Callable[[str], None] | None = None
+
+    async def call(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+    ) -> Any:
+        try:
+            return await super().call(name, keys, args, then)
+        finally:
+            if self.wrote is not None and args and Keys.is_changes(args[-1]):
+                self.wrote(Keys.location_of_changes(args[-1]))
 
     # -- locations --------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from engine.domain.model import (
     check_qty,
     check_size,
 )
+from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 
@@ -33,9 +34,14 @@ class Watched:
 
 
 class Availability:
-    def __init__(self, storage: Storage, locations: LocationRegistry) -> None:
+    def __init__(
+        self, storage: Storage, locations: LocationRegistry, reader: RowReader | None = None
+    ) -> None:
+        """reader: where GetAvailability reads rows (the read cache; default: Redis). A
+        watch's opening state is always read from Redis, after its subscription."""
         self.storage = storage
         self.locations = locations
+        self.reader: RowReader = reader or storage
 
     async def levels(
         self,
@@ -56,7 +62,7 @@ class Availability:
             locations = [loc.id for loc in await self.locations.active(types)]
         _within_rows(wanted, locations)
         pairs = [(loc, sku) for loc in locations for sku in wanted]
-        rows = await self.storage.rows(pairs)
+        rows = await self.reader.rows(pairs)
         keep_empty = include_empty or bool(location_ids)
         return [
             (loc, sku, row)

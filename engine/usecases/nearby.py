@@ -7,7 +7,8 @@ soon as it has `limit` locations that fill the basket, so a common query costs o
 trip. A partial search ranks locations by how much of the basket they fill, so it reads
 every candidate, at most MAX_CANDIDATES of them (the nearest), fewer for a long basket, so
 that one call reads at most MAX_ROWS stock rows (candidates x lines). Availability is the
-engine's own: on_hand less what reservations hold and less safety stock.
+engine's own: on_hand less what reservations hold and less safety stock, read through the
+read cache when it is on (engine/store/rowcache.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from engine.domain.model import (
     check_coordinates,
     check_sku_lines,
 )
-from engine.store.storage import Storage
+from engine.store.rowcache import RowReader
 from engine.usecases.locations import LocationRegistry
 
 MAX_CANDIDATES = 2000
@@ -61,8 +62,9 @@ def check_query(query: NearbyQuery) -> NearbyQuery:
 
 
 async def find_nearby(
-    storage: Storage, registry: LocationRegistry, query: NearbyQuery
+    reader: RowReader, registry: LocationRegistry, query: NearbyQuery
 ) -> NearbyResult:
+    """reader: the read cache, or the storage itself (Redis)."""
     index = await registry.index()
     most = min(MAX_CANDIDATES, MAX_ROWS // len(query.lines))  # a long basket reads fewer
     candidates = index.within(
@@ -74,7 +76,7 @@ async def find_nearby(
     start, size = 0, FIRST_ROUND
     while start < len(candidates) and (query.partial or len(full) < query.limit):
         batch = candidates[start : start + size]
-        available = await storage.available([(loc.id, ln.sku) for _, loc in batch for ln in lines])
+        available = await reader.available([(loc.id, ln.sku) for _, loc in batch for ln in lines])
         for i, (distance, loc) in enumerate(batch):
             hit = NearbyHit(loc, distance, tuple(available[i * len(lines) : (i + 1) * len(lines)]))
             filled, units = hit.filled(lines)

@@ -1,0 +1,455 @@
+"""The read cache: each server process keeps the stock rows it is asked for, kept fresh by
+the row-change messages every row-writing script publishes (`{L}:w`, write_row in
+lua/_prelude.lua), so that a storefront read of rows it has costs no Redis round trip.
+Holds, commits and every other write still go to Redis, atomically, as before.
+
+How a location comes in sync. The first read of a location subscribes its channel (on a
+connection of the cache's own, one per Redis node) and is answered from Redis. Once Redis
+has confirmed the subscription, every later write there reaches this process, in order:
+a row missed after that is read from Redis and kept (a fill), and a message that arrives
+while its fill is under way is not lost: the fill keeps whichever of the two has the higher
+version. Versions never go backwards in the cache: a message older than the row kept is
+dropped. Rows are kept per location; a location's messages for rows nobody asked for are
+dropped.
+
+How stale a cached read can be (docs/architecture.md). The cache sends PING on each of its
+connections every max_lag/4; Redis answers it in order with the messages, so its PONG says
+that every write Redis ran before that PING was sent has been applied. A location is served
+from the cache only while the PONG of a PING sent at most `max_lag` ago has come back, and
+only once a PING sent after this process's own last write there has come back (so a
+caller's own write through this process is seen by its next read here). So a cached read at
+time t reflects every write acknowledged before t - max_lag; anything else falls back to
+Redis.
+
+A gap drops what it touches and starts again: a connection that fails, closes, answers
+out of turn (a slot moved away: Redis unsubscribes it) or leaves a PING unanswered for
+`dead_after` forgets every location of its node (their next reads go to Redis and
+subscribe again); a store flushed under us (FLUSHALL: no message) is found by the epoch
+key `{omnistock}:epoch` disappearing, checked every EPOCH_CHECK seconds, and forgets every
+location. Memory: at most `max_rows` rows and MAX_LOCATIONS locations, the least recently
+read location dropped (and unsubscribed) first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis import exceptions as rexc
+
+from engine.domain.model import StockRow
+from engine.metrics import Metrics
+from engine.store.codecs import parse_row
+from engine.store.keys import EPOCH, Keys
+from engine.store.scripts import REDIS_DOWN
+from engine.store.storage import Storage
+
+log = logging.getLogger(__name__)
+MAX_LOCATIONS = 10_000  # subscribed at once, per process
+EPOCH_CHECK = 1.0  # seconds between two looks at the epoch key (a FLUSHALL is found so)
+RETRY_AFTER = 0.5  # seconds a node whose connection failed is left alone
+_NONE = ("", "", 0, 0.0)  # what a reply answers when nothing was asked
+
+
+class RowReader(Protocol):
+    """Where reads get stock rows: Storage (always Redis) or RowCache."""
+
+    async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]: ...
+
+    async def available(self, pairs: Sequence[tuple[str, str]]) -> list[int]: ...
+
+
+class LinkGone(Exception):
+    """A cache connection met something it cannot vouch for; its locations are dropped."""
+
+
+_serials = itertools.count(1)
+
+
+@dataclass(eq=False)
+class _Location:
+    name: str
+    link: _Link
+    serial: int = field(default_factory=lambda: next(_serials))  # which subscription
+    live: bool = False  # Redis confirmed the subscription on link
+    written_at: float = -math.inf  # when this process's last write here was answered
+    rows: dict[str, StockRow] = field(default_factory=dict)
+    filling: dict[str, list[Any]] = field(default_factory=dict)  # sku -> [fills, newest seen]
+
+
+@dataclass(eq=False)
+class _Link:
+    """One pub/sub connection to one Redis node, written only by its writer task, in the
+    order of `pending`, which each reply (not a message) answers in turn."""
+
+    node: str
+    conn: Any
+    fresh_at: float = -math.inf  # send time of the newest PING answered
+    # what each reply will answer: sub|unsub|ping, the location and its serial, when sent
+    pending: deque[tuple[str, str, int, float]] = field(default_factory=deque)
+    outbox: list[tuple[str, str, int]] = field(default_factory=list)  # sub|unsub, where
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    locations: set[str] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+
+
+class RowCache:
+    """Stock rows for reads, served from this process where it can vouch for them (see the
+    module docstring), else from Redis: `rows` and `available` as Storage's."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        metrics: Metrics,
+        max_rows: int,
+        max_lag: float,
+        dead_after: float = 2.0,
+    ) -> None:
+        self.storage = storage
+        self.metrics = metrics
+        self.max_rows = max_rows
+        self.max_lag = max_lag
+        self.beat = max_lag / 4
+        self.dead_after = max(dead_after, 2 * max_lag)
+        self.locations: OrderedDict[str, _Location] = OrderedDict()  # least recent first
+        self.links: dict[str, _Link] = {}
+        self.retry_at: dict[str, float] = {}
+        self.cached = 0  # rows kept, over all locations
+        self.epoch: bytes | None = None
+        self._epoch_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._heard = asyncio.Event()  # a PONG came back, or a connection was dropped
+        metrics.read_cache_rows.set_function(lambda: self.cached)
+        metrics.read_cache_locations.set_function(lambda: len(self.locations))
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]:
+        """The rows of (location, sku) pairs, each as fresh as the module docstring says."""
+        now = time.monotonic()
+        out: list[StockRow | None] = [None] * len(pairs)
+        fills: list[tuple[int, _Location | None]] = []  # from Redis: None = not kept
+        states: dict[str, _Location | None] = {}
+        for i, (location, sku) in enumerate(pairs):
+            if location in states:
+                state = states[location]
+            else:
+                state = states[location] = self._servable(location, now)
+            row = state.rows.get(sku) if state is not None else None
+            if row is not None:
+                out[i] = row
+            else:
+                fills.append((i, state))
+        hits = len(pairs) - len(fills)
+        if hits:
+            self.metrics.read_cache_reads.labels("hit").inc(hits)
+        if fills:
+            await self._fill(pairs, fills, out)
+        return out  # type: ignore[return-value]  # every slot was set
+
+    async def available(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        return [row.available for row in await self.rows(pairs)]
+
+    def kept(self, location: str, sku: str) -> StockRow | None:
+        """The row as kept here (None: not kept), whether or not it may be served now."""
+        state = self.locations.get(location)
+        return None if state is None else state.rows.get(sku)
+
+    def wrote(self, location: str) -> None:
+        """A write at `location` was just answered to this process: its rows are served
+        from here again only once a PING sent after now has come back."""
+        state = self.locations.get(location)
+        if state is not None:
+            state.written_at = time.monotonic()
+
+    def _servable(self, location: str, now: float) -> _Location | None:
+        """The location's state when its rows may be served from here; else None (and it
+        is subscribed, for the reads after this one)."""
+        state = self.locations.get(location)
+        if state is None:
+            self._subscribe(location, now)
+            return None
+        self.locations.move_to_end(location)
+        if self.epoch is None:  # not yet looked at: a flush before it would go unseen
+            return None
+        fresh_at = state.link.fresh_at
+        if state.live and now - fresh_at <= self.max_lag and fresh_at > state.written_at:
+            return state
+        return None
+
+    async def _fill(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        fills: list[tuple[int, _Location | None]],
+        out: list[StockRow | None],
+    ) -> None:
+        for i, state in fills:
+            if state is not None:
+                state.filling.setdefault(pairs[i][1], [0, None])[0] += 1
+        kept = sum(state is not None for _, state in fills)
+        self.metrics.read_cache_reads.labels("filled").inc(kept)
+        self.metrics.read_cache_reads.labels("fallback").inc(len(fills) - kept)
+        try:
+            read = await self.storage.rows([pairs[i] for i, _ in fills])
+        finally:
+            got = {}
+            for i, state in fills:
+                if state is not None:
+                    got[i] = self._end_fill(state, pairs[i][1])
+        for (i, state), row in zip(fills, read, strict=True):
+            out[i] = row
+            if state is not None and self.locations.get(state.name) is state and state.live:
+                newest = got[i]
+                if newest is not None and newest.version > row.version:
+                    row = newest
+                if pairs[i][1] not in state.rows:
+                    self.cached += 1
+                state.rows[pairs[i][1]] = row
+        self._evict()
+
+    @staticmethod
+    def _end_fill(state: _Location, sku: str) -> StockRow | None:
+        """The newest message of `sku` seen while its fills were under way."""
+        entry = state.filling[sku]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del state.filling[sku]
+        newest: StockRow | None = entry[1]
+        return newest
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def _subscribe(self, location: str, now: float) -> None:
+        node = None if self._closed else self._node_of(location)
+        if node is None or now < self.retry_at.get(node, 0.0):
+            return
+        link = self.links.get(node)
+        if link is None:
+            link = self._open(node, location)
+        state = _Location(location, link)
+        self.locations[location] = state
+        link.locations.add(location)
+        link.outbox.append(("sub", location, state.serial))
+        link.wake.set()
+        self._evict()
+
+    def _node_of(self, location: str) -> str | None:
+        if not self.storage.cluster:
+            return "redis"
+        node = self.storage.redis.get_node_from_key(Keys.changes(location))
+        return None if node is None else str(node.name)
+
+    def _open(self, node: str, location: str) -> _Link:
+        if self.storage.cluster:
+            target = self.storage.redis.get_node_from_key(Keys.changes(location))
+            cls, kwargs = target.connection_class, target.connection_kwargs
+        else:
+            pool = self.storage.redis.connection_pool
+            cls, kwargs = pool.connection_class, pool.connection_kwargs
+        kwargs = {**kwargs, "protocol": 2, "health_check_interval": 0, "retry": None}
+        link = _Link(node, cls(**kwargs))
+        self.links[node] = link
+        link.task = asyncio.create_task(self._run(link))
+        return link
+
+    def _evict(self) -> None:
+        """Drops the least recently read locations while over a bound."""
+        while self.locations and (
+            self.cached > self.max_rows or len(self.locations) > MAX_LOCATIONS
+        ):
+            _, state = self.locations.popitem(last=False)
+            self._forget(state)
+            self.metrics.read_cache_evictions.inc()
+            link = state.link
+            if self.links.get(link.node) is link:
+                link.outbox.append(("unsub", state.name, state.serial))
+                link.wake.set()
+
+    def _forget(self, state: _Location) -> None:
+        self.cached -= len(state.rows)
+        state.rows.clear()
+        state.live = False
+        state.link.locations.discard(state.name)
+
+    def _drop(self, link: _Link, why: str) -> None:
+        """A gap on `link`: every location of its node is forgotten."""
+        if self.links.get(link.node) is not link:
+            return  # dropped already (a reset)
+        del self.links[link.node]
+        self._heard.set()
+        if why == "gap":
+            self.retry_at[link.node] = time.monotonic() + RETRY_AFTER
+        for name in list(link.locations):
+            state = self.locations.pop(name, None)
+            if state is not None:
+                self._forget(state)
+                self.metrics.read_cache_resyncs.labels(why).inc()
+        link.locations.clear()
+
+    def reset(self, why: str) -> None:
+        """Forgets every location (a gap of the whole store)."""
+        for link in list(self.links.values()):
+            self._drop(link, why)
+            if link.task is not None:
+                link.task.cancel()
+        self.retry_at.clear()
+
+    # -- the connections ---------------------------------------------------------------
+
+    async def _run(self, link: _Link) -> None:
+        try:
+            await link.conn.connect()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read(link))
+                group.create_task(self._write(link))
+        except* (*REDIS_DOWN, rexc.RedisError, LinkGone) as exc:
+            log.warning("read cache: connection to %s lost: %s", link.node, exc.exceptions[0])
+        finally:
+            self._drop(link, "gap")
+            with contextlib.suppress(Exception):
+                await link.conn.disconnect(nowait=True)
+
+    async def _read(self, link: _Link) -> None:
+        while not self._closed:
+            try:
+                reply = await link.conn.read_response(timeout=math.inf)
+            except rexc.ResponseError as exc:  # a SSUBSCRIBE refused: MOVED, ACL
+                self._refused(link, exc)
+                continue
+            if not isinstance(reply, list) or len(reply) < 2:
+                raise LinkGone(f"unexpected reply {reply!r}")
+            kind = reply[0]
+            if kind == b"smessage":
+                self._on_message(reply[1], reply[2])
+            else:
+                self._on_answer(link, kind, reply[1])
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        state = self.locations.get(Keys.location_of_changes(channel.decode()))
+        if state is None or not state.live:
+            return
+        sku_bytes, value = data.split(b"\t", 1)
+        sku = sku_bytes.decode()
+        row = parse_row(value)
+        kept = state.rows.get(sku)
+        if kept is not None:
+            if row.version > kept.version:
+                state.rows[sku] = row
+            return
+        filling = state.filling.get(sku)
+        if filling is not None and (filling[1] is None or row.version > filling[1].version):
+            filling[1] = row
+
+    def _on_answer(self, link: _Link, kind: bytes, what: bytes) -> None:
+        """A reply to the command at the head of `pending`, or the link is out of step
+        (an unsubscribe Redis sent of itself: the slot moved)."""
+        expected, arg, serial, sent_at = link.pending.popleft() if link.pending else _NONE
+        if kind == b"pong" and expected == "ping":
+            link.fresh_at = sent_at
+            self._heard.set()
+            return
+        name = what.decode() if isinstance(what, bytes) else ""
+        if expected == "sub" and kind == b"ssubscribe" and name == Keys.changes(arg):
+            state = self.locations.get(arg)
+            if state is not None and state.serial == serial:  # not a dropped one's
+                state.live = True
+            return
+        if expected == "unsub" and kind == b"sunsubscribe" and name == Keys.changes(arg):
+            return
+        raise LinkGone(f"{kind!r} {name} out of step (expected {expected} {arg})")
+
+    def _refused(self, link: _Link, exc: Exception) -> None:
+        expected, arg, serial, _ = link.pending.popleft() if link.pending else _NONE
+        if expected != "sub":
+            raise LinkGone(f"{exc} (expected {expected})")
+        state = self.locations.get(arg)
+        if state is not None and state.serial == serial:
+            del self.locations[arg]
+            self._forget(state)
+        log.info("read cache: %s not subscribed: %s", arg, exc)
+
+    async def _write(self, link: _Link) -> None:
+        """Sends the link's (un)subscriptions as they come, and a PING every beat."""
+        next_ping = 0.0
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_ping - time.monotonic())):
+                    await link.wake.wait()
+            link.wake.clear()
+            now = time.monotonic()
+            commands: list[tuple[str, ...]] = []
+            for kind, location, serial in link.outbox:
+                link.pending.append((kind, location, serial, now))
+                verb = "SSUBSCRIBE" if kind == "sub" else "SUNSUBSCRIBE"
+                commands.append((verb, Keys.changes(location)))
+            link.outbox.clear()
+            if now >= next_ping:
+                self._check_answered(link, now)
+                link.pending.append(("ping", "", 0, now))
+                commands.append(("PING",))
+                next_ping = now + self.beat
+            if commands:
+                if not link.conn.is_connected:  # never reconnect: it would subscribe nothing
+                    raise LinkGone("connection closed")
+                await link.conn.send_packed_command(
+                    link.conn.pack_commands(commands), check_health=False
+                )
+
+    def _check_answered(self, link: _Link, now: float) -> None:
+        oldest = next((at for kind, _, _, at in link.pending if kind == "ping"), None)
+        if oldest is not None and now - oldest > self.dead_after:
+            raise LinkGone(f"no PONG for {now - oldest:.1f}s")
+
+    async def start(self) -> None:
+        """Sets or learns the store's epoch, then looks at it every EPOCH_CHECK seconds."""
+        with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
+            await self.check_epoch()
+        self._epoch_task = asyncio.create_task(self._watch_epoch())
+
+    async def caught_up(self) -> None:
+        """Waits until every connection has answered a PING sent after now (or is gone):
+        from then on, every write answered before now is in the cache."""
+        since = time.monotonic()
+        while True:
+            self._heard.clear()
+            if all(link.fresh_at > since for link in self.links.values()):
+                return
+            await self._heard.wait()
+
+    # -- the store's epoch -------------------------------------------------------------
+
+    async def _watch_epoch(self) -> None:
+        """A flushed store says nothing on the channels; its epoch key disappears (or
+        another process's replaces it) and every location is forgotten."""
+        while not self._closed:
+            await asyncio.sleep(EPOCH_CHECK)
+            with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
+                await self.check_epoch()
+
+    async def check_epoch(self) -> None:
+        redis = self.storage.redis
+        seen = await redis.get(EPOCH)
+        if seen is None:
+            await redis.set(EPOCH, secrets.token_hex(8), nx=True)
+            seen = await redis.get(EPOCH)
+        if self.epoch is not None and seen != self.epoch:
+            log.warning("read cache: the store's epoch changed (flushed?): every row dropped")
+            self.reset("flush")
+        self.epoch = seen
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = {t for t in (self._epoch_task, *(lk.task for lk in self.links.values())) if t}
+        while tasks:  # Python 3.11's wait_for can swallow a cancel (gh-86296): send it again
+            for task in tasks:
+                task.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=0.5)
