@@ -132,6 +132,7 @@ class NodeBatches:
         # every node object a lane sent on: redis-py drops a node's object from its map
         # when the node fails or moves, with the connections open; closed in aclose
         self.used: set[ClusterNode] = set()
+        self.closed = False
 
     def node(self, name: str) -> ClusterNode | None:
         node: ClusterNode | None = self.cluster.nodes_manager.nodes_cache.get(name)
@@ -150,6 +151,9 @@ class NodeBatches:
 
     def submit(self, call: Call, to: str | None = None) -> None:
         """Sends the call to its slot's node, or to node `to`."""
+        if self.closed:
+            call.answer(rexc.ConnectionError("the store is closing"))
+            return
         try:
             slot = key_slot(_encoded(key_of(call.args)))
             name = to or self.cluster.nodes_manager.get_node_from_slot(slot).name
@@ -224,11 +228,16 @@ class NodeBatches:
             lane.fail_queued(reason)
 
     async def aclose(self) -> None:
-        """Stops the retries and map reads under way and closes every connection a lane
-        opened (also those of nodes that have left redis-py's map)."""
-        for task in list(self._tasks):
+        """Takes no call from now on, stops the batches, retries and map reads under way
+        (a follow-up sent late would open a connection again), and closes every connection
+        a lane opened (also those of nodes that have left redis-py's map)."""
+        self.closed = True
+        for lane in self.lanes.values():
+            lane.fail_queued("the store is closing")
+        tasks = [*self._tasks, *(task for lane in self.lanes.values() for task in lane.tasks)]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(node.disconnect() for node in self.used), return_exceptions=True)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

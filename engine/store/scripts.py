@@ -117,7 +117,7 @@ class AutoPipeline:
         self.max_inflight = max_inflight
         self.queue: list[Call] = []
         self.inflight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def evalsha(
         self, sha: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
@@ -139,8 +139,8 @@ class AutoPipeline:
         if self.inflight < self.max_inflight:
             self.inflight += 1
             task = asyncio.ensure_future(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     def fail_queued(self, reason: str) -> None:
         """Answers every call not yet sent with a ConnectionError; they are never sent."""
