@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.store.embedded import LocalCluster
+from engine.store.localcluster import LocalCluster
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from redis.crc import key_slot
 
-from engine.store.embedded import LocalCluster
+from engine.store.localcluster import LocalCluster
 
 
 @contextlib.contextmanager

@@ -22,7 +22,8 @@ from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.settings import Settings
 from engine.store.connect import connect
-from engine.store.embedded import EmbeddedRedis, LocalCluster
+from engine.store.embedded import EmbeddedRedis
+from engine.store.localcluster import LocalCluster
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.parts import Timing

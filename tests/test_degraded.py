@@ -15,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.embedded import LocalCluster
 from engine.store.keys import Keys
+from engine.store.localcluster import LocalCluster
 
 from .cluster_helpers import local_cluster, named, on_node
 from .conftest import served

@@ -17,7 +17,7 @@ import redis
 from redis.crc import key_slot
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.embedded import LocalCluster
+from engine.store.localcluster import LocalCluster
 
 from .cluster_helpers import local_cluster
 from .conftest import served
