@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -32,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,10 +68,20 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# The store is started through a fresh interpreter that asks the kernel to stop it when this
+# process dies (PR_SET_PDEATHSIG, checked against a parent already gone) and then becomes
+# the store (exec). Not a preexec_fn: that runs Python in a fork of this process, which its
+# gRPC threads make unsafe (in CI such a child once died before reaching its exec).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    f"    ctypes.CDLL('libc.so.6', use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('the process that started the store is gone')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 class EmbeddedRedis:
@@ -173,12 +183,12 @@ class EmbeddedRedis:
         binary = find_binary()
         log.info("starting embedded server %s on 127.0.0.1:%d", binary.name, self.port)
         conf = [str(self.conffile)] if self.password and self._secret() else []
+        shim = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())]
         self.process = subprocess.Popen(
-            [str(binary), *conf, *self.config()],
+            [*shim, str(binary), *conf, *self.config()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
         )
         self.started_at = time.monotonic()
         try:
