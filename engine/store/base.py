@@ -227,18 +227,17 @@ class Base:
         pipe = self.redis.pipeline(transaction=False)
         for command, options in commands:
             pipe.execute_command(*command, **options)
-        wait = self.replication is not None and any(self._writes(c) for c, _ in commands)
-        if wait and self.replication is not None:
-            pipe.execute_command("WAIT", self.replication.replicas, self.replication.timeout_ms)
+        wait = self.replication
+        if wait is not None and not any(self._writes(c) for c, _ in commands):
+            wait = None
+        if wait is not None:
+            pipe.execute_command(*wait.wait)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        if not wait or self.replication is None:
+        if wait is None:
             return results
-        acked, results = results[-1], results[:-1]
-        if isinstance(acked, Exception) or int(acked) < self.replication.replicas:
-            raise NotReplicated(
-                f"a write was not acknowledged by {self.replication.replicas} replica(s) "
-                f"within {self.replication.timeout_ms} ms; it may be lost at a failover: retry"
-            )
+        late = wait.missed(results.pop())
+        if late is not None:
+            raise late
         return results
 
     def _writes(self, command: Command) -> bool:

@@ -104,10 +104,6 @@ class Lane(AutoPipeline):
         results = [commands[i].result for i in positions]
         return self._replicated(batch, results, commands[-1].result if wait else None)
 
-    def _failed(self, batch: list[Call], exc: BaseException) -> None:
-        for call in batch:
-            self._answer(call, exc)
-
     def _answer(self, call: Call, result: Any) -> None:
         if isinstance(result, REFUSED) and self.router.retry(call, result):
             return

@@ -94,6 +94,20 @@ class Replication:
     timeout_ms: int
     reads: frozenset[str]  # SHAs of the scripts that write nothing (no WAIT for them)
 
+    @property
+    def wait(self) -> Command:
+        return ("WAIT", self.replicas, self.timeout_ms)
+
+    def missed(self, acked: Any) -> NotReplicated | None:
+        """What WAIT's answer makes of the writes before it: None when enough replicas
+        have them, else the error their callers are answered with."""
+        if not isinstance(acked, Exception) and int(acked) >= self.replicas:
+            return None
+        return NotReplicated(
+            f"the write was not acknowledged by {self.replicas} replica(s) within "
+            f"{self.timeout_ms} ms (got {acked}); it may be lost at a failover: retry"
+        )
+
 
 class AutoPipeline:
     """Commands made at about the same time by one process, sent together: one round trip
@@ -174,7 +188,7 @@ class AutoPipeline:
 
     def _failed(self, batch: list[Call], exc: BaseException) -> None:
         for call in batch:
-            call.answer(exc)
+            self._answer(call, exc)
 
     def _answer(self, call: Call, result: Any) -> None:
         call.answer(result)
@@ -198,22 +212,15 @@ class AutoPipeline:
 
     def _wait(self, batch: Sequence[Call]) -> Command | None:
         """With replication, a batch that writes ends with WAIT, on the same connection."""
-        wait = self.replication
-        if wait is None or not any(call.writes for call in batch):
+        if self.replication is None or not any(call.writes for call in batch):
             return None
-        return ("WAIT", wait.replicas, wait.timeout_ms)
+        return self.replication.wait
 
     def _replicated(self, batch: Sequence[Call], results: list[Any], acked: Any) -> list[Any]:
         """The results, each write's replaced by NotReplicated if too few replicas have it."""
-        wait = self.replication
-        if wait is None or acked is None:
+        late = None if self.replication is None or acked is None else self.replication.missed(acked)
+        if late is None:
             return results
-        if not isinstance(acked, Exception) and int(acked) >= wait.replicas:
-            return results
-        late = NotReplicated(
-            f"the write was not acknowledged by {wait.replicas} replica(s) within "
-            f"{wait.timeout_ms} ms (got {acked}); it may be lost at a failover: retry"
-        )
         return [
             late if call.writes and not isinstance(r, Exception) else r  # a refusal stays
             for call, r in zip(batch, results, strict=True)
