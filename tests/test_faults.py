@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2
 from engine.app import Omnistock, create_server
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.connect import redis_client
-from engine.store.embedded import EmbeddedRedis, free_port
+from engine.store.embedded import EmbeddedRedis
 from engine.store.storage import Storage
 
 from .conftest import BUCKETS, HOUR_MS, ON_BOTH, settings_for
@@ -354,7 +354,7 @@ async def test_calls_fail_unavailable_within_their_deadline_and_recover_when_red
     tmp_path: Path,
 ) -> None:
     # given an in-process server on a private store (fixed port, own state dir), with stock
-    store = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    store = EmbeddedRedis(tmp_path / "redis")
     await asyncio.to_thread(store.start)
     app = create_server(settings_for(store.url))
     try:

@@ -29,7 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from engine.domain.model import EventKind, StockEvent, StockRow
 from engine.metrics import Metrics
 from engine.store.connect import connect
-from engine.store.embedded import EmbeddedRedis, free_port
+from engine.store.embedded import EmbeddedRedis
 from engine.store.keys import Keys
 from engine.store.rowcache import RowCache
 from engine.store.storage import Storage
@@ -305,7 +305,7 @@ async def test_a_read_during_a_cut_feed_goes_to_redis_and_is_right(
 
 async def test_a_store_restarted_under_the_cache_is_read_again(tmp_path: Path) -> None:
     # given a cache over a private store, keeping rows
-    store = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    store = EmbeddedRedis(tmp_path / "redis")
     await asyncio.to_thread(store.start)
     client = await connect(store.url, 2.0)
     storage = storage_on(client)

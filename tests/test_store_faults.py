@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 import redis
 from grpc_health.v1 import health_pb2
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.embedded import EmbeddedRedis, free_port
+from engine.store.embedded import EmbeddedRedis, PortTaken, free_port
 
 from .conftest import BUCKETS
 from .grpc_helpers import Stubs, level, line, stock_up
@@ -181,3 +183,44 @@ def test_a_store_still_loading_its_data_is_not_taken_for_ready(tmp_path: Path) -
         client.close()
     finally:
         store.stop()
+
+
+def test_a_port_taken_before_the_first_start_is_replaced_and_kept_after(tmp_path: Path) -> None:
+    # given a cluster node whose chosen ports another process binds before it starts
+    store = EmbeddedRedis(tmp_path / "store", cluster=True, password=False)
+    taken = {store.port, store.cluster_port}
+    squatters = []
+    for port in taken:
+        squatter = socket.socket()
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        squatters.append(squatter)
+    try:
+        # when it starts
+        store.start()
+        try:
+            # then it serves on other ports, and keeps them when it is started again
+            assert not taken & {store.port, store.cluster_port}
+            chosen = (store.port, store.cluster_port)
+            store.stop()
+            store.start()
+            assert (store.port, store.cluster_port) == chosen
+            assert redis.Redis(port=store.port).ping()
+        finally:
+            store.stop()
+    finally:
+        for squatter in squatters:
+            squatter.close()
+
+
+def test_a_port_given_by_the_caller_is_never_replaced(tmp_path: Path) -> None:
+    # given a store told its port, which another process holds
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        store = EmbeddedRedis(tmp_path / "store", port=port)
+        # when it starts, then it says why it cannot, on that port
+        with pytest.raises(PortTaken, match="Address already in use"):
+            store.start()
+        assert store.port == port

@@ -54,6 +54,13 @@ def find_binary() -> Path:
     return Path(get_binary_path())
 
 
+class PortTaken(RuntimeError):
+    """The store could not bind its port: another process holds it."""
+
+
+PORT_ATTEMPTS = 3
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,16 +98,21 @@ class EmbeddedRedis:
         *,
         appendfsync: str = "everysec",
         port: int = 0,
-        cluster_port: int = 0,
+        cluster: bool = False,
         password: bool = True,
     ) -> None:
-        """cluster_port: enables cluster mode, with the node's cluster bus on that port.
-        password: the store asks for one (made once, kept in its owner-only config file)."""
+        """port: 0 for a free one, chosen here (and chosen again if another process binds
+        it before the store's first start). cluster: cluster mode, with the node's cluster
+        bus on a free port. password: the store asks for one (made once, kept in its
+        owner-only config file)."""
         self.state_dir = state_dir.resolve()
         self.password = password
         self.appendfsync = appendfsync
         self.port = port or free_port()
-        self.cluster_port = cluster_port
+        self.cluster_port = free_port() if cluster else 0
+        # free_port() only finds a port free at that moment: until the store has run once
+        # (and its URL was handed out), a port taken meanwhile is replaced by another.
+        self._may_move = not port
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0  # time.monotonic() of the last start
         self._stopped = False
@@ -178,6 +190,20 @@ class EmbeddedRedis:
             return True
 
     def _start(self, timeout: float) -> None:
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                self._start_once(timeout)
+                self._may_move = False
+                return
+            except PortTaken:
+                if not self._may_move or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                log.warning("port %d or %d was taken meanwhile: choosing others",
+                            self.port, self.cluster_port)  # fmt: skip
+                self.port = free_port()
+                self.cluster_port = free_port() if self.cluster_port else 0
+
+    def _start_once(self, timeout: float) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
         binary = find_binary()
@@ -271,7 +297,10 @@ class EmbeddedRedis:
             assert self.process is not None
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"embedded redis exited: {err or self._log_tail()}")
+                why = err or self._log_tail()
+                raise (PortTaken if "Address already in use" in why else RuntimeError)(
+                    f"embedded redis exited: {why}"
+                )
             if self._answers_ping():
                 return
             time.sleep(0.05)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.store.embedded import EmbeddedRedis, free_port
+from engine.store.embedded import EmbeddedRedis
 
 
 class LocalCluster:
@@ -23,7 +23,7 @@ class LocalCluster:
         self.size = size
         self.nodes = [
             # a local test cluster: no password (its nodes would need masterauth and more)
-            EmbeddedRedis(state_dir / f"node-{i}", cluster_port=free_port(), password=False)
+            EmbeddedRedis(state_dir / f"node-{i}", cluster=True, password=False)
             for i in range(size * (1 + replicas))
         ]
 
