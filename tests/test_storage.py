@@ -99,6 +99,25 @@ async def test_release_gives_units_back_once(storage: Storage) -> None:
     assert row.reserved == 0 and row.available == 5
 
 
+async def test_forget_with_a_fingerprint_lets_go_only_a_part_of_those_lines(
+    storage: Storage,
+) -> None:
+    # given a part held with 2 units of a
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
+    await hold(storage, "r1", [Line(L, "a", 2)])
+    other, own = fingerprint([Line(L, "a", 1)]), fingerprint([Line(L, "a", 2)])
+    # when another attempt's lines are forgotten, then the part stays held
+    forget = ReleaseMode.FORGET
+    answer = await storage.release_part("r1", L, ["a"], forget, fp=other)
+    assert answer == PartReply(Reply.MISSING)
+    assert (await storage.rows([(L, "a")]))[0].reserved == 2
+    # and its own are let go, the part gone with them
+    answer = await storage.release_part("r1", L, ["a"], forget, fp=own)
+    assert answer == PartReply(Reply.RELEASED, changed=True)
+    assert (await storage.rows([(L, "a")]))[0].reserved == 0
+    assert [p.state for p in await storage.parts("r1", [L])] == [None]
+
+
 async def test_expire_takes_back_only_parts_past_their_expiry(storage: Storage) -> None:
     await storage.apply_events(L, [count("c1", "a", 9, NOW - 10)], NOW)
     await hold(storage, "early", [Line(L, "a", 2)], exp=NOW + 1000)

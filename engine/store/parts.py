@@ -113,12 +113,14 @@ class Parts(Base):
         skus: Iterable[str],
         mode: ReleaseMode,
         owner: str = "",
+        fp: str = "",
     ) -> PartReply:
+        """fp: let go only a part of these lines (its fingerprint); '' for any."""
         keys = KeyList(
             Keys.part(location, reservation_id), Keys.due(location), Keys.capacity(location)
         )
         triples = self._line_keys(keys, location, skus)
-        args = [reservation_id, self.retention_ms, mode, len(triples) // 3, *triples]
+        args = [reservation_id, self.retention_ms, mode, fp, len(triples) // 3, *triples]
         args.append(Keys.changes(location))
         then = _unbudget(owner, reservation_id)
         return part_reply(await self.call("release", keys.keys, args, then))

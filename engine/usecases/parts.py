@@ -118,12 +118,15 @@ class ReservationParts:
         locations: Sequence[str],
         mode: ReleaseMode,
         owner: str = "",
+        fp: str = "",
     ) -> list[PartReply]:
-        """owner: whose held units the parts stop counting (see Storage.budget)."""
+        """owner: whose held units the parts stop counting (see Storage.budget); fp: only
+        parts of these lines (a fingerprint) are let go."""
+        skus = {loc: [ln.sku for ln in groups[loc]] for loc in locations}
         return list(
             await asyncio.gather(
                 *(
-                    self.storage.release_part(rid, loc, [ln.sku for ln in groups[loc]], mode, owner)
+                    self.storage.release_part(rid, loc, skus[loc], mode, owner, fp)
                     for loc in locations
                 )
             )

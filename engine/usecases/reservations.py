@@ -2,12 +2,13 @@
 
 A reservation at one location is one Lua script: the directory entry and the hold are
 written together (one round trip). On a Redis Cluster the directory lives in the slot of
-the reservation id, apart from any location's: there the directory entry is written first
-and the hold second (two round trips, each to its own node; no saga). Each attempt counts
+the reservation id, apart from any location's: there the directory entry and the hold are
+sent together, each to its own node (still one round trip; no saga). Each attempt counts
 itself into the entry, and one whose hold failed counts itself out, so the entry stays
-exactly while some attempt may have held (place.lua). Why not both at once: an id used
-with other lines at another location is refused only by the entry, and a hold sent beside
-it would take stock, visibly to others, before being let go.
+exactly while some attempt may have held (place.lua). An id used with other lines is
+refused only by the entry: a hold sent beside it has then taken stock, and is let go
+(forgotten) before the call answers ALREADY_EXISTS. Others may see those units held for
+that moment, as they see a saga's part held before a shortfall elsewhere rolls it back.
 A reservation across locations is a saga of per-location
 atomic steps under a durable intent: the directory entry, with saga field PENDING:<owner>,
 and an entry in the sagas index written before any step. The owner holds every part; if a
@@ -198,24 +199,38 @@ class Reservations(Sagas):
         caps: dict[str, PickCapacity],
         owner: str,
     ) -> HoldResult | None:
-        """On a cluster: the directory entry at the id's node, then the hold at the
-        location's (two round trips, no saga). None: the id is a saga's; take its way."""
+        """On a cluster: the directory entry at the id's node and the hold at the
+        location's, sent together (one round trip, no saga). None: the id is a saga's;
+        take its way."""
         now = self.clock.now_ms()
         fp, location = fingerprint(lines, owner), lines[0].location
         ttl = ttl_ms + self.storage.retention_ms
-        placed = await self.storage.place(rid, fp, encode_lines(lines), ttl, owner)
-        if placed.reply is Claim.CONFLICT:
-            raise AlreadyExists(f"reservation {rid} exists with other lines")
-        if placed.reply is Claim.SAGA:
-            return None
         call = self.storage.hold_call(
             rid, fp, location, lines, now, now + ttl_ms, None, caps.get(location)
         )
-        # If the hold fails (UNAVAILABLE), the entry stays: whether it held is unknown.
-        (answer,) = await self.storage.hold([call])
-        if answer.reply not in (Reply.HELD, Reply.EXISTS):
+        placed, answer = await asyncio.gather(
+            self.storage.place(rid, fp, encode_lines(lines), ttl, owner),
+            self.storage.hold([call]),
+            return_exceptions=True,
+        )
+        held = not isinstance(answer, BaseException) and answer[0].reply is Reply.HELD
+        if isinstance(placed, BaseException) or placed.reply is Claim.CONFLICT:
+            # The id is another reservation's, or unknown to be this one's: what this
+            # attempt held is let go at once (it was never answered).
+            if held:
+                await self._release_parts(
+                    rid, {location: list(lines)}, [location], ReleaseMode.FORGET, fp=fp
+                )
+            if isinstance(placed, BaseException):
+                raise placed
+            raise AlreadyExists(f"reservation {rid} exists with other lines")
+        if isinstance(answer, BaseException):
+            raise answer  # the entry stays: whether the hold landed is unknown
+        if placed.reply is Claim.SAGA:
+            return None  # a part held here has the saga's lines: the saga's way finds it
+        if answer[0].reply not in (Reply.HELD, Reply.EXISTS):
             await self.storage.unplace(rid, fp)  # this attempt held nothing
-        return self._hold_answer(rid, lines, location, answer)
+        return self._hold_answer(rid, lines, location, answer[0])
 
     def _hold_answer(
         self, rid: str, lines: tuple[Line, ...], location: str, answer: HoldReply

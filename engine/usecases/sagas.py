@@ -104,7 +104,7 @@ class Sagas(ReservationParts):
         full = tuple(loc for loc, a in zip(groups, answers, strict=True) if a.reply is Reply.FULL)
         if shortfalls or full:
             # It never took effect: forget every part held, then the id itself.
-            await self._release_parts(rid, groups, held, ReleaseMode.FORGET)
+            await self._release_parts(rid, groups, held, ReleaseMode.FORGET, fp=fp)
             await self.storage.drop_directory(rid, PENDING + owner)
             await self.storage.unschedule_saga(rid)
             return HoldResult(None, tuple(shortfalls), full)
