@@ -55,17 +55,17 @@ class Gate:
         self.calls = Rate(limits.rate)
         self.streams: Counter[str] = Counter()
 
-    def identify(
-        self, metadata: Sequence[tuple[str, Any]], common_names: Sequence[str]
-    ) -> Principal:
+    def identify(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The call's principal: by its bearer token, else by its client certificate."""
         if self.principals is None:
             return OPEN
-        token = _bearer(metadata)
+        token = _bearer(context.invocation_metadata() or ())
         if token is not None:
             principal = self.principals.by_bearer(token)
             if principal is None:
                 raise Unauthenticated("the bearer token is not known")
             return principal
+        common_names = _common_names(context)
         for name in common_names:
             principal = self.principals.by_name.get(name)
             if principal is not None:
@@ -155,29 +155,37 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, gate: Gate, metrics: Metrics) -> None:
         self.gate = gate
         self.metrics = metrics
+        # method -> its handler behind the gate, made on its first call: the servicers'
+        # methods are fixed, so this holds one entry per method served
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
         method: str = details.method
+        guarded = self._guarded.get(method)
+        if guarded is not None:
+            return guarded
+        handler = await continuation(details)
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
         kind = _kind(handler)
         streaming = handler.request_streaming or handler.response_streaming
         wrapped = self._guard(getattr(handler, kind), method, streaming, handler.request_streaming)
-        return handler._replace(
+        guarded = handler._replace(
             request_deserializer=_tolerant(handler.request_deserializer), **{kind: wrapped}
         )
+        self._guarded[method] = guarded
+        return guarded
 
     async def _enter(
         self, method: str, streaming: bool, context: grpc.aio.ServicerContext
     ) -> Principal:
         gate = self.gate
         try:
-            principal = gate.identify(context.invocation_metadata() or (), _common_names(context))
+            principal = gate.identify(context)
         except Unauthenticated as exc:
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, exc, "unauthenticated")
         try:

@@ -5,7 +5,6 @@ one to INTERNAL (logged once), never UNKNOWN."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -81,30 +80,42 @@ def _budget(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else max(remaining - _margin(remaining), 0.001)
 
 
-@contextlib.asynccontextmanager
-async def _answering(
-    method: str, metrics: Metrics, context: grpc.aio.ServicerContext, stream: bool
-) -> AsyncIterator[None]:
-    """Times a call, and answers every exception of it with its status (see `rpc`)."""
-    start, code = time.perf_counter(), grpc.StatusCode.OK
-    try:
-        yield
-    except (GeneratorExit, asyncio.CancelledError):
-        code = grpc.StatusCode.CANCELLED
-        raise
-    except BaseException as exc:
-        if stream and (context.cancelled() or _answer_undeliverable(exc)):
-            code = grpc.StatusCode.CANCELLED  # the caller is gone: no one to answer
-            return
-        failure = _failure(exc, method)
-        if failure is None:
-            code = context.code() or grpc.StatusCode.CANCELLED
-            raise
-        code = failure[0]
-        await context.abort(*failure)
-    finally:
-        elapsed = time.perf_counter() - start
-        metrics.rpc_seconds.labels(method, _code_name(code)).observe(elapsed)
+class _Answering:
+    """Times a call, and answers every exception of it with its status (see `rpc`). A
+    class, not a generator-based context manager: it wraps every call, and this costs
+    less per call."""
+
+    __slots__ = ("context", "method", "metrics", "start", "stream")
+
+    def __init__(
+        self, method: str, metrics: Metrics, context: grpc.aio.ServicerContext, stream: bool
+    ) -> None:
+        self.method, self.metrics, self.context, self.stream = method, metrics, context, stream
+
+    async def __aenter__(self) -> None:
+        self.start = time.perf_counter()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: Any, tb: Any) -> bool:
+        code, context = grpc.StatusCode.OK, self.context
+        try:
+            if exc is None:
+                return False
+            if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED
+                return False
+            if self.stream and (context.cancelled() or _answer_undeliverable(exc)):
+                code = grpc.StatusCode.CANCELLED  # the caller is gone: no one to answer
+                return True
+            failure = _failure(exc, self.method)
+            if failure is None:
+                code = context.code() or grpc.StatusCode.CANCELLED
+                return False
+            code = failure[0]
+            await context.abort(*failure)
+            return False  # unreachable: abort raises
+        finally:
+            elapsed = time.perf_counter() - self.start
+            self.metrics.observe_rpc(self.method, _code_name(code), elapsed)
 
 
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
@@ -114,7 +125,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
     def wrap(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(handler)
         async def run(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-            async with _answering(method, self.metrics, context, stream=False):
+            async with _Answering(method, self.metrics, context, stream=False):
                 async with asyncio.timeout(_budget(context)):
                     return await handler(self, request, context)
             raise AssertionError("unreachable: a failure is answered by abort, which raises")
@@ -136,7 +147,7 @@ def rpc_stream(method: str) -> Callable[[StreamHandler[Req, Resp]], StreamHandle
         async def run(
             self: Any, request: Req, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Resp]:
-            async with _answering(method, self.metrics, context, stream=True):
+            async with _Answering(method, self.metrics, context, stream=True):
                 async for answer in handler(self, request, context):
                     yield answer
 

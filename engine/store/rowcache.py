@@ -58,6 +58,7 @@ MAX_LOCATIONS = 10_000  # subscribed at once, per process
 EPOCH_CHECK = 1.0  # seconds between two looks at the epoch key (a FLUSHALL is found so)
 RETRY_AFTER = 0.5  # seconds a node whose connection failed is left alone
 _NONE = ("", "", 0, 0.0)  # what a reply answers when nothing was asked
+READS = ("hit", "filled", "fallback")  # how a row read was answered (a metric's labels)
 
 
 class RowReader(Protocol):
@@ -128,6 +129,7 @@ class RowCache:
         self._epoch_task: asyncio.Task[None] | None = None
         self._closed = False
         self._heard = asyncio.Event()  # a PONG came back, or a connection was dropped
+        self._reads = {how: metrics.read_cache_reads.labels(how) for how in READS}
         metrics.read_cache_rows.set_function(lambda: self.cached)
         metrics.read_cache_locations.set_function(lambda: len(self.locations))
 
@@ -151,7 +153,7 @@ class RowCache:
                 fills.append((i, state))
         hits = len(pairs) - len(fills)
         if hits:
-            self.metrics.read_cache_reads.labels("hit").inc(hits)
+            self._reads["hit"].inc(hits)
         if fills:
             await self._fill(pairs, fills, out)
         return out  # type: ignore[return-value]  # every slot was set
@@ -196,8 +198,8 @@ class RowCache:
             if state is not None:
                 state.filling.setdefault(pairs[i][1], [0, None])[0] += 1
         kept = sum(state is not None for _, state in fills)
-        self.metrics.read_cache_reads.labels("filled").inc(kept)
-        self.metrics.read_cache_reads.labels("fallback").inc(len(fills) - kept)
+        self._reads["filled"].inc(kept)
+        self._reads["fallback"].inc(len(fills) - kept)
         try:
             read = await self.storage.rows([pairs[i] for i, _ in fills])
         finally:
