@@ -25,7 +25,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mode", choices=("closed", "open"), default="closed")
     p.add_argument("--concurrency", type=int, default=64, help="closed loop: requests in flight")
     p.add_argument("--rate", type=float, default=1000.0, help="open loop: requests per second")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of load")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load measured")
+    p.add_argument(
+        "--warmup", type=float, default=0.0, help="seconds of the same load before, not measured"
+    )
     p.add_argument("--requests", type=int, default=0, help="stop after this many (0: no limit)")
     p.add_argument("--processes", type=int, default=1, help="client processes")
     p.add_argument("--channels", type=int, default=4, help="gRPC connections per process")
@@ -126,6 +129,7 @@ def main(argv: list[str]) -> int:
             concurrency=args.concurrency,
             rate=args.rate,
             duration=args.duration,
+            warmup=args.warmup,
             requests=args.requests,
             processes=args.processes,
             channels=args.channels,

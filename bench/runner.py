@@ -35,7 +35,8 @@ class LoadConfig:
     mode: str = "closed"  # closed | open
     concurrency: int = 32  # closed: requests in flight, over all processes
     rate: float = 1000.0  # open: requests per second, over all processes
-    duration: float = 10.0  # seconds
+    duration: float = 10.0  # seconds measured
+    warmup: float = 0.0  # seconds of the same load before them, not measured
     requests: int = 0  # stop after this many (0: duration only)
     processes: int = 1
     channels: int = 4  # gRPC connections per process
@@ -53,7 +54,7 @@ class WorkerResult:
 
 
 async def _closed(cfg: LoadConfig, ctx: Context, share: int, budget: int, sink: Any) -> None:
-    deadline = time.perf_counter() + cfg.duration
+    deadline = time.perf_counter() + cfg.warmup + cfg.duration
     issued = 0
 
     async def one_client() -> None:
@@ -69,7 +70,7 @@ async def _closed(cfg: LoadConfig, ctx: Context, share: int, budget: int, sink: 
 
 async def _open(cfg: LoadConfig, ctx: Context, rate: float, budget: int, sink: Any) -> None:
     interval, start = 1.0 / rate, time.perf_counter()
-    end, tasks, n = start + cfg.duration, set(), 0
+    end, tasks, n = start + cfg.warmup + cfg.duration, set(), 0
 
     async def one(due: float) -> None:
         outcome = await ctx.run_one()
@@ -91,17 +92,23 @@ async def _work(cfg: LoadConfig, index: int, progress: Any) -> WorkerResult:
     ctx = await Context.open(cfg, index)
     hist, outcomes = new_histogram(), Counter[str]()
     per_second: dict[int, HdrHistogram] = {}
-    t0 = time.perf_counter()
-    last_report = [t0, 0, 0]
+    t0 = time.perf_counter() + cfg.warmup  # the measured time starts here
+    last_report = [t0 - cfg.warmup, 0, 0]
+
+    warming: Counter[str] = Counter()  # outcomes of the warm-up: shown, not measured
 
     def sink(start: float, end: float, outcome: str) -> None:
         micros = max(1, min(int((end - start) * 1e6), MAX_LATENCY_US))
-        hist.record_value(micros)
-        per_second.setdefault(int(end - t0), new_histogram()).record_value(micros)
-        outcomes[outcome] += 1
+        if start < t0:
+            warming[outcome] += 1
+        else:
+            hist.record_value(micros)
+            per_second.setdefault(int(end - t0), new_histogram()).record_value(micros)
+            outcomes[outcome] += 1
         if end - last_report[0] >= 0.5:
-            done = sum(outcomes.values())
-            errors = done - outcomes["ok"] - outcomes["short"]
+            seen = outcomes + warming
+            done = seen.total()
+            errors = done - seen["ok"] - seen["short"]
             progress.put((index, done - last_report[1], errors - last_report[2], micros))
             last_report[:] = [end, done, errors]
 

@@ -5,6 +5,7 @@ once on each."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 from redis.asyncio.cluster import RedisCluster
 
 from engine.app import Omnistock, create_server
@@ -48,6 +50,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 @pytest.fixture(scope="session")
 def one_redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The tests run on the server's own loop (server.py runs on uvloop)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
