@@ -7,7 +7,6 @@ import asyncio
 import grpc
 import pytest
 import redis.asyncio as aioredis
-import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.app import Omnistock, create_server
@@ -22,11 +21,6 @@ pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 @pytest.fixture
 def stubs(channel: grpc.aio.Channel) -> Stubs:
     return Stubs(channel)
-
-
-async def test_the_tests_run_on_the_event_loop_the_server_runs_on() -> None:
-    # server.py serves on uvloop: so does every in-process server of the tests
-    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
 
 
 async def test_reserve_commit_and_read_availability(stubs: Stubs) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import uvloop
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
@@ -152,3 +153,8 @@ async def test_two_workers_on_a_cluster_expire_each_hold_once(
     finally:
         for ch in channels:
             await ch.close()
+
+
+async def test_the_tests_run_on_the_event_loop_the_server_runs_on() -> None:
+    # server.py serves on uvloop: so does every in-process server of the tests
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)

@@ -39,7 +39,7 @@ import logging
 import math
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +48,7 @@ from redis import exceptions as rexc
 
 from engine.domain.model import StockRow
 from engine.metrics import Metrics
+from engine.store.cachelink import Link
 from engine.store.codecs import parse_row
 from engine.store.keys import EPOCH, Keys
 from engine.store.scripts import REDIS_DOWN
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 MAX_LOCATIONS = 10_000  # subscribed at once, per process
 EPOCH_CHECK = 1.0  # seconds between two looks at the epoch key (a FLUSHALL is found so)
 RETRY_AFTER = 0.5  # seconds a node whose connection failed is left alone
-_NONE = ("", "", 0, 0.0)  # what a reply answers when nothing was asked
 READS = ("hit", "filled", "fallback")  # how a row read was answered (a metric's labels)
 
 
@@ -69,38 +69,18 @@ class RowReader(Protocol):
     async def available(self, pairs: Sequence[tuple[str, str]]) -> list[int]: ...
 
 
-class LinkGone(Exception):
-    """A cache connection met something it cannot vouch for; its locations are dropped."""
-
-
 _serials = itertools.count(1)
 
 
 @dataclass(eq=False)
 class _Location:
     name: str
-    link: _Link
+    link: Link
     serial: int = field(default_factory=lambda: next(_serials))  # which subscription
     live: bool = False  # Redis confirmed the subscription on link
     written_at: float = -math.inf  # when this process's last write here was answered
     rows: dict[str, StockRow] = field(default_factory=dict)
     filling: dict[str, list[Any]] = field(default_factory=dict)  # sku -> [fills, newest seen]
-
-
-@dataclass(eq=False)
-class _Link:
-    """One pub/sub connection to one Redis node, written only by its writer task, in the
-    order of `pending`, which each reply (not a message) answers in turn."""
-
-    node: str
-    conn: Any
-    fresh_at: float = -math.inf  # send time of the newest PING answered
-    # what each reply will answer: sub|unsub|ping, the location and its serial, when sent
-    pending: deque[tuple[str, str, int, float]] = field(default_factory=deque)
-    outbox: list[tuple[str, str, int]] = field(default_factory=list)  # sub|unsub, where
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    locations: set[str] = field(default_factory=set)
-    task: asyncio.Task[None] | None = None
 
 
 class RowCache:
@@ -122,7 +102,7 @@ class RowCache:
         self.beat = max_lag / 4
         self.dead_after = max(dead_after, 2 * max_lag)
         self.locations: OrderedDict[str, _Location] = OrderedDict()  # least recent first
-        self.links: dict[str, _Link] = {}
+        self.links: dict[str, Link] = {}
         self.retry_at: dict[str, float] = {}
         self.cached = 0  # rows kept, over all locations
         self.epoch: bytes | None = None
@@ -240,8 +220,7 @@ class RowCache:
         state = _Location(location, link)
         self.locations[location] = state
         link.locations.add(location)
-        link.outbox.append(("sub", location, state.serial))
-        link.wake.set()
+        link.send("sub", location, state.serial)
         self._evict()
 
     def _node_of(self, location: str) -> str | None:
@@ -250,7 +229,7 @@ class RowCache:
         node = self.storage.redis.get_node_from_key(Keys.changes(location))
         return None if node is None else str(node.name)
 
-    def _open(self, node: str, location: str) -> _Link:
+    def _open(self, node: str, location: str) -> Link:
         if self.storage.cluster:
             target = self.storage.redis.get_node_from_key(Keys.changes(location))
             cls, kwargs = target.connection_class, target.connection_kwargs
@@ -258,9 +237,8 @@ class RowCache:
             pool = self.storage.redis.connection_pool
             cls, kwargs = pool.connection_class, pool.connection_kwargs
         kwargs = {**kwargs, "protocol": 2, "health_check_interval": 0, "retry": None}
-        link = _Link(node, cls(**kwargs))
+        link = Link(node, cls(**kwargs), self, self.beat, self.dead_after)
         self.links[node] = link
-        link.task = asyncio.create_task(self._run(link))
         return link
 
     def _evict(self) -> None:
@@ -273,8 +251,7 @@ class RowCache:
             self.metrics.read_cache_evictions.inc()
             link = state.link
             if self.links.get(link.node) is link:
-                link.outbox.append(("unsub", state.name, state.serial))
-                link.wake.set()
+                link.send("unsub", state.name, state.serial)
 
     def _forget(self, state: _Location) -> None:
         self.cached -= len(state.rows)
@@ -282,7 +259,7 @@ class RowCache:
         state.live = False
         state.link.locations.discard(state.name)
 
-    def _drop(self, link: _Link, why: str) -> None:
+    def _drop(self, link: Link, why: str) -> None:
         """A gap on `link`: every location of its node is forgotten."""
         if self.links.get(link.node) is not link:
             return  # dropped already (a reset)
@@ -301,41 +278,12 @@ class RowCache:
         """Forgets every location (a gap of the whole store)."""
         for link in list(self.links.values()):
             self._drop(link, why)
-            if link.task is not None:
-                link.task.cancel()
+            link.task.cancel()
         self.retry_at.clear()
 
-    # -- the connections ---------------------------------------------------------------
+    # -- what the links tell ------------------------------------------------------------
 
-    async def _run(self, link: _Link) -> None:
-        try:
-            await link.conn.connect()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._read(link))
-                group.create_task(self._write(link))
-        except* (*REDIS_DOWN, rexc.RedisError, LinkGone) as exc:
-            log.warning("read cache: connection to %s lost: %s", link.node, exc.exceptions[0])
-        finally:
-            self._drop(link, "gap")
-            with contextlib.suppress(Exception):
-                await link.conn.disconnect(nowait=True)
-
-    async def _read(self, link: _Link) -> None:
-        while not self._closed:
-            try:
-                reply = await link.conn.read_response(timeout=math.inf)
-            except rexc.ResponseError as exc:  # a SSUBSCRIBE refused: MOVED, ACL
-                self._refused(link, exc)
-                continue
-            if not isinstance(reply, list) or len(reply) < 2:
-                raise LinkGone(f"unexpected reply {reply!r}")
-            kind = reply[0]
-            if kind == b"smessage":
-                self._on_message(reply[1], reply[2])
-            else:
-                self._on_answer(link, kind, reply[1])
-
-    def _on_message(self, channel: bytes, data: bytes) -> None:
+    def on_message(self, channel: bytes, data: bytes) -> None:
         state = self.locations.get(Keys.location_of_changes(channel.decode()))
         if state is None or not state.live:
             return
@@ -351,65 +299,23 @@ class RowCache:
         if filling is not None and (filling[1] is None or row.version > filling[1].version):
             filling[1] = row
 
-    def _on_answer(self, link: _Link, kind: bytes, what: bytes) -> None:
-        """A reply to the command at the head of `pending`, or the link is out of step
-        (an unsubscribe Redis sent of itself: the slot moved)."""
-        expected, arg, serial, sent_at = link.pending.popleft() if link.pending else _NONE
-        if kind == b"pong" and expected == "ping":
-            link.fresh_at = sent_at
-            self._heard.set()
-            return
-        name = what.decode() if isinstance(what, bytes) else ""
-        if expected == "sub" and kind == b"ssubscribe" and name == Keys.changes(arg):
-            state = self.locations.get(arg)
-            if state is not None and state.serial == serial:  # not a dropped one's
-                state.live = True
-            return
-        if expected == "unsub" and kind == b"sunsubscribe" and name == Keys.changes(arg):
-            return
-        raise LinkGone(f"{kind!r} {name} out of step (expected {expected} {arg})")
+    def on_live(self, location: str, serial: int) -> None:
+        state = self.locations.get(location)
+        if state is not None and state.serial == serial:  # not a dropped one's
+            state.live = True
 
-    def _refused(self, link: _Link, exc: Exception) -> None:
-        expected, arg, serial, _ = link.pending.popleft() if link.pending else _NONE
-        if expected != "sub":
-            raise LinkGone(f"{exc} (expected {expected})")
-        state = self.locations.get(arg)
+    def on_refused(self, location: str, serial: int, error: Exception) -> None:
+        state = self.locations.get(location)
         if state is not None and state.serial == serial:
-            del self.locations[arg]
+            del self.locations[location]
             self._forget(state)
-        log.info("read cache: %s not subscribed: %s", arg, exc)
+        log.info("read cache: %s not subscribed: %s", location, error)
 
-    async def _write(self, link: _Link) -> None:
-        """Sends the link's (un)subscriptions as they come, and a PING every beat."""
-        next_ping = 0.0
-        while not self._closed:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_ping - time.monotonic())):
-                    await link.wake.wait()
-            link.wake.clear()
-            now = time.monotonic()
-            commands: list[tuple[str, ...]] = []
-            for kind, location, serial in link.outbox:
-                link.pending.append((kind, location, serial, now))
-                verb = "SSUBSCRIBE" if kind == "sub" else "SUNSUBSCRIBE"
-                commands.append((verb, Keys.changes(location)))
-            link.outbox.clear()
-            if now >= next_ping:
-                self._check_answered(link, now)
-                link.pending.append(("ping", "", 0, now))
-                commands.append(("PING",))
-                next_ping = now + self.beat
-            if commands:
-                if not link.conn.is_connected:  # never reconnect: it would subscribe nothing
-                    raise LinkGone("connection closed")
-                await link.conn.send_packed_command(
-                    link.conn.pack_commands(commands), check_health=False
-                )
+    def on_pong(self) -> None:
+        self._heard.set()
 
-    def _check_answered(self, link: _Link, now: float) -> None:
-        oldest = next((at for kind, _, _, at in link.pending if kind == "ping"), None)
-        if oldest is not None and now - oldest > self.dead_after:
-            raise LinkGone(f"no PONG for {now - oldest:.1f}s")
+    def on_gone(self, link: Link) -> None:
+        self._drop(link, "gap")
 
     async def start(self) -> None:
         """Sets or learns the store's epoch, then looks at it every EPOCH_CHECK seconds."""
