@@ -223,6 +223,7 @@ def storage_of(redis: Any, settings: Settings, probe: Any = None) -> Storage:
         probe_timeout=settings.redis_probe_timeout_seconds,
         replicas=settings.durability_replicas if settings.durability == "replica" else 0,
         replica_timeout_ms=settings.durability_timeout_ms,
+        fsync=settings.durability == "fsync",
     )
 
 

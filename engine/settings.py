@@ -11,6 +11,9 @@ from pathlib import Path
 
 from engine.domain.sourcing import COST_FIELDS, MAX_SHIPMENTS, Constraints, CostModel
 
+# where a write must be before it is answered (docs/operations.md, "Durability")
+DURABILITY = ("local", "fsync", "replica")
+
 _COST, _CONSTRAINTS = CostModel(), Constraints()  # the defaults are theirs
 
 
@@ -116,16 +119,18 @@ class Settings:
         default="local",
         metadata={
             "help": "local: a write is answered once the primary has it (and its AOF, as "
-            "--appendfsync says); replica: only once --durability-replicas replicas have it "
-            "too, else UNAVAILABLE (on a cluster: each node's own replicas)"
+            "--appendfsync says); fsync: only once the primary's AOF has it on disk; replica: "
+            "only once --durability-replicas replicas have it too; else UNAVAILABLE (on a "
+            "cluster: each node's own replicas)"
         },
     )
     durability_replicas: int = field(
-        default=1, metadata={"help": "with --durability replica: replicas that must have a write"}
+        default=1,
+        metadata={"help": "with --durability replica: replicas that must have a write"},
     )
     durability_timeout_ms: int = field(
         default=1000,
-        metadata={"help": "with --durability replica: how long a write waits for them"},
+        metadata={"help": "with --durability other than local: how long a write waits"},
     )
     workers: int = field(
         default=1,
@@ -306,8 +311,8 @@ def _check_edge(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if settings.rate_limit < 0 or settings.ingest_rate < 0:
         parser.error("--rate-limit and --ingest-rate must be >= 0")
-    if settings.durability not in ("local", "replica"):
-        parser.error("--durability must be local or replica")
+    if settings.durability not in DURABILITY:
+        parser.error(f"--durability must be one of {', '.join(DURABILITY)}")
     if settings.durability_replicas < 1 or settings.durability_timeout_ms < 1:
         parser.error("--durability-replicas and --durability-timeout-ms must be at least 1")
     if settings.max_streams_per_principal < 1:

@@ -11,6 +11,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -166,5 +167,46 @@ async def test_a_primary_that_refuses_writes_is_answered_unavailable_and_reads_g
                 pb.GetAvailabilityRequest(location_ids=["L1"], skus=["a"])
             )
             assert (got.levels[0].available, got.levels[0].reserved) == (5, 0)
+    finally:
+        store.stop()
+
+
+async def reserve_status(stubs: Any, rid: str) -> tuple[grpc.StatusCode, str]:
+    request = pb.ReserveRequest(reservation_id=rid, lines=[line("L1", "a", 1)])
+    try:
+        await stubs.reservations.Reserve(request)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+async def test_with_fsync_durability_a_write_the_primary_cannot_put_on_disk_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    # given a server that answers writes only once the store's AOF has them on disk
+    store = EmbeddedRedis(tmp_path / "alone", password=False)
+    store.start()
+    try:
+        async with served(store.url, durability="fsync", durability_timeout_ms=300) as (_, stubs):
+            await stock_up(stubs, {("L1", "a"): 5})
+            assert await reserve_status(stubs, "r1") == (grpc.StatusCode.OK, "")
+            # when the store stops writing its AOF
+            with redis.Redis.from_url(store.url) as r:
+                r.config_set("appendonly", "no")
+            # then a hold is UNAVAILABLE (made, but not on disk), and is held once on retry
+            # once the AOF is back
+            code, details = await reserve_status(stubs, "r2")
+            assert code == grpc.StatusCode.UNAVAILABLE and "durable" in details, details
+            with redis.Redis.from_url(store.url) as r:
+                r.config_set("appendonly", "yes")
+
+            async def held() -> bool:
+                return (await reserve_status(stubs, "r2"))[0] == grpc.StatusCode.OK
+
+            assert await eventually(held, 20.0)
+            got = await stubs.availability.GetAvailability(
+                pb.GetAvailabilityRequest(location_ids=["L1"], skus=["a"])
+            )
+            assert got.levels[0].reserved == 2
     finally:
         store.stop()

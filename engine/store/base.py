@@ -75,10 +75,11 @@ class Base:
         probe_timeout: float = 0.5,
         replicas: int = 0,
         replica_timeout_ms: int = 1000,
+        fsync: bool = False,
     ) -> None:
         """probe: a client of its own for `probe()` (default: `client`). replicas: a write is
         answered only once this many replicas (of its node, on a cluster) have it, else
-        UNAVAILABLE."""
+        UNAVAILABLE; fsync: only once it is on the primary's disk."""
         # redis-py types its replies as wide unions; this seam decodes them itself.
         self.redis: Any = client
         self.probe_client: Any = probe or client
@@ -91,9 +92,9 @@ class Base:
         self.event_window_ms = event_window_ms
         self.scripts = {name: Script(name) for name in self.SCRIPTS}
         self.replication: Replication | None = None
-        if replicas:
+        if replicas or fsync:
             reads = frozenset(self.scripts[name].sha for name in self.READ_ONLY)
-            self.replication = Replication(replicas, replica_timeout_ms, reads)
+            self.replication = Replication(replicas, replica_timeout_ms, reads, fsync)
         self.batcher: AutoPipeline | NodeBatches = (
             NodeBatches(client, self.replication)
             if isinstance(client, RedisCluster)

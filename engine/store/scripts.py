@@ -80,28 +80,45 @@ class Script:
 
 
 class NotReplicated(rexc.RedisError):
-    """A write the primary made that too few replicas acknowledged in time: whether it would
-    survive a failover is unknown, so its caller is answered UNAVAILABLE (a retry with the
-    same id is safe: every script is idempotent)."""
+    """A write the primary made that too few replicas acknowledged in time (or that did not
+    reach its disk): whether it would survive a failover or a power loss is unknown, so its
+    caller is answered UNAVAILABLE (a retry with the same id is safe: every script is
+    idempotent)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Replication:
     """A batch holding a write is followed, on the same connection, by WAIT `replicas`
-    `timeout_ms`; its writes are answered only when that many replicas have them."""
+    `timeout_ms` (that many replicas have its writes, in memory); with `fsync`, by WAITAOF
+    1 0 `timeout_ms` instead (the primary's AOF has them on disk). Its writes are answered
+    only when that is so. (Not WAITAOF with replicas: after a script, Valkey 9 answered it
+    only at the replica's next one-second acknowledgement, even with appendfsync always
+    there: docs/operations.md.)"""
 
-    replicas: int
+    replicas: int  # 0 with fsync
     timeout_ms: int
-    reads: frozenset[str]  # SHAs of the scripts that write nothing (no WAIT for them)
+    reads: frozenset[str]  # SHAs of the scripts that write nothing (no wait for them)
+    fsync: bool = False
 
     @property
     def wait(self) -> Command:
+        if self.fsync:
+            return ("WAITAOF", 1, 0, self.timeout_ms)
         return ("WAIT", self.replicas, self.timeout_ms)
 
     def missed(self, acked: Any) -> NotReplicated | None:
-        """What WAIT's answer makes of the writes before it: None when enough replicas
-        have them, else the error their callers are answered with."""
-        if not isinstance(acked, Exception) and int(acked) >= self.replicas:
+        """What the wait's answer makes of the writes before it: None when they are where
+        they were asked to be, else the error their callers are answered with."""
+        if isinstance(acked, Exception):
+            return NotReplicated(f"the write may not be durable: {acked}; retry")
+        if self.fsync:
+            if int(acked[0]) >= 1:
+                return None
+            return NotReplicated(
+                f"the write did not reach the primary's disk within {self.timeout_ms} ms; "
+                "it may be lost: retry"
+            )
+        if int(acked) >= self.replicas:
             return None
         return NotReplicated(
             f"the write was not acknowledged by {self.replicas} replica(s) within "
