@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -237,3 +238,42 @@ async def test_a_count_refused_part_way_is_told_why_while_its_sender_still_write
         # then it hears the server's answer, not the client library's INTERNAL
         assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "count lines" in (await call.details() or "")
+
+
+class Unreadable:
+    """A repeated field past its cap whose items must not be read: its size is all a
+    refusal needs (converting 100,000 entries first held the event loop)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Any]:
+        raise AssertionError("the field was read before its size was checked")
+
+
+class Refused(Exception):
+    pass
+
+
+class CallContext:
+    """What the call frame (engine/api/rpc.py) asks of a context."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Refused(code, details)
+
+
+async def test_safety_stock_past_its_cap_is_refused_before_its_entries_are_read(
+    server: Omnistock,
+) -> None:
+    request = SimpleNamespace(entries=Unreadable(N))
+    with pytest.raises(Refused) as refused:
+        await server.stock_service.SetSafetyStock(request, CallContext())  # type: ignore[arg-type]
+    code, details = refused.value.args
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("entries: at most"), details

@@ -16,6 +16,7 @@ from engine.domain.model import (
     MAX_EVENTS,
     MAX_LOCATIONS,
     MAX_MAPPINGS,
+    MAX_SAFETY_ENTRIES,
     IdKind,
     StockEvent,
     check_size,
@@ -140,6 +141,8 @@ class StockService(pb_grpc.StockServiceServicer):
     async def SetSafetyStock(
         self, request: pb.SetSafetyStockRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetSafetyStockResponse:
+        # sized before it is read: converting 100,000 entries held the event loop ~100 ms
+        check_size(len(request.entries), "entries", MAX_SAFETY_ENTRIES)
         entries = [(e.location_id, e.sku, e.qty) for e in request.entries]
         changed = await self.availability.set_safety_stock(entries)
         return pb.SetSafetyStockResponse(changed=changed)
