@@ -3,7 +3,7 @@
 A reservation at one location is one Lua script: the directory entry and the hold are
 written together (one round trip). On a Redis Cluster the directory lives in the slot of
 the reservation id, apart from any location's: there the directory entry and the hold are
-sent together, each to its own node (still one round trip; no saga). Each attempt counts
+sent together, each to its own node (one round trip; no saga). Each attempt counts
 itself into the entry, and one whose hold failed counts itself out, so the entry stays
 exactly while some attempt may have held (place.lua). An id used with other lines is
 refused only by the entry: a hold sent beside it has then taken stock, and is let go
@@ -218,9 +218,8 @@ class Reservations(Sagas):
             # The id is another reservation's, or unknown to be this one's: what this
             # attempt held is let go at once (it was never answered).
             if held:
-                await self._release_parts(
-                    rid, {location: list(lines)}, [location], ReleaseMode.FORGET, fp=fp
-                )
+                groups = by_location(lines)
+                await self._release_parts(rid, groups, list(groups), ReleaseMode.FORGET, fp=fp)
             if isinstance(placed, BaseException):
                 raise placed
             raise AlreadyExists(f"reservation {rid} exists with other lines")
