@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
+from engine.domain import auth
 from engine.domain.errors import ResourceExhausted
 
 T = TypeVar("T")
@@ -19,15 +21,84 @@ YIELD_EVERY = 500  # items converted between two turns given back to the event l
 
 
 class Turns:
-    """A few slots for heavy work, which waits its turn for one; light work (at most
-    `light` items) does not wait: it must never queue behind the heavy."""
+    """A few slots for heavy work, shared fairly between principals (the callers'
+    identities, engine/domain/auth.py). Heavy work (more than `light` items) waits for a
+    slot. A slot set free goes to a waiting principal that holds none, if there is one,
+    and of those to the one whose last turn is the oldest: waiting principals are served
+    in turn, each its oldest waiter first. So a principal
+    with a hundred heavy calls under way gets no more turns than one with a single call,
+    and at most `slots` pieces of heavy work ever run beside the light work, which never
+    waits: it must never queue behind the heavy."""
 
     def __init__(self, slots: int, light: int) -> None:
-        self._gate = asyncio.Semaphore(slots)
+        self.slots = slots
         self.light = light
+        self.holding: Counter[str] = Counter()  # principal -> slots it holds
+        self._given = 0  # slots given so far ...
+        self._last: dict[str, int] = {}  # ... and when each principal holding or waiting got one
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}  # principal -> oldest first
 
     def take(self, size: int) -> contextlib.AbstractAsyncContextManager[Any]:
-        return self._gate if size > self.light else contextlib.nullcontext()
+        return self._turn() if size > self.light else contextlib.nullcontext()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        who = auth.current().name
+        await self._acquire(who)
+        try:
+            yield
+        finally:
+            self._release(who)
+
+    async def _acquire(self, who: str) -> None:
+        if not self._waiting and sum(self.holding.values()) < self.slots:
+            self._give(who)
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(who, deque()).append(granted)
+        self._grant()
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self._release(who)  # granted, then cancelled before it could run
+            else:
+                self._forget(who, granted)
+            raise
+
+    def _give(self, who: str) -> None:
+        self.holding[who] += 1
+        self._given += 1
+        self._last[who] = self._given
+
+    def _release(self, who: str) -> None:
+        self.holding[who] -= 1
+        if self.holding[who] <= 0:
+            del self.holding[who]
+            if who not in self._waiting:
+                del self._last[who]
+        self._grant()
+
+    def _grant(self) -> None:
+        """Gives free slots to waiting principals: first to those holding none, and of
+        those to the one whose last turn is the oldest."""
+        while self._waiting and sum(self.holding.values()) < self.slots:
+            who = min(self._waiting, key=lambda p: (self.holding[p] > 0, self._last.get(p, 0)))
+            waiters = self._waiting[who]
+            granted = waiters.popleft()
+            if not waiters:
+                del self._waiting[who]
+            self._give(who)
+            granted.set_result(None)
+
+    def _forget(self, who: str, granted: asyncio.Future[None]) -> None:
+        waiters = self._waiting.get(who)
+        if waiters is not None and granted in waiters:
+            waiters.remove(granted)
+            if not waiters:
+                del self._waiting[who]
+                if who not in self.holding:
+                    self._last.pop(who, None)
 
 
 class Budget:

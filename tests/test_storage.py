@@ -21,7 +21,8 @@ from engine.domain.model import (
 from engine.store.codecs import PickCapacity, encode_lines
 from engine.store.keys import OLD_SAGAS, OLD_WAKE, Keys
 from engine.store.replies import HoldReply, PartReply, ReleaseMode, Reply, Short
-from engine.store.storage import Storage
+from engine.store.scripts import HEAVY_ARGS, Lanes
+from engine.store.storage import ROWS_PER_READ, Storage
 from engine.usecases.reservations import Reservations
 
 from .conftest import HOUR_MS, ON_BOTH, all_keys, sweeper_of
@@ -396,3 +397,43 @@ async def test_the_indexes_of_before_their_shards_are_moved_into_them_at_start(
     assert await redis.exists(OLD_WAKE, OLD_SAGAS) == 0
     await storage.unschedule_saga("rid-old")
     await redis.zrem(Keys.wake("loc-old"), "loc-old")
+
+
+async def test_a_wide_read_is_read_in_parts_and_answered_whole_in_order(storage: Storage) -> None:
+    # given 1,500 counted skus at each of two locations (more than one read script's worth)
+    skus = [f"SKU-{i:06d}" for i in range(1500)]
+    for n, location in enumerate(("store-a", "store-b")):
+        events = [
+            count(f"w{n}-{i}", s, 1 + i + n, NOW - 1000, location) for i, s in enumerate(skus)
+        ]
+        await storage.apply_events(location, events, NOW)
+    assert len(skus) > ROWS_PER_READ
+    # when 3,000 rows and some that do not exist are read, the locations interleaved
+    pairs = [(loc, s) for s in [*skus, "none"] for loc in ("store-b", "store-a")]
+    rows = await storage.rows(pairs)
+    # then every row is answered in the order asked
+    expected = [0 if s == "none" else 1 + skus.index(s) + (loc == "store-b") for loc, s in pairs]
+    assert [r.on_hand for r in rows] == expected
+    assert await storage.available(pairs) == expected
+
+
+async def test_a_small_call_is_not_queued_behind_heavy_ones(storage: Storage) -> None:
+    """Big script calls have a lane (and a connection) of their own: with that lane stuck
+    (as if a big call were under way), a small call is still answered."""
+    if storage.cluster:
+        pytest.skip("one Redis: a cluster has the same two lanes per node (engine/store/nodes.py)")
+    assert isinstance(storage.batcher, Lanes)
+    await storage.apply_events(L, [count("c1", "a", 5, NOW - 10)], NOW)
+    heavy = storage.batcher.heavy
+    heavy.inflight = heavy.max_inflight  # its one batch "under way": what comes waits
+    wide = asyncio.ensure_future(storage.rows([(L, f"s{i}") for i in range(HEAVY_ARGS)]))
+    try:
+        await asyncio.sleep(0.05)
+        assert not wide.done() and len(heavy.queue) == 1
+        # the small read is answered all the same
+        async with asyncio.timeout(5):
+            (row,) = await storage.rows([(L, "a")])
+        assert row.on_hand == 5 and not wide.done()
+    finally:
+        wide.cancel()
+        heavy.inflight = 0

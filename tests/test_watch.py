@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from engine.api.availability import LIGHT_OPENING, OPENINGS_AT_ONCE
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
@@ -168,3 +169,38 @@ async def test_the_server_serves_on_after_its_last_watcher_leaves(
         pb.GetAvailabilityRequest(skus=["a"], location_ids=["s1"]), timeout=5
     )
     assert got.levels[0].on_hand == 10
+
+
+async def test_wide_openings_take_turns_and_each_sends_every_row_once(
+    channel: grpc.aio.Channel,
+) -> None:
+    """Three watches of 1,800 rows each open at once: more than LIGHT_OPENING rows, so
+    they are read and sent a location at a time, in turns (OPENINGS_AT_ONCE at once)."""
+    stubs = Stubs(channel)
+    locations, skus = ["s1", "s2", "s3"], [f"k{i:04d}" for i in range(600)]
+    assert len(locations) * len(skus) > LIGHT_OPENING and OPENINGS_AT_ONCE < 3
+    await stock_up(stubs, {(loc, s): 1 + i for loc in locations for i, s in enumerate(skus)})
+    streams = [watch(stubs, skus=skus, location_ids=locations, send_current=True) for _ in range(3)]
+
+    async def opening(stream: AsyncIterator[pb.AvailabilityChange]) -> list[tuple[str, str, int]]:
+        got = []
+        for _ in range(len(locations) * len(skus)):
+            change = await next_change(stream, 10.0)
+            assert isinstance(change, pb.AvailabilityChange) and change.current
+            got.append((change.level.location_id, change.level.sku, change.level.on_hand))
+        return got
+
+    openings = await asyncio.gather(*(opening(stream) for stream in streams))
+    expected = [(loc, s, 1 + i) for loc in locations for i, s in enumerate(skus)]
+    assert all(got == expected for got in openings)
+    # a later write reaches each of them, as a change
+    now = int(time.time() * 1000)
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[delta("d", "s2", "k0007", 5, now)]))
+    for stream in streams:
+        change = await next_change(stream, 5.0)
+        assert isinstance(change, pb.AvailabilityChange) and not change.current
+        assert (change.level.location_id, change.level.sku, change.level.on_hand) == (
+            "s2",
+            "k0007",
+            13,
+        )

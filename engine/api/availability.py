@@ -22,9 +22,16 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.rowcache import RowReader
 from engine.store.watch import Closing, Overflow, Watcher, WatchHub
+from engine.throttle import Turns
 from engine.usecases.availability import Availability, Watched
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.nearby import NearbyQuery, check_query, find_nearby
+
+# Watch openings of more than LIGHT_OPENING rows sent at once in a process, a location at
+# a time (engine/throttle.py): a hundred of them would each take a turn of the event loop
+# for every message, and every other call would wait behind them all.
+OPENINGS_AT_ONCE = 2
+LIGHT_OPENING = 1000
 
 
 def _check_reads(skus: Sequence[str], location_ids: Sequence[str], types: Sequence[int]) -> None:
@@ -65,6 +72,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         self.locations = locations
         self.metrics = metrics
         self.hub = hub
+        self.openings = Turns(OPENINGS_AT_ONCE, light=LIGHT_OPENING)
 
     @rpc("GetAvailability")
     async def GetAvailability(
@@ -107,15 +115,26 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
     ) -> AsyncIterator[pb.AvailabilityChange]:
         """The opening state if asked for, then every later change of the chosen rows.
         The watcher is subscribed before the state is read, so nothing falls between."""
-        versions: dict[tuple[str, str], int] = {}
+        # location -> sku -> version sent: dicts of strings and ints only, which the
+        # garbage collector does not track (20,000 tuple keys a watch would be walked by
+        # every full collection)
+        versions: dict[str, dict[str, int]] = {}
         if send_current:
-            for loc, sku, row in await self.availability.opening(watched):
-                versions[(loc, sku)] = row.version
-                yield pb.AvailabilityChange(level=level(loc, sku, row), current=True)
+            size = len(watched.skus) * len(watched.locations)
+            parts = aiter(self.availability.opening(watched))
+            while True:  # each location's rows read and sent in a turn of their own
+                async with self.openings.take(size):
+                    levels = await anext(parts, None)
+                    if levels is None:
+                        break
+                    for loc, sku, row in levels:
+                        versions.setdefault(loc, {})[sku] = row.version
+                        yield pb.AvailabilityChange(level=level(loc, sku, row), current=True)
         wanted = set(watched.skus)
         while True:
             loc, sku, row = await watcher.next()
-            if (not wanted or sku in wanted) and row.version > versions.get((loc, sku), -1):
+            sent = versions.get(loc, {}).get(sku, -1)
+            if (not wanted or sku in wanted) and row.version > sent:
                 yield pb.AvailabilityChange(level=level(loc, sku, row))
 
     @rpc("FindNearby")

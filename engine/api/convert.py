@@ -111,19 +111,22 @@ def location_pb(loc: Location) -> pb.Location:
     return msg
 
 
+_EVENT_KINDS = {pb.EVENT_KIND_COUNT: EventKind.COUNT, pb.EVENT_KIND_DELTA: EventKind.DELTA}
+
+
 def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
-    kinds = {pb.EVENT_KIND_COUNT: EventKind.COUNT, pb.EVENT_KIND_DELTA: EventKind.DELTA}
-    if msg.kind not in kinds:
+    kind = _EVENT_KINDS.get(msg.kind)
+    if kind is None:
         raise InvalidArgument(f"{field}.kind", "must be COUNT or DELTA")
     event = StockEvent(
-        event_id=msg.event_id,
-        location=msg.location_id,
-        sku=msg.sku,
-        kind=kinds[msg.kind],
-        qty=msg.qty,
-        source_time=msg.source_time,
-        reservation_id=msg.reservation_id,
-        source=msg.source,
+        msg.event_id,
+        msg.location_id,
+        msg.sku,
+        kind,
+        msg.qty,
+        msg.source_time,
+        msg.reservation_id,
+        msg.source,
     )
     return check_event(event, field)
 

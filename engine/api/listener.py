@@ -72,6 +72,8 @@ def grpc_server(settings: Settings, edge: Edge) -> grpc.aio.Server:
         options=[
             ("grpc.server.max_pending_requests", limit * 4),
             ("grpc.server.max_pending_requests_hard_limit", limit * 8),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 64 * 1024),
         ],
     )
 

@@ -21,8 +21,8 @@ from engine.store.nodes import NodeBatches
 from engine.store.scripts import (
     READ_COMMANDS,
     REDIS_DOWN,
-    AutoPipeline,
     Command,
+    Lanes,
     NotReplicated,
     Replication,
     Script,
@@ -37,9 +37,6 @@ T = TypeVar("T")
 # that every other call waits behind (bench/RESULTS.md, "Abuse": a one-event write went
 # from 400 to 40 ms at p50 beside four 20,000-row Allocates).
 BIG_READ = 2000
-# Stock events applied by one script: a batch of 5,000 at one location holds Redis a few ms
-# at a time instead of tens of ms at once.
-EVENTS_PER_SCRIPT = 500
 
 
 class Base:
@@ -95,10 +92,10 @@ class Base:
         if replicas or fsync:
             reads = frozenset(self.scripts[name].sha for name in self.READ_ONLY)
             self.replication = Replication(replicas, replica_timeout_ms, reads, fsync)
-        self.batcher: AutoPipeline | NodeBatches = (
+        self.batcher: Lanes | NodeBatches = (
             NodeBatches(client, self.replication)
             if isinstance(client, RedisCluster)
-            else AutoPipeline(client, replication=self.replication)
+            else Lanes(client, self.replication)
         )
         self._wide_reads = Turns(1, light=BIG_READ)
         self._load_lock = asyncio.Lock()

@@ -1,7 +1,8 @@
 """Batches on a Redis Cluster, node by node, so that a failure stays on its shard.
 
-Each primary gets an auto-pipeline of its own (a lane): a call goes to the lane of its
-key's slot, and a lane sends its batch on one of that node's connections, ending with WAIT
+Each primary gets auto-pipelines of its own (lanes: one for small calls, one for heavy
+ones, as engine/store/scripts.py Lanes): a call goes to a lane of its key's slot's node,
+and a lane sends its batch on one of that node's connections, ending with WAIT
 when the deployment waits for replicas. So a node that is down or frozen delays and fails
 only the calls for its own slots: the other lanes go on, and nothing closes the whole
 client (redis-py's cluster pipeline, by contrast, sends one batch to every node at once,
@@ -34,7 +35,7 @@ from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.cluster import get_node_name
 from redis.crc import key_slot
 
-from engine.store.scripts import AutoPipeline, Call, Command, Replication
+from engine.store.scripts import HEAVY_ARGS, AutoPipeline, Call, Command, Replication
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,12 @@ def key_of(command: Command) -> Any:
 
 
 class Lane(AutoPipeline):
-    """The auto-pipeline of one node."""
+    """An auto-pipeline of one node: its small calls, or its heavy ones one at a time."""
 
-    def __init__(self, router: NodeBatches, name: str) -> None:
-        super().__init__(router.cluster, replication=router.replication)
+    def __init__(self, router: NodeBatches, name: str, heavy: bool) -> None:
+        super().__init__(
+            router.cluster, max_batch=1 if heavy else 256, replication=router.replication
+        )
         self.router = router
         self.name = name
 
@@ -120,7 +123,7 @@ class NodeBatches:
     def __init__(self, cluster: RedisCluster, replication: Replication | None = None) -> None:
         self.cluster = cluster
         self.replication = replication
-        self.lanes: dict[str, Lane] = {}
+        self.lanes: dict[tuple[str, bool], Lane] = {}  # (node, heavy) -> its lane
         self._remapping: asyncio.Task[None] | None = None
         self._remapped_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -136,13 +139,20 @@ class NodeBatches:
 
     async def evalsha(self, sha: str, keys: Any, args: Any, then: Command | None = None) -> Any:
         writes = self.replication is None or sha not in self.replication.reads
-        return await self.run(("EVALSHA", sha, len(keys), *keys, *args), {}, writes, then)
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+        return await self.run(command, {}, writes, then, heavy=len(args) >= HEAVY_ARGS)
 
     async def run(
-        self, command: Command, options: dict[str, Any], writes: bool, then: Command | None = None
+        self,
+        command: Command,
+        options: dict[str, Any],
+        writes: bool,
+        then: Command | None = None,
+        heavy: bool = False,
     ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.submit(Call(command, options, future, writes, then, time.monotonic() + RETRY_FOR))
+        until = time.monotonic() + RETRY_FOR
+        self.submit(Call(command, options, future, writes, then, until, heavy=heavy))
         return await future
 
     def submit(self, call: Call, to: str | None = None) -> None:
@@ -157,9 +167,9 @@ class NodeBatches:
             if not self.retry(call, exc):
                 call.answer(exc)
             return
-        lane = self.lanes.get(name)
+        lane = self.lanes.get((name, call.heavy))
         if lane is None:
-            lane = self.lanes[name] = Lane(self, name)
+            lane = self.lanes[(name, call.heavy)] = Lane(self, name, call.heavy)
         lane.submit(call)
 
     def follow_up(self, command: Command) -> None:

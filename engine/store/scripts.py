@@ -36,6 +36,9 @@ def refuses_writes(exc: rexc.ResponseError) -> bool:
 
 
 Command = tuple[Any, ...]
+# A script call with this many arguments or more (a part of a wide read: 128 rows; a batch
+# of 32 events or more) is heavy: it goes in a lane of its own (Lanes).
+HEAVY_ARGS = 256
 # Commands that write nothing: a batch of only these is not followed by WAIT.
 READ_COMMANDS = frozenset(
     {"GET", "HGET", "HMGET", "HGETALL", "ZRANGE", "ZRANGEBYSCORE", "ZSCORE", "ZCARD", "PING"}
@@ -55,6 +58,7 @@ class Call:
     then: Command | None = None
     retry_until: float = 0.0  # on a cluster: until when a refusal may be retried
     tries: int = 0
+    heavy: bool = False  # sent in the lane of big calls (Lanes)
 
     def answer(self, result: Any) -> None:
         if self.future.done():
@@ -242,6 +246,28 @@ class AutoPipeline:
             late if call.writes and not isinstance(r, Exception) else r  # a refusal stays
             for call, r in zip(batch, results, strict=True)
         ]
+
+
+class Lanes:
+    """The script calls to one Redis, in two lanes on connections of their own: small calls
+    batched together, and heavy ones (HEAVY_ARGS arguments or more) one at a time. Redis
+    serves its connections in turn, one command each, so a small call waits behind at most
+    the one big script that is running, never behind a batch of them (bench/RESULTS.md,
+    "Heavy work in its lane"). engine/store/nodes.py keeps the same two lanes per node."""
+
+    def __init__(self, client: Any, replication: Replication | None = None) -> None:
+        self.light = AutoPipeline(client, replication=replication)
+        self.heavy = AutoPipeline(client, max_batch=1, replication=replication)
+
+    async def evalsha(
+        self, sha: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+    ) -> Any:
+        lane = self.heavy if len(args) >= HEAVY_ARGS else self.light
+        return await lane.evalsha(sha, keys, args, then)
+
+    def fail_queued(self, reason: str) -> None:
+        self.light.fail_queued(reason)
+        self.heavy.fail_queued(reason)
 
 
 def evalsha_into(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:

@@ -46,9 +46,11 @@ from engine.store.parts import Parts
 from engine.store.scripts import Command
 from engine.throttle import gently
 
-# Stock events applied by one script: a batch of 5,000 at one location holds Redis a few ms
-# at a time instead of tens of ms at once.
-EVENTS_PER_SCRIPT = 500
+# Stock events applied by one script, and rows read by one: a batch of 5,000 events at one
+# location holds Redis a few ms at a time instead of tens of ms at once (scripts of 500
+# events took 30-90 ms each in SLOWLOG while 20 streams were fed: bench/RESULTS.md).
+EVENTS_PER_SCRIPT = 100
+ROWS_PER_READ = 1000
 
 
 class Storage(Parts):
@@ -96,10 +98,9 @@ class Storage(Parts):
     # -- stock ------------------------------------------------------------------------
 
     async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]:
-        """Stock rows of (location, sku) pairs: one read script for the rows of one hash
-        slot (on one Redis: for all of them), every slot's script in one round trip.
-        Decoded giving the event loop a turn every few hundred rows: a read of 20,000
-        rows takes tens of milliseconds to decode."""
+        """Stock rows of (location, sku) pairs, read as _read_values says. Decoded giving
+        the event loop a turn every few hundred rows: a read of 20,000 rows takes tens of
+        milliseconds to decode."""
         async with self._wide_reads.take(len(pairs)):
             return [parse_row(v) async for v in gently(await self._read_values(pairs))]
 
@@ -109,20 +110,30 @@ class Storage(Parts):
             return [available_of(v) async for v in gently(await self._read_values(pairs))]
 
     async def _read_values(self, pairs: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """One read script for every ROWS_PER_READ rows of one hash slot, all sent at once
+        (a wide read's scripts go one by one in the heavy lane: engine/store/scripts.py),
+        the event loop given a turn after building each."""
         by_slot: dict[int, list[int]] = {}
         for i, (location, _) in enumerate(pairs):
             by_slot.setdefault(self._slot(location), []).append(i)
+        parts = [
+            idx[start : start + ROWS_PER_READ]
+            for idx in by_slot.values()
+            for start in range(0, len(idx), ROWS_PER_READ)
+        ]
         calls = []
-        for idx in by_slot.values():
+        for n, part in enumerate(parts):
+            if n:
+                await asyncio.sleep(0)
             keys, args = KeyList(), []
-            for i in idx:
+            for i in part:
                 location, sku = pairs[i]
                 args += [keys.add(self.keys.stock(location, sku)), sku]
-            calls.append((keys.keys, args))
-        values = await asyncio.gather(*(self.call("read_rows", k, a) for k, a in calls))
+            calls.append(self.call("read_rows", keys.keys, args))
+        values = await asyncio.gather(*calls)
         out: list[bytes | None] = [None] * len(pairs)
-        for idx, got in zip(by_slot.values(), values, strict=True):
-            for i, value in zip(idx, got, strict=True):
+        for part, got in zip(parts, values, strict=True):
+            for i, value in zip(part, got, strict=True):
                 out[i] = value
         return out
 

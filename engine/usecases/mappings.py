@@ -27,6 +27,16 @@ class SourceMap(NamedTuple):
     ids: dict[tuple[IdKind, str], str]  # (kind, their id) -> our id
     kinds: frozenset[IdKind]  # the kinds it maps: a source must map every id of these
 
+    def ours(self, source: str, kind: IdKind, theirs: str, field_name: str) -> str:
+        """Our id for a source's id. A source with mappings of this kind must map every
+        id of it: an id it does not map is refused, never taken for one of ours."""
+        ours = self.ids.get((kind, theirs))
+        if ours is not None:
+            return ours
+        if kind in self.kinds:
+            raise InvalidArgument(field_name, f"no {source} mapping for {theirs!r}")
+        return theirs
+
 
 class Mappings:
     def __init__(self, storage: Storage) -> None:
@@ -54,17 +64,9 @@ class Mappings:
         return found
 
     async def _ours(self, source: str, kind: IdKind, theirs: str, field_name: str) -> str:
-        """Our id for a source's id. A source with mappings of this kind must map every id
-        of it: an id it does not map is refused, never taken for one of ours."""
         if not source:
             return theirs
-        m = await self.of(source)
-        ours = m.ids.get((kind, theirs))
-        if ours is not None:
-            return ours
-        if kind in m.kinds:
-            raise InvalidArgument(field_name, f"no {source} mapping for {theirs!r}")
-        return theirs
+        return (await self.of(source)).ours(source, kind, theirs, field_name)
 
     async def location(self, source: str, location: str, field_name: str) -> str:
         return await self._ours(source, IdKind.LOCATION, location, field_name)
@@ -76,11 +78,18 @@ class Mappings:
         self, events: Sequence[tuple[int, StockEvent]]
     ) -> list[tuple[int, StockEvent | InvalidArgument]]:
         """(index, event) each, translated; an id the source must map and does not, an error."""
+        sources = {ev.source for _, ev in events if ev.source}
+        maps = {source: await self.of(source) for source in sources}
         out: list[tuple[int, StockEvent | InvalidArgument]] = []
         for i, ev in events:
+            m = maps.get(ev.source)
+            if m is None or not m.kinds:  # nothing to translate (most events)
+                out.append((i, ev))
+                continue
             try:
-                location = await self.location(ev.source, ev.location, f"events[{i}].location_id")
-                sku = await self.item(ev.source, ev.sku, f"events[{i}].sku")
+                where = f"events[{i}]"
+                location = m.ours(ev.source, IdKind.LOCATION, ev.location, f"{where}.location_id")
+                sku = m.ours(ev.source, IdKind.ITEM, ev.sku, f"{where}.sku")
             except InvalidArgument as exc:
                 out.append((i, exc))
                 continue
