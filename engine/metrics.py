@@ -83,6 +83,12 @@ class Metrics:
             "--ingest-rate (summed over the calls held)",
             registry=r,
         )
+        self.request_bytes_paced = Counter(
+            "omnistock_request_bytes_paced_seconds_total",
+            "Seconds unary calls were held back before their servicer ran, their principal "
+            "being over --request-bytes-rate (summed over the calls held)",
+            registry=r,
+        )
         self.redis_nodes_down = Gauge(
             "omnistock_redis_nodes_down",
             "On a Redis Cluster: primaries the health probe found down (health stays SERVING "

@@ -150,6 +150,14 @@ class Settings:
             "principal sending faster is slowed down, not refused (0: no limit)"
         },
     )
+    request_bytes_rate: int = field(
+        default=8_000_000,
+        metadata={
+            "help": "bytes of unary requests per second per principal and process; a "
+            "principal sending more is slowed down (a request of 64 KiB or less never "
+            "waits; 0: no limit)"
+        },
+    )
     max_streams_per_principal: int = field(
         default=100,
         metadata={"help": "watch, event and count streams one principal may have open"},
@@ -309,8 +317,8 @@ def _check_edge(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--tls-cert and --tls-key go together")
     if settings.tls_client_ca and not settings.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
-    if settings.rate_limit < 0 or settings.ingest_rate < 0:
-        parser.error("--rate-limit and --ingest-rate must be >= 0")
+    if settings.rate_limit < 0 or settings.ingest_rate < 0 or settings.request_bytes_rate < 0:
+        parser.error("--rate-limit, --ingest-rate and --request-bytes-rate must be >= 0")
     if settings.durability not in DURABILITY:
         parser.error(f"--durability must be one of {', '.join(DURABILITY)}")
     if settings.durability_replicas < 1 or settings.durability_timeout_ms < 1:

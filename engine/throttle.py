@@ -17,7 +17,7 @@ from engine.domain import auth
 from engine.domain.errors import ResourceExhausted
 
 T = TypeVar("T")
-YIELD_EVERY = 500  # items converted between two turns given back to the event loop
+YIELD_EVERY = 100  # items converted between two turns given back to the event loop
 
 
 class Turns:

@@ -20,6 +20,7 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import AuthenticationError, NoPermissionError
 
+from engine.api.edge import LIGHT_REQUEST
 from engine.api.listener import ListenRefused
 from engine.app import Omnistock, create_server
 from engine.client import OmnistockClient
@@ -660,3 +661,39 @@ async def test_sighup_reloads_the_auth_file_of_a_running_server(
         assert got not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE), got
         old = await code_of(call(stubs, bearer(ROLES[Role.ADMIN])))
         assert old == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("secured", [{"request_bytes_rate": 100_000}], indirect=True)
+async def test_a_principal_over_its_request_byte_rate_is_slowed_down_small_calls_are_not(
+    channel_to: grpc.aio.Channel, secured: Omnistock
+) -> None:
+    """A flood of big requests costs the server their parsing, refused or not: past its
+    byte rate a principal's big calls wait before their servicer runs."""
+    stubs = Stubs(channel_to)
+
+    def paced() -> float:
+        name = "omnistock_request_bytes_paced_seconds_total"
+        return secured.metrics.registry.get_sample_value(name) or 0.0
+
+    def big(n: int, ids: int = 5000) -> pb.GetAvailabilityRequest:  # over the id cap
+        names = [f"nowhere-{n}-{i:06d}" for i in range(ids)]
+        return pb.GetAvailabilityRequest(skus=["S1"], location_ids=names)
+
+    # 90 kB: over LIGHT_REQUEST, within a full bucket; and one larger than a full bucket,
+    # which waits however much of it refilled meanwhile
+    assert LIGHT_REQUEST < big(0).ByteSize() < 100_000 < big(1, ids=12_000).ByteSize()
+    storefront = bearer(ROLES[Role.STOREFRONT])
+    for request in (big(0), big(1, ids=12_000)):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stubs.availability.GetAvailability(request, metadata=storefront)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (paced() > 0.0) == (request.ByteSize() > 100_000)
+    # a small call of the same principal does not wait for the debt
+    before = paced()
+    small = pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"])
+    await stubs.availability.GetAvailability(small, metadata=storefront)
+    assert paced() == before
+    # another principal has its own
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stubs.availability.GetAvailability(big(2), metadata=bearer(ROLES[Role.ADMIN]))
+    assert paced() == before

@@ -3,7 +3,10 @@
 1. who calls: the principal of its bearer token or of its client certificate
    (UNAUTHENTICATED without one, when the server has principals); health is open to all;
 2. whether its role may call the method (PERMISSION_DENIED), whether it is within its rate,
-   and, for a streaming call, within its open streams (RESOURCE_EXHAUSTED, retryable);
+   and, for a streaming call, within its open streams (RESOURCE_EXHAUSTED, retryable); a
+   unary call whose principal sent more request bytes than its rate waits (grpc has parsed
+   the request by then: a flood of big requests costs the event loop their parsing, so a
+   principal's closed-loop clients are slowed to its byte rate);
 3. whether the request bytes are the method's message (INVALID_ARGUMENT; left to grpc, the
    parser's exception would reach the caller as UNKNOWN). A unary call is refused before its
    servicer runs; in a request stream the bad message raises UndecodableRequest where the
@@ -16,6 +19,7 @@ that failed any of these.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -38,12 +42,17 @@ from engine.throttle import Rate
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 REFLECTION = "/grpc.reflection."
+LIGHT_REQUEST = 64 * 1024  # bytes: a request this small never waits for the byte rate
+# The size of the request the call's task parsed last (a unary call's own: grpc parses it
+# in the task that then runs the servicer).
+_received: contextvars.ContextVar[int] = contextvars.ContextVar("received", default=0)
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     rate: float  # calls per second per principal (a burst of one second's worth); 0: none
     streams: int  # streaming calls open at once per principal
+    request_bytes: float = 0.0  # unary request bytes per second per principal; 0: none
 
 
 class Gate:
@@ -53,6 +62,7 @@ class Gate:
         self.principals = principals
         self.limits = limits
         self.calls = Rate(limits.rate)
+        self.request_bytes = Rate(limits.request_bytes)
         self.streams: Counter[str] = Counter()
 
     def identify(self, context: grpc.aio.ServicerContext) -> Principal:
@@ -143,6 +153,7 @@ class _Undecodable:
 
 def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     def run(data: bytes) -> Any:
+        _received.set(len(data))
         try:
             return deserialize(data)
         except DecodeError as exc:
@@ -196,6 +207,11 @@ class Edge(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             gate.within_rate(principal)
         except ResourceExhausted as exc:
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, "rate")
+        size = 0 if streaming else _received.get()
+        if size > LIGHT_REQUEST:
+            waited = await gate.request_bytes.take(principal.name, size)
+            if waited:
+                self.metrics.request_bytes_paced.inc(waited)
         if streaming:
             try:
                 gate.open_stream(principal)

@@ -79,7 +79,11 @@ def grpc_server(settings: Settings, edge: Edge) -> grpc.aio.Server:
 
 
 def limits_of(settings: Settings) -> Limits:
-    return Limits(rate=settings.rate_limit, streams=settings.max_streams_per_principal)
+    return Limits(
+        rate=settings.rate_limit,
+        streams=settings.max_streams_per_principal,
+        request_bytes=settings.request_bytes_rate,
+    )
 
 
 def load_principals(settings: Settings) -> Principals | None:

@@ -39,7 +39,7 @@ from engine.usecases.locations import LocationRegistry
 # applied; counts being received (each holds its lines in memory until applied; how many
 # lines all of them may hold, and how long one may stay silent, are settings). (Wide row
 # reads take their turn in the store: engine/store/base.py BIG_READ.)
-INGEST_BATCHES = 2
+INGEST_BATCHES = 1
 LIGHT_BATCH = 100  # events: a batch this small never waits behind the big ones
 COUNTS_AT_ONCE = 2
 # A count refused part way is read on (and dropped) this long before the refusal is sent:
