@@ -38,7 +38,10 @@ from engine.usecases.locations import LocationRegistry
 # Heavy work at once in one process (engine/throttle.py): event batches converted and
 # applied; counts being received (each holds its lines in memory until applied; how many
 # lines all of them may hold, and how long one may stay silent, are settings). (Wide row
-# reads take their turn in the store: engine/store/base.py BIG_READ.)
+# reads take their turn in the store: engine/store/base.py BIG_READ.) One event batch at a
+# time, its turn held while Redis applies it: two, or a turn for the conversion only, let
+# 20 abusive streams double the small calls' p99, for 30% more events a second from one
+# principal's bulk ApplyEvents (bench/RESULTS.md, "Heavy work in its lane").
 INGEST_BATCHES = 1
 LIGHT_BATCH = 100  # events: a batch this small never waits behind the big ones
 COUNTS_AT_ONCE = 2
