@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 
 import pytest
 import redis.asyncio as aioredis
@@ -437,3 +439,20 @@ async def test_a_small_call_is_not_queued_behind_heavy_ones(storage: Storage) ->
     finally:
         wide.cancel()
         heavy.inflight = 0
+
+
+async def test_a_wide_read_cancelled_while_its_parts_are_built_leaves_nothing_behind(
+    storage: Storage,
+) -> None:
+    """Cancelled between building two parts (its caller's deadline), a read has sent
+    nothing, and leaves no script call made and never awaited."""
+    pairs = [(L, f"s{i}") for i in range(3 * ROWS_PER_READ)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read = asyncio.ensure_future(storage.rows(pairs))
+        await asyncio.sleep(0)  # it built its first part and gave the loop a turn
+        assert not read.done()
+        read.cancel()
+        await asyncio.gather(read, return_exceptions=True)
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []

@@ -121,7 +121,7 @@ class Storage(Parts):
             for idx in by_slot.values()
             for start in range(0, len(idx), ROWS_PER_READ)
         ]
-        calls = []
+        built: list[tuple[list[str], list[Any]]] = []
         for n, part in enumerate(parts):
             if n:
                 await asyncio.sleep(0)
@@ -129,8 +129,8 @@ class Storage(Parts):
             for i in part:
                 location, sku = pairs[i]
                 args += [keys.add(self.keys.stock(location, sku)), sku]
-            calls.append(self.call("read_rows", keys.keys, args))
-        values = await asyncio.gather(*calls)
+            built.append((keys.keys, args))
+        values = await asyncio.gather(*(self.call("read_rows", k, a) for k, a in built))
         out: list[bytes | None] = [None] * len(pairs)
         for part, got in zip(parts, values, strict=True):
             for i, value in zip(part, got, strict=True):
