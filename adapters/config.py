@@ -20,14 +20,19 @@ to the dead-letter stream `<stream>:dead`, with the reason.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
+from redis.exceptions import RedisError
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+log = logging.getLogger("omnistock.adapters")
 
 DEFAULT_STREAM = "omnistock:events"
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -123,6 +128,54 @@ def redis_url(given: str, state_dir: Path) -> str:
         f"no Redis to read from: give --redis-url, set REDIS_URL, or start the server with "
         f"its embedded store (it writes {path})"
     )
+
+
+# A client of the store's new URL, if it moved since the last look; None: keep yours.
+Follow = Callable[[], Awaitable[Any | None]]
+
+
+class FollowedStore:
+    """The Redis of the ingest stream, followed across restarts of the server's embedded
+    store: the adapter calls `follow` after a failure, which reads <state dir>/redis.url
+    again and, when the URL changed (the store came back on another port: its own was
+    taken), connects to the new one. A URL given by --redis-url or REDIS_URL is not
+    followed."""
+
+    def __init__(
+        self,
+        given: str,
+        state_dir: Path,
+        connect: Callable[[str], Awaitable[Any]],
+    ) -> None:
+        self.followed = not (given or os.environ.get("REDIS_URL"))
+        self.url = redis_url(given, state_dir)
+        self.path = state_dir / "redis.url"
+        self.connect = connect
+        self.client: Any = None
+
+    async def open(self) -> Any:
+        self.client = await self.connect(self.url)
+        return self.client
+
+    async def follow(self) -> Any | None:
+        if not self.followed:
+            return None
+        try:
+            url = self.path.read_text().strip()
+        except OSError:  # the server is down: its store with it
+            return None
+        if not url or url == self.url:
+            return None
+        try:
+            client = await self.connect(url)
+        except (RedisError, OSError) as exc:
+            log.warning("the store moved, but its new address does not answer yet: %s", exc)
+            return None
+        old, self.client, self.url = self.client, client, url
+        log.warning("the store moved: following it to %s", self.path)
+        if old is not None:
+            await old.aclose()
+        return client
 
 
 def add_common_flags(parser: argparse.ArgumentParser, metrics_port: int) -> None:

@@ -207,7 +207,9 @@ async def store_of(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     returned, to be stopped by whoever started it)."""
     if settings.redis_url:
         return settings.redis_url, None
-    embedded = EmbeddedRedis(settings.state_dir, appendfsync=settings.appendfsync)
+    embedded = EmbeddedRedis(
+        settings.state_dir, appendfsync=settings.appendfsync, port=settings.store_port
+    )
     await asyncio.to_thread(embedded.start)
     return embedded.url, embedded
 

@@ -79,6 +79,13 @@ class Settings:
     appendfsync: str = field(
         default="everysec", metadata={"help": "embedded server AOF fsync: always|everysec"}
     )
+    store_port: int = field(
+        default=0,
+        metadata={
+            "help": "the embedded server's port (0: the one it last ran on in --state-dir, "
+            "else a free one), so that its URL outlives a restart"
+        },
+    )
     count_lines_held: int = field(
         default=1_000_000,
         metadata={
@@ -288,6 +295,8 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--appendfsync must be always or everysec")
     if settings.count_missing not in ("zero", "keep"):
         parser.error("--count-missing must be zero or keep")
+    if not 0 <= settings.store_port < 65536:
+        parser.error("--store-port must be 0 to 65535")
     for name, least in (("stock_buckets", 1), ("plan_workers", 0), ("max_concurrent_calls", 1),
                         ("workers", 1), ("read_cache_rows", 0),
                         ("read_cache_max_lag_ms", 1)):  # fmt: skip

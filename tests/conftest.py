@@ -176,8 +176,8 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., ServerProcess]]:
     """Makes `python server.py` children; each is stopped (or killed) at teardown."""
     made: list[ServerProcess] = []
 
-    def make(*args: str) -> ServerProcess:
-        proc = ServerProcess(tmp_path / f"server-{len(made)}", *args)
+    def make(*args: str, keep_port: bool = False) -> ServerProcess:
+        proc = ServerProcess(tmp_path / f"server-{len(made)}", *args, keep_port=keep_port)
         made.append(proc)
         return proc
 

@@ -51,9 +51,12 @@ def _clean_env() -> dict[str, str]:
 class ServerProcess:
     """One `python server.py` child. `logs` is a directory for its stdout and stderr."""
 
-    def __init__(self, logs: Path, *args: str) -> None:
+    def __init__(self, logs: Path, *args: str, keep_port: bool = False) -> None:
+        """keep_port: every start listens on the port of the first (as a deployment does),
+        instead of a new free one."""
         self.logs = logs
         self.args = args
+        self.keep_port = keep_port
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._starts = 0
@@ -78,7 +81,8 @@ class ServerProcess:
     def _spawn(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._starts += 1
-        self.port = free_port()
+        if not (self.keep_port and self.port):
+            self.port = free_port()
         out = self.logs / f"stdout.{self._starts}.log"
         err = self.logs / f"stderr.{self._starts}.log"
         self._stderr = err

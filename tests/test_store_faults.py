@@ -224,3 +224,32 @@ def test_a_port_given_by_the_caller_is_never_replaced(tmp_path: Path) -> None:
         with pytest.raises(PortTaken, match="Address already in use"):
             store.start()
         assert store.port == port
+
+
+def test_a_store_started_again_in_its_state_dir_keeps_its_port_and_url(tmp_path: Path) -> None:
+    """The adapters read redis.url once: after a restart of the service (a new store object
+    on the same state directory) the URL must be the one they have."""
+    state = tmp_path / "store"
+    first = EmbeddedRedis(state)
+    first.start()
+    url = first.url
+    first.stop()
+    again = EmbeddedRedis(state)
+    again.start()
+    try:
+        assert again.url == url
+        assert (state / "redis.url").read_text().strip() == url
+        assert redis.Redis.from_url(url).ping()
+    finally:
+        again.stop()
+    # unless another process holds that port by then: it moves, and remembers the new one
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", again.port))
+        squatter.listen()
+        moved = EmbeddedRedis(state)
+        moved.start()
+        try:
+            assert moved.port != again.port and redis.Redis.from_url(moved.url).ping()
+        finally:
+            moved.stop()
+    assert EmbeddedRedis(state).port == moved.port

@@ -13,8 +13,8 @@ import grpc
 
 from adapters.config import (
     DEFAULT_SERVER,
+    FollowedStore,
     add_common_flags,
-    redis_url,
     serve_metrics,
 )
 from adapters.streams.consumer import Consumer, Options
@@ -74,9 +74,11 @@ async def main(argv: Sequence[str] | None = None) -> None:
     )
     # the socket waits out a blocked read (XREADGROUP BLOCK), and a little more
     timeout = options.block_ms / 1000 + 5.0
-    redis = await connect(redis_url(args.redis_url, args.state_dir), timeout)
+    store = FollowedStore(args.redis_url, args.state_dir, lambda url: connect(url, timeout))
+    await store.open()
     async with grpc.aio.insecure_channel(args.server) as channel:
-        consumer = Consumer(redis, pb_grpc.StockServiceStub(channel), options)
+        stub = pb_grpc.StockServiceStub(channel)
+        consumer = Consumer(store.client, stub, options, store.follow)
         serve_metrics(args.metrics_port, consumer.metrics.registry)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -90,5 +92,5 @@ async def main(argv: Sequence[str] | None = None) -> None:
             args.server,
         )
         await consumer.run(stop)
-    await redis.aclose()
+    await store.client.aclose()
     log.info("stopped")

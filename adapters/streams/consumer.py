@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from adapters.config import (
     BadEntry,
+    Follow,
     dead_letter_stream,
     event_of,
 )
@@ -95,8 +96,12 @@ class Consumer:
         redis: aioredis.Redis | RedisCluster,
         stub: pb_grpc.StockServiceStub,
         options: Options,
+        follow: Follow | None = None,
     ) -> None:
+        """follow: after a Redis failure, a client of the store's new address, if it moved
+        (adapters/config.py FollowedStore)."""
         self.redis: Any = redis  # redis-py types its replies as wide unions
+        self.follow = follow
         self.stub = stub
         self.o = options
         self.dead = dead_letter_stream(options.stream)
@@ -141,6 +146,9 @@ class Consumer:
                 self._failed("redis", str(exc), backoff)
                 if "NOGROUP" in str(exc):  # the stream or the group was deleted: make it again
                     self._group_made = False
+                moved = await self.follow() if self.follow is not None else None
+                if moved is not None:
+                    self.redis = moved
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 5.0)

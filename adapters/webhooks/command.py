@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from adapters.config import add_common_flags, redis_url, serve_metrics
+from adapters.config import FollowedStore, add_common_flags, serve_metrics
 from adapters.webhooks.answers import WebhookMetrics
 from adapters.webhooks.receiver import (
     BODY_TIMEOUT,
@@ -160,13 +160,16 @@ async def serve(args: argparse.Namespace) -> None:
     settings = settings_of(args)
     metrics = WebhookMetrics()
     serve_metrics(args.metrics_port, metrics.registry)
-    redis = await connect(redis_url(args.redis_url, args.state_dir), settings.write_timeout)
+    timeout = settings.write_timeout
+    store = FollowedStore(args.redis_url, args.state_dir, lambda url: connect(url, timeout))
+    redis = await store.open()
     if settings.wait_aof and not await appendonly(redis):
         raise SystemExit(
             "the ingest stream's Redis has appendonly off: every delivery would wait for an "
             "fsync that never comes (503). Turn appendonly on there, or give --no-wait-aof."
         )
-    runner = web.AppRunner(make_app(redis, settings, metrics), **server_options(settings, metrics))
+    app = make_app(redis, settings, metrics, follow=store.follow)
+    runner = web.AppRunner(app, **server_options(settings, metrics))
     await runner.setup()
     host, port = args.listen.rsplit(":", 1)
     await web.TCPSite(runner, host, int(port)).start()
@@ -183,7 +186,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
-    await redis.aclose()
+    await store.client.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

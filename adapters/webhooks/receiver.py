@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.cluster import RedisCluster
 
-from adapters.config import DEFAULT_STREAM, dead_letter_stream
+from adapters.config import DEFAULT_STREAM, Follow, dead_letter_stream
 from adapters.webhooks import shopify, square
 from adapters.webhooks.answers import (
     Result,
@@ -97,11 +97,12 @@ class Receiver:
         settings: Settings,
         metrics: WebhookMetrics,
         clock: Clock,
+        follow: Follow | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
-        self.writer = StreamWriter(redis, settings.wait_aof, settings.write_timeout)
+        self.writer = StreamWriter(redis, settings.wait_aof, settings.write_timeout, follow)
 
     async def receive_shopify(self, request: web.Request) -> web.Response:
         secret = self.settings.shopify_secret
@@ -205,10 +206,11 @@ def make_app(
     settings: Settings,
     metrics: WebhookMetrics,
     clock: Clock | None = None,
+    follow: Follow | None = None,
 ) -> web.Application:
     """The receiver's application; served with server_options(settings, metrics), which
-    count its answers into the same metrics."""
-    receiver = Receiver(redis, settings, metrics, clock or SystemClock())
+    count its answers into the same metrics. follow: see StreamWriter."""
+    receiver = Receiver(redis, settings, metrics, clock or SystemClock(), follow)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_as_answers])
     app.add_routes(
         [

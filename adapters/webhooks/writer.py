@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.exceptions import ConnectionError, MovedError, RedisError, TimeoutError
 
-from adapters.config import KINDS, entry_fields
+from adapters.config import KINDS, Follow, entry_fields
 from engine.domain.errors import Unavailable
 from engine.domain.model import StockEvent
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -43,9 +43,16 @@ class StreamWriter:
     fsync, within the budget."""
 
     def __init__(
-        self, redis: aioredis.Redis | RedisCluster, wait_aof: bool, timeout: float
+        self,
+        redis: aioredis.Redis | RedisCluster,
+        wait_aof: bool,
+        timeout: float,
+        follow: Follow | None = None,
     ) -> None:
+        """follow: after a failure, a client of the store's new address, if it moved
+        (adapters/config.py FollowedStore): the platform's next retry goes there."""
         self.redis = redis
+        self.follow = follow
         self._remap = False
         self.wait_aof = wait_aof
         self.timeout = timeout
@@ -55,6 +62,9 @@ class StreamWriter:
             async with asyncio.timeout(self.timeout):
                 replies = await self._send(stream, entries)
         except (TimeoutError, RedisError, OSError) as exc:
+            moved = await self.follow() if self.follow is not None else None
+            if moved is not None:
+                self.redis = moved
             raise Unavailable(f"{stream}: {type(exc).__name__}: {exc}") from exc
         written = replies[len(entries) + 1]
         if not isinstance(written, list) or any(isinstance(r, Exception) for r in written):

