@@ -15,12 +15,15 @@ without it. So when a bad line, an unreadable file, Ctrl-C or a crash stops this
 midway, the call is cancelled and no line of the count is applied.
 
 The default count id, `<location>@<counted_at>`, makes running the same command again a
-resend the server recognises: it changes nothing. (A corrected file for the same time
-needs its own --count-id.)
+resend the server recognises: it changes nothing. (A corrected file needs its own
+--count-id and a later --counted-at than the count it corrects: at the same time only
+larger figures win, so that arrival order never matters; lines not applied make it exit 3.)
 
 Exit codes: 0 the count was applied; 1 the server refused it or could not be reached;
 2 bad input: the command line, the file, or one of its lines ("FILE:LINE: <field>: <why>");
-130 Ctrl-C.
+3 lines were stale: not applied, their rows counted later than --counted-at (or at it,
+with as much or more), or that time older than the server's event window (the summary
+says how many); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from engine.domain.model import check_id, check_qty
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
-EXIT_OK, EXIT_SERVER, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_SERVER, EXIT_INPUT, EXIT_STALE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FORMATS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
 MISSING = {"zero": pb.MISSING_SKUS_ZERO, "keep": pb.MISSING_SKUS_KEEP}
 PROGRESS_EVERY = 1.0  # seconds between progress lines
@@ -311,7 +314,8 @@ async def reconcile(
 def summary(header: pb.CountHeader, reply: pb.ReconcileCountResponse) -> str:
     out = [
         f"count {header.count_id} of {header.location_id}: lines {reply.lines}, "
-        f"changed {reply.changed}, unchanged {reply.unchanged}, zeroed {reply.zeroed}"
+        f"changed {reply.changed}, unchanged {reply.unchanged}, zeroed {reply.zeroed}, "
+        f"stale {reply.stale}"
     ]
     for row in reply.short_rows:
         holds = ", ".join(
@@ -353,6 +357,15 @@ async def run(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         return failed(f"{args.server}: {exc.code().name}: {exc.details()}", EXIT_SERVER)
     print(summary(header, reply))
+    if reply.stale:
+        return failed(
+            f"{path}: {reply.stale:,} of {reply.lines:,} lines were not applied: their rows "
+            f"were counted later than {header.counted_at} ms (or then, with as much or more: "
+            "a correction needs a later time), or that time is older than the server's "
+            "event window. Send the count again with the time it was really taken "
+            "(--counted-at)",
+            EXIT_STALE,
+        )
     return EXIT_OK
 
 

@@ -141,8 +141,29 @@ async def test_running_the_same_command_again_changes_nothing(
     # when the very same command runs again
     assert await run_counts(path, target) == 0
     # then the server recognises the count: every line unchanged, the sale still counts
-    assert "lines 2, changed 0, unchanged 2, zeroed 0" in capsys.readouterr().out
+    assert "lines 2, changed 0, unchanged 2, zeroed 0, stale 0" in capsys.readouterr().out
     assert await on_hand(stubs, "s1", ["a", "b"]) == {"a": 4, "b": 8}
+
+
+@pytest.mark.parametrize("when", ["same time", "older than the window"])
+async def test_a_count_not_applied_because_it_is_stale_exits_3_with_the_reason(
+    when: str, stubs: Stubs, target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a count applied at AT
+    await seed(stubs, {("s1", "a"): 10, ("s1", "b"): 10})
+    assert await run_counts(write_count(tmp_path / "count.csv", {"a": 5, "b": 8}), target) == 0
+    capsys.readouterr()
+    # when a correction with lower figures is sent for the same time (its own count id),
+    # or a count older than the event window (72 h before the server's clock)
+    fix = write_count(tmp_path / "fix.csv", {"a": 3, "b": 2})
+    at = AT if when == "same time" else AT - 73 * 3600 * 1000
+    code = await run_counts(fix, target, "--count-id", f"fix-{when.replace(' ', '-')}", at=at)
+    # then nothing of it is applied, and the command says so and fails, for a cron job
+    assert code == 3
+    out = capsys.readouterr()
+    assert "lines 2, changed 0, unchanged 0, zeroed 0, stale 2" in out.out
+    assert "2 of 2 lines were not applied" in out.err
+    assert await on_hand(stubs, "s1", ["a", "b"]) == {"a": 5, "b": 8}
 
 
 async def test_a_count_below_what_is_held_names_the_uncovered_reservations(

@@ -154,7 +154,7 @@ class Model:
         short = []
         for sku in sorted(touched):
             row = self.rows[(location, sku)]
-            if row.on_hand < row.reserved:
+            if row.reserved > 0 and row.on_hand < row.reserved:  # a hold at risk
                 short.append((sku, row.on_hand, row.reserved))
         return outcomes, short
 

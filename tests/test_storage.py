@@ -211,6 +211,20 @@ async def test_count_below_holds_keeps_them_and_reports_the_row_short(storage: S
     assert (row.on_hand, row.reserved, row.available) == (1, 4, 0)
 
 
+async def test_a_row_below_zero_with_nothing_held_is_not_short(storage: Storage) -> None:
+    """A shortage is a hold at risk, nothing else: a sale that arrives before the count it
+    belongs after makes the row briefly negative, with no hold to warn about."""
+    got = await storage.apply_events(L, [delta("d1", "a", -1, NOW - 100)], NOW)
+    assert got.outcomes == [EventOutcome.APPLIED] and got.short_rows == []
+    (row,) = await storage.rows([(L, "a")])
+    assert (row.on_hand, row.reserved) == (-1, 0)
+    # while a row that falls below what is held still is
+    await storage.apply_events(L, [count("c1", "b", 5, NOW - 100)], NOW)
+    await hold(storage, "r1", [Line(L, "b", 4)])
+    got = await storage.apply_events(L, [delta("d2", "b", -3, NOW - 50)], NOW)
+    assert got.short_rows == [("b", 2, 4)]
+
+
 async def test_count_older_than_the_window_is_stale(storage: Storage) -> None:
     got = await storage.apply_events(L, [count("c1", "a", 5, NOW - 73 * HOUR_MS)], NOW)
     assert got.outcomes == [EventOutcome.STALE]

@@ -305,6 +305,7 @@ class StockService(pb_grpc.StockServiceServicer):
             unchanged=done.unchanged,
             zeroed=done.zeroed,
             short_rows=[short_row_pb(s) for s in done.shortages],
+            stale=done.stale,
         )
 
     @rpc("SetMappings")

@@ -91,9 +91,10 @@ class Count:
 class Counted:
     lines: int = 0
     changed: int = 0
-    unchanged: int = 0
+    unchanged: int = 0  # already counted: the same count again
     zeroed: int = 0
     shortages: list[Shortage] = field(default_factory=list)
+    stale: int = 0  # lines not applied: the row was counted at or after this count's time
 
 
 def uncovered(on_hand: int, holders: Sequence[Holder]) -> tuple[Uncovered, ...]:
@@ -272,9 +273,12 @@ class Ingest:
                 self.metrics.events.labels(outcome.value.lower()).inc()
                 if outcome is EventOutcome.APPLIED:
                     result.changed += not zeroing
+                elif zeroing:
+                    result.zeroed -= 1
+                elif outcome is EventOutcome.STALE:
+                    result.stale += 1
                 else:
-                    result.unchanged += not zeroing
-                    result.zeroed -= zeroing
+                    result.unchanged += 1
             short.extend((location, sku, on_hand, held) for sku, on_hand, held in got.short_rows)
             done += len(batch)
             log.info(

@@ -21,7 +21,8 @@
 -- ARGV: now_ms, window_ms, n, full_count_at (0: none), then n groups of 8:
 --   event_id, kind ('COUNT'|'DELTA'), sku, qty, source_time_ms, stock idx, log idx, part idx (0: none)
 --   then the location's change channel (write_row)
--- Returns {{outcome per event}, {sku, on_hand, reserved for every row left short}}
+-- Returns {{outcome per event}, {sku, on_hand, reserved for every row left short: holding
+-- more than it has}}
 local now, window, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local horizon = now - window
 local seen = KEYS[1]
@@ -115,7 +116,7 @@ end
 
 for sku, key in pairs(touched) do
   local r = read_row(key, sku)
-  if r[1] < r[2] then
+  if r[2] > 0 and r[1] < r[2] then  -- a hold at risk: a row below zero with none is not
     short[#short + 1] = sku
     short[#short + 1] = r[1]
     short[#short + 1] = r[2]

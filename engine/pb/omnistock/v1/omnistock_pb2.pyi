@@ -1463,14 +1463,20 @@ class ReconcileCountResponse(_message.Message):
     UNCHANGED_FIELD_NUMBER: _builtins.int
     ZEROED_FIELD_NUMBER: _builtins.int
     SHORT_ROWS_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     lines: _builtins.int
     """lines counted"""
     changed: _builtins.int
     """rows whose on_hand the count set"""
     unchanged: _builtins.int
-    """already counted (a resent count) or older than the row's count"""
+    """already counted: this count, sent again"""
     zeroed: _builtins.int
     """rows missing from the count, set to 0 (MISSING_SKUS_ZERO)"""
+    stale: _builtins.int
+    """Lines NOT applied: the row was counted later than counted_at, or at it with as much
+    or more (a correction needs a later time), or counted_at is older than the event
+    window. A count with any is not what the location holds now.
+    """
     @_builtins.property
     def short_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShortRow]: ...
     def __init__(
@@ -1481,10 +1487,11 @@ class ReconcileCountResponse(_message.Message):
         unchanged: _builtins.int = ...,
         zeroed: _builtins.int = ...,
         short_rows: _abc.Iterable[Global___ShortRow] | None = ...,
+        stale: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "lines", b"lines", "short_rows", b"short_rows", "unchanged", b"unchanged", "zeroed", b"zeroed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "lines", b"lines", "short_rows", b"short_rows", "stale", b"stale", "unchanged", b"unchanged", "zeroed", b"zeroed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
