@@ -71,9 +71,12 @@ def test_shopify_disconnect_counts_zero_at_the_trigger_time_else_at_receipt() ->
     assert from_shopify(SHOPIFY_DISCONNECT, topic) == [shopify_count("disconnect", 0, RECEIVED)]
 
 
-def test_shopify_untracked_level_with_null_available_counts_zero() -> None:
-    got = from_shopify({**SHOPIFY_LEVEL, "available": None})
-    assert got == [shopify_count("update", 0, SHOPIFY_LEVEL_AT)]
+def test_shopify_untracked_level_with_null_available_is_no_count() -> None:
+    """Not tracked: Shopify does not know the stock, so nothing is counted (not 0, which
+    showed the item out of stock everywhere); the delivery is answered 200, ignored."""
+    assert from_shopify({**SHOPIFY_LEVEL, "available": None}) == []
+    connect = "inventory_levels/connect"
+    assert from_shopify({**SHOPIFY_LEVEL, "available": None}, connect) == []
 
 
 def test_shopify_level_below_zero_is_an_empty_shelf() -> None:
@@ -100,17 +103,33 @@ def test_shopify_event_id_is_the_delivery_else_the_webhook_id_qualified_by_level
 @pytest.mark.parametrize(
     ("triggered", "at"),
     [
-        ("2022-01-01T00:00:00.250Z", SHOPIFY_LEVEL_AT + 250),  # within updated_at's second
-        ("2022-01-01T00:00:00.999Z", SHOPIFY_LEVEL_AT + 999),
-        ("2022-01-01T00:00:01.000Z", SHOPIFY_LEVEL_AT),  # later: it may lag, not used
+        ("2022-01-01T00:00:00.000Z", SHOPIFY_LEVEL_AT),
+        ("2022-01-01T00:00:00.250Z", SHOPIFY_LEVEL_AT + 200),  # 250 * 1000 // 1250
+        ("2022-01-01T00:00:01.000Z", SHOPIFY_LEVEL_AT + 500),
+        ("2022-01-01T00:10:00.000Z", SHOPIFY_LEVEL_AT + 998),  # however late: under 1 s
         ("2021-12-31T23:59:59.999Z", SHOPIFY_LEVEL_AT),  # earlier than the update
     ],
 )
-def test_shopify_trigger_time_within_the_updates_second_gives_its_fraction(
-    triggered: str, at: int
-) -> None:
+def test_shopify_trigger_time_gives_the_updates_second_a_fraction(triggered: str, at: int) -> None:
     (got,) = from_shopify(SHOPIFY_LEVEL, **{shopify.TRIGGERED_AT: triggered})
     assert got.source_time == at
+
+
+def test_shopify_a_later_update_in_the_same_second_is_later_however_late_it_fired() -> None:
+    """Both updates carry updated_at S (whole seconds); their webhooks fire at S+0.860 and
+    S+1.020. The second is the newer figure and must order after the first."""
+    first, second = ("2022-01-01T00:00:00.860Z", 10), ("2022-01-01T00:00:01.020Z", 9)
+    got = [
+        from_shopify({**SHOPIFY_LEVEL, "available": qty}, **{shopify.TRIGGERED_AT: t})[0]
+        for t, qty in (first, second)
+    ]
+    assert SHOPIFY_LEVEL_AT < got[0].source_time < got[1].source_time < SHOPIFY_LEVEL_AT + 1000
+    # and an update of the next second still orders after both
+    (next_second,) = from_shopify(
+        {**SHOPIFY_LEVEL, "updated_at": "2021-12-31T19:00:01-05:00"},
+        **{shopify.TRIGGERED_AT: "2022-01-01T00:00:01.000Z"},
+    )
+    assert next_second.source_time >= got[1].source_time
 
 
 def test_shopify_other_topics_are_no_stock_events() -> None:

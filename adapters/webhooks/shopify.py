@@ -1,6 +1,7 @@
 """Shopify's inventory_levels webhooks as stock events (pure).
 
-    inventory_levels/update, /connect   the level's `available`, at its `updated_at`
+    inventory_levels/update, /connect   the level's `available`, at its `updated_at`;
+                                        nothing when it is null (the item is not tracked)
     inventory_levels/disconnect         0: the item is no longer stocked there
 
 Event ids stay the same when Shopify retries, so the engine applies a retried delivery once
@@ -57,7 +58,10 @@ def events(headers: Mapping[str, str], body: bytes, received_ms: int) -> list[St
     if action == "disconnect":  # the item is no longer stocked there
         qty, at = 0, _triggered_at(headers, received_ms)
     else:
-        qty, at = _available(payload), _updated_at(payload, headers)
+        available = _available(payload)
+        if available is None:  # not tracked: Shopify does not know its stock
+            return []
+        qty, at = available, _updated_at(payload, headers)
     event_id = f"{SHOPIFY}:{delivery}:{action}:{location}:{item}"
     named = {
         "event_id": EVENT_ID if headers.get(EVENT_ID) else WEBHOOK_ID,
@@ -69,30 +73,34 @@ def events(headers: Mapping[str, str], body: bytes, received_ms: int) -> list[St
     return [count(event_id, location, item, qty, at, SHOPIFY, named)]
 
 
-def _available(payload: Mapping[str, Any]) -> int:
+def _available(payload: Mapping[str, Any]) -> int | None:
+    """The count; None when the item's inventory is not tracked (Shopify documents
+    `available` as null then): that is no count at all, and the row keeps what it has
+    (taken as 0, it showed the item out of stock everywhere)."""
     if "available" not in payload:
         raise InvalidArgument("available", "missing")
     value = payload["available"]
     if value is None:
-        # Shopify documents `available` as null when the item's inventory is not tracked:
-        # nothing is counted there, so the count is 0.
-        return 0
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument("available", f"must be an integer or null, got {value!r}")
     return value
 
 
 def _updated_at(payload: Mapping[str, Any], headers: Mapping[str, str]) -> int:
-    """updated_at is in whole seconds: two updates of one level within a second would tie,
-    and the larger count would win. X-Shopify-Triggered-At, when it falls in that second,
-    tells them apart (it carries the fraction); a later one is not used, as it may lag."""
+    """updated_at is in whole seconds: two updates of one level within a second would tie.
+    X-Shopify-Triggered-At (when Shopify fired the webhook, with its fraction: the later
+    update fires later) orders them: the time is updated_at plus a fraction of a second
+    that grows with how long after updated_at the webhook fired, always under 1,000 ms.
+    So updated_at's second orders first, as Shopify guarantees it, and within it the
+    trigger time, however late the webhook fired (0.860 s after, then 1.020 s after, was
+    once taken as updated_at itself, and the newer update was stale)."""
     at = iso_ms(payload.get("updated_at"), "updated_at")
     given = headers.get(TRIGGERED_AT)
-    if given:
-        triggered = iso_ms(given, TRIGGERED_AT)
-        if at <= triggered < at + 1000:
-            return triggered
-    return at
+    if not given:
+        return at
+    after = max(0, iso_ms(given, TRIGGERED_AT) - at)
+    return at + after * 1000 // (after + 1000)
 
 
 def _triggered_at(headers: Mapping[str, str], received_ms: int) -> int:
