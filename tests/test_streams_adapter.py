@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -369,3 +370,49 @@ async def test_a_consumer_killed_mid_batch_applies_every_event_exactly_once_afte
     assert (await level(stubs, "s2", "a")).on_hand == n // 2
     assert events("applied") == 2 + n
     assert events("duplicate") == at_kill["pending"]
+
+
+async def test_what_every_group_acknowledged_is_trimmed_and_the_depths_are_gauged(
+    stubs: Stubs, redis: aioredis.Redis, consumer: Consumer
+) -> None:
+    # given 100 entries, applied and acknowledged by the adapter's group, and another group
+    # that has read none of them yet
+    await seed(stubs, {("s1", "a"): 0})
+    await append(redis, *[delta(f"t{i}", "s1", "a", 1, T0 + 1 + i) for i in range(100)])
+    await redis.xgroup_create(DEFAULT_STREAM, "audit", "0")
+    await drain(redis, consumer)
+
+    async def trim() -> int:
+        await consumer.trim(await redis.xinfo_groups(DEFAULT_STREAM))
+        return int(await redis.xlen(DEFAULT_STREAM))
+
+    # then nothing is trimmed while the other group has not read it
+    assert await trim() == 100
+    # nor what it read and has not acknowledged
+    got = await redis.xreadgroup("audit", "x", {DEFAULT_STREAM: ">"}, count=10)
+    ids = [entry_id for entry_id, _ in got[0][1]]
+    assert await trim() == 100
+    # once it acknowledges them, they go (and the adapter's gauge says what is left)
+    await redis.xack(DEFAULT_STREAM, "audit", *ids)
+    assert await trim() == 90
+    assert consumer.metrics.registry.get_sample_value("omnistock_streams_length") == 90
+    # and when the other group goes, the adapter's acknowledgements are all that count
+    await redis.xgroup_destroy(DEFAULT_STREAM, "audit")
+    assert await trim() == 0
+    assert (await level(stubs, "s1", "a")).on_hand == 100
+
+
+async def test_dead_letters_are_kept_for_their_days_and_at_most_their_number(
+    redis: aioredis.Redis, consumer: Consumer
+) -> None:
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    for i, age in enumerate([40, 35, 2, 1, 0]):  # days old
+        await redis.xadd(DEAD, {"reason": f"r{i}"}, id=f"{now - age * day}-0")
+    consumer.o = dataclasses.replace(consumer.o, dead_letter_days=30, dead_letter_max=0)
+    await consumer.trim([])
+    assert [f[b"reason"] for _, f in await redis.xrange(DEAD)] == [b"r2", b"r3", b"r4"]
+    consumer.o = dataclasses.replace(consumer.o, dead_letter_max=2)
+    await consumer.trim([])
+    assert [f[b"reason"] for _, f in await redis.xrange(DEAD)] == [b"r3", b"r4"]
+    assert consumer.metrics.registry.get_sample_value("omnistock_streams_dead_length") == 2

@@ -54,7 +54,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--start-id", default="0", help="where a new group starts: 0 the whole stream, $ new only"
     )
+    parser.add_argument(
+        "--dead-letter-days",
+        type=float,
+        default=30.0,
+        help="dead letters older than this are trimmed (0: kept however old)",
+    )
+    parser.add_argument(
+        "--dead-letter-max",
+        type=int,
+        default=100_000,
+        help="dead letters kept at most, the oldest trimmed first (0: no limit)",
+    )
     args = parser.parse_args(argv)
+    if args.dead_letter_days < 0 or args.dead_letter_max < 0:
+        parser.error("--dead-letter-days and --dead-letter-max must be >= 0")
     if not 1 <= args.batch <= 5000:
         parser.error("--batch must be 1 to 5000 (the server takes at most 5000 events a message)")
     return args
@@ -71,6 +85,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
         claim_idle_ms=args.claim_idle_ms,
         max_deliveries=args.max_deliveries,
         start_id=args.start_id,
+        dead_letter_days=args.dead_letter_days,
+        dead_letter_max=args.dead_letter_max,
     )
     # the socket waits out a blocked read (XREADGROUP BLOCK), and a little more
     timeout = options.block_ms / 1000 + 5.0

@@ -65,6 +65,18 @@ class Metrics:
         self.pending = Gauge(
             "omnistock_streams_pending", "Entries delivered, not yet acknowledged", registry=r
         )
+        self.length = Gauge(
+            "omnistock_streams_length",
+            "Entries on the stream: those not yet acknowledged by every group (the rest is "
+            "trimmed)",
+            registry=r,
+        )
+        self.dead_length = Gauge(
+            "omnistock_streams_dead_length",
+            "Entries on the dead-letter stream (kept --dead-letter-days, at most "
+            "--dead-letter-max)",
+            registry=r,
+        )
         self.lag_seconds = Gauge(
             "omnistock_streams_lag_seconds",
             "Age of the oldest entry not yet delivered to the group (0: caught up)",
@@ -88,6 +100,8 @@ class Options:
     max_deliveries: int = 10
     start_id: str = "0"  # where a new group starts: "0" the whole stream, "$" new entries
     answer_timeout: float = 30.0  # seconds to wait for the server's answer to a batch
+    dead_letter_days: float = 30.0  # dead letters older than this are trimmed (0: kept)
+    dead_letter_max: int = 100_000  # and past this many, the oldest (0: no limit)
 
 
 class Consumer:
@@ -314,6 +328,7 @@ class Consumer:
             return
         self._lag_at = time.monotonic()
         groups = await self.redis.xinfo_groups(self.o.stream)
+        await self.trim(groups)
         group = next((g for g in groups if g["name"] == self.o.group.encode()), None)
         if group is None:
             return
@@ -325,6 +340,29 @@ class Consumer:
         )
         age = _now_ms() - int(after[0][0].split(b"-")[0]) if after else 0
         self.metrics.lag_seconds.set(max(age, 0) / 1000)
+
+    async def trim(self, groups: list[dict[Any, Any]]) -> None:
+        """Trims the stream below what every group has acknowledged (its oldest pending
+        entry, else past the last it was given), and the dead letters to their age and
+        length; sets the depth gauges. A stream no group reads is left whole."""
+        floor: tuple[int, int] | None = None
+        for group in groups:
+            if group["pending"]:
+                oldest = (await self.redis.xpending(self.o.stream, group["name"]))["min"]
+                keep = _entry_id(oldest)
+            else:
+                ms, seq = _entry_id(group["last-delivered-id"])
+                keep = (ms, seq + 1)
+            floor = keep if floor is None else min(floor, keep)
+        if floor is not None:
+            await self.redis.xtrim(self.o.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False)
+        if self.o.dead_letter_days:
+            oldest_kept = _now_ms() - int(self.o.dead_letter_days * 86_400_000)
+            await self.redis.xtrim(self.dead, minid=str(max(oldest_kept, 0)), approximate=False)
+        if self.o.dead_letter_max:
+            await self.redis.xtrim(self.dead, maxlen=self.o.dead_letter_max, approximate=False)
+        self.metrics.length.set(await self.redis.xlen(self.o.stream))
+        self.metrics.dead_length.set(await self.redis.xlen(self.dead))
 
     async def _close_call(self) -> None:
         if self._call is not None:
@@ -340,6 +378,11 @@ def _entries(got: Any) -> list[Entry]:
     return [
         (i, f) for entries in streams for i, f in (entries[0] if isinstance(got, dict) else entries)
     ]
+
+
+def _entry_id(value: bytes | str) -> tuple[int, int]:
+    ms, seq = (value.decode() if isinstance(value, bytes) else value).split("-")
+    return int(ms), int(seq)
 
 
 def _now_ms() -> int:
