@@ -66,6 +66,23 @@ def dead_letter_stream(stream: str) -> str:
     return f"{stream}:dead"
 
 
+# One layout for a dead letter, whichever adapter wrote it: these fields, then what it
+# held, so that `python -m adapters.replay` can send it through the normal path again. A
+# stream entry keeps its own fields beside them; a webhook delivery keeps its body, the
+# headers its parser reads (JSON) and when it arrived.
+DEAD_FROM = "dead.from"  # "stream", or the platform of a webhook delivery
+DEAD_REASON = "dead.reason"  # why, naming the entry's own field
+DEAD_AT = "dead.at"  # when it was dead-lettered (ms)
+DEAD_ID = "dead.id"  # the stream entry's id, or the platform's delivery id
+DEAD_BODY, DEAD_HEADERS, DEAD_RECEIVED = "dead.body", "dead.headers", "dead.received"
+
+
+def dead_letter(origin: str, reason: str, ident: str | bytes) -> dict[str, str | bytes]:
+    """The fields every dead letter starts with."""
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    return {DEAD_FROM: origin, DEAD_REASON: reason, DEAD_AT: str(now), DEAD_ID: ident}
+
+
 def entry_fields(event: pb.StockEvent) -> dict[str, str]:
     """A stock event as the fields of an ingest stream entry."""
     fields = {

@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from adapters.config import DEFAULT_STREAM, dead_letter_stream, entry_fields
+from adapters.replay import replay
 from adapters.streams.consumer import Consumer, Options
 from engine.app import Omnistock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -125,6 +126,12 @@ async def test_poison_entries_are_dead_lettered_with_the_reason_and_do_not_block
     assert letters[0]["dead.reason"] == "kind: must be COUNT or DELTA, got 'SOLD'"
     assert letters[1]["dead.reason"] == "qty: must be an integer, got 'lots'"
     assert "unknown location 'nowhere'" in letters[2]["dead.reason"]
+    # named by the entry's own field and id, not by its place in the adapter's batch
+    assert letters[2]["dead.reason"].startswith("location_id: ")
+    ids = [entry_id.decode() for entry_id, _ in await redis.xrange(DEFAULT_STREAM, count=3)]
+    assert [d["dead.id"] for d in letters] == ids and {d["dead.from"] for d in letters} == {
+        "stream"
+    }
     dead = consumer.metrics.registry.get_sample_value
     assert dead("omnistock_streams_dead_letters_total", {"reason": "unparsable"}) == 2
     assert dead("omnistock_streams_dead_letters_total", {"reason": "rejected"}) == 1
@@ -416,3 +423,45 @@ async def test_dead_letters_are_kept_for_their_days_and_at_most_their_number(
     await consumer.trim([])
     assert [f[b"reason"] for _, f in await redis.xrange(DEAD)] == [b"r3", b"r4"]
     assert consumer.metrics.registry.get_sample_value("omnistock_streams_dead_length") == 2
+
+
+async def test_dead_letters_replayed_after_the_mapping_is_set_are_applied_once(
+    stubs: Stubs, redis: aioredis.Redis, consumer: Consumer
+) -> None:
+    # given two entries of a source whose location id the engine cannot map yet, and one
+    # that is not a stock event: all three dead-lettered
+    await seed(stubs, {("s1", "a"): 10})
+    await stubs.stock.SetMappings(
+        pb.SetMappingsRequest(
+            mappings=[
+                pb.Mapping(source="till", kind=pb.MAPPING_KIND_LOCATION, external_id="X", id="s9")
+            ]
+        )
+    )
+    await append(
+        redis,
+        delta("m1", "T-1", "a", -1, T0 + 1, source="till"),
+        delta("m2", "T-1", "a", -2, T0 + 2, source="till"),
+        {**delta("p1", "s1", "a", -1, T0 + 3), "qty": "lots"},
+    )
+    await drain(redis, consumer)
+    assert len(await dead_letters(redis)) == 3
+    # when the mapping is set and the letters about it replayed
+    await stubs.stock.SetMappings(
+        pb.SetMappingsRequest(
+            mappings=[
+                pb.Mapping(source="till", kind=pb.MAPPING_KIND_LOCATION, external_id="T-1", id="s1")
+            ]
+        )
+    )
+    done = await replay(redis, DEFAULT_STREAM, origin="stream", reason="no till mapping")
+    assert (done.replayed, done.still_bad) == (2, [])
+    await drain(redis, consumer)
+    # then they are applied, once, and only the letter that is still bad stays
+    assert (await level(stubs, "s1", "a")).on_hand == 10 - 3
+    assert [d["event_id"] for d in await dead_letters(redis)] == ["p1"]
+    # replaying everything again changes nothing: the bad entry is dead-lettered anew
+    again = await replay(redis, DEFAULT_STREAM)
+    await drain(redis, consumer)
+    assert again.replayed == 1 and (await level(stubs, "s1", "a")).on_hand == 7
+    assert [d["event_id"] for d in await dead_letters(redis)] == ["p1"]

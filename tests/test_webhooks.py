@@ -7,6 +7,7 @@ dead-lettered, and the answer says which. Guards at the edge: test_webhooks_edge
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -410,11 +411,11 @@ async def test_square_fractional_quantity_is_dead_lettered_with_the_reason(
     assert await redis.exists(DEFAULT_STREAM) == 0
     [dead] = await redis.xrange(DEAD)
     fields = dead[1]
-    assert fields[b"platform"] == b"square"
-    assert fields[b"reason"].startswith(b"data.object.inventory_counts[0].quantity: ")
-    assert b"12.375" in fields[b"reason"]
-    assert fields[b"delivery_id"] == b"df5f3813-a913-45a1-94e9-fdc3f7d5e3b6"
-    assert fields[b"body"] == body
+    assert fields[b"dead.from"] == b"square"
+    assert fields[b"dead.reason"].startswith(b"data.object.inventory_counts[0].quantity: ")
+    assert b"12.375" in fields[b"dead.reason"]
+    assert fields[b"dead.id"] == b"df5f3813-a913-45a1-94e9-fdc3f7d5e3b6"
+    assert fields[b"dead.body"] == body
     assert requests(metrics, "square", "dead_letter") == 1
     assert events_written(metrics, "square") == 0
 
@@ -449,12 +450,14 @@ async def test_signed_shopify_payload_of_another_shape_is_dead_lettered(
         assert resp.status == 200
     assert await redis.exists(DEFAULT_STREAM) == 0
     [(_, fields)] = await redis.xrange(DEAD)
-    assert fields[b"reason"].startswith(reason)
-    assert (fields[b"platform"], fields[b"delivery_id"], fields[b"body"]) == (
+    assert fields[b"dead.reason"].startswith(reason)
+    assert (fields[b"dead.from"], fields[b"dead.id"], fields[b"dead.body"]) == (
         b"shopify",
         b"wh-b54557e4",
         body,
     )
+    # with the headers its parser reads, for a replay
+    assert json.loads(fields[b"dead.headers"])["X-Shopify-Topic"] == "inventory_levels/update"
     assert requests(metrics, "shopify", "dead_letter") == 1
 
 
@@ -467,7 +470,7 @@ async def test_signed_shopify_delivery_without_any_id_is_dead_lettered(
         assert (await client.post("/webhooks/shopify", data=body, headers=headers)).status == 200
     assert await redis.exists(DEFAULT_STREAM) == 0
     [(_, fields)] = await redis.xrange(DEAD)
-    assert fields[b"reason"].startswith(b"X-Shopify-Webhook-Id: missing")
+    assert fields[b"dead.reason"].startswith(b"X-Shopify-Webhook-Id: missing")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from adapters.config import (
     BadEntry,
     Follow,
+    dead_letter,
     dead_letter_stream,
     event_of,
 )
@@ -31,6 +33,9 @@ log = logging.getLogger("omnistock.streams")
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 _LAG_INTERVAL = 1.0
+# "events[110]." in the server's reason is the event's place in the adapter's batch, which
+# means nothing to whoever reads the dead letter: the entry's own id says which it was.
+_BATCH_POSITION = re.compile(r"^events\[\d+\]\.")
 
 
 class StreamEnded(Exception):
@@ -275,8 +280,8 @@ class Consumer:
             for (entry, _), ack in zip(events, acks, strict=True):
                 outcome = pb.EventOutcome.Name(ack.outcome).removeprefix("EVENT_OUTCOME_")
                 self.metrics.events.labels(outcome.lower()).inc()
-                if ack.outcome == pb.EVENT_OUTCOME_REJECTED:
-                    dead.append((entry, ack.reason, "rejected"))
+                if ack.outcome == pb.EVENT_OUTCOME_REJECTED:  # named by the entry's field
+                    dead.append((entry, _BATCH_POSITION.sub("", ack.reason), "rejected"))
                 else:
                     done.append(entry)
         await self._settle(done, dead)
@@ -308,12 +313,7 @@ class Consumer:
         if dead:  # first, and apart: on a cluster the two streams may be on two nodes
             async with self.redis.pipeline(transaction=False) as pipe:
                 for (entry_id, fields), reason, _ in dead:
-                    letter: dict[bytes, bytes | str] = {
-                        **fields,
-                        b"dead.reason": reason,
-                        b"dead.entry_id": entry_id,
-                        b"dead.at": str(_now_ms()),
-                    }
+                    letter: dict[Any, Any] = {**fields, **dead_letter("stream", reason, entry_id)}
                     pipe.xadd(self.dead, letter)
                     log.warning("dead letter %s: %s", entry_id.decode(), reason)
                 await pipe.execute()

@@ -27,6 +27,7 @@ of its last answer, is closed (server_options). Every answer is counted (answers
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,15 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.cluster import RedisCluster
 
-from adapters.config import DEFAULT_STREAM, Follow, dead_letter_stream
+from adapters.config import (
+    DEAD_BODY,
+    DEAD_HEADERS,
+    DEAD_RECEIVED,
+    DEFAULT_STREAM,
+    Follow,
+    dead_letter,
+    dead_letter_stream,
+)
 from adapters.webhooks import shopify, square
 from adapters.webhooks.answers import (
     Result,
@@ -85,6 +94,8 @@ class Delivery:
     delivery_id: str  # for the dead-letter entry and the log
     topic: str  # Shopify's topic or Square's type
     body: bytes
+    headers: dict[str, str]  # those its parser reads (kept with a dead letter, for replay)
+    received: int  # ms
 
 
 Parse = Callable[[], list[StockEvent]]
@@ -114,8 +125,11 @@ class Receiver:
             return self._refuse(shopify.SHOPIFY)
         received = self.clock.now_ms()
         topic = headers.get(shopify.TOPIC, "")
-        delivery = Delivery(shopify.SHOPIFY, shopify.delivery_id(headers), topic, body)
-        return await self._take(delivery, lambda: shopify.events(headers, body, received))
+        read = {name: headers[name] for name in shopify.PARSED_HEADERS if name in headers}
+        delivery = Delivery(
+            shopify.SHOPIFY, shopify.delivery_id(headers), topic, body, read, received
+        )
+        return await self._take(delivery, lambda: shopify.events(read, body, received))
 
     async def receive_square(self, request: web.Request) -> web.Response:
         key, url = self.settings.square_signature_key, self.settings.square_notification_url
@@ -125,7 +139,7 @@ class Receiver:
         if not square.signature_ok(key, url, body, request.headers.get(square.SIGNATURE, "")):
             return self._refuse(square.SQUARE)
         event_id, kind = square.ids(body)
-        delivery = Delivery(square.SQUARE, event_id, kind, body)
+        delivery = Delivery(square.SQUARE, event_id, kind, body, {}, self.clock.now_ms())
         return await self._take(delivery, lambda: square.events(load_object(body)))
 
     async def _take(self, delivery: Delivery, parse: Parse) -> web.Response:
@@ -143,12 +157,11 @@ class Receiver:
         return answer(Result.ACCEPTED, events=len(events))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> web.Response:
-        entry: dict[str, str | bytes] = {
-            "platform": delivery.platform,
-            "reason": reason,
-            "delivery_id": delivery.delivery_id,
-            "topic": delivery.topic,
-            "body": delivery.body,
+        entry = {
+            **dead_letter(delivery.platform, reason, delivery.delivery_id),
+            DEAD_BODY: delivery.body,
+            DEAD_HEADERS: json.dumps(delivery.headers),
+            DEAD_RECEIVED: str(delivery.received),
         }
         try:
             await self.writer.append(dead_letter_stream(self.settings.stream), [entry])

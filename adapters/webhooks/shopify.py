@@ -27,6 +27,7 @@ TOPIC = "X-Shopify-Topic"
 EVENT_ID = "X-Shopify-Event-Id"
 WEBHOOK_ID = "X-Shopify-Webhook-Id"
 TRIGGERED_AT = "X-Shopify-Triggered-At"
+PARSED_HEADERS = (TOPIC, EVENT_ID, WEBHOOK_ID, TRIGGERED_AT)  # all `events` reads
 TOPICS = frozenset(
     {"inventory_levels/update", "inventory_levels/connect", "inventory_levels/disconnect"}
 )
