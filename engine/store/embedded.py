@@ -102,11 +102,10 @@ class EmbeddedRedis:
         cluster: bool = False,
         password: bool = True,
     ) -> None:
-        """port: 0 for the one the store last ran on in this state directory, else a free
-        one (either chosen again if another process holds it at the store's first start:
-        its URL then changes). cluster: cluster mode, with the node's cluster bus on a free
-        port. password: the store asks for one (made once, kept in its owner-only config
-        file)."""
+        """port: 0 for the one it last ran on in this state directory, else a free one (chosen
+        anew if another process holds it at the first start: its URL then changes). cluster:
+        cluster mode, its bus on a free port. password: the store asks for one (made once,
+        kept in its owner-only config file)."""
         self.state_dir = state_dir.resolve()
         self.password = password
         self.appendfsync = appendfsync
@@ -151,16 +150,13 @@ class EmbeddedRedis:
 
     @property
     def portfile(self) -> Path:
-        """The port the store last ran on: kept across restarts of the service, so its URL
-        (which the adapters read once) stays the same."""
+        """The port it last ran on: its URL, which the adapters read, outlives a restart."""
         return self.state_dir / "redis.port"
 
     def _last_port(self) -> int:
-        try:
-            port = int(self.portfile.read_text().strip())
-        except (OSError, ValueError):
-            return 0
-        return port if 0 < port < 65536 else 0
+        with contextlib.suppress(OSError, ValueError):
+            return max(0, min(int(self.portfile.read_text()), 65535))
+        return 0
 
     @property
     def urlfile(self) -> Path:
