@@ -6,24 +6,28 @@ ingest stream after each restart is applied, each entry once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from adapters.config import DEFAULT_STREAM, entry_fields
 from adapters.webhooks.writer import StreamWriter
 from engine.domain.errors import Unavailable
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import free_port
 
 from . import grpc_helpers
-from .grpc_helpers import level, stock_up
+from .grpc_helpers import level, seed, stock_up
 from .processes import ServerProcess, connect, eventually
 from .stream_helpers import group_state
+from .webhook_helpers import SHOPIFY_SECRET, as_body, shopify_headers
 
 
 async def append(url: str, first: int, n: int) -> None:
@@ -123,3 +127,113 @@ async def test_the_webhook_writer_follows_the_store_after_a_failure(
     assert await redis.xlen(DEFAULT_STREAM) == 1
     await gone.aclose()
     await store.aclose()
+
+
+async def test_shopify_deliveries_across_a_restart_are_answered_in_their_retries_applied_once(
+    spawn: Callable[..., ServerProcess], tmp_path: Path, project_root: Path
+) -> None:
+    """The webhook receiver and the Streams adapter run as processes beside the server, as
+    deployed. A delivery made while the server (and its store) is down is answered 503, and
+    Shopify retries it: the retry, once the server is back, is answered 200."""
+    state = tmp_path / "state"
+    service = spawn(
+        "--state-dir", str(state), "--sweep-interval-ms", "50", "--metrics-port", "0",
+        keep_port=True,
+    )  # fmt: skip
+    await service.start()
+    async with connect(service.port) as stubs:
+        await seed(stubs, {("s1", "a"): 10})  # counted an hour ago
+        ours = {pb.MAPPING_KIND_LOCATION: ("24826418", "s1"), pb.MAPPING_KIND_ITEM: ("271878", "a")}
+        await stubs.stock.SetMappings(
+            pb.SetMappingsRequest(
+                mappings=[
+                    pb.Mapping(source="shopify", kind=kind, external_id=theirs, id=mine)
+                    for kind, (theirs, mine) in ours.items()
+                ]
+            )
+        )
+        before = await level(stubs, "s1", "a")
+    url = (state / "redis.url").read_text().strip()
+    async with aioredis.from_url(url) as redis:
+        await redis.xgroup_create(DEFAULT_STREAM, "omnistock", "0", mkstream=True)
+    hook_port, log = free_port(), (tmp_path / "adapters.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(project_root), "SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET}
+    commands = [
+        ["-m", "adapters.webhooks", "--listen", f"127.0.0.1:{hook_port}"],
+        ["-m", "adapters.streams", "--server", f"127.0.0.1:{service.port}", "--batch", "50"],
+    ]
+    common = ["--state-dir", str(state), "--metrics-port", "0"]
+    adapters = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, *command, *common, cwd=project_root, stdout=log, stderr=log, env=env
+        )
+        for command in commands
+    ]
+    now_s = int(time.time())
+
+    async def deliver(session: aiohttp.ClientSession, k: int, available: int) -> list[int]:
+        """Posts delivery k as Shopify does: again, every 0.25 s, until it is answered 200
+        (for at most 30 s); the statuses it got."""
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_s - 10 + k))
+        payload = {
+            "inventory_item_id": 271878, "location_id": 24826418, "available": available,
+            "updated_at": at,
+        }  # fmt: skip
+        body = as_body(payload)
+        headers = shopify_headers("inventory_levels/update", body, event_id=f"evt-{k}")
+        statuses: list[int] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.post(
+                    f"http://127.0.0.1:{hook_port}/webhooks/shopify", data=body, headers=headers
+                ) as resp:
+                    statuses.append(resp.status)
+                    if resp.status == 200:
+                        return statuses
+            await asyncio.sleep(0.25)
+        return statuses
+
+    def adapters_log() -> str:
+        return (tmp_path / "adapters.log").read_text()[-3000:]
+
+    async def on_hand_is(units: int) -> bool:
+        try:
+            async with connect(service.port) as stubs:
+                return (await level(stubs, "s1", "a")).on_hand == units
+        except Exception:  # the server is still coming up
+            return False
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await eventually(lambda: _answers(session, hook_port), within=20), adapters_log()
+            assert (await deliver(session, 1, 7))[-1] == 200
+            assert await eventually(lambda: on_hand_is(7), within=30), adapters_log()
+            # when the server stops, a delivery is made, and the server starts again
+            await service.stop()
+            during = asyncio.ensure_future(deliver(session, 2, 5))
+            await asyncio.sleep(1.0)
+            await service.start()
+            statuses = await during
+            # then that delivery was refused while the store was away, and taken after
+            assert statuses[-1] == 200 and 503 in statuses, statuses
+            assert (await deliver(session, 3, 4))[-1] == 200
+        assert await eventually(lambda: on_hand_is(4), within=60), adapters_log()
+        async with connect(service.port) as stubs:
+            after = await level(stubs, "s1", "a")
+        assert after.version == before.version + 3  # each delivery applied once
+        async with aioredis.from_url(url) as redis:
+            assert await redis.xlen(f"{DEFAULT_STREAM}:dead") == 0
+    finally:
+        for adapter in adapters:
+            adapter.terminate()
+            await adapter.wait()
+        log.close()
+
+
+async def _answers(session: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
