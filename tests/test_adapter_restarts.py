@@ -40,6 +40,15 @@ async def append(url: str, first: int, n: int) -> None:
         await pipe.execute()
 
 
+async def on_hand_is(port: int, units: int) -> bool:
+    """Whether s1 "a" has `units` on hand; False while the server is not answering."""
+    try:
+        async with connect(port) as stubs:
+            return (await level(stubs, "s1", "a")).on_hand == units
+    except Exception:  # the server is still coming up
+        return False
+
+
 async def test_the_streams_adapter_goes_on_across_a_restart_of_the_server(
     spawn: Callable[..., ServerProcess], tmp_path: Path, project_root: Path
 ) -> None:
@@ -70,23 +79,16 @@ async def test_the_streams_adapter_goes_on_across_a_restart_of_the_server(
     def adapter_log() -> str:
         return (tmp_path / "adapter.log").read_text()[-3000:]
 
-    async def on_hand_is(units: int) -> bool:
-        try:
-            async with connect(service.port) as stubs:
-                return (await level(stubs, "s1", "a")).on_hand == units
-        except Exception:  # the server is still coming up
-            return False
-
     try:
         await append(url, 0, 100)
-        assert await eventually(lambda: on_hand_is(100), within=30), adapter_log()
+        assert await eventually(lambda: on_hand_is(service.port, 100), within=30), adapter_log()
         # when the server (and its store) is stopped and started again on the same state
         await service.stop()
         await service.start()
         assert (state / "redis.url").read_text().strip() == url
         # then what is appended afterwards is applied too, each entry once
         await append(url, 100, 100)
-        assert await eventually(lambda: on_hand_is(200), within=60), adapter_log()
+        assert await eventually(lambda: on_hand_is(service.port, 200), within=60), adapter_log()
         # and when it comes back on another port (its own was taken meanwhile, say), the
         # adapter follows the store to it
         await service.stop()
@@ -95,7 +97,7 @@ async def test_the_streams_adapter_goes_on_across_a_restart_of_the_server(
         moved = (state / "redis.url").read_text().strip()
         assert moved != url
         await append(moved, 200, 100)
-        assert await eventually(lambda: on_hand_is(300), within=60), adapter_log()
+        assert await eventually(lambda: on_hand_is(service.port, 300), within=60), adapter_log()
         assert "the store moved" in adapter_log()
         async with aioredis.from_url(moved) as redis:
             group = await group_state(redis, DEFAULT_STREAM, "omnistock")
@@ -197,18 +199,11 @@ async def test_shopify_deliveries_across_a_restart_are_answered_in_their_retries
     def adapters_log() -> str:
         return (tmp_path / "adapters.log").read_text()[-3000:]
 
-    async def on_hand_is(units: int) -> bool:
-        try:
-            async with connect(service.port) as stubs:
-                return (await level(stubs, "s1", "a")).on_hand == units
-        except Exception:  # the server is still coming up
-            return False
-
     try:
         async with aiohttp.ClientSession() as session:
             assert await eventually(lambda: _answers(session, hook_port), within=20), adapters_log()
             assert (await deliver(session, 1, 7))[-1] == 200
-            assert await eventually(lambda: on_hand_is(7), within=30), adapters_log()
+            assert await eventually(lambda: on_hand_is(service.port, 7), within=30), adapters_log()
             # when the server stops, a delivery is made, and the server starts again
             await service.stop()
             during = asyncio.ensure_future(deliver(session, 2, 5))
@@ -218,7 +213,7 @@ async def test_shopify_deliveries_across_a_restart_are_answered_in_their_retries
             # then that delivery was refused while the store was away, and taken after
             assert statuses[-1] == 200 and 503 in statuses, statuses
             assert (await deliver(session, 3, 4))[-1] == 200
-        assert await eventually(lambda: on_hand_is(4), within=60), adapters_log()
+        assert await eventually(lambda: on_hand_is(service.port, 4), within=60), adapters_log()
         async with connect(service.port) as stubs:
             after = await level(stubs, "s1", "a")
         assert after.version == before.version + 3  # each delivery applied once
