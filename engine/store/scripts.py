@@ -251,9 +251,9 @@ class AutoPipeline:
 class Lanes:
     """The script calls to one Redis, in two lanes on connections of their own: small calls
     batched together, and heavy ones (HEAVY_ARGS arguments or more) one at a time. Redis
-    serves its connections in turn, one command each, so a small call waits behind at most
-    the one big script that is running, never behind a batch of them (bench/RESULTS.md,
-    "Heavy work in its lane"). engine/store/nodes.py keeps the same two lanes per node."""
+    serves its connections in turn, so a small call waits behind at most the one big script
+    that is running, never behind a batch of them (bench/RESULTS.md, "Heavy work in its
+    lane"). engine/store/nodes.py keeps the same two lanes per node."""
 
     def __init__(self, client: Any, replication: Replication | None = None) -> None:
         self.light = AutoPipeline(client, replication=replication)
