@@ -49,22 +49,34 @@ async def on_hand_is(port: int, units: int) -> bool:
         return False
 
 
+async def server_on(spawn: Callable[..., ServerProcess], state: Path) -> ServerProcess:
+    """A server on its embedded store in `state`, started, on the same port at each start."""
+    service = spawn(
+        "--state-dir", str(state), "--sweep-interval-ms", "50", "--metrics-port", "0",
+        keep_port=True,
+    )  # fmt: skip
+    await service.start()
+    return service
+
+
+async def group_from_the_start(state: Path) -> str:
+    """Makes the adapter's group read the ingest stream from its start; the store's URL."""
+    url = (state / "redis.url").read_text().strip()
+    async with aioredis.from_url(url) as redis:
+        await redis.xgroup_create(DEFAULT_STREAM, "omnistock", "0", mkstream=True)
+    return url
+
+
 async def test_the_streams_adapter_goes_on_across_a_restart_of_the_server(
     spawn: Callable[..., ServerProcess], tmp_path: Path, project_root: Path
 ) -> None:
     # given a server on its embedded store, and the Streams adapter reading the store's URL
     # from the state directory, as `make run` and the README's adapter command do
     state = tmp_path / "state"
-    service = spawn(
-        "--state-dir", str(state), "--sweep-interval-ms", "50", "--metrics-port", "0",
-        keep_port=True,
-    )  # fmt: skip
-    await service.start()
+    service = await server_on(spawn, state)
     async with connect(service.port) as stubs:
         await stock_up(stubs, {("s1", "a"): 0})
-    url = (state / "redis.url").read_text().strip()
-    async with aioredis.from_url(url) as redis:  # the group reads the stream from its start
-        await redis.xgroup_create(DEFAULT_STREAM, "omnistock", "0", mkstream=True)
+    url = await group_from_the_start(state)
     log = (tmp_path / "adapter.log").open("wb")
     adapter = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "adapters.streams",
@@ -138,11 +150,7 @@ async def test_shopify_deliveries_across_a_restart_are_answered_in_their_retries
     deployed. A delivery made while the server (and its store) is down is answered 503, and
     Shopify retries it: the retry, once the server is back, is answered 200."""
     state = tmp_path / "state"
-    service = spawn(
-        "--state-dir", str(state), "--sweep-interval-ms", "50", "--metrics-port", "0",
-        keep_port=True,
-    )  # fmt: skip
-    await service.start()
+    service = await server_on(spawn, state)
     async with connect(service.port) as stubs:
         await seed(stubs, {("s1", "a"): 10})  # counted an hour ago
         ours = {pb.MAPPING_KIND_LOCATION: ("24826418", "s1"), pb.MAPPING_KIND_ITEM: ("271878", "a")}
@@ -155,9 +163,7 @@ async def test_shopify_deliveries_across_a_restart_are_answered_in_their_retries
             )
         )
         before = await level(stubs, "s1", "a")
-    url = (state / "redis.url").read_text().strip()
-    async with aioredis.from_url(url) as redis:
-        await redis.xgroup_create(DEFAULT_STREAM, "omnistock", "0", mkstream=True)
+    url = await group_from_the_start(state)
     hook_port, log = free_port(), (tmp_path / "adapters.log").open("wb")
     env = {**os.environ, "PYTHONPATH": str(project_root), "SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET}
     commands = [
