@@ -1,6 +1,6 @@
 """What the platforms' webhook payloads have in common (pure): a signature over the raw body,
-a JSON object, ISO 8601 times, ids, and the COUNT a stock level becomes. InvalidArgument
-names the field and why."""
+a JSON object, ISO 8601 times, ids, whole units, and the COUNT a stock level becomes.
+InvalidArgument names the field and why."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -18,19 +19,24 @@ from engine.domain.errors import InvalidArgument
 from engine.domain.model import EventKind, StockEvent, check_event, check_id
 
 
+def hmac_sha256(key: str, signed: bytes) -> bytes:
+    return hmac.new(key.encode(), signed, hashlib.sha256).digest()
+
+
 def signature_matches(key: str, signed: bytes, given: str) -> bool:
     """base64(HMAC-SHA256(key, signed)) == given, compared in constant time."""
-    expected = base64.b64encode(hmac.new(key.encode(), signed, hashlib.sha256).digest())
+    expected = base64.b64encode(hmac_sha256(key, signed))
     return bool(given) and hmac.compare_digest(expected, given.encode(errors="replace"))
 
 
-def load_object(body: bytes) -> dict[str, Any]:
+def load_object(body: bytes | str, field: str = "body") -> dict[str, Any]:
+    """A JSON object; `field` names where it came from."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument("body", f"not JSON ({exc})") from None
+        raise InvalidArgument(field, f"not JSON ({exc})") from None
     if not isinstance(payload, dict):
-        raise InvalidArgument("body", f"must be a JSON object, got {type(payload).__name__}")
+        raise InvalidArgument(field, f"must be a JSON object, got {type(payload).__name__}")
     return payload
 
 
@@ -60,6 +66,17 @@ def text(payload: Mapping[str, Any], field: str, where: str) -> str:
     return value
 
 
+def whole(decimal: str, field: str) -> int:
+    """A quantity given as a decimal ("10", "12.00000"): stock is counted in whole units."""
+    try:
+        value = Decimal(decimal)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value != value.to_integral_value():
+        raise InvalidArgument(field, f"must be a whole number of units, got {decimal!r}")
+    return int(value)
+
+
 def count(
     event_id: str,
     location: str,
@@ -72,7 +89,7 @@ def count(
     """named: the payload's (or header's) name of each of the event's fields (event_id,
     location_id, sku, qty, source_time), so that what the engine would refuse is refused
     naming what the platform sent."""
-    # Both platforms let a count go below zero (sold more than was recorded); no units are
+    # The platforms let a count go below zero (sold more than was recorded); no units are
     # left on the shelf then, and a COUNT is absolute physical stock, which is never negative.
     on_hand = max(qty, 0)
     event = StockEvent(event_id, location, sku, EventKind.COUNT, on_hand, at, source=source)

@@ -10,10 +10,9 @@ the source's mapping.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from adapters.webhooks.payloads import count, iso_ms, load_object, signature_matches, text
+from adapters.webhooks.payloads import count, iso_ms, load_object, signature_matches, text, whole
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import StockEvent, check_id
 
@@ -67,7 +66,8 @@ def ids(body: bytes) -> tuple[str, str]:
 def _in_stock(event_id: str, each: Mapping[str, Any], where: str) -> StockEvent:
     location = check_id(text(each, "location_id", where), f"{where}location_id")
     sku = check_id(text(each, "catalog_object_id", where), f"{where}catalog_object_id")
-    qty = _whole(text(each, "quantity", where), f"{where}quantity")
+    # Square writes quantities as decimal strings ("10", "12.375"); stock is whole units
+    qty = whole(text(each, "quantity", where), f"{where}quantity")
     at = iso_ms(each.get("calculated_at"), f"{where}calculated_at")
     named = {
         "event_id": "event_id",
@@ -78,14 +78,3 @@ def _in_stock(event_id: str, each: Mapping[str, Any], where: str) -> StockEvent:
     }
     event = f"{SQUARE}:{event_id}:{location}:{sku}"
     return count(event, location, sku, qty, at, SQUARE, named)
-
-
-def _whole(decimal: str, field: str) -> int:
-    """Square quantities are decimal strings ("10", "12.375"); stock is counted in units."""
-    try:
-        value = Decimal(decimal)
-    except InvalidOperation:
-        value = Decimal("NaN")
-    if not value.is_finite() or value != value.to_integral_value():
-        raise InvalidArgument(field, f"must be a whole number of units, got {decimal!r}")
-    return int(value)
