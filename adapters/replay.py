@@ -6,7 +6,8 @@ them like any entry; each is deleted from the dead-letter stream once its events
 the ingest stream. Exactly once: a letter replayed twice (the command killed between the
 two steps) carries the same event ids, which the server answers DUPLICATE.
 
-    python -m adapters.replay [--from stream|shopify|square] [--reason TEXT] [--dry-run]
+    python -m adapters.replay [--from stream|shopify|square|lightspeed] [--reason TEXT]
+                              [--dry-run]
 
 A stream entry goes back as it was written; a webhook delivery is parsed again from its
 kept body and headers (its signature was checked when it arrived), and one that still does
@@ -37,7 +38,7 @@ from adapters.config import (
     dead_letter_stream,
     redis_url,
 )
-from adapters.webhooks import shopify, square
+from adapters.webhooks import lightspeed, shopify, square
 from adapters.webhooks.payloads import load_object
 from adapters.webhooks.writer import stream_entry
 from engine.domain.errors import InvalidArgument
@@ -49,6 +50,7 @@ EXIT_OK, EXIT_REDIS, EXIT_STILL_BAD = 0, 1, 3
 PARSERS: dict[str, Callable[[dict[str, str], bytes, int], list[StockEvent]]] = {
     shopify.SHOPIFY: shopify.events,
     square.SQUARE: lambda _headers, body, _received: square.events(load_object(body)),
+    lightspeed.LIGHTSPEED: lambda _headers, body, received: lightspeed.events(body, received),
 }
 
 

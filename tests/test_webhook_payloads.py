@@ -1,20 +1,27 @@
-"""The webhook payload parsers (adapters/webhooks/shopify.py and square.py) as the pure
-functions they are: the platforms' documented payloads, the same ones the HTTP tests send
+"""The webhook payload parsers (adapters/webhooks/shopify.py, square.py and lightspeed.py) as
+the pure functions they are: the platforms' documented payloads, the same ones the HTTP tests send
 (webhook_helpers.py), become the stock events they mean; a payload of another shape is
 refused with InvalidArgument naming the field at fault. Through HTTP and Redis, with the
 signatures: test_webhooks.py."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
-from adapters.webhooks import shopify, square
+from adapters.webhooks import lightspeed, shopify, square
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import EventKind, StockEvent
 
 from .webhook_helpers import (
+    LIGHTSPEED_INVENTORY,
+    LIGHTSPEED_OUTLET,
+    LIGHTSPEED_PRODUCT,
+    LIGHTSPEED_RECORD,
+    LIGHTSPEED_SECRET,
     SHOPIFY_CONNECT,
     SHOPIFY_DISCONNECT,
     SHOPIFY_LEVEL,
@@ -22,6 +29,8 @@ from .webhook_helpers import (
     SQUARE_COUNT_AT,
     SQUARE_COUNT_UPDATED,
     as_body,
+    lightspeed_body,
+    lightspeed_signature,
     shopify_headers,
     square_count,
     square_payload,
@@ -340,3 +349,204 @@ def test_square_count_calculated_before_1970_is_refused_naming_its_time() -> Non
     with pytest.raises(InvalidArgument) as refused:
         square.events(square_payload(old))
     assert refused.value.field == "data.object.inventory_counts[0].calculated_at"
+
+
+# -- Lightspeed (X-Series): documented payloads ----------------------------------------------
+
+DOCUMENTED_VERSION = 5105100802  # the example's `version`
+
+
+def lightspeed_count(qty: int, at: int = RECEIVED, version: int = DOCUMENTED_VERSION) -> StockEvent:
+    event_id = f"lightspeed:{LIGHTSPEED_RECORD}:{version}"
+    return StockEvent(
+        event_id, LIGHTSPEED_OUTLET, LIGHTSPEED_PRODUCT, EventKind.COUNT, qty, at, "", "lightspeed"
+    )
+
+
+def from_lightspeed(payload: object, received: int = RECEIVED, **fields: str) -> list[StockEvent]:
+    body = payload if isinstance(payload, bytes) else lightspeed_body(payload, **fields)
+    return lightspeed.events(body, received)
+
+
+def test_lightspeed_documented_inventory_update_is_a_count_of_its_count_at_receipt() -> None:
+    """The payload has no time: the count is as of when the receiver took it."""
+    assert from_lightspeed(LIGHTSPEED_INVENTORY) == [lightspeed_count(10)]
+
+
+def test_lightspeed_retry_of_a_delivery_carries_the_same_event_id() -> None:
+    """A retry is the same body, later; another update of the record has a higher version."""
+    (first,) = from_lightspeed(LIGHTSPEED_INVENTORY, RECEIVED)
+    (retry,) = from_lightspeed(LIGHTSPEED_INVENTORY, RECEIVED + 60_000)
+    (next_update,) = from_lightspeed({**LIGHTSPEED_INVENTORY, "version": DOCUMENTED_VERSION + 7})
+    assert retry.event_id == first.event_id == f"lightspeed:{LIGHTSPEED_RECORD}:5105100802"
+    assert next_update.event_id == f"lightspeed:{LIGHTSPEED_RECORD}:5105100809"
+
+
+def test_lightspeed_two_updates_in_the_same_second_order_by_arrival() -> None:
+    """Sold down to 9, then to 8, 150 ms apart: the later figure is the newer count."""
+    second = RECEIVED - RECEIVED % 1000
+    (nine,) = from_lightspeed({**LIGHTSPEED_INVENTORY, "count": 9}, second + 300)
+    (eight,) = from_lightspeed(
+        {**LIGHTSPEED_INVENTORY, "count": 8, "version": DOCUMENTED_VERSION + 1}, second + 450
+    )
+    assert second <= nine.source_time < eight.source_time < second + 1000
+    assert (nine.qty, eight.qty) == (9, 8)
+
+
+@pytest.mark.parametrize(
+    ("given", "units"), [(-3, 0), (0, 0), ("8.00000", 8), (7.0, 7), (10**9, 10**9)]
+)
+def test_lightspeed_count_is_whole_units_and_never_below_zero(given: object, units: int) -> None:
+    (got,) = from_lightspeed({**LIGHTSPEED_INVENTORY, "count": given})
+    assert got.qty == units
+
+
+def test_lightspeed_other_types_are_no_stock_events() -> None:
+    product = {"id": LIGHTSPEED_PRODUCT, "name": "Post Shave Balm", "version": 5303657190}
+    assert from_lightspeed(product, kind="product.update") == []
+    assert from_lightspeed("not even JSON", kind="sale.update") == []
+
+
+def test_lightspeed_form_fields_are_read_in_any_order_with_the_store_fields_optional() -> None:
+    payload = json.dumps(LIGHTSPEED_INVENTORY)
+    body = urlencode({"payload": payload, "type": "inventory.update"}).encode()
+    assert from_lightspeed(body) == [lightspeed_count(10)]
+
+
+def test_lightspeed_ids_of_a_body_are_what_it_gives() -> None:
+    body = lightspeed_body(LIGHTSPEED_INVENTORY)
+    assert lightspeed.delivery_id(body) == f"{LIGHTSPEED_RECORD}:5105100802"
+    assert lightspeed.webhook_type(body) == "inventory.update"
+    assert lightspeed.delivery_id(lightspeed_body({"version": 3})) == "3"
+    assert lightspeed.delivery_id(b"\xff") == lightspeed.webhook_type(b"\xff") == ""
+
+
+# -- Lightspeed: the signature ---------------------------------------------------------------
+
+BODY = lightspeed_body(LIGHTSPEED_INVENTORY)
+
+
+def header(signature: str, algorithm: str = "HMAC-SHA256") -> str:
+    return f"signature={signature},algorithm={algorithm}"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        header(lightspeed_signature(BODY)),
+        header(lightspeed_signature(BODY).upper()),
+        header(lightspeed_signature(BODY, as_hex=False)),  # base64, "=" padding and all
+        f"algorithm=HMAC-SHA256, signature={lightspeed_signature(BODY)}",
+    ],
+    ids=["hex", "hex-upper-case", "base64", "members-in-any-order"],
+)
+def test_lightspeed_signature_of_the_raw_body_with_the_client_secret_is_good(given: str) -> None:
+    assert lightspeed.signature_ok(LIGHTSPEED_SECRET, BODY, given)
+
+
+PAYLOAD_ONLY = json.dumps(LIGHTSPEED_INVENTORY).encode()
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        header(lightspeed_signature(BODY, "not-the-secret")),
+        header(lightspeed_signature(BODY + b"&x=1")),
+        header(lightspeed_signature(PAYLOAD_ONLY)),  # the payload field is not the body
+        header(lightspeed_signature(BODY), "HMAC-SHA1"),
+        f"signature={lightspeed_signature(BODY)}",  # no algorithm named
+        header(""),
+        "algorithm=HMAC-SHA256",
+        "",
+        lightspeed_signature(BODY),  # the bare digest, not the documented header
+        header("é" * 64),
+    ],
+    ids=[
+        "wrong-secret",
+        "other-body",
+        "payload-only",
+        "other-algorithm",
+        "no-algorithm",
+        "empty-signature",
+        "no-signature",
+        "no-header",
+        "bare-digest",
+        "not-ascii",
+    ],
+)
+def test_lightspeed_signature_otherwise_is_bad(given: str) -> None:
+    assert not lightspeed.signature_ok(LIGHTSPEED_SECRET, BODY, given)
+
+
+# -- Lightspeed: other shapes, refused naming the field --------------------------------------
+
+
+def inventory(**changes: object) -> dict[str, Any]:
+    return {**LIGHTSPEED_INVENTORY, **changes}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("caf\u00e9=1".encode("latin-1"), "body"),
+        (b"type=inventory.update&payload", "body"),
+        (lightspeed_body(LIGHTSPEED_INVENTORY) + b"&type=product.update", "type"),
+        (lightspeed_body(LIGHTSPEED_INVENTORY, kind=""), "type"),
+        (urlencode({"payload": json.dumps(LIGHTSPEED_INVENTORY)}).encode(), "type"),
+        (urlencode({"type": "inventory.update"}).encode(), "payload"),
+        (lightspeed_body("{not json"), "payload"),
+        (lightspeed_body([LIGHTSPEED_INVENTORY]), "payload"),
+        (lightspeed_body(without(LIGHTSPEED_INVENTORY, "id")), "payload.id"),
+        (lightspeed_body(inventory(id=180)), "payload.id"),
+        (lightspeed_body(inventory(id="x" * 120)), "payload.id"),
+        (lightspeed_body(without(LIGHTSPEED_INVENTORY, "outlet_id")), "payload.outlet_id"),
+        (lightspeed_body(inventory(outlet_id="Shop 1")), "payload.outlet_id"),
+        (lightspeed_body(without(LIGHTSPEED_INVENTORY, "product_id")), "payload.product_id"),
+        (lightspeed_body(inventory(product_id="{p}")), "payload.product_id"),
+        (lightspeed_body(without(LIGHTSPEED_INVENTORY, "count")), "payload.count"),
+        (lightspeed_body(inventory(count=None)), "payload.count"),
+        (lightspeed_body(inventory(count=2.5)), "payload.count"),
+        (lightspeed_body(inventory(count="12.375")), "payload.count"),
+        (lightspeed_body(inventory(count="lots")), "payload.count"),
+        (lightspeed_body(inventory(count=True)), "payload.count"),
+        (lightspeed_body(inventory(count=10**9 + 1)), "payload.count"),
+        (lightspeed_body(without(LIGHTSPEED_INVENTORY, "version")), "payload.version"),
+        (lightspeed_body(inventory(version="5105100802")), "payload.version"),
+        (lightspeed_body(inventory(version=-1)), "payload.version"),
+        (lightspeed_body(inventory(version=True)), "payload.version"),
+    ],
+    ids=[
+        "not-utf8",
+        "field-without-value",
+        "type-twice",
+        "type-empty",
+        "no-type",
+        "no-payload",
+        "payload-not-json",
+        "payload-not-an-object",
+        "no-record-id",
+        "record-id-a-number",
+        "record-id-too-long-for-an-event-id",
+        "no-outlet",
+        "outlet-the-engine-refuses",
+        "no-product",
+        "product-the-engine-refuses",
+        "no-count",
+        "count-null",
+        "count-a-fraction",
+        "count-a-fractional-decimal",
+        "count-not-a-number",
+        "count-a-boolean",
+        "count-over-the-engines-most",
+        "no-version",
+        "version-a-string",
+        "version-below-zero",
+        "version-a-boolean",
+    ],
+)
+def test_lightspeed_payload_of_another_shape_is_refused_naming_the_field(
+    body: bytes, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        lightspeed.events(body, RECEIVED)
+    assert refused.value.field == field

@@ -17,7 +17,15 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.config import DEFAULT_STREAM, event_of
+from adapters.config import (
+    DEAD_BODY,
+    DEAD_FROM,
+    DEAD_HEADERS,
+    DEAD_RECEIVED,
+    DEFAULT_STREAM,
+    event_of,
+)
+from adapters.replay import entries_of
 from adapters.streams.consumer import Consumer, Options
 from adapters.webhooks.command import parse_args, settings_of
 from adapters.webhooks.receiver import Settings
@@ -32,6 +40,10 @@ from .grpc_helpers import Stubs, count, level, location
 from .stream_helpers import drain
 from .webhook_helpers import (
     DEAD,
+    LIGHTSPEED_INVENTORY,
+    LIGHTSPEED_OUTLET,
+    LIGHTSPEED_PRODUCT,
+    LIGHTSPEED_RECORD,
     SHOPIFY_CONNECT,
     SHOPIFY_DISCONNECT,
     SHOPIFY_LEVEL,
@@ -42,6 +54,9 @@ from .webhook_helpers import (
     as_body,
     entries,
     events_written,
+    lightspeed_body,
+    lightspeed_headers,
+    lightspeed_signature,
     receiver,
     requests,
     shopify_headers,
@@ -241,6 +256,65 @@ async def test_square_whole_decimal_quantity_is_that_many_units(redis: aioredis.
     assert entry["qty"] == "12"
 
 
+async def test_lightspeed_inventory_update_becomes_one_count_at_receipt_on_the_stream(
+    redis: aioredis.Redis,
+) -> None:
+    clock = ManualClock(start_ms=1_767_225_600_123)
+    body = lightspeed_body(LIGHTSPEED_INVENTORY)
+    async with receiver(redis, clock) as (client, metrics):
+        resp = await client.post(
+            "/webhooks/lightspeed", data=body, headers=lightspeed_headers(body)
+        )
+        assert resp.status == 200
+        assert (await resp.json())["result"] == "accepted"
+    assert await entries(redis) == [
+        {
+            "event_id": f"lightspeed:{LIGHTSPEED_RECORD}:5105100802",
+            "location_id": LIGHTSPEED_OUTLET,
+            "sku": LIGHTSPEED_PRODUCT,
+            "kind": "COUNT",
+            "qty": "10",
+            "source_time": "1767225600123",
+            "source": "lightspeed",
+        }
+    ]
+    assert events_written(metrics, "lightspeed") == 1
+    assert requests(metrics, "lightspeed", "accepted") == 1
+
+
+async def test_lightspeed_updates_within_one_second_order_by_arrival(
+    redis: aioredis.Redis,
+) -> None:
+    """The payload has no time (adapters/webhooks/lightspeed.py): the later delivery of the
+    record, 150 ms on, is the newer count."""
+    clock = ManualClock(start_ms=1_767_225_600_300)
+    updates = [
+        {**LIGHTSPEED_INVENTORY, "count": 9, "version": 5105100803},
+        {**LIGHTSPEED_INVENTORY, "count": 8, "version": 5105100804},
+    ]
+    async with receiver(redis, clock) as (client, _):
+        for update in updates:
+            body = lightspeed_body(update)
+            resp = await client.post(
+                "/webhooks/lightspeed", data=body, headers=lightspeed_headers(body)
+            )
+            assert resp.status == 200
+            clock.advance(150)
+    got = [(e["qty"], int(e["source_time"])) for e in await entries(redis)]
+    assert got == [("9", 1_767_225_600_300), ("8", 1_767_225_600_450)]
+
+
+async def test_lightspeed_other_types_are_answered_and_ignored(redis: aioredis.Redis) -> None:
+    body = lightspeed_body({"id": LIGHTSPEED_PRODUCT, "version": 5303657190}, "product.update")
+    async with receiver(redis) as (client, metrics):
+        resp = await client.post(
+            "/webhooks/lightspeed", data=body, headers=lightspeed_headers(body)
+        )
+        assert (resp.status, (await resp.json())["result"]) == (200, "ignored")
+    assert await redis.exists(DEFAULT_STREAM, DEAD) == 0
+    assert requests(metrics, "lightspeed", "ignored") == 1
+
+
 # --- the same delivery twice carries the same event id ---
 
 
@@ -289,6 +363,22 @@ async def test_square_retry_carries_the_same_event_id(redis: aioredis.Redis) -> 
     assert first["event_id"].startswith("square:df5f3813-a913-45a1-94e9-fdc3f7d5e3b6:")
 
 
+async def test_lightspeed_retry_carries_the_same_event_id(redis: aioredis.Redis) -> None:
+    """Lightspeed retries (up to 20 times over 48 h) with the same body: taken twice, it is one
+    event id, which the engine applies once."""
+    clock = ManualClock()
+    body = lightspeed_body(LIGHTSPEED_INVENTORY)
+    async with receiver(redis, clock) as (client, _):
+        for _ in range(2):
+            resp = await client.post(
+                "/webhooks/lightspeed", data=body, headers=lightspeed_headers(body)
+            )
+            assert resp.status == 200
+            clock.advance(60_000)
+    first, second = await entries(redis)
+    assert first["event_id"] == second["event_id"] == f"lightspeed:{LIGHTSPEED_RECORD}:5105100802"
+
+
 # --- refused: nothing written anywhere ---
 
 
@@ -321,6 +411,22 @@ def _square_signed_for_other_url(body: bytes) -> dict[str, str]:
     return {"x-square-hmacsha256-signature": square_signature(body, url=other)}
 
 
+def _bad_lightspeed(body: bytes) -> dict[str, str]:
+    return lightspeed_headers(body, lightspeed_signature(body, "not-the-client-secret"))
+
+
+def _unsigned_lightspeed(body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _lightspeed_signed_for_other_body(body: bytes) -> dict[str, str]:
+    return lightspeed_headers(body, lightspeed_signature(body + b"&count=99"))
+
+
+def _lightspeed_other_algorithm(body: bytes) -> dict[str, str]:
+    return {"X-Signature": f"signature={lightspeed_signature(body)},algorithm=HMAC-MD5"}
+
+
 @pytest.mark.parametrize(
     ("platform", "payload", "headers_of"),
     [
@@ -330,6 +436,10 @@ def _square_signed_for_other_url(body: bytes) -> dict[str, str]:
         ("square", SQUARE_COUNT_UPDATED, _bad_square),
         ("square", SQUARE_COUNT_UPDATED, _unsigned_square),
         ("square", SQUARE_COUNT_UPDATED, _square_signed_for_other_url),
+        ("lightspeed", lightspeed_body(LIGHTSPEED_INVENTORY), _bad_lightspeed),
+        ("lightspeed", lightspeed_body(LIGHTSPEED_INVENTORY), _unsigned_lightspeed),
+        ("lightspeed", lightspeed_body(LIGHTSPEED_INVENTORY), _lightspeed_signed_for_other_body),
+        ("lightspeed", lightspeed_body(LIGHTSPEED_INVENTORY), _lightspeed_other_algorithm),
     ],
     ids=[
         "shopify-wrong-secret",
@@ -338,12 +448,16 @@ def _square_signed_for_other_url(body: bytes) -> dict[str, str]:
         "square-wrong-key",
         "square-no-signature",
         "square-wrong-url",
+        "lightspeed-wrong-secret",
+        "lightspeed-no-signature",
+        "lightspeed-other-body",
+        "lightspeed-other-algorithm",
     ],
 )
 async def test_bad_signature_is_refused_and_nothing_is_written(
     redis: aioredis.Redis, platform: str, payload: object, headers_of: Any
 ) -> None:
-    body = as_body(payload)
+    body = payload if isinstance(payload, bytes) else as_body(payload)
     async with receiver(redis) as (client, metrics):
         resp = await client.post(f"/webhooks/{platform}", data=body, headers=headers_of(body))
         assert resp.status == 401
@@ -354,13 +468,17 @@ async def test_bad_signature_is_refused_and_nothing_is_written(
 
 async def test_an_unconfigured_platform_is_not_found(redis: aioredis.Redis) -> None:
     body = as_body(SQUARE_COUNT_UPDATED)
-    async with receiver(redis, square_signature_key="", square_notification_url="") as (
-        client,
-        _,
-    ):
+    form = lightspeed_body(LIGHTSPEED_INVENTORY)
+    unset = {"square_signature_key": "", "square_notification_url": "", "lightspeed_secret": ""}
+    async with receiver(redis, **unset) as (client, metrics):
         resp = await client.post("/webhooks/square", data=body, headers=square_headers(body))
         assert resp.status == 404
+        resp = await client.post(
+            "/webhooks/lightspeed", data=form, headers=lightspeed_headers(form)
+        )
+        assert resp.status == 404
     assert await redis.exists(DEFAULT_STREAM, DEAD) == 0
+    assert requests(metrics, "lightspeed", "not_configured") == 1
 
 
 # --- ignored ---
@@ -474,22 +592,83 @@ async def test_signed_shopify_delivery_without_any_id_is_dead_lettered(
 
 
 @pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"type=inventory.update&payload", b"body: not a UTF-8 form"),
+        (lightspeed_body("{not json"), b"payload: not JSON"),
+        (lightspeed_body({**LIGHTSPEED_INVENTORY, "count": 2.5}), b"payload.count: "),
+        (
+            lightspeed_body({k: v for k, v in LIGHTSPEED_INVENTORY.items() if k != "version"}),
+            b"payload.version: ",
+        ),
+        (lightspeed_body({**LIGHTSPEED_INVENTORY, "outlet_id": "Shop 1"}), b"payload.outlet_id: "),
+    ],
+    ids=["not-a-form", "payload-not-json", "count-a-fraction", "no-version", "outlet-refused"],
+)
+async def test_signed_lightspeed_payload_of_another_shape_is_dead_lettered(
+    redis: aioredis.Redis, body: bytes, reason: bytes
+) -> None:
+    clock = ManualClock(start_ms=1_767_225_600_123)
+    async with receiver(redis, clock) as (client, metrics):
+        resp = await client.post(
+            "/webhooks/lightspeed", data=body, headers=lightspeed_headers(body)
+        )
+        assert (resp.status, (await resp.json())["result"]) == (200, "dead_letter")
+    assert await redis.exists(DEFAULT_STREAM) == 0
+    [(_, fields)] = await redis.xrange(DEAD)
+    assert fields[b"dead.reason"].startswith(reason)
+    assert (fields[b"dead.from"], fields[b"dead.body"]) == (b"lightspeed", body)
+    # with the time it was taken: a replay counts it as of then
+    assert fields[b"dead.received"] == b"1767225600123"
+    assert requests(metrics, "lightspeed", "dead_letter") == 1
+    assert events_written(metrics, "lightspeed") == 0
+
+
+async def test_dead_lettered_lightspeed_delivery_names_its_record(redis: aioredis.Redis) -> None:
+    body = lightspeed_body({**LIGHTSPEED_INVENTORY, "count": "lots"})
+    async with receiver(redis) as (client, _):
+        resp = await client.post(
+            "/webhooks/lightspeed", data=body, headers=lightspeed_headers(body)
+        )
+        assert resp.status == 200
+    [(_, fields)] = await redis.xrange(DEAD)
+    assert fields[b"dead.id"] == f"{LIGHTSPEED_RECORD}:5105100802".encode()
+
+
+def test_kept_lightspeed_delivery_replays_as_the_count_it_was_at_its_receipt() -> None:
+    """adapters/replay.py parses a kept delivery again, as of when it was taken."""
+    letter = {
+        DEAD_FROM: b"lightspeed",
+        DEAD_BODY: lightspeed_body(LIGHTSPEED_INVENTORY),
+        DEAD_HEADERS: b"{}",
+        DEAD_RECEIVED: b"1767225600123",
+    }
+    [entry] = entries_of(letter)
+    assert (entry["event_id"], entry["qty"], entry["source_time"]) == (
+        f"lightspeed:{LIGHTSPEED_RECORD}:5105100802",
+        "10",
+        "1767225600123",
+    )
+
+
+@pytest.mark.parametrize(
     ("platform", "payload"),
     [
         ("shopify", {**SHOPIFY_LEVEL, "available": -2}),
         ("square", square_payload(square_count(quantity="-3"))),
+        ("lightspeed", lightspeed_body({**LIGHTSPEED_INVENTORY, "count": -4})),
     ],
-    ids=["shopify", "square"],
+    ids=["shopify", "square", "lightspeed"],
 )
 async def test_count_below_zero_is_an_empty_shelf(
     redis: aioredis.Redis, platform: str, payload: object
 ) -> None:
-    body = as_body(payload)
-    headers = (
-        shopify_headers("inventory_levels/update", body)
-        if platform == "shopify"
-        else square_headers(body)
-    )
+    body = payload if isinstance(payload, bytes) else as_body(payload)
+    headers = {
+        "shopify": lambda: shopify_headers("inventory_levels/update", body),
+        "square": lambda: square_headers(body),
+        "lightspeed": lambda: lightspeed_headers(body),
+    }[platform]()
     async with receiver(redis) as (client, _):
         assert (
             await client.post(f"/webhooks/{platform}", data=body, headers=headers)
@@ -629,7 +808,13 @@ async def test_healthz_answers(redis: aioredis.Redis) -> None:
 
 @pytest.fixture
 def no_secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("SHOPIFY_WEBHOOK_SECRET", "SQUARE_SIGNATURE_KEY", "SQUARE_NOTIFICATION_URL"):
+    names = (
+        "SHOPIFY_WEBHOOK_SECRET",
+        "SQUARE_SIGNATURE_KEY",
+        "SQUARE_NOTIFICATION_URL",
+        "LIGHTSPEED_CLIENT_SECRET",
+    )
+    for name in names:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -640,12 +825,14 @@ def test_command_line_takes_secrets_from_the_environment(
     no_secrets_in_env.setenv("SHOPIFY_WEBHOOK_SECRET", "from-env")
     no_secrets_in_env.setenv("SQUARE_SIGNATURE_KEY", "key-from-env")
     no_secrets_in_env.setenv("SQUARE_NOTIFICATION_URL", SQUARE_URL)
+    no_secrets_in_env.setenv("LIGHTSPEED_CLIENT_SECRET", "client-secret-from-env")
     args = parse_args(["--listen", "127.0.0.1:9000", "--no-wait-aof", "--stream", "s"])
     assert settings_of(args) == Settings(
         stream="s",
         shopify_secret="from-env",
         square_signature_key="key-from-env",
         square_notification_url=SQUARE_URL,
+        lightspeed_secret="client-secret-from-env",
         wait_aof=False,
     )
     assert (args.listen, args.metrics_port, args.state_dir) == (
@@ -676,6 +863,7 @@ def test_command_line_takes_secrets_from_files(
 ) -> None:
     (tmp_path / "shopify").write_text("from-file\n")  # as `echo secret > file` leaves it
     (tmp_path / "square").write_text("key-from-file")
+    (tmp_path / "lightspeed").write_text("client-secret-from-file\n")
     args = parse_args(
         [
             "--shopify-secret-file",
@@ -684,19 +872,26 @@ def test_command_line_takes_secrets_from_files(
             str(tmp_path / "square"),
             "--square-notification-url",
             SQUARE_URL,
+            "--lightspeed-secret-file",
+            str(tmp_path / "lightspeed"),
         ]
     )
     settings = settings_of(args)
-    assert (settings.shopify_secret, settings.square_signature_key) == (
-        "from-file",
-        "key-from-file",
-    )
+    assert (
+        settings.shopify_secret,
+        settings.square_signature_key,
+        settings.lightspeed_secret,
+    ) == ("from-file", "key-from-file", "client-secret-from-file")
 
 
 @pytest.mark.parametrize(
     "flags",
-    [["--shopify-secret", "hush"], ["--square-signature-key", "hush"]],
-    ids=["shopify", "square"],
+    [
+        ["--shopify-secret", "hush"],
+        ["--square-signature-key", "hush"],
+        ["--lightspeed-secret", "h"],
+    ],
+    ids=["shopify", "square", "lightspeed"],
 )
 def test_secrets_are_never_taken_as_flag_values(
     no_secrets_in_env: pytest.MonkeyPatch, flags: list[str]
@@ -721,7 +916,9 @@ def test_a_secret_given_twice_or_empty_is_refused(
 
 
 def test_settings_never_show_their_secrets() -> None:
-    shown = repr(Settings(shopify_secret="hush-1", square_signature_key="hush-2"))
+    shown = repr(
+        Settings(shopify_secret="hush-1", square_signature_key="hush-2", lightspeed_secret="hush-3")
+    )
     assert "hush" not in shown
 
 
@@ -739,15 +936,16 @@ def test_square_key_without_its_notification_url_is_refused(
 async def test_deliveries_reach_the_stock_once_each_through_the_mapping_and_the_stream(
     redis: aioredis.Redis, channel: grpc.aio.Channel
 ) -> None:
-    """A signed Shopify update and a Square count, each delivered twice (a platform retry),
-    and a Shopify update with a bad signature: the platforms' ids land on our rows through
-    the sources' mappings, each delivery counted once, the forged one not at all."""
+    """A signed Shopify update, a Square count and a Lightspeed inventory update, each
+    delivered twice (a platform retry), and a Shopify update with a bad signature: the
+    platforms' ids land on our rows through the sources' mappings, each delivery counted
+    once, the forged one not at all."""
     stubs = Stubs(channel)
     now = int(time.time() * 1000)
     await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[location("store-1")]))
     await stubs.stock.ApplyEvents(
         pb.ApplyEventsRequest(
-            events=[count(f"seed-{s}", "store-1", s, 50, now - 3_600_000) for s in ("A", "B")]
+            events=[count(f"seed-{s}", "store-1", s, 50, now - 3_600_000) for s in ("A", "B", "C")]
         )
     )
     maps = [
@@ -755,6 +953,8 @@ async def test_deliveries_reach_the_stock_once_each_through_the_mapping_and_the_
         ("shopify", pb.MAPPING_KIND_ITEM, "271878346596884015", "A"),
         ("square", pb.MAPPING_KIND_LOCATION, "YYQR03DGCTXA4", "store-1"),
         ("square", pb.MAPPING_KIND_ITEM, "FGQ5JJWT2PYTHF35CKZ2DSKP", "B"),
+        ("lightspeed", pb.MAPPING_KIND_LOCATION, LIGHTSPEED_OUTLET, "store-1"),
+        ("lightspeed", pb.MAPPING_KIND_ITEM, LIGHTSPEED_PRODUCT, "C"),
     ]
     await stubs.stock.SetMappings(
         pb.SetMappingsRequest(
@@ -765,6 +965,7 @@ async def test_deliveries_reach_the_stock_once_each_through_the_mapping_and_the_
     shopify = as_body({**SHOPIFY_LEVEL, "available": 6, "updated_at": iso + "-00:00"})
     forged = as_body({**SHOPIFY_LEVEL, "available": 99, "updated_at": iso + "-00:00"})
     square = as_body(square_payload(square_count(quantity="4", calculated_at=iso + ".5Z")))
+    lightspeed = lightspeed_body({**LIGHTSPEED_INVENTORY, "count": 3})
     async with receiver(redis) as (client, _):
         for _ in range(2):
             got = await client.post(
@@ -775,6 +976,10 @@ async def test_deliveries_reach_the_stock_once_each_through_the_mapping_and_the_
             assert got.status == 200
             got = await client.post("/webhooks/square", data=square, headers=square_headers(square))
             assert got.status == 200
+            got = await client.post(
+                "/webhooks/lightspeed", data=lightspeed, headers=lightspeed_headers(lightspeed)
+            )
+            assert got.status == 200
         headers = shopify_headers("inventory_levels/update", shopify, event_id="evt-forged")
         got = await client.post("/webhooks/shopify", data=forged, headers=headers)
         assert got.status == 401
@@ -784,7 +989,8 @@ async def test_deliveries_reach_the_stock_once_each_through_the_mapping_and_the_
     await drain(redis, consumer)
     assert (await level(stubs, "store-1", "A")).on_hand == 6
     assert (await level(stubs, "store-1", "B")).on_hand == 4
+    assert (await level(stubs, "store-1", "C")).on_hand == 3
     outcome = consumer.metrics.registry.get_sample_value
-    assert outcome("omnistock_streams_events_total", {"outcome": "applied"}) == 2
-    assert outcome("omnistock_streams_events_total", {"outcome": "duplicate"}) == 2
+    assert outcome("omnistock_streams_events_total", {"outcome": "applied"}) == 3
+    assert outcome("omnistock_streams_events_total", {"outcome": "duplicate"}) == 3
     assert await redis.xlen(DEAD) == 0

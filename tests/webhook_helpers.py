@@ -1,5 +1,5 @@
 """What the webhook tests share: the platforms' documented payloads, signed in this file as
-each platform documents it (hmac + base64 here, not the receiver's functions), and the
+each platform documents it (hmac + base64 or hex here, not the receiver's functions), and the
 receiver served over real HTTP (aiohttp's test server) with the server settings the command
 uses."""
 
@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
@@ -27,6 +28,7 @@ DEAD = dead_letter_stream(DEFAULT_STREAM)
 SHOPIFY_SECRET = "hush-shopify-client-secret"
 SQUARE_KEY = "square-subscription-signature-key"
 SQUARE_URL = "https://hooks.example.com/webhooks/square"  # as configured at Square
+LIGHTSPEED_SECRET = "lightspeed-app-client-secret"
 
 
 def utc_ms(year: int, month: int, day: int, hour: int, minute: int, second: int, ms: int) -> int:
@@ -81,6 +83,77 @@ SQUARE_COUNT_UPDATED: dict[str, Any] = {
 SQUARE_COUNT_AT = utc_ms(2019, 10, 29, 18, 38, 45, 102)
 
 
+# Lightspeed's (X-Series) example payload of inventory.update, verbatim from
+# https://x-series-api.lightspeedhq.com/docs/webhooks_example_payloads
+LIGHTSPEED_INVENTORY: dict[str, Any] = {
+    "attributed_cost": "15.57",
+    "count": 10,
+    "id": "180e2ad4-1c18-5517-e110-9f927920a8cf",
+    "outlet": {
+        "id": "0924dbcd-ef11-11e9-e989-ed89c9e5529a",
+        "name": "Shop 1",
+        "tax_id": "0924dbcd-ef95-11e9-e989-ecd5a945118e",
+        "time_zone": "Pacific/Auckland",
+    },
+    "outlet_id": "0924dbcd-ef11-11e9-e989-ed89c9e5529a",
+    "product": {
+        "active": True,
+        "attributed_cost": None,
+        "base_name": "Post Shave Balm",
+        "button_order": 1,
+        "categories": [],
+        "deleted_at": None,
+        "description": "",
+        "handle": "postshavebalm",
+        "id": "0924dbcd-ef11-11e9-e989-fcc1c199e772",
+        "name": "Post Shave Balm",
+        "sku": "10107",
+        "source": "SHOPIFY",
+        "source_id": "17218228994",
+        "source_variant_id": "91891821114",
+        "supply_price": "4.00",
+        "taxes": [
+            {
+                "outlet_id": "0924dbcd-ef11-11e9-e989-ed89c9e5529a",
+                "tax_id": "0924dbcd-ef95-11e9-e989-ecd5a945118e",
+            },
+            {
+                "outlet_id": "0924dbcd-ef11-11e9-e989-eda415b5a980",
+                "tax_id": "0924dbcd-ef95-11e9-e989-ecd5a945118e",
+            },
+            {
+                "outlet_id": "0924dbcd-ef95-11e9-e989-ecd5a94d7fa9",
+                "tax_id": "0924dbcd-ef95-11e9-e989-ecd5a945118e",
+            },
+        ],
+        "variant_options": [],
+        "variant_parent_id": None,
+    },
+    "product_id": "0924dbcd-ef11-11e9-e989-fcc1c199e772",
+    "reorder_point": "0",
+    "restock_level": "0",
+    "version": 5105100802,
+}
+LIGHTSPEED_RECORD = "180e2ad4-1c18-5517-e110-9f927920a8cf"
+LIGHTSPEED_OUTLET = "0924dbcd-ef11-11e9-e989-ed89c9e5529a"
+LIGHTSPEED_PRODUCT = "0924dbcd-ef11-11e9-e989-fcc1c199e772"
+
+
+def lightspeed_body(payload: object, kind: str = "inventory.update", **fields: str) -> bytes:
+    """A delivery as https://x-series-api.lightspeedhq.com/docs/webhooks describes it: a UTF-8
+    application/x-www-form-urlencoded body whose `payload` field is the object as JSON, with
+    the delivery's `type` and the store's fields beside it; `fields` added or replaced."""
+    form = {
+        "domain_prefix": "shop1",
+        "environment": "prod",
+        "payload": payload if isinstance(payload, str) else json.dumps(payload),
+        "retailer_id": "0924dbcd-ef95-11e9-e989-ecd5a93e28e2",
+        "type": kind,
+    }
+    form.update(fields)
+    return urlencode(form).encode()
+
+
 def square_payload(*counts: dict[str, str]) -> dict[str, Any]:
     """The reference payload with other inventory counts, in the documented count shape."""
     payload = copy.deepcopy(SQUARE_COUNT_UPDATED)
@@ -111,6 +184,23 @@ def square_signature(body: bytes, key: str = SQUARE_KEY, url: str = SQUARE_URL) 
     return base64.b64encode(
         hmac.new(key.encode(), url.encode() + body, hashlib.sha256).digest()
     ).decode()
+
+
+def lightspeed_signature(
+    body: bytes, secret: str = LIGHTSPEED_SECRET, *, as_hex: bool = True
+) -> str:
+    # https://x-series-api.lightspeedhq.com/docs/webhooks (Verification): HMAC-SHA256 of the
+    # request body keyed by the app's client_secret, sent as
+    # X-Signature: signature=...,algorithm=HMAC-SHA256; the page does not say hex or base64.
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return digest.hex() if as_hex else base64.b64encode(digest).decode()
+
+
+def lightspeed_headers(body: bytes, signature: str = "") -> dict[str, str]:
+    return {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Signature": f"signature={signature or lightspeed_signature(body)},algorithm=HMAC-SHA256",
+    }
 
 
 def shopify_headers(
@@ -153,6 +243,7 @@ async def receiver(
         "shopify_secret": SHOPIFY_SECRET,
         "square_signature_key": SQUARE_KEY,
         "square_notification_url": SQUARE_URL,
+        "lightspeed_secret": LIGHTSPEED_SECRET,
     }
     values.update(settings)
     chosen, metrics = Settings(**values), WebhookMetrics()

@@ -1,9 +1,9 @@
 """Every answer the receiver gives, and the count of them.
 
-Each answer is counted once, when it is sent, by platform (from the path: shopify, square, or
-other), HTTP status and result. The count is taken by the server's access-log hook rather
-than in the application, because some answers never reach the application: aiohttp answers a
-request it cannot parse (400) itself.
+Each answer is counted once, when it is sent, by platform (from the path: shopify, square,
+lightspeed, or other), HTTP status and result. The count is taken by the server's access-log
+hook rather than in the application, because some answers never reach the application:
+aiohttp answers a request it cannot parse (400) itself.
 
     200  accepted, ignored, dead_letter (the receiver's own), ok (/healthz)
     400  bad_request: malformed HTTP, or a body that breaks its own framing
@@ -64,7 +64,11 @@ _BY_STATUS = {
     500: Result.ERROR,
     503: Result.UNAVAILABLE,
 }
-PLATFORMS = {"/webhooks/shopify": "shopify", "/webhooks/square": "square"}
+PLATFORMS = {
+    "/webhooks/shopify": "shopify",
+    "/webhooks/square": "square",
+    "/webhooks/lightspeed": "lightspeed",
+}
 
 
 class WebhookMetrics:
@@ -74,7 +78,7 @@ class WebhookMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "omnistock_webhook_requests_total",
-            "Answers by platform (shopify, square, other), HTTP status and result",
+            "Answers by platform (shopify, square, lightspeed, other), HTTP status and result",
             ["platform", "status", "result"],
             registry=self.registry,
         )

@@ -34,13 +34,15 @@ log = logging.getLogger("adapters.webhooks")
 
 SHOPIFY_SECRET = "SHOPIFY_WEBHOOK_SECRET"  # environment variables
 SQUARE_KEY = "SQUARE_SIGNATURE_KEY"
+LIGHTSPEED_SECRET = "LIGHTSPEED_CLIENT_SECRET"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     env = os.environ
     parser = argparse.ArgumentParser(
         prog="python -m adapters.webhooks",
-        description="Receives Shopify and Square inventory webhooks onto the ingest stream.",
+        description="Receives Shopify, Square and Lightspeed (X-Series) inventory webhooks onto "
+        "the ingest stream.",
     )
     parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
     parser.add_argument(
@@ -62,6 +64,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=env.get("SQUARE_NOTIFICATION_URL", ""),
         help="the notification URL exactly as configured at Square (env "
         "SQUARE_NOTIFICATION_URL): Square signs it, and behind a proxy it cannot be guessed",
+    )
+    parser.add_argument(
+        "--lightspeed-secret-file",
+        type=Path,
+        metavar="PATH",
+        help="a file holding the Lightspeed (X-Series) app's client_secret, else env "
+        f"{LIGHTSPEED_SECRET}; neither: /webhooks/lightspeed answers 404",
     )
     parser.add_argument(
         "--no-wait-aof",
@@ -100,6 +109,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     try:
         args.shopify_secret = secret(SHOPIFY_SECRET, args.shopify_secret_file)
         args.square_signature_key = secret(SQUARE_KEY, args.square_signature_key_file)
+        args.lightspeed_secret = secret(LIGHTSPEED_SECRET, args.lightspeed_secret_file)
     except InvalidArgument as exc:
         parser.error(str(exc))
     if args.square_signature_key and not args.square_notification_url:
@@ -147,6 +157,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         shopify_secret=args.shopify_secret,
         square_signature_key=args.square_signature_key,
         square_notification_url=args.square_notification_url,
+        lightspeed_secret=args.lightspeed_secret,
         wait_aof=not args.no_wait_aof,
         write_timeout=args.write_timeout_seconds,
         max_body_bytes=args.max_body_bytes,
@@ -174,10 +185,11 @@ async def serve(args: argparse.Namespace) -> None:
     host, port = args.listen.rsplit(":", 1)
     await web.TCPSite(runner, host, int(port)).start()
     log.info(
-        "webhooks on http://%s (shopify %s, square %s) -> stream %s",
+        "webhooks on http://%s (shopify %s, square %s, lightspeed %s) -> stream %s",
         args.listen,
         "on" if settings.shopify_secret else "off",
         "on" if settings.square_signature_key else "off",
+        "on" if settings.lightspeed_secret else "off",
         settings.stream,
     )
     stop = asyncio.Event()

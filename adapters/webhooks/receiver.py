@@ -2,8 +2,9 @@
 events on the ingest stream (adapters/config.py), written durably (writer.py) before the
 platform gets its answer.
 
-    POST /webhooks/shopify   inventory_levels/update, /connect, /disconnect -> one COUNT each
-    POST /webhooks/square    inventory.count.updated -> one COUNT per IN_STOCK count
+    POST /webhooks/shopify     inventory_levels/update, /connect, /disconnect -> one COUNT each
+    POST /webhooks/square      inventory.count.updated -> one COUNT per IN_STOCK count
+    POST /webhooks/lightspeed  inventory.update -> one COUNT of the record's count, at receipt
     GET  /healthz            the process is up
 
 Answers, and why:
@@ -46,7 +47,7 @@ from adapters.config import (
     dead_letter,
     dead_letter_stream,
 )
-from adapters.webhooks import shopify, square
+from adapters.webhooks import lightspeed, shopify, square
 from adapters.webhooks.answers import (
     Result,
     WebhookMetrics,
@@ -63,12 +64,13 @@ from engine.domain.model import StockEvent
 log = logging.getLogger("adapters.webhooks")
 
 WRITE_TIMEOUT = 0.8  # seconds; platforms give a few more before they count a delivery failed
-# An inventory_levels delivery is under 1 KB, and an inventory.count.updated one carries a
-# few hundred bytes a count; 256 KiB holds hundreds of counts in one event and keeps what
-# anyone can make the receiver hold in memory, per connection, small.
+# An inventory_levels delivery is under 1 KB, an inventory.count.updated one carries a few
+# hundred bytes a count, and an inventory.update one a few KB (the product comes along);
+# 256 KiB holds hundreds of counts in one event and keeps what anyone can make the receiver
+# hold in memory, per connection, small.
 MAX_BODY_BYTES = 256 * 1024
-# Shopify waits 5 s for an answer, Square 10 s: a head or body slower than that is not a
-# platform's, and a delivery that takes longer fails at the platform anyway.
+# Shopify and Lightspeed wait 5 s for an answer, Square 10 s: a head or body slower than that
+# is not a platform's, and a delivery that takes longer fails at the platform anyway.
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 LINGER = 2.0  # seconds to drain a body left unread (413, 408) so the client sees the answer
@@ -81,6 +83,7 @@ class Settings:
     shopify_secret: str = field(default="", repr=False)  # the app's client secret; empty: 404
     square_signature_key: str = field(default="", repr=False)  # the subscription's; empty: 404
     square_notification_url: str = ""  # exactly as configured at Square: it is signed too
+    lightspeed_secret: str = field(default="", repr=False)  # the app's client_secret; empty: 404
     wait_aof: bool = True
     write_timeout: float = WRITE_TIMEOUT
     max_body_bytes: int = MAX_BODY_BYTES
@@ -92,7 +95,7 @@ class Settings:
 class Delivery:
     platform: str
     delivery_id: str  # for the dead-letter entry and the log
-    topic: str  # Shopify's topic or Square's type
+    topic: str  # Shopify's topic, Square's or Lightspeed's type
     body: bytes
     headers: dict[str, str]  # those its parser reads (kept with a dead letter, for replay)
     received: int  # ms
@@ -141,6 +144,18 @@ class Receiver:
         event_id, kind = square.ids(body)
         delivery = Delivery(square.SQUARE, event_id, kind, body, {}, self.clock.now_ms())
         return await self._take(delivery, lambda: square.events(load_object(body)))
+
+    async def receive_lightspeed(self, request: web.Request) -> web.Response:
+        secret = self.settings.lightspeed_secret
+        if not secret:
+            return _not_configured(lightspeed.LIGHTSPEED)
+        body = await read_body(request, self.settings)
+        if not lightspeed.signature_ok(secret, body, request.headers.get(lightspeed.SIGNATURE, "")):
+            return self._refuse(lightspeed.LIGHTSPEED)
+        received = self.clock.now_ms()  # the payload has no time: this is its time
+        kind, ident = lightspeed.webhook_type(body), lightspeed.delivery_id(body)
+        delivery = Delivery(lightspeed.LIGHTSPEED, ident, kind, body, {}, received)
+        return await self._take(delivery, lambda: lightspeed.events(body, received))
 
     async def _take(self, delivery: Delivery, parse: Parse) -> web.Response:
         try:
@@ -229,6 +244,7 @@ def make_app(
         [
             web.post("/webhooks/shopify", receiver.receive_shopify),
             web.post("/webhooks/square", receiver.receive_square),
+            web.post("/webhooks/lightspeed", receiver.receive_lightspeed),
             web.get("/healthz", healthz),
         ]
     )
