@@ -286,6 +286,8 @@ def with_data(data: object) -> dict[str, Any]:
         (square_payload(square_count(quantity="lots")), f"{COUNT}[0].quantity"),
         (square_payload(square_count(quantity="NaN")), f"{COUNT}[0].quantity"),
         (square_payload(square_count(quantity="Infinity")), f"{COUNT}[0].quantity"),
+        # 10^99,999,999 is whole: turned into an int, it took the receiver minutes of a core
+        (square_payload(square_count(quantity="1e99999999")), f"{COUNT}[0].quantity"),
         (square_payload({**square_count(), "quantity": 10}), f"{COUNT}[0].quantity"),
         (square_payload(without(square_count(), "location_id")), f"{COUNT}[0].location_id"),
         (square_payload(square_count(location_id="{L1}")), f"{COUNT}[0].location_id"),
@@ -313,6 +315,7 @@ def with_data(data: object) -> dict[str, Any]:
         "quantity-not-a-number",
         "quantity-nan",
         "quantity-infinite",
+        "quantity-with-a-vast-exponent",
         "quantity-not-a-string",
         "no-location",
         "location-the-engine-refuses",

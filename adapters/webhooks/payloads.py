@@ -72,8 +72,11 @@ def whole(decimal: str, field: str) -> int:
         value = Decimal(decimal)
     except InvalidOperation:
         value = Decimal("NaN")
-    if not value.is_finite() or value != value.to_integral_value():
-        raise InvalidArgument(field, f"must be a whole number of units, got {decimal!r}")
+    # an exponent past 18 digits is refused before anything expands it: "1e99999999" is
+    # whole, and as an int it would take minutes of a core (any count that large is refused
+    # further on in any case, over MAX_QTY)
+    if not value.is_finite() or value.adjusted() > 18 or value != value.to_integral_value():
+        raise InvalidArgument(field, f"must be a whole number of units, got {decimal[:40]!r}")
     return int(value)
 
 
