@@ -92,6 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m adapters.counts",
         description="Send a full count of one location from a CSV or NDJSON file (.gz too).",
+        allow_abbrev=False,
     )
     parser.add_argument("file", type=Path, help="the count: .csv, .ndjson or .jsonl, maybe .gz")
     parser.add_argument("--location", required=True, help="the location counted")

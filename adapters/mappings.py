@@ -47,6 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m adapters.mappings",
         description="Set (or, with an empty id, remove) platform id mappings from a CSV file.",
+        allow_abbrev=False,
     )
     parser.add_argument("file", type=Path, help="CSV with the header source,kind,external_id,id")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="the omnistock server")

@@ -104,6 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m adapters.replay",
         description="Send dead letters through the normal ingest path again",
+        allow_abbrev=False,
     )
     add_common_flags(parser, metrics_port=0)
     parser.add_argument("--stream", default=DEFAULT_STREAM, help="the ingest stream")

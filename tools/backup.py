@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tools.backup",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     save = commands.add_parser("snapshot", help="BGSAVE and copy the RDB file")

@@ -29,6 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m adapters.streams",
         description="Apply stock events from a Redis stream through omnistock, exactly once",
+        allow_abbrev=False,
     )
     add_common_flags(parser, metrics_port=9465)
     parser.add_argument("--group", default="omnistock", help="the consumer group")

@@ -43,6 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m adapters.webhooks",
         description="Receives Shopify, Square and Lightspeed (X-Series) inventory webhooks onto "
         "the ingest stream.",
+        allow_abbrev=False,
     )
     parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
     parser.add_argument(
