@@ -46,6 +46,7 @@ FIELDS = (
     "source_time",
     "reservation_id",
     "source",
+    "sequence",
 )
 
 
@@ -97,6 +98,8 @@ def entry_fields(event: pb.StockEvent) -> dict[str, str]:
         fields["reservation_id"] = event.reservation_id
     if event.source:
         fields["source"] = event.source
+    if event.sequence:
+        fields["sequence"] = str(event.sequence)
     return fields
 
 
@@ -111,9 +114,9 @@ def event_of(fields: Mapping[bytes, bytes]) -> pb.StockEvent:
     if kind not in KINDS:
         raise BadEntry(f"kind: must be COUNT or DELTA, got {kind!r}")
     numbers = {}
-    for name in ("qty", "source_time"):
+    for name in ("qty", "source_time", "sequence"):
         try:
-            numbers[name] = int(got.get(name, ""))
+            numbers[name] = int(got.get(name, "0" if name == "sequence" else ""))
         except ValueError:
             raise BadEntry(f"{name}: must be an integer, got {got.get(name, '')!r}") from None
     try:
@@ -126,9 +129,10 @@ def event_of(fields: Mapping[bytes, bytes]) -> pb.StockEvent:
             source_time=numbers["source_time"],
             reservation_id=got.get("reservation_id", ""),
             source=got.get("source", ""),
+            sequence=numbers["sequence"],
         )
     except ValueError as exc:  # an integer out of int64's range
-        raise BadEntry(f"qty/source_time: {exc}") from None
+        raise BadEntry(f"qty/source_time/sequence: {exc}") from None
 
 
 def redis_url(given: str, state_dir: Path) -> str:

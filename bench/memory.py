@@ -10,6 +10,11 @@ With --reservations N, then makes N one-line reservations through the Reservatio
 costs while HELD (its part, its directory entry, its place in the expiry index) and once
 COMMITTED (the part and directory entry kept for the retention, the commit's entry in the
 row's change log), each by MEMORY USAGE of those keys and by INFO used_memory.
+
+With --numbered N, then sends N stock DELTAs twice over, on a store of its own: once told
+apart by event id (the dedupe window remembers each id), once numbered by their source
+(tills, --tills a location), one in every 100 arriving after the next one; and measures
+what each way keeps: the ids ({L}:e) against the watermarks ({L}:q) and open gaps ({L}:g:*).
 """
 
 from __future__ import annotations
@@ -176,17 +181,92 @@ async def measure(
         server.stop()
 
 
+async def measure_numbered(events: int, locations: int, tills: int) -> dict[str, Any]:
+    """The same DELTAs by event id and numbered by their till: what each keeps."""
+    state = Path(tempfile.mkdtemp(prefix="omnistock-memory-"))
+    server = EmbeddedRedis(state)
+    server.start()
+    client = redis_client(server.url, 10.0)
+    try:
+        storage = Storage(
+            client, stock_buckets=256, retention_ms=RETENTION_MS, event_window_ms=10**9
+        )
+        await storage.load_scripts()
+        now = int(time.time() * 1000)
+        each = events // (locations * tills)  # events of one till at one location
+        for numbered in (False, True):
+            for loc in range(locations):
+                location = f"{'n' if numbered else 'i'}-store-{loc:04d}"
+                sent = [
+                    StockEvent(
+                        f"sale-{till}-{k}",
+                        location,
+                        f"SKU-{k % 500:05d}",
+                        EventKind.DELTA,
+                        -1,
+                        now + k,
+                        source=f"till-{till}",
+                        sequence=k if numbered else 0,
+                    )
+                    for k in range(1, each + 1)
+                    for till in range(tills)
+                ]
+                for k in range(0, len(sent) - 1, 100):  # one in 100 after the next
+                    sent[k], sent[k + 1] = sent[k + 1], sent[k]
+                for start in range(0, len(sent), 1000):
+                    await storage.apply_events(location, sent[start : start + 1000], now)
+        ids, _ = await _sum_usage(client, "{i-store-*}:e")
+        marks, mark_keys = await _sum_usage(client, "{n-store-*}:q")
+        gaps, gap_keys = await _sum_usage(client, "{n-store-*}:g:*")
+        pairs = locations * tills
+        return {
+            "numbered_events": each * pairs,
+            "locations": locations,
+            "tills_per_location": tills,
+            "bytes_per_event_id": round(ids / (each * pairs), 1),
+            "event_id_bytes_total": ids,
+            "bytes_per_till_watermark": round((marks + gaps) / pairs, 1),
+            "watermark_bytes_total": marks + gaps,
+            "watermark_keys": mark_keys,
+            "gap_keys_left": gap_keys,
+        }
+    finally:
+        await client.aclose()
+        server.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
-    p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument(
+        "--rows", type=int, nargs="*", default=[100_000, 1_000_000], help="none: rows not measured"
+    )
     p.add_argument("--skus-per-location", type=int, default=5000)
     p.add_argument("--buckets", type=int, default=256, help="the engine's default: 256")
     p.add_argument(
         "--reservations", type=int, default=0, help="then hold and commit this many (0: none)"
     )
+    p.add_argument(
+        "--numbered", type=int, default=0, help="also: this many DELTAs by id and numbered"
+    )
+    p.add_argument("--numbered-locations", type=int, default=20)
+    p.add_argument("--tills", type=int, default=5, help="numbered sources per location")
     p.add_argument("--out", type=Path, default=Path("bench/out"))
     args = p.parse_args()
     results = []
+    if args.numbered:
+        print(
+            f"{args.numbered:,} DELTAs by event id, then numbered by {args.tills} tills a "
+            f"location at {args.numbered_locations} locations:",
+            flush=True,
+        )
+        got = asyncio.run(measure_numbered(args.numbered, args.numbered_locations, args.tills))
+        print(
+            f"  {got['bytes_per_event_id']} bytes per remembered event id "
+            f"({got['event_id_bytes_total']:,} in all); {got['bytes_per_till_watermark']} bytes "
+            f"per till's watermark at a location ({got['watermark_bytes_total']:,} in all, "
+            f"{got['gap_keys_left']} gap keys left)"
+        )
+        results.append(got)
     for rows in args.rows:
         print(f"{rows:,} rows:", flush=True)
         got = asyncio.run(measure(rows, args.skus_per_location, args.buckets, args.reservations))

@@ -221,6 +221,7 @@ def storage_of(redis: Any, settings: Settings, probe: Any = None) -> Storage:
         stock_buckets=settings.stock_buckets,
         retention_ms=settings.retention_ms,
         event_window_ms=settings.event_window_ms,
+        gap_grace_ms=settings.sequence_gap_grace_ms,
         probe=probe,
         probe_timeout=settings.redis_probe_timeout_seconds,
         replicas=settings.durability_replicas if settings.durability == "replica" else 0,

@@ -41,6 +41,17 @@ class Metrics:
             "Rows left short: a count or delta dropped on_hand below what is held",
             registry=r,
         )
+        self.sequence_gaps = Counter(
+            "omnistock_sequence_gaps_total",
+            "Gaps in a numbered source's events still open --sequence-gap-grace-seconds after "
+            "they opened (each reported once, in the log with its source, location and range)",
+            registry=r,
+        )
+        self.sequence_missing = Counter(
+            "omnistock_sequence_missing_total",
+            "Event numbers in those gaps",
+            registry=r,
+        )
         self.events = Counter(
             "omnistock_stock_events_total",
             "Stock events by outcome (applied, duplicate, stale, echo, rejected)",

@@ -42,6 +42,10 @@ class Settings:
     event_window_hours: float = field(
         default=72.0, metadata={"help": "how long stock event ids are remembered (dedupe)"}
     )
+    sequence_gap_grace_seconds: float = field(
+        default=60.0,
+        metadata={"help": "a gap in a numbered source's events is reported once open this long"},
+    )
     count_missing: str = field(
         default="zero",
         metadata={"help": "ReconcileCount: rows a full count does not list: zero|keep"},
@@ -228,6 +232,10 @@ class Settings:
     def event_window_ms(self) -> int:
         return int(self.event_window_hours * 3_600_000)
 
+    @property
+    def sequence_gap_grace_ms(self) -> int:
+        return int(self.sequence_gap_grace_seconds * 1000)
+
 
 def as_environment(settings: Settings, **changes: object) -> dict[str, str]:
     """The settings, with `changes`, as the environment variables that give them back."""
@@ -268,7 +276,9 @@ def from_args(
 ) -> Settings:
     """Flags win over environment variables, which win over the defaults."""
     env = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="server.py", description="omnistock gRPC server")
+    parser = argparse.ArgumentParser(
+        prog="server.py", description="omnistock gRPC server", allow_abbrev=False
+    )
     values: dict[str, object] = {}
     for f in fields(Settings):
         var = env_name(f.name)

@@ -58,7 +58,9 @@ async def stock_up(stubs: Stubs, rows: dict[tuple[str, str], int]) -> None:
     await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
 
 
-def delta(event_id: str, loc: str, sku: str, qty: int, t: int, **fields: str) -> pb.StockEvent:
+def delta(
+    event_id: str, loc: str, sku: str, qty: int, t: int, **fields: str | int
+) -> pb.StockEvent:
     return pb.StockEvent(
         event_id=event_id,
         location_id=loc,

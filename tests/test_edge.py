@@ -134,6 +134,8 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "capacity": (Keys.capacity(a),),
         "directory": (Keys.directory(a),),
         "full_count": (Keys.full_count(a),),
+        "marks": (Keys.marks(a),),
+        "gaps": (Keys.gaps(a, b),),
         "mapping": (Keys.mapping(a),),
         "held": (Keys.held(a),),
     }

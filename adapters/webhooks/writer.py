@@ -33,6 +33,7 @@ def stream_entry(event: StockEvent) -> dict[str, str]:
             qty=event.qty,
             source_time=event.source_time,
             source=event.source,
+            sequence=event.sequence,
         )
     )
 

@@ -127,6 +127,7 @@ def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
         msg.source_time,
         msg.reservation_id,
         msg.source,
+        msg.sequence,
     )
     return check_event(event, field)
 

@@ -25,6 +25,7 @@ MAX_SKUS = 1000
 MAX_LOCATION_IDS = 1000
 MAX_TYPES = 8
 MAX_EVENTS = 5000
+MAX_SEQUENCE = 2**53 - 1  # exact in the scripts' numbers (Lua's are doubles)
 MAX_LOCATIONS = 10_000  # UpsertLocations
 MAX_SAFETY_ENTRIES = 10_000
 MAX_MAPPINGS = 10_000
@@ -175,6 +176,7 @@ class StockEvent:
     source_time: int  # ms since the epoch, when it happened at the source
     reservation_id: str = ""
     source: str = ""
+    sequence: int = 0  # its number in its source's sequence at its location (0: not numbered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +315,8 @@ def check_event(event: StockEvent, field_name: str) -> StockEvent:
         check_id(event.reservation_id, f"{field_name}.reservation_id")
     if event.source:
         check_id(event.source, f"{field_name}.source")
+    if event.sequence:
+        check_sequence(event, field_name)
     if event.source_time <= 0:
         raise InvalidArgument(f"{field_name}.source_time", "must be set (ms since the epoch)")
     if event.kind is EventKind.COUNT:
@@ -320,3 +324,14 @@ def check_event(event: StockEvent, field_name: str) -> StockEvent:
     elif event.qty == 0 or abs(event.qty) > MAX_QTY:
         raise InvalidArgument(f"{field_name}.qty", f"a DELTA must be non-zero, got {event.qty}")
     return event
+
+
+def check_sequence(event: StockEvent, field_name: str) -> None:
+    if not 0 < event.sequence <= MAX_SEQUENCE:
+        raise InvalidArgument(
+            f"{field_name}.sequence", f"must be 1 to {MAX_SEQUENCE} (0: not numbered)"
+        )
+    if not event.source:
+        raise InvalidArgument(
+            f"{field_name}.source", "must be set with a sequence: events are numbered per source"
+        )

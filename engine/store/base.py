@@ -68,13 +68,15 @@ class Base:
         stock_buckets: int,
         retention_ms: int,
         event_window_ms: int,
+        gap_grace_ms: int = 60_000,
         probe: aioredis.Redis | RedisCluster | None = None,
         probe_timeout: float = 0.5,
         replicas: int = 0,
         replica_timeout_ms: int = 1000,
         fsync: bool = False,
     ) -> None:
-        """probe: a client of its own for `probe()` (default: `client`). replicas: a write is
+        """gap_grace_ms: a gap in a numbered source's events is reported once open this long.
+        probe: a client of its own for `probe()` (default: `client`). replicas: a write is
         answered only once this many replicas (of its node, on a cluster) have it, else
         UNAVAILABLE; fsync: only once it is on the primary's disk."""
         # redis-py types its replies as wide unions; this seam decodes them itself.
@@ -87,6 +89,7 @@ class Base:
         self.keys = Keys(stock_buckets)
         self.retention_ms = retention_ms
         self.event_window_ms = event_window_ms
+        self.gap_grace_ms = gap_grace_ms
         self.scripts = {name: Script(name) for name in self.SCRIPTS}
         self.replication: Replication | None = None
         if replicas or fsync:

@@ -6,7 +6,7 @@ scripts read the same), locations, event ids; and the typed values the store han
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine.domain.model import (
@@ -58,9 +58,20 @@ class Holder(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Gap:
+    """Numbers of a source's sequence at a location that have not arrived."""
+
+    location: str
+    source: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
 class EventsApplied:
     outcomes: list[EventOutcome]
     short_rows: list[tuple[str, int, int]]  # sku, on_hand, reserved
+    gaps: list[Gap] = field(default_factory=list)  # open longer than the grace, reported now
 
 
 def dedupe_id(event: StockEvent) -> str:

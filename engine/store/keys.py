@@ -12,6 +12,10 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           of an event with no source), scored by arrival (the dedupe window)
     {L}:f          string the time of the latest full count of L that zeroed what it did not
                           list: every row of L counts as counted then (apply_events.lua)
+    {L}:q          hash   per source that numbers its events: "<source>" -> the highest number
+                          seen at L, "<source>\tr" -> the number below which its gaps were reported
+    {L}:g:<source> zset   a numbered source's gaps at L: numbers not seen yet below its highest,
+                          member "from\tto\topened (ms)", score = from (apply_events.lua)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
                           t when it was held (ms)
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
@@ -109,6 +113,14 @@ class Keys:
     @staticmethod
     def seen(location: str) -> str:
         return f"{{{location}}}:e"
+
+    @staticmethod
+    def marks(location: str) -> str:
+        return f"{{{location}}}:q"
+
+    @staticmethod
+    def gaps(location: str, source: str) -> str:
+        return f"{{{location}}}:g:{source}"
 
     @staticmethod
     def part(location: str, reservation_id: str) -> str:

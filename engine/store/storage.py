@@ -23,6 +23,7 @@ import orjson
 from engine.domain.model import EventOutcome, IdKind, Location, StockEvent, StockRow
 from engine.store.codecs import (
     EventsApplied,
+    Gap,
     Holder,
     available_of,
     dedupe_id,
@@ -146,33 +147,41 @@ class Storage(Parts):
         than one of those at a time and a small call waits behind one of them at most."""
         outcomes: list[EventOutcome] = []
         short: dict[str, tuple[str, int, int]] = {}  # a row's latest state, should it be short
+        gaps: list[Gap] = []
         for start in range(0, max(len(events), 1), EVENTS_PER_SCRIPT):
             some = events[start : start + EVENTS_PER_SCRIPT]
             part = await self._apply_some(location, some, now, full_count_at)
             outcomes += part.outcomes
+            gaps += part.gaps
             for ev, outcome in zip(some, part.outcomes, strict=True):
                 if outcome is EventOutcome.APPLIED:  # its row is reported if short
                     short.pop(ev.sku, None)
             short.update((row[0], row) for row in part.short_rows)
-        return EventsApplied(outcomes, list(short.values()))
+        return EventsApplied(outcomes, list(short.values()), gaps)
 
     async def _apply_some(
         self, location: str, events: Sequence[StockEvent], now: int, full_count_at: int
     ) -> EventsApplied:
-        keys = KeyList(Keys.seen(location), Keys.full_count(location))
-        args: list[Any] = [now, self.event_window_ms, len(events), full_count_at]
+        keys = KeyList(Keys.seen(location), Keys.full_count(location), Keys.marks(location))
+        args: list[Any] = [now, self.event_window_ms, len(events), full_count_at, self.gap_grace_ms]
         for ev in events:
             part = keys.add(Keys.part(location, ev.reservation_id)) if ev.reservation_id else 0
             stock = keys.add(self.keys.stock(location, ev.sku))
             log = keys.add(self.keys.log(location, ev.sku))
+            gaps = keys.add(Keys.gaps(location, ev.source)) if ev.sequence else 0
             args += [dedupe_id(ev), ev.kind.value, ev.sku, ev.qty, ev.source_time, stock, log, part]
+            args += [ev.sequence, gaps]
         args.append(Keys.changes(location))
-        outcomes, short = await self.call("apply_events", keys.keys, args)
+        outcomes, short, gaps_due = await self.call("apply_events", keys.keys, args)
         return EventsApplied(
             [EventOutcome(o.decode()) for o in outcomes],
             [
                 (short[i].decode(), int(short[i + 1]), int(short[i + 2]))
                 for i in range(0, len(short), 3)
+            ],
+            [
+                Gap(location, gaps_due[i].decode(), int(gaps_due[i + 1]), int(gaps_due[i + 2]))
+                for i in range(0, len(gaps_due), 3)
             ],
         )
 

@@ -28,7 +28,7 @@ from engine.domain.model import (
     check_qty,
 )
 from engine.metrics import Metrics
-from engine.store.codecs import EventsApplied, Holder
+from engine.store.codecs import EventsApplied, Gap, Holder
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.mappings import Mappings
@@ -174,9 +174,23 @@ class Ingest:
                 acks[i] = _ACKS[outcome]
             outcomes.update(result.outcomes)
             short += [(loc, sku, on_hand, held) for sku, on_hand, held in result.short_rows]
+            self._report(result.gaps)
         for outcome, n in outcomes.items():  # one metric update an outcome, not an event
             self.metrics.events.labels(outcome.value.lower()).inc(n)
         return short
+
+    def _report(self, gaps: Sequence[Gap]) -> None:
+        for gap in gaps:
+            log.warning(
+                "sequence gap: source %s at %s: events %d to %d have not arrived in %.0f s",
+                gap.source,
+                gap.location,
+                gap.first,
+                gap.last,
+                self.storage.gap_grace_ms / 1000,
+            )
+            self.metrics.sequence_gaps.inc()
+            self.metrics.sequence_missing.inc(gap.last - gap.first + 1)
 
     def _keep_to_scope(
         self, groups: dict[str, list[tuple[int, StockEvent]]], acks: list[Ack | None], strict: bool

@@ -16,16 +16,30 @@
 -- row, a DELTA at or before F is stale and a COUNT before F is stale, as if each row had
 -- been counted at F. {L}:f keeps the latest such F; the count sets it before it reads the
 -- rows to zero, so a row made meanwhile is covered too.
+-- An event its source numbers (sequence > 0: 1, 2, 3, ... per source and location) is told
+-- from a duplicate by its number instead of its id: {L}:q keeps the source's highest number
+-- seen, and {L}:g:<source> the numbers below it not seen yet, as ranges (gaps). A number
+-- above the highest, or inside a gap, is new; any other is a duplicate. So a source that
+-- sends in order costs one hash field, however many events it sends, and one that reorders
+-- costs a range per hole until it fills. A gap still open grace_ms after it opened is
+-- returned once, to be reported; one open longer than the window is forgotten (its events
+-- are past any platform's retries), and past MAX_GAPS open at once the lowest is.
 -- KEYS[1] {L}:e  event ids seen, scored by arrival (ms);  KEYS[2] {L}:f  latest full count (ms)
---   KEYS[3..] {L}:s:<b> stock buckets, {L}:d:<b> change logs, {L}:r:<id> parts named by echoes
--- ARGV: now_ms, window_ms, n, full_count_at (0: none), then n groups of 8:
---   event_id, kind ('COUNT'|'DELTA'), sku, qty, source_time_ms, stock idx, log idx, part idx (0: none)
+--   KEYS[3] {L}:q  per source: its highest number seen, and "<source>\tr": the number below
+--   which every gap has been reported
+--   KEYS[4..] {L}:s:<b> stock buckets, {L}:d:<b> change logs, {L}:r:<id> parts named by
+--   echoes, {L}:g:<source> gaps, member "from\tto\topened_ms" scored by from
+-- ARGV: now_ms, window_ms, n, full_count_at (0: none), grace_ms, then n groups of 10:
+--   event_id, kind ('COUNT'|'DELTA'), sku, qty, source_time_ms, stock idx, log idx, part idx (0: none),
+--   sequence (0: none), gaps idx (0: none)
 --   then the location's change channel (write_row)
 -- Returns {{outcome per event}, {sku, on_hand, reserved for every row left short: holding
--- more than it has}}
+-- more than it has}, {source, from, to for every gap reported now}}
 local now, window, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local grace = tonumber(ARGV[5])
 local horizon = now - window
-local seen = KEYS[1]
+local seen, marks = KEYS[1], KEYS[3]
+local MAX_GAPS = 1000
 local full = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[4]) > full then
   full = tonumber(ARGV[4])
@@ -90,14 +104,71 @@ local function delta(key, log, id, sku, r, d, t)
   return 'APPLIED'
 end
 
-local outcomes, short, touched = {}, {}, {}
+-- Sequence numbers are below 2^53, exact in Lua's numbers; '%d' writes them whole, where
+-- tostring would round them to 14 digits.
+local function int(x) return string.format('%d', x) end
+
+local function add_gap(gaps, from, to, opened)
+  redis.call('ZADD', gaps, int(from), int(from) .. '\t' .. int(to) .. '\t' .. opened)
+end
+
+-- Is number s of this source new at L? It is then marked seen.
+local function first_seen(src, gaps, s)
+  local top = tonumber(redis.call('HGET', marks, src) or '0')
+  if s > top then
+    if s > top + 1 then
+      add_gap(gaps, top + 1, s - 1, int(now))
+      if redis.call('ZCARD', gaps) > MAX_GAPS then redis.call('ZPOPMIN', gaps) end
+    end
+    redis.call('HSET', marks, src, int(s))
+    return true
+  end
+  local g = redis.call('ZREVRANGEBYSCORE', gaps, int(s), '-inf', 'LIMIT', 0, 1)[1]
+  if not g then return false end
+  local from, to, opened = string.match(g, '^(%d+)\t(%d+)\t(%d+)$')
+  from, to = tonumber(from), tonumber(to)
+  if to < s then return false end
+  redis.call('ZREM', gaps, g)
+  if from < s then add_gap(gaps, from, s - 1, opened) end
+  if s < to then add_gap(gaps, s + 1, to, opened) end
+  return true
+end
+
+-- The gaps of a source open longer than grace and not reported yet (gaps open in the order
+-- of their numbers); those open longer than the window are forgotten.
+local function due_gaps(src, gaps, out)
+  for _, g in ipairs(redis.call('ZRANGE', gaps, 0, 9)) do
+    if tonumber(string.match(g, '(%d+)$')) > horizon then break end
+    redis.call('ZREM', gaps, g)
+  end
+  local field = src .. '\tr'
+  local mark = tonumber(redis.call('HGET', marks, field) or '0')
+  local reported = mark
+  for _, g in ipairs(redis.call('ZRANGEBYSCORE', gaps, int(mark), '+inf', 'LIMIT', 0, 100)) do
+    local from, to, opened = string.match(g, '^(%d+)\t(%d+)\t(%d+)$')
+    if tonumber(opened) > now - grace then break end
+    out[#out + 1] = src
+    out[#out + 1] = from
+    out[#out + 1] = to
+    reported = tonumber(to) + 1
+  end
+  if reported > mark then redis.call('HSET', marks, field, int(reported)) end
+end
+
+local outcomes, short, touched, sources, reported = {}, {}, {}, {}, {}
 for j = 0, n - 1 do
-  local p = 5 + j * 8
+  local p = 6 + j * 10
   local id, kind, sku = ARGV[p], ARGV[p + 1], ARGV[p + 2]
   local qty, t = tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
   local key, part = KEYS[tonumber(ARGV[p + 5])], tonumber(ARGV[p + 7])
+  local s, numbered = tonumber(ARGV[p + 8]), nil
+  if s > 0 then
+    local src, gaps = string.match(id, '^([^|]+)|'), KEYS[tonumber(ARGV[p + 9])]
+    sources[src] = gaps
+    numbered = first_seen(src, gaps, s)
+  end
   local out
-  if redis.call('ZSCORE', seen, id) then
+  if numbered == false or (numbered == nil and redis.call('ZSCORE', seen, id)) then
     out = 'DUPLICATE'
   elseif kind == 'DELTA' and part > 0 and is_echo(KEYS[part], id, sku, qty, t) then
     out = 'ECHO'
@@ -110,7 +181,7 @@ for j = 0, n - 1 do
     end
     if out == 'APPLIED' then touched[sku] = key end
   end
-  if out ~= 'DUPLICATE' then redis.call('ZADD', seen, now, id) end
+  if out ~= 'DUPLICATE' and numbered == nil then redis.call('ZADD', seen, now, id) end
   outcomes[j + 1] = out
 end
 
@@ -122,4 +193,5 @@ for sku, key in pairs(touched) do
     short[#short + 1] = r[2]
   end
 end
-return {outcomes, short}
+for src, gaps in pairs(sources) do due_gaps(src, gaps, reported) end
+return {outcomes, short, reported}

@@ -1154,6 +1154,7 @@ class StockEvent(_message.Message):
     SOURCE_TIME_FIELD_NUMBER: _builtins.int
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per event at its source; duplicates within the dedupe window are ignored."""
     location_id: _builtins.str
@@ -1166,6 +1167,12 @@ class StockEvent(_message.Message):
     reservation_id: _builtins.str
     """A store's echo of a sale committed through omnistock: not subtracted again."""
     source: _builtins.str
+    sequence: _builtins.int
+    """Its number in its source's sequence at its location: 1, 2, 3, ... with no holes (a
+    till's receipt number, say). A numbered event is told from a duplicate by its number,
+    which costs one watermark per source and location instead of remembering every event
+    id; numbers that do not arrive are reported as gaps. Needs `source`. 0: not numbered.
+    """
     def __init__(
         self,
         *,
@@ -1177,10 +1184,11 @@ class StockEvent(_message.Message):
         source_time: _builtins.int = ...,
         reservation_id: _builtins.str = ...,
         source: _builtins.str = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "kind", b"kind", "location_id", b"location_id", "qty", b"qty", "reservation_id", b"reservation_id", "sku", b"sku", "source", b"source", "source_time", b"source_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "kind", b"kind", "location_id", b"location_id", "qty", b"qty", "reservation_id", b"reservation_id", "sequence", b"sequence", "sku", b"sku", "source", b"source", "source_time", b"source_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
