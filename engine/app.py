@@ -22,6 +22,7 @@ from engine.api.listener import (
     listen,
     load_principals,
 )
+from engine.api.operator import OperatorService
 from engine.api.reservations import ReservationService
 from engine.api.sourcing import SourcingService
 from engine.api.stock import StockService
@@ -39,6 +40,7 @@ from engine.usecases.allocation import Allocator
 from engine.usecases.availability import Availability
 from engine.usecases.ingest import Ingest
 from engine.usecases.locations import LocationRegistry
+from engine.usecases.operators import Operators
 from engine.usecases.parts import CartCaps, Timing
 from engine.usecases.planner import Planner
 from engine.usecases.reservations import Reservations
@@ -116,7 +118,11 @@ class Omnistock:
             interval=self.settings.redis_probe_interval_seconds,
             failures=self.settings.redis_probe_failures,
         )
-        self._tasks = [asyncio.create_task(sweeper.run()), asyncio.create_task(probe.run())]
+        self._tasks = [
+            asyncio.create_task(sweeper.run()),
+            asyncio.create_task(probe.run()),
+            asyncio.create_task(self.sources.run()),
+        ]
         if self.settings.auth_file:
             self._tasks.append(asyncio.create_task(self._follow_auth_file()))
         if self.embedded is not None:
@@ -133,8 +139,16 @@ class Omnistock:
         allocator = Allocator(self.storage, self.locations, self.reservations, self.planner)
         reader: RowReader = self.cache or self.storage
         availability = Availability(self.storage, self.locations, reader)
+        ingest = Ingest(
+            self.storage,
+            self.locations,
+            m,
+            self.clock.now_ms,
+            max_skew_ms=self.settings.max_clock_skew_ms,
+        )
+        self.sources = ingest.sources
         self.stock_service = StockService(
-            Ingest(self.storage, self.locations, m, self.clock.now_ms),
+            ingest,
             availability,
             self.locations,
             m,
@@ -150,6 +164,12 @@ class Omnistock:
             ReservationService(self.reservations, m),
             SourcingService(allocator, m, self.settings.cost_model(), self.settings.max_shipments),
             self.stock_service,
+            OperatorService(
+                Operators(
+                    self.storage, self.locations, ingest.sources, self.settings.dead_letter_stream
+                ),
+                m,
+            ),
         )
 
     def reload_auth(self) -> None:

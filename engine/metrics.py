@@ -47,6 +47,13 @@ class Metrics:
             "they opened (each reported once, in the log with its source, location and range)",
             registry=r,
         )
+        self.clock_skewed_events = Counter(
+            "omnistock_clock_skewed_events_total",
+            "Stock events from a source whose clock is off by more than --max-clock-skew-seconds "
+            "(ahead; or behind, or sending that late): the log and the alerts name the source",
+            ["clock"],
+            registry=r,
+        )
         self.sequence_missing = Counter(
             "omnistock_sequence_missing_total",
             "Event numbers in those gaps",

@@ -42,6 +42,16 @@ class Settings:
     event_window_hours: float = field(
         default=72.0, metadata={"help": "how long stock event ids are remembered (dedupe)"}
     )
+    max_clock_skew_seconds: float = field(
+        default=300.0,
+        metadata={
+            "help": "a source's clock this far off is flagged; events this far ahead are rejected"
+        },
+    )
+    dead_letter_stream: str = field(
+        default="omnistock:events:dead",
+        metadata={"help": "the ingest adapters' dead letters, in the server's store (operators)"},
+    )
     sequence_gap_grace_seconds: float = field(
         default=60.0,
         metadata={"help": "a gap in a numbered source's events is reported once open this long"},
@@ -231,6 +241,10 @@ class Settings:
     @property
     def event_window_ms(self) -> int:
         return int(self.event_window_hours * 3_600_000)
+
+    @property
+    def max_clock_skew_ms(self) -> int:
+        return int(self.max_clock_skew_seconds * 1000)
 
     @property
     def sequence_gap_grace_ms(self) -> int:

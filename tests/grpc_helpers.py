@@ -18,6 +18,7 @@ class Stubs:
         self.reservations = pb_grpc.ReservationServiceStub(channel)
         self.stock = pb_grpc.StockServiceStub(channel)
         self.sourcing = pb_grpc.SourcingServiceStub(channel)
+        self.operator = pb_grpc.OperatorServiceStub(channel)
 
 
 def location(loc_id: str, lat: float = 51.5, lon: float = -0.12) -> pb.Location:

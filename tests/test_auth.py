@@ -176,6 +176,20 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
         ),
         metadata=md,
     ),
+    "GetRow": lambda s, md: s.operator.GetRow(
+        pb.GetRowRequest(location_id="L1", sku="S1"), metadata=md
+    ),
+    "GetLocation": lambda s, md: s.operator.GetLocation(
+        pb.GetLocationRequest(location_id="L1"), metadata=md
+    ),
+    "ListSources": lambda s, md: s.operator.ListSources(pb.ListSourcesRequest(), metadata=md),
+    "ListAlerts": lambda s, md: s.operator.ListAlerts(pb.ListAlertsRequest(), metadata=md),
+    "ListDeadLetters": lambda s, md: s.operator.ListDeadLetters(
+        pb.ListDeadLettersRequest(), metadata=md
+    ),
+    "DeleteDeadLetters": lambda s, md: s.operator.DeleteDeadLetters(
+        pb.DeleteDeadLettersRequest(ids=["1-1"]), metadata=md
+    ),
 }
 
 
@@ -574,6 +588,15 @@ async def every_kind_of_call(stubs: Stubs) -> None:
             pb.BasketLine(sku="S1", qty=1)
         ])
     )  # fmt: skip
+    # the operators' calls (the source figures and alerts: written by the same user)
+    await stubs.operator.GetRow(pb.GetRowRequest(location_id="A1", sku="S1"))
+    await stubs.operator.GetLocation(pb.GetLocationRequest(location_id="A1"))
+    assert (await stubs.operator.ListSources(pb.ListSourcesRequest())).sources
+    await stubs.operator.ListAlerts(pb.ListAlertsRequest())
+    letters = await stubs.operator.ListDeadLetters(pb.ListDeadLettersRequest())
+    await stubs.operator.DeleteDeadLetters(
+        pb.DeleteDeadLettersRequest(ids=[d.id for d in letters.letters] or ["1-1"])
+    )
     # a short hold is expired by the sweeper, which runs as the same user
     await stubs.reservations.Reserve(
         pb.ReserveRequest(reservation_id="brief", lines=[line("A2", "S1", 1)], ttl_seconds=0.2)

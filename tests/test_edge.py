@@ -23,11 +23,11 @@ from engine.domain.errors import InvalidArgument
 from engine.domain.model import EventKind, Line, ReservationState, StockEvent, check_id
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.keys import (
+    ALERTS,
     LOCATIONS,
     LOCATIONS_VERSION,
     MAPPINGS_VERSION,
     SAGAS,
-    SHORTAGES,
     WAKES,
     Keys,
 )
@@ -120,7 +120,7 @@ async def test_a_location_name_is_bounded_and_printable(stubs: Stubs) -> None:
 
 ids = st.from_regex(r"[A-Za-z0-9._:/@+-]{1,20}", fullmatch=True)
 KEYS = Keys(stock_buckets=8)
-GLOBAL = (LOCATIONS, LOCATIONS_VERSION, *WAKES, *SAGAS, MAPPINGS_VERSION, SHORTAGES)
+GLOBAL = (LOCATIONS, LOCATIONS_VERSION, *WAKES, *SAGAS, MAPPINGS_VERSION, ALERTS)
 
 
 def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:

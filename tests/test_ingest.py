@@ -17,7 +17,7 @@ from engine.app import Omnistock
 from engine.domain.model import MAX_EVENTS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.store.keys import SHORTAGES
+from engine.store.keys import ALERTS
 from engine.store.storage import EVENTS_PER_SCRIPT
 
 from .conftest import ON_BOTH
@@ -343,7 +343,7 @@ async def test_event_ids_are_told_apart_by_source_and_the_future_is_refused(
             pb.EVENT_OUTCOME_REJECTED,
         ]
     ]
-    assert got[0].acks[3].reason.startswith("events[3].source_time: more than 5 minutes")
+    assert got[0].acks[3].reason.startswith("events[3].source_time: more than 300 s in the future")
     assert (await level(stubs, "s1", "a")).on_hand == 8
 
 
@@ -441,7 +441,7 @@ async def test_a_count_below_what_is_held_keeps_the_holds_and_names_the_uncovere
     ]
     row = await level(stubs, "s1", "a")
     assert (row.on_hand, row.reserved, row.available) == (5, 9, 0)
-    (entry,) = await redis.xrange(SHORTAGES)
+    (entry,) = await redis.xrange(ALERTS)
     fields = {k.decode(): v.decode() for k, v in entry[1].items()}
     assert fields["location_id"] == "s1" and fields["reserved"] == "9"
     assert [u["reservation_id"] for u in orjson.loads(fields["uncovered"])] == ["second", "third"]

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from engine.api.availability import AvailabilityService
 from engine.api.edge import Edge, Limits
+from engine.api.operator import OperatorService
 from engine.api.reservations import ReservationService
 from engine.api.sourcing import SourcingService
 from engine.api.stock import StockService
@@ -51,11 +52,13 @@ def add_services(
     reservations: ReservationService,
     sourcing: SourcingService,
     stock: StockService,
+    operator: OperatorService,
 ) -> None:
     pb_grpc.add_AvailabilityServiceServicer_to_server(availability, server)
     pb_grpc.add_ReservationServiceServicer_to_server(reservations, server)
     pb_grpc.add_SourcingServiceServicer_to_server(sourcing, server)
     pb_grpc.add_StockServiceServicer_to_server(stock, server)
+    pb_grpc.add_OperatorServiceServicer_to_server(operator, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     enable_reflection(server, (*SERVICES, HEALTH, reflection.SERVICE_NAME))
 

@@ -20,7 +20,9 @@ Roles (docs/security.md has the whole table):
     pos         reads; holds, commits, releases; stock events and counts: its locations only
     fulfilment  reads; Allocate; holds anywhere; sees every reservation
     ingest      stock events, counts and mappings (for its locations, or all)
-    admin       everything, including locations and safety stock
+    admin       everything, including locations, safety stock and the operators' calls
+                (rows with their holds, locations, alerts; sources and dead letters, which
+                ingest may also call)
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "StreamEvents": _WRITERS,
     "ReconcileCount": _WRITERS,
     "SetMappings": frozenset({Role.INGEST, Role.ADMIN}),
+    "GetRow": frozenset({Role.ADMIN}),
+    "GetLocation": frozenset({Role.ADMIN}),
+    "ListAlerts": frozenset({Role.ADMIN}),
+    "ListSources": frozenset({Role.INGEST, Role.ADMIN}),
+    "ListDeadLetters": frozenset({Role.INGEST, Role.ADMIN}),
+    "DeleteDeadLetters": frozenset({Role.INGEST, Role.ADMIN}),
 }
 # Roles that see and settle every reservation, not only their own.
 SEE_ALL = frozenset({Role.FULFILMENT, Role.ADMIN})

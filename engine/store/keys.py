@@ -34,7 +34,11 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:map:<source>  hash  a source's ids -> ours: "l:<its location id>" -> location,
                           "i:<its item id>" -> sku (only mappings live under this prefix)
     {omnistock}:mapv       counter  moves with every change of a mapping
-    {omnistock}:shortages  stream  a shortage event for every row a count or delta left short
+    {omnistock}:alerts  stream  what an operator should hear of (kind: a shortage, a row a
+                          count or delta left short; a sequence_gap; a clock_skew of a source)
+    {omnistock}:sources  set  the name of every source that sent stock events ("" for none)
+    {source:<name>}:stats  hash  what the server processes saw of a source: events, last_arrival,
+                          last_source_time, clock_offset_ms, clock (engine/usecases/sources.py)
     {omnistock}:epoch      string  a random token the read caches set when it is missing: gone
                           or changed, the store was flushed (engine/store/rowcache.py)
 
@@ -58,16 +62,18 @@ SAGAS = tuple(f"{{omnistock:s{k}}}:sagas" for k in range(SHARDS))
 # Where they were, as one key each, before (moved into the shards at start: Parts.migrate).
 OLD_WAKE, OLD_SAGAS = "{omnistock}:wake", "{omnistock}:sagas"
 MAPPINGS_VERSION = "{omnistock}:mapv"
-SHORTAGES = "{omnistock}:shortages"
-SHORTAGES_KEPT = 100_000  # about: the stream is trimmed to the newest this many
+ALERTS = "{omnistock}:alerts"
+ALERTS_KEPT = 100_000  # about: the stream is trimmed to the newest this many
+SOURCES = "{omnistock}:sources"
 EPOCH = "{omnistock}:epoch"
 
 # What the engine needs of Redis, as an ACL (docs/security.md): its keys (every one carries
-# a hash tag: `{L}:...`, `{omnistock}:...`, `res:{id}`, `principal:{name}:held`), its
+# a hash tag: `{L}:...`, `{omnistock}:...`, `res:{id}`, `principal:{name}:held`; and the
+# ingest adapters' dead letters, `<stream>:dead`, which operators list and delete), its
 # row-change channels, and the commands of its scripts and reads; no admin or dangerous
 # command but INFO (is it a cluster?) and the cluster topology the cluster client reads.
 ACL_RULES = (
-    "resetkeys ~{*}:* ~res:{*} ~principal:{*}:held resetchannels &{*}:w "
+    "resetkeys ~{*}:* ~res:{*} ~principal:{*}:held ~*:dead resetchannels &{*}:w "
     "-@all +@read +@write +@scripting +@pubsub +@connection +@transaction -@dangerous "
     "-eval -eval_ro -script|flush -script|kill -function -fcall -fcall_ro "
     "+info +cluster|slots +cluster|shards +cluster|nodes +cluster|info +readonly"
@@ -113,6 +119,10 @@ class Keys:
     @staticmethod
     def seen(location: str) -> str:
         return f"{{{location}}}:e"
+
+    @staticmethod
+    def source(name: str) -> str:
+        return f"{{source:{name}}}:stats"
 
     @staticmethod
     def marks(location: str) -> str:

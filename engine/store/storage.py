@@ -38,11 +38,10 @@ from engine.store.keys import (
     LOCATIONS,
     LOCATIONS_VERSION,
     MAPPINGS_VERSION,
-    SHORTAGES,
-    SHORTAGES_KEPT,
     KeyList,
     Keys,
 )
+from engine.store.oversight import Oversight
 from engine.store.parts import Parts
 from engine.store.scripts import Command
 from engine.throttle import gently
@@ -54,7 +53,7 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts):
+class Storage(Parts, Oversight):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the plumbing engine/store/base.py."""
@@ -213,15 +212,6 @@ class Storage(Parts):
         for held in out.values():
             held.sort(key=lambda h: (h.held_at, h.reservation_id))
         return out
-
-    async def publish_shortages(self, events: Sequence[dict[str, str]]) -> None:
-        """Appends shortage events to the shortage stream, trimmed to about SHORTAGES_KEPT."""
-        await self.pipeline(
-            lambda pipe: [
-                pipe.xadd(SHORTAGES, dict(e), maxlen=SHORTAGES_KEPT, approximate=True)
-                for e in events
-            ]
-        )
 
     # -- id mappings ------------------------------------------------------------------
 

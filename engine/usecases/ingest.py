@@ -32,17 +32,20 @@ from engine.store.codecs import EventsApplied, Gap, Holder
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.mappings import Mappings
+from engine.usecases.sources import Sources
 
 log = logging.getLogger(__name__)
 
 MAX_COUNT_LINES = 2_000_000
 COUNT_BATCH = 2000  # count lines per script call
 COUNT_CALLS = 4  # script calls of one count in flight
-MAX_SKEW_MS = 300_000  # how far in the future a source's clock may be
-_FUTURE = (
-    "more than 5 minutes in the future: a source clock that is ahead would freeze the row "
-    "(every later event older than it)"
-)
+
+
+def _future(skew_ms: int) -> str:
+    return (
+        f"more than {skew_ms // 1000} s in the future: a source clock that is ahead would "
+        "freeze the row (every later event older than it)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +119,17 @@ class Ingest:
         locations: LocationRegistry,
         metrics: Metrics,
         now_ms: Callable[[], int],
+        max_skew_ms: int = 300_000,
     ) -> None:
+        """max_skew_ms: how far from the server's clock a source's may be (sources.py);
+        an event further in the future than that is rejected."""
         self.storage = storage
         self.locations = locations
         self.mappings = Mappings(storage)
         self.metrics = metrics
         self.now_ms = now_ms
+        self.max_skew_ms = max_skew_ms
+        self.sources = Sources(storage, metrics, max_skew_ms, now_ms)
 
     async def apply(
         self, events: Sequence[StockEvent | OmnistockError], *, strict: bool = False
@@ -137,8 +145,8 @@ class Ingest:
         now = self.now_ms()
         groups: dict[str, list[tuple[int, StockEvent]]] = {}
         for i, got in await self.mappings.translate(parsed):
-            if isinstance(got, StockEvent) and got.source_time > now + MAX_SKEW_MS:
-                got = InvalidArgument(f"events[{i}].source_time", _FUTURE)
+            if isinstance(got, StockEvent) and got.source_time > now + self.max_skew_ms:
+                got = InvalidArgument(f"events[{i}].source_time", _future(self.max_skew_ms))
             if isinstance(got, InvalidArgument):
                 acks[i] = self._reject(got, strict)
             else:
@@ -151,13 +159,16 @@ class Ingest:
                 acks[i] = self._reject(
                     InvalidArgument(where, f"unknown location {location!r}"), strict
                 )
+        # noted once nothing more can refuse the call (strict): a refused call writes nothing
+        alerts = self.sources.saw([ev for _, ev in parsed], now)
         results = await asyncio.gather(
             *(
                 self.storage.apply_events(loc, [ev for _, ev in items], now)
                 for loc, items in groups.items()
             )
         )
-        short = self._tally(groups, results, acks)
+        short = self._tally(groups, results, acks, alerts)
+        await self.storage.publish_alerts(alerts)
         return Ingested([a for a in acks if a is not None], await self.shortages(short))
 
     def _tally(
@@ -165,8 +176,10 @@ class Ingest:
         groups: dict[str, list[tuple[int, StockEvent]]],
         results: Sequence[EventsApplied],
         acks: list[Ack | None],
+        alerts: list[dict[str, str]],
     ) -> list[tuple[str, str, int, int]]:
-        """Each applied event's ack and the outcomes' counts; the rows left short."""
+        """Each applied event's ack and the outcomes' counts; the rows left short. The gaps
+        to report join `alerts`."""
         short: list[tuple[str, str, int, int]] = []
         outcomes: Counter[EventOutcome] = Counter()
         for (loc, items), result in zip(groups.items(), results, strict=True):
@@ -174,12 +187,13 @@ class Ingest:
                 acks[i] = _ACKS[outcome]
             outcomes.update(result.outcomes)
             short += [(loc, sku, on_hand, held) for sku, on_hand, held in result.short_rows]
-            self._report(result.gaps)
+            alerts += self._report(result.gaps)
         for outcome, n in outcomes.items():  # one metric update an outcome, not an event
             self.metrics.events.labels(outcome.value.lower()).inc(n)
         return short
 
-    def _report(self, gaps: Sequence[Gap]) -> None:
+    def _report(self, gaps: Sequence[Gap]) -> list[dict[str, str]]:
+        """Logs and counts each gap; answers its alert."""
         for gap in gaps:
             log.warning(
                 "sequence gap: source %s at %s: events %d to %d have not arrived in %.0f s",
@@ -191,6 +205,18 @@ class Ingest:
             )
             self.metrics.sequence_gaps.inc()
             self.metrics.sequence_missing.inc(gap.last - gap.first + 1)
+        now = str(self.now_ms())
+        return [
+            {
+                "kind": "sequence_gap",
+                "source": g.source,
+                "location_id": g.location,
+                "first": str(g.first),
+                "last": str(g.last),
+                "at": now,
+            }
+            for g in gaps
+        ]
 
     def _keep_to_scope(
         self, groups: dict[str, list[tuple[int, StockEvent]]], acks: list[Ack | None], strict: bool
@@ -239,7 +265,7 @@ class Ingest:
                 ", ".join(f"{u.reservation_id} (missing {u.missing})" for u in s.uncovered),
             )
         self.metrics.shortages.inc(len(out))
-        await self.storage.publish_shortages([shortage_event(s, self.now_ms()) for s in out])
+        await self.storage.publish_alerts([shortage_event(s, self.now_ms()) for s in out])
         return out
 
     async def count(self, count: Count, lines: dict[str, int]) -> Counted:
@@ -249,8 +275,8 @@ class Ingest:
         before this starts, so a failure here leaves a count that sending it again
         completes (its events are recognised as the duplicates they are)."""
         result = Counted(lines=len(lines))
-        if count.counted_at > self.now_ms() + MAX_SKEW_MS:
-            raise InvalidArgument("header.counted_at", _FUTURE)
+        if count.counted_at > self.now_ms() + self.max_skew_ms:
+            raise InvalidArgument("header.counted_at", _future(self.max_skew_ms))
         location = await self.mappings.location(count.source, count.location, "header.location_id")
         auth.current().require_locations([location], "header.location_id")
         await self.locations.require([location], "header.location_id")
@@ -341,6 +367,7 @@ def add_count_line(lines: dict[str, int], sku: str, qty: int, where: str) -> Non
 
 def shortage_event(s: Shortage, now: int) -> dict[str, str]:
     return {
+        "kind": "shortage",
         "location_id": s.location,
         "sku": s.sku,
         "on_hand": str(s.on_hand),

@@ -838,3 +838,311 @@ class StockService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class OperatorServiceStub:
+    """---------------------------------------------------------------- operators
+
+    What an operator looks at and mends (the `omnistock` command line): a row with its holds,
+    a location, the sources of stock events, the alerts, the ingest adapters' dead letters.
+    Admin only; ListSources and the dead letters, ingest too.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetRow = channel.unary_unary(
+                '/omnistock.v1.OperatorService/GetRow',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetRowRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.RowDetail.FromString,
+                _registered_method=True)
+        self.GetLocation = channel.unary_unary(
+                '/omnistock.v1.OperatorService/GetLocation',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetLocationRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.LocationDetail.FromString,
+                _registered_method=True)
+        self.ListSources = channel.unary_unary(
+                '/omnistock.v1.OperatorService/ListSources',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.ListSourcesRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ListSourcesResponse.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/omnistock.v1.OperatorService/ListAlerts',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/omnistock.v1.OperatorService/ListDeadLetters',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.DeleteDeadLetters = channel.unary_unary(
+                '/omnistock.v1.OperatorService/DeleteDeadLetters',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.DeleteDeadLettersRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.DeleteDeadLettersResponse.FromString,
+                _registered_method=True)
+
+
+class OperatorServiceServicer:
+    """---------------------------------------------------------------- operators
+
+    What an operator looks at and mends (the `omnistock` command line): a row with its holds,
+    a location, the sources of stock events, the alerts, the ingest adapters' dead letters.
+    Admin only; ListSources and the dead letters, ingest too.
+    """
+
+    def GetRow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLocation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSources(self, request, context):
+        """Every source that sent stock events (to any server process): how late its events
+        arrive, and whether its clock looks wrong.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Shortages, gaps in numbered sources' events and sources with a wrong clock, oldest
+        first after the id `after` (empty: the oldest kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """The dead-letter stream the ingest adapters write (the server's --dead-letter-stream,
+        in its own store), oldest first; and deleting letters, once replayed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_OperatorServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetRow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRow,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetRowRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.RowDetail.SerializeToString,
+            ),
+            'GetLocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLocation,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetLocationRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.LocationDetail.SerializeToString,
+            ),
+            'ListSources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSources,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ListSourcesRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.ListSourcesResponse.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ListAlertsRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'DeleteDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeadLetters,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.DeleteDeadLettersRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.DeleteDeadLettersResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'omnistock.v1.OperatorService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('omnistock.v1.OperatorService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class OperatorService:
+    """---------------------------------------------------------------- operators
+
+    What an operator looks at and mends (the `omnistock` command line): a row with its holds,
+    a location, the sources of stock events, the alerts, the ingest adapters' dead letters.
+    Admin only; ListSources and the dead letters, ingest too.
+    """
+
+    @staticmethod
+    def GetRow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.OperatorService/GetRow',
+            omnistock_dot_v1_dot_omnistock__pb2.GetRowRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.RowDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.OperatorService/GetLocation',
+            omnistock_dot_v1_dot_omnistock__pb2.GetLocationRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.LocationDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.OperatorService/ListSources',
+            omnistock_dot_v1_dot_omnistock__pb2.ListSourcesRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.ListSourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.OperatorService/ListAlerts',
+            omnistock_dot_v1_dot_omnistock__pb2.ListAlertsRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.OperatorService/ListDeadLetters',
+            omnistock_dot_v1_dot_omnistock__pb2.ListDeadLettersRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.OperatorService/DeleteDeadLetters',
+            omnistock_dot_v1_dot_omnistock__pb2.DeleteDeadLettersRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.DeleteDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -349,3 +349,118 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         """Platform ids (a Shopify location, a Square catalog object) -> omnistock ids, per source."""
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class OperatorServiceStub:
+    """---------------------------------------------------------------- operators
+
+    What an operator looks at and mends (the `omnistock` command line): a row with its holds,
+    a location, the sources of stock events, the alerts, the ingest adapters' dead letters.
+    Admin only; ListSources and the dead letters, ingest too.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> OperatorServiceAsyncStub: ...
+    GetRow: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.GetRowRequest, _omnistock_pb2.RowDetail]
+    GetLocation: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.GetLocationRequest, _omnistock_pb2.LocationDetail]
+    ListSources: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ListSourcesRequest, _omnistock_pb2.ListSourcesResponse]
+    """Every source that sent stock events (to any server process): how late its events
+    arrive, and whether its clock looks wrong.
+    """
+    ListAlerts: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ListAlertsRequest, _omnistock_pb2.ListAlertsResponse]
+    """Shortages, gaps in numbered sources' events and sources with a wrong clock, oldest
+    first after the id `after` (empty: the oldest kept).
+    """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ListDeadLettersRequest, _omnistock_pb2.ListDeadLettersResponse]
+    """The dead-letter stream the ingest adapters write (the server's --dead-letter-stream,
+    in its own store), oldest first; and deleting letters, once replayed.
+    """
+    DeleteDeadLetters: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.DeleteDeadLettersRequest, _omnistock_pb2.DeleteDeadLettersResponse]
+
+@_typing.type_check_only
+class OperatorServiceAsyncStub(OperatorServiceStub):
+    """---------------------------------------------------------------- operators
+
+    What an operator looks at and mends (the `omnistock` command line): a row with its holds,
+    a location, the sources of stock events, the alerts, the ingest adapters' dead letters.
+    Admin only; ListSources and the dead letters, ingest too.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetRow: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.GetRowRequest, _omnistock_pb2.RowDetail]  # type: ignore[assignment]
+    GetLocation: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.GetLocationRequest, _omnistock_pb2.LocationDetail]  # type: ignore[assignment]
+    ListSources: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ListSourcesRequest, _omnistock_pb2.ListSourcesResponse]  # type: ignore[assignment]
+    """Every source that sent stock events (to any server process): how late its events
+    arrive, and whether its clock looks wrong.
+    """
+    ListAlerts: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ListAlertsRequest, _omnistock_pb2.ListAlertsResponse]  # type: ignore[assignment]
+    """Shortages, gaps in numbered sources' events and sources with a wrong clock, oldest
+    first after the id `after` (empty: the oldest kept).
+    """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ListDeadLettersRequest, _omnistock_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """The dead-letter stream the ingest adapters write (the server's --dead-letter-stream,
+    in its own store), oldest first; and deleting letters, once replayed.
+    """
+    DeleteDeadLetters: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.DeleteDeadLettersRequest, _omnistock_pb2.DeleteDeadLettersResponse]  # type: ignore[assignment]
+
+class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------- operators
+
+    What an operator looks at and mends (the `omnistock` command line): a row with its holds,
+    a location, the sources of stock events, the alerts, the ingest adapters' dead letters.
+    Admin only; ListSources and the dead letters, ingest too.
+    """
+
+    @_abc_1.abstractmethod
+    def GetRow(
+        self,
+        request: _omnistock_pb2.GetRowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.RowDetail, _abc.Awaitable[_omnistock_pb2.RowDetail]]: ...
+
+    @_abc_1.abstractmethod
+    def GetLocation(
+        self,
+        request: _omnistock_pb2.GetLocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.LocationDetail, _abc.Awaitable[_omnistock_pb2.LocationDetail]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSources(
+        self,
+        request: _omnistock_pb2.ListSourcesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.ListSourcesResponse, _abc.Awaitable[_omnistock_pb2.ListSourcesResponse]]:
+        """Every source that sent stock events (to any server process): how late its events
+        arrive, and whether its clock looks wrong.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAlerts(
+        self,
+        request: _omnistock_pb2.ListAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.ListAlertsResponse, _abc.Awaitable[_omnistock_pb2.ListAlertsResponse]]:
+        """Shortages, gaps in numbered sources' events and sources with a wrong clock, oldest
+        first after the id `after` (empty: the oldest kept).
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _omnistock_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.ListDeadLettersResponse, _abc.Awaitable[_omnistock_pb2.ListDeadLettersResponse]]:
+        """The dead-letter stream the ingest adapters write (the server's --dead-letter-stream,
+        in its own store), oldest first; and deleting letters, once replayed.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteDeadLetters(
+        self,
+        request: _omnistock_pb2.DeleteDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.DeleteDeadLettersResponse, _abc.Awaitable[_omnistock_pb2.DeleteDeadLettersResponse]]: ...
+
+def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
