@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +132,11 @@ async def _each(ids: list[str], call: Any, at_once: int = 500) -> None:
         await asyncio.gather(*(call(i, ids[i]) for i in chunk))
 
 
-async def measure(
-    rows: int, skus_per_location: int, buckets: int, reservations: int = 0
-) -> dict[str, Any]:
-    state = Path(tempfile.mkdtemp(prefix="omnistock-memory-"))
-    server = EmbeddedRedis(state)
+@contextlib.asynccontextmanager
+async def private_store(buckets: int) -> AsyncIterator[tuple[Any, Storage]]:
+    """An embedded server of its own, a client, and the storage layer on it (the event
+    window long enough that no event id is pruned while measured)."""
+    server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="omnistock-memory-")))
     server.start()
     client = redis_client(server.url, 10.0)
     try:
@@ -142,6 +144,16 @@ async def measure(
             client, stock_buckets=buckets, retention_ms=RETENTION_MS, event_window_ms=10**9
         )
         await storage.load_scripts()
+        yield client, storage
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def measure(
+    rows: int, skus_per_location: int, buckets: int, reservations: int = 0
+) -> dict[str, Any]:
+    async with private_store(buckets) as (client, storage):
         before = (await client.info("memory"))["used_memory"]
         now, started = int(time.time() * 1000), time.perf_counter()
         locations = max(1, rows // skus_per_location)
@@ -176,22 +188,11 @@ async def measure(
             "used_memory_per_row_incl_event_ids": round((after - before) / n, 1),
             "load_seconds": round(load_s, 1),
         }
-    finally:
-        await client.aclose()
-        server.stop()
 
 
 async def measure_numbered(events: int, locations: int, tills: int) -> dict[str, Any]:
     """The same DELTAs by event id and numbered by their till: what each keeps."""
-    state = Path(tempfile.mkdtemp(prefix="omnistock-memory-"))
-    server = EmbeddedRedis(state)
-    server.start()
-    client = redis_client(server.url, 10.0)
-    try:
-        storage = Storage(
-            client, stock_buckets=256, retention_ms=RETENTION_MS, event_window_ms=10**9
-        )
-        await storage.load_scripts()
+    async with private_store(256) as (client, storage):
         now = int(time.time() * 1000)
         each = events // (locations * tills)  # events of one till at one location
         for numbered in (False, True):
@@ -230,9 +231,6 @@ async def measure_numbered(events: int, locations: int, tills: int) -> dict[str,
             "watermark_keys": mark_keys,
             "gap_keys_left": gap_keys,
         }
-    finally:
-        await client.aclose()
-        server.stop()
 
 
 def main() -> None:
