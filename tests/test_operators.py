@@ -144,3 +144,21 @@ async def test_dead_letters_are_listed_filtered_and_deleted(
     done = await operator.DeleteDeadLetters(pb.DeleteDeadLettersRequest(ids=[listed[0].id]))
     assert done.deleted == 1
     assert await redis.xlen(DEAD) == 2
+
+
+async def test_a_location_shows_its_numbered_sources_and_their_open_gaps(
+    stubs: Stubs, operator: pb_grpc.OperatorServiceStub
+) -> None:
+    # a source that went silent after a gap: its gap is never reported by a later event,
+    # but the location shows it
+    await seed(stubs, {("s1", "a"): 10})
+    now = int(time.time() * 1000)
+    sent = [delta(f"t-{n}", "s1", "a", -1, now, source="till-7", sequence=n) for n in (1, 2, 6)]
+    sent.append(delta("p-1", "s1", "a", -1, now, source="pos-2", sequence=1))
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=sent))
+    got = await operator.GetLocation(pb.GetLocationRequest(location_id="s1"))
+    numbered = {n.source: n for n in got.numbered_sources}
+    assert numbered["till-7"].highest == 6
+    assert [(g.first, g.last) for g in numbered["till-7"].gaps] == [(3, 5)]
+    assert numbered["till-7"].gaps[0].opened_at >= now
+    assert (numbered["pos-2"].highest, list(numbered["pos-2"].gaps)) == (1, [])

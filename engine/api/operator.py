@@ -58,6 +58,17 @@ class OperatorService(pb_grpc.OperatorServiceServicer):
             location=location_pb(got.location),
             rows=got.rows,
             held_reservations=got.held_reservations,
+            numbered_sources=[
+                pb.NumberedSource(
+                    source=n.source,
+                    highest=n.highest,
+                    gaps=[
+                        pb.SequenceGap(first=first, last=last, opened_at=opened)
+                        for first, last, opened in n.gaps
+                    ],
+                )
+                for n in got.numbered
+            ],
         )
 
     @rpc("ListSources")

@@ -22,7 +22,22 @@ class SourceSeen:
     clock: str  # "ok", "ahead", "behind"
 
 
+@dataclass(frozen=True, slots=True)
+class Numbered:
+    """A numbered source at a location: its watermark and the gaps below it."""
+
+    source: str
+    highest: int
+    gaps: list[tuple[int, int, int]]  # first, last, opened at (ms); lowest first
+
+
 Entry = tuple[str, dict[str, bytes]]  # a stream entry: its id and fields
+
+
+def _gap(member: bytes) -> tuple[int, int, int]:
+    """A gap as apply_events.lua keeps it: "first\\tlast\\topened"."""
+    first, last, opened = member.split(b"\t")
+    return int(first), int(last), int(opened)
 
 
 def _entries(got: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> list[Entry]:
@@ -37,6 +52,23 @@ class Oversight(Base):
             lambda pipe: [*(pipe.hlen(k) for k in buckets), pipe.zcard(Keys.due(location))]
         )
         return sum(got[:-1]), got[-1]
+
+    async def numbered(self, location: str) -> list[Numbered]:
+        """The numbered sources at a location (apply_events.lua keeps them), by name."""
+        marks = await self.command(lambda p: p.hgetall(Keys.marks(location)))
+        highest = {
+            k.decode(): int(v)
+            for k, v in marks.items()
+            if b"\t" not in k  # "<src>\tr": a mark
+        }
+        names = sorted(highest)
+        got = await self.pipeline(
+            lambda pipe: [pipe.zrange(Keys.gaps(location, n), 0, -1) for n in names]
+        )
+        return [
+            Numbered(name, highest[name], [_gap(g) for g in gaps])
+            for name, gaps in zip(names, got, strict=True)
+        ]
 
     async def record_sources(self, seen: Mapping[str, SourceSeen], new: Sequence[str]) -> None:
         """Adds what this process saw of each source to what every process saw; `new`: the

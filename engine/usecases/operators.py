@@ -11,7 +11,7 @@ from engine.domain import auth
 from engine.domain.errors import InvalidArgument, NotFound
 from engine.domain.model import Location, StockRow, check_id
 from engine.store.codecs import Holder
-from engine.store.oversight import Entry, SourceSeen
+from engine.store.oversight import Entry, Numbered, SourceSeen
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.sources import Sources
@@ -26,6 +26,7 @@ class LocationSizes:
     location: Location
     rows: int
     held_reservations: int
+    numbered: list[Numbered]
 
 
 def check_cursor(value: str, field: str) -> str:
@@ -71,7 +72,7 @@ class Operators:
     async def location(self, location: str) -> LocationSizes:
         loc = await self._location(location)
         rows, held = await self.storage.location_sizes(location)
-        return LocationSizes(loc, rows, held)
+        return LocationSizes(loc, rows, held, await self.storage.numbered(location))
 
     async def list_sources(self) -> dict[str, SourceSeen]:
         """What every process wrote down of every source (this one's written first)."""

@@ -1675,26 +1675,89 @@ class LocationDetail(_message.Message):
     LOCATION_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     HELD_RESERVATIONS_FIELD_NUMBER: _builtins.int
+    NUMBERED_SOURCES_FIELD_NUMBER: _builtins.int
     rows: _builtins.int
     """stock rows kept there"""
     held_reservations: _builtins.int
     """reservations with a HELD part there"""
     @_builtins.property
     def location(self) -> Global___Location: ...
+    @_builtins.property
+    def numbered_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumberedSource]:
+        """Each source that numbers its events here (StockEvent.sequence): its watermark and
+        the numbers below it that have not arrived.
+        """
+
     def __init__(
         self,
         *,
         location: Global___Location | None = ...,
         rows: _builtins.int = ...,
         held_reservations: _builtins.int = ...,
+        numbered_sources: _abc.Iterable[Global___NumberedSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_reservations", b"held_reservations", "location", b"location", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_reservations", b"held_reservations", "location", b"location", "numbered_sources", b"numbered_sources", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LocationDetail: _TypeAlias = LocationDetail  # noqa: Y015
+
+@_typing.final
+class NumberedSource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    HIGHEST_FIELD_NUMBER: _builtins.int
+    GAPS_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    highest: _builtins.int
+    """the highest number seen"""
+    @_builtins.property
+    def gaps(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceGap]:
+        """lowest first; at most 1,000 are kept"""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        highest: _builtins.int = ...,
+        gaps: _abc.Iterable[Global___SequenceGap] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gaps", b"gaps", "highest", b"highest", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NumberedSource: _TypeAlias = NumberedSource  # noqa: Y015
+
+@_typing.final
+class SequenceGap(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    first: _builtins.int
+    last: _builtins.int
+    opened_at: _builtins.int
+    """ms since the epoch"""
+    def __init__(
+        self,
+        *,
+        first: _builtins.int = ...,
+        last: _builtins.int = ...,
+        opened_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "last", b"last", "opened_at", b"opened_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SequenceGap: _TypeAlias = SequenceGap  # noqa: Y015
 
 @_typing.final
 class ListSourcesRequest(_message.Message):
