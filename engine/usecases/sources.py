@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,22 +84,20 @@ class Sources:
     def saw(self, events: Sequence[StockEvent], now: int) -> list[dict[str, str]]:
         """Takes note of events arriving now; answers the alerts of sources whose clock
         became wrong or right again."""
-        batches: dict[str, tuple[int, int, int]] = {}  # source -> newest, least delay, events
+        newest: dict[str, int] = {}  # its newest event's source time: the least delay
         for ev in events:
-            newest, least, n = batches.get(ev.source, (0, now - ev.source_time, 0))
-            batches[ev.source] = (
-                max(newest, ev.source_time),
-                min(least, now - ev.source_time),
-                n + 1,
-            )
+            if ev.source_time > newest.get(ev.source, 0):
+                newest[ev.source] = ev.source_time
+        counts = Counter(ev.source for ev in events)
         alerts = []
-        for name, (newest, least, n) in batches.items():
+        for name, n in counts.items():
+            least = now - newest[name]
             source = self.seen.get(name)
             if source is None:
                 if len(self.seen) >= MAX_SOURCES:
                     continue
                 source = self.seen[name] = _Source()
-            source.add(now, newest, least, n)
+            source.add(now, newest[name], least, n)
             if not name:  # events that name no source may come from anywhere: no one clock
                 continue
             alert = self._judge(name, source, now)
