@@ -22,17 +22,8 @@ from pathlib import Path
 import grpc
 
 from adapters.config import DEFAULT_SERVER
-from adapters.counts import (
-    EXIT_INPUT,
-    EXIT_OK,
-    EXIT_SERVER,
-    BadLine,
-    batched,
-    columns,
-    csv_row,
-    failed,
-    numbered,
-)
+from adapters.counts import EXIT_INPUT, EXIT_OK, EXIT_SERVER, failed
+from adapters.files import BadLine, batched, columns, csv_row, numbered
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import check_id
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
