@@ -73,7 +73,8 @@ def dead_letter_stream(stream: str) -> str:
 
 
 # One layout for a dead letter, whichever adapter wrote it: these fields, then what it
-# held, so that `python -m adapters.replay` can send it through the normal path again. A
+# held, so that `omnistock dead-letters replay` (or `python -m adapters.replay`) can send it
+# through the normal path again. A
 # stream entry keeps its own fields beside them; a webhook delivery keeps its body, the
 # headers its parser reads (JSON) and when it arrived.
 DEAD_FROM = "dead.from"  # "stream", or the platform of a webhook delivery

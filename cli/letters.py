@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from adapters.config import event_of
-from adapters.counts import short
+from adapters.counts import EXIT_OK, EXIT_STALE, short
 from adapters.replay import entries_of
-from cli.show import as_json, dumps, now_ms, table, when
-from cli.views import say
+from cli.show import as_json, dumps, now_ms, say, table, when
 from engine.domain.errors import InvalidArgument
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
@@ -66,28 +65,30 @@ async def list_letters(args: argparse.Namespace, channel: grpc.aio.Channel) -> i
 
 @dataclass
 class Replayed:
+    """What a replay did: letters replayed (or, in a dry run, that would be), those still
+    bad and why, the outcomes of the events sent, the rows they left short."""
+
+    dry_run: bool
     replayed: int = 0
     still_bad: list[tuple[str, str]] = field(default_factory=list)  # (letter id, why)
-    outcomes: Counter[str] = field(default_factory=Counter)  # of the events sent
+    outcomes: Counter[str] = field(default_factory=Counter)
     short_rows: list[str] = field(default_factory=list)
 
-    def summary(self, dry_run: bool) -> str:
-        verb = "would replay" if dry_run else "replayed"
+    def summary(self, in_json: bool) -> str:
+        if in_json:
+            return dumps(
+                {
+                    "dry_run": self.dry_run,
+                    "replayed": self.replayed,
+                    "outcomes": dict(sorted(self.outcomes.items())),
+                    "still_bad": [{"id": i, "reason": why} for i, why in self.still_bad],
+                    "short_rows": self.short_rows,
+                }
+            )
+        verb = "would replay" if self.dry_run else "replayed"
         events = ", ".join(f"{name} {n}" for name, n in sorted(self.outcomes.items()))
-        return (
-            f"{verb} {self.replayed}"
-            + (f" (events: {events})" if events else "")
-            + (f"; still bad {len(self.still_bad)}")
-        )
-
-    def as_json(self, dry_run: bool) -> dict[str, object]:
-        return {
-            "dry_run": dry_run,
-            "replayed": self.replayed,
-            "outcomes": dict(sorted(self.outcomes.items())),
-            "still_bad": [{"id": i, "reason": why} for i, why in self.still_bad],
-            "short_rows": self.short_rows,
-        }
+        counted = f" (events: {events})" if events else ""
+        return f"{verb} {self.replayed}{counted}; still bad {len(self.still_bad)}"
 
 
 async def chosen(
@@ -120,16 +121,19 @@ def events_of(letter: pb.DeadLetter) -> list[pb.StockEvent]:
 async def replay(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
     operator = pb_grpc.OperatorServiceStub(channel)
     stock = pb_grpc.StockServiceStub(channel)
-    done = Replayed()
+    done = Replayed(args.dry_run)
     try:
         async for letter in chosen(operator, args):
             if await replay_one(letter, stock, args, done):
                 await operator.DeleteDeadLetters(
                     pb.DeleteDeadLettersRequest(ids=[letter.id]), timeout=args.timeout
                 )
-    finally:  # a call that failed (the server gone) still leaves what was done said
-        say(dumps(done.as_json(args.dry_run)) if args.json else done.summary(args.dry_run))
-    return 3 if done.still_bad else 0
+    except grpc.aio.AioRpcError:
+        if done.replayed or done.still_bad:  # what was done before the call that failed
+            say(done.summary(args.json))
+        raise
+    say(done.summary(args.json))
+    return EXIT_STALE if done.still_bad else EXIT_OK  # 3: something left undone
 
 
 async def replay_one(

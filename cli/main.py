@@ -15,11 +15,13 @@ import grpc
 
 from adapters import counts
 from adapters.config import add_server_flags, server_access, server_channel
+from adapters.counts import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_SERVER
 from cli import letters, views
 from engine.domain.errors import InvalidArgument
 
-EXIT_OK, EXIT_SERVER, EXIT_INPUT, EXIT_UNDONE = 0, 1, 2, 3  # as adapters.counts' codes
-EXIT_NOT_FOUND, EXIT_DENIED, EXIT_INTERRUPTED = 4, 5, 130
+# 0 ok, 1 the server (unreachable or failing), 2 bad input, 3 something left undone
+# (EXIT_STALE: dead letters still bad too): the codes of adapters.counts; then ours
+EXIT_NOT_FOUND, EXIT_DENIED = 4, 5
 EXITS = {
     grpc.StatusCode.INVALID_ARGUMENT: EXIT_INPUT,
     grpc.StatusCode.OUT_OF_RANGE: EXIT_INPUT,

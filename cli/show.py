@@ -65,6 +65,11 @@ def dumps_line(document: Any) -> str:
 # -- for people -------------------------------------------------------------------------------
 
 
+def say(text: str) -> None:
+    """A line on stdout, at once (a followed list is read as it comes)."""
+    print(text, flush=True)
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Columns aligned under their headers; a column of integers aligned to the right."""
     data = [list(row) for row in rows]

@@ -24,6 +24,7 @@ from cli.show import (
     iso,
     now_ms,
     offset,
+    say,
     table,
     when,
     yes,
@@ -32,10 +33,6 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
 POLL_EVERY = 1.0  # seconds between two looks for new alerts (--follow)
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 async def row(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
@@ -162,7 +159,7 @@ async def alerts(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
         say(table(("ID", "AT", "KIND", "DETAILS"), rows))
     else:
         say("no alerts" + (f" after {args.after}" if args.after else ""))
-    if got and len(got) == (args.limit or 100):
+    if got and len(got) == args.limit:
         print(f"(more: --after {got[-1].id})", file=sys.stderr)
     return 0
 
@@ -170,7 +167,7 @@ async def alerts(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
 async def follow(args: argparse.Namespace, stub: pb_grpc.OperatorServiceStub) -> int:
     """Every alert after --after, then each new one as it comes: one line each (JSON Lines
     with --json), looking again every second, for --follow-seconds (0: until Ctrl-C)."""
-    after, limit = args.after, args.limit or 100
+    after, limit = args.after, args.limit
     ends = time.monotonic() + args.follow_seconds if args.follow_seconds else float("inf")
     while True:
         request = pb.ListAlertsRequest(after=after, limit=limit)
