@@ -71,7 +71,7 @@ async def test_a_row_shows_every_field_and_its_holds_oldest_first(
     for name, value in (("on_hand", 10), ("reserved", 5), ("safety_stock", 0), ("available", 5)):
         assert has_line(ran.out, name, value), ran.out
     as_of = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(T0 / 1000))
-    assert re.search(rf"^as_of\s+{as_of}\.\d{{3}}Z \((59|60)m ago\)$", ran.out, re.M), ran.out
+    assert re.search(rf"^as_of\s+{as_of}\.\d{{3}}Z \(\d+m ago\)$", ran.out, re.M), ran.out
     assert has_line(ran.out, "RESERVATION", "QTY", "HELD", "AT")
     assert has_line(ran.out, "r-first", 3) and has_line(ran.out, "r-second", 2)
     assert ran.out.index("r-first") < ran.out.index("r-second")
