@@ -1,5 +1,6 @@
-"""What every adapter shares: where Redis and the server are, the entry format of the ingest
-stream, logs and metrics.
+"""What every adapter shares: where Redis and the server are (and how a command reaches the
+server: its address, bearer token and TLS), the entry format of the ingest stream, logs and
+metrics.
 
 The ingest stream. Store systems, and the webhook receiver, append stock events to a Redis
 stream (default `omnistock:events`), one entry an event, its fields named as StockEvent's:
@@ -23,19 +24,23 @@ import argparse
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from redis.exceptions import RedisError
 
+from engine.domain.errors import InvalidArgument
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 log = logging.getLogger("omnistock.adapters")
 
 DEFAULT_STREAM = "omnistock:events"
 DEFAULT_SERVER = "127.0.0.1:50051"
+TOKEN_ENV = "OMNISTOCK_TOKEN"  # a command's bearer token, unless --token-file gives one
 KINDS = {"COUNT": pb.EVENT_KIND_COUNT, "DELTA": pb.EVENT_KIND_DELTA}
 FIELDS = (
     "event_id",
@@ -68,7 +73,8 @@ def dead_letter_stream(stream: str) -> str:
 
 
 # One layout for a dead letter, whichever adapter wrote it: these fields, then what it
-# held, so that `python -m adapters.replay` can send it through the normal path again. A
+# held, so that `omnistock dead-letters replay` (or `python -m adapters.replay`) can send it
+# through the normal path again. A
 # stream entry keeps its own fields beside them; a webhook delivery keeps its body, the
 # headers its parser reads (JSON) and when it arrived.
 DEAD_FROM = "dead.from"  # "stream", or the platform of a webhook delivery
@@ -222,3 +228,129 @@ def add_common_flags(parser: argparse.ArgumentParser, metrics_port: int) -> None
 def serve_metrics(port: int, registry: CollectorRegistry) -> None:
     if port:
         start_http_server(port, addr="127.0.0.1", registry=registry)
+
+
+def secret(env_name: str, path: Path | None) -> str:
+    """A secret from its file, else from its environment variable; never from a flag's value,
+    which any user sees in `ps`. Both given is a mistake, refused rather than ranked. A file's
+    trailing newline is not part of the secret."""
+    given = os.environ.get(env_name, "")
+    if path is None:
+        return given
+    if given:
+        raise InvalidArgument(env_name, f"set, and {path} given too: give one of them")
+    try:
+        value = path.read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(str(path), f"cannot be read ({exc})") from None
+    if not value:
+        raise InvalidArgument(str(path), "is empty")
+    return value
+
+
+# -- reaching the server ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAccess:
+    """How a command reaches the omnistock server: host:port, the bearer token sent with
+    every call ("": none, for an open server or one that knows us by our certificate), and
+    TLS credentials (None: plaintext)."""
+
+    target: str
+    token: str = ""
+    tls: grpc.ChannelCredentials | None = None
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """--server, the bearer token and TLS: the same for every command that calls the server."""
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="the omnistock server, host:port")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help=f"a file holding the bearer token, else env {TOKEN_ENV}; neither: no token",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", help="speak TLS, trusting the system's certificate roots"
+    )
+    parser.add_argument(
+        "--tls-ca", type=Path, metavar="PATH", help="speak TLS, trusting this PEM CA instead"
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        help="with --tls-key: a PEM client certificate chain (mutual TLS: its common name "
+        "names the principal); implies TLS",
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="PATH", help="the key of --tls-cert")
+
+
+def server_access(args: argparse.Namespace) -> ServerAccess:
+    """The access add_server_flags' flags describe; InvalidArgument naming the flag or file
+    that cannot be used."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidArgument("--tls-cert", "and --tls-key go together")
+    token = secret(TOKEN_ENV, args.token_file)
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return ServerAccess(args.server, token)
+    pem = {
+        name: _pem(path)
+        for name, path in (("ca", args.tls_ca), ("key", args.tls_key), ("cert", args.tls_cert))
+    }
+    tls = grpc.ssl_channel_credentials(pem["ca"], pem["key"], pem["cert"])
+    return ServerAccess(args.server, token, tls)
+
+
+def _pem(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(str(path), f"cannot be read ({exc})") from None
+
+
+class _Bearer:
+    """Sends the token with every call of a channel (engine/client.py sends it per call)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def details(self, details: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add("authorization", f"Bearer {self.token}")
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+# One of each kind: a grpc.aio channel files an interceptor under the first kind it is.
+class _UnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, call: Any, details: Any, request: Any) -> Any:
+        return await call(self.details(details), request)
+
+
+class _UnaryStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, call: Any, details: Any, request: Any) -> Any:
+        return await call(self.details(details), request)
+
+
+class _StreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, call: Any, details: Any, requests: Any) -> Any:
+        return await call(self.details(details), requests)
+
+
+class _StreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, call: Any, details: Any, requests: Any) -> Any:
+        return await call(self.details(details), requests)
+
+
+def server_channel(access: ServerAccess) -> grpc.aio.Channel:
+    """A channel to the server that sends the token, if any, with every call."""
+    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    interceptors = [kind(access.token) for kind in kinds] if access.token else None
+    if access.tls is None:
+        return grpc.aio.insecure_channel(access.target, interceptors=interceptors)
+    return grpc.aio.secure_channel(access.target, access.tls, interceptors=interceptors)

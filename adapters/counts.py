@@ -1,8 +1,12 @@
 """A full count of one location, from a file, through StockService.ReconcileCount.
 
     python -m adapters.counts FILE --location L --counted-at WHEN [--count-id ID]
-        [--missing zero|keep] [--source S] [--server HOST:PORT] [--format csv|ndjson]
-        [--batch 1000]
+        [--missing zero|keep] [--source S] [--format csv|ndjson] [--batch 1000]
+        [--server HOST:PORT] [--token-file PATH] [--tls] [--tls-ca PATH]
+        [--tls-cert PATH --tls-key PATH]
+
+`omnistock count` is this command. The bearer token comes from --token-file, else from
+OMNISTOCK_TOKEN (adapters/config.py, "reaching the server").
 
 FILE is CSV (a header row naming at least the columns `sku` and `qty`, in any order; other
 columns are ignored) or NDJSON (one object a line with "sku" and an integer "qty"), and
@@ -30,23 +34,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import gzip
 import io
 import re
 import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import orjson
 
-from adapters.config import DEFAULT_SERVER, epoch_ms
+from adapters.config import ServerAccess, add_server_flags, epoch_ms, server_access, server_channel
+from adapters.files import BadLine, batched, cell, columns, csv_row, gzipped, numbered, opened
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import check_id, check_qty
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -56,14 +58,6 @@ EXIT_OK, EXIT_SERVER, EXIT_INPUT, EXIT_STALE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FORMATS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
 MISSING = {"zero": pb.MISSING_SKUS_ZERO, "keep": pb.MISSING_SKUS_KEEP}
 PROGRESS_EVERY = 1.0  # seconds between progress lines
-T = TypeVar("T")
-
-
-class BadLine(Exception):
-    """A line of an input file that cannot be used; the message is "<line>: <field>: <why>"."""
-
-    def __init__(self, lineno: int, reason: str) -> None:
-        super().__init__(f"{lineno}: {reason}")
 
 
 # -- the command line -------------------------------------------------------------------
@@ -88,12 +82,8 @@ def counted_at(text: str) -> int:
     return ms
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m adapters.counts",
-        description="Send a full count of one location from a CSV or NDJSON file (.gz too).",
-        allow_abbrev=False,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's flags (`omnistock count` takes the same)."""
     parser.add_argument("file", type=Path, help="the count: .csv, .ndjson or .jsonl, maybe .gz")
     parser.add_argument("--location", required=True, help="the location counted")
     parser.add_argument(
@@ -109,17 +99,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="rows the file does not list: zero them or keep them (default: the server's)",
     )
     parser.add_argument("--source", default="", help="whose ids the file uses (its mapping)")
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="the omnistock server")
+    add_server_flags(parser)
     parser.add_argument("--format", choices=["csv", "ndjson"], help="default: from the name")
     parser.add_argument("--batch", type=int, default=1000, help="count lines per message")
-    args = parser.parse_args(argv)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What add_arguments' flags cannot say alone; sets args.access (the server's)."""
     if args.batch < 1:
         parser.error("--batch must be at least 1")
+    try:
+        args.access = server_access(args)
+    except InvalidArgument as exc:
+        parser.error(str(exc))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m adapters.counts",
+        description="Send a full count of one location from a CSV or NDJSON file (.gz too).",
+        allow_abbrev=False,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     return args
-
-
-def gzipped(path: Path) -> bool:
-    return path.suffix.lower() == ".gz"
 
 
 def file_format(path: Path, given: str | None) -> str:
@@ -132,53 +136,6 @@ def file_format(path: Path, given: str | None) -> str:
 
 
 # -- reading ----------------------------------------------------------------------------
-
-
-@contextmanager
-def opened(path: Path) -> Iterator[tuple[io.BufferedIOBase, io.BufferedIOBase]]:
-    """The file's bytes, unzipped if its name ends in .gz; and the file as stored, whose
-    position tells how much of it has been read."""
-    with path.open("rb") as stored:
-        if gzipped(path):
-            with gzip.GzipFile(fileobj=stored) as unzipped:
-                yield unzipped, stored
-        else:
-            yield stored, stored
-
-
-def numbered(data: Iterable[bytes]) -> Iterator[tuple[int, str]]:
-    """The lines that are not blank, each with its line number."""
-    for lineno, raw in enumerate(data, 1):
-        try:
-            text = raw.decode()
-        except UnicodeDecodeError as exc:
-            raise BadLine(lineno, f"line: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        if lineno == 1:
-            text = text.removeprefix("\ufeff")  # the byte order mark spreadsheets write
-        if text.strip():
-            yield lineno, text
-
-
-def csv_row(lineno: int, text: str) -> list[str]:
-    try:
-        return next(csv.reader([text]))
-    except csv.Error as exc:
-        raise BadLine(lineno, f"line: not CSV ({exc})") from None
-
-
-def columns(lineno: int, header: list[str], names: Sequence[str]) -> dict[str, int]:
-    """Where each of `names` is in a CSV header."""
-    found = [name.strip().lower() for name in header]
-    for name in names:
-        if name not in found:
-            raise BadLine(lineno, f"{name}: not a column of the header ({', '.join(found)})")
-    return {name: found.index(name) for name in names}
-
-
-def cell(lineno: int, row: list[str], at: dict[str, int], name: str) -> str:
-    if at[name] >= len(row):
-        raise BadLine(lineno, f"{name}: missing (the line ends before column {at[name] + 1})")
-    return row[at[name]].strip()
 
 
 def count_line(lineno: int, sku: str, qty: int) -> pb.CountLine:
@@ -226,17 +183,6 @@ PARSERS: dict[str, Callable[[Iterator[tuple[int, str]]], Iterator[pb.CountLine]]
     "csv": csv_lines,
     "ndjson": ndjson_lines,
 }
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class Progress:
@@ -294,14 +240,14 @@ async def send(
 
 
 async def reconcile(
-    server: str,
+    access: ServerAccess,
     header: pb.CountHeader,
     batches: Iterable[list[pb.CountLine]],
     progress: Progress,
 ) -> pb.ReconcileCountResponse:
     """Streams the count, the header first, `end` last. Anything that stops it before (a
     bad line, an unreadable file, Ctrl-C) cancels the call: the server applies nothing."""
-    async with grpc.aio.insecure_channel(server) as channel:
+    async with server_channel(access) as channel:
         call = pb_grpc.StockServiceStub(channel).ReconcileCount()
         try:
             await send(call, header, batches, progress)
@@ -312,20 +258,24 @@ async def reconcile(
         return reply
 
 
+def short(row: pb.ShortRow) -> str:
+    """A row left short, and the reservations it leaves uncovered (also `omnistock`'s)."""
+    holds = ", ".join(
+        f"{u.reservation_id} (qty {u.qty}, missing {u.missing})" for u in row.uncovered
+    )
+    return (
+        f"short {row.location_id} {row.sku}: on_hand {row.on_hand} < reserved "
+        f"{row.reserved}; uncovered: {holds}"
+    )
+
+
 def summary(header: pb.CountHeader, reply: pb.ReconcileCountResponse) -> str:
     out = [
         f"count {header.count_id} of {header.location_id}: lines {reply.lines}, "
         f"changed {reply.changed}, unchanged {reply.unchanged}, zeroed {reply.zeroed}, "
         f"stale {reply.stale}"
     ]
-    for row in reply.short_rows:
-        holds = ", ".join(
-            f"{u.reservation_id} (qty {u.qty}, missing {u.missing})" for u in row.uncovered
-        )
-        out.append(
-            f"short {row.location_id} {row.sku}: on_hand {row.on_hand} < reserved "
-            f"{row.reserved}; uncovered: {holds}"
-        )
+    out += [short(row) for row in reply.short_rows]
     return "\n".join(out)
 
 
@@ -350,7 +300,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         with opened(path) as (data, stored):
             batches = batched(parse(numbered(data)), args.batch)
-            reply = await reconcile(args.server, header, batches, Progress(path, stored))
+            reply = await reconcile(args.access, header, batches, Progress(path, stored))
     except BadLine as exc:
         return failed(f"{path}:{exc}", EXIT_INPUT)
     except (OSError, EOFError, zlib.error) as exc:  # missing, unreadable, a broken .gz
@@ -370,17 +320,22 @@ async def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def interrupted(args: argparse.Namespace) -> int:
+    """What Ctrl-C during a count says (the call is cancelled)."""
+    return failed(
+        f"{args.file}: interrupted; nothing of the count was applied unless its end had "
+        "been sent (then it is applied whole): run it again to be sure, a count already "
+        "applied changes nothing",
+        EXIT_INTERRUPTED,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(run(args))
-    except KeyboardInterrupt:  # the call is cancelled
-        return failed(
-            f"{args.file}: interrupted; nothing of the count was applied unless its end had "
-            "been sent (then it is applied whole): run it again to be sure, a count already "
-            "applied changes nothing",
-            EXIT_INTERRUPTED,
-        )
+    except KeyboardInterrupt:
+        return interrupted(args)
 
 
 if __name__ == "__main__":

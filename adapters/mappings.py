@@ -1,6 +1,7 @@
 """Platform ids -> omnistock ids, from a CSV file, through StockService.SetMappings.
 
-    python -m adapters.mappings FILE.csv [--server HOST:PORT]
+    python -m adapters.mappings FILE.csv [--server HOST:PORT] [--token-file PATH] [--tls]
+        [--tls-ca PATH] [--tls-cert PATH --tls-key PATH]
 
 The file has a header row naming the columns `source,kind,external_id,id` (in any order;
 others are ignored); kind is `location` or `item`; an empty id removes the mapping. Such a
@@ -21,18 +22,9 @@ from pathlib import Path
 
 import grpc
 
-from adapters.config import DEFAULT_SERVER
-from adapters.counts import (
-    EXIT_INPUT,
-    EXIT_OK,
-    EXIT_SERVER,
-    BadLine,
-    batched,
-    columns,
-    csv_row,
-    failed,
-    numbered,
-)
+from adapters.config import ServerAccess, add_server_flags, server_access, server_channel
+from adapters.counts import EXIT_INPUT, EXIT_OK, EXIT_SERVER, failed
+from adapters.files import BadLine, batched, columns, csv_row, numbered
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import check_id
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -50,8 +42,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         allow_abbrev=False,
     )
     parser.add_argument("file", type=Path, help="CSV with the header source,kind,external_id,id")
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="the omnistock server")
-    return parser.parse_args(argv)
+    add_server_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        args.access = server_access(args)
+    except InvalidArgument as exc:
+        parser.error(str(exc))
+    return args
 
 
 def mapping(lineno: int, row: list[str], at: dict[str, int]) -> pb.Mapping:
@@ -81,8 +78,8 @@ def read_mappings(path: Path) -> list[pb.Mapping]:
         return [mapping(lineno, csv_row(lineno, text), at) for lineno, text in lines]
 
 
-async def set_mappings(server: str, mappings: list[pb.Mapping]) -> None:
-    async with grpc.aio.insecure_channel(server) as channel:
+async def set_mappings(access: ServerAccess, mappings: list[pb.Mapping]) -> None:
+    async with server_channel(access) as channel:
         stub = pb_grpc.StockServiceStub(channel)
         for batch in batched(mappings, BATCH):
             await stub.SetMappings(pb.SetMappingsRequest(mappings=batch))
@@ -97,7 +94,7 @@ async def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return failed(f"{path}: cannot read: {exc}", EXIT_INPUT)
     try:
-        await set_mappings(args.server, mappings)
+        await set_mappings(args.access, mappings)
     except grpc.aio.AioRpcError as exc:
         return failed(f"{args.server}: {exc.code().name}: {exc.details()}", EXIT_SERVER)
     removed = sum(not m.id for m in mappings)

@@ -1,4 +1,9 @@
-"""python -m adapters.replay: sends dead letters through the normal path again.
+"""python -m adapters.replay: sends dead letters through the normal path again, by Redis.
+
+The documented way is `omnistock dead-letters replay` (cli/letters.py): over gRPC, with an
+operator's token, it applies the letters kept in the server's store through the server and
+needs no access to Redis. It uses `entries_of` below. This command is for dead letters kept
+in a Redis the server does not read (the adapters' own, apart from the server's store).
 
 After what made them fail is mended (a mapping set, a location made, a parser fixed), the
 dead letters it caused go back onto the ingest stream, where the Streams adapter applies

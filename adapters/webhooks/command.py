@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from adapters.config import FollowedStore, add_common_flags, serve_metrics
+from adapters.config import FollowedStore, add_common_flags, secret, serve_metrics
 from adapters.webhooks.answers import WebhookMetrics
 from adapters.webhooks.receiver import (
     BODY_TIMEOUT,
@@ -131,24 +131,6 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
-    return value
-
-
-def secret(env_name: str, path: Path | None) -> str:
-    """A secret from its file, else from its environment variable; never from a flag's value,
-    which any user sees in `ps`. Both given is a mistake, refused rather than ranked. A file's
-    trailing newline is not part of the secret."""
-    given = os.environ.get(env_name, "")
-    if path is None:
-        return given
-    if given:
-        raise InvalidArgument(env_name, f"set, and {path} given too: give one of them")
-    try:
-        value = path.read_text().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(str(path), f"cannot be read ({exc})") from None
-    if not value:
-        raise InvalidArgument(str(path), "is empty")
     return value
 
 
