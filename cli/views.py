@@ -108,7 +108,21 @@ async def location(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
             ]
         )
     )
+    if got.numbered_sources:
+        now = now_ms()
+        say("")
+        say("numbered sources (their events' numbers not arrived yet: gaps):")
+        numbered = [
+            (n.source, n.highest, ", ".join(_gap(g, now) for g in n.gaps) or "-")
+            for n in got.numbered_sources
+        ]
+        say(table(("SOURCE", "HIGHEST", "GAPS"), numbered))
     return 0
+
+
+def _gap(gap: pb.SequenceGap, now: int) -> str:
+    numbers = str(gap.first) if gap.first == gap.last else f"{gap.first}-{gap.last}"
+    return f"{numbers} (open since {when(gap.opened_at, now)})"
 
 
 async def sources(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:

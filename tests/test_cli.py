@@ -135,6 +135,22 @@ async def test_a_location_shows_its_fields_rows_and_held_reservations(
     assert got["location"]["ship_capacity"] is None  # not set: unlimited
 
 
+async def test_a_location_shows_its_numbered_sources_and_their_gaps(
+    stubs: Stubs, omnistock: Omni
+) -> None:
+    await seed(stubs, {("s1", "a"): 5})
+    now = int(time.time() * 1000)
+    sent = [delta(f"t-{n}", "s1", "a", -1, now, source="till-7", sequence=n) for n in (1, 4, 7)]
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=sent))
+    ran = await omnistock("location", "s1")
+    assert ran.code == 0, ran.err
+    assert re.search(
+        r"^till-7\s+7\s+2-3 \(open since \S+Z \(\d+s ago\)\), 5-6 \(open since ", ran.out, re.M
+    ), ran.out
+    (numbered,) = (await omnistock("location", "s1", "--json")).json()["numbered_sources"]
+    assert [(g["first"], g["last"]) for g in numbered["gaps"]] == [(2, 3), (5, 6)]
+
+
 async def test_sources_show_each_ones_events_lag_and_clock(stubs: Stubs, omnistock: Omni) -> None:
     # given one source on time and one whose events arrive a quarter of an hour late
     await seed(stubs, {("s1", "a"): 100})

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,17 @@ import redis.asyncio as aioredis
 from adapters.config import DEFAULT_STREAM, dead_letter_stream, entry_fields
 from adapters.replay import replay
 from adapters.streams.consumer import Consumer, Options
-from engine.app import Omnistock
+from engine.app import Omnistock, create_server
+from engine.domain.auth import Role
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
 from . import grpc_helpers
-from .conftest import ON_BOTH
+from .conftest import ON_BOTH, settings_for
 from .grpc_helpers import T0, Stubs, count, level, line, seed
 from .processes import eventually
 from .stream_helpers import caught_up, drain, group_state
+from .test_auth import ROLES, bearer, principals_file
 
 DEAD = dead_letter_stream(DEFAULT_STREAM)
 
@@ -481,3 +484,53 @@ async def test_dead_letters_replayed_after_the_mapping_is_set_are_applied_once(
     await drain(redis, consumer)
     assert again.replayed == 1 and (await level(stubs, "s1", "a")).on_hand == 7
     assert [d["event_id"] for d in await dead_letters(redis)] == ["p1"]
+
+
+async def test_the_adapter_reaches_a_server_with_principals_by_its_token(
+    redis: aioredis.Redis, one_redis_url: str, tmp_path: Path, project_root: Path
+) -> None:
+    # given a server that lets in only its principals, and an entry on the stream
+    app = create_server(
+        settings_for(one_redis_url, auth_file=principals_file(tmp_path / "principals.toml"))
+    )
+    await app.start()
+    admin = bearer(ROLES[Role.ADMIN])
+    adapter = None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs = Stubs(channel)
+            await stubs.stock.UpsertLocations(
+                pb.UpsertLocationsRequest(locations=[grpc_helpers.location("L1")]), metadata=admin
+            )
+            await append(redis, delta("tok-1", "L1", "S1", 5, T0 + 1))
+
+            async def on_hand() -> int:
+                got = await stubs.availability.GetAvailability(
+                    pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"]), metadata=admin
+                )
+                return got.levels[0].on_hand
+
+            # when the adapter runs with the ingest role's token (from the environment)
+            adapter = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "adapters.streams",
+                "--redis-url", one_redis_url, "--server", f"127.0.0.1:{app.port}",
+                "--metrics-port", "0",
+                cwd=project_root,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env={
+                    **os.environ, "PYTHONPATH": str(project_root),
+                    "OMNISTOCK_TOKEN": ROLES[Role.INGEST],
+                },
+            )  # fmt: skip
+            # then the entry is applied: its calls were let in
+            assert await eventually(lambda: _is(on_hand(), 5), within=30)
+    finally:
+        if adapter is not None:
+            adapter.send_signal(signal.SIGTERM)
+            await adapter.wait()
+        await app.stop(grace=1.0)
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected

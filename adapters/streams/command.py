@@ -9,15 +9,16 @@ import signal
 import socket
 from collections.abc import Sequence
 
-import grpc
-
 from adapters.config import (
-    DEFAULT_SERVER,
     FollowedStore,
     add_common_flags,
+    add_server_flags,
     serve_metrics,
+    server_access,
+    server_channel,
 )
 from adapters.streams.consumer import Consumer, Options
+from engine.domain.errors import InvalidArgument
 from engine.logs import setup_logging
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.connect import connect  # one Redis, or a whole cluster
@@ -38,7 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=socket.gethostname(),
         help="this consumer's name in the group; keep it across restarts (default: host name)",
     )
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="omnistock gRPC address")
+    add_server_flags(parser)
     parser.add_argument("--batch", type=int, default=500, help="entries per read and request")
     parser.add_argument(
         "--claim-idle-ms",
@@ -78,6 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level)
+    try:
+        access = server_access(args)
+    except InvalidArgument as exc:
+        raise SystemExit(f"python -m adapters.streams: {exc}") from None
     options = Options(
         stream=args.stream,
         group=args.group,
@@ -93,7 +98,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     timeout = options.block_ms / 1000 + 5.0
     store = FollowedStore(args.redis_url, args.state_dir, lambda url: connect(url, timeout))
     await store.open()
-    async with grpc.aio.insecure_channel(args.server) as channel:
+    async with server_channel(access) as channel:
         stub = pb_grpc.StockServiceStub(channel)
         consumer = Consumer(store.client, stub, options, store.follow)
         serve_metrics(args.metrics_port, consumer.metrics.registry)
