@@ -138,7 +138,9 @@ class Omnistock:
         self.planner = Planner(self.settings.plan_workers, waiting=4 * self.settings.plan_workers)
         allocator = Allocator(self.storage, self.locations, self.reservations, self.planner)
         reader: RowReader = self.cache or self.storage
-        availability = Availability(self.storage, self.locations, reader)
+        availability = Availability(
+            self.storage, self.locations, reader, self.reservations.channels
+        )
         ingest = Ingest(
             self.storage,
             self.locations,
@@ -151,6 +153,7 @@ class Omnistock:
             ingest,
             availability,
             self.locations,
+            self.reservations.channels,
             m,
             zero_missing=self.settings.count_missing == "zero",
             count_lines_held=self.settings.count_lines_held,

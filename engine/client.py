@@ -59,7 +59,7 @@ _TYPES = {
 
 def _availability(msg: pb.StockLevel) -> Availability:
     row = StockRow(msg.on_hand, msg.reserved, msg.safety_stock, msg.version, msg.as_of)
-    return Availability(msg.location_id, msg.sku, row)
+    return Availability(msg.location_id, msg.sku, row, msg.available)
 
 
 def _reservation(msg: pb.Reservation) -> Reservation:
@@ -137,9 +137,10 @@ class OmnistockClient:
         raise AssertionError("unreachable")
 
     async def availability(
-        self, skus: Sequence[str], *, location_ids: Sequence[str] = ()
+        self, skus: Sequence[str], *, location_ids: Sequence[str] = (), channel: str = ""
     ) -> list[Availability]:
-        request = pb.GetAvailabilityRequest(skus=skus, location_ids=location_ids)
+        """channel: each row's `available` is then what that sales channel may hold."""
+        request = pb.GetAvailabilityRequest(skus=skus, location_ids=location_ids, channel=channel)
         resp = await self._call(lambda: self._availability.GetAvailability(request, **self._opts))
         return [_availability(lv) for lv in resp.levels]
 
@@ -178,11 +179,18 @@ class OmnistockClient:
         ]
 
     async def reserve(
-        self, reservation_id: str, lines: Sequence[Line], *, ttl_seconds: float = 0.0
+        self,
+        reservation_id: str,
+        lines: Sequence[Line],
+        *,
+        ttl_seconds: float = 0.0,
+        channel: str = "",
     ) -> HoldResult:
+        """channel: the sales channel holding, held to its rules at each location."""
         request = pb.ReserveRequest(
             reservation_id=reservation_id,
             ttl_seconds=ttl_seconds,
+            channel=channel,
             lines=[
                 pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty) for ln in lines
             ],

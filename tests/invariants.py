@@ -2,6 +2,7 @@
 
 I1  a row's `reserved` equals the sum of the HELD reservation lines on it, read from the
     reservation parts themselves (whatever the directory says);
+    and what each sales channel is counted to hold of a row, the sum of its HELD lines there;
 I2  a reservation took effect at all of its locations or at none: it is HELD at all of them
     or none, COMMITTED at all of them or none (`all_or_nothing_problems`); and, once made, it
     has a part at each of its locations, all in one state (`in_one_state_problems`).
@@ -41,6 +42,7 @@ class Part:
     state: str
     expires_at: int
     lines: tuple[tuple[str, int], ...]  # (sku, qty)
+    channel: str = ""  # the sales channel it was held for
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Holds:
 
     rows: dict[Row, StockRow]  # every stock row at those locations
     parts: dict[str, dict[str, Part]]  # reservation id -> location -> its part there
+    by_channel: dict[tuple[Row, str], int]  # (row, channel) -> units counted held ({L}:h)
 
     @property
     def states(self) -> dict[str, dict[str, str]]:
@@ -62,6 +65,17 @@ class Holds:
 
     def held_ids(self, location: str) -> set[str]:
         return {rid for rid in self.parts if self.state(rid, location) == HELD}
+
+    @property
+    def held_by_channel(self) -> Counter[tuple[Row, str]]:
+        """The units the HELD parts of each channel hold on each row."""
+        units: Counter[tuple[Row, str]] = Counter()
+        for by_location in self.parts.values():
+            for location, part in by_location.items():
+                if part.state == HELD and part.channel:
+                    for sku, qty in part.lines:
+                        units[((location, sku), part.channel)] += qty
+        return units
 
     @property
     def held(self) -> Counter[Row]:
@@ -93,8 +107,13 @@ async def read_holds(
     where = sorted(set(locations))
     rows: dict[Row, StockRow] = {}
     places: list[tuple[str, str]] = []  # (reservation id, location)
+    by_channel: dict[tuple[Row, str], int] = {}
     for location in where:
         rows.update({(location, sku): r for sku, r in (await storage.rows_at(location)).items()})
+        counted = await storage.command(lambda p, at=location: p.hgetall(Keys.channel_holds(at)))
+        for field, units in counted.items():
+            sku, channel = field.decode().split("\t")
+            by_channel[((location, sku), channel)] = int(units)
         if ids is None:
             places += [(rid, location) for rid in await part_ids(storage, location)]
     if ids is not None:
@@ -102,16 +121,19 @@ async def read_holds(
 
     def build(pipe: Any) -> None:
         for rid, location in places:
-            pipe.hmget(Keys.part(location, rid), ["s", "x", "l"])
+            pipe.hmget(Keys.part(location, rid), ["s", "x", "l", "ch"])
 
     got = await storage.pipeline(build) if places else []
     parts: dict[str, dict[str, Part]] = defaultdict(dict)
-    for (rid, location), (state, expires_at, lines) in zip(places, got, strict=True):
+    for (rid, location), (state, expires_at, lines, channel) in zip(places, got, strict=True):
         if state is not None:
             parts[rid][location] = Part(
-                state.decode(), int(expires_at or 0), tuple(part_lines(lines))
+                state.decode(),
+                int(expires_at or 0),
+                tuple(part_lines(lines)),
+                (channel or b"").decode(),
             )
-    return Holds(rows, dict(parts))
+    return Holds(rows, dict(parts), by_channel)
 
 
 # -- I1 ------------------------------------------------------------------------------------
@@ -133,6 +155,19 @@ def reserved_problems(holds: Holds, served: Mapping[Row, int] | None = None) -> 
     stray = sorted(set(held) - set(holds.rows))
     if stray:
         out.append(f"HELD lines on no row: {stray}")
+    return out + channel_problems(holds)
+
+
+def channel_problems(holds: Holds) -> list[str]:
+    """What each channel is counted to hold of each row is what its HELD parts hold there
+    (a channel's rules are checked against that count); no count is kept of nothing."""
+    held, out = holds.held_by_channel, []
+    for key in sorted(set(holds.by_channel) | set(held)):
+        counted = holds.by_channel.get(key)
+        if counted is not None and counted <= 0:
+            out.append(f"a channel count of {counted} kept at {key}")
+        elif (counted or 0) != held[key]:
+            out.append(f"channel count wrong at {key}: {counted}, HELD lines sum to {held[key]}")
     return out
 
 

@@ -176,6 +176,9 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
         ),
         metadata=md,
     ),
+    "SetChannelRules": lambda s, md: s.stock.SetChannelRules(
+        pb.SetChannelRulesRequest(rules=[pb.ChannelRule(channel="web", buffer=1)]), metadata=md
+    ),
     "GetRow": lambda s, md: s.operator.GetRow(
         pb.GetRowRequest(location_id="L1", sku="S1"), metadata=md
     ),
@@ -588,6 +591,16 @@ async def every_kind_of_call(stubs: Stubs) -> None:
             pb.BasketLine(sku="S1", qty=1)
         ])
     )  # fmt: skip
+    # a channel's rule, and a hold and a read for that channel
+    await stubs.stock.SetChannelRules(
+        pb.SetChannelRulesRequest(rules=[pb.ChannelRule(channel="web", max_share=0.5)])
+    )
+    await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="web-1", lines=[line("A1", "S1", 1)], channel="web")
+    )
+    await stubs.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=["S1"], location_ids=["A1"], channel="web")
+    )
     # the operators' calls (the source figures and alerts: written by the same user)
     await stubs.operator.GetRow(pb.GetRowRequest(location_id="A1", sku="S1"))
     await stubs.operator.GetLocation(pb.GetLocationRequest(location_id="A1"))

@@ -130,7 +130,7 @@ AT_SNAPSHOT = {
 def without(holds: Holds, rid: str) -> Holds:
     """The holds but one reservation (the lapsing one, which the restored server sweeps)."""
     rows = {row: r for row, r in holds.rows.items() if row != ("L2", "S2")}
-    return Holds(rows, {k: v for k, v in holds.parts.items() if k != rid})
+    return Holds(rows, {k: v for k, v in holds.parts.items() if k != rid}, holds.by_channel)
 
 
 async def test_a_state_directory_restored_from_a_snapshot_serves_as_at_the_snapshot(

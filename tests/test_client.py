@@ -79,3 +79,19 @@ async def test_a_client_of_two_servers_spreads_its_calls_over_both(redis_url: st
 def test_several_targets_must_be_addresses() -> None:
     with pytest.raises(ValueError, match="IPv4"):
         OmnistockClient(["localhost:1", "localhost:2"])
+
+
+async def test_client_holds_and_reads_for_a_sales_channel(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    stubs = Stubs(channel)
+    await stock_up(stubs, {("s1", "a"): 5})
+    rule = pb.ChannelRule(channel="web", buffer=2)
+    await stubs.stock.SetChannelRules(pb.SetChannelRulesRequest(rules=[rule]))
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        (web,) = await client.availability(["a"], location_ids=["s1"], channel="web")
+        (plain,) = await client.availability(["a"], location_ids=["s1"])
+        assert (web.available, plain.available) == (3, 5)
+        short = await client.reserve("w1", [Line("s1", "a", 4)], channel="web")
+        assert [(s.sku, s.available) for s in short.shortfalls] == [("a", 3)]
+        assert (await client.reserve("w2", [Line("s1", "a", 3)], channel="web")).ok

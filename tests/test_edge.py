@@ -135,6 +135,8 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "directory": (Keys.directory(a),),
         "full_count": (Keys.full_count(a),),
         "marks": (Keys.marks(a),),
+        "channel_holds": (Keys.channel_holds(a),),
+        "source": (Keys.source(a),),
         "gaps": (Keys.gaps(a, b),),
         "mapping": (Keys.mapping(a),),
         "held": (Keys.held(a),),

@@ -1,7 +1,8 @@
 """The engine, driven side by side with a plain in-memory model of the brief's rules.
 
 A hypothesis state machine sends stock events, reservations, commits, releases, extends,
-safety stock changes and clock moves (with or without a sweep after them) to the real
+safety stock changes and clock moves (with or without a sweep after them), holds for sales
+channels under their rules (a buffer, a share), to the real
 engine over a real Redis-compatible server, and the same steps to `Model` below: a few
 dicts that say, in the brief's words, what every answer and every stock row must be. After
 every step it compares the two and checks the invariants I1-I7 on the engine's own data.
@@ -38,10 +39,20 @@ from hypothesis.stateful import (
 
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, OmnistockError
-from engine.domain.model import EventKind, Line, Reservation, ReservationState, StockEvent, StockRow
+from engine.domain.model import (
+    NO_RULE,
+    ChannelRule,
+    EventKind,
+    Line,
+    Reservation,
+    ReservationState,
+    StockEvent,
+    StockRow,
+)
 from engine.metrics import Metrics
 from engine.store.connect import connect
 from engine.store.storage import Storage
+from engine.usecases.channels import RuleChange
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.parts import Timing
 from engine.usecases.reservations import Reservations
@@ -62,6 +73,15 @@ PAIRS = tuple((loc, sku) for loc in LOCATIONS for sku in SKUS)
 WINDOW_MS = 72 * HOUR_MS
 STOCK_BUCKETS = 2  # fewer buckets than skus: rows share bucket hashes and change logs
 ACTIONS = ("commit", "release", "extend")
+# Sales channels and their rules (issue 16): the web keeps a buffer of 1 unit of every row,
+# and of 3 at loc-a; the app may hold at most half of a row's sellable units at loc-b;
+# the store's till (and a hold with no channel) has no rule.
+CHANNELS = ("", "web", "app", "store")
+RULES = {
+    ("*", "web"): ChannelRule(buffer=1),
+    ("l:loc-a", "web"): ChannelRule(buffer=3),
+    ("l:loc-b", "app"): ChannelRule(max_share=0.5),
+}
 
 # A reservation line as the model sees it: (location, sku, qty).
 ModelLine = tuple[str, str, int]
@@ -100,6 +120,7 @@ class ModelReservation:
     lines: tuple[ModelLine, ...]  # merged by (location, sku), sorted
     state: str
     expires_at: int
+    channel: str = ""
     # the store's reports of sales under this reservation while it was HELD:
     # (location, sku, signed qty, source time)
     echoes: list[tuple[str, str, int, int]] = field(default_factory=list)
@@ -191,22 +212,45 @@ class Model:
 
     # reservations
 
-    def reserve(self, rid: str, lines: list[ModelLine], ttl_ms: int, now: int) -> tuple[Any, ...]:
+    def reserve(
+        self, rid: str, lines: list[ModelLine], ttl_ms: int, now: int, channel: str = ""
+    ) -> tuple[Any, ...]:
         merged = merge(lines)
         existing = self.reservations.get(rid)
         if existing is not None:
             return existing.answer() if existing.lines == merged else ("AlreadyExists",)
+        offered = {(loc, sku): self.offered(loc, sku, channel) for loc, sku, _ in merged}
         short = [
-            (loc, sku, qty, self.rows[(loc, sku)].available)
+            (loc, sku, qty, offered[(loc, sku)])
             for loc, sku, qty in merged
-            if qty > self.rows[(loc, sku)].available
+            if qty > offered[(loc, sku)]
         ]
         if short:
             return ("SHORT", tuple(sorted(short)))
         for loc, sku, qty in merged:
             self.rows[(loc, sku)].reserved += qty
-        self.reservations[rid] = ModelReservation(merged, "HELD", now + ttl_ms)
+        self.reservations[rid] = ModelReservation(merged, "HELD", now + ttl_ms, channel)
         return self.reservations[rid].answer()
+
+    def offered(self, location: str, sku: str, channel: str) -> int:
+        """What a channel may hold of a row: the row's available units, less its buffer,
+        and no more than its share of the sellable units less what it holds already."""
+        row = self.rows[(location, sku)]
+        if not channel:
+            return row.available
+        rule = RULES.get((f"l:{location}", channel)) or RULES.get(("*", channel)) or NO_RULE
+        a = row.available - rule.buffer
+        if rule.max_share is not None:
+            held = sum(
+                qty
+                for res in self.reservations.values()
+                if res.state == "HELD" and res.channel == channel
+                for loc, s, qty in res.lines
+                if (loc, s) == (location, sku)
+            )
+            sellable = max(row.on_hand - row.safety_stock, 0)
+            a = min(a, int(sellable * rule.max_share) - held)
+        return max(a, 0)
 
     def commit(self, rid: str, now: int) -> tuple[Any, ...]:
         res = self.reservations.get(rid)
@@ -310,6 +354,7 @@ lines_across = st.lists(
     st.tuples(locations, skus, st.integers(1, 5)), min_size=2, max_size=3
 ).filter(lambda lines: len({loc for loc, _, _ in lines}) > 1)
 counted = st.integers(0, 12).map(lambda q: 12 - q)  # a count of mostly a dozen, sometimes 0
+channels = st.sampled_from(CHANNELS)
 
 
 # -- the machine -----------------------------------------------------------------------
@@ -335,11 +380,16 @@ class StockMachine(RuleBasedStateMachine):
         )
         self.model = Model()
         self.times: dict[Pair, set[int]] = {pair: set() for pair in PAIRS}  # events, commits
-        self.attempts: list[tuple[str, list[ModelLine]]] = []  # every reserve sent
+        self.attempts: list[tuple[str, list[ModelLine], str]] = []  # every reserve sent
         self.swept_at: int | None = None
         self.answers: dict[tuple[str, Any], tuple[Any, ...]] = {}  # raw records -> `get`
         self.run(self.redis.flushall())  # each run starts from an empty store
         self.run(registry.upsert([store(location) for location in LOCATIONS]))
+        changes = [
+            RuleChange(channel, scope.removeprefix("l:") if scope != "*" else "", rule=rule)
+            for (scope, channel), rule in RULES.items()
+        ]
+        self.run(self.reservations.channels.set(changes))
 
     def teardown(self) -> None:
         self.run(self.redis.aclose())
@@ -429,20 +479,23 @@ class StockMachine(RuleBasedStateMachine):
 
     # reservations
 
-    def reserve(self, rid: str, lines: list[ModelLine], ttl: int) -> None:
-        self.attempts.append((rid, lines))
+    def reserve(self, rid: str, lines: list[ModelLine], ttl: int, channel: str = "") -> None:
+        self.attempts.append((rid, lines, channel))
         now, new = self.clock.now, rid not in self.model.reservations
         engine_lines = [Line(loc, sku, qty) for loc, sku, qty in lines]
-        got = self.run(self.engine_reserve(rid, engine_lines, ttl))
-        expected = self.model.reserve(rid, lines, ttl * 1000, now)
+        got = self.run(self.engine_reserve(rid, engine_lines, ttl, channel))
+        expected = self.model.reserve(rid, lines, ttl * 1000, now, channel)
         event(f"reserve at {len({loc for loc, _, _ in lines})} location(s): {got[:2]}")
+        event(f"reserve for channel {channel or '(none)'}: {got[0]}")
         assert got == expected
         if new and got[0] == "RESERVATION":
             self.check_no_oversell(merge(lines))
 
-    async def engine_reserve(self, rid: str, lines: list[Line], ttl: int) -> tuple[Any, ...]:
+    async def engine_reserve(
+        self, rid: str, lines: list[Line], ttl: int, channel: str
+    ) -> tuple[Any, ...]:
         try:
-            result = await self.reservations.reserve(rid, lines, ttl)
+            result = await self.reservations.reserve(rid, lines, ttl, channel=channel)
         except AlreadyExists:
             return ("AlreadyExists",)
         except OmnistockError as exc:
@@ -458,23 +511,25 @@ class StockMachine(RuleBasedStateMachine):
         for row in self.run(self.storage.rows(pairs)):
             assert row.reserved + row.safety_stock <= row.on_hand
 
-    @rule(rid=reservation_ids, location=locations, lines=lines_at_one, ttl=ttl_seconds)
+    @rule(rid=reservation_ids, location=locations, lines=lines_at_one, ttl=ttl_seconds, ch=channels)
     def reserve_at_one_location(
-        self, rid: str, location: str, lines: list[tuple[str, int]], ttl: int
+        self, rid: str, location: str, lines: list[tuple[str, int]], ttl: int, ch: str
     ) -> None:
-        self.reserve(rid, [(location, sku, qty) for sku, qty in lines], ttl)
+        self.reserve(rid, [(location, sku, qty) for sku, qty in lines], ttl, ch)
 
-    @rule(rid=reservation_ids, lines=lines_across, ttl=ttl_seconds)
-    def reserve_across_locations(self, rid: str, lines: list[ModelLine], ttl: int) -> None:
+    @rule(rid=reservation_ids, lines=lines_across, ttl=ttl_seconds, ch=channels)
+    def reserve_across_locations(self, rid: str, lines: list[ModelLine], ttl: int, ch: str) -> None:
         """A cart with lines at two or three locations: the saga path."""
-        self.reserve(rid, lines, ttl)
+        self.reserve(rid, lines, ttl, ch)
 
     @precondition(lambda self: self.attempts)
     @rule(data=st.data(), ttl=ttl_seconds)
     def retry_a_reserve(self, data: st.DataObject, ttl: int) -> None:
-        """A client retries an earlier reserve (same id, same lines, any order, any ttl)."""
-        rid, lines = data.draw(st.sampled_from(self.attempts))
-        self.reserve(rid, data.draw(st.permutations(lines)), ttl)
+        """A client retries an earlier reserve (same id, same lines, any order, any ttl;
+        the same channel, or another: the first hold of an id decides its channel)."""
+        rid, lines, channel = data.draw(st.sampled_from(self.attempts))
+        channel = data.draw(st.sampled_from([channel, *CHANNELS]))
+        self.reserve(rid, data.draw(st.permutations(lines)), ttl, channel)
 
     def describe(self, rid: str) -> str:
         """How the model sees a reservation: for the run's statistics."""
@@ -574,7 +629,7 @@ class StockMachine(RuleBasedStateMachine):
         parts hold: tests/invariants.py); then what `get` answers for each id whose records
         changed since the last step (`get` reads nothing else, so the answers of the others
         are the same as before)."""
-        ids = sorted({rid for rid, _ in self.attempts})
+        ids = sorted({rid for rid, _, _ in self.attempts})
         rows, directory, holds = await asyncio.gather(
             self.storage.rows(list(PAIRS)),
             asyncio.gather(*(self.storage.directory(rid) for rid in ids)),

@@ -81,9 +81,11 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         _check_reads(request.skus, request.location_ids, request.location_types)
         types = types_from_pb(request.location_types, "location_types")
         found = await self.availability.levels(
-            request.skus, request.location_ids, types, request.include_empty
+            request.skus, request.location_ids, types, request.include_empty, request.channel
         )
-        return pb.GetAvailabilityResponse(levels=[level(*found_level) for found_level in found])
+        return pb.GetAvailabilityResponse(
+            levels=[level(loc, sku, row, available) for loc, sku, row, available in found]
+        )
 
     @rpc_stream("WatchAvailability")
     async def WatchAvailability(

@@ -22,12 +22,12 @@ from engine.domain.model import (
 )
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
-_TYPES = {
+TYPES = {
     pb.LOCATION_TYPE_STORE: LocationType.STORE,
     pb.LOCATION_TYPE_DC: LocationType.DC,
     pb.LOCATION_TYPE_DARK_STORE: LocationType.DARK_STORE,
 }
-_TYPES_BACK = {v: k for k, v in _TYPES.items()}
+_TYPES_BACK = {v: k for k, v in TYPES.items()}
 FULFILMENTS = {
     pb.FULFILMENT_UNSPECIFIED: Fulfilment.ANY,
     pb.FULFILMENT_PICKUP: Fulfilment.PICKUP,
@@ -52,11 +52,12 @@ OUTCOMES = {
 }
 
 
-def level(location: str, sku: str, row: StockRow) -> pb.StockLevel:
+def level(location: str, sku: str, row: StockRow, available: int | None = None) -> pb.StockLevel:
+    """available: what the asking channel may hold (default: the row's available units)."""
     return pb.StockLevel(
         location_id=location,
         sku=sku,
-        available=row.available,
+        available=row.available if available is None else available,
         on_hand=row.on_hand,
         reserved=row.reserved,
         safety_stock=row.safety_stock,
@@ -77,12 +78,12 @@ def reservation_pb(res: Reservation) -> pb.Reservation:
 
 
 def location_from_pb(msg: pb.Location, field: str) -> Location:
-    if msg.type not in _TYPES:
+    if msg.type not in TYPES:
         raise InvalidArgument(f"{field}.type", "must be STORE, DC or DARK_STORE")
     loc = Location(
         id=msg.id,
         name=msg.name or msg.id,
-        type=_TYPES[msg.type],
+        type=TYPES[msg.type],
         latitude=msg.latitude,
         longitude=msg.longitude,
         pickup_enabled=msg.pickup_enabled,
@@ -136,9 +137,9 @@ def types_from_pb(values: Sequence[pb.LocationType.ValueType], field: str) -> se
     check_size(len(values), field, MAX_TYPES)
     types = set()
     for i, t in enumerate(values):
-        if t not in _TYPES:
+        if t not in TYPES:
             raise InvalidArgument(f"{field}[{i}]", "must be STORE, DC or DARK_STORE")
-        types.add(_TYPES[t])
+        types.add(TYPES[t])
     return types
 
 

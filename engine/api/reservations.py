@@ -24,7 +24,9 @@ class ReservationService(pb_grpc.ReservationServiceServicer):
     ) -> pb.ReserveResponse:
         check_size(len(request.lines), "lines", MAX_LINES)
         lines = lines_from_pb(request.lines)
-        result = await self.reservations.reserve(request.reservation_id, lines, request.ttl_seconds)
+        result = await self.reservations.reserve(
+            request.reservation_id, lines, request.ttl_seconds, channel=request.channel
+        )
         if result.reservation is not None:
             return pb.ReserveResponse(reservation=reservation_pb(result.reservation))
         return pb.ReserveResponse(

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb
+from engine.api.convert import OUTCOMES, TYPES, event_from_pb, location_from_pb
 from engine.api.rpc import rpc, rpc_stream
 from engine.domain.auth import current
 from engine.domain.errors import InvalidArgument, OmnistockError
@@ -17,6 +17,7 @@ from engine.domain.model import (
     MAX_LOCATIONS,
     MAX_MAPPINGS,
     MAX_SAFETY_ENTRIES,
+    ChannelRule,
     IdKind,
     StockEvent,
     check_size,
@@ -26,6 +27,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next_within
 from engine.usecases.availability import Availability
+from engine.usecases.channels import MAX_RULES, ChannelRules, RuleChange, check_rule
 from engine.usecases.ingest import (
     Count,
     Ingest,
@@ -112,6 +114,7 @@ class StockService(pb_grpc.StockServiceServicer):
         ingest: Ingest,
         availability: Availability,
         locations: LocationRegistry,
+        channels: ChannelRules,
         metrics: Metrics,
         zero_missing: bool,
         count_lines_held: int = 1_000_000,
@@ -122,6 +125,7 @@ class StockService(pb_grpc.StockServiceServicer):
         self.availability = availability
         self.zero_missing = zero_missing
         self.locations = locations
+        self.channels = channels
         self.metrics = metrics
         self.batches = Turns(INGEST_BATCHES, light=LIGHT_BATCH)
         self.counts = asyncio.Semaphore(COUNTS_AT_ONCE)
@@ -323,3 +327,31 @@ class StockService(pb_grpc.StockServiceServicer):
             changes.append((m.source, kinds[m.kind], m.external_id, m.id))
         await self.ingest.mappings.set(changes)
         return pb.SetMappingsResponse(changed=len(changes))
+
+    @rpc("SetChannelRules")
+    async def SetChannelRules(
+        self, request: pb.SetChannelRulesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetChannelRulesResponse:
+        if not request.rules:
+            raise InvalidArgument("rules", "at least one rule is required")
+        check_size(len(request.rules), "rules", MAX_RULES)
+        changes = [_rule_change(m, f"rules[{i}]") for i, m in enumerate(request.rules)]
+        scopes = [(c.scope, c.channel) for c in changes]
+        if len(set(scopes)) < len(scopes):
+            raise InvalidArgument("rules", "a scope and channel may be given once a call")
+        named = [c.location for c in changes if c.location]
+        await self.locations.require(named, "rules[].location_id")
+        return pb.SetChannelRulesResponse(version=await self.channels.set(changes))
+
+
+def _rule_change(msg: pb.ChannelRule, field: str) -> RuleChange:
+    kind = None
+    if msg.location_type:
+        if msg.location_type not in TYPES:
+            raise InvalidArgument(f"{field}.location_type", "must be STORE, DC or DARK_STORE")
+        kind = TYPES[msg.location_type]
+    rule = None
+    if not msg.remove:
+        share = msg.max_share if msg.HasField("max_share") else None
+        rule = ChannelRule(msg.buffer, share)
+    return check_rule(RuleChange(msg.channel, msg.location_id, kind, rule), field)

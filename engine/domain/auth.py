@@ -69,6 +69,7 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "StreamEvents": _WRITERS,
     "ReconcileCount": _WRITERS,
     "SetMappings": frozenset({Role.INGEST, Role.ADMIN}),
+    "SetChannelRules": frozenset({Role.ADMIN}),
     "GetRow": frozenset({Role.ADMIN}),
     "GetLocation": frozenset({Role.ADMIN}),
     "ListAlerts": frozenset({Role.ADMIN}),

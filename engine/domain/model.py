@@ -180,14 +180,37 @@ class StockEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelRule:
+    """What a sales channel may take of each row at a location: never its last `buffer`
+    units, and at most `max_share` of its sellable units (on_hand - safety) held at once."""
+
+    buffer: int = 0
+    max_share: float | None = None  # None: no cap
+
+    def available(self, row: StockRow, held: int) -> int:
+        """What the channel may still hold of the row, holding `held` of it already (the
+        same rule as channel_available in engine/store/lua/_prelude.lua)."""
+        a = row.available - self.buffer
+        if self.max_share is not None:
+            share_ppm = round(self.max_share * 1_000_000)
+            sellable = max(row.on_hand - row.safety_stock, 0)
+            a = min(a, sellable * share_ppm // 1_000_000 - held)
+        return max(a, 0)
+
+
+NO_RULE = ChannelRule()
+
+
+@dataclass(frozen=True, slots=True)
 class Availability:
     location: str
     sku: str
     row: StockRow
+    offered: int | None = None  # what the asking sales channel may hold (None: no channel)
 
     @property
     def available(self) -> int:
-        return self.row.available
+        return self.row.available if self.offered is None else self.offered
 
 
 def check_id(value: str, field_name: str) -> str:

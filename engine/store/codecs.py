@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine.domain.model import (
+    ChannelRule,
     EventOutcome,
     IdKind,
     Line,
@@ -26,6 +27,19 @@ class PickCapacity(NamedTuple):
     limit: int
     day: str  # YYYYMMDD (UTC)
     keep_from: str  # days before this one are forgotten
+
+
+class ChannelHold(NamedTuple):
+    """A hold for a sales channel, with that channel's rule at the location (hold.lua)."""
+
+    channel: str = ""  # '': no channel, no rule
+    buffer: int = 0
+    share_ppm: int = 1_000_000  # the most of a row's sellable units, in millionths
+
+    @classmethod
+    def of(cls, channel: str, rule: ChannelRule) -> ChannelHold:
+        share = 1_000_000 if rule.max_share is None else round(rule.max_share * 1_000_000)
+        return cls(channel, rule.buffer, share)
 
 
 class HoldCall(NamedTuple):

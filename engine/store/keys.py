@@ -20,6 +20,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           t when it was held (ms)
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
     {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
+    {L}:h          hash   units held per row for each sales channel: "sku\tchannel" -> units, kept
+                          by the scripts that hold, commit, release and expire (hold.lua)
     {L}:w          shard channel: every row written at L, as written (engine/store/watch.py)
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
                           o the principal that made it ('' on an open server)
@@ -34,6 +36,9 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:map:<source>  hash  a source's ids -> ours: "l:<its location id>" -> location,
                           "i:<its item id>" -> sku (only mappings live under this prefix)
     {omnistock}:mapv       counter  moves with every change of a mapping
+    {omnistock}:channels   hash  sales channels' rules: "<scope>\t<channel>" -> "buffer,max_share"
+                          (scope "l:<location>", "t:<TYPE>" or "*"; max_share '' for none)
+    {omnistock}:channels:v counter  moves with every change of a rule
     {omnistock}:alerts  stream  what an operator should hear of (kind: a shortage, a row a
                           count or delta left short; a sequence_gap; a clock_skew of a source)
     {omnistock}:sources  set  the name of every source that sent stock events ("" for none)
@@ -62,6 +67,8 @@ SAGAS = tuple(f"{{omnistock:s{k}}}:sagas" for k in range(SHARDS))
 # Where they were, as one key each, before (moved into the shards at start: Parts.migrate).
 OLD_WAKE, OLD_SAGAS = "{omnistock}:wake", "{omnistock}:sagas"
 MAPPINGS_VERSION = "{omnistock}:mapv"
+CHANNEL_RULES = "{omnistock}:channels"
+CHANNEL_RULES_VERSION = "{omnistock}:channels:v"
 ALERTS = "{omnistock}:alerts"
 ALERTS_KEPT = 100_000  # about: the stream is trimmed to the newest this many
 SOURCES = "{omnistock}:sources"
@@ -135,6 +142,10 @@ class Keys:
     @staticmethod
     def part(location: str, reservation_id: str) -> str:
         return f"{{{location}}}:r:{reservation_id}"
+
+    @staticmethod
+    def channel_holds(location: str) -> str:
+        return f"{{{location}}}:h"
 
     @staticmethod
     def due(location: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from engine.domain.model import Line
 from engine.store.base import Base
 from engine.store.codecs import (
+    ChannelHold,
     DirEntry,
     HoldCall,
     PartState,
@@ -56,11 +57,15 @@ class Parts(Base):
         directory_lines: str | None,
         capacity: PickCapacity | None = None,
         owner: str = "",
+        channel: ChannelHold | None = None,
     ) -> HoldCall:
         """A hold script call; with directory_lines it also writes the directory (on one
         Redis only: on a cluster the directory is in another slot); with capacity it takes
-        one order of the location's daily pick capacity, or answers FULL."""
-        keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
+        one order of the location's daily pick capacity, or answers FULL; with a channel,
+        it holds no more than the channel's rules at the location let it."""
+        keys = KeyList(
+            Keys.part(location, reservation_id), Keys.due(location), Keys.channel_holds(location)
+        )
         triples: list[Any] = []
         for line in lines:
             triples += [line.sku, line.qty, keys.add(self.keys.stock(location, line.sku))]
@@ -73,7 +78,8 @@ class Parts(Base):
             keys.add(Keys.directory(reservation_id))
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
-        args += [location, owner, Keys.changes(location)]
+        rule = channel or ChannelHold()
+        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, Keys.changes(location)]
         return HoldCall(keys.keys, args, location, expires_at, with_dir)
 
     async def hold(self, calls: Sequence[HoldCall]) -> list[HoldReply]:
@@ -99,7 +105,9 @@ class Parts(Base):
         owner: str = "",
     ) -> PartReply:
         """owner: the principal whose held units this part stops counting (see budget)."""
-        keys = KeyList(Keys.part(location, reservation_id), Keys.due(location))
+        keys = KeyList(
+            Keys.part(location, reservation_id), Keys.due(location), Keys.channel_holds(location)
+        )
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
         then = _unbudget(owner, reservation_id)
@@ -117,7 +125,10 @@ class Parts(Base):
     ) -> PartReply:
         """fp: let go only a part of these lines (its fingerprint); '' for any."""
         keys = KeyList(
-            Keys.part(location, reservation_id), Keys.due(location), Keys.capacity(location)
+            Keys.part(location, reservation_id),
+            Keys.due(location),
+            Keys.capacity(location),
+            Keys.channel_holds(location),
         )
         triples = self._line_keys(keys, location, skus)
         args = [reservation_id, self.retention_ms, mode, fp, len(triples) // 3, *triples]
@@ -341,6 +352,7 @@ class Parts(Base):
         keys = KeyList(
             Keys.due(location),
             Keys.capacity(location),
+            Keys.channel_holds(location),
             *(Keys.part(location, rid) for rid in reservation_ids),
         )
         triples = self._line_keys(keys, location, sorted(skus))

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from engine.domain.model import EventOutcome, IdKind, Location, StockEvent, StockRow
+from engine.store.channels import ChannelStore
 from engine.store.codecs import (
     EventsApplied,
     Gap,
@@ -53,7 +54,7 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts, Oversight):
+class Storage(Parts, Oversight, ChannelStore):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the plumbing engine/store/base.py."""

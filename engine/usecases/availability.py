@@ -20,11 +20,13 @@ from engine.domain.model import (
 )
 from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
+from engine.usecases.channels import ChannelRules
 from engine.usecases.locations import LocationRegistry
 
 SAFETY_BATCH = 1000  # safety entries per script call: no script holds Redis for long
 
 Level = tuple[str, str, StockRow]  # location, sku, its row
+Offered = tuple[str, str, StockRow, int]  # and what the asking channel may hold of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +37,19 @@ class Watched:
 
 class Availability:
     def __init__(
-        self, storage: Storage, locations: LocationRegistry, reader: RowReader | None = None
+        self,
+        storage: Storage,
+        locations: LocationRegistry,
+        reader: RowReader | None = None,
+        channels: ChannelRules | None = None,
     ) -> None:
         """reader: where GetAvailability reads rows (the read cache; default: Redis). A
-        watch's opening state is always read from Redis, after its subscription."""
+        watch's opening state is always read from Redis, after its subscription. channels:
+        the sales channels' rules (the holds' own, so both see the same)."""
         self.storage = storage
         self.locations = locations
         self.reader: RowReader = reader or storage
+        self.channels = channels or ChannelRules(storage)
 
     async def levels(
         self,
@@ -49,10 +57,14 @@ class Availability:
         location_ids: Sequence[str],
         types: set[LocationType],
         include_empty: bool,
-    ) -> list[Level]:
+        channel: str = "",
+    ) -> list[Offered]:
         """The rows of `skus` at the locations named, or else at every active location of
-        `types` (all types when none), where only rows with units available are kept
+        `types` (all types when none), each with what `channel` may hold of it (its rules
+        applied; no channel: the row's available units), where only rows with some are kept
         unless `include_empty`."""
+        if channel:
+            check_id(channel, "channel")
         wanted = _skus(skus)
         if not wanted:
             raise InvalidArgument("skus", "at least one sku is required")
@@ -63,12 +75,38 @@ class Availability:
         _within_rows(wanted, locations)
         pairs = [(loc, sku) for loc in locations for sku in wanted]
         rows = await self.reader.rows(pairs)
+        offered = [row.available for row in rows]
+        if channel:
+            offered = await self._for_channel(channel, locations, wanted, rows)
         keep_empty = include_empty or bool(location_ids)
         return [
-            (loc, sku, row)
-            for (loc, sku), row in zip(pairs, rows, strict=True)
-            if keep_empty or row.available > 0
+            (loc, sku, row, a)
+            for (loc, sku), row, a in zip(pairs, rows, offered, strict=True)
+            if keep_empty or a > 0
         ]
+
+    async def _for_channel(
+        self, channel: str, locations: list[str], skus: list[str], rows: list[StockRow]
+    ) -> list[int]:
+        """What `channel` may hold of each row (rows in location-major order), by its rule
+        at each location; what it holds already is read only where its rule caps a share."""
+        rules = await self.channels.at((self.locations.by_id[loc] for loc in locations), channel)
+        capped = [loc for loc in locations if rules[loc].max_share is not None]
+        held_at = dict(
+            zip(
+                capped,
+                await asyncio.gather(
+                    *(self.storage.channel_holds(loc, skus, channel) for loc in capped)
+                ),
+                strict=True,
+            )
+        )
+        out = []
+        for i, loc in enumerate(locations):
+            held = held_at.get(loc, [0] * len(skus))
+            for j, row in enumerate(rows[i * len(skus) : (i + 1) * len(skus)]):
+                out.append(rules[loc].available(row, held[j]))
+        return out
 
     async def watched(
         self, skus: Sequence[str], location_ids: Sequence[str], send_current: bool

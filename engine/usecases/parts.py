@@ -31,6 +31,7 @@ from engine.store.replies import (
     Saga,
 )
 from engine.store.storage import Storage
+from engine.usecases.channels import ChannelRules
 from engine.usecases.locations import LocationRegistry
 
 COMMITTING, COMMITTED = Saga.COMMITTING, Saga.COMMITTED
@@ -72,6 +73,7 @@ class ReservationParts:
         self.timing = timing
         self.metrics = metrics
         self.caps = caps or CartCaps()
+        self.channels = ChannelRules(storage)
 
     async def _entry(self, rid: str) -> DirEntry:
         check_id(rid, "reservation_id")

@@ -52,7 +52,7 @@ from engine.domain.model import (
     fingerprint,
     ttl_ms,
 )
-from engine.store.codecs import PickCapacity, encode_lines
+from engine.store.codecs import ChannelHold, PickCapacity, encode_lines
 from engine.store.replies import (
     Claim,
     HoldReply,
@@ -67,7 +67,7 @@ from engine.usecases.parts import (
     RELEASING,
     saga_word,
 )
-from engine.usecases.sagas import Sagas, shortfalls_of
+from engine.usecases.sagas import Holds, Sagas, shortfalls_of
 
 
 class Reservations(Sagas):
@@ -83,10 +83,16 @@ class Reservations(Sagas):
         lines: Sequence[Line],
         ttl_seconds: float = 0.0,
         capacity: Mapping[str, int] | None = None,
+        channel: str = "",
     ) -> HoldResult:
         """capacity: location -> its daily pick capacity, for the locations where this hold
-        takes one order of it (a ship-from-store plan); a location with none left is FULL."""
+        takes one order of it (a ship-from-store plan); a location with none left is FULL.
+        channel: the sales channel holding (engine/usecases/channels.py), held to its rules
+        at each location; '' for none (no rule applies). The first hold of an id decides
+        its channel: a retry is answered as that hold was."""
         who = auth.current()
+        if channel:
+            check_id(channel, "channel")
         for i, line in enumerate(lines):
             check_id(line.location, f"lines[{i}].location_id")
         await self.locations.require([ln.location for ln in lines], "lines[].location_id")
@@ -96,7 +102,10 @@ class Reservations(Sagas):
         hold_ms = self._ttl_ms(ttl_seconds, who)
         counted = await self._count_units(who, reservation_id, canon, hold_ms)
         try:
-            result = await self._reserve(reservation_id, canon, hold_ms, capacity or {}, who.name)
+            holds = await self._channel_holds(canon, channel)
+            result = await self._reserve(
+                reservation_id, canon, hold_ms, capacity or {}, holds, who.name
+            )
         except BaseException:
             if counted:
                 await self.storage.unbudget(who.name, reservation_id)
@@ -106,23 +115,32 @@ class Reservations(Sagas):
         self.metrics.holds.labels(_hold_outcome(result)).inc()
         return result
 
+    async def _channel_holds(self, lines: Sequence[Line], channel: str) -> Holds:
+        """Each location's rule for the channel, as its hold script takes it."""
+        if not channel:
+            return {}
+        at = {ln.location for ln in lines}
+        rules = await self.channels.at((self.locations.by_id[loc] for loc in at), channel)
+        return {loc: ChannelHold.of(channel, rule) for loc, rule in rules.items()}
+
     async def _reserve(
         self,
         rid: str,
         canon: tuple[Line, ...],
         ttl_ms: int,
         capacity: Mapping[str, int],
+        holds: Holds,
         owner: str,
     ) -> HoldResult:
         groups = by_location(canon)
         caps = self._capacities(capacity)
         if len(groups) == 1 and not self.storage.cluster:
-            return await self._reserve_one(rid, canon, ttl_ms, caps, owner)
+            return await self._reserve_one(rid, canon, ttl_ms, caps, holds, owner)
         if len(groups) == 1:
-            placed = await self._reserve_placed(rid, canon, ttl_ms, caps, owner)
+            placed = await self._reserve_placed(rid, canon, ttl_ms, caps, holds, owner)
             if placed is not None:
                 return placed
-        return await self._reserve_saga(rid, canon, groups, ttl_ms, caps, owner)
+        return await self._reserve_saga(rid, canon, groups, ttl_ms, caps, holds, owner)
 
     def _ttl_ms(self, ttl_seconds: float, who: auth.Principal) -> int:
         cart = who.role is auth.Role.STOREFRONT
@@ -173,6 +191,7 @@ class Reservations(Sagas):
         lines: tuple[Line, ...],
         ttl_ms: int,
         caps: dict[str, PickCapacity],
+        holds: Holds,
         owner: str,
     ) -> HoldResult:
         now = self.clock.now_ms()
@@ -187,6 +206,7 @@ class Reservations(Sagas):
             encode_lines(lines),
             caps.get(location),
             owner,
+            holds.get(location),
         )
         (answer,) = await self.storage.hold([call])
         return self._hold_answer(rid, lines, location, answer)
@@ -197,6 +217,7 @@ class Reservations(Sagas):
         lines: tuple[Line, ...],
         ttl_ms: int,
         caps: dict[str, PickCapacity],
+        holds: Holds,
         owner: str,
     ) -> HoldResult | None:
         """On a cluster: the directory entry at the id's node and the hold at the
@@ -206,8 +227,9 @@ class Reservations(Sagas):
         fp, location = fingerprint(lines, owner), lines[0].location
         ttl = ttl_ms + self.storage.retention_ms
         call = self.storage.hold_call(
-            rid, fp, location, lines, now, now + ttl_ms, None, caps.get(location)
-        )
+            rid, fp, location, lines, now, now + ttl_ms, None, caps.get(location), "",
+            holds.get(location),
+        )  # fmt: skip
         placed, answer = await asyncio.gather(
             self.storage.place(rid, fp, encode_lines(lines), ttl, owner),
             self.storage.hold([call]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 
 from engine.domain.errors import (
     AlreadyExists,
@@ -23,7 +24,7 @@ from engine.domain.model import (
     by_location,
     fingerprint,
 )
-from engine.store.codecs import DirEntry, PickCapacity, encode_lines
+from engine.store.codecs import ChannelHold, DirEntry, PickCapacity, encode_lines
 from engine.store.replies import (
     PENDING,
     Claim,
@@ -44,6 +45,8 @@ from engine.usecases.parts import (
     saga_word,
 )
 
+Holds = Mapping[str, ChannelHold]  # location -> a channel's hold there, with its rule
+
 
 class Sagas(ReservationParts):
     """The saga steps of Reserve, Commit and Release, and their recovery."""
@@ -55,10 +58,11 @@ class Sagas(ReservationParts):
         groups: dict[str, list[Line]],
         ttl_ms: int,
         caps: dict[str, PickCapacity],
+        holds: Holds,
         owner: str,
     ) -> HoldResult:
         for _ in range(3):
-            result = await self._try_saga(rid, lines, groups, ttl_ms, caps, owner)
+            result = await self._try_saga(rid, lines, groups, ttl_ms, caps, holds, owner)
             if result is not None:
                 return result
         raise Unavailable(f"reservation {rid} keeps being placed and rolled back; retry")
@@ -70,6 +74,7 @@ class Sagas(ReservationParts):
         groups: dict[str, list[Line]],
         ttl_ms: int,
         caps: dict[str, PickCapacity],
+        holds: Holds,
         made_by: str,
     ) -> HoldResult | None:
         """One attempt; None when a concurrent attempt with this id fell short meanwhile."""
@@ -86,7 +91,9 @@ class Sagas(ReservationParts):
             settled = await self._settled(rid, claimed.saga)
             return None if settled is None else HoldResult(settled)
         calls = [
-            self.storage.hold_call(rid, fp, loc, part, now, now + ttl_ms, None, caps.get(loc))
+            self.storage.hold_call(
+                rid, fp, loc, part, now, now + ttl_ms, None, caps.get(loc), "", holds.get(loc)
+            )
             for loc, part in groups.items()
         ]
         answers = await self.storage.hold(calls)

@@ -24,6 +24,31 @@ local function available(r)
   return a
 end
 
+-- What a sales channel may still hold of a row: its available units less the channel's
+-- buffer, and (share < 1000000, in millionths) no more than that share of the row's sellable
+-- units (on_hand - safety) less what the channel holds of the row already ({L}:h).
+local function channel_available(r, held_key, sku, ch, buffer, share)
+  local a = available(r) - buffer
+  if share < 1000000 then
+    local held = tonumber(redis.call('HGET', held_key, sku .. '\t' .. ch) or '0')
+    local sellable = r[1] - r[3]
+    if sellable < 0 then sellable = 0 end
+    local room = math.floor(sellable * share / 1000000) - held
+    if room < a then a = room end
+  end
+  if a < 0 then return 0 end
+  return a
+end
+
+-- A part's units leave its channel's count of each row ({L}:h) when it stops holding them.
+local function unhold_channel(held_key, ch, lines)
+  if not ch or ch == '' then return end
+  for _, ln in ipairs(lines) do
+    local field = ln[1] .. '\t' .. ch
+    if redis.call('HINCRBY', held_key, field, -ln[2]) <= 0 then redis.call('HDEL', held_key, field) end
+  end
+end
+
 -- "sku\tqty\n..." -> {{sku, qty}, ...}
 local function parse_lines(text)
   local out = {}
@@ -92,9 +117,11 @@ end
 -- The store's reports of sales under this part that came while it was HELD (field 'e',
 -- "sku\tdelta\tsource_time\tevent id\n"...) now count as the DELTAs they are, unless a
 -- count taken after them already includes them. buckets: sku -> {stock idx, log idx}.
--- A part that took pick capacity gives it back to `cap` ({L}:c).
-local function unhold(rec, due, cap, id, state, buckets, retention_ms)
-  local cur = redis.call('HMGET', rec, 'l', 'e', 'c')
+-- A part that took pick capacity gives it back to `cap` ({L}:c); one held for a sales
+-- channel leaves its count in `held` ({L}:h).
+local function unhold(rec, due, cap, held, id, state, buckets, retention_ms)
+  local cur = redis.call('HMGET', rec, 'l', 'e', 'c', 'ch')
+  unhold_channel(held, cur[4], parse_lines(cur[1]))
   for _, ln in ipairs(parse_lines(cur[1])) do
     local key = KEYS[buckets[ln[1]][1]]
     local r = read_row(key, ln[1])

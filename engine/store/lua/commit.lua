@@ -1,18 +1,20 @@
 -- commit: turn a HELD reservation part into a sale: on_hand and reserved drop by each qty.
 -- The commit is logged at now_ms so that a later store count taken before it keeps it (I5),
 -- and the part is kept (retention) so the store's echo of the sale is recognised (I6).
--- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3..] {L}:s:<b> and {L}:d:<b> buckets
+-- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3] {L}:h units held per row and
+-- channel (the part's leave it);  KEYS[4..] {L}:s:<b> and {L}:d:<b> buckets
 -- ARGV: id, now_ms, retention_ms, force, n, then n triples (sku, stock key index, log key index),
 --   then the location's change channel (write_row)
 --   force == '1' commits a part even past its expiry: the commit was decided while every
 --   part was pinned (a cross-location commit being finished after a crash).
 -- Returns {'COMMITTED', 1 if this call committed else 0} | {'STATE', state} | {'MISSING'}
 local id, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local cur = redis.call('HMGET', KEYS[1], 's', 'x', 'l')
+local cur = redis.call('HMGET', KEYS[1], 's', 'x', 'l', 'ch')
 local refused = part_gate(cur[1], cur[2], 'COMMITTED', ARGV[4] ~= '1' and now or nil)
 if refused then return refused end
 
 local keys = key_map(ARGV, 6, tonumber(ARGV[5]))
+unhold_channel(KEYS[3], cur[4], parse_lines(cur[3]))
 for _, ln in ipairs(parse_lines(cur[3])) do
   local k = keys[ln[1]]
   local r = read_row(KEYS[k[1]], ln[1])

@@ -1,7 +1,8 @@
 -- hold: hold every line of one reservation at one location, all or nothing (I2, I3, I4).
--- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l, t)
+-- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l, t, ch)
 -- KEYS[2]  {L}:x        the expiry index of L: reservation id -> expiry (ms), for the sweeper
--- KEYS[3..] {L}:s:<b>   stock buckets the lines live in
+-- KEYS[3]  {L}:h        units held per row and channel: "sku\tchannel" -> units
+-- KEYS[4..] {L}:s:<b>   stock buckets the lines live in
 -- KEYS[#KEYS-1] {omnistock:w<k>}:wake (L's wake-up shard), and KEYS[#KEYS] res:{<id>} the directory, only when
 --           ARGV[6] == '1' (one Redis, one location: there the hold also sets L's wake-up;
 --           elsewhere the caller sends that ZADD behind the script)
@@ -11,7 +12,12 @@
 --       then cap (index of {L}:c in KEYS, 0: takes no capacity), limit, day, keep_from
 --       (a plan takes one of the `limit` orders L may pick on `day`; see take_capacity),
 --       then L (the location id, for the wake-up), then the principal making it (the
---       directory's owner), then the location's change channel (write_row)
+--       directory's owner), then the sales channel ('' for none), its buffer and its most
+--       share in millionths (1000000: no cap) at L, then the location's change channel
+--       (write_row)
+-- A channel's hold may take of a row at most (channel_available in _prelude.lua):
+--   available - buffer, and no more than floor(share x (on_hand - safety)) - what the channel
+--   holds of the row already; the part records its channel, and {L}:h counts its units.
 -- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
 --       | {'FULL', orders already picked that day} | {'EXISTS', state, expires_at} | {'CONFLICT'}
 local id, fp = ARGV[1], ARGV[2]
@@ -19,6 +25,7 @@ local now, exp, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[
 local n = tonumber(ARGV[8])
 local c = 9 + n * 3
 local cap = tonumber(ARGV[c] or '0')
+local ch, buffer, share = ARGV[c + 6], tonumber(ARGV[c + 7]), tonumber(ARGV[c + 8])
 
 local dir = false
 if ARGV[6] == '1' then
@@ -37,6 +44,7 @@ for j = 0, n - 1 do
   local sku, qty, k = ARGV[9 + j * 3], tonumber(ARGV[10 + j * 3]), tonumber(ARGV[11 + j * 3])
   local r = read_row(KEYS[k], sku)
   local a = available(r)
+  if ch ~= '' then a = channel_available(r, KEYS[3], sku, ch, buffer, share) end
   if a < qty then
     short[#short + 1] = sku
     short[#short + 1] = qty
@@ -59,8 +67,10 @@ for _, x in ipairs(rows) do
   x[4][2] = x[4][2] + x[3]
   write_row(x[1], x[2], x[4])
   lines[#lines + 1] = x[2] .. '\t' .. x[3] .. '\n'
+  if ch ~= '' then redis.call('HINCRBY', KEYS[3], x[2] .. '\t' .. ch, x[3]) end
 end
 redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(lines), 't', now)
+if ch ~= '' then redis.call('HSET', KEYS[1], 'ch', ch) end
 if cap > 0 then
   take_capacity(KEYS[cap], ARGV[c + 2], ARGV[c + 3])
   redis.call('HSET', KEYS[1], 'c', ARGV[c + 2])

@@ -1,6 +1,6 @@
 -- release: give a HELD reservation part's units back (reserved drops by each qty).
 -- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3] {L}:c pick capacity;
--- KEYS[4..] {L}:s:<b> stock buckets
+-- KEYS[4] {L}:h units held per row and channel;  KEYS[5..] {L}:s:<b> stock buckets
 -- ARGV: id, retention_ms, mode, fingerprint ('' for any part), n, then n triples (sku,
 --   stock key index, log key index), then the location's change channel (write_row)
 --   mode 'release':   the part becomes RELEASED, and is remembered for the retention.
@@ -25,6 +25,6 @@ if not state then
 end
 local refused = part_gate(state, nil, 'RELEASED', nil)
 if refused then return refused end
-unhold(KEYS[1], KEYS[2], KEYS[3], id, 'RELEASED', key_map(ARGV, 6, tonumber(ARGV[5])), retention)
+unhold(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id, 'RELEASED', key_map(ARGV, 6, tonumber(ARGV[5])), retention)
 if mode == 'forget' then redis.call('DEL', KEYS[1]) end
 return {'RELEASED', 1}

@@ -364,9 +364,14 @@ class GetAvailabilityRequest(_message.Message):
     LOCATION_IDS_FIELD_NUMBER: _builtins.int
     LOCATION_TYPES_FIELD_NUMBER: _builtins.int
     INCLUDE_EMPTY_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     include_empty: _builtins.bool
     """Also return rows with nothing available (default: only rows with available > 0
     are returned when locations are chosen by type).
+    """
+    channel: _builtins.str
+    """The sales channel asking (e.g. "web", "app", "store"): each level's `available` is then
+    what that channel may hold, its rules applied (SetChannelRules). Empty: no rule applies.
     """
     @_builtins.property
     def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -385,10 +390,11 @@ class GetAvailabilityRequest(_message.Message):
         location_ids: _abc.Iterable[_builtins.str] | None = ...,
         location_types: _abc.Iterable[Global___LocationType.ValueType] | None = ...,
         include_empty: _builtins.bool = ...,
+        channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_empty", b"include_empty", "location_ids", b"location_ids", "location_types", b"location_types", "skus", b"skus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "include_empty", b"include_empty", "location_ids", b"location_ids", "location_types", b"location_types", "skus", b"skus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -642,10 +648,16 @@ class ReserveRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Client-chosen, 1-128 characters of [A-Za-z0-9._:/@+-]; the idempotency key."""
     ttl_seconds: _builtins.float
     """How long the hold lasts; 0 = the server's default."""
+    channel: _builtins.str
+    """The sales channel holding: the hold takes no more than the channel's rules let it at
+    each location (checked in the same step as the hold), and is counted as the channel's
+    while it lasts. Empty: no rule applies. The first hold of an id decides its channel.
+    """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]: ...
     def __init__(
@@ -654,10 +666,11 @@ class ReserveRequest(_message.Message):
         reservation_id: _builtins.str = ...,
         lines: _abc.Iterable[Global___ReservationLine] | None = ...,
         ttl_seconds: _builtins.float = ...,
+        channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "reservation_id", b"reservation_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "lines", b"lines", "reservation_id", b"reservation_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1038,6 +1051,90 @@ class AllocateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AllocateResponse: _TypeAlias = AllocateResponse  # noqa: Y015
+
+@_typing.final
+class ChannelRule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_TYPE_FIELD_NUMBER: _builtins.int
+    BUFFER_FIELD_NUMBER: _builtins.int
+    MAX_SHARE_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    location_id: _builtins.str
+    """The scope: one location; or, without one, every location of a type; neither: the
+    default of every location.
+    """
+    location_type: Global___LocationType.ValueType
+    buffer: _builtins.int
+    """Units of every row this channel may never take (a store's last units, for walk-ins)."""
+    max_share: _builtins.float
+    """The most of a row's sellable units (on_hand - safety_stock) the channel may hold at
+    once, counting its own holds: above 0, at most 1. Unset: no cap.
+    """
+    remove: _builtins.bool
+    """Removes the rule of this scope and channel (the next one less specific applies)."""
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        location_type: Global___LocationType.ValueType = ...,
+        buffer: _builtins.int = ...,
+        max_share: _builtins.float | None = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_share", b"_max_share", "max_share", b"max_share"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_share", b"_max_share", "buffer", b"buffer", "channel", b"channel", "location_id", b"location_id", "location_type", b"location_type", "max_share", b"max_share", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_share: _TypeAlias = _typing.Literal["max_share"]  # noqa: Y015
+    _WhichOneofArgType__max_share: _TypeAlias = _typing.Literal["_max_share", b"_max_share"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_share) -> _WhichOneofReturnType__max_share | None: ...
+
+Global___ChannelRule: _TypeAlias = ChannelRule  # noqa: Y015
+
+@_typing.final
+class SetChannelRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelRule]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___ChannelRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChannelRulesRequest: _TypeAlias = SetChannelRulesRequest  # noqa: Y015
+
+@_typing.final
+class SetChannelRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the rules' version after this call: it moves with every change"""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChannelRulesResponse: _TypeAlias = SetChannelRulesResponse  # noqa: Y015
 
 @_typing.final
 class UpsertLocationsRequest(_message.Message):

@@ -576,6 +576,11 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetMappingsRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetMappingsResponse.FromString,
                 _registered_method=True)
+        self.SetChannelRules = channel.unary_unary(
+                '/omnistock.v1.StockService/SetChannelRules',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesResponse.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -631,6 +636,14 @@ class StockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetChannelRules(self, request, context):
+        """What a sales channel may take of each row: per location, per location type, or the
+        default (the most specific wins). All the call's rules change at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -663,6 +676,11 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.SetMappings,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetMappingsRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetMappingsResponse.SerializeToString,
+            ),
+            'SetChannelRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChannelRules,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -829,6 +847,33 @@ class StockService:
             '/omnistock.v1.StockService/SetMappings',
             omnistock_dot_v1_dot_omnistock__pb2.SetMappingsRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.SetMappingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChannelRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/SetChannelRules',
+            omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -260,6 +260,10 @@ class StockServiceStub:
     """
     SetMappings: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetMappingsRequest, _omnistock_pb2.SetMappingsResponse]
     """Platform ids (a Shopify location, a Square catalog object) -> omnistock ids, per source."""
+    SetChannelRules: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetChannelRulesRequest, _omnistock_pb2.SetChannelRulesResponse]
+    """What a sales channel may take of each row: per location, per location type, or the
+    default (the most specific wins). All the call's rules change at once.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -287,6 +291,10 @@ class StockServiceAsyncStub(StockServiceStub):
     """
     SetMappings: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetMappingsRequest, _omnistock_pb2.SetMappingsResponse]  # type: ignore[assignment]
     """Platform ids (a Shopify location, a Square catalog object) -> omnistock ids, per source."""
+    SetChannelRules: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetChannelRulesRequest, _omnistock_pb2.SetChannelRulesResponse]  # type: ignore[assignment]
+    """What a sales channel may take of each row: per location, per location type, or the
+    default (the most specific wins). All the call's rules change at once.
+    """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- stock (ingest, admin)"""
@@ -347,6 +355,16 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_omnistock_pb2.SetMappingsResponse, _abc.Awaitable[_omnistock_pb2.SetMappingsResponse]]:
         """Platform ids (a Shopify location, a Square catalog object) -> omnistock ids, per source."""
+
+    @_abc_1.abstractmethod
+    def SetChannelRules(
+        self,
+        request: _omnistock_pb2.SetChannelRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.SetChannelRulesResponse, _abc.Awaitable[_omnistock_pb2.SetChannelRulesResponse]]:
+        """What a sales channel may take of each row: per location, per location type, or the
+        default (the most specific wins). All the call's rules change at once.
+        """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

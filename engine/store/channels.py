@@ -1,0 +1,64 @@
+"""Sales channels' rules, in one hash of their own slot (engine/usecases/channels.py reads
+them into each process; hold.lua enforces them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.domain.model import ChannelRule
+from engine.store.base import Base
+from engine.store.keys import CHANNEL_RULES, CHANNEL_RULES_VERSION, Keys
+
+
+def _field(scope: str, channel: str) -> str:
+    return f"{scope}\t{channel}"
+
+
+def _value(rule: ChannelRule) -> str:
+    share = "" if rule.max_share is None else repr(rule.max_share)
+    return f"{rule.buffer},{share}"
+
+
+def _rule(value: bytes) -> ChannelRule:
+    buffer, share = value.decode().split(",")
+    return ChannelRule(int(buffer), float(share) if share else None)
+
+
+class ChannelStore(Base):
+    async def set_channel_rules(self, rules: Mapping[tuple[str, str], ChannelRule | None]) -> int:
+        """Sets (or, for None, removes) the rule of each (scope, channel), scope "l:<id>",
+        "t:<TYPE>" or "*", all at once; answers the rules' new version."""
+        put = {_field(*k): _value(r) for k, r in rules.items() if r is not None}
+        drop = [_field(*k) for k, r in rules.items() if r is None]
+
+        async def run() -> int:
+            async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {omnistock}
+                if put:
+                    pipe.hset(CHANNEL_RULES, mapping=put)
+                if drop:
+                    pipe.hdel(CHANNEL_RULES, *drop)
+                pipe.incr(CHANNEL_RULES_VERSION)
+                got = await pipe.execute()
+            return int(got[-1])
+
+        return await self.guard(run)
+
+    async def channel_rules_version(self) -> int:
+        return int(await self.command(lambda p: p.get(CHANNEL_RULES_VERSION)) or 0)
+
+    async def channel_rules(self) -> dict[tuple[str, str], ChannelRule]:
+        """Every rule, by (scope, channel)."""
+        raw: dict[bytes, bytes] = await self.command(lambda p: p.hgetall(CHANNEL_RULES))
+        out = {}
+        for field, value in raw.items():
+            scope, channel = field.decode().split("\t")
+            out[(scope, channel)] = _rule(value)
+        return out
+
+    async def channel_holds(self, location: str, skus: list[str], channel: str) -> list[int]:
+        """What `channel` holds of each of these rows at a location ({L}:h)."""
+        if not skus:
+            return []
+        fields = [f"{sku}\t{channel}" for sku in skus]
+        got = await self.command(lambda p: p.hmget(Keys.channel_holds(location), fields))
+        return [int(v or 0) for v in got]

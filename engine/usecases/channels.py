@@ -1,0 +1,100 @@
+"""Sales channels' rules (SetChannelRules): per location, per location type, or the default,
+the most specific wins. A rule says what a channel may take of each row at a location: never
+its last `buffer` units, and at most `max_share` of its sellable units held at once. Held
+for a channel, a hold is checked against its rule inside the hold script itself (hold.lua),
+so no channel ever takes what its rules keep from it, however many hold at once.
+
+The rules are read into each process and refreshed at most once a second, when their
+version has moved (as the location registry does): a rule set through one process holds
+there at once, and in the others within about a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import NO_RULE, ChannelRule, Location, LocationType, check_id
+from engine.store.storage import Storage
+
+_RELOAD_INTERVAL = 1.0
+MAX_RULES = 1000  # a call's
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    channel: str
+    location: str = ""  # the scope: one location,
+    location_type: LocationType | None = None  # or every location of a type; neither: default
+    rule: ChannelRule | None = None  # None: remove
+
+    @property
+    def scope(self) -> str:
+        if self.location:
+            return f"l:{self.location}"
+        if self.location_type is not None:
+            return f"t:{self.location_type.value}"
+        return "*"
+
+
+def check_rule(change: RuleChange, field: str) -> RuleChange:
+    check_id(change.channel, f"{field}.channel")
+    if change.location:
+        check_id(change.location, f"{field}.location_id")
+        if change.location_type is not None:
+            raise InvalidArgument(
+                f"{field}.location_type", "give a location_id or a type, not both"
+            )
+    rule = change.rule
+    if rule is None:
+        return change
+    if rule.buffer < 0:
+        raise InvalidArgument(f"{field}.buffer", f"must be >= 0, got {rule.buffer}")
+    share = rule.max_share
+    if share is not None and not 0 < share <= 1:
+        raise InvalidArgument(f"{field}.max_share", f"must be above 0 and at most 1, got {share}")
+    return change
+
+
+class ChannelRules:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.rules: dict[tuple[str, str], ChannelRule] = {}
+        self._version = -1
+        self._checked_at = float("-inf")
+
+    async def set(self, changes: Sequence[RuleChange]) -> int:
+        """Sets and removes rules, all at once; answers the rules' new version."""
+        version = await self.storage.set_channel_rules(
+            {(c.scope, c.channel): c.rule for c in changes}
+        )
+        await self._reload()
+        return version
+
+    async def _reload(self) -> None:
+        version = await self.storage.channel_rules_version()  # first: a later set reloads
+        self.rules = await self.storage.channel_rules()
+        self._version, self._checked_at = version, time.monotonic()
+
+    async def fresh(self) -> dict[tuple[str, str], ChannelRule]:
+        if time.monotonic() - self._checked_at > _RELOAD_INTERVAL:
+            if await self.storage.channel_rules_version() != self._version:
+                await self._reload()
+            self._checked_at = time.monotonic()
+        return self.rules
+
+    async def at(self, locations: Iterable[Location], channel: str) -> dict[str, ChannelRule]:
+        """The rule of `channel` at each location: the location's own, else its type's, else
+        the default, else none."""
+        rules = await self.fresh()
+        out = {}
+        for loc in locations:
+            for scope in (f"l:{loc.id}", f"t:{loc.type.value}", "*"):
+                if (scope, channel) in rules:
+                    out[loc.id] = rules[(scope, channel)]
+                    break
+            else:
+                out[loc.id] = NO_RULE
+        return out

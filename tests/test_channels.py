@@ -1,0 +1,187 @@
+"""Sales channels and their rules (issue 16): a channel's hold never takes more than its
+rules let it at that instant (buffer, max_share), checked in the hold script itself; a row's
+plain available is unchanged by rules; what a channel holds of a row is counted while its
+holds last, and given back by commit, release and expiry. Through a real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.store.keys import Keys
+
+from .conftest import ON_BOTH
+from .grpc_helpers import Stubs, level, line, seed
+
+pytestmark = ON_BOTH
+
+
+@pytest.fixture
+def stubs(channel: grpc.aio.Channel) -> Stubs:
+    return Stubs(channel)
+
+
+async def rules(stubs: Stubs, *given: pb.ChannelRule) -> int:
+    got = await stubs.stock.SetChannelRules(pb.SetChannelRulesRequest(rules=list(given)))
+    return got.version
+
+
+async def offered(stubs: Stubs, loc: str, sku: str, channel: str = "") -> int:
+    got = await stubs.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=[sku], location_ids=[loc], channel=channel)
+    )
+    return got.levels[0].available
+
+
+async def reserve(
+    stubs: Stubs, rid: str, lines: list[pb.ReservationLine], channel: str = ""
+) -> pb.ReserveResponse:
+    return await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id=rid, lines=lines, channel=channel)
+    )
+
+
+async def test_a_buffer_keeps_a_stores_last_units_from_the_web_only(
+    stubs: Stubs, redis_url: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 5})
+    await rules(
+        stubs, pb.ChannelRule(channel="web", location_type=pb.LOCATION_TYPE_STORE, buffer=2)
+    )
+    assert await offered(stubs, "s1", "a", "web") == 3
+    assert await offered(stubs, "s1", "a") == 5  # the plain number is unchanged
+    short = await reserve(stubs, "w1", [line("s1", "a", 4)], "web")
+    assert [(s.requested, s.available) for s in short.shortfalls] == [(4, 3)]
+    assert (await reserve(stubs, "w2", [line("s1", "a", 3)], "web")).HasField("reservation")
+    assert await offered(stubs, "s1", "a", "web") == 0
+    # the walk-in's till (another channel, no rule) takes the last two
+    assert (await reserve(stubs, "t1", [line("s1", "a", 2)], "store")).HasField("reservation")
+
+
+async def test_a_share_caps_what_a_channel_holds_counting_its_own_holds(
+    stubs: Stubs, redis: aioredis.Redis | RedisCluster, redis_url: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 10})
+    await rules(stubs, pb.ChannelRule(channel="marketplace", max_share=0.3))
+    assert await offered(stubs, "s1", "a", "marketplace") == 3
+    await reserve(stubs, "m1", [line("s1", "a", 2)], "marketplace")
+    assert await offered(stubs, "s1", "a", "marketplace") == 1
+    assert await redis.hget(Keys.channel_holds("s1"), "a\tmarketplace") == b"2"
+    short = await reserve(stubs, "m2", [line("s1", "a", 2)], "marketplace")
+    assert [(s.requested, s.available) for s in short.shortfalls] == [(2, 1)]
+    # a release gives the channel's share back; a commit takes the units out of both
+    await stubs.reservations.Release(pb.ReleaseRequest(reservation_id="m1"))
+    assert await offered(stubs, "s1", "a", "marketplace") == 3
+    assert not await redis.hexists(Keys.channel_holds("s1"), "a\tmarketplace")
+    await reserve(stubs, "m3", [line("s1", "a", 3)], "marketplace")
+    await stubs.reservations.Commit(pb.CommitRequest(reservation_id="m3"))
+    assert not await redis.hexists(Keys.channel_holds("s1"), "a\tmarketplace")
+    assert await offered(stubs, "s1", "a", "marketplace") == 2  # 30% of the 7 left
+
+
+async def test_the_most_specific_rule_wins_and_a_removed_one_falls_back(
+    stubs: Stubs, redis_url: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 10, ("s2", "a"): 10})
+    first = await rules(
+        stubs,
+        pb.ChannelRule(channel="web", buffer=1),
+        pb.ChannelRule(channel="web", location_type=pb.LOCATION_TYPE_STORE, buffer=2),
+        pb.ChannelRule(channel="web", location_id="s1", buffer=4),
+    )
+    assert (await offered(stubs, "s1", "a", "web"), await offered(stubs, "s2", "a", "web")) == (
+        6,
+        8,
+    )
+    second = await rules(stubs, pb.ChannelRule(channel="web", location_id="s1", remove=True))
+    assert second > first
+    assert await offered(stubs, "s1", "a", "web") == 8
+    await rules(
+        stubs, pb.ChannelRule(channel="web", location_type=pb.LOCATION_TYPE_STORE, remove=True)
+    )
+    assert await offered(stubs, "s1", "a", "web") == 9  # the default
+    assert await offered(stubs, "s1", "a", "app") == 10  # no rule for this channel
+
+
+async def test_a_hold_across_locations_keeps_each_locations_rule(
+    stubs: Stubs, redis_url: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 3, ("s2", "a"): 3})
+    await rules(stubs, pb.ChannelRule(channel="web", location_id="s2", buffer=3))
+    short = await reserve(stubs, "x1", [line("s1", "a", 1), line("s2", "a", 1)], "web")
+    assert [(s.location_id, s.available) for s in short.shortfalls] == [("s2", 0)]
+    assert await offered(stubs, "s1", "a") == 3  # the part held at s1 was let go
+
+
+async def test_an_expired_hold_gives_its_channels_share_back(
+    stubs: Stubs, redis: aioredis.Redis | RedisCluster, redis_url: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 10})
+    await rules(stubs, pb.ChannelRule(channel="app", max_share=0.5))
+    await stubs.reservations.Reserve(
+        pb.ReserveRequest(
+            reservation_id="e1", lines=[line("s1", "a", 5)], channel="app", ttl_seconds=0.2
+        )
+    )
+    assert await offered(stubs, "s1", "a", "app") == 0
+    for _ in range(200):  # the sweeper expires it
+        if await offered(stubs, "s1", "a", "app") == 5:
+            break
+        await asyncio.sleep(0.02)
+    assert await offered(stubs, "s1", "a", "app") == 5
+    assert not await redis.hexists(Keys.channel_holds("s1"), "a\tapp")
+
+
+@pytest.mark.parametrize(
+    ("rule", "field"),
+    [
+        (pb.ChannelRule(channel="", buffer=1), "rules[0].channel"),
+        (pb.ChannelRule(channel="web", buffer=-1), "rules[0].buffer"),
+        (pb.ChannelRule(channel="web", max_share=0), "rules[0].max_share"),
+        (pb.ChannelRule(channel="web", max_share=1.5), "rules[0].max_share"),
+        (pb.ChannelRule(channel="web", location_id="nowhere"), "rules[].location_id"),
+        (pb.ChannelRule(channel="w b"), "rules[0].channel"),
+    ],
+)
+async def test_a_bad_rule_is_refused_naming_its_field(
+    stubs: Stubs, redis_url: str, rule: pb.ChannelRule, field: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 1})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await rules(stubs, rule)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(field), err.value.details()
+
+
+async def test_a_flash_sale_from_two_channels_takes_exactly_what_each_may(
+    stubs: Stubs, redis_url: str
+) -> None:
+    # 100 units: the web may hold at most 40% of them, the app has a buffer of 10
+    await seed(stubs, {("s1", "a"): 100})
+    await rules(
+        stubs,
+        pb.ChannelRule(channel="web", max_share=0.4),
+        pb.ChannelRule(channel="app", buffer=10),
+    )
+
+    async def buyer(channel: str, i: int) -> int:
+        got = await reserve(stubs, f"{channel}-{i}", [line("s1", "a", 1)], channel)
+        return 1 if got.HasField("reservation") else 0
+
+    web, app = await asyncio.gather(
+        asyncio.gather(*(buyer("web", i) for i in range(80))),
+        asyncio.gather(*(buyer("app", i) for i in range(120))),
+    )
+    # whatever the order the holds came in: the web never above its share, the app never
+    # into its buffer; and each refusal was right when it was made, so the web stopped at
+    # its share or at nothing left, and the app at its buffer
+    taken_web, taken_app = sum(web), sum(app)
+    assert taken_web <= 40 and taken_app <= 90, (taken_web, taken_app)
+    assert 90 <= taken_web + taken_app <= 100, (taken_web, taken_app)
+    assert taken_web == 40 or taken_web + taken_app == 100, (taken_web, taken_app)
+    assert (await level(stubs, "s1", "a")).reserved == taken_web + taken_app
