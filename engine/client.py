@@ -155,9 +155,11 @@ class OmnistockClient:
         types: Sequence[LocationType] = (),
         limit: int = 10,
         partial: bool = False,
+        channel: str = "",
     ) -> list[NearbyHit]:
         """Locations that can fill the basket (or, with partial, part of it), best first;
-        each hit's `available` follows the order of `lines`."""
+        each hit's `available` follows the order of `lines` (for a channel: what it may
+        hold there)."""
         request = pb.FindNearbyRequest(
             latitude=latitude,
             longitude=longitude,
@@ -167,6 +169,7 @@ class OmnistockClient:
             location_types=[_TYPES[t] for t in types],
             limit=limit,
             partial=partial,
+            channel=channel,
         )
         resp = await self._call(lambda: self._availability.FindNearby(request, **self._opts))
         return [

@@ -185,3 +185,48 @@ async def test_a_flash_sale_from_two_channels_takes_exactly_what_each_may(
     assert 90 <= taken_web + taken_app <= 100, (taken_web, taken_app)
     assert taken_web == 40 or taken_web + taken_app == 100, (taken_web, taken_app)
     assert (await level(stubs, "s1", "a")).reserved == taken_web + taken_app
+
+
+async def test_nearby_stores_for_a_channel_are_those_its_rules_let_it_hold_at(
+    stubs: Stubs, redis_url: str
+) -> None:
+    # two stores at one place: s1 keeps its last 3 units from the web, s2 keeps none
+    await seed(stubs, {("s1", "a"): 4, ("s2", "a"): 4})
+    await rules(stubs, pb.ChannelRule(channel="web", location_id="s1", buffer=3))
+
+    async def nearest(channel: str) -> list[tuple[str, int]]:
+        got = await stubs.availability.FindNearby(
+            pb.FindNearbyRequest(
+                latitude=51.5, longitude=-0.12, radius_km=50, channel=channel,
+                lines=[pb.BasketLine(sku="a", qty=2)], partial=True,
+            )
+        )  # fmt: skip
+        return [(n.location.id, n.lines[0].available) for n in got.locations]
+
+    assert await nearest("") == [("s1", 4), ("s2", 4)]
+    assert await nearest("web") == [("s2", 4), ("s1", 1)]  # s1 fills only part of it
+
+
+async def test_an_allocation_for_a_channel_plans_and_holds_under_its_rules(
+    stubs: Stubs, redis: aioredis.Redis | RedisCluster, redis_url: str
+) -> None:
+    # the web may hold at most half of a row: 3 of s1's 6
+    await seed(stubs, {("s1", "a"): 6})
+    await rules(stubs, pb.ChannelRule(channel="web", max_share=0.5))
+
+    async def allocate(rid: str, qty: int, channel: str) -> pb.AllocateResponse:
+        return await stubs.sourcing.Allocate(
+            pb.AllocateRequest(
+                latitude=51.5, longitude=-0.12, lines=[pb.BasketLine(sku="a", qty=qty)],
+                reserve=True, reservation_id=rid, channel=channel,
+            )
+        )  # fmt: skip
+
+    assert [u.qty for u in (await allocate("o1", 4, "web")).unfilled] == [4]  # over its share
+    got = await allocate("o2", 3, "web")
+    assert [(s.location.id, s.lines[0].qty) for s in got.shipments] == [("s1", 3)]
+    assert got.HasField("reservation")
+    assert await redis.hget(Keys.channel_holds("s1"), "a\tweb") == b"3"
+    assert [u.qty for u in (await allocate("o3", 1, "web")).unfilled] == [1]  # share used up
+    plain = await allocate("o4", 3, "")  # no channel: every unit left
+    assert [(s.location.id, s.lines[0].qty) for s in plain.shipments] == [("s1", 3)]

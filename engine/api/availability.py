@@ -54,6 +54,7 @@ def nearby_query_from_pb(msg: pb.FindNearbyRequest) -> NearbyQuery:
             types=frozenset(types_from_pb(msg.location_types, "location_types")),
             limit=msg.limit or 10,
             partial=msg.partial,
+            channel=msg.channel,
         )
     )
 
@@ -144,7 +145,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         self, request: pb.FindNearbyRequest, context: grpc.aio.ServicerContext
     ) -> pb.FindNearbyResponse:
         query = nearby_query_from_pb(request)
-        found = await find_nearby(self.reader, self.locations, query)
+        found = await find_nearby(self.reader, self.locations, query, self.availability.channels)
         answer = pb.FindNearbyResponse(locations_considered=found.considered)
         for hit in found.hits:
             filled, units = hit.filled(query.lines)

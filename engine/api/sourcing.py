@@ -46,6 +46,7 @@ def order_from_pb(msg: pb.AllocateRequest, default: CostModel, max_shipments: in
             reservation_id=msg.reservation_id,
             ttl_seconds=msg.ttl_seconds,
             allow_partial=msg.allow_partial,
+            channel=msg.channel,
         )
     )
 

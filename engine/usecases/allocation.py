@@ -71,6 +71,7 @@ class Order:
     reservation_id: str = ""
     ttl_seconds: float = 0.0  # 0: the server's default
     allow_partial: bool = False  # with reserve: hold a plan that leaves units unfilled
+    channel: str = ""  # the sales channel ordering: planned and held under its rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,8 @@ def check_order(order: Order) -> Order:
     for i, location in enumerate(sorted(order.excluded)):
         check_id(location, f"excluded_location_ids[{i}]")
     _check_model(order.model)
+    if order.channel:
+        check_id(order.channel, "channel")
     if order.reserve:
         check_id(order.reservation_id, "reservation_id")
         if order.ttl_seconds:
@@ -138,6 +141,7 @@ class Allocator:
                 plan.reservation_lines(),
                 order.ttl_seconds,
                 capacity=_limits(plan),
+                channel=order.channel,
             )
             if held.ok:
                 return Allocation(plan, held.reservation, attempt, tuple(retries))
@@ -157,7 +161,7 @@ class Allocator:
         pairs = [(loc.id, ln.sku) for _, loc in near for ln in order.lines]
         limited = [loc.id for _, loc in near if loc.ship_capacity is not None]
         available, used = await asyncio.gather(
-            self.storage.available(pairs),
+            self._available(pairs, order.channel),
             self.storage.capacity_used(limited, self.reservations.today()),
         )
         used_at = dict(zip(limited, used, strict=True))
@@ -171,6 +175,14 @@ class Allocator:
             )
             for i, (distance, loc) in enumerate(near)
         ]
+
+    async def _available(self, pairs: list[tuple[str, str]], channel: str) -> list[int]:
+        """What may be held of each row: by the channel's rules when it names one."""
+        if not channel:
+            return await self.storage.available(pairs)
+        rows = await self.storage.rows(pairs)
+        channels = self.reservations.channels
+        return await channels.offered(channel, self.registry.by_id, pairs, rows)
 
     async def _earlier(self, order: Order) -> Allocation | None:
         """A retry of an Allocate that held its plan: that plan, if it is this order's."""

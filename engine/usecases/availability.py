@@ -77,36 +77,13 @@ class Availability:
         rows = await self.reader.rows(pairs)
         offered = [row.available for row in rows]
         if channel:
-            offered = await self._for_channel(channel, locations, wanted, rows)
+            offered = await self.channels.offered(channel, self.locations.by_id, pairs, rows)
         keep_empty = include_empty or bool(location_ids)
         return [
             (loc, sku, row, a)
             for (loc, sku), row, a in zip(pairs, rows, offered, strict=True)
             if keep_empty or a > 0
         ]
-
-    async def _for_channel(
-        self, channel: str, locations: list[str], skus: list[str], rows: list[StockRow]
-    ) -> list[int]:
-        """What `channel` may hold of each row (rows in location-major order), by its rule
-        at each location; what it holds already is read only where its rule caps a share."""
-        rules = await self.channels.at((self.locations.by_id[loc] for loc in locations), channel)
-        capped = [loc for loc in locations if rules[loc].max_share is not None]
-        held_at = dict(
-            zip(
-                capped,
-                await asyncio.gather(
-                    *(self.storage.channel_holds(loc, skus, channel) for loc in capped)
-                ),
-                strict=True,
-            )
-        )
-        out = []
-        for i, loc in enumerate(locations):
-            held = held_at.get(loc, [0] * len(skus))
-            for j, row in enumerate(rows[i * len(skus) : (i + 1) * len(skus)]):
-                out.append(rules[loc].available(row, held[j]))
-        return out
 
     async def watched(
         self, skus: Sequence[str], location_ids: Sequence[str], send_current: bool

@@ -11,16 +11,18 @@ there at once, and in the others within about a second.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import NO_RULE, ChannelRule, Location, LocationType, check_id
+from engine.domain.model import NO_RULE, ChannelRule, Location, LocationType, StockRow, check_id
 from engine.store.storage import Storage
 
 _RELOAD_INTERVAL = 1.0
 MAX_RULES = 1000  # a call's
+Pair = tuple[str, str]  # (location, sku)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +100,30 @@ class ChannelRules:
             else:
                 out[loc.id] = NO_RULE
         return out
+
+    async def offered(
+        self,
+        channel: str,
+        locations: Mapping[str, Location],
+        pairs: Sequence[Pair],
+        rows: Sequence[StockRow],
+    ) -> list[int]:
+        """What `channel` may hold of each row (pairs[i] -> rows[i]) by its rule where the
+        row is; what it holds already is read only where its rule caps a share."""
+        rules = await self.at((locations[loc] for loc in {loc for loc, _ in pairs}), channel)
+        capped: dict[str, list[str]] = {}
+        for loc, sku in pairs:
+            if rules[loc].max_share is not None:
+                capped.setdefault(loc, []).append(sku)
+        got = await asyncio.gather(
+            *(self.storage.channel_holds(loc, skus, channel) for loc, skus in capped.items())
+        )
+        held = {
+            (loc, sku): n
+            for (loc, skus), counts in zip(capped.items(), got, strict=True)
+            for sku, n in zip(skus, counts, strict=True)
+        }
+        return [
+            rules[loc].available(row, held.get((loc, sku), 0))
+            for (loc, sku), row in zip(pairs, rows, strict=True)
+        ]

@@ -8,7 +8,8 @@ trip. A partial search ranks locations by how much of the basket they fill, so i
 every candidate, at most MAX_CANDIDATES of them (the nearest), fewer for a long basket, so
 that one call reads at most MAX_ROWS stock rows (candidates x lines). Availability is the
 engine's own: on_hand less what reservations hold and less safety stock, read through the
-read cache when it is on (engine/store/rowcache.py).
+read cache when it is on (engine/store/rowcache.py); for a sales channel, what its rules
+let it hold (engine/usecases/channels.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from engine.domain.model import (
     LocationType,
     NearbyHit,
     check_coordinates,
+    check_id,
     check_sku_lines,
 )
 from engine.store.rowcache import RowReader
+from engine.usecases.channels import ChannelRules
 from engine.usecases.locations import LocationRegistry
 
 MAX_CANDIDATES = 2000
@@ -43,6 +46,7 @@ class NearbyQuery:
     types: frozenset[LocationType] = frozenset()
     limit: int = 10
     partial: bool = False
+    channel: str = ""  # a sales channel: what it may hold, its rules applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +62,19 @@ def check_query(query: NearbyQuery) -> NearbyQuery:
     check_sku_lines([(ln.sku, ln.qty) for ln in query.lines], "basket")
     if not 1 <= query.limit <= MAX_LIMIT:
         raise InvalidArgument("limit", f"must be 1 to {MAX_LIMIT} (0: 10), got {query.limit}")
+    if query.channel:
+        check_id(query.channel, "channel")
     return query
 
 
 async def find_nearby(
-    reader: RowReader, registry: LocationRegistry, query: NearbyQuery
+    reader: RowReader,
+    registry: LocationRegistry,
+    query: NearbyQuery,
+    channels: ChannelRules | None = None,
 ) -> NearbyResult:
-    """reader: the read cache, or the storage itself (Redis)."""
+    """reader: the read cache, or the storage itself (Redis); channels: the sales channels'
+    rules, for a query that names its channel."""
     index = await registry.index()
     most = min(MAX_CANDIDATES, MAX_ROWS // len(query.lines))  # a long basket reads fewer
     candidates = index.within(
@@ -76,7 +86,12 @@ async def find_nearby(
     start, size = 0, FIRST_ROUND
     while start < len(candidates) and (query.partial or len(full) < query.limit):
         batch = candidates[start : start + size]
-        available = await reader.available([(loc.id, ln.sku) for _, loc in batch for ln in lines])
+        pairs = [(loc.id, ln.sku) for _, loc in batch for ln in lines]
+        if query.channel and channels is not None:
+            rows = await reader.rows(pairs)
+            available = await channels.offered(query.channel, registry.by_id, pairs, rows)
+        else:
+            available = await reader.available(pairs)
         for i, (distance, loc) in enumerate(batch):
             hit = NearbyHit(loc, distance, tuple(available[i * len(lines) : (i + 1) * len(lines)]))
             filled, units = hit.filled(lines)

@@ -455,6 +455,7 @@ class FindNearbyRequest(_message.Message):
     LOCATION_TYPES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     latitude: _builtins.float
     longitude: _builtins.float
     radius_km: _builtins.float
@@ -465,6 +466,10 @@ class FindNearbyRequest(_message.Message):
     partial: _builtins.bool
     """Also return locations that can fill only part of the basket, after the ones that
     fill it all, ranked by lines filled, then units filled, then distance.
+    """
+    channel: _builtins.str
+    """The sales channel asking: each line's `available` is what that channel may hold,
+    its rules applied (SetChannelRules). Empty: no rule applies.
     """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___BasketLine]:
@@ -485,10 +490,11 @@ class FindNearbyRequest(_message.Message):
         location_types: _abc.Iterable[Global___LocationType.ValueType] | None = ...,
         limit: _builtins.int = ...,
         partial: _builtins.bool = ...,
+        channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fulfilment", b"fulfilment", "latitude", b"latitude", "limit", b"limit", "lines", b"lines", "location_types", b"location_types", "longitude", b"longitude", "partial", b"partial", "radius_km", b"radius_km"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "fulfilment", b"fulfilment", "latitude", b"latitude", "limit", b"limit", "lines", b"lines", "location_types", b"location_types", "longitude", b"longitude", "partial", b"partial", "radius_km", b"radius_km"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -888,6 +894,7 @@ class AllocateRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     ALLOW_PARTIAL_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     latitude: _builtins.float
     """the destination"""
     longitude: _builtins.float
@@ -905,6 +912,10 @@ class AllocateRequest(_message.Message):
     ttl_seconds: _builtins.float
     allow_partial: _builtins.bool
     """With reserve: hold a plan even when it leaves units unfilled (default: hold nothing then)."""
+    channel: _builtins.str
+    """The sales channel ordering: the plan counts only what its rules let it hold at each
+    location, and a hold of the plan is that channel's. Empty: no rule applies.
+    """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___BasketLine]:
         """at least one, at most 200, each sku once"""
@@ -933,10 +944,11 @@ class AllocateRequest(_message.Message):
         reservation_id: _builtins.str = ...,
         ttl_seconds: _builtins.float = ...,
         allow_partial: _builtins.bool = ...,
+        channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_partial", b"allow_partial", "allow_split", b"allow_split", "cost", b"cost", "excluded_location_ids", b"excluded_location_ids", "latitude", b"latitude", "lines", b"lines", "location_types", b"location_types", "longitude", b"longitude", "max_distance_km", b"max_distance_km", "max_shipments", b"max_shipments", "reservation_id", b"reservation_id", "reserve", b"reserve", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_partial", b"allow_partial", "allow_split", b"allow_split", "channel", b"channel", "cost", b"cost", "excluded_location_ids", b"excluded_location_ids", "latitude", b"latitude", "lines", b"lines", "location_types", b"location_types", "longitude", b"longitude", "max_distance_km", b"max_distance_km", "max_shipments", b"max_shipments", "reservation_id", b"reservation_id", "reserve", b"reserve", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
