@@ -179,6 +179,10 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
     "SetChannelRules": lambda s, md: s.stock.SetChannelRules(
         pb.SetChannelRulesRequest(rules=[pb.ChannelRule(channel="web", buffer=1)]), metadata=md
     ),
+    "SetPool": lambda s, md: s.stock.SetPool(
+        pb.SetPoolRequest(pools=[pb.Pool(location_id="L1", sku="S1", channel="app", units=1)]),
+        metadata=md,
+    ),
     "GetRow": lambda s, md: s.operator.GetRow(
         pb.GetRowRequest(location_id="L1", sku="S1"), metadata=md
     ),
@@ -591,9 +595,12 @@ async def every_kind_of_call(stubs: Stubs) -> None:
             pb.BasketLine(sku="S1", qty=1)
         ])
     )  # fmt: skip
-    # a channel's rule, and a hold and a read for that channel
+    # a channel's rule and pool, and a hold and a read for that channel
     await stubs.stock.SetChannelRules(
         pb.SetChannelRulesRequest(rules=[pb.ChannelRule(channel="web", max_share=0.5)])
+    )
+    await stubs.stock.SetPool(
+        pb.SetPoolRequest(pools=[pb.Pool(location_id="A1", sku="S1", channel="web", units=1)])
     )
     await stubs.reservations.Reserve(
         pb.ReserveRequest(reservation_id="web-1", lines=[line("A1", "S1", 1)], channel="web")

@@ -230,3 +230,119 @@ async def test_an_allocation_for_a_channel_plans_and_holds_under_its_rules(
     assert [u.qty for u in (await allocate("o3", 1, "web")).unfilled] == [1]  # share used up
     plain = await allocate("o4", 3, "")  # no channel: every unit left
     assert [(s.location.id, s.lines[0].qty) for s in plain.shipments] == [("s1", 3)]
+
+
+# -- ring-fenced pools ---------------------------------------------------------------------
+
+
+async def pool(stubs: Stubs, *pools: pb.Pool) -> int:
+    return (await stubs.stock.SetPool(pb.SetPoolRequest(pools=list(pools)))).changed
+
+
+def launch(units: int, fallback: bool = False, channel: str = "app") -> pb.Pool:
+    return pb.Pool(location_id="s1", sku="a", channel=channel, units=units, fallback=fallback)
+
+
+async def test_a_pool_is_its_channels_alone_and_the_plain_number_is_unchanged(
+    stubs: Stubs, redis_url: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 10})
+    assert await pool(stubs, launch(4)) == 1
+    assert await offered(stubs, "s1", "a", "app") == 4  # its pool, no fallback
+    assert await offered(stubs, "s1", "a", "web") == 6  # every other channel: the rest
+    assert await offered(stubs, "s1", "a") == 10  # no channel: no rule, no pool
+    short = await reserve(stubs, "w1", [line("s1", "a", 7)], "web")
+    assert [(s.requested, s.available) for s in short.shortfalls] == [(7, 6)]
+    assert (await reserve(stubs, "p1", [line("s1", "a", 3)], "app")).HasField("reservation")
+    assert (await offered(stubs, "s1", "a", "app"), await offered(stubs, "s1", "a", "web")) == (
+        1,
+        6,
+    )
+
+
+async def test_a_pool_with_fallback_draws_on_the_shared_units_once_its_own_are_gone(
+    stubs: Stubs, redis_url: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 10})
+    await pool(stubs, launch(4, fallback=True))
+    assert await offered(stubs, "s1", "a", "app") == 10
+    assert (await reserve(stubs, "p1", [line("s1", "a", 6)], "app")).HasField("reservation")
+    # its 4 of the pool and 2 shared: the web sees the 4 left
+    assert (await offered(stubs, "s1", "a", "app"), await offered(stubs, "s1", "a", "web")) == (
+        4,
+        4,
+    )
+
+
+async def test_a_pool_shrunk_or_ended_leaves_its_holds_held(stubs: Stubs, redis_url: str) -> None:
+    await seed(stubs, {("s1", "a"): 10})
+    await pool(stubs, launch(5))
+    await reserve(stubs, "p1", [line("s1", "a", 3)], "app")
+    assert await pool(stubs, launch(2)) == 1  # shrunk below what it holds
+    assert (await offered(stubs, "s1", "a", "app"), await offered(stubs, "s1", "a", "web")) == (
+        0,
+        7,
+    )
+    assert await pool(stubs, launch(0)) == 1  # ended: its units go back to everyone
+    assert await offered(stubs, "s1", "a", "web") == 7
+    assert await pool(stubs, launch(0)) == 0  # nothing to end
+    held = await stubs.reservations.GetReservation(pb.GetReservationRequest(reservation_id="p1"))
+    assert held.state == pb.RESERVATION_STATE_HELD
+    assert (await level(stubs, "s1", "a")).reserved == 3
+
+
+async def test_a_pool_never_offers_more_than_is_there(stubs: Stubs, redis_url: str) -> None:
+    # two pools of 5 on a row of 6: together they keep more than there is
+    await seed(stubs, {("s1", "a"): 6})
+    await pool(stubs, launch(5), launch(5, channel="kiosk"))
+    assert await offered(stubs, "s1", "a", "web") == 0
+    assert (await offered(stubs, "s1", "a", "app"), await offered(stubs, "s1", "a", "kiosk")) == (
+        5,
+        5,
+    )
+    assert (await reserve(stubs, "p1", [line("s1", "a", 5)], "app")).HasField("reservation")
+    # the kiosk's pool keeps 5, but only 1 unit is left to hold
+    short = await reserve(stubs, "k1", [line("s1", "a", 2)], "kiosk")
+    assert [(s.requested, s.available) for s in short.shortfalls] == [(2, 1)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (pb.Pool(location_id="s1", sku="a", channel="", units=1), "pools[0].channel"),
+        (pb.Pool(location_id="s1", sku="a", channel="app", units=-1), "pools[0].units"),
+        (pb.Pool(location_id="nowhere", sku="a", channel="app", units=1), "pools[].location_id"),
+        (pb.Pool(location_id="s1", sku="", channel="app", units=1), "pools[0].sku"),
+    ],
+)
+async def test_a_bad_pool_is_refused_naming_its_field(
+    stubs: Stubs, redis_url: str, bad: pb.Pool, field: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 1})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await pool(stubs, bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(field), err.value.details()
+
+
+async def test_a_launch_from_two_channels_against_a_pool_with_fallback(
+    stubs: Stubs, redis_url: str
+) -> None:
+    # 60 units, 20 ring-fenced for the app with fallback; the web may take only the rest
+    await seed(stubs, {("s1", "a"): 60})
+    await pool(stubs, launch(20, fallback=True))
+
+    async def buyer(channel: str, i: int) -> int:
+        got = await reserve(stubs, f"{channel}-{i}", [line("s1", "a", 1)], channel)
+        return 1 if got.HasField("reservation") else 0
+
+    web, app = await asyncio.gather(
+        asyncio.gather(*(buyer("web", i) for i in range(70))),
+        asyncio.gather(*(buyer("app", i) for i in range(70))),
+    )
+    taken_web, taken_app = sum(web), sum(app)
+    # the app always gets its 20, whatever the order; the web never one of them; every
+    # unit goes (the app falls back on what the web leaves, and there are buyers enough)
+    assert taken_app >= 20 and taken_web <= 40, (taken_web, taken_app)
+    assert taken_web + taken_app == 60, (taken_web, taken_app)
+    assert (await level(stubs, "s1", "a")).reserved == 60

@@ -136,6 +136,7 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "full_count": (Keys.full_count(a),),
         "marks": (Keys.marks(a),),
         "channel_holds": (Keys.channel_holds(a),),
+        "pools": (Keys.pools(a),),
         "source": (Keys.source(a),),
         "gaps": (Keys.gaps(a, b),),
         "mapping": (Keys.mapping(a),),

@@ -2,12 +2,12 @@
 
 A hypothesis state machine sends stock events, reservations, commits, releases, extends,
 safety stock changes and clock moves (with or without a sweep after them), holds for sales
-channels under their rules (a buffer, a share), to the real
+channels under their rules (a buffer, a share) and ring-fenced pools, to the real
 engine over a real Redis-compatible server, and the same steps to `Model` below: a few
 dicts that say, in the brief's words, what every answer and every stock row must be. After
 every step it compares the two and checks the invariants I1-I7 on the engine's own data.
 
-The universe is small on purpose (3 locations, 3 skus, 6 reservation ids, 14 event ids,
+The universe is small on purpose (3 locations, 3 skus, 10 reservation ids, 14 event ids,
 2 stock buckets), so that ids, rows, buckets and source times collide, and the clock is
 steered to the edges: to a hold's expiry and a millisecond either side, with the sweeper
 running or lagging behind; source times at, or a millisecond off, earlier events and
@@ -44,6 +44,7 @@ from engine.domain.model import (
     ChannelRule,
     EventKind,
     Line,
+    Pool,
     Reservation,
     ReservationState,
     StockEvent,
@@ -66,7 +67,9 @@ T = TypeVar("T")
 pytestmark = ON_BOTH  # every test runs on one Redis and on a cluster
 LOCATIONS = ("loc-a", "loc-b", "loc-c")
 SKUS = ("sku-1", "sku-2", "sku-3")
-RESERVATION_IDS = tuple(f"r{i}" for i in range(6))
+CART_IDS = tuple(f"r{i}" for i in range(6))
+POOL_IDS = tuple(f"p{i}" for i in range(4))  # holds at pooled rows: ids of their own
+RESERVATION_IDS = CART_IDS + POOL_IDS
 # Two ids read like the change log's entries for commits ("c:<reservation>").
 EVENT_IDS = (*(f"e{i}" for i in range(12)), "c:r0", "c:r1")
 PAIRS = tuple((loc, sku) for loc in LOCATIONS for sku in SKUS)
@@ -160,6 +163,7 @@ class Model:
         self.rows: dict[Pair, ModelRow] = {pair: ModelRow() for pair in PAIRS}
         self.seen: set[tuple[str, str]] = set()  # (location, event id)
         self.reservations: dict[str, ModelReservation] = {}
+        self.pools: dict[Pair, dict[str, tuple[int, bool]]] = {}  # row -> channel -> pool
 
     # stock events
 
@@ -232,25 +236,39 @@ class Model:
         self.reservations[rid] = ModelReservation(merged, "HELD", now + ttl_ms, channel)
         return self.reservations[rid].answer()
 
+    def held_by(self, location: str, sku: str, channel: str) -> int:
+        return sum(
+            qty
+            for res in self.reservations.values()
+            if res.state == "HELD" and res.channel == channel
+            for loc, s, qty in res.lines
+            if (loc, s) == (location, sku)
+        )
+
     def offered(self, location: str, sku: str, channel: str) -> int:
-        """What a channel may hold of a row: the row's available units, less its buffer,
-        and no more than its share of the sellable units less what it holds already."""
+        """What a channel may hold of a row. No channel: the row's available units. A pool
+        keeps free what its channel does not hold of it; another channel sees what no pool
+        keeps free, less its buffer, no more than its share of the sellable units less
+        what it holds already; a pool's channel sees its free units (no more than are
+        there), and with fallback what the others see too."""
         row = self.rows[(location, sku)]
         if not channel:
             return row.available
+        pools = self.pools.get((location, sku), {})
+        free = {
+            c: max(units - self.held_by(location, sku, c), 0) for c, (units, _) in pools.items()
+        }
+        shared = max(row.available - sum(free.values()), 0)
         rule = RULES.get((f"l:{location}", channel)) or RULES.get(("*", channel)) or NO_RULE
-        a = row.available - rule.buffer
+        own = shared - rule.buffer
         if rule.max_share is not None:
-            held = sum(
-                qty
-                for res in self.reservations.values()
-                if res.state == "HELD" and res.channel == channel
-                for loc, s, qty in res.lines
-                if (loc, s) == (location, sku)
-            )
             sellable = max(row.on_hand - row.safety_stock, 0)
-            a = min(a, int(sellable * rule.max_share) - held)
-        return max(a, 0)
+            own = min(own, int(sellable * rule.max_share) - self.held_by(location, sku, channel))
+        own = max(own, 0)
+        if channel not in pools:
+            return own
+        mine = min(free[channel], row.available)
+        return mine + own if pools[channel][1] else mine
 
     def commit(self, rid: str, now: int) -> tuple[Any, ...]:
         res = self.reservations.get(rid)
@@ -345,7 +363,7 @@ def error_answer(exc: OmnistockError) -> tuple[Any, ...]:
 
 locations = st.sampled_from(LOCATIONS)
 skus = st.sampled_from(SKUS)
-reservation_ids = st.sampled_from(RESERVATION_IDS)
+reservation_ids = st.sampled_from(CART_IDS)
 ttl_seconds = st.integers(1, 60)
 # Clock moves of 1 ms to 90 s, mostly short ones, so that holds live through a few steps.
 advances = st.sampled_from([3_000, 3_000, 3_000, 90_000]).flatmap(lambda most: st.integers(1, most))
@@ -472,6 +490,23 @@ class StockMachine(RuleBasedStateMachine):
         t = data.draw(self.source_times(loc, sku))
         self.send_events(loc, [ModelEvent(eid, "DELTA", sku, -qty, t, rid)])
 
+    @rule(
+        location=locations,
+        sku=skus,
+        channel=st.sampled_from(CHANNELS[1:]),
+        units=st.integers(0, 6),
+        fallback=st.booleans(),
+    )
+    def set_a_pool(self, location: str, sku: str, channel: str, units: int, fallback: bool) -> None:
+        """Ring-fences units of a row for a channel (0: the pool ends); holds stay."""
+        pool = Pool(channel, units, fallback)
+        self.run(self.reservations.channels.set_pools([(location, sku, pool)]))
+        pools = self.model.pools.setdefault((location, sku), {})
+        if units:
+            pools[channel] = (units, fallback)
+        else:
+            pools.pop(channel, None)
+
     @rule(location=locations, sku=skus, qty=st.integers(0, 4))
     def set_safety_stock(self, location: str, sku: str, qty: int) -> None:
         self.run(self.storage.set_safety_stock(location, [(sku, qty)]))
@@ -521,6 +556,16 @@ class StockMachine(RuleBasedStateMachine):
     def reserve_across_locations(self, rid: str, lines: list[ModelLine], ttl: int, ch: str) -> None:
         """A cart with lines at two or three locations: the saga path."""
         self.reserve(rid, lines, ttl, ch)
+
+    @precondition(lambda self: any(self.model.pools.values()))
+    @rule(data=st.data(), rid=st.sampled_from(POOL_IDS), ttl=ttl_seconds, qty=st.integers(1, 8))
+    def reserve_from_a_pool(self, data: st.DataObject, rid: str, ttl: int, qty: int) -> None:
+        """A channel with a pool holds at that row: its pool first, then (fallback) the
+        shared units; or another channel tries the row."""
+        pooled = sorted((row, c) for row, by in self.model.pools.items() for c in by)
+        (location, sku), channel = data.draw(st.sampled_from(pooled))
+        channel = data.draw(st.sampled_from([channel, channel, *CHANNELS]))
+        self.reserve(rid, [(location, sku, qty)], ttl, channel)
 
     @precondition(lambda self: self.attempts)
     @rule(data=st.data(), ttl=ttl_seconds)

@@ -19,6 +19,7 @@ from engine.domain.model import (
     MAX_SAFETY_ENTRIES,
     ChannelRule,
     IdKind,
+    Pool,
     StockEvent,
     check_size,
 )
@@ -342,6 +343,16 @@ class StockService(pb_grpc.StockServiceServicer):
         named = [c.location for c in changes if c.location]
         await self.locations.require(named, "rules[].location_id")
         return pb.SetChannelRulesResponse(version=await self.channels.set(changes))
+
+    @rpc("SetPool")
+    async def SetPool(
+        self, request: pb.SetPoolRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetPoolResponse:
+        check_size(len(request.pools), "pools", MAX_RULES)
+        pools = [
+            (m.location_id, m.sku, Pool(m.channel, m.units, m.fallback)) for m in request.pools
+        ]
+        return pb.SetPoolResponse(changed=await self.channels.set_pools(pools))
 
 
 def _rule_change(msg: pb.ChannelRule, field: str) -> RuleChange:

@@ -70,6 +70,7 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "ReconcileCount": _WRITERS,
     "SetMappings": frozenset({Role.INGEST, Role.ADMIN}),
     "SetChannelRules": frozenset({Role.ADMIN}),
+    "SetPool": frozenset({Role.ADMIN}),
     "GetRow": frozenset({Role.ADMIN}),
     "GetLocation": frozenset({Role.ADMIN}),
     "ListAlerts": frozenset({Role.ADMIN}),

@@ -55,6 +55,7 @@ class Base:
         "settle",
         "apply_events",
         "set_safety_stock",
+        "set_pools",
         "read_rows",
         "disarm",
         "budget",

@@ -3,9 +3,9 @@ them into each process; hold.lua enforces them)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from engine.domain.model import ChannelRule
+from engine.domain.model import ChannelRule, Pool
 from engine.store.base import Base
 from engine.store.keys import CHANNEL_RULES, CHANNEL_RULES_VERSION, Keys
 
@@ -55,10 +55,32 @@ class ChannelStore(Base):
             out[(scope, channel)] = _rule(value)
         return out
 
-    async def channel_holds(self, location: str, skus: list[str], channel: str) -> list[int]:
-        """What `channel` holds of each of these rows at a location ({L}:h)."""
-        if not skus:
-            return []
-        fields = [f"{sku}\t{channel}" for sku in skus]
+    async def channel_holds(
+        self, location: str, wanted: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        """What each (sku, channel) of `wanted` holds at a location ({L}:h)."""
+        if not wanted:
+            return {}
+        fields = [f"{sku}\t{channel}" for sku, channel in wanted]
         got = await self.command(lambda p: p.hmget(Keys.channel_holds(location), fields))
-        return [int(v or 0) for v in got]
+        return {w: int(v or 0) for w, v in zip(wanted, got, strict=True)}
+
+    async def pools(self, location: str, skus: Sequence[str]) -> list[list[Pool]]:
+        """The pools of each of these rows at a location ({L}:p; set_pools.lua)."""
+        got = await self.command(lambda p: p.hmget(Keys.pools(location), list(skus)))
+        return [_pools(v) for v in got]
+
+    async def set_pools(self, location: str, pools: Sequence[tuple[str, Pool]]) -> int:
+        """Sets (units 0: ends) each (sku, pool) at a location; answers how many changed."""
+        args: list[object] = [len(pools)]
+        for sku, pool in pools:
+            args += [sku, pool.channel, pool.units, "1" if pool.fallback else "0"]
+        return int(await self.call("set_pools", [Keys.pools(location)], args))
+
+
+def _pools(value: bytes | None) -> list[Pool]:
+    out = []
+    for entry in (value or b"").decode().splitlines():
+        channel, units, fallback = entry.split("\t")
+        out.append(Pool(channel, int(units), fallback == "1"))
+    return out

@@ -22,6 +22,7 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
     {L}:h          hash   units held per row for each sales channel: "sku\tchannel" -> units, kept
                           by the scripts that hold, commit, release and expire (hold.lua)
+    {L}:p          hash   the rows' pools: sku -> "channel\tunits\tfallback\n"... (set_pools.lua)
     {L}:w          shard channel: every row written at L, as written (engine/store/watch.py)
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
                           o the principal that made it ('' on an open server)
@@ -146,6 +147,10 @@ class Keys:
     @staticmethod
     def channel_holds(location: str) -> str:
         return f"{{{location}}}:h"
+
+    @staticmethod
+    def pools(location: str) -> str:
+        return f"{{{location}}}:p"
 
     @staticmethod
     def due(location: str) -> str:

@@ -64,7 +64,10 @@ class Parts(Base):
         one order of the location's daily pick capacity, or answers FULL; with a channel,
         it holds no more than the channel's rules at the location let it."""
         keys = KeyList(
-            Keys.part(location, reservation_id), Keys.due(location), Keys.channel_holds(location)
+            Keys.part(location, reservation_id),
+            Keys.due(location),
+            Keys.channel_holds(location),
+            Keys.pools(location),
         )
         triples: list[Any] = []
         for line in lines:

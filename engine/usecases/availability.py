@@ -49,7 +49,7 @@ class Availability:
         self.storage = storage
         self.locations = locations
         self.reader: RowReader = reader or storage
-        self.channels = channels or ChannelRules(storage)
+        self.channels = channels or ChannelRules(storage, locations)
 
     async def levels(
         self,

@@ -17,8 +17,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import NO_RULE, ChannelRule, Location, LocationType, StockRow, check_id
+from engine.domain.model import (
+    NO_RULE,
+    ChannelRule,
+    Location,
+    LocationType,
+    Pool,
+    StockRow,
+    channel_offer,
+    check_id,
+    check_qty,
+    check_size,
+)
 from engine.store.storage import Storage
+from engine.usecases.locations import LocationRegistry
 
 _RELOAD_INTERVAL = 1.0
 MAX_RULES = 1000  # a call's
@@ -61,8 +73,9 @@ def check_rule(change: RuleChange, field: str) -> RuleChange:
 
 
 class ChannelRules:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, locations: LocationRegistry) -> None:
         self.storage = storage
+        self.locations = locations
         self.rules: dict[tuple[str, str], ChannelRule] = {}
         self._version = -1
         self._checked_at = float("-inf")
@@ -74,6 +87,28 @@ class ChannelRules:
         )
         await self._reload()
         return version
+
+    async def set_pools(self, pools: Sequence[tuple[str, str, Pool]]) -> int:
+        """Sets each (location, sku, pool), checked first; answers how many changed."""
+        if not pools:
+            raise InvalidArgument("pools", "at least one pool is required")
+        check_size(len(pools), "pools", MAX_RULES)
+        at: dict[str, list[tuple[str, Pool]]] = {}
+        seen = set()
+        for i, (location, sku, pool) in enumerate(pools):
+            check_id(location, f"pools[{i}].location_id")
+            check_id(sku, f"pools[{i}].sku")
+            check_id(pool.channel, f"pools[{i}].channel")
+            check_qty(pool.units, f"pools[{i}].units", allow_zero=True)
+            if (location, sku, pool.channel) in seen:
+                raise InvalidArgument(f"pools[{i}]", "this row and channel are given twice")
+            seen.add((location, sku, pool.channel))
+            at.setdefault(location, []).append((sku, pool))
+        await self.locations.require(list(at), "pools[].location_id")
+        changed = await asyncio.gather(
+            *(self.storage.set_pools(loc, items) for loc, items in at.items())
+        )
+        return sum(changed)
 
     async def _reload(self) -> None:
         version = await self.storage.channel_rules_version()  # first: a later set reloads
@@ -108,22 +143,33 @@ class ChannelRules:
         pairs: Sequence[Pair],
         rows: Sequence[StockRow],
     ) -> list[int]:
-        """What `channel` may hold of each row (pairs[i] -> rows[i]) by its rule where the
-        row is; what it holds already is read only where its rule caps a share."""
+        """What `channel` may hold of each row (pairs[i] -> rows[i]): by its rule where the
+        row is, and the row's pools (channel_offer)."""
         rules = await self.at((locations[loc] for loc in {loc for loc, _ in pairs}), channel)
-        capped: dict[str, list[str]] = {}
+        skus: dict[str, list[str]] = {}
         for loc, sku in pairs:
-            if rules[loc].max_share is not None:
-                capped.setdefault(loc, []).append(sku)
-        got = await asyncio.gather(
-            *(self.storage.channel_holds(loc, skus, channel) for loc, skus in capped.items())
+            skus.setdefault(loc, []).append(sku)
+        found = await asyncio.gather(
+            *(self._at(loc, at, channel, rules[loc]) for loc, at in skus.items())
         )
-        held = {
-            (loc, sku): n
-            for (loc, skus), counts in zip(capped.items(), got, strict=True)
-            for sku, n in zip(skus, counts, strict=True)
-        }
-        return [
-            rules[loc].available(row, held.get((loc, sku), 0))
-            for (loc, sku), row in zip(pairs, rows, strict=True)
-        ]
+        seen = {loc: got for loc, got in zip(skus, found, strict=True)}
+        out = []
+        for (loc, sku), row in zip(pairs, rows, strict=True):
+            pools, held = seen[loc][sku]
+            out.append(channel_offer(row, channel, rules[loc], pools, held))
+        return out
+
+    async def _at(
+        self, location: str, skus: list[str], channel: str, rule: ChannelRule
+    ) -> dict[str, tuple[list[Pool], dict[str, int]]]:
+        """Each row's pools, and what the channels that matter hold of it: the pools'
+        channels, and the asking one where its rule caps a share."""
+        pools = dict(zip(skus, await self.storage.pools(location, skus), strict=True))
+        wanted = [(sku, p.channel) for sku in skus for p in pools[sku]]
+        if rule.max_share is not None:
+            wanted += [(sku, channel) for sku in skus]
+        held: dict[str, dict[str, int]] = {sku: {} for sku in skus}
+        counted = await self.storage.channel_holds(location, sorted(set(wanted)))
+        for (sku, c), n in counted.items():
+            held[sku][c] = n
+        return {sku: (pools[sku], held[sku]) for sku in skus}

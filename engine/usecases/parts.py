@@ -73,7 +73,7 @@ class ReservationParts:
         self.timing = timing
         self.metrics = metrics
         self.caps = caps or CartCaps()
-        self.channels = ChannelRules(storage)
+        self.channels = ChannelRules(storage, locations)
 
     async def _entry(self, rid: str) -> DirEntry:
         check_id(rid, "reservation_id")

@@ -24,11 +24,28 @@ local function available(r)
   return a
 end
 
--- What a sales channel may still hold of a row: its available units less the channel's
--- buffer, and (share < 1000000, in millionths) no more than that share of the row's sellable
--- units (on_hand - safety) less what the channel holds of the row already ({L}:h).
-local function channel_available(r, held_key, sku, ch, buffer, share)
-  local a = available(r) - buffer
+-- What a sales channel may still hold of a row (channel_offer in engine/domain/model.py
+-- says the same). The row's pools ({L}:p: sku -> "channel\tunits\tfallback\n"...) keep
+-- units for their channels: a pool's free units are what its channel does not hold of it
+-- ({L}:h). Every other channel sees only the units no pool keeps free (shared), less its
+-- buffer, and (share < 1000000, in millionths) no more than that share of the row's
+-- sellable units (on_hand - safety) less what it holds already. A pool's own channel sees
+-- its free units (no more than are there), and with fallback the shared ones as well.
+local function channel_available(r, held_key, pools_key, sku, ch, buffer, share)
+  local there = available(r)
+  local free_total, mine, fallback = 0, nil, false
+  local text = redis.call('HGET', pools_key, sku)
+  if text then
+    for c, units, fb in string.gmatch(text, '([^\t\n]+)\t(%d+)\t([01])\n') do
+      local free = tonumber(units) - tonumber(redis.call('HGET', held_key, sku .. '\t' .. c) or '0')
+      if free < 0 then free = 0 end
+      free_total = free_total + free
+      if c == ch then mine, fallback = free, fb == '1' end
+    end
+  end
+  local a = there - free_total
+  if a < 0 then a = 0 end
+  a = a - buffer
   if share < 1000000 then
     local held = tonumber(redis.call('HGET', held_key, sku .. '\t' .. ch) or '0')
     local sellable = r[1] - r[3]
@@ -36,8 +53,11 @@ local function channel_available(r, held_key, sku, ch, buffer, share)
     local room = math.floor(sellable * share / 1000000) - held
     if room < a then a = room end
   end
-  if a < 0 then return 0 end
-  return a
+  if a < 0 then a = 0 end
+  if mine == nil then return a end
+  if mine > there then mine = there end
+  if fallback then return mine + a end
+  return mine
 end
 
 -- A part's units leave its channel's count of each row ({L}:h) when it stops holding them.

@@ -2,7 +2,8 @@
 -- KEYS[1]  {L}:r:<id>   the reservation's part at this location (hash: s, x, f, l, t, ch)
 -- KEYS[2]  {L}:x        the expiry index of L: reservation id -> expiry (ms), for the sweeper
 -- KEYS[3]  {L}:h        units held per row and channel: "sku\tchannel" -> units
--- KEYS[4..] {L}:s:<b>   stock buckets the lines live in
+-- KEYS[4]  {L}:p        the rows' pools: sku -> "channel\tunits\tfallback\n"...
+-- KEYS[5..] {L}:s:<b>   stock buckets the lines live in
 -- KEYS[#KEYS-1] {omnistock:w<k>}:wake (L's wake-up shard), and KEYS[#KEYS] res:{<id>} the directory, only when
 --           ARGV[6] == '1' (one Redis, one location: there the hold also sets L's wake-up;
 --           elsewhere the caller sends that ZADD behind the script)
@@ -15,9 +16,9 @@
 --       directory's owner), then the sales channel ('' for none), its buffer and its most
 --       share in millionths (1000000: no cap) at L, then the location's change channel
 --       (write_row)
--- A channel's hold may take of a row at most (channel_available in _prelude.lua):
---   available - buffer, and no more than floor(share x (on_hand - safety)) - what the channel
---   holds of the row already; the part records its channel, and {L}:h counts its units.
+-- A channel's hold may take of a row what channel_available (_prelude.lua) says: its pool,
+--   the units no pool keeps, less its buffer and within its share; the part records its
+--   channel, and {L}:h counts its units.
 -- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
 --       | {'FULL', orders already picked that day} | {'EXISTS', state, expires_at} | {'CONFLICT'}
 local id, fp = ARGV[1], ARGV[2]
@@ -44,7 +45,7 @@ for j = 0, n - 1 do
   local sku, qty, k = ARGV[9 + j * 3], tonumber(ARGV[10 + j * 3]), tonumber(ARGV[11 + j * 3])
   local r = read_row(KEYS[k], sku)
   local a = available(r)
-  if ch ~= '' then a = channel_available(r, KEYS[3], sku, ch, buffer, share) end
+  if ch ~= '' then a = channel_available(r, KEYS[3], KEYS[4], sku, ch, buffer, share) end
   if a < qty then
     short[#short + 1] = sku
     short[#short + 1] = qty

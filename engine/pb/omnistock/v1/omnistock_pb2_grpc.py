@@ -581,6 +581,11 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesResponse.FromString,
                 _registered_method=True)
+        self.SetPool = channel.unary_unary(
+                '/omnistock.v1.StockService/SetPool',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetPoolRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetPoolResponse.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -644,6 +649,14 @@ class StockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPool(self, request, context):
+        """Ring-fences units of rows for one sales channel each (units 0: the pool ends). A pool
+        changed or ended leaves every hold as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -681,6 +694,11 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.SetChannelRules,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesResponse.SerializeToString,
+            ),
+            'SetPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPool,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetPoolRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetPoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -874,6 +892,33 @@ class StockService:
             '/omnistock.v1.StockService/SetChannelRules',
             omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.SetChannelRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/SetPool',
+            omnistock_dot_v1_dot_omnistock__pb2.SetPoolRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.SetPoolResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -264,6 +264,10 @@ class StockServiceStub:
     """What a sales channel may take of each row: per location, per location type, or the
     default (the most specific wins). All the call's rules change at once.
     """
+    SetPool: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetPoolRequest, _omnistock_pb2.SetPoolResponse]
+    """Ring-fences units of rows for one sales channel each (units 0: the pool ends). A pool
+    changed or ended leaves every hold as it is.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -294,6 +298,10 @@ class StockServiceAsyncStub(StockServiceStub):
     SetChannelRules: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetChannelRulesRequest, _omnistock_pb2.SetChannelRulesResponse]  # type: ignore[assignment]
     """What a sales channel may take of each row: per location, per location type, or the
     default (the most specific wins). All the call's rules change at once.
+    """
+    SetPool: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetPoolRequest, _omnistock_pb2.SetPoolResponse]  # type: ignore[assignment]
+    """Ring-fences units of rows for one sales channel each (units 0: the pool ends). A pool
+    changed or ended leaves every hold as it is.
     """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -364,6 +372,16 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_omnistock_pb2.SetChannelRulesResponse, _abc.Awaitable[_omnistock_pb2.SetChannelRulesResponse]]:
         """What a sales channel may take of each row: per location, per location type, or the
         default (the most specific wins). All the call's rules change at once.
+        """
+
+    @_abc_1.abstractmethod
+    def SetPool(
+        self,
+        request: _omnistock_pb2.SetPoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.SetPoolResponse, _abc.Awaitable[_omnistock_pb2.SetPoolResponse]]:
+        """Ring-fences units of rows for one sales channel each (units 0: the pool ends). A pool
+        changed or ended leaves every hold as it is.
         """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
