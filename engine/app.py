@@ -96,7 +96,7 @@ class Omnistock:
             self.storage, self.locations, self.clock, timing, self.metrics, caps
         )
         if self.settings.demo and not self.locations.by_id:
-            await demo.load(self.storage, self.locations, self.clock)
+            await demo.load(self.storage, self.locations, self.clock, self.reservations.channels)
         self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
         self.server = grpc_server(self.settings, Edge(self.gate, self.metrics))
         self._add_services()

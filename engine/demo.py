@@ -20,8 +20,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.domain.clock import Clock
-from engine.domain.model import MAX_QTY, EventKind, Location, LocationType, StockEvent
+from engine.domain.model import (
+    MAX_QTY,
+    ChannelRule,
+    EventKind,
+    Location,
+    LocationType,
+    Pool,
+    StockEvent,
+)
 from engine.store.storage import Storage
+from engine.usecases.channels import ChannelRules, RuleChange
 from engine.usecases.locations import LocationRegistry
 
 log = logging.getLogger(__name__)
@@ -342,10 +351,21 @@ def demo_stock(
             yield location.id, skus[index], on_hand
 
 
-async def load(storage: Storage, locations: LocationRegistry, clock: Clock) -> None:
+# The demo's sales channels: the web never takes a store's last 2 units (the walk-in shopper
+# is there now), a marketplace holds at most 30% of any row, and the app has a launch pool.
+DEMO_RULES = (
+    RuleChange("web", location_type=LocationType.STORE, rule=ChannelRule(buffer=2)),
+    RuleChange("marketplace-x", rule=ChannelRule(max_share=0.3)),
+)
+DEMO_POOLS = (("dc-gb", "SKU-000007", Pool("app", 50, fallback=True)),)
+
+
+async def load(
+    storage: Storage, locations: LocationRegistry, clock: Clock, channels: ChannelRules
+) -> None:
     """Counts every demo row in as COUNT events (the one way stock enters), a few batches in
-    flight at once, logging progress; the locations go in last, so a load cut short is redone
-    at the next start (the events are idempotent)."""
+    flight at once, logging progress; then the channels' rules and pools; the locations go
+    in last, so a load cut short is redone at the next start (each step is idempotent)."""
     started = time.perf_counter()
     locs = demo_locations()
     now = clock.now_ms()
@@ -370,6 +390,9 @@ async def load(storage: Storage, locations: LocationRegistry, clock: Clock) -> N
             next_report += 0.25
 
     await asyncio.gather(*(apply(loc, events) for loc, events in batches))
+    await channels.set(DEMO_RULES)
+    for location, sku, pool in DEMO_POOLS:
+        await storage.set_pools(location, [(sku, pool)])
     await locations.upsert(locs)
     elapsed = time.perf_counter() - started
     log.info("demo data: %d locations, %d stock rows in %.1fs", len(locs), total, elapsed)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
+from typing import Any
 
 import pytest
 
 from engine.demo import CITIES, DC_SITES, demo_locations, demo_skus, demo_stock, stores_per_city
 from engine.domain.model import Location, LocationType, check_id, check_location
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+
+from .conftest import served
 
 Rows = list[tuple[str, str, int]]
 
@@ -230,3 +234,26 @@ def test_quantities_are_ints_with_a_heavy_tail(locations: list[Location], rows: 
 
 def test_no_skus_give_no_rows(locations: list[Location]) -> None:
     assert list(demo_stock(locations, [])) == []
+
+
+async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_url: str) -> None:
+    # given a server that loads the demo data into its empty store (as `make run` does)
+    async with served(one_redis_url, demo=True) as (_, stubs):
+
+        async def available(location: str, sku: str, channel: str) -> tuple[int, int]:
+            got = await stubs.availability.GetAvailability(
+                pb.GetAvailabilityRequest(skus=[sku], location_ids=[location], channel=channel)
+            )
+            return got.levels[0].available, got.levels[0].on_hand
+
+        # then the web keeps off a store's last 2 units, a marketplace holds at most 30%
+        plain, on_hand = await available("store-london-0001", "SKU-000001", "")
+        assert plain == on_hand > 2
+        assert (await available("store-london-0001", "SKU-000001", "web"))[0] == plain - 2
+        marketplace = (await available("store-london-0001", "SKU-000001", "marketplace-x"))[0]
+        assert marketplace == on_hand * 3 // 10
+        # and 50 units of SKU-000007 at the London DC are the app's launch pool
+        dc, _ = await available("dc-gb", "SKU-000007", "")
+        assert dc > 50
+        assert (await available("dc-gb", "SKU-000007", "web"))[0] == dc - 50
+        assert (await available("dc-gb", "SKU-000007", "app"))[0] == dc  # with fallback

@@ -37,6 +37,7 @@ def open_channel(target: str, index: int) -> grpc.aio.Channel:
 
 
 def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
+    from bench.scenarios.channels import Channels
     from bench.scenarios.flash_sale import FlashSale
     from bench.scenarios.grpc_floor import GrpcFloor
     from bench.scenarios.mixed import Mixed
@@ -51,13 +52,14 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
         "mixed": Mixed,
         "grpc-floor": GrpcFloor,
         "nearby": Nearby,
+        "channels": Channels,
     }
     if name not in scenarios:
         raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(scenarios)}")
     return scenarios[name](**params)  # type: ignore[no-any-return]
 
 
-SCENARIOS = ("storefront", "pos", "flash-sale", "mixed", "grpc-floor", "nearby")
+SCENARIOS = ("storefront", "pos", "flash-sale", "mixed", "grpc-floor", "nearby", "channels")
 
 
 class Context:
