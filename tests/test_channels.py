@@ -346,3 +346,25 @@ async def test_a_launch_from_two_channels_against_a_pool_with_fallback(
     assert taken_app >= 20 and taken_web <= 40, (taken_web, taken_app)
     assert taken_web + taken_app == 60, (taken_web, taken_app)
     assert (await level(stubs, "s1", "a")).reserved == 60
+
+
+async def test_a_watch_for_a_channel_sees_what_that_channel_may_hold(
+    stubs: Stubs, redis_url: str
+) -> None:
+    await seed(stubs, {("s1", "a"): 10})
+    await rules(stubs, pb.ChannelRule(channel="web", buffer=2))
+    await pool(stubs, launch(3))
+    watch = stubs.availability.WatchAvailability(
+        pb.WatchAvailabilityRequest(
+            skus=["a"], location_ids=["s1"], send_current=True, channel="web"
+        )
+    )
+    opening = await watch.read()
+    assert (opening.current, opening.level.available, opening.level.on_hand) == (True, 5, 10)
+    await reserve(stubs, "p1", [line("s1", "a", 2)], "app")  # from its pool: the web's 5 stay
+    change = await watch.read()
+    assert (change.level.reserved, change.level.available) == (2, 5)
+    await reserve(stubs, "w1", [line("s1", "a", 4)], "web")
+    change = await watch.read()
+    assert (change.level.reserved, change.level.available) == (6, 1)
+    watch.cancel()

@@ -15,6 +15,7 @@ from engine.domain.model import (
     MAX_SKUS,
     MAX_TYPES,
     BasketLine,
+    check_id,
     check_size,
 )
 from engine.metrics import Metrics
@@ -23,7 +24,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.rowcache import RowReader
 from engine.store.watch import Closing, Overflow, Watcher, WatchHub
 from engine.throttle import Turns
-from engine.usecases.availability import Availability, Watched
+from engine.usecases.availability import Availability, Level, Watched
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.nearby import NearbyQuery, check_query, find_nearby
 
@@ -93,6 +94,8 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         self, request: pb.WatchAvailabilityRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AvailabilityChange]:
         _check_reads(request.skus, request.location_ids, ())
+        if request.channel:
+            check_id(request.channel, "channel")
         watched = await self.availability.watched(
             request.skus, request.location_ids, request.send_current
         )
@@ -100,7 +103,8 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             self.metrics.watchers.inc()
             try:
                 async with self.hub.watch(watched.locations) as watcher:
-                    async for change in self._changes(watcher, watched, request.send_current):
+                    changes = self._changes(watcher, watched, request.send_current, request.channel)
+                    async for change in changes:
                         yield change
             finally:
                 self.metrics.watchers.dec()
@@ -113,11 +117,21 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
                 grpc.StatusCode.UNAVAILABLE, f"{exc}; reconnect and resume with send_current"
             )
 
+    async def _offered(self, channel: str, levels: list[Level]) -> list[int | None]:
+        """What `channel` may hold of each row (read with its holds and the rows' pools as
+        they are now); no channel: None, the row's own available units."""
+        if not channel:
+            return [None] * len(levels)
+        pairs, rows = [(loc, sku) for loc, sku, _ in levels], [row for _, _, row in levels]
+        got = await self.availability.channels.offered(channel, self.locations.by_id, pairs, rows)
+        return list(got)
+
     async def _changes(
-        self, watcher: Watcher, watched: Watched, send_current: bool
+        self, watcher: Watcher, watched: Watched, send_current: bool, channel: str
     ) -> AsyncIterator[pb.AvailabilityChange]:
-        """The opening state if asked for, then every later change of the chosen rows.
-        The watcher is subscribed before the state is read, so nothing falls between."""
+        """The opening state if asked for, then every later change of the chosen rows (for
+        a channel: what it may hold of each). The watcher is subscribed before the state is
+        read, so nothing falls between."""
         # location -> sku -> version sent: dicts of strings and ints only, which the
         # garbage collector does not track (20,000 tuple keys a watch would be walked by
         # every full collection)
@@ -130,15 +144,18 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
                     levels = await anext(parts, None)
                     if levels is None:
                         break
-                    for loc, sku, row in levels:
+                    offers = await self._offered(channel, levels)
+                    for (loc, sku, row), offer in zip(levels, offers, strict=True):
                         versions.setdefault(loc, {})[sku] = row.version
-                        yield pb.AvailabilityChange(level=level(loc, sku, row), current=True)
+                        opened = level(loc, sku, row, offer)
+                        yield pb.AvailabilityChange(level=opened, current=True)
         wanted = set(watched.skus)
         while True:
             loc, sku, row = await watcher.next()
             sent = versions.get(loc, {}).get(sku, -1)
             if (not wanted or sku in wanted) and row.version > sent:
-                yield pb.AvailabilityChange(level=level(loc, sku, row))
+                (offer,) = await self._offered(channel, [(loc, sku, row)])
+                yield pb.AvailabilityChange(level=level(loc, sku, row, offer))
 
     @rpc("FindNearby")
     async def FindNearby(

@@ -305,9 +305,15 @@ class WatchAvailabilityRequest(_message.Message):
     SKUS_FIELD_NUMBER: _builtins.int
     LOCATION_IDS_FIELD_NUMBER: _builtins.int
     SEND_CURRENT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     send_current: _builtins.bool
     """First the current level of every chosen row (skus must be given), then the changes
     after it.
+    """
+    channel: _builtins.str
+    """The sales channel watching: each level's `available` is what that channel may hold,
+    its rules and the row's pools applied when the change is sent (a change of a rule or a
+    pool alone sends nothing). Empty: no rule applies.
     """
     @_builtins.property
     def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -323,10 +329,11 @@ class WatchAvailabilityRequest(_message.Message):
         skus: _abc.Iterable[_builtins.str] | None = ...,
         location_ids: _abc.Iterable[_builtins.str] | None = ...,
         send_current: _builtins.bool = ...,
+        channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_ids", b"location_ids", "send_current", b"send_current", "skus", b"skus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "location_ids", b"location_ids", "send_current", b"send_current", "skus", b"skus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
