@@ -22,10 +22,12 @@ from engine.domain.geo import Fulfilment
 from engine.domain.model import (
     Availability,
     BasketLine,
+    ChannelRule,
     HoldResult,
     Line,
     LocationType,
     NearbyHit,
+    Pool,
     Reservation,
     ReservationState,
     Shortfall,
@@ -34,7 +36,16 @@ from engine.domain.model import (
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
-__all__ = ["Availability", "BasketLine", "Fulfilment", "Line", "NearbyHit", "OmnistockClient"]
+__all__ = [
+    "Availability",
+    "BasketLine",
+    "ChannelRule",
+    "Fulfilment",
+    "Line",
+    "NearbyHit",
+    "OmnistockClient",
+    "Pool",
+]
 T = TypeVar("T")
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 _STATES = {
@@ -111,6 +122,7 @@ class OmnistockClient:
             self.channel = grpc.aio.secure_channel(target, tls, options=options)
         self._availability = pb_grpc.AvailabilityServiceStub(self.channel)
         self._reservations = pb_grpc.ReservationServiceStub(self.channel)
+        self._stock = pb_grpc.StockServiceStub(self.channel)
 
     async def __aenter__(self) -> OmnistockClient:
         return self
@@ -227,3 +239,40 @@ class OmnistockClient:
         request = pb.GetReservationRequest(reservation_id=reservation_id)
         resp = await self._call(lambda: self._reservations.GetReservation(request, **self._opts))
         return _reservation(resp)
+
+    # -- sales channels (admin) --------------------------------------------------------
+
+    async def set_channel_rule(
+        self,
+        channel: str,
+        rule: ChannelRule | None,
+        *,
+        location_id: str = "",
+        location_type: LocationType | None = None,
+    ) -> int:
+        """Sets the channel's rule at one location, at a location type, or (neither) as the
+        default; None removes it. Answers the rules' version."""
+        msg = pb.ChannelRule(channel=channel, location_id=location_id, remove=rule is None)
+        if location_type is not None:
+            msg.location_type = _TYPES[location_type]
+        if rule is not None:
+            msg.buffer = rule.buffer
+            if rule.max_share is not None:
+                msg.max_share = rule.max_share
+        request = pb.SetChannelRulesRequest(rules=[msg])
+        resp = await self._call(lambda: self._stock.SetChannelRules(request, **self._opts))
+        return int(resp.version)
+
+    async def set_pool(self, location_id: str, sku: str, pool: Pool) -> bool:
+        """Ring-fences `pool.units` of a row for `pool.channel` (0: ends the pool); whether
+        it changed anything."""
+        msg = pb.Pool(
+            location_id=location_id,
+            sku=sku,
+            channel=pool.channel,
+            units=pool.units,
+            fallback=pool.fallback,
+        )
+        request = pb.SetPoolRequest(pools=[msg])
+        resp = await self._call(lambda: self._stock.SetPool(request, **self._opts))
+        return bool(resp.changed > 0)

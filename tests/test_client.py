@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from engine.app import Omnistock
-from engine.client import BasketLine, Fulfilment, Line, OmnistockClient
+from engine.client import BasketLine, ChannelRule, Fulfilment, Line, OmnistockClient, Pool
 from engine.domain.model import ReservationState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
@@ -84,14 +84,20 @@ def test_several_targets_must_be_addresses() -> None:
 async def test_client_holds_and_reads_for_a_sales_channel(
     server: Omnistock, channel: grpc.aio.Channel
 ) -> None:
-    stubs = Stubs(channel)
-    await stock_up(stubs, {("s1", "a"): 5})
-    rule = pb.ChannelRule(channel="web", buffer=2)
-    await stubs.stock.SetChannelRules(pb.SetChannelRulesRequest(rules=[rule]))
+    await stock_up(Stubs(channel), {("s1", "a"): 5})
     async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        assert await client.set_channel_rule("web", ChannelRule(buffer=2)) > 0
         (web,) = await client.availability(["a"], location_ids=["s1"], channel="web")
         (plain,) = await client.availability(["a"], location_ids=["s1"])
         assert (web.available, plain.available) == (3, 5)
         short = await client.reserve("w1", [Line("s1", "a", 4)], channel="web")
         assert [(s.sku, s.available) for s in short.shortfalls] == [("a", 3)]
         assert (await client.reserve("w2", [Line("s1", "a", 3)], channel="web")).ok
+        # a launch pool for the app: the 2 units left are its alone
+        assert await client.set_pool("s1", "a", Pool("app", 2))
+        (app,) = await client.availability(["a"], location_ids=["s1"], channel="app")
+        (web,) = await client.availability(["a"], location_ids=["s1"], channel="web")
+        assert (app.available, web.available) == (2, 0)
+        await client.set_channel_rule("web", None)  # removed: no buffer, still no pool units
+        (web,) = await client.availability(["a"], location_ids=["s1"], channel="web")
+        assert web.available == 0
