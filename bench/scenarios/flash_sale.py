@@ -19,13 +19,20 @@ class FlashSale:
     async def setup(self, stubs: Stubs) -> None:
         await seed_stores(stubs, 1, 1, on_hand=self.units)
 
+    def channel(self, rng: random.Random) -> str:
+        """The sales channel a buyer holds through ('' for none)."""
+        return ""
+
     async def request(
         self, stubs: Stubs, rng: random.Random, held: Counter[tuple[str, str]]
     ) -> str:
         line = pb.ReservationLine(location_id=store_id(0), sku=sku_id(0), qty=1)
         resp = await stubs.reservations.Reserve(
             pb.ReserveRequest(
-                reservation_id=f"fs-{uuid.uuid4().hex}", lines=[line], ttl_seconds=3600
+                reservation_id=f"fs-{uuid.uuid4().hex}",
+                lines=[line],
+                ttl_seconds=3600,
+                channel=self.channel(rng),
             ),
             timeout=5,
         )
