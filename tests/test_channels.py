@@ -16,7 +16,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.keys import Keys
 
 from .conftest import ON_BOTH
-from .grpc_helpers import Stubs, level, line, seed
+from .grpc_helpers import T0, Stubs, delta, level, line, seed
 
 pytestmark = ON_BOTH
 
@@ -143,6 +143,7 @@ async def test_an_expired_hold_gives_its_channels_share_back(
         (pb.ChannelRule(channel="", buffer=1), "rules[0].channel"),
         (pb.ChannelRule(channel="web", buffer=-1), "rules[0].buffer"),
         (pb.ChannelRule(channel="web", max_share=0), "rules[0].max_share"),
+        (pb.ChannelRule(channel="web", max_share=4e-7), "rules[0].max_share"),  # 0 millionths
         (pb.ChannelRule(channel="web", max_share=1.5), "rules[0].max_share"),
         (pb.ChannelRule(channel="web", location_id="nowhere"), "rules[].location_id"),
         (pb.ChannelRule(channel="w b"), "rules[0].channel"),
@@ -291,19 +292,28 @@ async def test_a_pool_shrunk_or_ended_leaves_its_holds_held(stubs: Stubs, redis_
     assert (await level(stubs, "s1", "a")).reserved == 3
 
 
-async def test_a_pool_never_offers_more_than_is_there(stubs: Stubs, redis_url: str) -> None:
-    # two pools of 5 on a row of 6: together they keep more than there is
+async def test_pools_never_keep_more_than_is_there(
+    stubs: Stubs, redis: aioredis.Redis | RedisCluster, redis_url: str
+) -> None:
+    # two pools of 5 on a row of 6: together they would keep more than there is
     await seed(stubs, {("s1", "a"): 6})
-    await pool(stubs, launch(5), launch(5, channel="kiosk"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await pool(stubs, launch(5), launch(5, channel="kiosk"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "has 1 units 'kiosk' may keep" in (err.value.details() or "")
+    assert not await redis.exists(Keys.pools("s1"))  # all or nothing
+    await pool(stubs, launch(5), launch(1, channel="kiosk"))
     assert await offered(stubs, "s1", "a", "web") == 0
-    assert (await offered(stubs, "s1", "a", "app"), await offered(stubs, "s1", "a", "kiosk")) == (
-        5,
-        5,
-    )
-    assert (await reserve(stubs, "p1", [line("s1", "a", 5)], "app")).HasField("reservation")
-    # the kiosk's pool keeps 5, but only 1 unit is left to hold
-    short = await reserve(stubs, "k1", [line("s1", "a", 2)], "kiosk")
-    assert [(s.requested, s.available) for s in short.shortfalls] == [(2, 1)]
+    # once a delta drops on_hand below the pools, they keep what is there, no more
+    sold = delta("d1", "s1", "a", -2, T0 + 1)
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[sold]))
+    app, kiosk = await offered(stubs, "s1", "a", "app"), await offered(stubs, "s1", "a", "kiosk")
+    assert (app, kiosk) == (4, 1)
+    assert (await reserve(stubs, "p1", [line("s1", "a", 4)], "app")).HasField("reservation")
+    short = await reserve(stubs, "k1", [line("s1", "a", 1)], "kiosk")
+    assert [(s.requested, s.available) for s in short.shortfalls] == [(1, 0)]
+    assert await pool(stubs, launch(1, channel="kiosk")) == 0  # unchanged: no more than was
+    assert await pool(stubs, launch(0, channel="kiosk")) == 1  # ending one always may
 
 
 @pytest.mark.parametrize(
@@ -368,3 +378,22 @@ async def test_a_watch_for_a_channel_sees_what_that_channel_may_hold(
     change = await watch.read()
     assert (change.level.reserved, change.level.available) == (6, 1)
     watch.cancel()
+
+
+async def test_a_share_of_a_row_beyond_two_to_the_53_units_is_exact(
+    stubs: Stubs, redis_url: str
+) -> None:
+    # on_hand 10,000,000,001 (DELTAs add up past any one event's cap): 0.999999 of it is
+    # 9,999,990,000 units and a bit; the hold script once let the channel take one more
+    await seed(stubs, {("s1", "a"): 1})
+    events = [delta(f"big-{i}", "s1", "a", 10**9, T0 + 1 + i) for i in range(10)]
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=events))
+    await rules(stubs, pb.ChannelRule(channel="bulk", max_share=0.999999))
+    share = 10_000_000_001 * 999_999 // 1_000_000
+    assert await offered(stubs, "s1", "a", "bulk") == share
+    for i in range(9):  # a line holds at most 10^9 units
+        await reserve(stubs, f"b{i}", [line("s1", "a", 10**9)], "bulk")
+    left = share - 9 * 10**9
+    over = await reserve(stubs, "over", [line("s1", "a", left + 1)], "bulk")
+    assert [(s.requested, s.available) for s in over.shortfalls] == [(left + 1, left)]
+    assert (await reserve(stubs, "last", [line("s1", "a", left)], "bulk")).HasField("reservation")

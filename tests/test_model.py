@@ -245,6 +245,21 @@ class Model:
             if (loc, s) == (location, sku)
         )
 
+    def refuses_pool(self, location: str, sku: str, channel: str, units: int) -> bool:
+        """Whether a pool of `units` for `channel` would keep free more of the row than no
+        other pool keeps, when it keeps more free than before."""
+        row = self.rows[(location, sku)]
+        pools = self.pools.get((location, sku), {})
+        others = sum(
+            max(u - self.held_by(location, sku, c), 0)
+            for c, (u, _) in pools.items()
+            if c != channel
+        )
+        held = self.held_by(location, sku, channel)
+        was = max(pools[channel][0] - held, 0) if channel in pools else 0
+        want = max(units - held, 0)
+        return want > was and want > max(row.available - others, 0)
+
     def offered(self, location: str, sku: str, channel: str) -> int:
         """What a channel may hold of a row. No channel: the row's available units. A pool
         keeps free what its channel does not hold of it; another channel sees what no pool
@@ -498,14 +513,31 @@ class StockMachine(RuleBasedStateMachine):
         fallback=st.booleans(),
     )
     def set_a_pool(self, location: str, sku: str, channel: str, units: int, fallback: bool) -> None:
-        """Ring-fences units of a row for a channel (0: the pool ends); holds stay."""
+        """Ring-fences units of a row for a channel (0: the pool ends); holds stay. A pool
+        may not keep free more than the row has that no other pool keeps (refused), unless
+        it keeps no more free than before."""
         pool = Pool(channel, units, fallback)
-        self.run(self.reservations.channels.set_pools([(location, sku, pool)]))
+        got = self.answer_of(self.reservations.channels.set_pools([(location, sku, pool)]))
+        refused = self.model.refuses_pool(location, sku, channel, units)
+        event(f"pool {'refused' if refused else 'set'}")
+        assert got == (("FailedPrecondition",) if refused else ("OK",)), got
+        if refused:
+            return
         pools = self.model.pools.setdefault((location, sku), {})
         if units:
             pools[channel] = (units, fallback)
         else:
             pools.pop(channel, None)
+
+    def answer_of(self, call: Awaitable[object]) -> tuple[Any, ...]:
+        async def go() -> tuple[Any, ...]:
+            try:
+                await call
+            except OmnistockError as exc:
+                return error_answer(exc)
+            return ("OK",)
+
+        return self.run(go())
 
     @rule(location=locations, sku=skus, qty=st.integers(0, 4))
     def set_safety_stock(self, location: str, sku: str, qty: int) -> None:

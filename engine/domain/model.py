@@ -191,11 +191,15 @@ class ChannelRule:
         """What the channel may still hold of the row, holding `held` of it already, of
         `shared` units open to it (default: the row's available units)."""
         a = (row.available if shared is None else shared) - self.buffer
-        if self.max_share is not None:
-            share_ppm = round(self.max_share * 1_000_000)
+        if self.share_ppm < 1_000_000:
             sellable = max(row.on_hand - row.safety_stock, 0)
-            a = min(a, sellable * share_ppm // 1_000_000 - held)
+            a = min(a, sellable * self.share_ppm // 1_000_000 - held)
         return max(a, 0)
+
+    @property
+    def share_ppm(self) -> int:
+        """max_share in millionths, as the hold script counts it (1,000,000: no cap)."""
+        return 1_000_000 if self.max_share is None else round(self.max_share * 1_000_000)
 
 
 NO_RULE = ChannelRule()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from engine.domain.errors import FailedPrecondition
 from engine.domain.model import ChannelRule, Pool
 from engine.store.base import Base
-from engine.store.keys import CHANNEL_RULES, CHANNEL_RULES_VERSION, Keys
+from engine.store.keys import CHANNEL_RULES, CHANNEL_RULES_VERSION, KeyList, Keys
+from engine.store.scripts import decoded
 
 
 def _field(scope: str, channel: str) -> str:
@@ -71,11 +73,22 @@ class ChannelStore(Base):
         return [_pools(v) for v in got]
 
     async def set_pools(self, location: str, pools: Sequence[tuple[str, Pool]]) -> int:
-        """Sets (units 0: ends) each (sku, pool) at a location; answers how many changed."""
+        """Sets (units 0: ends) each (sku, pool) at a location, all or none; answers how
+        many changed. FailedPrecondition when a pool would keep free more units than its
+        row has that no other pool keeps (set_pools.lua)."""
+        keys = KeyList(Keys.pools(location), Keys.channel_holds(location))
         args: list[object] = [len(pools)]
         for sku, pool in pools:
-            args += [sku, pool.channel, pool.units, "1" if pool.fallback else "0"]
-        return int(await self.call("set_pools", [Keys.pools(location)], args))
+            stock = keys.add(self.keys.stock(location, sku))
+            args += [sku, pool.channel, pool.units, "1" if pool.fallback else "0", stock]
+        got = decoded(await self.call("set_pools", keys.keys, args))
+        if got[0] == "OVER":
+            _, sku, channel, most = got
+            raise FailedPrecondition(
+                f"pools: {location}/{sku} has {most} units {channel!r} may keep (what it "
+                "holds, and what no other pool keeps free)"
+            )
+        return int(got[1])
 
 
 def _pools(value: bytes | None) -> list[Pool]:

@@ -38,8 +38,7 @@ class ChannelHold(NamedTuple):
 
     @classmethod
     def of(cls, channel: str, rule: ChannelRule) -> ChannelHold:
-        share = 1_000_000 if rule.max_share is None else round(rule.max_share * 1_000_000)
-        return cls(channel, rule.buffer, share)
+        return cls(channel, rule.buffer, rule.share_ppm)
 
 
 class HoldCall(NamedTuple):

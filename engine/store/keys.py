@@ -17,7 +17,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:g:<source> zset   a numbered source's gaps at L: numbers not seen yet below its highest,
                           member "from\tto\topened (ms)", score = from (apply_events.lua)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
-                          t when it was held (ms)
+                          t when it was held (ms), ch its sales channel, c the day of the pick
+                          capacity it took, e the store's reports of its sales while HELD
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
     {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
     {L}:h          hash   units held per row for each sales channel: "sku\tchannel" -> units, kept

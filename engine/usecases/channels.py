@@ -67,8 +67,10 @@ def check_rule(change: RuleChange, field: str) -> RuleChange:
     if rule.buffer < 0:
         raise InvalidArgument(f"{field}.buffer", f"must be >= 0, got {rule.buffer}")
     share = rule.max_share
-    if share is not None and not 0 < share <= 1:
-        raise InvalidArgument(f"{field}.max_share", f"must be above 0 and at most 1, got {share}")
+    if share is not None and not 0.000001 <= share <= 1:
+        raise InvalidArgument(
+            f"{field}.max_share", f"must be from 0.000001 (a millionth) to 1, got {share}"
+        )
     return change
 
 

@@ -50,7 +50,10 @@ local function channel_available(r, held_key, pools_key, sku, ch, buffer, share)
     local held = tonumber(redis.call('HGET', held_key, sku .. '\t' .. ch) or '0')
     local sellable = r[1] - r[3]
     if sellable < 0 then sellable = 0 end
-    local room = math.floor(sellable * share / 1000000) - held
+    -- floor(sellable x share / 10^6), split so that no product passes 2^53 (exact in
+    -- Lua's doubles whatever on_hand a run of DELTAs has built)
+    local whole = math.floor(sellable / 1000000)
+    local room = whole * share + math.floor((sellable - whole * 1000000) * share / 1000000) - held
     if room < a then a = room end
   end
   if a < 0 then a = 0 end
@@ -141,13 +144,14 @@ end
 -- channel leaves its count in `held` ({L}:h).
 local function unhold(rec, due, cap, held, id, state, buckets, retention_ms)
   local cur = redis.call('HMGET', rec, 'l', 'e', 'c', 'ch')
-  unhold_channel(held, cur[4], parse_lines(cur[1]))
-  for _, ln in ipairs(parse_lines(cur[1])) do
+  local lines = parse_lines(cur[1])
+  for _, ln in ipairs(lines) do
     local key = KEYS[buckets[ln[1]][1]]
     local r = read_row(key, ln[1])
     r[2] = r[2] - ln[2]
     write_row(key, ln[1], r)
   end
+  unhold_channel(held, cur[4], lines)
   for sku, d, t, eid in string.gmatch(cur[2] or '', '([^\t\n]+)\t(-?%d+)\t(%d+)\t([^\n]+)\n') do
     local key, log = KEYS[buckets[sku][1]], KEYS[buckets[sku][2]]
     local r = read_row(key, sku)

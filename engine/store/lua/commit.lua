@@ -14,8 +14,8 @@ local refused = part_gate(cur[1], cur[2], 'COMMITTED', ARGV[4] ~= '1' and now or
 if refused then return refused end
 
 local keys = key_map(ARGV, 6, tonumber(ARGV[5]))
-unhold_channel(KEYS[3], cur[4], parse_lines(cur[3]))
-for _, ln in ipairs(parse_lines(cur[3])) do
+local lines = parse_lines(cur[3])
+for _, ln in ipairs(lines) do
   local k = keys[ln[1]]
   local r = read_row(KEYS[k[1]], ln[1])
   r[1] = r[1] - ln[2]
@@ -23,6 +23,7 @@ for _, ln in ipairs(parse_lines(cur[3])) do
   write_row(KEYS[k[1]], ln[1], r)
   redis.call('ZADD', KEYS[k[2]], now, ln[1] .. '\tc:' .. id .. '\t-' .. ln[2])
 end
+unhold_channel(KEYS[3], cur[4], lines)
 redis.call('HSET', KEYS[1], 's', 'COMMITTED')
 redis.call('ZREM', KEYS[2], id)
 redis.call('PEXPIRE', KEYS[1], retention)

@@ -3,7 +3,8 @@
 -- (I7). Entries of parts no longer HELD leave the expiry index; a part HELD but not yet due
 -- (another process's clock ran ahead) stays in it.
 -- KEYS[1] {L}:x the expiry index;  KEYS[2] {L}:c pick capacity;  KEYS[3] {L}:h units held per
--- row and channel;  KEYS[4..m+3] {L}:r:<id> for the m parts;  KEYS[m+4..] stock buckets
+-- row and channel;  KEYS[4..m+3] {L}:r:<id> for the m parts;  KEYS[m+4..] stock buckets and
+-- change logs
 -- ARGV: now_ms, retention_ms, m, then m reservation ids, then n, then n triples (sku, stock key index, log key index),
 --   then the location's change channel (write_row)
 -- Returns the number of parts expired

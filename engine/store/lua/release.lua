@@ -1,6 +1,7 @@
 -- release: give a HELD reservation part's units back (reserved drops by each qty).
 -- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3] {L}:c pick capacity;
--- KEYS[4] {L}:h units held per row and channel;  KEYS[5..] {L}:s:<b> stock buckets
+-- KEYS[4] {L}:h units held per row and channel;  KEYS[5..] {L}:s:<b> stock buckets and
+-- {L}:d:<b> change logs
 -- ARGV: id, retention_ms, mode, fingerprint ('' for any part), n, then n triples (sku,
 --   stock key index, log key index), then the location's change channel (write_row)
 --   mode 'release':   the part becomes RELEASED, and is remembered for the retention.
