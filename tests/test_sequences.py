@@ -139,11 +139,13 @@ async def test_open_gaps_are_bounded_the_lowest_given_up_first(
     storage: Storage, redis: aioredis.Redis | RedisCluster
 ) -> None:
     odd = [numbered(n) for n in range(1, 2004, 2)]  # 1, 3, ... 2003: a gap below each but 1
+    given_up = []
     for i in range(0, len(odd), 100):
-        await storage.apply_events(LOC, odd[i : i + 100], NOW)
+        given_up += (await storage.apply_events(LOC, odd[i : i + 100], NOW)).gaps
     gaps = Keys.gaps(LOC, "till-7")
     assert await redis.zcard(gaps) == 1000
     assert (await redis.zrange(gaps, 0, 0))[0].startswith(b"4\t4\t")  # 2 was given up
+    assert given_up == [Gap(LOC, "till-7", 2, 2)]  # and reported then, not yet due or not
     late = await storage.apply_events(LOC, [numbered(2), numbered(4)], NOW + 1)
     assert late.outcomes == [DUPLICATE, APPLIED]
 

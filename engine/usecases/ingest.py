@@ -196,7 +196,8 @@ class Ingest:
         """Logs and counts each gap; answers its alert."""
         for gap in gaps:
             log.warning(
-                "sequence gap: source %s at %s: events %d to %d have not arrived in %.0f s",
+                "sequence gap: source %s at %s: events %d to %d have not arrived (open %.0f s,"
+                " or the oldest of 1,000 open gaps)",
                 gap.source,
                 gap.location,
                 gap.first,

@@ -23,7 +23,8 @@
 -- sends in order costs one hash field, however many events it sends, and one that reorders
 -- costs a range per hole until it fills. A gap still open grace_ms after it opened is
 -- returned once, to be reported; one open longer than the window is forgotten (its events
--- are past any platform's retries), and past MAX_GAPS open at once the lowest is.
+-- are past any platform's retries), and past MAX_GAPS open at once the lowest is (returned
+-- then, if it was not reported yet).
 -- KEYS[1] {L}:e  event ids seen, scored by arrival (ms);  KEYS[2] {L}:f  latest full count (ms)
 --   KEYS[3] {L}:q  per source: its highest number seen, and "<source>\tr": the number below
 --   which every gap has been reported
@@ -112,13 +113,24 @@ local function add_gap(gaps, from, to, opened)
   redis.call('ZADD', gaps, int(from), int(from) .. '\t' .. int(to) .. '\t' .. opened)
 end
 
+local given_up = {}  -- gaps dropped past MAX_GAPS before they were reported: src, from, to
+
 -- Is number s of this source new at L? It is then marked seen.
 local function first_seen(src, gaps, s)
   local top = tonumber(redis.call('HGET', marks, src) or '0')
   if s > top then
     if s > top + 1 then
       add_gap(gaps, top + 1, s - 1, int(now))
-      if redis.call('ZCARD', gaps) > MAX_GAPS then redis.call('ZPOPMIN', gaps) end
+      if redis.call('ZCARD', gaps) > MAX_GAPS then
+        -- given up: reported now unless it was already (its numbers then count as seen)
+        local lowest = redis.call('ZPOPMIN', gaps)[1]
+        local from, to = string.match(lowest, '^(%d+)\t(%d+)\t')
+        if tonumber(from) >= tonumber(redis.call('HGET', marks, src .. '\tr') or '0') then
+          given_up[#given_up + 1] = src
+          given_up[#given_up + 1] = from
+          given_up[#given_up + 1] = to
+        end
+      end
     end
     redis.call('HSET', marks, src, int(s))
     return true
@@ -193,5 +205,6 @@ for sku, key in pairs(touched) do
     short[#short + 1] = r[2]
   end
 end
+for _, x in ipairs(given_up) do reported[#reported + 1] = x end
 for src, gaps in pairs(sources) do due_gaps(src, gaps, reported) end
 return {outcomes, short, reported}
