@@ -50,6 +50,7 @@ async def row(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
                 ("reserved", level.reserved),
                 ("safety_stock", level.safety_stock),
                 ("available", level.available),
+                ("status", enum_name(pb.StockStatus, level.status, "STOCK_STATUS_")),
                 ("version", level.version),
                 ("as_of", when(level.as_of, now) if level.as_of else "- (never counted)"),
             ]

@@ -169,7 +169,11 @@ class Omnistock:
             self.stock_service,
             OperatorService(
                 Operators(
-                    self.storage, self.locations, ingest.sources, self.settings.dead_letter_stream
+                    self.storage,
+                    self.locations,
+                    ingest.sources,
+                    self.reservations.channels,
+                    self.settings.dead_letter_stream,
                 ),
                 m,
             ),

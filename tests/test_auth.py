@@ -183,6 +183,9 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
         pb.SetPoolRequest(pools=[pb.Pool(location_id="L1", sku="S1", channel="app", units=1)]),
         metadata=md,
     ),
+    "SetStockBands": lambda s, md: s.stock.SetStockBands(
+        pb.SetStockBandsRequest(bands=[pb.StockBand(low=2)]), metadata=md
+    ),
     "GetRow": lambda s, md: s.operator.GetRow(
         pb.GetRowRequest(location_id="L1", sku="S1"), metadata=md
     ),
@@ -602,6 +605,7 @@ async def every_kind_of_call(stubs: Stubs) -> None:
     await stubs.stock.SetPool(
         pb.SetPoolRequest(pools=[pb.Pool(location_id="A1", sku="S1", channel="web", units=1)])
     )
+    await stubs.stock.SetStockBands(pb.SetStockBandsRequest(bands=[pb.StockBand(low=2)]))
     await stubs.reservations.Reserve(
         pb.ReserveRequest(reservation_id="web-1", lines=[line("A1", "S1", 1)], channel="web")
     )

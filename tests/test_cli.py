@@ -68,7 +68,8 @@ async def test_a_row_shows_every_field_and_its_holds_oldest_first(
     ran = await omnistock("row", "s1", "a")
     # then every field is shown, as_of in UTC with its age, and the holds oldest first
     assert ran.code == 0, ran.err
-    for name, value in (("on_hand", 10), ("reserved", 5), ("safety_stock", 0), ("available", 5)):
+    shown = (("on_hand", 10), ("reserved", 5), ("safety_stock", 0), ("available", 5))
+    for name, value in (*shown, ("status", "IN_STOCK")):
         assert has_line(ran.out, name, value), ran.out
     as_of = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(T0 / 1000))
     assert re.search(rf"^as_of\s+{as_of}\.\d{{3}}Z \(\d+m ago\)$", ran.out, re.M), ran.out
@@ -89,7 +90,7 @@ async def test_a_row_as_json_has_the_proto_fields(stubs: Stubs, omnistock: Omni)
     version = got["level"].pop("version")
     assert version >= 2 and got["level"] == {
         **{"location_id": "s1", "sku": "a", "available": 6, "on_hand": 10, "reserved": 4},
-        **{"safety_stock": 0, "as_of": T0},
+        **{"safety_stock": 0, "as_of": T0, "status": "STOCK_STATUS_IN_STOCK"},
     }
     (hold,) = got["holds"]
     assert (hold["reservation_id"], hold["qty"]) == ("r1", 4)

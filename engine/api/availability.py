@@ -86,7 +86,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             request.skus, request.location_ids, types, request.include_empty, request.channel
         )
         return pb.GetAvailabilityResponse(
-            levels=[level(loc, sku, row, available) for loc, sku, row, available in found]
+            levels=[level(loc, sku, row, a, status) for loc, sku, row, a, status in found]
         )
 
     @rpc_stream("WatchAvailability")
@@ -103,7 +103,9 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             self.metrics.watchers.inc()
             try:
                 async with self.hub.watch(watched.locations) as watcher:
-                    changes = self._changes(watcher, watched, request.send_current, request.channel)
+                    changes = self._changes(
+                        watcher, watched, request.send_current, request.channel, request.bands_only
+                    )
                     async for change in changes:
                         yield change
             finally:
@@ -117,17 +119,24 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
                 grpc.StatusCode.UNAVAILABLE, f"{exc}; reconnect and resume with send_current"
             )
 
-    async def _offered(self, channel: str, levels: list[Level]) -> list[int | None]:
-        """What `channel` may hold of each row (read with its holds and the rows' pools as
-        they are now); no channel: None, the row's own available units."""
-        if not channel:
-            return [None] * len(levels)
+    async def _levels(self, channel: str, levels: list[Level]) -> list[pb.StockLevel]:
+        """Each row as `channel` sees it: what it may hold (read with its holds and the
+        rows' pools as they are now; no channel: the row's available units), and its band."""
         pairs, rows = [(loc, sku) for loc, sku, _ in levels], [row for _, _, row in levels]
-        got = await self.availability.channels.offered(channel, self.locations.by_id, pairs, rows)
-        return list(got)
+        offers = await self.availability.offered(channel, pairs, rows)
+        status = self.availability.status
+        return [
+            level(loc, sku, row, a, status(loc, sku, channel, a))
+            for (loc, sku, row), a in zip(levels, offers, strict=True)
+        ]
 
     async def _changes(
-        self, watcher: Watcher, watched: Watched, send_current: bool, channel: str
+        self,
+        watcher: Watcher,
+        watched: Watched,
+        send_current: bool,
+        channel: str,
+        bands_only: bool = False,
     ) -> AsyncIterator[pb.AvailabilityChange]:
         """The opening state if asked for, then every later change of the chosen rows (for
         a channel: what it may hold of each). The watcher is subscribed before the state is
@@ -136,6 +145,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         # garbage collector does not track (20,000 tuple keys a watch would be walked by
         # every full collection)
         versions: dict[str, dict[str, int]] = {}
+        bands: dict[str, dict[str, int]] = {}  # location -> sku -> band sent (bands_only)
         if send_current:
             size = len(watched.skus) * len(watched.locations)
             parts = aiter(self.availability.opening(watched))
@@ -144,18 +154,21 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
                     levels = await anext(parts, None)
                     if levels is None:
                         break
-                    offers = await self._offered(channel, levels)
-                    for (loc, sku, row), offer in zip(levels, offers, strict=True):
-                        versions.setdefault(loc, {})[sku] = row.version
-                        opened = level(loc, sku, row, offer)
+                    for opened in await self._levels(channel, levels):
+                        versions.setdefault(opened.location_id, {})[opened.sku] = opened.version
+                        bands.setdefault(opened.location_id, {})[opened.sku] = opened.status
                         yield pb.AvailabilityChange(level=opened, current=True)
         wanted = set(watched.skus)
         while True:
             loc, sku, row = await watcher.next()
             sent = versions.get(loc, {}).get(sku, -1)
             if (not wanted or sku in wanted) and row.version > sent:
-                (offer,) = await self._offered(channel, [(loc, sku, row)])
-                yield pb.AvailabilityChange(level=level(loc, sku, row, offer))
+                (changed,) = await self._levels(channel, [(loc, sku, row)])
+                if bands_only:
+                    if bands.get(loc, {}).get(sku) == changed.status:
+                        continue
+                    bands.setdefault(loc, {})[sku] = changed.status
+                yield pb.AvailabilityChange(level=changed)
 
     @rpc("FindNearby")
     async def FindNearby(

@@ -16,6 +16,7 @@ from engine.domain.model import (
     Reservation,
     StockEvent,
     StockRow,
+    StockStatus,
     check_event,
     check_location,
     check_size,
@@ -52,9 +53,24 @@ OUTCOMES = {
 }
 
 
-def level(location: str, sku: str, row: StockRow, available: int | None = None) -> pb.StockLevel:
-    """available: what the asking channel may hold (default: the row's available units)."""
+STATUSES = {
+    StockStatus.IN_STOCK: pb.STOCK_STATUS_IN_STOCK,
+    StockStatus.LOW: pb.STOCK_STATUS_LOW,
+    StockStatus.OUT: pb.STOCK_STATUS_OUT,
+}
+
+
+def level(
+    location: str,
+    sku: str,
+    row: StockRow,
+    available: int | None = None,
+    status: StockStatus | None = None,
+) -> pb.StockLevel:
+    """available: what the asking channel may hold (default: the row's available units);
+    status: its band (default: unset)."""
     return pb.StockLevel(
+        status=STATUSES[status] if status is not None else pb.STOCK_STATUS_UNSPECIFIED,
         location_id=location,
         sku=sku,
         available=row.available if available is None else available,

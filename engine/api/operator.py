@@ -40,9 +40,9 @@ class OperatorService(pb_grpc.OperatorServiceServicer):
     async def GetRow(
         self, request: pb.GetRowRequest, context: grpc.aio.ServicerContext
     ) -> pb.RowDetail:
-        row, holders = await self.operators.row(request.location_id, request.sku)
+        row, status, holders = await self.operators.row(request.location_id, request.sku)
         return pb.RowDetail(
-            level=level(request.location_id, request.sku, row),
+            level=level(request.location_id, request.sku, row, status=status),
             holds=[
                 pb.RowHold(reservation_id=h.reservation_id, qty=h.qty, held_at=h.held_at)
                 for h in holders

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from engine.api.convert import OUTCOMES, TYPES, event_from_pb, location_from_pb
+from engine.api.channels import band_change, rule_change
+from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb
 from engine.api.rpc import rpc, rpc_stream
 from engine.domain.auth import current
 from engine.domain.errors import InvalidArgument, OmnistockError
@@ -17,7 +18,6 @@ from engine.domain.model import (
     MAX_LOCATIONS,
     MAX_MAPPINGS,
     MAX_SAFETY_ENTRIES,
-    ChannelRule,
     IdKind,
     Pool,
     StockEvent,
@@ -28,7 +28,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next_within
 from engine.usecases.availability import Availability
-from engine.usecases.channels import MAX_RULES, ChannelRules, RuleChange, check_rule
+from engine.usecases.channels import MAX_RULES, ChannelRules
 from engine.usecases.ingest import (
     Count,
     Ingest,
@@ -336,7 +336,7 @@ class StockService(pb_grpc.StockServiceServicer):
         if not request.rules:
             raise InvalidArgument("rules", "at least one rule is required")
         check_size(len(request.rules), "rules", MAX_RULES)
-        changes = [_rule_change(m, f"rules[{i}]") for i, m in enumerate(request.rules)]
+        changes = [rule_change(m, f"rules[{i}]") for i, m in enumerate(request.rules)]
         scopes = [(c.scope, c.channel) for c in changes]
         if len(set(scopes)) < len(scopes):
             raise InvalidArgument("rules", "a scope and channel may be given once a call")
@@ -354,15 +354,18 @@ class StockService(pb_grpc.StockServiceServicer):
         ]
         return pb.SetPoolResponse(changed=await self.channels.set_pools(pools))
 
-
-def _rule_change(msg: pb.ChannelRule, field: str) -> RuleChange:
-    kind = None
-    if msg.location_type:
-        if msg.location_type not in TYPES:
-            raise InvalidArgument(f"{field}.location_type", "must be STORE, DC or DARK_STORE")
-        kind = TYPES[msg.location_type]
-    rule = None
-    if not msg.remove:
-        share = msg.max_share if msg.HasField("max_share") else None
-        rule = ChannelRule(msg.buffer, share)
-    return check_rule(RuleChange(msg.channel, msg.location_id, kind, rule), field)
+    @rpc("SetStockBands")
+    async def SetStockBands(
+        self, request: pb.SetStockBandsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetStockBandsResponse:
+        if not request.bands:
+            raise InvalidArgument("bands", "at least one band is required")
+        check_size(len(request.bands), "bands", MAX_RULES)
+        changes = [band_change(m, f"bands[{i}]") for i, m in enumerate(request.bands)]
+        scopes = [(c.scope, c.channel) for c in changes]
+        if len(set(scopes)) < len(scopes):
+            raise InvalidArgument("bands", "a scope and channel may be given once a call")
+        await self.locations.require(
+            [c.location for c in changes if c.location], "bands[].location_id"
+        )
+        return pb.SetStockBandsResponse(version=await self.channels.set_bands(changes))

@@ -71,6 +71,7 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "SetMappings": frozenset({Role.INGEST, Role.ADMIN}),
     "SetChannelRules": frozenset({Role.ADMIN}),
     "SetPool": frozenset({Role.ADMIN}),
+    "SetStockBands": frozenset({Role.ADMIN}),
     "GetRow": frozenset({Role.ADMIN}),
     "GetLocation": frozenset({Role.ADMIN}),
     "ListAlerts": frozenset({Role.ADMIN}),

@@ -205,6 +205,30 @@ class ChannelRule:
 NO_RULE = ChannelRule()
 
 
+class StockStatus(enum.StrEnum):
+    IN_STOCK = "IN_STOCK"
+    LOW = "LOW"
+    OUT = "OUT"
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A row's thresholds: OUT at or below `out` available units, LOW at or below `low`."""
+
+    low: int = 0
+    out: int = 0
+
+    def status(self, available: int) -> StockStatus:
+        if available <= self.out:
+            return StockStatus.OUT
+        if available <= self.low:
+            return StockStatus.LOW
+        return StockStatus.IN_STOCK
+
+
+DEFAULT_BAND = Band()
+
+
 @dataclass(frozen=True, slots=True)
 class Pool:
     """Units of a row ring-fenced for one sales channel: no other channel sees or holds

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from engine.domain.errors import FailedPrecondition
-from engine.domain.model import ChannelRule, Pool
+from engine.domain.model import Band, ChannelRule, Pool
 from engine.store.base import Base
-from engine.store.keys import CHANNEL_RULES, CHANNEL_RULES_VERSION, KeyList, Keys
+from engine.store.keys import BANDS, CHANNEL_RULES, CHANNEL_RULES_VERSION, KeyList, Keys
 from engine.store.scripts import decoded
 
 
@@ -44,6 +44,35 @@ class ChannelStore(Base):
             return int(got[-1])
 
         return await self.guard(run)
+
+    async def set_bands(self, bands: Mapping[tuple[str, str], Band | None]) -> int:
+        """Sets (or, for None, removes) the band of each (scope, channel), all at once (scope
+        "r\t<loc>\t<sku>", "l:<loc>", "t:<TYPE>" or "*"); answers the rules' new version,
+        which bands share."""
+        put = {_field(*k): f"{b.low},{b.out}" for k, b in bands.items() if b is not None}
+        drop = [_field(*k) for k, b in bands.items() if b is None]
+
+        async def run() -> int:
+            async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {omnistock}
+                if put:
+                    pipe.hset(BANDS, mapping=put)
+                if drop:
+                    pipe.hdel(BANDS, *drop)
+                pipe.incr(CHANNEL_RULES_VERSION)
+                got = await pipe.execute()
+            return int(got[-1])
+
+        return await self.guard(run)
+
+    async def bands(self) -> dict[tuple[str, str], Band]:
+        """Every band, by (scope, channel)."""
+        raw: dict[bytes, bytes] = await self.command(lambda p: p.hgetall(BANDS))
+        out = {}
+        for field, value in raw.items():
+            scope, channel = field.decode().rsplit("\t", 1)
+            low, out_at = value.decode().split(",")
+            out[(scope, channel)] = Band(int(low), int(out_at))
+        return out
 
     async def channel_rules_version(self) -> int:
         return int(await self.command(lambda p: p.get(CHANNEL_RULES_VERSION)) or 0)

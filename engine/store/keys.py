@@ -40,7 +40,9 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:mapv       counter  moves with every change of a mapping
     {omnistock}:channels   hash  sales channels' rules: "<scope>\t<channel>" -> "buffer,max_share"
                           (scope "l:<location>", "t:<TYPE>" or "*"; max_share '' for none)
-    {omnistock}:channels:v counter  moves with every change of a rule
+    {omnistock}:channels:v counter  moves with every change of a rule or a band
+    {omnistock}:bands      hash  stock bands: "<scope>\t<channel>" -> "low,out" (scope
+                          "r\t<loc>\t<sku>", "l:<location>", "t:<TYPE>" or "*"; channel '': any)
     {omnistock}:alerts  stream  what an operator should hear of (kind: a shortage, a row a
                           count or delta left short; a sequence_gap; a clock_skew of a source)
     {omnistock}:sources  set  the name of every source that sent stock events ("" for none)
@@ -71,6 +73,7 @@ OLD_WAKE, OLD_SAGAS = "{omnistock}:wake", "{omnistock}:sagas"
 MAPPINGS_VERSION = "{omnistock}:mapv"
 CHANNEL_RULES = "{omnistock}:channels"
 CHANNEL_RULES_VERSION = "{omnistock}:channels:v"
+BANDS = "{omnistock}:bands"
 ALERTS = "{omnistock}:alerts"
 ALERTS_KEPT = 100_000  # about: the stream is trimmed to the newest this many
 SOURCES = "{omnistock}:sources"

@@ -14,6 +14,7 @@ from engine.domain.model import (
     MAX_SAFETY_ENTRIES,
     LocationType,
     StockRow,
+    StockStatus,
     check_id,
     check_qty,
     check_size,
@@ -26,7 +27,8 @@ from engine.usecases.locations import LocationRegistry
 SAFETY_BATCH = 1000  # safety entries per script call: no script holds Redis for long
 
 Level = tuple[str, str, StockRow]  # location, sku, its row
-Offered = tuple[str, str, StockRow, int]  # and what the asking channel may hold of it
+# and what the asking channel may hold of it, and the band that puts it in
+Offered = tuple[str, str, StockRow, int, StockStatus]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +77,28 @@ class Availability:
         _within_rows(wanted, locations)
         pairs = [(loc, sku) for loc in locations for sku in wanted]
         rows = await self.reader.rows(pairs)
-        offered = [row.available for row in rows]
-        if channel:
-            offered = await self.channels.offered(channel, self.locations.by_id, pairs, rows)
+        offered = await self.offered(channel, pairs, rows)
         keep_empty = include_empty or bool(location_ids)
         return [
-            (loc, sku, row, a)
+            (loc, sku, row, a, self.status(loc, sku, channel, a))
             for (loc, sku), row, a in zip(pairs, rows, offered, strict=True)
             if keep_empty or a > 0
         ]
+
+    async def offered(
+        self, channel: str, pairs: Sequence[tuple[str, str]], rows: Sequence[StockRow]
+    ) -> list[int]:
+        """What `channel` may hold of each row (no channel: its available units); the
+        channels' rules and bands are refreshed first, for `status`."""
+        await self.channels.fresh()
+        if not channel:
+            return [row.available for row in rows]
+        return await self.channels.offered(channel, self.locations.by_id, pairs, rows)
+
+    def status(self, location: str, sku: str, channel: str, available: int) -> StockStatus:
+        """The band `available` units of a row put it in, for the channel (after offered)."""
+        band = self.channels.band_at(self.locations.by_id[location], sku, channel)
+        return band.status(available)
 
     async def watched(
         self, skus: Sequence[str], location_ids: Sequence[str], send_current: bool

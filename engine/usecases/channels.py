@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import (
+    DEFAULT_BAND,
     NO_RULE,
+    Band,
     ChannelRule,
     Location,
     LocationType,
@@ -53,6 +55,45 @@ class RuleChange:
         return "*"
 
 
+@dataclass(frozen=True, slots=True)
+class BandChange:
+    channel: str  # '': any channel (one of its own wins)
+    location: str = ""
+    location_type: LocationType | None = None
+    sku: str = ""  # with location: one row
+    band: Band | None = None  # None: remove
+
+    @property
+    def scope(self) -> str:
+        if self.sku:
+            return f"r\t{self.location}\t{self.sku}"
+        return RuleChange(self.channel, self.location, self.location_type).scope
+
+
+def check_band(change: BandChange, field: str) -> BandChange:
+    if change.channel:
+        check_id(change.channel, f"{field}.channel")
+    if change.location:
+        check_id(change.location, f"{field}.location_id")
+        if change.location_type is not None:
+            raise InvalidArgument(
+                f"{field}.location_type", "give a location_id or a type, not both"
+            )
+    if change.sku:
+        check_id(change.sku, f"{field}.sku")
+        if not change.location:
+            raise InvalidArgument(f"{field}.location_id", "a row's band needs its location too")
+    band = change.band
+    if band is not None:
+        check_qty(band.out, f"{field}.out", allow_zero=True)
+        check_qty(band.low, f"{field}.low", allow_zero=True)
+        if band.low < band.out:
+            raise InvalidArgument(
+                f"{field}.low", f"must be at least out ({band.out}), got {band.low}"
+            )
+    return change
+
+
 def check_rule(change: RuleChange, field: str) -> RuleChange:
     check_id(change.channel, f"{field}.channel")
     if change.location:
@@ -79,6 +120,7 @@ class ChannelRules:
         self.storage = storage
         self.locations = locations
         self.rules: dict[tuple[str, str], ChannelRule] = {}
+        self.bands: dict[tuple[str, str], Band] = {}
         self._version = -1
         self._checked_at = float("-inf")
 
@@ -89,6 +131,24 @@ class ChannelRules:
         )
         await self._reload()
         return version
+
+    async def set_bands(self, changes: Sequence[BandChange]) -> int:
+        """Sets and removes bands, all at once; answers the new version."""
+        version = await self.storage.set_bands({(c.scope, c.channel): c.band for c in changes})
+        await self._reload()
+        return version
+
+    def band_at(self, location: Location, sku: str, channel: str) -> Band:
+        """The band of a row for a channel: the most specific scope set for that channel,
+        else for any channel (''), else the default (OUT at 0). Read from the rules as
+        last refreshed (fresh() first)."""
+        scopes = (f"r\t{location.id}\t{sku}", f"l:{location.id}", f"t:{location.type.value}", "*")
+        for asking in dict.fromkeys((channel, "")):
+            for scope in scopes:
+                band = self.bands.get((scope, asking))
+                if band is not None:
+                    return band
+        return DEFAULT_BAND
 
     async def set_pools(self, pools: Sequence[tuple[str, str, Pool]]) -> int:
         """Sets each (location, sku, pool), checked first; answers how many changed."""
@@ -115,6 +175,7 @@ class ChannelRules:
     async def _reload(self) -> None:
         version = await self.storage.channel_rules_version()  # first: a later set reloads
         self.rules = await self.storage.channel_rules()
+        self.bands = await self.storage.bands()
         self._version, self._checked_at = version, time.monotonic()
 
     async def fresh(self) -> dict[tuple[str, str], ChannelRule]:

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from engine.domain import auth
 from engine.domain.errors import InvalidArgument, NotFound
-from engine.domain.model import Location, StockRow, check_id
+from engine.domain.model import Location, StockRow, StockStatus, check_id
 from engine.store.codecs import Holder
 from engine.store.oversight import Entry, Numbered, SourceSeen
 from engine.store.storage import Storage
+from engine.usecases.channels import ChannelRules
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.sources import Sources
 
@@ -48,11 +49,13 @@ class Operators:
         storage: Storage,
         locations: LocationRegistry,
         sources: Sources,
+        channels: ChannelRules,
         dead_letter_stream: str,
     ) -> None:
         self.storage = storage
         self.locations = locations
         self.sources = sources
+        self.channels = channels
         self.dead_letter_stream = dead_letter_stream
 
     async def _location(self, location: str) -> Location:
@@ -62,12 +65,15 @@ class Operators:
             raise NotFound(f"location_id: no location {location!r}")
         return self.locations.by_id[location]
 
-    async def row(self, location: str, sku: str) -> tuple[StockRow, list[Holder]]:
-        await self._location(location)
+    async def row(self, location: str, sku: str) -> tuple[StockRow, StockStatus, list[Holder]]:
+        """The row, its band (no channel's), and its holds, oldest first."""
+        loc = await self._location(location)
         check_id(sku, "sku")
         (row,) = await self.storage.rows([(location, sku)])
         holders = await self.storage.holders(location, [sku])
-        return row, holders.get(sku, [])
+        await self.channels.fresh()
+        status = self.channels.band_at(loc, sku, "").status(row.available)
+        return row, status, holders.get(sku, [])
 
     async def location(self, location: str) -> LocationSizes:
         loc = await self._location(location)

@@ -41,6 +41,25 @@ LOCATION_TYPE_DC: LocationType.ValueType  # 2
 LOCATION_TYPE_DARK_STORE: LocationType.ValueType  # 3
 Global___LocationType: _TypeAlias = LocationType  # noqa: Y015
 
+class _StockStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StockStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StockStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STOCK_STATUS_UNSPECIFIED: _StockStatus.ValueType  # 0
+    STOCK_STATUS_IN_STOCK: _StockStatus.ValueType  # 1
+    STOCK_STATUS_LOW: _StockStatus.ValueType  # 2
+    STOCK_STATUS_OUT: _StockStatus.ValueType  # 3
+
+class StockStatus(_StockStatus, metaclass=_StockStatusEnumTypeWrapper): ...
+
+STOCK_STATUS_UNSPECIFIED: StockStatus.ValueType  # 0
+STOCK_STATUS_IN_STOCK: StockStatus.ValueType  # 1
+STOCK_STATUS_LOW: StockStatus.ValueType  # 2
+STOCK_STATUS_OUT: StockStatus.ValueType  # 3
+Global___StockStatus: _TypeAlias = StockStatus  # noqa: Y015
+
 class _Fulfilment:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -267,6 +286,7 @@ class StockLevel(_message.Message):
     SAFETY_STOCK_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     sku: _builtins.str
     available: _builtins.int
@@ -278,6 +298,10 @@ class StockLevel(_message.Message):
     """Increases by one on every change of the row."""
     as_of: _builtins.int
     """Source time of the last absolute count applied (0: never counted)."""
+    status: Global___StockStatus.ValueType
+    """Which band `available` is in, by the row's thresholds for the asking channel
+    (SetStockBands): OUT at or below `out` (0 by default), LOW at or below `low`.
+    """
     def __init__(
         self,
         *,
@@ -289,10 +313,11 @@ class StockLevel(_message.Message):
         safety_stock: _builtins.int = ...,
         version: _builtins.int = ...,
         as_of: _builtins.int = ...,
+        status: Global___StockStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "available", b"available", "location_id", b"location_id", "on_hand", b"on_hand", "reserved", b"reserved", "safety_stock", b"safety_stock", "sku", b"sku", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "available", b"available", "location_id", b"location_id", "on_hand", b"on_hand", "reserved", b"reserved", "safety_stock", b"safety_stock", "sku", b"sku", "status", b"status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -306,6 +331,7 @@ class WatchAvailabilityRequest(_message.Message):
     LOCATION_IDS_FIELD_NUMBER: _builtins.int
     SEND_CURRENT_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    BANDS_ONLY_FIELD_NUMBER: _builtins.int
     send_current: _builtins.bool
     """First the current level of every chosen row (skus must be given), then the changes
     after it.
@@ -314,6 +340,10 @@ class WatchAvailabilityRequest(_message.Message):
     """The sales channel watching: each level's `available` is what that channel may hold,
     its rules and the row's pools applied when the change is sent (a change of a rule or a
     pool alone sends nothing). Empty: no rule applies.
+    """
+    bands_only: _builtins.bool
+    """One message per change of a row's band (IN_STOCK, LOW, OUT), not per unit: what a
+    product page's cache or a CDN purge needs. The opening state (send_current) is sent whole.
     """
     @_builtins.property
     def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -330,10 +360,11 @@ class WatchAvailabilityRequest(_message.Message):
         location_ids: _abc.Iterable[_builtins.str] | None = ...,
         send_current: _builtins.bool = ...,
         channel: _builtins.str = ...,
+        bands_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "location_ids", b"location_ids", "send_current", b"send_current", "skus", b"skus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands_only", b"bands_only", "channel", b"channel", "location_ids", b"location_ids", "send_current", b"send_current", "skus", b"skus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1070,6 +1101,88 @@ class AllocateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AllocateResponse: _TypeAlias = AllocateResponse  # noqa: Y015
+
+@_typing.final
+class StockBand(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_TYPE_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    OUT_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """"": every channel that has none of its own (and no channel)"""
+    location_id: _builtins.str
+    """The scope: a row (location_id and sku), a location, a location type, or neither: the
+    default.
+    """
+    location_type: Global___LocationType.ValueType
+    sku: _builtins.str
+    low: _builtins.int
+    """LOW at or below this many available units (>= out)"""
+    out: _builtins.int
+    """OUT at or below this many (0 by default)"""
+    remove: _builtins.bool
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        location_type: Global___LocationType.ValueType = ...,
+        sku: _builtins.str = ...,
+        low: _builtins.int = ...,
+        out: _builtins.int = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "location_id", b"location_id", "location_type", b"location_type", "low", b"low", "out", b"out", "remove", b"remove", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StockBand: _TypeAlias = StockBand  # noqa: Y015
+
+@_typing.final
+class SetStockBandsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bands(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockBand]: ...
+    def __init__(
+        self,
+        *,
+        bands: _abc.Iterable[Global___StockBand] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStockBandsRequest: _TypeAlias = SetStockBandsRequest  # noqa: Y015
+
+@_typing.final
+class SetStockBandsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStockBandsResponse: _TypeAlias = SetStockBandsResponse  # noqa: Y015
 
 @_typing.final
 class Pool(_message.Message):

@@ -586,6 +586,11 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetPoolRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetPoolResponse.FromString,
                 _registered_method=True)
+        self.SetStockBands = channel.unary_unary(
+                '/omnistock.v1.StockService/SetStockBands',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsResponse.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -657,6 +662,15 @@ class StockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetStockBands(self, request, context):
+        """Stock bands: the thresholds of LOW and OUT, per row, per location, per location type
+        or the default, for one channel or ("") any; the most specific wins, the asking
+        channel's own before any channel's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -699,6 +713,11 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.SetPool,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetPoolRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetPoolResponse.SerializeToString,
+            ),
+            'SetStockBands': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetStockBands,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -919,6 +938,33 @@ class StockService:
             '/omnistock.v1.StockService/SetPool',
             omnistock_dot_v1_dot_omnistock__pb2.SetPoolRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.SetPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetStockBands(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/SetStockBands',
+            omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsResponse.FromString,
             options,
             channel_credentials,
             insecure,

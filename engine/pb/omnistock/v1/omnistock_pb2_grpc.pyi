@@ -268,6 +268,11 @@ class StockServiceStub:
     """Ring-fences units of rows for one sales channel each (units 0: the pool ends). A pool
     changed or ended leaves every hold as it is.
     """
+    SetStockBands: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetStockBandsRequest, _omnistock_pb2.SetStockBandsResponse]
+    """Stock bands: the thresholds of LOW and OUT, per row, per location, per location type
+    or the default, for one channel or ("") any; the most specific wins, the asking
+    channel's own before any channel's.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -302,6 +307,11 @@ class StockServiceAsyncStub(StockServiceStub):
     SetPool: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetPoolRequest, _omnistock_pb2.SetPoolResponse]  # type: ignore[assignment]
     """Ring-fences units of rows for one sales channel each (units 0: the pool ends). A pool
     changed or ended leaves every hold as it is.
+    """
+    SetStockBands: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetStockBandsRequest, _omnistock_pb2.SetStockBandsResponse]  # type: ignore[assignment]
+    """Stock bands: the thresholds of LOW and OUT, per row, per location, per location type
+    or the default, for one channel or ("") any; the most specific wins, the asking
+    channel's own before any channel's.
     """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -382,6 +392,17 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_omnistock_pb2.SetPoolResponse, _abc.Awaitable[_omnistock_pb2.SetPoolResponse]]:
         """Ring-fences units of rows for one sales channel each (units 0: the pool ends). A pool
         changed or ended leaves every hold as it is.
+        """
+
+    @_abc_1.abstractmethod
+    def SetStockBands(
+        self,
+        request: _omnistock_pb2.SetStockBandsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.SetStockBandsResponse, _abc.Awaitable[_omnistock_pb2.SetStockBandsResponse]]:
+        """Stock bands: the thresholds of LOW and OUT, per row, per location, per location type
+        or the default, for one channel or ("") any; the most specific wins, the asking
+        channel's own before any channel's.
         """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,33 @@
+"""Sales channels' rules and stock bands from their messages (StockService.SetChannelRules,
+SetStockBands), each checked naming its field."""
+
+from __future__ import annotations
+
+from engine.api.convert import TYPES
+from engine.domain.errors import InvalidArgument
+from engine.domain.model import Band, ChannelRule, LocationType
+from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.usecases.channels import BandChange, RuleChange, check_band, check_rule
+
+
+def _type_of(value: pb.LocationType.ValueType, field: str) -> LocationType | None:
+    if not value:
+        return None
+    if value not in TYPES:
+        raise InvalidArgument(field, "must be STORE, DC or DARK_STORE")
+    return TYPES[value]
+
+
+def band_change(msg: pb.StockBand, field: str) -> BandChange:
+    kind = _type_of(msg.location_type, f"{field}.location_type")
+    band = None if msg.remove else Band(msg.low, msg.out)
+    return check_band(BandChange(msg.channel, msg.location_id, kind, msg.sku, band), field)
+
+
+def rule_change(msg: pb.ChannelRule, field: str) -> RuleChange:
+    kind = _type_of(msg.location_type, f"{field}.location_type")
+    rule = None
+    if not msg.remove:
+        share = msg.max_share if msg.HasField("max_share") else None
+        rule = ChannelRule(msg.buffer, share)
+    return check_rule(RuleChange(msg.channel, msg.location_id, kind, rule), field)
