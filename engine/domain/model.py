@@ -8,7 +8,7 @@ import enum
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument
@@ -187,15 +187,6 @@ class ChannelRule:
     buffer: int = 0
     max_share: float | None = None  # None: no cap
 
-    def available(self, row: StockRow, held: int, shared: int | None = None) -> int:
-        """What the channel may still hold of the row, holding `held` of it already, of
-        `shared` units open to it (default: the row's available units)."""
-        a = (row.available if shared is None else shared) - self.buffer
-        if self.share_ppm < 1_000_000:
-            sellable = max(row.on_hand - row.safety_stock, 0)
-            a = min(a, sellable * self.share_ppm // 1_000_000 - held)
-        return max(a, 0)
-
     @property
     def share_ppm(self) -> int:
         """max_share in millionths, as the hold script counts it (1,000,000: no cap)."""
@@ -238,25 +229,6 @@ class Pool:
     channel: str
     units: int
     fallback: bool = False
-
-
-def channel_offer(
-    row: StockRow, channel: str, rule: ChannelRule, pools: Sequence[Pool], held: Mapping[str, int]
-) -> int:
-    """What `channel` may hold of a row, given the row's pools and what each channel holds
-    of it (`held`: channel -> units): the same rule as channel_available in
-    engine/store/lua/_prelude.lua. A pool's free units are what its channel does not hold
-    of it; every other channel sees only the units no pool keeps free (shared), with its
-    own rule applied to them; a pool's channel sees its free units (no more than are
-    there), and, with fallback, the shared ones too."""
-    there = row.available
-    free = {p.channel: max(p.units - held.get(p.channel, 0), 0) for p in pools}
-    shared = max(there - sum(free.values()), 0)
-    mine = next((p for p in pools if p.channel == channel), None)
-    own = rule.available(row, held.get(channel, 0), shared)
-    if mine is None:
-        return own
-    return min(free[channel], there) + (own if mine.fallback else 0)
 
 
 @dataclass(frozen=True, slots=True)

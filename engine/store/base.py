@@ -57,10 +57,11 @@ class Base:
         "set_safety_stock",
         "set_pools",
         "read_rows",
+        "read_offers",
         "disarm",
         "budget",
     )
-    READ_ONLY = ("read_rows",)  # the scripts that write nothing
+    READ_ONLY = ("read_rows", "read_offers")  # the scripts that write nothing
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from engine.domain.errors import FailedPrecondition
 from engine.domain.model import Band, ChannelRule, Pool
 from engine.store.base import Base
+from engine.store.codecs import ChannelHold
 from engine.store.keys import BANDS, CHANNEL_RULES, CHANNEL_RULES_VERSION, KeyList, Keys
 from engine.store.scripts import decoded
 
@@ -86,20 +87,16 @@ class ChannelStore(Base):
             out[(scope, channel)] = _rule(value)
         return out
 
-    async def channel_holds(
-        self, location: str, wanted: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], int]:
-        """What each (sku, channel) of `wanted` holds at a location ({L}:h)."""
-        if not wanted:
-            return {}
-        fields = [f"{sku}\t{channel}" for sku, channel in wanted]
-        got = await self.command(lambda p: p.hmget(Keys.channel_holds(location), fields))
-        return {w: int(v or 0) for w, v in zip(wanted, got, strict=True)}
-
-    async def pools(self, location: str, skus: Sequence[str]) -> list[list[Pool]]:
-        """The pools of each of these rows at a location ({L}:p; set_pools.lua)."""
-        got = await self.command(lambda p: p.hmget(Keys.pools(location), list(skus)))
-        return [_pools(v) for v in got]
+    async def channel_offers(
+        self, location: str, skus: Sequence[str], hold: ChannelHold
+    ) -> list[int]:
+        """What a channel (with its rule at the location) may hold of each row, as its hold
+        script would find it, one round trip (read_offers.lua)."""
+        keys = KeyList(Keys.channel_holds(location), Keys.pools(location))
+        args: list[object] = [hold.channel, hold.buffer, hold.share_ppm, len(skus)]
+        for sku in skus:
+            args += [sku, keys.add(self.keys.stock(location, sku))]
+        return [int(x) for x in await self.call("read_offers", keys.keys, args)]
 
     async def set_pools(self, location: str, pools: Sequence[tuple[str, Pool]]) -> int:
         """Sets (units 0: ends) each (sku, pool) at a location, all or none; answers how
@@ -118,11 +115,3 @@ class ChannelStore(Base):
                 "holds, and what no other pool keeps free)"
             )
         return int(got[1])
-
-
-def _pools(value: bytes | None) -> list[Pool]:
-    out = []
-    for entry in (value or b"").decode().splitlines():
-        channel, units, fallback = entry.split("\t")
-        out.append(Pool(channel, int(units), fallback == "1"))
-    return out

@@ -180,9 +180,7 @@ class Allocator:
         """What may be held of each row: by the channel's rules when it names one."""
         if not channel:
             return await self.storage.available(pairs)
-        rows = await self.storage.rows(pairs)
-        channels = self.reservations.channels
-        return await channels.offered(channel, self.registry.by_id, pairs, rows)
+        return await self.reservations.channels.offered(channel, self.registry.by_id, pairs)
 
     async def _earlier(self, order: Order) -> Allocation | None:
         """A retry of an Allocate that held its plan: that plan, if it is this order's."""

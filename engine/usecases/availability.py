@@ -93,7 +93,7 @@ class Availability:
         await self.channels.fresh()
         if not channel:
             return [row.available for row in rows]
-        return await self.channels.offered(channel, self.locations.by_id, pairs, rows)
+        return await self.channels.offered(channel, self.locations.by_id, pairs)
 
     def status(self, location: str, sku: str, channel: str, available: int) -> StockStatus:
         """The band `available` units of a row put it in, for the channel (after offered)."""

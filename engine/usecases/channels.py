@@ -25,12 +25,11 @@ from engine.domain.model import (
     Location,
     LocationType,
     Pool,
-    StockRow,
-    channel_offer,
     check_id,
     check_qty,
     check_size,
 )
+from engine.store.codecs import ChannelHold
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 
@@ -200,39 +199,23 @@ class ChannelRules:
         return out
 
     async def offered(
-        self,
-        channel: str,
-        locations: Mapping[str, Location],
-        pairs: Sequence[Pair],
-        rows: Sequence[StockRow],
+        self, channel: str, locations: Mapping[str, Location], pairs: Sequence[Pair]
     ) -> list[int]:
-        """What `channel` may hold of each row (pairs[i] -> rows[i]): by its rule where the
-        row is, and the row's pools (channel_offer)."""
+        """What `channel` may hold of each row, as its hold would find it (its rule where the
+        row is, the row's pools, what is held): one script call a location."""
         rules = await self.at((locations[loc] for loc in {loc for loc, _ in pairs}), channel)
         skus: dict[str, list[str]] = {}
         for loc, sku in pairs:
             skus.setdefault(loc, []).append(sku)
-        found = await asyncio.gather(
-            *(self._at(loc, at, channel, rules[loc]) for loc, at in skus.items())
+        got = await asyncio.gather(
+            *(
+                self.storage.channel_offers(loc, at, ChannelHold.of(channel, rules[loc]))
+                for loc, at in skus.items()
+            )
         )
-        seen = {loc: got for loc, got in zip(skus, found, strict=True)}
-        out = []
-        for (loc, sku), row in zip(pairs, rows, strict=True):
-            pools, held = seen[loc][sku]
-            out.append(channel_offer(row, channel, rules[loc], pools, held))
-        return out
-
-    async def _at(
-        self, location: str, skus: list[str], channel: str, rule: ChannelRule
-    ) -> dict[str, tuple[list[Pool], dict[str, int]]]:
-        """Each row's pools, and what the channels that matter hold of it: the pools'
-        channels, and the asking one where its rule caps a share."""
-        pools = dict(zip(skus, await self.storage.pools(location, skus), strict=True))
-        wanted = [(sku, p.channel) for sku in skus for p in pools[sku]]
-        if rule.max_share is not None:
-            wanted += [(sku, channel) for sku in skus]
-        held: dict[str, dict[str, int]] = {sku: {} for sku in skus}
-        counted = await self.storage.channel_holds(location, sorted(set(wanted)))
-        for (sku, c), n in counted.items():
-            held[sku][c] = n
-        return {sku: (pools[sku], held[sku]) for sku in skus}
+        offers = {
+            (loc, sku): n
+            for (loc, at), counts in zip(skus.items(), got, strict=True)
+            for sku, n in zip(at, counts, strict=True)
+        }
+        return [offers[pair] for pair in pairs]

@@ -88,8 +88,7 @@ async def find_nearby(
         batch = candidates[start : start + size]
         pairs = [(loc.id, ln.sku) for _, loc in batch for ln in lines]
         if query.channel and channels is not None:
-            rows = await reader.rows(pairs)
-            available = await channels.offered(query.channel, registry.by_id, pairs, rows)
+            available = await channels.offered(query.channel, registry.by_id, pairs)
         else:
             available = await reader.available(pairs)
         for i, (distance, loc) in enumerate(batch):

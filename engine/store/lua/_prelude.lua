@@ -24,9 +24,9 @@ local function available(r)
   return a
 end
 
--- What a sales channel may still hold of a row (channel_offer in engine/domain/model.py
--- says the same). The row's pools ({L}:p: sku -> "channel\tunits\tfallback\n"...) keep
--- units for their channels: a pool's free units are what its channel does not hold of it
+-- What a sales channel may still hold of a row: the one formula, for its holds (hold.lua)
+-- and for reads (read_offers.lua). The row's pools ({L}:p: sku -> "channel\tunits\tfallback\n"
+-- ...) keep units for their channels: a pool's free units are what its channel does not hold of it
 -- ({L}:h). Every other channel sees only the units no pool keeps free (shared), less its
 -- buffer, and (share < 1000000, in millionths) no more than that share of the row's
 -- sellable units (on_hand - safety) less what it holds already. A pool's own channel sees
