@@ -24,7 +24,7 @@ from engine.api.edge import LIGHT_REQUEST
 from engine.api.listener import ListenRefused
 from engine.app import Omnistock, create_server
 from engine.client import OmnistockClient
-from engine.domain.auth import RIGHTS, Role, token_digest
+from engine.domain.auth import RIGHTS, AuthFileError, Principals, Role, token_digest
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import EmbeddedRedis
 from engine.store.keys import ACL_RULES
@@ -744,3 +744,61 @@ async def test_a_principal_over_its_request_byte_rate_is_slowed_down_small_calls
     with pytest.raises(grpc.aio.AioRpcError):
         await stubs.availability.GetAvailability(big(2), metadata=bearer(ROLES[Role.ADMIN]))
     assert paced() == before
+
+
+# -- principals bound to sales channels ----------------------------------------------------
+
+
+async def test_a_principal_bound_to_a_channel_acts_as_it_and_as_no_other(
+    redis: Any, one_redis_url: str, tmp_path: Path
+) -> None:
+    # given a web shop's token bound to the web channel, which keeps a store's last 2 units
+    shop = '\n[[principal]]\nname = "web-shop"\nrole = "storefront"\nchannels = ["web"]\n'
+    shop += f'token_sha256 = "{token_digest("shop-token")}"\n'
+    app = create_server(
+        settings_for(one_redis_url, auth_file=principals_file(tmp_path / "p.toml", shop))
+    )
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stubs, admin, web = Stubs(channel), bearer(ROLES[Role.ADMIN]), bearer("shop-token")
+            await stubs.stock.UpsertLocations(
+                pb.UpsertLocationsRequest(locations=[location("L1")]), metadata=admin
+            )
+            await stubs.stock.ApplyEvents(
+                pb.ApplyEventsRequest(events=[count("c1", "L1", "S1", 5)]), metadata=admin
+            )
+            rule = pb.ChannelRule(channel="web", buffer=2)
+            await stubs.stock.SetChannelRules(
+                pb.SetChannelRulesRequest(rules=[rule]), metadata=admin
+            )
+            # when it names no channel, it is the web: it sees and holds 3 of the 5
+            seen = await stubs.availability.GetAvailability(
+                pb.GetAvailabilityRequest(skus=["S1"], location_ids=["L1"]), metadata=web
+            )
+            assert seen.levels[0].available == 3
+            short = await stubs.reservations.Reserve(
+                pb.ReserveRequest(reservation_id="w1", lines=[line("L1", "S1", 4)]), metadata=web
+            )
+            assert [s.available for s in short.shortfalls] == [3]
+            # and it may not act as another channel
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stubs.reservations.Reserve(
+                    pb.ReserveRequest(
+                        reservation_id="w2", lines=[line("L1", "S1", 1)], channel="store"
+                    ),
+                    metadata=web,
+                )
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "may not act as channel 'store'" in (err.value.details() or "")
+    finally:
+        await app.stop(grace=1.0)
+
+
+@pytest.mark.parametrize("channels", ["[]", '"web"', "[1]", '["w b"]'])
+def test_a_principals_channels_must_be_a_list_of_names(tmp_path: Path, channels: str) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(f'[[principal]]\nname = "x"\nrole = "storefront"\nchannels = {channels}\n')
+    with pytest.raises(AuthFileError) as err:
+        Principals.load(path)
+    assert "channels" in str(err.value)

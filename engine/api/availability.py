@@ -8,6 +8,7 @@ import grpc
 
 from engine.api.convert import FULFILMENTS, level, location_pb, types_from_pb
 from engine.api.rpc import rpc, rpc_stream
+from engine.domain import auth
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import (
     MAX_LINES,
@@ -55,7 +56,7 @@ def nearby_query_from_pb(msg: pb.FindNearbyRequest) -> NearbyQuery:
             types=frozenset(types_from_pb(msg.location_types, "location_types")),
             limit=msg.limit or 10,
             partial=msg.partial,
-            channel=msg.channel,
+            channel=auth.current().channel_for(msg.channel),
         )
     )
 
@@ -82,8 +83,9 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
     ) -> pb.GetAvailabilityResponse:
         _check_reads(request.skus, request.location_ids, request.location_types)
         types = types_from_pb(request.location_types, "location_types")
+        channel = auth.current().channel_for(request.channel)
         found = await self.availability.levels(
-            request.skus, request.location_ids, types, request.include_empty, request.channel
+            request.skus, request.location_ids, types, request.include_empty, channel
         )
         return pb.GetAvailabilityResponse(
             levels=[level(loc, sku, row, a, status) for loc, sku, row, a, status in found]
@@ -96,6 +98,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         _check_reads(request.skus, request.location_ids, ())
         if request.channel:
             check_id(request.channel, "channel")
+        channel = auth.current().channel_for(request.channel)
         watched = await self.availability.watched(
             request.skus, request.location_ids, request.send_current
         )
@@ -104,7 +107,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             try:
                 async with self.hub.watch(watched.locations) as watcher:
                     changes = self._changes(
-                        watcher, watched, request.send_current, request.channel, request.bands_only
+                        watcher, watched, request.send_current, channel, request.bands_only
                     )
                     async for change in changes:
                         yield change

@@ -6,6 +6,7 @@ import grpc
 
 from engine.api.convert import lines_from_pb, reservation_pb
 from engine.api.rpc import rpc
+from engine.domain import auth
 from engine.domain.model import MAX_LINES, check_size
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -25,7 +26,10 @@ class ReservationService(pb_grpc.ReservationServiceServicer):
         check_size(len(request.lines), "lines", MAX_LINES)
         lines = lines_from_pb(request.lines)
         result = await self.reservations.reserve(
-            request.reservation_id, lines, request.ttl_seconds, channel=request.channel
+            request.reservation_id,
+            lines,
+            request.ttl_seconds,
+            channel=auth.current().channel_for(request.channel),
         )
         if result.reservation is not None:
             return pb.ReserveResponse(reservation=reservation_pb(result.reservation))

@@ -8,6 +8,7 @@ import grpc
 
 from engine.api.convert import location_pb, reservation_pb, types_from_pb
 from engine.api.rpc import rpc
+from engine.domain import auth
 from engine.domain.geo import HALF_CIRCUMFERENCE_KM
 from engine.domain.model import MAX_LINES, MAX_LOCATION_IDS, BasketLine, check_size
 from engine.domain.sourcing import COST_FIELDS, Constraints, CostModel, Unfillable
@@ -46,7 +47,7 @@ def order_from_pb(msg: pb.AllocateRequest, default: CostModel, max_shipments: in
             reservation_id=msg.reservation_id,
             ttl_seconds=msg.ttl_seconds,
             allow_partial=msg.allow_partial,
-            channel=msg.channel,
+            channel=auth.current().channel_for(msg.channel),
         )
     )
 

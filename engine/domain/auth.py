@@ -8,6 +8,8 @@ Principals are read from a TOML file (`--auth-file`), for example
     name = "till-london-0001"
     role = "pos"
     locations = ["store-london-0001"]   # omitted: every location
+    channels = ["store"]                # omitted: any sales channel; else these, the first
+                                        # for a call that names none
     token_sha256 = "<hex SHA-256 of the bearer token>"   # omitted: mutual TLS only
 
 A caller is the principal whose token_sha256 is the SHA-256 of its bearer token
@@ -88,6 +90,8 @@ class Principal:
     name: str
     role: Role
     locations: frozenset[str] | None = None  # None: every location
+    channels: tuple[str, ...] | None = None  # None: any sales channel; else these, the first
+    # for a call that names none (so a web shop's token cannot leave its rules by naming none)
 
     def may_call(self, method: str) -> bool:
         return self.role in RIGHTS.get(method, frozenset())
@@ -101,6 +105,20 @@ class Principal:
                 raise PermissionDenied(
                     f"{field}: principal {self.name} may not act at location {location}"
                 )
+
+    def channel_for(self, asked: str, field: str = "channel") -> str:
+        """The sales channel a call acts as: the one asked for, if this principal may act
+        as it (a principal bound to channels: its first when none is asked for)."""
+        if self.channels is None:
+            return asked
+        if not asked:
+            return self.channels[0]
+        if asked not in self.channels:
+            raise PermissionDenied(
+                f"{field}: principal {self.name} may not act as channel {asked!r} "
+                f"(only {', '.join(self.channels)})"
+            )
+        return asked
 
     def owns(self, owner: str) -> bool:
         """Whether a reservation made by `owner` is this principal's to see and settle."""
@@ -168,7 +186,7 @@ class Principals:
 def _principal(entry: Any, where: str) -> tuple[Principal, str]:
     if not isinstance(entry, dict):
         raise AuthFileError(f"{where}: must be a table")
-    unknown = set(entry) - {"name", "role", "locations", "token_sha256"}
+    unknown = set(entry) - {"name", "role", "locations", "channels", "token_sha256"}
     if unknown:
         raise AuthFileError(f"{where}: unknown keys {sorted(unknown)}")
     try:
@@ -187,4 +205,15 @@ def _principal(entry: Any, where: str) -> tuple[Principal, str]:
     if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
         raise AuthFileError(f"{where}: token_sha256 must be 64 hex digits (SHA-256 of the token)")
     scope = None if locations is None else frozenset(locations)
-    return Principal(name, role, scope), digest
+    return Principal(name, role, scope, _channels(entry.get("channels"), where)), digest
+
+
+def _channels(value: Any, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+        raise AuthFileError(f"{where}: channels must be a non-empty list of channel names")
+    try:
+        return tuple(check_id(x, "channels") for x in value)
+    except InvalidArgument as exc:
+        raise AuthFileError(f"{where}: {exc}") from exc
