@@ -3,11 +3,16 @@ SetStockBands), each checked naming its field."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 from engine.api.convert import TYPES
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import Band, ChannelRule, LocationType
+from engine.domain.model import Band, ChannelRule, LocationType, check_size
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.usecases.channels import BandChange, RuleChange, check_band, check_rule
+from engine.usecases.channels import MAX_RULES, BandChange, RuleChange, check_band, check_rule
+
+T = TypeVar("T")
 
 
 def _type_of(value: pb.LocationType.ValueType, field: str) -> LocationType | None:
@@ -31,3 +36,18 @@ def rule_change(msg: pb.ChannelRule, field: str) -> RuleChange:
         share = msg.max_share if msg.HasField("max_share") else None
         rule = ChannelRule(msg.buffer, share)
     return check_rule(RuleChange(msg.channel, msg.location_id, kind, rule), field)
+
+
+def rule_changes(msgs: Sequence[pb.ChannelRule]) -> list[RuleChange]:
+    return [rule_change(m, f"rules[{i}]") for i, m in enumerate(_sized(msgs, "rules", "rule"))]
+
+
+def band_changes(msgs: Sequence[pb.StockBand]) -> list[BandChange]:
+    return [band_change(m, f"bands[{i}]") for i, m in enumerate(_sized(msgs, "bands", "band"))]
+
+
+def _sized(msgs: Sequence[T], field: str, what: str) -> Sequence[T]:
+    if not msgs:
+        raise InvalidArgument(field, f"at least one {what} is required")
+    check_size(len(msgs), field, MAX_RULES)
+    return msgs

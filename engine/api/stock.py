@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from engine.api.channels import band_change, rule_change
+from engine.api.channels import band_changes, rule_changes
 from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb
 from engine.api.rpc import rpc, rpc_stream
 from engine.domain.auth import current
@@ -333,15 +333,7 @@ class StockService(pb_grpc.StockServiceServicer):
     async def SetChannelRules(
         self, request: pb.SetChannelRulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetChannelRulesResponse:
-        if not request.rules:
-            raise InvalidArgument("rules", "at least one rule is required")
-        check_size(len(request.rules), "rules", MAX_RULES)
-        changes = [rule_change(m, f"rules[{i}]") for i, m in enumerate(request.rules)]
-        scopes = [(c.scope, c.channel) for c in changes]
-        if len(set(scopes)) < len(scopes):
-            raise InvalidArgument("rules", "a scope and channel may be given once a call")
-        named = [c.location for c in changes if c.location]
-        await self.locations.require(named, "rules[].location_id")
+        changes = rule_changes(request.rules)
         return pb.SetChannelRulesResponse(version=await self.channels.set(changes))
 
     @rpc("SetPool")
@@ -358,14 +350,5 @@ class StockService(pb_grpc.StockServiceServicer):
     async def SetStockBands(
         self, request: pb.SetStockBandsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetStockBandsResponse:
-        if not request.bands:
-            raise InvalidArgument("bands", "at least one band is required")
-        check_size(len(request.bands), "bands", MAX_RULES)
-        changes = [band_change(m, f"bands[{i}]") for i, m in enumerate(request.bands)]
-        scopes = [(c.scope, c.channel) for c in changes]
-        if len(set(scopes)) < len(scopes):
-            raise InvalidArgument("bands", "a scope and channel may be given once a call")
-        await self.locations.require(
-            [c.location for c in changes if c.location], "bands[].location_id"
-        )
+        changes = band_changes(request.bands)
         return pb.SetStockBandsResponse(version=await self.channels.set_bands(changes))

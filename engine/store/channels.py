@@ -31,34 +31,27 @@ class ChannelStore(Base):
     async def set_channel_rules(self, rules: Mapping[tuple[str, str], ChannelRule | None]) -> int:
         """Sets (or, for None, removes) the rule of each (scope, channel), scope "l:<id>",
         "t:<TYPE>" or "*", all at once; answers the rules' new version."""
-        put = {_field(*k): _value(r) for k, r in rules.items() if r is not None}
-        drop = [_field(*k) for k, r in rules.items() if r is None]
-
-        async def run() -> int:
-            async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {omnistock}
-                if put:
-                    pipe.hset(CHANNEL_RULES, mapping=put)
-                if drop:
-                    pipe.hdel(CHANNEL_RULES, *drop)
-                pipe.incr(CHANNEL_RULES_VERSION)
-                got = await pipe.execute()
-            return int(got[-1])
-
-        return await self.guard(run)
+        fields = {_field(*k): None if r is None else _value(r) for k, r in rules.items()}
+        return await self._set_scoped(CHANNEL_RULES, fields)
 
     async def set_bands(self, bands: Mapping[tuple[str, str], Band | None]) -> int:
         """Sets (or, for None, removes) the band of each (scope, channel), all at once (scope
         "r\t<loc>\t<sku>", "l:<loc>", "t:<TYPE>" or "*"); answers the rules' new version,
         which bands share."""
-        put = {_field(*k): f"{b.low},{b.out}" for k, b in bands.items() if b is not None}
-        drop = [_field(*k) for k, b in bands.items() if b is None]
+        fields = {_field(*k): None if b is None else f"{b.low},{b.out}" for k, b in bands.items()}
+        return await self._set_scoped(BANDS, fields)
+
+    async def _set_scoped(self, key: str, fields: Mapping[str, str | None]) -> int:
+        """Sets the fields of `key` (None: removes), and moves the version, in one step."""
+        put = {f: v for f, v in fields.items() if v is not None}
+        drop = [f for f, v in fields.items() if v is None]
 
         async def run() -> int:
             async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {omnistock}
                 if put:
-                    pipe.hset(BANDS, mapping=put)
+                    pipe.hset(key, mapping=put)
                 if drop:
-                    pipe.hdel(BANDS, *drop)
+                    pipe.hdel(key, *drop)
                 pipe.incr(CHANNEL_RULES_VERSION)
                 got = await pipe.execute()
             return int(got[-1])

@@ -125,14 +125,24 @@ class ChannelRules:
 
     async def set(self, changes: Sequence[RuleChange]) -> int:
         """Sets and removes rules, all at once; answers the rules' new version."""
+        await self._check_scopes(changes, "rules")
         version = await self.storage.set_channel_rules(
             {(c.scope, c.channel): c.rule for c in changes}
         )
         await self._reload()
         return version
 
+    async def _check_scopes(self, changes: Sequence[RuleChange | BandChange], field: str) -> None:
+        """Each scope and channel once, each location named known."""
+        scopes = [(c.scope, c.channel) for c in changes]
+        if len(set(scopes)) < len(scopes):
+            raise InvalidArgument(field, "a scope and channel may be given once a call")
+        named = [c.location for c in changes if c.location]
+        await self.locations.require(named, f"{field}[].location_id")
+
     async def set_bands(self, changes: Sequence[BandChange]) -> int:
         """Sets and removes bands, all at once; answers the new version."""
+        await self._check_scopes(changes, "bands")
         version = await self.storage.set_bands({(c.scope, c.channel): c.band for c in changes})
         await self._reload()
         return version
