@@ -47,11 +47,7 @@ class RuleChange:
 
     @property
     def scope(self) -> str:
-        if self.location:
-            return f"l:{self.location}"
-        if self.location_type is not None:
-            return f"t:{self.location_type.value}"
-        return "*"
+        return _scope(self.location, self.location_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +62,31 @@ class BandChange:
     def scope(self) -> str:
         if self.sku:
             return f"r\t{self.location}\t{self.sku}"
-        return RuleChange(self.channel, self.location, self.location_type).scope
+        return _scope(self.location, self.location_type)
+
+
+def _scope(location: str, location_type: LocationType | None) -> str:
+    """How a scope is written: "l:<location>", "t:<TYPE>", or "*" (the default)."""
+    if location:
+        return f"l:{location}"
+    if location_type is not None:
+        return f"t:{location_type.value}"
+    return "*"
+
+
+def _check_scope(location: str, location_type: LocationType | None, field: str) -> None:
+    if location:
+        check_id(location, f"{field}.location_id")
+        if location_type is not None:
+            raise InvalidArgument(
+                f"{field}.location_type", "give a location_id or a type, not both"
+            )
 
 
 def check_band(change: BandChange, field: str) -> BandChange:
     if change.channel:
         check_id(change.channel, f"{field}.channel")
-    if change.location:
-        check_id(change.location, f"{field}.location_id")
-        if change.location_type is not None:
-            raise InvalidArgument(
-                f"{field}.location_type", "give a location_id or a type, not both"
-            )
+    _check_scope(change.location, change.location_type, field)
     if change.sku:
         check_id(change.sku, f"{field}.sku")
         if not change.location:
@@ -95,12 +104,7 @@ def check_band(change: BandChange, field: str) -> BandChange:
 
 def check_rule(change: RuleChange, field: str) -> RuleChange:
     check_id(change.channel, f"{field}.channel")
-    if change.location:
-        check_id(change.location, f"{field}.location_id")
-        if change.location_type is not None:
-            raise InvalidArgument(
-                f"{field}.location_type", "give a location_id or a type, not both"
-            )
+    _check_scope(change.location, change.location_type, field)
     rule = change.rule
     if rule is None:
         return change
