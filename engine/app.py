@@ -67,7 +67,9 @@ class Omnistock:
         self.redis = await connect(
             url, self.settings.redis_timeout_seconds, self.settings.redis_max_connections
         )
-        self.probe_redis = probe_client(url, self.redis, self.settings.redis_probe_timeout_seconds)
+        self.probe_redis = await probe_client(
+            url, self.redis, self.settings.redis_probe_timeout_seconds
+        )
         self.storage = storage_of(self.redis, self.settings, probe=self.probe_redis)
         await self.storage.load_scripts()
         await self.storage.migrate()

@@ -166,8 +166,6 @@ class Base:
         if not self.cluster:
             await self._ping(self.probe_client.ping)
             return
-        if not self.probe_client.get_primaries():  # it learns the nodes on its first ping
-            await self._ping(self.probe_client.initialize)
         nodes = self.probe_client.get_primaries()
         answers = await asyncio.gather(
             *(self._ping(functools.partial(node.execute_command, "PING")) for node in nodes),

@@ -69,9 +69,13 @@ def cluster_client(url: str, timeout: float, max_connections: int, retries: int)
     )
 
 
-def probe_client(url: str, like: aioredis.Redis | RedisCluster, timeout: float) -> Any:
+async def probe_client(url: str, like: aioredis.Redis | RedisCluster, wait: float) -> Any:
     """The health probe's own connection (per node), of the kind of `like`, not retried:
-    its timeout is the verdict. Connected on its first ping."""
+    its timeout (`wait`) is the verdict. A cluster's learns its primaries here, at start, while the
+    node of the URL answers: a probe that had to learn them later from that node alone
+    would take it frozen for the whole store down."""
     if isinstance(like, RedisCluster):
-        return cluster_client(url, timeout, max_connections=1, retries=0)
-    return redis_client(url, timeout, max_connections=1, retries=0)
+        cluster = cluster_client(url, wait, max_connections=1, retries=0)
+        await cluster.initialize()
+        return cluster
+    return redis_client(url, wait, max_connections=1, retries=0)
