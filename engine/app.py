@@ -97,6 +97,7 @@ class Omnistock:
         self.reservations = Reservations(
             self.storage, self.locations, self.clock, timing, self.metrics, caps
         )
+        await self.reservations.channels.fresh()  # read once here, then followed
         if self.settings.demo and not self.locations.by_id:
             await demo.load(self.storage, self.locations, self.clock, self.reservations.channels)
         self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
@@ -124,6 +125,7 @@ class Omnistock:
             asyncio.create_task(sweeper.run()),
             asyncio.create_task(probe.run()),
             asyncio.create_task(self.sources.run()),
+            asyncio.create_task(self.reservations.channels.follow()),
         ]
         if self.settings.auth_file:
             self._tasks.append(asyncio.create_task(self._follow_auth_file()))

@@ -23,6 +23,7 @@ from engine.domain.model import (
     Availability,
     BasketLine,
     ChannelRule,
+    CustomerLimit,
     HoldResult,
     Line,
     LocationType,
@@ -40,6 +41,7 @@ __all__ = [
     "Availability",
     "BasketLine",
     "ChannelRule",
+    "CustomerLimit",
     "Fulfilment",
     "Line",
     "NearbyHit",
@@ -200,12 +202,15 @@ class OmnistockClient:
         *,
         ttl_seconds: float = 0.0,
         channel: str = "",
+        customer_id: str = "",
     ) -> HoldResult:
-        """channel: the sales channel holding, held to its rules at each location."""
+        """channel: the sales channel holding, held to its rules at each location.
+        customer_id: the shopper, held to per-customer limits (FAILED_PRECONDITION past one)."""
         request = pb.ReserveRequest(
             reservation_id=reservation_id,
             ttl_seconds=ttl_seconds,
             channel=channel,
+            customer_id=customer_id,
             lines=[
                 pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty) for ln in lines
             ],
@@ -276,3 +281,13 @@ class OmnistockClient:
         request = pb.SetPoolRequest(pools=[msg])
         resp = await self._call(lambda: self._stock.SetPool(request, **self._opts))
         return bool(resp.changed > 0)
+
+    async def set_customer_limit(self, sku: str, limit: CustomerLimit | None) -> int:
+        """At most `limit.max_units` of the sku per customer, held and bought within
+        `limit.window_ms` (None: removes the limit); answers the rules' version."""
+        msg = pb.CustomerLimit(sku=sku, remove=limit is None)
+        if limit is not None:
+            msg.max_units, msg.window_seconds = limit.max_units, limit.window_ms / 1000
+        request = pb.SetCustomerLimitsRequest(limits=[msg])
+        resp = await self._call(lambda: self._stock.SetCustomerLimits(request, **self._opts))
+        return int(resp.version)

@@ -23,6 +23,7 @@ from engine.domain.clock import Clock
 from engine.domain.model import (
     MAX_QTY,
     ChannelRule,
+    CustomerLimit,
     EventKind,
     Location,
     LocationType,
@@ -351,21 +352,22 @@ def demo_stock(
             yield location.id, skus[index], on_hand
 
 
-# The demo's sales channels: the web never takes a store's last 2 units (the walk-in shopper
-# is there now), a marketplace holds at most 30% of any row, and the app has a launch pool.
+# The demo's sales channels: the web never takes a store's last 2 units (for walk-ins), a
+# marketplace holds at most 30% of any row; a launch pool for the app, 2 a customer a day.
 DEMO_RULES = (
     RuleChange("web", location_type=LocationType.STORE, rule=ChannelRule(buffer=2)),
     RuleChange("marketplace-x", rule=ChannelRule(max_share=0.3)),
 )
 DEMO_POOLS = (("dc-gb", "SKU-000007", Pool("app", 50, fallback=True)),)
+DEMO_LIMITS = {"SKU-000007": CustomerLimit(2, 24 * 3600 * 1000)}
 
 
 async def load(
     storage: Storage, locations: LocationRegistry, clock: Clock, channels: ChannelRules
 ) -> None:
     """Counts every demo row in as COUNT events (the one way stock enters), a few batches in
-    flight at once, logging progress; then the channels' rules and pools; the locations go
-    in last, so a load cut short is redone at the next start (each step is idempotent)."""
+    flight at once, logging progress; then the channels' rules, pools and limits; locations
+    last, so a load cut short is redone at the next start (each step is idempotent)."""
     started = time.perf_counter()
     locs = demo_locations()
     now = clock.now_ms()
@@ -391,8 +393,9 @@ async def load(
 
     await asyncio.gather(*(apply(loc, events) for loc, events in batches))
     await channels.set(DEMO_RULES)
+    await channels.set_limits(DEMO_LIMITS)
     for location, sku, pool in DEMO_POOLS:
         await storage.set_pools(location, [(sku, pool)])
     await locations.upsert(locs)
-    elapsed = time.perf_counter() - started
-    log.info("demo data: %d locations, %d stock rows in %.1fs", len(locs), total, elapsed)
+    took = time.perf_counter() - started
+    log.info("demo data: %d locations, %d stock rows in %.1fs", len(locs), total, took)

@@ -186,6 +186,12 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
     "SetStockBands": lambda s, md: s.stock.SetStockBands(
         pb.SetStockBandsRequest(bands=[pb.StockBand(low=2)]), metadata=md
     ),
+    "SetCustomerLimits": lambda s, md: s.stock.SetCustomerLimits(
+        pb.SetCustomerLimitsRequest(
+            limits=[pb.CustomerLimit(sku="a", max_units=2, window_seconds=60)]
+        ),
+        metadata=md,
+    ),
     "GetRow": lambda s, md: s.operator.GetRow(
         pb.GetRowRequest(location_id="L1", sku="S1"), metadata=md
     ),
@@ -337,6 +343,30 @@ async def test_a_storefront_holds_within_its_units_and_its_longest_hold(
     # fulfilment has no such cap
     request = pb.ReserveRequest(reservation_id="o1", lines=[line("L1", "S1", 50)])
     await stubs.reservations.Reserve(request, metadata=bearer(ROLES[Role.FULFILMENT]))
+
+
+async def test_a_storefront_names_the_customer_to_hold_a_limited_sku(
+    channel_to: grpc.aio.Channel,
+) -> None:
+    stubs, shop = Stubs(channel_to), bearer(ROLES[Role.STOREFRONT])
+    limit = pb.CustomerLimit(sku="S1", max_units=2, window_seconds=3600)
+    await stubs.stock.SetCustomerLimits(
+        pb.SetCustomerLimitsRequest(limits=[limit]), metadata=bearer(ROLES[Role.ADMIN])
+    )
+
+    def hold(rid: str, customer: str, md: Any = shop) -> Awaitable[Any]:
+        request = pb.ReserveRequest(
+            reservation_id=rid, lines=[line("L1", "S1", 1)], customer_id=customer
+        )
+        return stubs.reservations.Reserve(request, metadata=md)
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hold("c1", "")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("customer_id: S1 is limited per customer")
+    assert (await hold("c1", "ann")).reservation.state == pb.RESERVATION_STATE_HELD
+    # a till or fulfilment holds for whoever is there: no customer needed
+    assert await code_of(hold("t1", "", bearer(ROLES[Role.FULFILMENT]))) == grpc.StatusCode.OK
 
 
 @pytest.mark.parametrize("secured", [{"max_streams_per_principal": 2}], indirect=True)
@@ -575,11 +605,15 @@ async def every_kind_of_call(stubs: Stubs) -> None:
     watch = pb.WatchAvailabilityRequest(location_ids=["A1"], skus=["S1"], send_current=True)
     stream = stubs.availability.WatchAvailability(watch)
     await stream.read()
+    limit = pb.CustomerLimit(sku="S1", max_units=5, window_seconds=60)
+    await stubs.stock.SetCustomerLimits(pb.SetCustomerLimitsRequest(limits=[limit]))
     for rid, lines in (
         ("one", [line("A1", "S1", 1)]),
         ("two", [line("A1", "S1", 1), line("A2", "S1", 1)]),
     ):
-        await stubs.reservations.Reserve(pb.ReserveRequest(reservation_id=rid, lines=lines))
+        await stubs.reservations.Reserve(
+            pb.ReserveRequest(reservation_id=rid, lines=lines, customer_id="cust-1")
+        )
     changed = await stream.read()  # the hold's row change, through the shard channel
     assert changed.level.reserved >= 1
     stream.cancel()

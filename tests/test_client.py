@@ -6,7 +6,15 @@ import grpc
 import pytest
 
 from engine.app import Omnistock
-from engine.client import BasketLine, ChannelRule, Fulfilment, Line, OmnistockClient, Pool
+from engine.client import (
+    BasketLine,
+    ChannelRule,
+    CustomerLimit,
+    Fulfilment,
+    Line,
+    OmnistockClient,
+    Pool,
+)
 from engine.domain.model import ReservationState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
@@ -101,3 +109,17 @@ async def test_client_holds_and_reads_for_a_sales_channel(
         await client.set_channel_rule("web", None)  # removed: no buffer, still no pool units
         (web,) = await client.availability(["a"], location_ids=["s1"], channel="web")
         assert web.available == 0
+
+
+async def test_client_holds_for_a_customer_within_a_limit(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    await stock_up(Stubs(channel), {("s1", "a"): 5, ("s2", "a"): 5})
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        assert await client.set_customer_limit("a", CustomerLimit(2, 3_600_000)) > 0
+        assert (await client.reserve("c1", [Line("s1", "a", 2)], customer_id="ann")).ok
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.reserve("c2", [Line("s2", "a", 1)], customer_id="ann")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        await client.set_customer_limit("a", None)
+        assert (await client.reserve("c2", [Line("s2", "a", 1)], customer_id="ann")).ok

@@ -7,6 +7,7 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
+import grpc
 import pytest
 
 from engine.demo import CITIES, DC_SITES, demo_locations, demo_skus, demo_stock, stores_per_city
@@ -257,3 +258,9 @@ async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_
         assert dc > 50
         assert (await available("dc-gb", "SKU-000007", "web"))[0] == dc - 50
         assert (await available("dc-gb", "SKU-000007", "app"))[0] == dc  # with fallback
+        # limited to 2 a customer
+        line = pb.ReservationLine(location_id="dc-gb", sku="SKU-000007", qty=3)
+        request = pb.ReserveRequest(reservation_id="c1", lines=[line], customer_id="ann")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.reservations.Reserve(request)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -141,6 +141,7 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "gaps": (Keys.gaps(a, b),),
         "mapping": (Keys.mapping(a),),
         "held": (Keys.held(a),),
+        "bought": (Keys.bought(a, b),),
     }
 
 

@@ -1,8 +1,9 @@
 """channels: the flash sale of `flash-sale`, sold through sales channels under their rules:
 one hot sku at one store, with a launch pool of a fifth of it ring-fenced for the app (with
 fallback), the web kept off the store's last units (a buffer) and capped at half of the
-sellable units (a share); each buyer holds one unit, through the web or the app at random.
-Its Reserve rate beside flash-sale's is what channel rules cost a hold."""
+sellable units (a share), and the sku limited to 2 a customer over a day; each buyer (one of
+a million customers) holds one unit, through the web or the app at random. Its Reserve rate
+beside flash-sale's is what channel rules and the customer's count cost a hold."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bench.scenarios.flash_sale import FlashSale
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 CHANNELS = ("web", "app")
+CUSTOMERS = 1_000_000
 
 
 class Channels(FlashSale):
@@ -28,6 +30,11 @@ class Channels(FlashSale):
             fallback=True,
         )  # fmt: skip
         await stubs.stock.SetPool(pb.SetPoolRequest(pools=[pool]))
+        limit = pb.CustomerLimit(sku=sku_id(0), max_units=2, window_seconds=86_400)
+        await stubs.stock.SetCustomerLimits(pb.SetCustomerLimitsRequest(limits=[limit]))
 
     def channel(self, rng: random.Random) -> str:
         return rng.choice(CHANNELS)
+
+    def customer(self, rng: random.Random) -> str:
+        return f"cust-{rng.randrange(CUSTOMERS)}"

@@ -1,16 +1,18 @@
-"""Sales channels' rules and stock bands from their messages (StockService.SetChannelRules,
-SetStockBands), each checked naming its field."""
+"""Sales channels' rules, stock bands and per-customer limits from their messages
+(StockService.SetChannelRules, SetStockBands, SetCustomerLimits), each checked naming its field."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TypeVar
 
 from engine.api.convert import TYPES
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import Band, ChannelRule, LocationType, check_size
+from engine.domain.model import Band, ChannelRule, CustomerLimit, LocationType, check_size
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.usecases.channels import MAX_RULES, BandChange, RuleChange, check_band, check_rule
+from engine.usecases.limits import check_limits
 
 T = TypeVar("T")
 
@@ -36,6 +38,20 @@ def rule_change(msg: pb.ChannelRule, field: str) -> RuleChange:
         share = msg.max_share if msg.HasField("max_share") else None
         rule = ChannelRule(msg.buffer, share)
     return check_rule(RuleChange(msg.channel, msg.location_id, kind, rule), field)
+
+
+def limit_change(msg: pb.CustomerLimit, field: str) -> tuple[str, CustomerLimit | None]:
+    if msg.remove:
+        return msg.sku, None
+    window = msg.window_seconds
+    if not math.isfinite(window) or window <= 0:
+        raise InvalidArgument(f"{field}.window_seconds", f"must be above 0, got {window}")
+    return msg.sku, CustomerLimit(msg.max_units, round(min(window, 2**40) * 1000))
+
+
+def limit_changes(msgs: Sequence[pb.CustomerLimit]) -> dict[str, CustomerLimit | None]:
+    sized = _sized(msgs, "limits", "limit")
+    return check_limits([limit_change(m, f"limits[{i}]") for i, m in enumerate(sized)])
 
 
 def rule_changes(msgs: Sequence[pb.ChannelRule]) -> list[RuleChange]:

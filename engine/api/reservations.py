@@ -30,6 +30,7 @@ class ReservationService(pb_grpc.ReservationServiceServicer):
             lines,
             request.ttl_seconds,
             channel=auth.current().channel_for(request.channel),
+            customer=request.customer_id,
         )
         if result.reservation is not None:
             return pb.ReserveResponse(reservation=reservation_pb(result.reservation))

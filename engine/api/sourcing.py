@@ -48,6 +48,7 @@ def order_from_pb(msg: pb.AllocateRequest, default: CostModel, max_shipments: in
             ttl_seconds=msg.ttl_seconds,
             allow_partial=msg.allow_partial,
             channel=auth.current().channel_for(msg.channel),
+            customer=msg.customer_id,
         )
     )
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from engine.api.channels import band_changes, rule_changes
+from engine.api.channels import band_changes, limit_changes, rule_changes
 from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb
 from engine.api.rpc import rpc, rpc_stream
 from engine.domain.auth import current
@@ -352,3 +352,10 @@ class StockService(pb_grpc.StockServiceServicer):
     ) -> pb.SetStockBandsResponse:
         changes = band_changes(request.bands)
         return pb.SetStockBandsResponse(version=await self.channels.set_bands(changes))
+
+    @rpc("SetCustomerLimits")
+    async def SetCustomerLimits(
+        self, request: pb.SetCustomerLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetCustomerLimitsResponse:
+        limits = limit_changes(request.limits)
+        return pb.SetCustomerLimitsResponse(version=await self.channels.set_limits(limits))

@@ -74,6 +74,7 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "SetChannelRules": frozenset({Role.ADMIN}),
     "SetPool": frozenset({Role.ADMIN}),
     "SetStockBands": frozenset({Role.ADMIN}),
+    "SetCustomerLimits": frozenset({Role.ADMIN}),
     "GetRow": frozenset({Role.ADMIN}),
     "GetLocation": frozenset({Role.ADMIN}),
     "ListAlerts": frozenset({Role.ADMIN}),
@@ -123,6 +124,12 @@ class Principal:
     def owns(self, owner: str) -> bool:
         """Whether a reservation made by `owner` is this principal's to see and settle."""
         return self.role in SEE_ALL or owner == self.name
+
+    def making_for(self, customer: str) -> str:
+        """Who makes a reservation, as its fingerprint and its directory entry take it: this
+        principal, and the customer it holds for after a tab (write_dir, _prelude.lua,
+        splits them)."""
+        return f"{self.name}\t{customer}" if customer else self.name
 
 
 # The server without an auth file: one principal that may do everything (loopback only).

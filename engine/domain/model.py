@@ -232,6 +232,15 @@ class Pool:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomerLimit:
+    """The most units of a sku one customer may hold and buy within `window_ms` of each
+    commit (held units count while held)."""
+
+    max_units: int
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Availability:
     location: str
     sku: str

@@ -6,10 +6,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from engine.domain.errors import FailedPrecondition
-from engine.domain.model import Band, ChannelRule, Pool
+from engine.domain.model import Band, ChannelRule, CustomerLimit, Pool
 from engine.store.base import Base
 from engine.store.codecs import ChannelHold
-from engine.store.keys import BANDS, CHANNEL_RULES, CHANNEL_RULES_VERSION, KeyList, Keys
+from engine.store.keys import (
+    BANDS,
+    CHANNEL_RULES,
+    CHANNEL_RULES_VERSION,
+    LIMITS,
+    KeyList,
+    Keys,
+)
 from engine.store.scripts import decoded
 
 
@@ -40,6 +47,24 @@ class ChannelStore(Base):
         which bands share."""
         fields = {_field(*k): None if b is None else f"{b.low},{b.out}" for k, b in bands.items()}
         return await self._set_scoped(BANDS, fields)
+
+    async def set_limits(self, limits: Mapping[str, CustomerLimit | None]) -> int:
+        """Sets (or, for None, removes) the per-customer limit of each sku, all at once;
+        answers the rules' new version, which limits share."""
+        fields = {
+            sku: None if lim is None else f"{lim.max_units},{lim.window_ms}"
+            for sku, lim in limits.items()
+        }
+        return await self._set_scoped(LIMITS, fields)
+
+    async def limits(self) -> dict[str, CustomerLimit]:
+        """Every sku's per-customer limit."""
+        raw: dict[bytes, bytes] = await self.command(lambda p: p.hgetall(LIMITS))
+        out = {}
+        for sku, value in raw.items():
+            most, window = value.decode().split(",")
+            out[sku.decode()] = CustomerLimit(int(most), int(window))
+        return out
 
     async def _set_scoped(self, key: str, fields: Mapping[str, str | None]) -> int:
         """Sets the fields of `key` (None: removes), and moves the version, in one step."""

@@ -55,6 +55,7 @@ class DirEntry:
     lines: tuple[Line, ...]
     saga: str
     owner: str  # the principal that made it ('' on an open server)
+    customer: str = ""  # the customer it was held for, if any (per-customer limits)
 
 
 @dataclass(frozen=True, slots=True)

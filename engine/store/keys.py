@@ -26,9 +26,12 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:p          hash   the rows' pools: sku -> "channel\tunits\tfallback\n"... (set_pools.lua)
     {L}:w          shard channel: every row written at L, as written (engine/store/watch.py)
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
-                          o the principal that made it ('' on an open server)
+                          o the principal that made it ('' on an open server), u its customer
     principal:{<name>}:held  hash  a storefront principal's HELD reservations -> "units,expiry",
                           counted against its cap on units held at once (budget.lua)
+    customer:{<id>}:<sku>  hash  a customer's reservations of a limited sku -> "units,until":
+                          held (until the hold's expiry) or bought (until the commit + the
+                          limit's window), counted against the limit (budget.lua)
     {omnistock}:locations  hash  location id -> JSON
     {omnistock}:locations:v  counter  moves with every upsert, so caches know when to reload
     {omnistock:w<k>}:wake  zset  location -> a time at or before its earliest HELD expiry,
@@ -40,9 +43,10 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:mapv       counter  moves with every change of a mapping
     {omnistock}:channels   hash  sales channels' rules: "<scope>\t<channel>" -> "buffer,max_share"
                           (scope "l:<location>", "t:<TYPE>" or "*"; max_share '' for none)
-    {omnistock}:channels:v counter  moves with every change of a rule or a band
+    {omnistock}:channels:v counter  moves with every change of a rule, a band or a limit
     {omnistock}:bands      hash  stock bands: "<scope>\t<channel>" -> "low,out" (scope
                           "r\t<loc>\t<sku>", "l:<location>", "t:<TYPE>" or "*"; channel '': any)
+    {omnistock}:limits     hash  per-customer limits: sku -> "max_units,window_ms"
     {omnistock}:alerts  stream  what an operator should hear of (kind: a shortage, a row a
                           count or delta left short; a sequence_gap; a clock_skew of a source)
     {omnistock}:sources  set  the name of every source that sent stock events ("" for none)
@@ -74,6 +78,7 @@ MAPPINGS_VERSION = "{omnistock}:mapv"
 CHANNEL_RULES = "{omnistock}:channels"
 CHANNEL_RULES_VERSION = "{omnistock}:channels:v"
 BANDS = "{omnistock}:bands"
+LIMITS = "{omnistock}:limits"
 ALERTS = "{omnistock}:alerts"
 ALERTS_KEPT = 100_000  # about: the stream is trimmed to the newest this many
 SOURCES = "{omnistock}:sources"
@@ -85,7 +90,8 @@ EPOCH = "{omnistock}:epoch"
 # row-change channels, and the commands of its scripts and reads; no admin or dangerous
 # command but INFO (is it a cluster?) and the cluster topology the cluster client reads.
 ACL_RULES = (
-    "resetkeys ~{*}:* ~res:{*} ~principal:{*}:held ~*:dead resetchannels &{*}:w "
+    "resetkeys ~{*}:* ~res:{*} ~principal:{*}:held ~customer:{*}:* ~*:dead "
+    "resetchannels &{*}:w "
     "-@all +@read +@write +@scripting +@pubsub +@connection +@transaction -@dangerous "
     "-eval -eval_ro -script|flush -script|kill -function -fcall -fcall_ro "
     "+info +cluster|slots +cluster|shards +cluster|nodes +cluster|info +readonly"
@@ -187,6 +193,10 @@ class Keys:
     @staticmethod
     def held(principal: str) -> str:
         return f"principal:{{{principal}}}:held"
+
+    @staticmethod
+    def bought(customer: str, sku: str) -> str:
+        return f"customer:{{{customer}}}:{sku}"
 
 
 class KeyList:

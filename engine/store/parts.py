@@ -30,7 +30,7 @@ from engine.store.replies import (
     hold_reply,
     part_reply,
 )
-from engine.store.scripts import Command, decoded
+from engine.store.scripts import Command
 
 
 class Parts(Base):
@@ -139,18 +139,6 @@ class Parts(Base):
         then = _unbudget(owner, reservation_id)
         return part_reply(await self.call("release", keys.keys, args, then))
 
-    async def budget(
-        self, principal: str, reservation_id: str, units: int, now: int, expires_at: int, cap: int
-    ) -> int | None:
-        """Counts a hold against the units `principal` may hold at once (budget.lua): None
-        when it fits (or was counted before), else the units it holds already."""
-        args = [now, reservation_id, units, expires_at, cap]
-        answer = decoded(await self.call("budget", [Keys.held(principal)], args))
-        return None if answer[0] == "OK" else int(answer[1])
-
-    async def unbudget(self, principal: str, reservation_id: str) -> None:
-        await self.command(lambda p: p.hdel(Keys.held(principal), reservation_id))
-
     async def extend_part(
         self, reservation_id: str, location: str, now: int, expires_at: int, pin: bool
     ) -> PartReply:
@@ -187,11 +175,11 @@ class Parts(Base):
 
     async def directory(self, reservation_id: str) -> DirEntry | None:
         key = Keys.directory(reservation_id)
-        f, lines, g, o = await self.command(lambda p: p.hmget(key, ["f", "l", "g", "o"]))
+        f, lines, *text = await self.command(lambda p: p.hmget(key, ["f", "l", "g", "o", "u"]))
         if f is None:
             return None
-        text = (g or b"").decode(), (o or b"").decode()
-        return DirEntry(f.decode(), decode_lines(lines.decode()), *text)
+        g, o, u = ((t or b"").decode() for t in text)
+        return DirEntry(f.decode(), decode_lines(lines.decode()), g, o, u)
 
     async def claim(
         self,

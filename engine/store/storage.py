@@ -42,6 +42,7 @@ from engine.store.keys import (
     KeyList,
     Keys,
 )
+from engine.store.ledgers import Ledgers
 from engine.store.oversight import Oversight
 from engine.store.parts import Parts
 from engine.store.scripts import Command
@@ -54,7 +55,7 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts, Oversight, ChannelStore):
+class Storage(Parts, Oversight, ChannelStore, Ledgers):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the plumbing engine/store/base.py."""

@@ -72,6 +72,7 @@ class Order:
     ttl_seconds: float = 0.0  # 0: the server's default
     allow_partial: bool = False  # with reserve: hold a plan that leaves units unfilled
     channel: str = ""  # the sales channel ordering: planned and held under its rules
+    customer: str = ""  # with reserve: the shopper, held to per-customer limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,8 @@ def check_order(order: Order) -> Order:
     _check_model(order.model)
     if order.channel:
         check_id(order.channel, "channel")
+    if order.customer:
+        check_id(order.customer, "customer_id")
     if order.reserve:
         check_id(order.reservation_id, "reservation_id")
         if order.ttl_seconds:
@@ -142,6 +145,7 @@ class Allocator:
                 order.ttl_seconds,
                 capacity=_limits(plan),
                 channel=order.channel,
+                customer=order.customer,
             )
             if held.ok:
                 return Allocation(plan, held.reservation, attempt, tuple(retries))

@@ -4,24 +4,25 @@ its last `buffer` units, and at most `max_share` of its sellable units held at o
 for a channel, a hold is checked against its rule inside the hold script itself (hold.lua),
 so no channel ever takes what its rules keep from it, however many hold at once.
 
-The rules are read into each process and refreshed at most once a second, when their
-version has moved (as the location registry does): a rule set through one process holds
-there at once, and in the others within about a second.
+The rules (and bands and per-customer limits) are read into each process, and re-read by
+a task of each process when their version has moved, checked once a second: a rule set
+through one process holds there at once, and in the others within about a second, and no
+call waits on the store for them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from engine.domain.errors import InvalidArgument
+from engine.domain.errors import InvalidArgument, Unavailable
 from engine.domain.model import (
     DEFAULT_BAND,
     NO_RULE,
     Band,
     ChannelRule,
+    CustomerLimit,
     Location,
     LocationType,
     Pool,
@@ -124,8 +125,8 @@ class ChannelRules:
         self.locations = locations
         self.rules: dict[tuple[str, str], ChannelRule] = {}
         self.bands: dict[tuple[str, str], Band] = {}
+        self.limits: dict[str, CustomerLimit] = {}  # sku -> its per-customer limit
         self._version = -1
-        self._checked_at = float("-inf")
 
     async def set(self, changes: Sequence[RuleChange]) -> int:
         """Sets and removes rules, all at once; answers the rules' new version."""
@@ -150,6 +151,18 @@ class ChannelRules:
         version = await self.storage.set_bands({(c.scope, c.channel): c.band for c in changes})
         await self._reload()
         return version
+
+    async def set_limits(self, limits: Mapping[str, CustomerLimit | None]) -> int:
+        """Sets and removes per-customer limits (sku -> limit, None: removes), all at once;
+        answers the new version."""
+        version = await self.storage.set_limits(limits)
+        await self._reload()
+        return version
+
+    async def limited(self, skus: Iterable[str]) -> dict[str, CustomerLimit]:
+        """The per-customer limit of each of `skus` that has one."""
+        await self.fresh()
+        return {sku: self.limits[sku] for sku in skus if sku in self.limits}
 
     def band_at(self, location: Location, sku: str, channel: str) -> Band:
         """The band of a row for a channel: the most specific scope set for that channel,
@@ -189,14 +202,26 @@ class ChannelRules:
         version = await self.storage.channel_rules_version()  # first: a later set reloads
         self.rules = await self.storage.channel_rules()
         self.bands = await self.storage.bands()
-        self._version, self._checked_at = version, time.monotonic()
+        self.limits = await self.storage.limits()
+        self._version = version
 
     async def fresh(self) -> dict[tuple[str, str], ChannelRule]:
-        if time.monotonic() - self._checked_at > _RELOAD_INTERVAL:
-            if await self.storage.channel_rules_version() != self._version:
-                await self._reload()
-            self._checked_at = time.monotonic()
+        """The rules as last read: read on first use, then kept fresh by `follow`, so that no
+        call waits on the store for them."""
+        if self._version < 0:
+            await self._reload()
         return self.rules
+
+    async def follow(self) -> None:
+        """Re-reads the rules, bands and limits whenever their version has moved, checked
+        once a second (a task of each server process)."""
+        while True:
+            await asyncio.sleep(_RELOAD_INTERVAL)
+            try:
+                if await self.storage.channel_rules_version() != self._version:
+                    await self._reload()
+            except Unavailable:
+                pass  # the store is down: the probe says so; the next check tries again
 
     async def at(self, locations: Iterable[Location], channel: str) -> dict[str, ChannelRule]:
         """The rule of `channel` at each location: the location's own, else its type's, else

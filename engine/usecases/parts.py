@@ -32,6 +32,7 @@ from engine.store.replies import (
 )
 from engine.store.storage import Storage
 from engine.usecases.channels import ChannelRules
+from engine.usecases.limits import CustomerLimits
 from engine.usecases.locations import LocationRegistry
 
 COMMITTING, COMMITTED = Saga.COMMITTING, Saga.COMMITTED
@@ -74,6 +75,7 @@ class ReservationParts:
         self.metrics = metrics
         self.caps = caps or CartCaps()
         self.channels = ChannelRules(storage, locations)
+        self.customers = CustomerLimits(storage, self.channels)
 
     async def _entry(self, rid: str) -> DirEntry:
         check_id(rid, "reservation_id")

@@ -53,6 +53,7 @@ from engine.domain.model import (
     ttl_ms,
 )
 from engine.store.codecs import ChannelHold, PickCapacity, encode_lines
+from engine.store.ledgers import Count, held_ledger
 from engine.store.replies import (
     Claim,
     HoldReply,
@@ -84,15 +85,19 @@ class Reservations(Sagas):
         ttl_seconds: float = 0.0,
         capacity: Mapping[str, int] | None = None,
         channel: str = "",
+        customer: str = "",
     ) -> HoldResult:
         """capacity: location -> its daily pick capacity, for the locations where this hold
         takes one order of it (a ship-from-store plan); a location with none left is FULL.
         channel: the sales channel holding (engine/usecases/channels.py), held to its rules
         at each location; '' for none (no rule applies). The first hold of an id decides
-        its channel: a retry is answered as that hold was."""
+        its channel: a retry is answered as that hold was. customer: the shopper, held to
+        per-customer limits (engine/usecases/limits.py)."""
         who = auth.current()
         if channel:
             check_id(channel, "channel")
+        if customer:
+            check_id(customer, "customer_id")
         for i, line in enumerate(lines):
             check_id(line.location, f"lines[{i}].location_id")
         await self.locations.require([ln.location for ln in lines], "lines[].location_id")
@@ -100,20 +105,29 @@ class Reservations(Sagas):
         canon = canonical_lines(lines)
         who.require_locations((ln.location for ln in canon), "lines[].location_id")
         hold_ms = self._ttl_ms(ttl_seconds, who)
-        counted = await self._count_units(who, reservation_id, canon, hold_ms)
+        now = self.clock.now_ms()
+        counted = await self._count_units(who, reservation_id, canon, now, now + hold_ms)
         try:
+            counted += await self.customers.count(
+                customer, reservation_id, canon, now, now + hold_ms
+            )
             holds = await self._channel_holds(canon, channel)
+            made_by = who.making_for(customer)
             result = await self._reserve(
-                reservation_id, canon, hold_ms, capacity or {}, holds, who.name
+                reservation_id, canon, hold_ms, capacity or {}, holds, made_by
             )
         except BaseException:
-            if counted:
-                await self.storage.unbudget(who.name, reservation_id)
+            await self._uncount(reservation_id, counted)
             raise
-        if counted and not result.ok:
-            await self.storage.unbudget(who.name, reservation_id)
+        if not result.ok:
+            await self._uncount(reservation_id, counted)
         self.metrics.holds.labels(_hold_outcome(result)).inc()
         return result
+
+    async def _uncount(self, rid: str, counted: Sequence[Count]) -> None:
+        """A hold not made takes back what it counted against caps and limits."""
+        if counted:
+            await self.storage.unbudget(rid, [c.key for c in counted])
 
     async def _channel_holds(self, lines: Sequence[Line], channel: str) -> Holds:
         """Each location's rule for the channel, as its hold script takes it."""
@@ -155,20 +169,20 @@ class Reservations(Sagas):
         return ttl_ms(ttl_seconds)
 
     async def _count_units(
-        self, who: auth.Principal, rid: str, lines: Sequence[Line], ttl_ms: int
-    ) -> bool:
-        """A storefront's hold counts against its units held at once; True when this call
-        counted it (and must take it back should the hold not be made)."""
+        self, who: auth.Principal, rid: str, lines: Sequence[Line], now: int, until: int
+    ) -> list[Count]:
+        """A storefront's hold counts against its units held at once: the count made, to
+        take back should the hold not be made."""
         if who.role is not auth.Role.STOREFRONT:
-            return False
-        units, now = sum(ln.qty for ln in lines), self.clock.now_ms()
-        cap = self.caps.max_units
-        held = await self.storage.budget(who.name, rid, units, now, now + ttl_ms, cap)
-        if held is not None:
+            return []
+        units, cap = sum(ln.qty for ln in lines), self.caps.max_units
+        count = Count(held_ledger(who.name), units, until, cap)
+        over = await self.storage.budget(rid, now, [count])
+        if over is not None:
             raise ResourceExhausted(
-                f"principal {who.name} holds {held} units; {units} more would pass its {cap}"
+                f"principal {who.name} holds {over[1]} units; {units} more would pass its {cap}"
             )
-        return True
+        return [count]
 
     def today(self) -> str:
         """The day pick capacity is counted in (UTC), as YYYYMMDD."""
@@ -273,14 +287,23 @@ class Reservations(Sagas):
     # entry goes first, so a crash midway is finished by recovery.
 
     async def commit(self, rid: str) -> Reservation:
+        """A customer's limited units count as bought (for their window) before the commit,
+        so that no crash between the two lets them count for less."""
         entry = await self._entry(rid)
         groups = by_location(entry.lines)
-        if len(groups) == 1 and not entry.saga:
-            await self._commit_parts(rid, groups, False, entry.owner)
-        elif entry.saga in ("", COMMITTING, COMMITTED):
-            await self._commit_saga(rid, entry, groups)
-        else:
+        if entry.saga not in ("", COMMITTING, COMMITTED):
             raise FailedPrecondition(f"reservation {rid} is {saga_word(entry.saga)}, not HELD")
+        customer = entry.customer
+        bought = await self.customers.bought(customer, rid, entry.lines, self.clock.now_ms())
+        try:
+            if len(groups) == 1 and not entry.saga:
+                await self._commit_parts(rid, groups, False, entry.owner)
+            else:
+                await self._commit_saga(rid, entry, groups)
+        except FailedPrecondition:  # not bought: released or expired
+            if bought:
+                await self.customers.uncount(customer, rid, (ln.sku for ln in entry.lines))
+            raise
         return Reservation(rid, entry.lines, ReservationState.COMMITTED, 0)
 
     async def release(self, rid: str) -> Reservation:
@@ -300,6 +323,7 @@ class Reservations(Sagas):
             raise FailedPrecondition(f"reservation {rid} is COMMITTED; it cannot be released")
         if any(a.changed for a in answers):
             self.metrics.releases.inc()
+        await self.customers.uncount(entry.customer, rid, (ln.sku for ln in entry.lines))
         expired = all(a.state is ReservationState.EXPIRED for a in answers)
         state = ReservationState.EXPIRED if expired else ReservationState.RELEASED
         return Reservation(rid, entry.lines, state, 0)
@@ -324,8 +348,9 @@ class Reservations(Sagas):
                 raise FailedPrecondition(f"reservation {rid} is {state}, not HELD")
         if who.role is auth.Role.STOREFRONT:  # its units count until the new expiry
             units = sum(ln.qty for ln in entry.lines)
-            cap = self.caps.max_units
-            await self.storage.budget(who.name, rid, units, now, expires_at, cap)
+            count = Count(held_ledger(who.name), units, expires_at, self.caps.max_units)
+            await self.storage.budget(rid, now, [count])
+        await self.customers.extended(entry.customer, rid, entry.lines, now, expires_at)
         return Reservation(rid, entry.lines, ReservationState.HELD, expires_at)
 
 

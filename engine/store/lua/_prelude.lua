@@ -105,7 +105,8 @@ end
 
 -- The reservation directory (res:{<id>}) is the authority on what an id means (I4):
 -- its fingerprint field 'f' names the lines (and the principal that made it), its saga
--- field 'g' is '' once settled, its owner field 'o' names that principal ('' when open).
+-- field 'g' is '' once settled, its owner field 'o' names that principal ('' when open),
+-- and 'u' the customer it was held for (per-customer limits), if any.
 -- Returns false when absent, 'CONFLICT' when the id holds other lines, else the saga field.
 local function read_dir(key, fp)
   local cur = redis.call('HMGET', key, 'f', 'g')
@@ -114,8 +115,14 @@ local function read_dir(key, fp)
   return cur[2] or ''
 end
 
-local function write_dir(key, fp, lines, saga, ttl_ms, owner)
-  redis.call('HSET', key, 'f', fp, 'l', lines, 'g', saga, 'o', owner)
+-- maker: the principal, and the customer (field 'u') after a tab when the hold names one.
+local function write_dir(key, fp, lines, saga, ttl_ms, maker)
+  local owner, customer = string.match(maker, '^([^\t]*)\t(.+)$')
+  if owner then
+    redis.call('HSET', key, 'f', fp, 'l', lines, 'g', saga, 'o', owner, 'u', customer)
+  else
+    redis.call('HSET', key, 'f', fp, 'l', lines, 'g', saga, 'o', maker)
+  end
   redis.call('PEXPIRE', key, ttl_ms)
 end
 

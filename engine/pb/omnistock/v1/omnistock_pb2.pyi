@@ -693,6 +693,7 @@ class ReserveRequest(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Client-chosen, 1-128 characters of [A-Za-z0-9._:/@+-]; the idempotency key."""
     ttl_seconds: _builtins.float
@@ -701,6 +702,13 @@ class ReserveRequest(_message.Message):
     """The sales channel holding: the hold takes no more than the channel's rules let it at
     each location (checked in the same step as the hold), and is counted as the channel's
     while it lasts. Empty: no rule applies. The first hold of an id decides its channel.
+    """
+    customer_id: _builtins.str
+    """The shopper, for per-customer limits (SetCustomerLimits): the hold is refused
+    (FAILED_PRECONDITION) when it would take this customer past a limited sku's
+    max_units, counting what they hold now and what they bought within its window.
+    Same characters as reservation_id. A storefront principal must name one to hold a
+    limited sku.
     """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]: ...
@@ -711,10 +719,11 @@ class ReserveRequest(_message.Message):
         lines: _abc.Iterable[Global___ReservationLine] | None = ...,
         ttl_seconds: _builtins.float = ...,
         channel: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "lines", b"lines", "reservation_id", b"reservation_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "customer_id", b"customer_id", "lines", b"lines", "reservation_id", b"reservation_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -933,6 +942,7 @@ class AllocateRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     ALLOW_PARTIAL_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     latitude: _builtins.float
     """the destination"""
     longitude: _builtins.float
@@ -954,6 +964,8 @@ class AllocateRequest(_message.Message):
     """The sales channel ordering: the plan counts only what its rules let it hold at each
     location, and a hold of the plan is that channel's. Empty: no rule applies.
     """
+    customer_id: _builtins.str
+    """With reserve: the shopper, held to per-customer limits as in Reserve."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___BasketLine]:
         """at least one, at most 200, each sku once"""
@@ -983,10 +995,11 @@ class AllocateRequest(_message.Message):
         ttl_seconds: _builtins.float = ...,
         allow_partial: _builtins.bool = ...,
         channel: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_partial", b"allow_partial", "allow_split", b"allow_split", "channel", b"channel", "cost", b"cost", "excluded_location_ids", b"excluded_location_ids", "latitude", b"latitude", "lines", b"lines", "location_types", b"location_types", "longitude", b"longitude", "max_distance_km", b"max_distance_km", "max_shipments", b"max_shipments", "reservation_id", b"reservation_id", "reserve", b"reserve", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_partial", b"allow_partial", "allow_split", b"allow_split", "channel", b"channel", "cost", b"cost", "customer_id", b"customer_id", "excluded_location_ids", b"excluded_location_ids", "latitude", b"latitude", "lines", b"lines", "location_types", b"location_types", "longitude", b"longitude", "max_distance_km", b"max_distance_km", "max_shipments", b"max_shipments", "reservation_id", b"reservation_id", "reserve", b"reserve", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1101,6 +1114,76 @@ class AllocateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AllocateResponse: _TypeAlias = AllocateResponse  # noqa: Y015
+
+@_typing.final
+class CustomerLimit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    MAX_UNITS_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    max_units: _builtins.int
+    """The most units of the sku one customer may hold and buy within the window."""
+    window_seconds: _builtins.float
+    """How long a bought unit counts (from its commit); held units count while held."""
+    remove: _builtins.bool
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        max_units: _builtins.int = ...,
+        window_seconds: _builtins.float = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_units", b"max_units", "remove", b"remove", "sku", b"sku", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerLimit: _TypeAlias = CustomerLimit  # noqa: Y015
+
+@_typing.final
+class SetCustomerLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustomerLimit]: ...
+    def __init__(
+        self,
+        *,
+        limits: _abc.Iterable[Global___CustomerLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetCustomerLimitsRequest: _TypeAlias = SetCustomerLimitsRequest  # noqa: Y015
+
+@_typing.final
+class SetCustomerLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the rules' version after this call (limits share it with rules)"""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetCustomerLimitsResponse: _TypeAlias = SetCustomerLimitsResponse  # noqa: Y015
 
 @_typing.final
 class StockBand(_message.Message):

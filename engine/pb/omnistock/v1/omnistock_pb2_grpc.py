@@ -591,6 +591,11 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsResponse.FromString,
                 _registered_method=True)
+        self.SetCustomerLimits = channel.unary_unary(
+                '/omnistock.v1.StockService/SetCustomerLimits',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -671,6 +676,15 @@ class StockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCustomerLimits(self, request, context):
+        """Per-customer limits per sku (a launch: 2 a customer over 24 hours), enforced on every
+        Reserve that names a customer_id, across every location. All the call's limits
+        change at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -718,6 +732,11 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.SetStockBands,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsResponse.SerializeToString,
+            ),
+            'SetCustomerLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCustomerLimits,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -965,6 +984,33 @@ class StockService:
             '/omnistock.v1.StockService/SetStockBands',
             omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.SetStockBandsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCustomerLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/SetCustomerLimits',
+            omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -273,6 +273,11 @@ class StockServiceStub:
     or the default, for one channel or ("") any; the most specific wins, the asking
     channel's own before any channel's.
     """
+    SetCustomerLimits: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetCustomerLimitsRequest, _omnistock_pb2.SetCustomerLimitsResponse]
+    """Per-customer limits per sku (a launch: 2 a customer over 24 hours), enforced on every
+    Reserve that names a customer_id, across every location. All the call's limits
+    change at once.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -312,6 +317,11 @@ class StockServiceAsyncStub(StockServiceStub):
     """Stock bands: the thresholds of LOW and OUT, per row, per location, per location type
     or the default, for one channel or ("") any; the most specific wins, the asking
     channel's own before any channel's.
+    """
+    SetCustomerLimits: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetCustomerLimitsRequest, _omnistock_pb2.SetCustomerLimitsResponse]  # type: ignore[assignment]
+    """Per-customer limits per sku (a launch: 2 a customer over 24 hours), enforced on every
+    Reserve that names a customer_id, across every location. All the call's limits
+    change at once.
     """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -403,6 +413,17 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stock bands: the thresholds of LOW and OUT, per row, per location, per location type
         or the default, for one channel or ("") any; the most specific wins, the asking
         channel's own before any channel's.
+        """
+
+    @_abc_1.abstractmethod
+    def SetCustomerLimits(
+        self,
+        request: _omnistock_pb2.SetCustomerLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.SetCustomerLimitsResponse, _abc.Awaitable[_omnistock_pb2.SetCustomerLimitsResponse]]:
+        """Per-customer limits per sku (a launch: 2 a customer over 24 hours), enforced on every
+        Reserve that names a customer_id, across every location. All the call's limits
+        change at once.
         """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
