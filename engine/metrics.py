@@ -27,7 +27,8 @@ class Metrics:
         self.holds = Counter(
             "omnistock_holds_total",
             "Hold outcomes: held (or a retried id's hold), short (not enough stock), full (a "
-            "plan's location has no pick capacity left today)",
+            "plan's location has no pick capacity left today), limited (a customer past a "
+            "per-customer limit)",
             ["outcome"],
             registry=r,
         )

@@ -51,6 +51,9 @@ async def test_a_customer_holds_no_more_than_the_limit_across_locations(
     assert await held(shop, "r2", [Line("s2", "k", 1)], "ann")
     with pytest.raises(FailedPrecondition, match=r"customer_id: customer ann .* at most 2 of k"):
         await held(shop, "r3", [Line("s3", "k", 1)], "ann")
+    assert (
+        shop.metrics.registry.get_sample_value("omnistock_holds_total", {"outcome": "limited"}) == 1
+    )
     # nothing of the refused hold is held; other customers, other skus and no customer
     # are not limited by ann's
     assert (await shop.storage.rows([("s3", "k")]))[0].reserved == 0

@@ -108,9 +108,13 @@ class Reservations(Sagas):
         now = self.clock.now_ms()
         counted = await self._count_units(who, reservation_id, canon, now, now + hold_ms)
         try:
-            counted += await self.customers.count(
-                customer, reservation_id, canon, now, now + hold_ms
-            )
+            try:
+                counted += await self.customers.count(
+                    customer, reservation_id, canon, now, now + hold_ms
+                )
+            except FailedPrecondition:
+                self.metrics.holds.labels("limited").inc()
+                raise
             holds = await self._channel_holds(canon, channel)
             made_by = who.making_for(customer)
             result = await self._reserve(
