@@ -9,11 +9,14 @@ import asyncio
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.domain.model import CustomerLimit, Line
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.store.keys import Keys
 from engine.store.storage import Storage
 from engine.usecases.reservations import Reservations
 
@@ -228,3 +231,50 @@ async def test_a_sku_given_twice_or_no_limit_is_refused(stubs: Stubs) -> None:
     assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "limits[1].sku")
     code, details = await code_and_details(set_limits(stubs))
     assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "limits")
+
+
+async def test_a_launch_under_a_pool_a_buffer_and_a_limit_at_once(
+    stubs: Stubs, redis: aioredis.Redis | RedisCluster
+) -> None:
+    """30 customers, each trying 3 times for one unit through the web or the app, all at
+    once, against 40 units: a pool of 10 for the app (with fallback), the web kept off the
+    store's last 2, and 2 a customer. Every rule holds together, and each customer's ledger
+    counts exactly what they hold."""
+    await stock_up(stubs, {("s1", "k"): 40})
+    await set_limits(stubs, pb.CustomerLimit(sku="k", max_units=2, window_seconds=86400))
+    rule = pb.ChannelRule(channel="web", location_type=pb.LOCATION_TYPE_STORE, buffer=2)
+    await stubs.stock.SetChannelRules(pb.SetChannelRulesRequest(rules=[rule]))
+    pool = pb.Pool(location_id="s1", sku="k", channel="app", units=10, fallback=True)
+    await stubs.stock.SetPool(pb.SetPoolRequest(pools=[pool]))
+    held: dict[tuple[str, str], int] = {}
+
+    async def attempt(customer: str, i: int) -> grpc.StatusCode:
+        channel = ("web", "app")[(i + int(customer[1:])) % 2]
+        request = pb.ReserveRequest(
+            reservation_id=f"{customer}-{i}", lines=[line("s1", "k", 1)],
+            channel=channel, customer_id=customer,
+        )  # fmt: skip
+        try:
+            answer = await stubs.reservations.Reserve(request)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        if answer.HasField("reservation"):
+            held[(customer, channel)] = held.get((customer, channel), 0) + 1
+        return grpc.StatusCode.OK
+
+    customers = [f"c{n}" for n in range(30)]
+    codes = await asyncio.gather(*(attempt(c, i) for c in customers for i in range(3)))
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION}
+    by_customer = {c: sum(n for (who, _), n in held.items() if who == c) for c in customers}
+    assert max(by_customer.values()) <= 2
+    web = sum(n for (_, ch), n in held.items() if ch == "web")
+    assert web <= 40 - 10 - 2
+    assert sum(by_customer.values()) <= 40
+    row = (await stubs.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=["k"], location_ids=["s1"])
+    )).levels[0]  # fmt: skip
+    assert row.reserved == sum(by_customer.values())
+    for customer in customers:  # the ledger counts exactly what the customer holds
+        ledger = await redis.hgetall(Keys.bought(customer, "k"))
+        counted = sum(int(v.split(b",")[0]) for v in ledger.values())
+        assert counted == by_customer[customer], customer
