@@ -175,8 +175,10 @@ class Moves(Sagas):
         return MoveIn(entry.fingerprint, expires_at, join, holds.get(move.to), capacity)
 
     async def _settle_move(self, rid: str, token: str, lines: tuple[Line, ...] | None) -> None:
-        await self.storage.settle_move(rid, token, lines)
-        await self.storage.unschedule_saga(rid)
+        """Settles this attempt's claim; the index entry goes with it (a claim recovery
+        settled took its entry away itself, and the id may have another saga's by now)."""
+        if await self.storage.settle_move(rid, token, lines):
+            await self.storage.unschedule_saga(rid)
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -187,21 +189,22 @@ class Moves(Sagas):
         if entry is None or entry.moving is None:
             return await super().recover(rid)
         action = await self._finish_move(rid, entry, entry.moving)
-        await self.storage.unschedule_saga(rid)
-        self.metrics.sagas_recovered.labels(action).inc()
+        if action != "none":  # else its caller settled it (and took its index entry away)
+            await self.storage.unschedule_saga(rid)
+            self.metrics.sagas_recovered.labels(action).inc()
         return action
 
     async def _finish_move(self, rid: str, entry: DirEntry, record: MoveRecord) -> str:
         move, token = record.move, record.token
         out = await self.storage.cancel_move_out(rid, token, move)
         if out.reply is Reply.DONE:  # the line left the source: the destination holds it
-            await self.storage.settle_move(rid, token, moved_lines(entry.lines, move))
-            return "moved"
-        # It never will now: whatever the destination holds of this attempt goes back.
-        into = MoveIn(entry.fingerprint, 0, False, None, None)
-        await self.storage.undo_move_in(rid, token, move, self.clock.now_ms(), into)
-        await self.storage.settle_move(rid, token, None)
-        return "move_rolled_back"
+            lines: tuple[Line, ...] | None = moved_lines(entry.lines, move)
+            action = "moved"
+        else:  # it never will now: what the destination holds of this attempt goes back
+            into = MoveIn(entry.fingerprint, 0, False, None, None)
+            await self.storage.undo_move_in(rid, token, move, self.clock.now_ms(), into)
+            lines, action = None, "move_rolled_back"
+        return action if await self.storage.settle_move(rid, token, lines) else "none"
 
 
 def _not_held(parts: list[PartState], now: int) -> ReservationState | None:
