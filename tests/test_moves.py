@@ -22,6 +22,7 @@ from engine.domain.model import (
     StockEvent,
 )
 from engine.domain.moves import Move
+from engine.store.keys import Keys
 from engine.store.storage import Storage
 from engine.usecases.channels import RuleChange
 from engine.usecases.reservations import Reservations
@@ -290,6 +291,25 @@ async def test_a_retried_reserve_after_a_move_answers_the_reservation_as_it_is_n
     with pytest.raises(AlreadyExists):
         await reservations.reserve("r1", list(moved.lines), 60)
     await check_clear(storage, reservations, "r1")
+
+
+@pytest.mark.usefixtures("world")
+async def test_a_reserve_retried_once_the_moved_lines_old_part_is_forgotten_holds_nothing_anew(
+    storage: Storage, reservations: Reservations
+) -> None:
+    # given a reservation at A moved whole to B, and its part at A since forgotten (after
+    # the retention, while the reservation, extended, is still held)
+    first = [Line("A", "a", 2)]
+    made(await reservations.reserve("r1", first, 60))
+    moved = made(await reservations.move_line("r1", "m1", Move("A", "a", 0, "B")))
+    await storage.command(lambda p: p.delete(Keys.part("A", "r1")))
+    # when the first Reserve is sent again, then it answers the moved reservation, and A
+    # holds nothing (on one Redis the hold refuses; on a cluster what it held is let go)
+    assert made(await reservations.reserve("r1", first, 60)) == moved
+    assert await reserved(storage, ("A", "a"), ("B", "a")) == [0, 2]
+    holds = await read_holds(storage, LOCATIONS)
+    assert holds.held_ids("A") == set()
+    assert_reserved_is_held(holds)
 
 
 @pytest.mark.usefixtures("world")

@@ -20,7 +20,8 @@ class Reply(enum.StrEnum):
     RELEASED = "RELEASED"  # release: the part is released (changed: by this call)
     STATE = "STATE"  # commit, release, extend, move steps: the part is in `state`, which forbids it
     MISSING = "MISSING"  # commit, release, extend, move steps: no such part
-    MOVED = "MOVED"  # commit, release, move out: the part holds other lines than the caller read
+    MOVED = "MOVED"  # commit, release, move out: the part holds other lines than the caller
+    # read; hold: the id's lines were moved (it holds nothing anew)
     DONE = "DONE"  # move out: the line was taken off the part (by this attempt, now or before)
     CANCELLED = "CANCELLED"  # move steps: this attempt was rolled back here (it may not land)
     UNDONE = "UNDONE"  # move in, undone: changed, whether it took back a hold of this attempt
@@ -58,6 +59,7 @@ class Claim(enum.StrEnum):
     NEW = "NEW"  # the saga is this call's
     CONFLICT = "CONFLICT"  # the id exists with other lines
     SAGA = "SAGA"  # the id's saga is another call's (saga: its state)
+    MOVED = "MOVED"  # place: a MoveLine moved (or is moving) the id's lines: it holds nothing anew
 
 
 class MoveClaim(enum.StrEnum):

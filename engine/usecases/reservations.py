@@ -228,6 +228,14 @@ class Reservations(Moves):
             if isinstance(placed, BaseException):
                 raise placed
             raise AlreadyExists(f"reservation {rid} exists with other lines")
+        if placed.reply is Claim.MOVED:
+            # The reservation's lines were moved: a part this attempt made is not its.
+            if held:
+                groups = by_location(lines)
+                await self._release_parts(rid, groups, list(groups), ReleaseMode.FORGET, fp=fp)
+            if isinstance(answer, BaseException):
+                raise answer
+            return HoldResult(await self.get(rid))
         if isinstance(answer, BaseException):
             raise answer  # the entry stays: whether the hold landed is unknown
         if placed.reply is Claim.SAGA:
@@ -245,6 +253,8 @@ class Reservations(Moves):
             return HoldResult(None, shortfalls_of(location, answer))
         if answer.reply is Reply.FULL:
             return HoldResult(None, full=(location,))
+        if answer.reply is Reply.MOVED:  # the id's lines were moved: as it is now
+            return HoldResult(await self.get(rid))
         assert answer.state is not None  # HELD or EXISTS
         if answer.reply is Reply.EXISTS:
             # A retry: answered as the reservation is now (a MoveLine may have moved its

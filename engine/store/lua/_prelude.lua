@@ -114,6 +114,14 @@ local function read_dir(key, fp)
   return cur[2] or ''
 end
 
+-- Whether a MoveLine moved (or is moving) the reservation's lines: its lines' generation
+-- (field n) has moved on, or its saga field (as read_dir read it) is MOVING:<token>. Such an
+-- id never holds anew: a Reserve sent again finds it as it is now (engine/usecases/moves.py).
+local function was_moved(key, saga)
+  if string.sub(saga, 1, 7) == 'MOVING:' then return true end
+  return (redis.call('HGET', key, 'n') or '0') ~= '0'
+end
+
 local function write_dir(key, fp, lines, saga, ttl_ms, owner)
   redis.call('HSET', key, 'f', fp, 'l', lines, 'g', saga, 'o', owner)
   redis.call('PEXPIRE', key, ttl_ms)
