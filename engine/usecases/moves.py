@@ -142,8 +142,7 @@ class Moves(Sagas):
         await self._settle_move(rid, token, None)
         if out.reply is Reply.CANCELLED:
             return None  # recovery rolled this attempt back: try again
-        state = out.state.value if out.state is not None else "changed"
-        raise FailedPrecondition(f"reservation {rid} is {state}, not HELD")
+        raise _refused(rid, move, out.state)
 
     def _not_moved_in(self, rid: str, move: Move, held: HoldReply) -> HoldResult | None:
         if held.reply is Reply.SHORT:
@@ -153,8 +152,7 @@ class Moves(Sagas):
             raise FailedPrecondition(f"to_location_id: {move.to} has no pick capacity left today")
         if held.reply is Reply.CANCELLED:
             return None  # recovery rolled this attempt back: try again
-        state = held.state.value if held.state is not None else "changed"
-        raise FailedPrecondition(f"reservation {rid} is {state}, not HELD")
+        raise _refused(rid, move, held.state)
 
     def _require_held(self, rid: str, parts: list[PartState]) -> None:
         why = _not_held(parts, self.clock.now_ms())
@@ -205,6 +203,15 @@ class Moves(Sagas):
             await self.storage.undo_move_in(rid, token, move, self.clock.now_ms(), into)
             lines, action = None, "move_rolled_back"
         return action if await self.storage.settle_move(rid, token, lines) else "none"
+
+
+def _refused(rid: str, move: Move, state: ReservationState | None) -> FailedPrecondition:
+    """A step found the reservation no longer HELD (another call won), or its part there
+    changed under the move (MISSING, MOVED: a state no call leaves in a race it lost)."""
+    if state is None:
+        where = f"{move.location} and {move.to}"
+        return FailedPrecondition(f"reservation {rid}: its parts at {where} changed; retry")
+    return FailedPrecondition(f"reservation {rid} is {state.value}, not HELD")
 
 
 def _not_held(parts: list[PartState], now: int) -> ReservationState | None:
