@@ -22,7 +22,9 @@ from engine.domain.model import (
     StockEvent,
 )
 from engine.domain.moves import Move
+from engine.store.codecs import encode_part_lines
 from engine.store.keys import Keys
+from engine.store.replies import PartReply, ReleaseMode, Reply
 from engine.store.storage import Storage
 from engine.usecases.channels import RuleChange
 from engine.usecases.reservations import Reservations
@@ -353,4 +355,33 @@ async def test_a_moved_line_lasts_as_long_as_its_reservation(
     assert await sweeper.sweep() == 2
     assert (await reservations.get("r1")).state is ReservationState.EXPIRED
     assert await reserved(storage, ("A", "a"), ("B", "a"), ("C", "a")) == [0, 0, 0]
+    await check_clear(storage, reservations, "r1")
+
+
+@pytest.mark.usefixtures("world")
+async def test_a_commit_or_release_of_the_lines_as_they_were_before_a_move_changes_nothing(
+    storage: Storage, reservations: Reservations, clock: ManualClock
+) -> None:
+    # given a reservation of a and b at A, its a moved to B after a commit and a release
+    # read it (at one location they act on the part, naming the lines they read; across
+    # locations they decide in the directory, on the lines' generation they read)
+    made(await reservations.reserve("r1", [Line("A", "a", 2), Line("A", "b", 1)], 60))
+    read = await storage.directory("r1")
+    assert read is not None and read.generation == 0
+    made(await reservations.move_line("r1", "m1", Move("A", "a", 0, "B")))
+    rows = await storage.rows([("A", "a"), ("A", "b"), ("B", "a")])
+    # when they act on what they read, then the part answers MOVED, and the decision is
+    # refused: nothing changed
+    stale, now = encode_part_lines(read.lines), clock.now_ms()
+    commit = await storage.commit_part("r1", "A", ["a", "b"], now, False, lines=stale)
+    release = await storage.release_part("r1", "A", ["a", "b"], ReleaseMode.RELEASE, lines=stale)
+    assert commit == release == PartReply(Reply.MOVED)
+    assert not await storage.settle("r1", "", "COMMITTING", generation=read.generation)
+    assert await storage.rows([("A", "a"), ("A", "b"), ("B", "a")]) == rows
+    assert (await reservations.get("r1")).state is HELD
+    # and the use case, reading again, commits the moved lines
+    done = await reservations.commit("r1")
+    assert done.lines == (Line("A", "b", 1), Line("B", "a", 2))
+    rows = await storage.rows([("A", "a"), ("A", "b"), ("B", "a")])
+    assert [(r.on_hand, r.reserved) for r in rows] == [(10, 0), (9, 0), (8, 0)]
     await check_clear(storage, reservations, "r1")
