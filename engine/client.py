@@ -80,6 +80,10 @@ def _reservation(msg: pb.Reservation) -> Reservation:
     return Reservation(msg.reservation_id, lines, _STATES[msg.state], msg.expires_at)
 
 
+def _shortfalls(msgs: Sequence[pb.Shortfall]) -> tuple[Shortfall, ...]:
+    return tuple(Shortfall(s.location_id, s.sku, s.requested, s.available) for s in msgs)
+
+
 def _spread(targets: Sequence[str]) -> str:
     """One grpc target for several IPv4 servers (grpc's `ipv4:` scheme)."""
     for t in targets:
@@ -218,12 +222,7 @@ class OmnistockClient:
         resp = await self._call(lambda: self._reservations.Reserve(request, **self._opts))
         if resp.HasField("reservation"):
             return HoldResult(_reservation(resp.reservation))
-        return HoldResult(
-            None,
-            tuple(
-                Shortfall(s.location_id, s.sku, s.requested, s.available) for s in resp.shortfalls
-            ),
-        )
+        return HoldResult(None, _shortfalls(resp.shortfalls))
 
     async def commit(self, reservation_id: str) -> Reservation:
         request = pb.CommitRequest(reservation_id=reservation_id)
@@ -239,6 +238,30 @@ class OmnistockClient:
         request = pb.ExtendRequest(reservation_id=reservation_id, ttl_seconds=ttl_seconds)
         resp = await self._call(lambda: self._reservations.Extend(request, **self._opts))
         return _reservation(resp)
+
+    async def move_line(
+        self,
+        reservation_id: str,
+        move_id: str,
+        line: Line,
+        to_location_id: str,
+    ) -> HoldResult:
+        """Moves the reservation's line of `line.sku` at `line.location` to `to_location_id`
+        (line.qty: 0, or the line's qty: a line moves whole). The reservation after the
+        move, or, the destination short, its shortfall (nothing moved). move_id names the
+        move: a retry with it is safe, and answers the reservation as it is now."""
+        request = pb.MoveLineRequest(
+            reservation_id=reservation_id,
+            move_id=move_id,
+            location_id=line.location,
+            sku=line.sku,
+            qty=line.qty,
+            to_location_id=to_location_id,
+        )
+        resp = await self._call(lambda: self._reservations.MoveLine(request, **self._opts))
+        if resp.HasField("reservation"):
+            return HoldResult(_reservation(resp.reservation))
+        return HoldResult(None, _shortfalls(resp.shortfalls))
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         request = pb.GetReservationRequest(reservation_id=reservation_id)

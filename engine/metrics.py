@@ -66,9 +66,17 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.moves = Counter(
+            "omnistock_moves_total",
+            "MoveLine outcomes: moved, short (the destination could not hold the line), "
+            "retried (a move id already used for this move)",
+            ["outcome"],
+            registry=r,
+        )
         self.sagas_recovered = Counter(
             "omnistock_sagas_recovered_total",
-            "Cross-location steps finished or rolled back by recovery",
+            "Cross-location steps finished or rolled back by recovery (rolled_back, "
+            "committed, released; moved, move_rolled_back)",
             ["action"],
             registry=r,
         )

@@ -154,6 +154,12 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
     "GetReservation": lambda s, md: s.reservations.GetReservation(
         pb.GetReservationRequest(reservation_id="nope"), metadata=md
     ),
+    "MoveLine": lambda s, md: s.reservations.MoveLine(
+        pb.MoveLineRequest(
+            reservation_id="nope", move_id="m1", location_id="L1", sku="S1", to_location_id="L2"
+        ),
+        metadata=md,
+    ),
     "Allocate": lambda s, md: s.sourcing.Allocate(
         pb.AllocateRequest(latitude=51.5, longitude=-0.12, lines=[pb.BasketLine(sku="S1", qty=1)]),
         metadata=md,
@@ -300,6 +306,16 @@ async def test_a_reservation_belongs_to_the_principal_that_made_it(
         stubs.reservations.Release(pb.ReleaseRequest(reservation_id="cart-1"), metadata=b),
         stubs.reservations.Extend(
             pb.ExtendRequest(reservation_id="cart-1", ttl_seconds=60), metadata=b
+        ),
+        stubs.reservations.MoveLine(
+            pb.MoveLineRequest(
+                reservation_id="cart-1",
+                move_id="m1",
+                location_id="L1",
+                sku="S1",
+                to_location_id="L2",
+            ),
+            metadata=b,
         ),
     ):
         assert await code_of(call) == grpc.StatusCode.NOT_FOUND

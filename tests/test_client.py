@@ -123,3 +123,31 @@ async def test_client_holds_for_a_customer_within_a_limit(
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         await client.set_customer_limit("a", None)
         assert (await client.reserve("c2", [Line("s2", "a", 1)], customer_id="ann")).ok
+
+
+@ON_BOTH
+async def test_client_moves_a_held_line_once_however_often_it_asks(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    # given a cart holding 2 a at s1, and s2 with 3 a and s3 with 1
+    await stock_up(Stubs(channel), {("s1", "a"): 5, ("s2", "a"): 3, ("s3", "a"): 1})
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        held = await client.reserve("c1", [Line("s1", "a", 2)], ttl_seconds=60)
+        assert held.reservation is not None
+        # when its line moves to s2, twice under one move id (the whole line: qty 0)
+        moved = await client.move_line("c1", "m1", Line("s1", "a", 0), "s2")
+        again = await client.move_line("c1", "m1", Line("s1", "a", 2), "s2")
+        # then it is held at s2 once, until the same expiry
+        assert moved == again and moved.reservation is not None
+        assert moved.reservation.lines == (Line("s2", "a", 2),)
+        assert moved.reservation.expires_at == held.reservation.expires_at
+        levels = await client.availability(["a"], location_ids=["s1", "s2"])
+        assert [(lv.location, lv.row.reserved) for lv in levels] == [("s1", 0), ("s2", 2)]
+        # and s3 is too short for it: the answer says by how much, and it stays at s2
+        short = await client.move_line("c1", "m2", Line("s2", "a", 0), "s3")
+        assert [(s.location, s.requested, s.available) for s in short.shortfalls] == [("s3", 2, 1)]
+        assert (await client.get_reservation("c1")).lines == (Line("s2", "a", 2),)
+        # and another move under a used move id is refused
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.move_line("c1", "m1", Line("s2", "a", 0), "s1")
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS

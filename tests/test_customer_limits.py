@@ -15,6 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.domain.model import CustomerLimit, Line
+from engine.domain.moves import Move
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.keys import Keys
 from engine.store.storage import Storage
@@ -278,3 +279,20 @@ async def test_a_launch_under_a_pool_a_buffer_and_a_limit_at_once(
         ledger = await redis.hgetall(Keys.bought(customer, "k"))
         counted = sum(int(v.split(b",")[0]) for v in ledger.values())
         assert counted == by_customer[customer], customer
+
+
+async def test_a_moved_line_keeps_its_customers_count(
+    shop: Reservations, clock: ManualClock
+) -> None:
+    assert await held(shop, "r1", [Line("s1", "k", 2)], "ann")
+    moved = await shop.move_line("r1", "m1", Move("s1", "k", 0, "s2"))
+    assert moved.reservation is not None and moved.reservation.lines == (Line("s2", "k", 2),)
+    with pytest.raises(FailedPrecondition):  # still 2 held, now at s2
+        await held(shop, "r2", [Line("s3", "k", 1)], "ann")
+    await shop.commit("r1")
+    clock.advance(DAY_MS - 1)
+    with pytest.raises(FailedPrecondition):  # bought at s2, within the day
+        await held(shop, "r3", [Line("s3", "k", 1)], "ann")
+    # a retried Reserve of the first lines holds nothing anew
+    assert await held(shop, "r1", [Line("s1", "k", 2)], "ann")
+    assert (await shop.storage.rows([("s1", "k")]))[0].reserved == 0

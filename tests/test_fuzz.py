@@ -263,6 +263,7 @@ STRINGS: dict[str, Pool] = {
     "location": ids(*LOCATIONS, CLOSED),
     "sku": ids(*SKUS, "SKU-new", "item-9"),
     "reservation_id": ids(*RESERVATION_IDS),
+    "move_id": ids("move-1", "move-2"),
     # a new hold and a new plan also need ids no one holds yet; an event, often none
     "omnistock.v1.ReserveRequest.reservation_id": ids(
         clean=st.one_of(st.sampled_from(RESERVATION_IDS), VALID_ID)
@@ -872,7 +873,7 @@ def test_every_rpc_of_the_proto_is_fuzzed() -> None:
         "AvailabilityService", "ReservationService", "SourcingService", "StockService",
         "OperatorService",
     }  # fmt: skip
-    assert len(NAMES) == 25, NAMES
+    assert len(NAMES) == 26, NAMES
 
 
 @TIMEOUT

@@ -1,8 +1,9 @@
 """The engine, driven side by side with a plain in-memory model of the brief's rules.
 
 A hypothesis state machine sends stock events, reservations, commits, releases, extends,
-safety stock changes and clock moves (with or without a sweep after them), holds for sales
-channels under their rules (a buffer, a share) and ring-fenced pools, to the real
+moves of held lines to other locations (MoveLine, and its retries), safety stock changes and
+clock moves (with or without a sweep after them), holds for sales channels under their
+rules (a buffer, a share) and ring-fenced pools, to the real
 engine over a real Redis-compatible server, and the same steps to `Model` below: a few
 dicts that say, in the brief's words, what every answer and every stock row must be. After
 every step it compares the two and checks the invariants I1-I7 on the engine's own data.
@@ -43,6 +44,7 @@ from engine.domain.model import (
     NO_RULE,
     ChannelRule,
     EventKind,
+    HoldResult,
     Line,
     Pool,
     Reservation,
@@ -50,6 +52,7 @@ from engine.domain.model import (
     StockEvent,
     StockRow,
 )
+from engine.domain.moves import Move
 from engine.metrics import Metrics
 from engine.store.connect import connect
 from engine.store.storage import Storage
@@ -124,6 +127,7 @@ class ModelReservation:
     state: str
     expires_at: int
     channel: str = ""
+    original: tuple[ModelLine, ...] = ()  # the lines as reserved (what a retry sends)
     # the store's reports of sales under this reservation while it was HELD:
     # (location, sku, signed qty, source time)
     echoes: list[tuple[str, str, int, int]] = field(default_factory=list)
@@ -163,6 +167,8 @@ class Model:
         self.rows: dict[Pair, ModelRow] = {pair: ModelRow() for pair in PAIRS}
         self.seen: set[tuple[str, str]] = set()  # (location, event id)
         self.reservations: dict[str, ModelReservation] = {}
+        # (reservation id, move id) -> the move it made: (location, sku, to, qty)
+        self.moves: dict[tuple[str, str], tuple[str, str, str, int]] = {}
         self.pools: dict[Pair, dict[str, tuple[int, bool]]] = {}  # row -> channel -> pool
 
     # stock events
@@ -221,8 +227,8 @@ class Model:
     ) -> tuple[Any, ...]:
         merged = merge(lines)
         existing = self.reservations.get(rid)
-        if existing is not None:
-            return existing.answer() if existing.lines == merged else ("AlreadyExists",)
+        if existing is not None:  # as it is now: its lines may have moved since
+            return existing.answer() if existing.original == merged else ("AlreadyExists",)
         offered = {(loc, sku): self.offered(loc, sku, channel) for loc, sku, _ in merged}
         short = [
             (loc, sku, qty, offered[(loc, sku)])
@@ -233,7 +239,7 @@ class Model:
             return ("SHORT", tuple(sorted(short)))
         for loc, sku, qty in merged:
             self.rows[(loc, sku)].reserved += qty
-        self.reservations[rid] = ModelReservation(merged, "HELD", now + ttl_ms, channel)
+        self.reservations[rid] = ModelReservation(merged, "HELD", now + ttl_ms, channel, merged)
         return self.reservations[rid].answer()
 
     def held_by(self, location: str, sku: str, channel: str) -> int:
@@ -319,6 +325,47 @@ class Model:
         res.expires_at = now + ttl_ms
         return res.answer()
 
+    def move(self, rid: str, move_id: str, line: ModelLine, to: str, now: int) -> tuple[Any, ...]:
+        """MoveLine: a HELD reservation's line (qty 0: whole; else its qty) held at `to`
+        instead, if `to` can hold it for the reservation's channel; once per move id (a
+        retry answers the reservation as it is now; another move under it is refused)."""
+        loc, sku, qty = line
+        if to == loc:
+            return ("InvalidArgument",)
+        res = self.reservations.get(rid)
+        if res is None:
+            return ("NotFound",)
+        done = self.moves.get((rid, move_id))
+        if done is not None:
+            same = (done[0], done[1], done[2]) == (loc, sku, to) and qty in (0, done[3])
+            return res.answer() if same else ("AlreadyExists",)
+        held = {(ln[0], ln[1]): ln[2] for ln in res.lines}
+        q = held.get((loc, sku))
+        if res.state != "HELD" or now >= res.expires_at or q is None or qty not in (0, q):
+            return ("FailedPrecondition",)
+        offered = self.offered(to, sku, res.channel)
+        if offered < q:
+            return ("SHORT", ((to, sku, q, offered),))
+        self.rows[(loc, sku)].reserved -= q
+        self.rows[(to, sku)].reserved += q
+        self._count_echoes(res, [(loc, sku)])
+        res.lines = merge([ln for ln in res.lines if ln[:2] != (loc, sku)] + [(to, sku, q)])
+        self.moves[(rid, move_id)] = (loc, sku, to, q)
+        return res.answer()
+
+    def _count_echoes(self, res: ModelReservation, rows: list[Pair] | None = None) -> None:
+        """The store's reports of sales under the reservation at `rows` (all: None), kept
+        while it held them, count as the DELTAs they are, unless a later count has them."""
+        kept = []
+        for loc, sku, qty, t in res.echoes:
+            if rows is not None and (loc, sku) not in rows:
+                kept.append((loc, sku, qty, t))
+                continue
+            row = self.rows[(loc, sku)]
+            if row.count_time is None or t > row.count_time:
+                row.changes.append((t, qty))
+        res.echoes = kept
+
     def expire(self, now: int) -> int:
         """What one sweep does: every hold past its expiry gives its units back (I7).
         Answers how many reservation parts (one per location) expired."""
@@ -332,11 +379,7 @@ class Model:
     def _give_back(self, res: ModelReservation, state: str) -> None:
         for loc, sku, qty in res.lines:
             self.rows[(loc, sku)].reserved -= qty
-        for loc, sku, qty, t in res.echoes:
-            row = self.rows[(loc, sku)]
-            if row.count_time is None or t > row.count_time:
-                row.changes.append((t, qty))
-        res.echoes.clear()
+        self._count_echoes(res)
         res.state = state
 
     def held_ids(self) -> list[str]:
@@ -388,6 +431,7 @@ lines_across = st.lists(
 ).filter(lambda lines: len({loc for loc, _, _ in lines}) > 1)
 counted = st.integers(0, 12).map(lambda q: 12 - q)  # a count of mostly a dozen, sometimes 0
 channels = st.sampled_from(CHANNELS)
+move_ids = st.sampled_from(("m0", "m1", "m2"))  # per reservation: few, so that they collide
 
 
 # -- the machine -----------------------------------------------------------------------
@@ -414,6 +458,7 @@ class StockMachine(RuleBasedStateMachine):
         self.model = Model()
         self.times: dict[Pair, set[int]] = {pair: set() for pair in PAIRS}  # events, commits
         self.attempts: list[tuple[str, list[ModelLine], str]] = []  # every reserve sent
+        self.sent_moves: list[tuple[str, str, ModelLine, str]] = []  # every MoveLine sent
         self.swept_at: int | None = None
         self.answers: dict[tuple[str, Any], tuple[Any, ...]] = {}  # raw records -> `get`
         self.run(self.redis.flushall())  # each run starts from an empty store
@@ -561,8 +606,12 @@ class StockMachine(RuleBasedStateMachine):
     async def engine_reserve(
         self, rid: str, lines: list[Line], ttl: int, channel: str
     ) -> tuple[Any, ...]:
+        return await self.hold_answer(self.reservations.reserve(rid, lines, ttl, channel=channel))
+
+    async def hold_answer(self, call: Awaitable[HoldResult]) -> tuple[Any, ...]:
+        """A Reserve's or a MoveLine's answer, in the model's terms."""
         try:
-            result = await self.reservations.reserve(rid, lines, ttl, channel=channel)
+            result = await call
         except AlreadyExists:
             return ("AlreadyExists",)
         except OmnistockError as exc:
@@ -667,6 +716,47 @@ class StockMachine(RuleBasedStateMachine):
     @rule(data=st.data(), ttl=ttl_seconds)
     def client_extends(self, data: st.DataObject, ttl: int) -> None:
         self.extend(self.some_id(data), ttl)
+
+    # moves
+
+    def move(self, rid: str, move_id: str, line: ModelLine, to: str) -> tuple[Any, ...]:
+        now = self.clock.now
+        event(f"move of {self.describe(rid)}")
+        got = self.run(self.hold_answer(self.reservations.move_line(rid, move_id, Move(*line, to))))
+        made = len(self.model.moves)
+        assert got == self.model.move(rid, move_id, line, to, now)
+        event(f"move: {got[:2]}")
+        if len(self.model.moves) > made:
+            self.check_no_oversell(((to, line[1], line[2]),))
+        return got
+
+    @precondition(lambda self: self.attempts)
+    @rule(data=st.data(), move_id=move_ids)
+    def client_moves_a_line(self, data: st.DataObject, move_id: str) -> None:
+        """A line of a reservation (mostly a held one; mostly a line it holds; the whole
+        line, its qty, or another qty) moved to another location (mostly: or where it is)."""
+        holding = self.model.held_ids()
+        if holding and data.draw(st.integers(0, 3)):
+            rid = data.draw(st.sampled_from(holding))
+        else:
+            rid = self.some_id(data)
+        held = self.model.reservations.get(rid)
+        if held is not None and data.draw(st.integers(0, 4)):
+            loc, sku, qty = data.draw(st.sampled_from(held.lines))
+        else:
+            loc, sku, qty = data.draw(locations), data.draw(skus), data.draw(st.integers(1, 5))
+        qty = data.draw(st.sampled_from([0, 0, qty, qty + 1]))
+        others = [other for other in LOCATIONS if other != loc]
+        to = data.draw(st.sampled_from([*others, *others, *others, loc]))
+        got = self.move(rid, move_id, (loc, sku, qty), to)
+        if got[0] not in ("NotFound", "InvalidArgument"):  # worth sending again
+            self.sent_moves.append((rid, move_id, (loc, sku, qty), to))
+
+    @precondition(lambda self: self.sent_moves)
+    @rule(data=st.data())
+    def retry_a_move(self, data: st.DataObject) -> None:
+        """A client sends an earlier MoveLine again (same move id, same line and destination)."""
+        self.move(*data.draw(st.sampled_from(self.sent_moves)))
 
     # time
 

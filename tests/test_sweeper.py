@@ -135,10 +135,10 @@ async def test_a_commit_decided_before_a_crash_is_finished_by_recovery(
     # the sweeper happens to pass between the recovery entry and the decision
     decide = storage.settle
 
-    async def sweep_then_decide(rid: str, expected: str, new: str, ttl_ms: int = 0) -> bool:
+    async def sweep_then_decide(rid: str, expected: str, new: str, **how: Any) -> bool:
         if new == COMMITTING:
             await sweeper.sweep()
-        return await decide(rid, expected, new, ttl_ms)
+        return await decide(rid, expected, new, **how)
 
     async def die(*args: Any, **kwargs: Any) -> list[Any]:
         raise ProcessDied

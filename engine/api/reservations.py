@@ -1,4 +1,4 @@
-"""ReservationService: Reserve, Commit, Release, Extend, GetReservation."""
+"""ReservationService: Reserve, Commit, Release, Extend, GetReservation, MoveLine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import grpc
 from engine.api.convert import lines_from_pb, reservation_pb
 from engine.api.rpc import rpc
 from engine.domain import auth
-from engine.domain.model import MAX_LINES, check_size
+from engine.domain.model import MAX_LINES, HoldResult, check_size
+from engine.domain.moves import Move
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
@@ -34,14 +35,7 @@ class ReservationService(pb_grpc.ReservationServiceServicer):
         )
         if result.reservation is not None:
             return pb.ReserveResponse(reservation=reservation_pb(result.reservation))
-        return pb.ReserveResponse(
-            shortfalls=[
-                pb.Shortfall(
-                    location_id=s.location, sku=s.sku, requested=s.requested, available=s.available
-                )
-                for s in result.shortfalls
-            ]
-        )
+        return pb.ReserveResponse(shortfalls=_shortfalls(result))
 
     @rpc("Commit")
     async def Commit(
@@ -67,3 +61,22 @@ class ReservationService(pb_grpc.ReservationServiceServicer):
         self, request: pb.GetReservationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Reservation:
         return reservation_pb(await self.reservations.get(request.reservation_id))
+
+    @rpc("MoveLine")
+    async def MoveLine(
+        self, request: pb.MoveLineRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MoveLineResponse:
+        move = Move(request.location_id, request.sku, request.qty, request.to_location_id)
+        result = await self.reservations.move_line(request.reservation_id, request.move_id, move)
+        if result.reservation is not None:
+            return pb.MoveLineResponse(reservation=reservation_pb(result.reservation))
+        return pb.MoveLineResponse(shortfalls=_shortfalls(result))
+
+
+def _shortfalls(result: HoldResult) -> list[pb.Shortfall]:
+    return [
+        pb.Shortfall(
+            location_id=s.location, sku=s.sku, requested=s.requested, available=s.available
+        )
+        for s in result.shortfalls
+    ]

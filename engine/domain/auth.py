@@ -64,6 +64,7 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "Release": _HOLDERS,
     "Extend": _HOLDERS,
     "GetReservation": _HOLDERS,
+    "MoveLine": _HOLDERS,
     "Allocate": frozenset({Role.FULFILMENT, Role.ADMIN}),
     "UpsertLocations": frozenset({Role.ADMIN}),
     "SetSafetyStock": frozenset({Role.ADMIN}),

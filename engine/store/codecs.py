@@ -19,6 +19,7 @@ from engine.domain.model import (
     StockEvent,
     StockRow,
 )
+from engine.domain.moves import Move
 
 
 class PickCapacity(NamedTuple):
@@ -50,12 +51,24 @@ class HoldCall(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class MoveRecord:
+    """A MoveLine under way, as its directory entry records it (engine/usecases/moves.py)."""
+
+    move_id: str
+    move: Move  # resolved: the line's qty
+    token: str  # the attempt's own name, on every step it takes
+
+
+@dataclass(frozen=True, slots=True)
 class DirEntry:
     fingerprint: str
     lines: tuple[Line, ...]
     saga: str
     owner: str  # the principal that made it ('' on an open server)
     customer: str = ""  # the customer it was held for, if any (per-customer limits)
+    generation: int = 0  # moved on by every MoveLine that took effect (field n)
+    moving: MoveRecord | None = None  # the MoveLine under way (saga field MOVING:<token>)
+    done: Move | None = None  # what the move id asked about moved, if it did (d:<move id>)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +109,20 @@ def dedupe_id(event: StockEvent) -> str:
 
 def encode_lines(lines: Iterable[Line]) -> str:
     return "".join(f"{ln.location}\t{ln.sku}\t{ln.qty}\n" for ln in lines)
+
+
+def encode_part_lines(lines: Iterable[Line]) -> str:
+    """A part's lines, as its field `l` holds them (the location is the part's)."""
+    return "".join(f"{ln.sku}\t{ln.qty}\n" for ln in lines)
+
+
+def encode_move(move: Move) -> str:
+    return f"{move.location}\t{move.sku}\t{move.qty}\t{move.to}"
+
+
+def decode_move(text: str) -> Move:
+    location, sku, qty, to = text.split("\t")
+    return Move(location, sku, int(qty), to)
 
 
 def decode_lines(text: str) -> tuple[Line, ...]:

@@ -18,7 +18,10 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           member "from\tto\topened (ms)", score = from (apply_events.lua)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
                           t when it was held (ms), ch its sales channel, c the day of the pick
-                          capacity it took, e the store's reports of its sales while HELD
+                          capacity it took, e the store's reports of its sales while HELD;
+                          of MoveLine (move_in.lua, move_out.lua): mi the attempt that moved a
+                          line in ("token\tsku\tqty"), mo the attempts that moved one out, mx
+                          those rolled back here (tokens, one a line)
     {L}:x          zset   the expiry index of L: reservation id -> expiry (ms) of each HELD part
     {L}:c          hash   pick capacity used: day (YYYYMMDD, UTC) -> ship-from-store orders held
     {L}:h          hash   units held per row for each sales channel: "sku\tchannel" -> units, kept
@@ -26,7 +29,9 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:p          hash   the rows' pools: sku -> "channel\tunits\tfallback\n"... (set_pools.lua)
     {L}:w          shard channel: every row written at L, as written (engine/store/watch.py)
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
-                          o the principal that made it ('' on an open server), u its customer
+                          o the principal that made it ('' on an open server), u its customer;
+                          of MoveLine: n the lines' generation (moves made), m the move under
+                          way ("move id\tlocation\tsku\tqty\tto"), d:<move id> the move it made
     principal:{<name>}:held  hash  a storefront principal's HELD reservations -> "units,expiry",
                           counted against its cap on units held at once (budget.lua)
     customer:{<id>}:<sku>  hash  a customer's reservations of a limited sku -> "units,until":

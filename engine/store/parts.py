@@ -1,5 +1,5 @@
-"""Reservation parts in Redis: holds, commits, releases, extends, the directory and the
-sagas index, and the expiry of holds (the sweeper's reads and writes)."""
+"""Reservation parts in Redis: holds, commits, releases, extends, and the expiry of holds
+(the sweeper's reads and writes). The directory and the sagas index: engine/store/directory.py."""
 
 from __future__ import annotations
 
@@ -8,33 +8,28 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from engine.domain.model import Line
-from engine.store.base import Base
 from engine.store.codecs import (
     ChannelHold,
-    DirEntry,
     HoldCall,
     PartState,
     PickCapacity,
-    decode_lines,
     part_lines,
 )
-from engine.store.keys import OLD_SAGAS, OLD_WAKE, SAGAS, WAKES, KeyList, Keys
+from engine.store.directory import Directory
+from engine.store.keys import OLD_SAGAS, OLD_WAKE, WAKES, KeyList, Keys
 from engine.store.replies import (
-    Claim,
-    ClaimReply,
     HoldReply,
     PartReply,
     ReleaseMode,
     Reply,
-    claim_reply,
     hold_reply,
     part_reply,
 )
 from engine.store.scripts import Command
 
 
-class Parts(Base):
-    """Reservation parts, the directory, sagas and expiry (see engine/store/storage.py)."""
+class Parts(Directory):
+    """Reservation parts and expiry (see engine/store/storage.py)."""
 
     # -- reservation parts ------------------------------------------------------------
 
@@ -106,13 +101,17 @@ class Parts(Base):
         now: int,
         force: bool,
         owner: str = "",
+        lines: str = "",
     ) -> PartReply:
-        """owner: the principal whose held units this part stops counting (see budget)."""
+        """owner: the principal whose held units this part stops counting (see budget);
+        lines: '' for any part, else the part's lines as read (encode_part_lines): a part
+        holding others answers MOVED (commit.lua)."""
         keys = KeyList(
             Keys.part(location, reservation_id), Keys.due(location), Keys.channel_holds(location)
         )
         triples = self._line_keys(keys, location, skus)
-        args = [reservation_id, now, self.retention_ms, "1" if force else "0", len(triples) // 3]
+        force_arg = "1" if force else "0"
+        args = [reservation_id, now, self.retention_ms, force_arg, lines, len(triples) // 3]
         then = _unbudget(owner, reservation_id)
         args += [*triples, Keys.changes(location)]
         return part_reply(await self.call("commit", keys.keys, args, then))
@@ -125,8 +124,10 @@ class Parts(Base):
         mode: ReleaseMode,
         owner: str = "",
         fp: str = "",
+        lines: str = "",
     ) -> PartReply:
-        """fp: let go only a part of these lines (its fingerprint); '' for any."""
+        """fp: let go only a part of these lines (its fingerprint); '' for any. lines: as in
+        commit_part."""
         keys = KeyList(
             Keys.part(location, reservation_id),
             Keys.due(location),
@@ -134,7 +135,7 @@ class Parts(Base):
             Keys.channel_holds(location),
         )
         triples = self._line_keys(keys, location, skus)
-        args = [reservation_id, self.retention_ms, mode, fp, len(triples) // 3, *triples]
+        args = [reservation_id, self.retention_ms, mode, fp, lines, len(triples) // 3, *triples]
         args.append(Keys.changes(location))
         then = _unbudget(owner, reservation_id)
         return part_reply(await self.call("release", keys.keys, args, then))
@@ -170,91 +171,6 @@ class Parts(Base):
             PartState(loc, s.decode() if s else None, int(x) if x else 0)
             for loc, (s, x) in zip(locs, results, strict=True)
         ]
-
-    # -- the directory and sagas ------------------------------------------------------
-
-    async def directory(self, reservation_id: str) -> DirEntry | None:
-        key = Keys.directory(reservation_id)
-        f, lines, *text = await self.command(lambda p: p.hmget(key, ["f", "l", "g", "o", "u"]))
-        if f is None:
-            return None
-        g, o, u = ((t or b"").decode() for t in text)
-        return DirEntry(f.decode(), decode_lines(lines.decode()), g, o, u)
-
-    async def claim(
-        self,
-        reservation_id: str,
-        fp: str,
-        lines: str,
-        owner: str,
-        ttl_ms: int,
-        recover_at: int,
-        made_by: str = "",
-    ) -> ClaimReply:
-        """Opens a saga: the sagas index entry and the directory entry, in one round trip.
-        The index entry goes first (a crash after it leaves recovery a trace), and only if
-        the id has none (NX: a retry never postpones the recovery of an earlier attempt);
-        a claim refused (CONFLICT, or the id's saga under way) takes back the entry it
-        added, so a refused call leaves nothing behind."""
-
-        def build(pipe: Any) -> None:
-            pipe.zadd(Keys.sagas(reservation_id), {reservation_id: recover_at}, nx=True)
-            args = [fp, lines, owner, ttl_ms, made_by]
-            self.evalsha(pipe, "claim", [Keys.directory(reservation_id)], args)
-
-        added, answer = await self.pipeline(build)
-        claimed = claim_reply(answer)
-        if claimed.reply is not Claim.NEW and added:
-            await self.unschedule_saga(reservation_id)
-        return claimed
-
-    async def place(
-        self, reservation_id: str, fp: str, lines: str, ttl_ms: int, made_by: str
-    ) -> ClaimReply:
-        """On a cluster: the directory entry of a reservation at one location, made beside
-        its hold (place.lua); NEW counts this attempt in, until `unplace`."""
-        args = [fp, lines, ttl_ms, made_by]
-        return claim_reply(await self.call("place", [Keys.directory(reservation_id)], args))
-
-    async def unplace(self, reservation_id: str, fp: str) -> None:
-        """An attempt counted in by `place` whose hold failed counts itself out."""
-        await self.call("unplace", [Keys.directory(reservation_id)], [fp])
-
-    async def settle(self, reservation_id: str, expected: str, new: str, ttl_ms: int = 0) -> bool:
-        args = [expected, new, ttl_ms]
-        return bool(await self.call("settle", [Keys.directory(reservation_id)], args))
-
-    async def schedule_saga(self, reservation_id: str, recover_at: int) -> None:
-        key = Keys.sagas(reservation_id)
-        await self.command(lambda p: p.zadd(key, {reservation_id: recover_at}))
-
-    async def unschedule_saga(self, reservation_id: str) -> None:
-        await self.command(lambda p: p.zrem(Keys.sagas(reservation_id), reservation_id))
-
-    async def sagas_due(self, now: int, limit: int) -> list[str]:
-        """Ids whose recovery time has come, earliest first: every shard, one round trip."""
-        due = await self._due_in(SAGAS, now, limit)
-        return [rid for rid, _ in due[:limit]]
-
-    async def open_sagas(self) -> list[str]:
-        """Every id with a saga under way or not yet recovered (for operators and tests)."""
-        return [rid for rid, _ in await self._due_in(SAGAS, float("inf"), -1)]
-
-    async def _due_in(self, keys: Sequence[str], now: float, limit: int) -> list[tuple[str, int]]:
-        """(member, score) of every key's members scored at most `now` (at most `limit` of
-        each; -1: all), merged, lowest score first."""
-
-        def build(pipe: Any) -> None:
-            for key in keys:
-                pipe.zrangebyscore(key, "-inf", now, start=0, num=limit, withscores=True)
-
-        got = await self.pipeline(build)
-        merged = [(member.decode(), int(score)) for rows in got for member, score in rows]
-        return sorted(merged, key=lambda item: item[1])
-
-    async def drop_directory(self, reservation_id: str, saga: str) -> bool:
-        """Forgets a reservation that never took effect, if its saga field is still `saga`."""
-        return bool(await self.call("drop", [Keys.directory(reservation_id)], [saga]))
 
     # -- expiry -----------------------------------------------------------------------
 

@@ -18,8 +18,13 @@ class Reply(enum.StrEnum):
     CONFLICT = "CONFLICT"  # hold, claim: the id exists with other lines
     COMMITTED = "COMMITTED"  # commit: the part is committed (changed: by this call)
     RELEASED = "RELEASED"  # release: the part is released (changed: by this call)
-    STATE = "STATE"  # commit, release, extend: the part is in `state`, which forbids it
-    MISSING = "MISSING"  # commit, release, extend: no such part
+    STATE = "STATE"  # commit, release, extend, move steps: the part is in `state`, which forbids it
+    MISSING = "MISSING"  # commit, release, extend, move steps: no such part
+    MOVED = "MOVED"  # commit, release, move out: the part holds other lines than the caller
+    # read; hold: the id's lines were moved (it holds nothing anew)
+    DONE = "DONE"  # move out: the line was taken off the part (by this attempt, now or before)
+    CANCELLED = "CANCELLED"  # move steps: this attempt was rolled back here (it may not land)
+    UNDONE = "UNDONE"  # move in, undone: changed, whether it took back a hold of this attempt
 
 
 class ReleaseMode(enum.StrEnum):
@@ -35,7 +40,8 @@ class ReleaseMode(enum.StrEnum):
 class Saga(enum.StrEnum):
     """The directory's saga field of a reservation across locations: '' while none is
     under way (or once placed), PENDING + its owner while being placed, then COMMITTING ->
-    COMMITTED or RELEASING -> RELEASED, or ABORTED when recovery rolled its placing back."""
+    COMMITTED or RELEASING -> RELEASED, or ABORTED when recovery rolled its placing back;
+    MOVING + a token while a MoveLine is under way (of any reservation), '' again after."""
 
     NONE = ""
     COMMITTING = "COMMITTING"
@@ -46,12 +52,27 @@ class Saga(enum.StrEnum):
 
 
 PENDING = "PENDING:"  # + the placing call's owner id
+MOVING = "MOVING:"  # + the token of the MoveLine attempt under way (engine/usecases/moves.py)
 
 
 class Claim(enum.StrEnum):
     NEW = "NEW"  # the saga is this call's
     CONFLICT = "CONFLICT"  # the id exists with other lines
     SAGA = "SAGA"  # the id's saga is another call's (saga: its state)
+    MOVED = "MOVED"  # place: a MoveLine moved (or is moving) the id's lines: it holds nothing anew
+
+
+class MoveClaim(enum.StrEnum):
+    NEW = "NEW"  # the move is this call's
+    DONE = "DONE"  # the move id moved a line before (done: what it moved)
+    SAGA = "SAGA"  # another call's step is under way (saga: the directory's saga field)
+    STALE = "STALE"  # a move changed the lines since the caller read them
+    MISSING = "MISSING"  # no such reservation
+
+
+class MoveClaimReply(NamedTuple):
+    reply: MoveClaim
+    text: str = ""  # DONE: the move done ("location\tsku\tqty\tto"); SAGA: the saga field
 
 
 class Short(NamedTuple):
@@ -99,18 +120,25 @@ def hold_reply(raw: Sequence[Any]) -> HoldReply:
         return HoldReply(reply, short=short)
     if reply is Reply.FULL:
         return HoldReply(reply, used=int(raw[1]))
-    return HoldReply(reply)  # CONFLICT
+    if reply is Reply.STATE:  # move in
+        return HoldReply(reply, ReservationState(_text(raw[1])))
+    return HoldReply(reply)  # CONFLICT; move in: MISSING, CANCELLED
 
 
 def part_reply(raw: Sequence[Any]) -> PartReply:
     reply = Reply(_text(raw[0]))
-    if reply in (Reply.COMMITTED, Reply.RELEASED):
+    if reply in (Reply.COMMITTED, Reply.RELEASED, Reply.UNDONE):
         return PartReply(reply, changed=int(raw[1]) == 1)
     if reply is Reply.STATE:
         return PartReply(reply, state=ReservationState(_text(raw[1])))
     if reply is Reply.HELD:
         return PartReply(reply, expires_at=int(raw[1]))
-    return PartReply(reply)  # MISSING
+    return PartReply(reply)  # MISSING, MOVED; move out: DONE, CANCELLED
+
+
+def move_claim_reply(raw: Sequence[Any]) -> MoveClaimReply:
+    reply = MoveClaim(_text(raw[0]))
+    return MoveClaimReply(reply, _text(raw[1]) if len(raw) > 1 else "")
 
 
 def claim_reply(raw: Sequence[Any]) -> ClaimReply:

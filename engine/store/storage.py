@@ -43,6 +43,7 @@ from engine.store.keys import (
     Keys,
 )
 from engine.store.ledgers import Ledgers
+from engine.store.moves import MoveSteps
 from engine.store.oversight import Oversight
 from engine.store.parts import Parts
 from engine.store.scripts import Command
@@ -55,10 +56,11 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts, Oversight, ChannelStore, Ledgers):
+class Storage(Parts, MoveSteps, Oversight, ChannelStore, Ledgers):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
-    expiry are engine/store/parts.py, the plumbing engine/store/base.py."""
+    expiry are engine/store/parts.py, the directory and sagas directory.py, a MoveLine's
+    steps moves.py, the plumbing engine/store/base.py."""
 
     # Told the location of every row-writing script call once it is answered (or failed:
     # it may have run): the read cache's fence for a caller's own writes (rowcache.py).

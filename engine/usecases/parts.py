@@ -1,18 +1,23 @@
 """What every reservation call shares: its directory entry (and who may see it), its state
-read from its parts, and the steps that commit, release or pin its parts at each location.
-engine/usecases/reservations.py is the whole story."""
+read from its parts, the steps that commit, release or pin its parts at each location, and
+the rules a hold is made under (a channel's, pick capacity). engine/usecases/reservations.py
+is the whole story (engine/usecases/moves.py for MoveLine)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar
 
 from engine.domain import auth
 from engine.domain.clock import Clock
 from engine.domain.errors import (
     FailedPrecondition,
     NotFound,
+    Unavailable,
 )
 from engine.domain.model import (
     Line,
@@ -22,8 +27,9 @@ from engine.domain.model import (
     check_id,
 )
 from engine.metrics import Metrics
-from engine.store.codecs import DirEntry
+from engine.store.codecs import ChannelHold, DirEntry, PartState, PickCapacity, encode_part_lines
 from engine.store.replies import (
+    MOVING,
     PENDING,
     PartReply,
     ReleaseMode,
@@ -40,6 +46,14 @@ RELEASING, RELEASED = Saga.RELEASING, Saga.RELEASED
 ABORTED = Saga.ABORTED
 SETTLED_AS = {COMMITTING: COMMITTED, RELEASING: RELEASED}
 _COMMIT_PIN_MS = 120_000
+_MOVED_RETRIES = 3  # a call that a MoveLine overtook reads the reservation again, this often
+T = TypeVar("T")
+Holds = Mapping[str, ChannelHold]  # location -> a channel's hold there, with its rule
+
+
+class LinesMoved(Exception):
+    """A MoveLine changed the reservation's lines after this call read them: it starts
+    again from the directory (never seen above the use cases)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +91,44 @@ class ReservationParts:
         self.channels = ChannelRules(storage, locations)
         self.customers = CustomerLimits(storage, self.channels)
 
-    async def _entry(self, rid: str) -> DirEntry:
+    async def _entry(self, rid: str, move_id: str = "") -> DirEntry:
         check_id(rid, "reservation_id")
-        entry = await self.storage.directory(rid)
+        entry = await self.storage.directory(rid, move_id)
         if entry is None or not auth.current().owns(entry.owner):
             raise NotFound(f"reservation {rid} not found")
         return entry
 
+    async def _settled_entry(self, rid: str, move_id: str = "") -> DirEntry:
+        """The entry once no MoveLine is under way: a move takes a few round trips; one
+        whose caller died is finished by recovery within the saga timeout (else UNAVAILABLE:
+        retry)."""
+        entry = await self._entry(rid, move_id)
+        deadline = time.monotonic() + self.timing.saga_timeout_ms / 1000
+        while entry.moving is not None:
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"reservation {rid} is being moved; retry")
+            await asyncio.sleep(0.01)
+            entry = await self._entry(rid, move_id)
+        return entry
+
+    async def _unmoved(self, rid: str, act: Callable[[DirEntry], Awaitable[T]]) -> T:
+        """`act` on the reservation as no MoveLine is changing it: after any move under way,
+        and again on the moved lines if a move overtook it (LinesMoved)."""
+        for _ in range(_MOVED_RETRIES):
+            try:
+                return await act(await self._settled_entry(rid))
+            except LinesMoved:
+                continue
+        raise Unavailable(f"reservation {rid} keeps being moved; retry")
+
     async def get(self, rid: str) -> Reservation:
+        """While a MoveLine is under way: its lines as before the move, its state read from
+        its parts there and at the destination (the units are held at one or both)."""
         entry = await self._entry(rid)
-        parts = await self.storage.parts(rid, by_location(entry.lines))
+        at = set(by_location(entry.lines))
+        if entry.moving is not None:
+            at.add(entry.moving.move.to)
+        parts = await self.storage.parts(rid, sorted(at))
         states = {p.state for p in parts}
         if entry.saga in (COMMITTING, COMMITTED):
             state = ReservationState.COMMITTED
@@ -94,19 +136,47 @@ class ReservationParts:
             state = ReservationState.RELEASED
         else:
             state = overall_state(states)
-        expires_at = min((p.expires_at for p in parts), default=0)
-        return Reservation(rid, entry.lines, state, expires_at)
+        return Reservation(rid, entry.lines, state, expiry_of(parts))
+
+    async def _channel_holds(self, lines: Iterable[Line], channel: str) -> Holds:
+        """Each location's rule for the channel, as its hold script takes it."""
+        if not channel:
+            return {}
+        at = {ln.location for ln in lines}
+        rules = await self.channels.at((self.locations.by_id[loc] for loc in at), channel)
+        return {loc: ChannelHold.of(channel, rule) for loc, rule in rules.items()}
+
+    def today(self) -> str:
+        """The day pick capacity is counted in (UTC), as YYYYMMDD."""
+        return self._date().strftime("%Y%m%d")
+
+    def _date(self) -> date:
+        return datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC).date()
+
+    def _capacities(self, limits: Mapping[str, int]) -> dict[str, PickCapacity]:
+        """Pick capacity counted by day; the two days before today are kept."""
+        if not limits:
+            return {}
+        today = self._date()
+        day, keep_from = (d.strftime("%Y%m%d") for d in (today, today - timedelta(days=2)))
+        return {loc: PickCapacity(limit, day, keep_from) for loc, limit in limits.items()}
 
     async def _commit_parts(
-        self, rid: str, groups: dict[str, list[Line]], force: bool, owner: str
+        self, rid: str, groups: dict[str, list[Line]], force: bool, owner: str, read: bool = False
     ) -> None:
+        """read: the commit was decided on no directory step (one location), so each part
+        must still hold the lines read (else LinesMoved)."""
         now = self.clock.now_ms()
         answers = await asyncio.gather(
             *(
-                self.storage.commit_part(rid, loc, [ln.sku for ln in part], now, force, owner)
+                self.storage.commit_part(
+                    rid, loc, [ln.sku for ln in part], now, force, owner, _lines(part, read)
+                )
                 for loc, part in groups.items()
             )
         )
+        if any(answer.reply is Reply.MOVED for answer in answers):
+            raise LinesMoved
         for answer in answers:
             if answer.reply is Reply.STATE:
                 raise FailedPrecondition(f"reservation {rid} is {answer.state}, not HELD")
@@ -123,18 +193,22 @@ class ReservationParts:
         mode: ReleaseMode,
         owner: str = "",
         fp: str = "",
+        read: bool = False,
     ) -> list[PartReply]:
         """owner: whose held units the parts stop counting (see Storage.budget); fp: only
-        parts of these lines (a fingerprint) are let go."""
+        parts of these lines (a fingerprint) are let go; read: as in _commit_parts."""
         skus = {loc: [ln.sku for ln in groups[loc]] for loc in locations}
-        return list(
-            await asyncio.gather(
-                *(
-                    self.storage.release_part(rid, loc, skus[loc], mode, owner, fp)
-                    for loc in locations
+        answers = await asyncio.gather(
+            *(
+                self.storage.release_part(
+                    rid, loc, skus[loc], mode, owner, fp, _lines(groups[loc], read)
                 )
+                for loc in locations
             )
         )
+        if any(answer.reply is Reply.MOVED for answer in answers):
+            raise LinesMoved
+        return list(answers)
 
     async def _pin(self, rid: str, groups: dict[str, list[Line]]) -> list[str]:
         """Keeps every part that is still HELD so past the commit; answers which were."""
@@ -146,7 +220,23 @@ class ReservationParts:
 
 
 def saga_word(saga: str) -> str:
-    return "being placed" if saga.startswith(PENDING) else saga.replace("ABORTED", "RELEASED")
+    if saga.startswith(PENDING):
+        return "being placed"
+    if saga.startswith(MOVING):
+        return "being moved"
+    return saga.replace("ABORTED", "RELEASED")
+
+
+def expiry_of(parts: Sequence[PartState]) -> int:
+    """A reservation's expiry: its HELD parts' earliest (they share it, but for a moment in
+    a race), else its parts' earliest. (While a move is under way, the destination's part may
+    be one an earlier move left RELEASED: it says nothing of the reservation.)"""
+    held = [p.expires_at for p in parts if p.state == ReservationState.HELD]
+    return min(held or [p.expires_at for p in parts], default=0)
+
+
+def _lines(lines: Sequence[Line], read: bool) -> str:
+    return encode_part_lines(lines) if read else ""
 
 
 def overall_state(states: set[str | None]) -> ReservationState:

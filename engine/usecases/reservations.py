@@ -20,24 +20,27 @@ release decides RELEASING the same way. Of a commit and a release racing, one de
 and the loser touches no part; recovery finishes a decided step after a crash.
 
 The directory's saga field: '' (settled: the parts are the truth), PENDING:<owner>, ABORTED,
-COMMITTING -> COMMITTED, RELEASING -> RELEASED. Each part has HELD | COMMITTED | RELEASED |
-EXPIRED; the reservation's state is theirs, or the decision once one was made.
+COMMITTING -> COMMITTED, RELEASING -> RELEASED, and MOVING:<token> while a MoveLine moves a
+line (back to '' after it). Each part has HELD | COMMITTED | RELEASED | EXPIRED; the
+reservation's state is theirs, or the decision once one was made.
 
 Here: Reserve (one location) and the calls; the saga steps and recovery are
-engine/usecases/sagas.py, what both share engine/usecases/parts.py.
+engine/usecases/sagas.py, MoveLine engine/usecases/moves.py, what all share
+engine/usecases/parts.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
 
 from engine.domain import auth
 from engine.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
 )
 from engine.domain.model import (
@@ -52,7 +55,7 @@ from engine.domain.model import (
     fingerprint,
     ttl_ms,
 )
-from engine.store.codecs import ChannelHold, PickCapacity, encode_lines
+from engine.store.codecs import DirEntry, PickCapacity, encode_lines
 from engine.store.ledgers import Count, held_ledger
 from engine.store.replies import (
     Claim,
@@ -60,18 +63,21 @@ from engine.store.replies import (
     ReleaseMode,
     Reply,
 )
+from engine.usecases.moves import Moves
 from engine.usecases.parts import (
     ABORTED,
     COMMITTED,
     COMMITTING,
     RELEASED,
     RELEASING,
+    Holds,
+    LinesMoved,
     saga_word,
 )
-from engine.usecases.sagas import Holds, Sagas, shortfalls_of
+from engine.usecases.sagas import shortfalls_of
 
 
-class Reservations(Sagas):
+class Reservations(Moves):
     """Each call acts for the principal of the call being served (engine.domain.auth.current()):
     a reservation records who made it, and only that principal (or one that sees every
     reservation) may see or settle it; another gets NOT_FOUND, so ids cannot be probed."""
@@ -133,14 +139,6 @@ class Reservations(Sagas):
         if counted:
             await self.storage.unbudget(rid, [c.key for c in counted])
 
-    async def _channel_holds(self, lines: Sequence[Line], channel: str) -> Holds:
-        """Each location's rule for the channel, as its hold script takes it."""
-        if not channel:
-            return {}
-        at = {ln.location for ln in lines}
-        rules = await self.channels.at((self.locations.by_id[loc] for loc in at), channel)
-        return {loc: ChannelHold.of(channel, rule) for loc, rule in rules.items()}
-
     async def _reserve(
         self,
         rid: str,
@@ -188,21 +186,6 @@ class Reservations(Sagas):
             )
         return [count]
 
-    def today(self) -> str:
-        """The day pick capacity is counted in (UTC), as YYYYMMDD."""
-        return self._date().strftime("%Y%m%d")
-
-    def _date(self) -> date:
-        return datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC).date()
-
-    def _capacities(self, limits: Mapping[str, int]) -> dict[str, PickCapacity]:
-        """Pick capacity counted by day; the two days before today are kept."""
-        if not limits:
-            return {}
-        today = self._date()
-        day, keep_from = (d.strftime("%Y%m%d") for d in (today, today - timedelta(days=2)))
-        return {loc: PickCapacity(limit, day, keep_from) for loc, limit in limits.items()}
-
     async def _reserve_one(
         self,
         rid: str,
@@ -227,7 +210,7 @@ class Reservations(Sagas):
             holds.get(location),
         )
         (answer,) = await self.storage.hold([call])
-        return self._hold_answer(rid, lines, location, answer)
+        return await self._hold_answer(rid, lines, location, answer)
 
     async def _reserve_placed(
         self,
@@ -263,15 +246,23 @@ class Reservations(Sagas):
             if isinstance(placed, BaseException):
                 raise placed
             raise AlreadyExists(f"reservation {rid} exists with other lines")
+        if placed.reply is Claim.MOVED:
+            # The reservation's lines were moved: a part this attempt made is not its.
+            if held:
+                groups = by_location(lines)
+                await self._release_parts(rid, groups, list(groups), ReleaseMode.FORGET, fp=fp)
+            if isinstance(answer, BaseException):
+                raise answer
+            return HoldResult(await self.get(rid))
         if isinstance(answer, BaseException):
             raise answer  # the entry stays: whether the hold landed is unknown
         if placed.reply is Claim.SAGA:
             return None  # a part held here has the saga's lines: the saga's way finds it
         if answer[0].reply not in (Reply.HELD, Reply.EXISTS):
             await self.storage.unplace(rid, fp)  # this attempt held nothing
-        return self._hold_answer(rid, lines, location, answer[0])
+        return await self._hold_answer(rid, lines, location, answer[0])
 
-    def _hold_answer(
+    async def _hold_answer(
         self, rid: str, lines: tuple[Line, ...], location: str, answer: HoldReply
     ) -> HoldResult:
         if answer.reply is Reply.CONFLICT:
@@ -280,7 +271,14 @@ class Reservations(Sagas):
             return HoldResult(None, shortfalls_of(location, answer))
         if answer.reply is Reply.FULL:
             return HoldResult(None, full=(location,))
+        if answer.reply is Reply.MOVED:  # the id's lines were moved: as it is now
+            return HoldResult(await self.get(rid))
         assert answer.state is not None  # HELD or EXISTS
+        if answer.reply is Reply.EXISTS:
+            # A retry: answered as the reservation is now (a MoveLine may have moved its
+            # lines since), or, once its entry is forgotten, as its part here is.
+            with contextlib.suppress(NotFound):
+                return HoldResult(await self.get(rid))
         return HoldResult(Reservation(rid, lines, answer.state, answer.expires_at))
 
     # -- Commit, Release, Extend --------------------------------------------------------
@@ -290,10 +288,15 @@ class Reservations(Sagas):
     # compare-and-set, so one of them wins and the loser touches no part. The sagas index
     # entry goes first, so a crash midway is finished by recovery.
 
+    # A call that meets a MoveLine under way waits for it, and one that a move overtook reads
+    # the moved lines and acts again (LinesMoved; engine/usecases/moves.py).
+
     async def commit(self, rid: str) -> Reservation:
         """A customer's limited units count as bought (for their window) before the commit,
         so that no crash between the two lets them count for less."""
-        entry = await self._entry(rid)
+        return await self._unmoved(rid, lambda entry: self._commit(rid, entry))
+
+    async def _commit(self, rid: str, entry: DirEntry) -> Reservation:
         groups = by_location(entry.lines)
         if entry.saga not in ("", COMMITTING, COMMITTED):
             raise FailedPrecondition(f"reservation {rid} is {saga_word(entry.saga)}, not HELD")
@@ -301,7 +304,7 @@ class Reservations(Sagas):
         bought = await self.customers.bought(customer, rid, entry.lines, self.clock.now_ms())
         try:
             if len(groups) == 1 and not entry.saga:
-                await self._commit_parts(rid, groups, False, entry.owner)
+                await self._commit_parts(rid, groups, False, entry.owner, read=True)
             else:
                 await self._commit_saga(rid, entry, groups)
         except FailedPrecondition:  # not bought: released or expired
@@ -311,14 +314,18 @@ class Reservations(Sagas):
         return Reservation(rid, entry.lines, ReservationState.COMMITTED, 0)
 
     async def release(self, rid: str) -> Reservation:
-        entry = await self._entry(rid)
+        return await self._unmoved(rid, lambda entry: self._release(rid, entry))
+
+    async def _release(self, rid: str, entry: DirEntry) -> Reservation:
         groups = by_location(entry.lines)
         if len(groups) == 1 and not entry.saga:
             answers = await self._release_parts(
-                rid, groups, list(groups), ReleaseMode.RELEASE, entry.owner
+                rid, groups, list(groups), ReleaseMode.RELEASE, entry.owner, read=True
             )
         elif entry.saga in ("", RELEASING, RELEASED):
-            answers = await self._release_saga(rid, groups, entry.owner, bool(entry.saga))
+            answers = await self._release_saga(
+                rid, groups, entry.owner, bool(entry.saga), entry.generation
+            )
         elif entry.saga == ABORTED:
             return await self.get(rid)
         else:
@@ -337,7 +344,11 @@ class Reservations(Sagas):
         if not ttl_seconds:
             check_ttl(ttl_seconds, "ttl_seconds")
         hold_ms = self._ttl_ms(ttl_seconds, who)
-        entry = await self._entry(rid)
+        return await self._unmoved(rid, lambda entry: self._extend(rid, entry, hold_ms, who))
+
+    async def _extend(
+        self, rid: str, entry: DirEntry, hold_ms: int, who: auth.Principal
+    ) -> Reservation:
         if entry.saga:
             raise FailedPrecondition(f"reservation {rid} is {saga_word(entry.saga)}")
         now = self.clock.now_ms()
@@ -346,6 +357,9 @@ class Reservations(Sagas):
         answers = await asyncio.gather(
             *(self.storage.extend_part(rid, loc, now, expires_at, False) for loc in groups)
         )
+        after = await self.storage.directory(rid)
+        if after is not None and (after.moving or after.generation != entry.generation):
+            raise LinesMoved  # a move came between: its new part has the old expiry
         for answer in answers:
             if answer.reply is not Reply.HELD:
                 state = answer.state or "missing"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
 
 from engine.domain.errors import (
     AlreadyExists,
@@ -24,7 +23,7 @@ from engine.domain.model import (
     by_location,
     fingerprint,
 )
-from engine.store.codecs import ChannelHold, DirEntry, PickCapacity, encode_lines
+from engine.store.codecs import DirEntry, PickCapacity, encode_lines
 from engine.store.replies import (
     PENDING,
     Claim,
@@ -41,11 +40,11 @@ from engine.usecases.parts import (
     RELEASED,
     RELEASING,
     SETTLED_AS,
+    Holds,
+    LinesMoved,
     ReservationParts,
     saga_word,
 )
-
-Holds = Mapping[str, ChannelHold]  # location -> a channel's hold there, with its rule
 
 
 class Sagas(ReservationParts):
@@ -139,38 +138,49 @@ class Sagas(ReservationParts):
         return await self.get(rid)
 
     async def _commit_saga(self, rid: str, entry: DirEntry, groups: dict[str, list[Line]]) -> None:
-        saga = entry.saga
+        saga, generation = entry.saga, entry.generation
         if not saga:
             pinned = await self._pin(rid, groups)
             if len(pinned) < len(groups):
-                saga = (await self._entry(rid)).saga
+                now = await self._entry(rid)
+                if now.moving is not None or now.generation != generation:
+                    raise LinesMoved  # a part left by a move is not HELD: read them again
+                saga = now.saga
                 if saga not in (COMMITTING, COMMITTED):
                     if pinned:  # parts lapsed unevenly (clock skew): let none outlive the rest
-                        await self._release_saga(rid, groups, entry.owner)
+                        await self._release_saga(rid, groups, entry.owner, generation=generation)
                     raise FailedPrecondition(f"reservation {rid} is no longer HELD")
             else:
-                await self._decide(rid, "", COMMITTING)
+                await self._decide(rid, "", COMMITTING, generation)
                 saga = COMMITTING
         if saga == COMMITTING:
             await self._commit_parts(rid, groups, True, entry.owner)
             await self.storage.settle(rid, COMMITTING, COMMITTED)
             await self.storage.unschedule_saga(rid)
 
-    async def _decide(self, rid: str, expected: str, new: Saga) -> None:
-        """Moves the saga field by compare-and-set; on losing, says who won (unless the
-        winner made the same decision: then this call helps finish it)."""
+    async def _decide(self, rid: str, expected: str, new: Saga, generation: int) -> None:
+        """Moves the saga field by compare-and-set, on the lines of `generation` only; on
+        losing, says who won (unless the winner made the same decision: then this call helps
+        finish it), or, if a MoveLine won, has the caller read the moved lines (LinesMoved)."""
         await self.storage.schedule_saga(rid, self.clock.now_ms() + self.timing.saga_timeout_ms)
-        if await self.storage.settle(rid, expected, new):
+        if await self.storage.settle(rid, expected, new, generation=generation):
             return
         entry = await self._entry(rid)
+        if entry.moving is not None or entry.generation != generation:
+            raise LinesMoved
         if entry.saga not in (new, SETTLED_AS[new]):
             raise FailedPrecondition(f"reservation {rid} is {saga_word(entry.saga)}, not HELD")
 
     async def _release_saga(
-        self, rid: str, groups: dict[str, list[Line]], owner: str, decided: bool = False
+        self,
+        rid: str,
+        groups: dict[str, list[Line]],
+        owner: str,
+        decided: bool = False,
+        generation: int = 0,
     ) -> list[PartReply]:
         if not decided:
-            await self._decide(rid, "", RELEASING)
+            await self._decide(rid, "", RELEASING, generation)
         answers = await self._release_parts(rid, groups, list(groups), ReleaseMode.RELEASE, owner)
         await self.storage.settle(rid, RELEASING, RELEASED)
         await self.storage.unschedule_saga(rid)

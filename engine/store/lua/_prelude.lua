@@ -115,6 +115,14 @@ local function read_dir(key, fp)
   return cur[2] or ''
 end
 
+-- Whether a MoveLine moved (or is moving) the reservation's lines: its lines' generation
+-- (field n) has moved on, or its saga field (as read_dir read it) is MOVING:<token>. Such an
+-- id never holds anew: a Reserve sent again finds it as it is now (engine/usecases/moves.py).
+local function was_moved(key, saga)
+  if string.sub(saga, 1, 7) == 'MOVING:' then return true end
+  return (redis.call('HGET', key, 'n') or '0') ~= '0'
+end
+
 -- maker: the principal, and the customer (field 'u') after a tab when the hold names one.
 local function write_dir(key, fp, lines, saga, ttl_ms, maker)
   local owner, customer = string.match(maker, '^([^\t]*)\t(.+)$')
@@ -143,12 +151,33 @@ local function give_capacity(key, day)
   if used > 0 then redis.call('HINCRBY', key, day, -1) end
 end
 
--- Takes a HELD reservation part off the rows it holds: reserved drops by each line's qty.
--- The store's reports of sales under this part that came while it was HELD (field 'e',
--- "sku\tdelta\tsource_time\tevent id\n"...) now count as the DELTAs they are, unless a
--- count taken after them already includes them. buckets: sku -> {stock idx, log idx}.
--- A part that took pick capacity gives it back to `cap` ({L}:c); one held for a sales
--- channel leaves its count in `held` ({L}:h).
+-- The store's reports of sales under a part that came while it was HELD (field 'e',
+-- "sku\tdelta\tsource_time\tevent id\n"...) count as the DELTAs they are once the part no
+-- longer holds their sku, unless a count taken after them already includes them.
+-- only: the one sku whose reports count now (nil: every sku); keys_of(sku): its stock
+-- bucket key and change log key. Returns the reports kept (those of other skus).
+local function count_echoes(text, only, keys_of)
+  local kept = {}
+  for sku, d, t, eid in string.gmatch(text or '', '([^\t\n]+)\t(-?%d+)\t(%d+)\t([^\n]+)\n') do
+    if only and sku ~= only then
+      kept[#kept + 1] = sku .. '\t' .. d .. '\t' .. t .. '\t' .. eid .. '\n'
+    else
+      local key, log = keys_of(sku)
+      local r = read_row(key, sku)
+      if tonumber(t) > r[5] then
+        r[1] = r[1] + tonumber(d)
+        write_row(key, sku, r)
+        redis.call('ZADD', log, tonumber(t), sku .. '\te:' .. eid .. '\t' .. d)
+      end
+    end
+  end
+  return table.concat(kept)
+end
+
+-- Takes a HELD reservation part off the rows it holds: reserved drops by each line's qty,
+-- and the store's reports of its sales count (count_echoes). buckets: sku -> {stock idx,
+-- log idx}. A part that took pick capacity gives it back to `cap` ({L}:c); one held for a
+-- sales channel leaves its count in `held` ({L}:h).
 local function unhold(rec, due, cap, held, id, state, buckets, retention_ms)
   local cur = redis.call('HMGET', rec, 'l', 'e', 'c', 'ch')
   local lines = parse_lines(cur[1])
@@ -159,18 +188,71 @@ local function unhold(rec, due, cap, held, id, state, buckets, retention_ms)
     write_row(key, ln[1], r)
   end
   unhold_channel(held, cur[4], lines)
-  for sku, d, t, eid in string.gmatch(cur[2] or '', '([^\t\n]+)\t(-?%d+)\t(%d+)\t([^\n]+)\n') do
-    local key, log = KEYS[buckets[sku][1]], KEYS[buckets[sku][2]]
-    local r = read_row(key, sku)
-    if tonumber(t) > r[5] then
-      r[1] = r[1] + tonumber(d)
-      write_row(key, sku, r)
-      redis.call('ZADD', log, tonumber(t), sku .. '\te:' .. eid .. '\t' .. d)
-    end
-  end
+  count_echoes(cur[2], nil, function(sku) return KEYS[buckets[sku][1]], KEYS[buckets[sku][2]] end)
   if cur[2] then redis.call('HDEL', rec, 'e') end
   if cur[3] then give_capacity(cap, cur[3]) end
   redis.call('HSET', rec, 's', state)
   redis.call('ZREM', due, id)
   redis.call('PEXPIRE', rec, retention_ms)
+end
+
+-- Whether a part's lines (field 'l') are `want` ("sku\tqty\n"..., in any order): a commit or
+-- release at one location names the lines it read, and a part whose lines a MoveLine has
+-- changed since answers MOVED instead (engine/usecases/moves.py).
+local function same_lines(text, want)
+  local wanted, n = {}, 0
+  for _, ln in ipairs(parse_lines(want)) do
+    wanted[ln[1]] = ln[2]
+    n = n + 1
+  end
+  local got = parse_lines(text)
+  if #got ~= n then return false end
+  for _, ln in ipairs(got) do
+    if wanted[ln[1]] ~= ln[2] then return false end
+  end
+  return true
+end
+
+-- A MoveLine attempt is named by a token (32 hex digits); a part keeps the tokens of the
+-- attempts that took a line off it (field 'mo') and of those rolled back at it ('mx'), one a
+-- line. (No token is part of another: they are all of one length, and '\n' is no hex digit.)
+local function has_token(list, token)
+  return list and string.find(list, token, 1, true) ~= nil
+end
+
+local function add_token(rec, field, list, token)
+  redis.call('HSET', rec, field, (list or '') .. token .. '\n')
+end
+
+-- Takes `qty` of one sku off a HELD part (its line moved to another location, or a move into
+-- the part rolled back): the row's reserved and the channel's count drop by qty; once the
+-- part holds none of the sku, the store's reports of its sales count (count_echoes); once it
+-- holds nothing, it is RELEASED (pick capacity given back, off the expiry index, remembered
+-- for the retention). stock, log: the sku's bucket and change log keys.
+local function take_off(rec, due, cap, held, id, sku, qty, stock, log, retention_ms)
+  local cur = redis.call('HMGET', rec, 'l', 'e', 'c', 'ch')
+  local left, keeps_sku = {}, false
+  for _, ln in ipairs(parse_lines(cur[1])) do
+    local q = ln[2]
+    if ln[1] == sku then q = q - qty end
+    if q > 0 then
+      left[#left + 1] = string.format('%s\t%d\n', ln[1], q)
+      keeps_sku = keeps_sku or ln[1] == sku
+    end
+  end
+  local r = read_row(stock, sku)
+  r[2] = r[2] - qty
+  write_row(stock, sku, r)
+  unhold_channel(held, cur[4], {{sku, qty}})
+  if cur[2] and not keeps_sku then
+    local kept = count_echoes(cur[2], sku, function() return stock, log end)
+    if kept == '' then redis.call('HDEL', rec, 'e') else redis.call('HSET', rec, 'e', kept) end
+  end
+  redis.call('HSET', rec, 'l', table.concat(left))
+  if #left == 0 then
+    if cur[3] then give_capacity(cap, cur[3]) end
+    redis.call('HSET', rec, 's', 'RELEASED')
+    redis.call('ZREM', due, id)
+    redis.call('PEXPIRE', rec, retention_ms)
+  end
 end

@@ -3,17 +3,22 @@
 -- and the part is kept (retention) so the store's echo of the sale is recognised (I6).
 -- KEYS[1]  {L}:r:<id>;  KEYS[2] {L}:x the expiry index;  KEYS[3] {L}:h units held per row and
 -- channel (the part's leave it);  KEYS[4..] {L}:s:<b> and {L}:d:<b> buckets
--- ARGV: id, now_ms, retention_ms, force, n, then n triples (sku, stock key index, log key index),
---   then the location's change channel (write_row)
+-- ARGV: id, now_ms, retention_ms, force, lines, n, then n triples (sku, stock key index,
+--   log key index), then the location's change channel (write_row)
 --   force == '1' commits a part even past its expiry: the commit was decided while every
 --   part was pinned (a cross-location commit being finished after a crash).
+--   lines: '' for any, else the part's lines as the caller read them ("sku\tqty\n"...): a
+--   commit at one location makes no directory step, so a part whose lines a MoveLine has
+--   changed since answers MOVED (see same_lines).
 -- Returns {'COMMITTED', 1 if this call committed else 0} | {'STATE', state} | {'MISSING'}
+--       | {'MOVED'}
 local id, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cur = redis.call('HMGET', KEYS[1], 's', 'x', 'l', 'ch')
+if ARGV[5] ~= '' and cur[1] and not same_lines(cur[3], ARGV[5]) then return {'MOVED'} end
 local refused = part_gate(cur[1], cur[2], 'COMMITTED', ARGV[4] ~= '1' and now or nil)
 if refused then return refused end
 
-local keys = key_map(ARGV, 6, tonumber(ARGV[5]))
+local keys = key_map(ARGV, 7, tonumber(ARGV[6]))
 local lines = parse_lines(cur[3])
 for _, ln in ipairs(lines) do
   local k = keys[ln[1]]

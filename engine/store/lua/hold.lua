@@ -21,6 +21,7 @@
 --   channel, and {L}:h counts its units.
 -- Returns {'HELD', expires_at} | {'SHORT', sku, requested, available, ...}
 --       | {'FULL', orders already picked that day} | {'EXISTS', state, expires_at} | {'CONFLICT'}
+--       | {'MOVED'} (with the directory: the id's lines were moved by a MoveLine: see was_moved)
 local id, fp = ARGV[1], ARGV[2]
 local now, exp, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = tonumber(ARGV[8])
@@ -39,6 +40,9 @@ if cur[1] then
   if cur[1] ~= fp then return {'CONFLICT'} end
   return {'EXISTS', cur[2], tonumber(cur[3])}
 end
+-- The id's part here is gone (forgotten after the retention), but its lines were moved
+-- elsewhere since: it holds nothing anew.
+if dir and was_moved(KEYS[#KEYS], dir) then return {'MOVED'} end
 
 local short, rows = {}, {}
 for j = 0, n - 1 do

@@ -6,9 +6,11 @@
 -- KEYS[1] res:{<id>}
 -- ARGV: fingerprint, lines ("location\tsku\tqty\n"...), ttl_ms, the principal making it
 -- Returns {'NEW'} (this attempt counted) | {'CONFLICT'} | {'SAGA', saga field} (an entry of
---         a saga: the caller takes the saga's way)
+--         a saga: the caller takes the saga's way) | {'MOVED'} (a MoveLine moved, or is
+--         moving, its lines: it holds nothing anew, and a part the hold made now is let go)
 local got = read_dir(KEYS[1], ARGV[1])
 if got == 'CONFLICT' then return {'CONFLICT'} end
+if got and was_moved(KEYS[1], got) then return {'MOVED'} end
 if got and got ~= '' then return {'SAGA', got} end
 if got then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]), 'GT')

@@ -868,6 +868,84 @@ class ExtendRequest(_message.Message):
 Global___ExtendRequest: _TypeAlias = ExtendRequest  # noqa: Y015
 
 @_typing.final
+class MoveLineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    MOVE_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    TO_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """A HELD reservation of the caller's (another principal's is NOT_FOUND); committed,
+    released or expired ones, and one being committed or released, are FAILED_PRECONDITION.
+    """
+    move_id: _builtins.str
+    """Client-chosen, as a reservation id; names this move within the reservation."""
+    location_id: _builtins.str
+    """The line: where it is held now, and its sku."""
+    sku: _builtins.str
+    qty: _builtins.int
+    """0 = the whole line (a line always moves whole); else it must be the line's qty
+    (FAILED_PRECONDITION otherwise).
+    """
+    to_location_id: _builtins.str
+    """Where it is to be held: a known location other than location_id. The hold there keeps
+    the reservation's sales channel (held to its rules there) and its expiry; it joins the
+    reservation's line of that sku there, if there is one.
+    """
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        move_id: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        qty: _builtins.int = ...,
+        to_location_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "move_id", b"move_id", "qty", b"qty", "reservation_id", b"reservation_id", "sku", b"sku", "to_location_id", b"to_location_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveLineRequest: _TypeAlias = MoveLineRequest  # noqa: Y015
+
+@_typing.final
+class MoveLineResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    SHORTFALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """Set when the line moved (or this move id moved it before): the reservation as it is
+        now, its lines at their new locations.
+        """
+
+    @_builtins.property
+    def shortfalls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Shortfall]:
+        """Set when the destination cannot hold the line: by how much it falls short. Nothing
+        moved: the line is held where it was.
+        """
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+        shortfalls: _abc.Iterable[Global___Shortfall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation", "shortfalls", b"shortfalls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveLineResponse: _TypeAlias = MoveLineResponse  # noqa: Y015
+
+@_typing.final
 class CostModel(_message.Message):
     """The cost of a plan; each field left unset takes the server's configured default.
     A shipment costs shipment_cost + cost_per_km x its great-circle km to the destination

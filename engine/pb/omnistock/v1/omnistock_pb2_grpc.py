@@ -232,6 +232,11 @@ class ReservationServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetReservationRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.MoveLine = channel.unary_unary(
+                '/omnistock.v1.ReservationService/MoveLine',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.MoveLineRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.MoveLineResponse.FromString,
+                _registered_method=True)
 
 
 class ReservationServiceServicer:
@@ -275,6 +280,17 @@ class ReservationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveLine(self, request, context):
+        """Moves one held line to another location (the order is re-sourced): the destination
+        holds it first, then the source lets it go, so its units never show as free in
+        between; all or nothing. The move id is the idempotency key: the same move again
+        answers the reservation as it is now and moves nothing twice; another move under the
+        same id is ALREADY_EXISTS. The destination too short is a normal answer, as Reserve's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReservationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -302,6 +318,11 @@ def add_ReservationServiceServicer_to_server(servicer, server):
                     servicer.GetReservation,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetReservationRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.Reservation.SerializeToString,
+            ),
+            'MoveLine': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveLine,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.MoveLineRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.MoveLineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -441,6 +462,33 @@ class ReservationService:
             '/omnistock.v1.ReservationService/GetReservation',
             omnistock_dot_v1_dot_omnistock__pb2.GetReservationRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveLine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.ReservationService/MoveLine',
+            omnistock_dot_v1_dot_omnistock__pb2.MoveLineRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.MoveLineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -120,6 +120,13 @@ class ReservationServiceStub:
     Extend: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ExtendRequest, _omnistock_pb2.Reservation]
     """Moves the expiry of a held reservation."""
     GetReservation: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.GetReservationRequest, _omnistock_pb2.Reservation]
+    MoveLine: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.MoveLineRequest, _omnistock_pb2.MoveLineResponse]
+    """Moves one held line to another location (the order is re-sourced): the destination
+    holds it first, then the source lets it go, so its units never show as free in
+    between; all or nothing. The move id is the idempotency key: the same move again
+    answers the reservation as it is now and moves nothing twice; another move under the
+    same id is ALREADY_EXISTS. The destination too short is a normal answer, as Reserve's.
+    """
 
 @_typing.type_check_only
 class ReservationServiceAsyncStub(ReservationServiceStub):
@@ -138,6 +145,13 @@ class ReservationServiceAsyncStub(ReservationServiceStub):
     Extend: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ExtendRequest, _omnistock_pb2.Reservation]  # type: ignore[assignment]
     """Moves the expiry of a held reservation."""
     GetReservation: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.GetReservationRequest, _omnistock_pb2.Reservation]  # type: ignore[assignment]
+    MoveLine: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.MoveLineRequest, _omnistock_pb2.MoveLineResponse]  # type: ignore[assignment]
+    """Moves one held line to another location (the order is re-sourced): the destination
+    holds it first, then the source lets it go, so its units never show as free in
+    between; all or nothing. The move id is the idempotency key: the same move again
+    answers the reservation as it is now and moves nothing twice; another move under the
+    same id is ALREADY_EXISTS. The destination too short is a normal answer, as Reserve's.
+    """
 
 class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- reservations"""
@@ -183,6 +197,19 @@ class ReservationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _omnistock_pb2.GetReservationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_omnistock_pb2.Reservation, _abc.Awaitable[_omnistock_pb2.Reservation]]: ...
+
+    @_abc_1.abstractmethod
+    def MoveLine(
+        self,
+        request: _omnistock_pb2.MoveLineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.MoveLineResponse, _abc.Awaitable[_omnistock_pb2.MoveLineResponse]]:
+        """Moves one held line to another location (the order is re-sourced): the destination
+        holds it first, then the source lets it go, so its units never show as free in
+        between; all or nothing. The move id is the idempotency key: the same move again
+        answers the reservation as it is now and moves nothing twice; another move under the
+        same id is ALREADY_EXISTS. The destination too short is a normal answer, as Reserve's.
+        """
 
 def add_ReservationServiceServicer_to_server(servicer: ReservationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
