@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from engine.domain.model import EventOutcome, IdKind, Location, StockEvent, StockRow
+from engine.store.bands import BandStore
 from engine.store.channels import ChannelStore
 from engine.store.codecs import (
     EventsApplied,
@@ -54,10 +55,11 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts, Oversight, ChannelStore):
+class Storage(Parts, Oversight, ChannelStore, BandStore):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
-    expiry are engine/store/parts.py, the plumbing engine/store/base.py."""
+    expiry are engine/store/parts.py, band crossings engine/store/bands.py, the plumbing
+    engine/store/base.py."""
 
     # Told the location of every row-writing script call once it is answered (or failed:
     # it may have run): the read cache's fence for a caller's own writes (rowcache.py).
