@@ -191,8 +191,10 @@ class ChannelRules:
         self.bands = await self.storage.bands()
         self._version, self._checked_at = version, time.monotonic()
 
-    async def fresh(self) -> dict[tuple[str, str], ChannelRule]:
-        if time.monotonic() - self._checked_at > _RELOAD_INTERVAL:
+    async def fresh(self, max_age: float = _RELOAD_INTERVAL) -> dict[tuple[str, str], ChannelRule]:
+        """The rules and bands, their version checked if last checked over max_age s ago
+        (reloaded only if it moved)."""
+        if time.monotonic() - self._checked_at > max_age:
             if await self.storage.channel_rules_version() != self._version:
                 await self._reload()
             self._checked_at = time.monotonic()
