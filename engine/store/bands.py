@@ -15,6 +15,7 @@ from engine.store.codecs import ChannelHold
 from engine.store.keys import ALERTS, ALERTS_KEPT, BANDS_ALERTED, KeyList, Keys
 
 CHECK_ROWS = 50  # rows checked by one script call: a big batch holds Redis a little at a time
+PUBLISH_ROWS = 200  # crossings put on the alerts stream by one script call
 _BAND = {"I": StockStatus.IN_STOCK, "L": StockStatus.LOW, "O": StockStatus.OUT}
 
 
@@ -70,10 +71,11 @@ class BandStore(Base):
             self._check_call(location, acked, channels, rows[i : i + CHECK_ROWS])
             for i in range(0, len(rows), CHECK_ROWS)
         ]
-        outboxes = await asyncio.gather(*(self.call("band_check", k, a) for k, a in calls))
-        # each call answers the outbox as it left it: together, every crossing still there
-        found = {c.number: c for box in outboxes for c in map(Crossing.decoded, box)}
-        return [found[n] for n in sorted(found)]
+        pending = await asyncio.gather(*(self.call("band_check", k, a) for k, a in calls))
+        if not any(pending):
+            return []
+        outbox = Keys.band_outbox(location)
+        return [Crossing.decoded(c) for c in await self.command(lambda p: p.lrange(outbox, 0, -1))]
 
     def _check_call(
         self, location: str, acked: int, channels: Sequence[ChannelHold], rows: Sequence[RowBands]
@@ -98,11 +100,16 @@ class BandStore(Base):
     async def publish_crossings(
         self, location: str, crossings: Sequence[Crossing]
     ) -> tuple[int, list[StockStatus]]:
-        """Puts the crossings on the alerts stream, each once (kind `band`); answers the
-        number of the location's last crossing there, and the status of each put there now."""
-        args = [location, ALERTS_KEPT, *(c.encoded() for c in crossings)]
-        last, *put = await self.call("band_publish", [ALERTS, BANDS_ALERTED], args)
-        return int(last), [StockStatus(s.decode()) for s in put]
+        """Puts the crossings (oldest first) on the alerts stream, each once (kind `band`),
+        PUBLISH_ROWS to a script call; answers the number of the location's last crossing
+        there, and the status of each put there now."""
+        last, statuses = 0, list[StockStatus]()
+        for start in range(0, len(crossings), PUBLISH_ROWS):
+            some = crossings[start : start + PUBLISH_ROWS]
+            args = [location, ALERTS_KEPT, *(c.encoded() for c in some)]
+            got, *put = await self.call("band_publish", [ALERTS, BANDS_ALERTED], args)
+            last, statuses = int(got), statuses + [StockStatus(s.decode()) for s in put]
+        return last, statuses
 
     async def detected_bands(self, location: str, sku: str) -> dict[str, StockStatus]:
         """The band last found of a row, by channel ('': none); empty before its first

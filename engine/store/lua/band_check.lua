@@ -15,7 +15,7 @@
 --   c, then c triples (channel ('': none, what a row has available), its buffer, its share
 --   in millionths at L), n, then n rows: sku, stock key index, band key index, then c pairs
 --   (low, out) of its band for each channel
--- Returns the outbox after the check: every crossing at L not yet acknowledged, oldest first
+-- Returns how many crossings at L the outbox holds after the check (not yet acknowledged)
 local acked, c = tonumber(ARGV[1]), tonumber(ARGV[2])
 local outbox, numbers = KEYS[1], KEYS[2]
 local channels = {}
@@ -79,4 +79,4 @@ for _ = 1, n do
   p = p + 3 + c * 2
 end
 if last > first then redis.call('SET', numbers, int(last)) end
-return redis.call('LRANGE', outbox, 0, -1)
+return redis.call('LLEN', outbox)
