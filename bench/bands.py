@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.__main__ import machine
 from bench.memory import _sum_usage, private_store
+from engine.domain.clock import SystemClock
 from engine.domain.model import Band, ChannelRule, EventKind, Location, LocationType, StockEvent
 from engine.metrics import Metrics
 from engine.store.storage import Storage
@@ -79,7 +80,8 @@ async def measure(locations: int, skus: int, channels: int) -> dict[str, Any]:
             await storage.set_channel_rules({("*", ch): ChannelRule(buffer=2) for ch in named})
             await storage.set_bands({("*", ch): Band(low=5) for ch in named})
         metrics = Metrics()
-        detector = BandAlerts(storage, registry, rules, metrics, WatchHub(client, False))
+        hub = WatchHub(client, False)
+        detector = BandAlerts(storage, registry, rules, metrics, hub, SystemClock())
         detector.changed = ChangedRows()
         detector.changed.take_all()
         every = {loc: {f"SKU-{i:07d}" for i in range(skus)} for loc in registry.by_id}

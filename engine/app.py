@@ -134,6 +134,7 @@ class Omnistock:
                 self.reservations.channels,
                 self.metrics,
                 WatchHub(self.redis, self.storage.cluster),
+                self.clock,
             )
             await self.band_alerts.start()
         if self.settings.auth_file:

@@ -300,7 +300,9 @@ async def _change(storage: Storage, eid: str, kind: EventKind, qty: int, t: int)
 
 
 async def _check(storage: Storage, acked: int = 0) -> list[tuple[str, str, int]]:
-    found = await storage.check_bands(L, acked, [ChannelHold()], [RowBands("a", [Band(low=3)])])
+    found = await storage.check_bands(
+        L, NOW, acked, [ChannelHold()], [RowBands("a", [Band(low=3)])]
+    )
     return [(c.was, c.status, c.number) for c in found]
 
 
@@ -316,7 +318,7 @@ async def test_two_checks_at_once_find_a_crossing_once_and_it_is_put_on_the_stre
     # then the crossing is found once: each sees it in the outbox, with one number
     assert first == second and [(w, s) for w, s, _ in first] == [("IN_STOCK", "LOW")]
     # when both put it on the alerts stream, and one more is put that died before it could
-    found = await storage.check_bands(L, 0, [ChannelHold()], [RowBands("a", [Band(low=3)])])
+    found = await storage.check_bands(L, NOW, 0, [ChannelHold()], [RowBands("a", [Band(low=3)])])
     got = await asyncio.gather(*(storage.publish_crossings(L, found) for _ in range(3)))
     # then the stream has it once, and a check told so leaves the outbox empty
     assert sorted(len(put) for _, put in got) == [0, 0, 1]

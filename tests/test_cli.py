@@ -234,12 +234,12 @@ async def test_a_band_crossing_reads_as_a_line_and_its_row_shows_the_band_checke
     # given a row of 10 checked for band crossings (LOW at 3), held down to 2, checked again
     await seed(stubs, {("s1", "a"): 10})
     rows, plain = [RowBands("a", [Band(low=3)])], [ChannelHold()]
-    await server.storage.check_bands("s1", 0, plain, rows)
+    await server.storage.check_bands("s1", T0, 0, plain, rows)
     await stubs.reservations.Reserve(
         pb.ReserveRequest(reservation_id="r1", lines=[line("s1", "a", 8)])
     )
     await server.storage.publish_crossings(
-        "s1", await server.storage.check_bands("s1", 0, plain, rows)
+        "s1", await server.storage.check_bands("s1", T0, 0, plain, rows)
     )
     # when an operator lists the alerts, and looks at the row
     table = await omnistock("alerts")

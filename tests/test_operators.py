@@ -56,7 +56,7 @@ async def test_a_row_shows_the_band_its_crossings_were_last_checked_in(
     # when it is checked with LOW at 3, for no channel and for the web
     web = ChannelHold("web")
     rows = [RowBands("a", [Band(low=3), Band(low=1)])]
-    await server.storage.check_bands("s1", 0, [ChannelHold(), web], rows)
+    await server.storage.check_bands("s1", T0, 0, [ChannelHold(), web], rows)
     # then it shows the band found for each
     got = await operator.GetRow(pb.GetRowRequest(location_id="s1", sku="a"))
     assert dict(got.detected_bands) == {"": pb.STOCK_STATUS_LOW, "web": pb.STOCK_STATUS_IN_STOCK}

@@ -62,13 +62,18 @@ class RowBands:
 
 class BandStore(Base):
     async def check_bands(
-        self, location: str, acked: int, channels: Sequence[ChannelHold], rows: Sequence[RowBands]
+        self,
+        location: str,
+        now_ms: int,
+        acked: int,
+        channels: Sequence[ChannelHold],
+        rows: Sequence[RowBands],
     ) -> list[Crossing]:
-        """Checks the rows' bands for each channel (its rule at the location); answers every
-        crossing at the location not yet on the alerts stream (those numbered up to `acked`
-        are, and are dropped), oldest first."""
+        """Checks the rows' bands for each channel (its rule at the location), now; answers
+        every crossing at the location not yet on the alerts stream (those numbered up to
+        `acked` are, and are dropped), oldest first."""
         calls = [
-            self._check_call(location, acked, channels, rows[i : i + CHECK_ROWS])
+            self._check_call(location, (now_ms, acked), channels, rows[i : i + CHECK_ROWS])
             for i in range(0, len(rows), CHECK_ROWS)
         ]
         pending = await asyncio.gather(*(self.call("band_check", k, a) for k, a in calls))
@@ -78,15 +83,20 @@ class BandStore(Base):
         return [Crossing.decoded(c) for c in await self.command(lambda p: p.lrange(outbox, 0, -1))]
 
     def _check_call(
-        self, location: str, acked: int, channels: Sequence[ChannelHold], rows: Sequence[RowBands]
+        self,
+        location: str,
+        at: tuple[int, int],
+        channels: Sequence[ChannelHold],
+        rows: Sequence[RowBands],
     ) -> tuple[list[str], list[object]]:
+        """at: now_ms and acked (band_check.lua)."""
         keys = KeyList(
             Keys.band_outbox(location),
             Keys.band_number(location),
             Keys.channel_holds(location),
             Keys.pools(location),
         )
-        args: list[object] = [acked, len(channels)]
+        args: list[object] = [*at, len(channels)]
         for ch in channels:
             args += [ch.channel, ch.buffer, ch.share_ppm]
         args.append(len(rows))

@@ -43,6 +43,7 @@ import logging
 import secrets
 import time
 
+from engine.domain.clock import Clock
 from engine.domain.errors import OmnistockError, Unavailable
 from engine.domain.model import Location
 from engine.metrics import Metrics
@@ -75,9 +76,11 @@ class BandAlerts:
         channels: ChannelRules,
         metrics: Metrics,
         hub: WatchHub,
+        clock: Clock,
     ) -> None:
         """hub: a WatchHub of the detector's own (its own subscription)."""
         self.storage = storage
+        self.clock = clock
         self.locations = locations
         self.channels = channels
         self.metrics = metrics
@@ -218,7 +221,8 @@ class BandAlerts:
         band_at = self.channels.band_at
         rows = [RowBands(sku, [band_at(loc, sku, ch) for ch in names]) for sku in sorted(skus)]
         acked = self.acked.get(location, 0)
-        crossings = await self.storage.check_bands(location, acked, holds, rows)
+        now = self.clock.now_ms()
+        crossings = await self.storage.check_bands(location, now, acked, holds, rows)
         if crossings:
             await self._publish(location, crossings)
 

@@ -7,23 +7,23 @@
 -- KEYS[1] {L}:bq  the outbox: crossings not yet known to be on the alerts stream, oldest first,
 --   "n\tsku\tchannel\twas\tstatus\tavailable\tversion\tat_ms"
 -- KEYS[2] {L}:bn  the number n of L's last crossing: each is numbered above the one before,
---   and above the time in microseconds (should this key be lost, n still grows)
+--   and above now_ms x 1000 (should this key be lost, n still grows)
 -- KEYS[3] {L}:h, KEYS[4] {L}:p  (channel_available)
 -- KEYS[5..] {L}:s:<b> stock buckets, {L}:b:<b> band buckets: sku -> "<band><channel>\n" per
 --   channel (band I, L or O)
--- ARGV: acked (the crossings numbered up to it are on the stream: dropped from the outbox),
---   c, then c triples (channel ('': none, what a row has available), its buffer, its share
+-- ARGV: now_ms, acked (the crossings numbered up to it are on the stream: dropped from the
+--   outbox), c, then c triples (channel ('': none, what a row has available), its buffer, its share
 --   in millionths at L), n, then n rows: sku, stock key index, band key index, then c pairs
 --   (low, out) of its band for each channel
 -- Returns how many crossings at L the outbox holds after the check (not yet acknowledged)
-local acked, c = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now_ms, acked, c = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local outbox, numbers = KEYS[1], KEYS[2]
 local channels = {}
 for i = 0, c - 1 do
-  local p = 3 + i * 3
+  local p = 4 + i * 3
   channels[i + 1] = {ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])}
 end
-local n, p = tonumber(ARGV[3 + c * 3]), 4 + c * 3
+local n, p = tonumber(ARGV[4 + c * 3]), 5 + c * 3
 local RANK, NAME = {I = 0, L = 1, O = 2}, {I = 'IN_STOCK', L = 'LOW', O = 'OUT'}
 
 local function int(x) return string.format('%d', x) end
@@ -34,8 +34,6 @@ while true do
   redis.call('LPOP', outbox)
 end
 
-local time = redis.call('TIME')
-local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local first = tonumber(redis.call('GET', numbers) or '0')
 local last = first
 
@@ -46,9 +44,8 @@ local function band(a, low, out)
 end
 
 local function cross(sku, ch, was, now, a, version)
-  last = math.max(last + 1, now_us)
-  local at = math.floor(now_us / 1000)
-  local fields = {int(last), sku, ch, NAME[was], NAME[now], int(a), int(version), int(at)}
+  last = math.max(last + 1, now_ms * 1000)
+  local fields = {int(last), sku, ch, NAME[was], NAME[now], int(a), int(version), int(now_ms)}
   redis.call('RPUSH', outbox, table.concat(fields, '\t'))
 end
 
