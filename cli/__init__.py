@@ -23,7 +23,7 @@ DEADLINE_EXCEEDED, INTERNAL, ...); 2 bad input: the command line, or INVALID_ARG
 (1 for any refusal by the server).
 
     main.py     the flags, errors and exit codes
-    views.py    rows, reservations, locations, sources, alerts
+    views.py    rows, reservations, locations, sources, alerts (band crossings as lines)
     letters.py  dead letters: list, replay
     show.py     JSON, tables, times
 """

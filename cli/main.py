@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add("reservation", views.reservation, "state, expiry, lines").add_argument("id")
     commands.add("location", views.location, "fields, rows, held reservations").add_argument("id")
     commands.add("sources", views.sources, "each source of stock events: its lag and clock")
-    alerts = commands.add("alerts", views.alerts, "shortages, sequence gaps, clock skews")
+    alerts = commands.add(
+        "alerts", views.alerts, "shortages, sequence gaps, clock skews, band crossings"
+    )
     alerts.add_argument("--after", default="", help="only alerts after this id")
     alerts.add_argument("--limit", type=page_size, default=100, help="at most this many")
     alerts.add_argument("--follow", action="store_true", help="then each new one as it comes")

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Mapping
 
 import grpc
 
@@ -53,6 +54,7 @@ async def row(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
                 ("status", enum_name(pb.StockStatus, level.status, "STOCK_STATUS_")),
                 ("version", level.version),
                 ("as_of", when(level.as_of, now) if level.as_of else "- (never counted)"),
+                ("detected_bands", _checked(got.detected_bands) or "- (no change checked yet)"),
             ]
         )
     )
@@ -64,6 +66,14 @@ async def row(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
     holds = [(h.reservation_id, h.qty, when(h.held_at, now)) for h in got.holds]
     say(table(("RESERVATION", "QTY", "HELD AT"), holds))
     return 0
+
+
+def _checked(bands: Mapping[str, int]) -> str:
+    """The band each channel's crossings were last checked in: "LOW (no channel), OUT (web)"."""
+    return ", ".join(
+        f"{enum_name(pb.StockStatus, status, 'STOCK_STATUS_')} ({channel or 'no channel'})"
+        for channel, status in sorted(bands.items())
+    )
 
 
 async def reservation(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
@@ -157,7 +167,19 @@ async def sources(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
 
 
 def details(alert: pb.Alert) -> str:
+    if alert.kind == "band":
+        return band(alert.details)
     return " ".join(f"{k}={v}" for k, v in sorted(alert.details.items()))
+
+
+def band(d: Mapping[str, str]) -> str:
+    """A band crossing as a line: "store-1 SKU-1 for web: LOW -> OUT (available 0, version 7)"."""
+    channel = f" for {d['channel']}" if d.get("channel") else ""
+    fell = f"{d.get('was', '?')} -> {d.get('status', '?')}"
+    return (
+        f"{d.get('location_id', '?')} {d.get('sku', '?')}{channel}: {fell} "
+        f"(available {d.get('available', '?')}, version {d.get('version', '?')})"
+    )
 
 
 async def alerts(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:

@@ -1,6 +1,6 @@
 """Wiring: the embedded or external Redis, storage, the services, health, reflection,
-metrics and the sweeper, started and stopped as one. `create_server(settings)` is what
-server.py and the tests use."""
+metrics, the sweeper and the band crossings' detector, started and stopped as one.
+`create_server(settings)` is what server.py and the tests use."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from engine.store.storage import Storage
 from engine.store.watch import WatchHub
 from engine.usecases.allocation import Allocator
 from engine.usecases.availability import Availability
+from engine.usecases.bandalerts import BandAlerts
 from engine.usecases.ingest import Ingest
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.operators import Operators
@@ -61,6 +62,7 @@ class Omnistock:
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
         self.cache: RowCache | None = None
+        self.band_alerts: BandAlerts | None = None
 
     async def start(self) -> None:
         url, self.embedded = await store_of(self.settings)
@@ -127,6 +129,16 @@ class Omnistock:
             asyncio.create_task(self.sources.run()),
             asyncio.create_task(self.reservations.channels.follow()),
         ]
+        if not self.settings.no_band_alerts:
+            self.band_alerts = BandAlerts(
+                self.storage,
+                self.locations,
+                self.reservations.channels,
+                self.metrics,
+                WatchHub(self.redis, self.storage.cluster),
+                self.clock,
+            )
+            await self.band_alerts.start()
         if self.settings.auth_file:
             self._tasks.append(asyncio.create_task(self._follow_auth_file()))
         if self.embedded is not None:
@@ -211,6 +223,8 @@ class Omnistock:
         await self.health.shutdown()
         await self.hub.close()  # open watch streams end now, not at the end of the grace
         await self.server.stop(grace)
+        if self.band_alerts is not None:  # after the last calls: their changes are checked
+            await self.band_alerts.stop()
         if self.cache is not None:
             await self.cache.close()
         pending = set(self._tasks)

@@ -42,6 +42,19 @@ class Metrics:
             "Rows left short: a count or delta dropped on_hand below what is held",
             registry=r,
         )
+        self.band_crossings = Counter(
+            "omnistock_band_crossings_total",
+            "Rows that crossed into a lower stock band (LOW, OUT) for a channel, put on the "
+            "alerts stream by this process (each crossing by one process only)",
+            ["status"],
+            registry=r,
+        )
+        self.band_detector = Gauge(
+            "omnistock_band_detector",
+            "This process's part in finding band crossings: 2 the detector (it holds the "
+            "lease), 1 its standby, 0 neither (--no-band-alerts, or another two have them)",
+            registry=r,
+        )
         self.sequence_gaps = Counter(
             "omnistock_sequence_gaps_total",
             "Gaps in a numbered source's events still open --sequence-gap-grace-seconds after "

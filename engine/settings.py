@@ -204,6 +204,13 @@ class Settings:
             "a location whose feed cannot vouch for that is read from Redis"
         },
     )
+    no_band_alerts: bool = field(
+        default=False,
+        metadata={
+            "help": "never find stock band crossings for the alerts stream in this process "
+            "(one process of a deployment finds them: turn it off on each to have none)"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     # Allocate's defaults (engine/domain/sourcing.py); each call may set its own.
     shipment_cost: float = field(

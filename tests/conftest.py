@@ -18,7 +18,7 @@ import uvloop
 from redis.asyncio.cluster import RedisCluster
 
 from engine.app import Omnistock, create_server
-from engine.domain.clock import ManualClock
+from engine.domain.clock import Clock, ManualClock
 from engine.domain.model import Location, LocationType
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -130,6 +130,9 @@ async def sweeper_of(
 
 
 def settings_for(redis_url: str, **overrides: object) -> Settings:
+    """Settings for a test's server. The band crossings' detector is off unless a test turns
+    it on (tests/test_band_alerts.py): working behind the calls, it writes band keys and
+    alerts that a test of something else would find in its snapshots and alert lists."""
     values: dict[str, object] = {
         "listen": "127.0.0.1:0",
         "redis_url": redis_url,
@@ -137,16 +140,19 @@ def settings_for(redis_url: str, **overrides: object) -> Settings:
         "sweep_interval_ms": 50,
         "stock_buckets": BUCKETS,
         "saga_timeout_seconds": 2.0,
+        "no_band_alerts": True,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager
-async def served(redis_url: str, **overrides: object) -> AsyncIterator[tuple[Omnistock, Stubs]]:
-    """A server of its own with these settings, and stubs over a channel to it, with the
-    location L1 made; stopped on leaving."""
-    app = create_server(settings_for(redis_url, **overrides))
+async def served(
+    redis_url: str, clock: Clock | None = None, **overrides: object
+) -> AsyncIterator[tuple[Omnistock, Stubs]]:
+    """A server of its own with these settings (and clock), and stubs over a channel to it,
+    with the location L1 made; stopped on leaving."""
+    app = create_server(settings_for(redis_url, **overrides), clock)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:

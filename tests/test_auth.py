@@ -585,11 +585,12 @@ async def test_the_engine_runs_as_its_redis_acl_user(redis: Any, one_redis_url: 
     )
     url = urlsplit(one_redis_url)
     as_user = f"redis://omnistock-acl:acl-pw@{url.hostname}:{url.port}/0"
-    app = create_server(settings_for(as_user))
+    app = create_server(settings_for(as_user, no_band_alerts=False))
     try:
         await app.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             await every_kind_of_call(Stubs(channel))
+            await a_band_crossing_is_alerted(Stubs(channel))
         # and that user can neither wipe the store nor read a key that is not the engine's
         user = aioredis.Redis.from_url(as_user)
         for command in (("FLUSHALL",), ("GET", "other-key"), ("CONFIG", "GET", "dir")):
@@ -683,6 +684,30 @@ async def every_kind_of_call(stubs: Stubs) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the sweeper did not expire the hold")
+
+
+async def a_band_crossing_is_alerted(stubs: Stubs) -> None:
+    """The band crossings' detector, running as the same user, checks a row (touched until it
+    has: its band noted), then alerts its fall into LOW (every band LOW at 2 by now)."""
+    row = pb.GetRowRequest(location_id="A1", sku="S2")
+    for i in range(200):
+        if (await stubs.operator.GetRow(row)).detected_bands:
+            break
+        rid = f"touch-{i}"
+        await stubs.reservations.Reserve(
+            pb.ReserveRequest(reservation_id=rid, lines=[line("A1", "S2", 1)])
+        )
+        await stubs.reservations.Release(pb.ReleaseRequest(reservation_id=rid))
+        await asyncio.sleep(0.1)
+    await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="falls", lines=[line("A1", "S2", 3)])
+    )
+    for _ in range(200):
+        alerts = (await stubs.operator.ListAlerts(pb.ListAlertsRequest())).alerts
+        if [a.details["status"] for a in alerts if a.kind == "band"] == ["LOW"]:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("no band crossing was alerted")
 
 
 async def _stream_events_at(stubs: Stubs, loc: str) -> None:

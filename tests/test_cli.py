@@ -21,7 +21,10 @@ import trustme
 from cli import main
 from engine.app import Omnistock, create_server
 from engine.domain.auth import Role
+from engine.domain.model import Band
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.store.bands import RowBands
+from engine.store.codecs import ChannelHold
 
 from .cli_helpers import DEAD, Omni, Ran, closed_port, has_line, letter, make_alerts, sale
 from .conftest import settings_for
@@ -223,6 +226,28 @@ async def test_alerts_page_after_an_id(stubs: Stubs, omnistock: Omni) -> None:
     assert re.search(
         rf"^{first[0]['id']}\s+\S+Z \(\d+s ago\)\s+clock_skew\s+.*source=fast-0", table.out, re.M
     )
+
+
+async def test_a_band_crossing_reads_as_a_line_and_its_row_shows_the_band_checked(
+    stubs: Stubs, omnistock: Omni, server: Omnistock
+) -> None:
+    # given a row of 10 checked for band crossings (LOW at 3), held down to 2, checked again
+    await seed(stubs, {("s1", "a"): 10})
+    rows, plain = [RowBands("a", [Band(low=3)])], [ChannelHold()]
+    await server.storage.check_bands("s1", T0, 0, plain, rows)
+    await stubs.reservations.Reserve(
+        pb.ReserveRequest(reservation_id="r1", lines=[line("s1", "a", 8)])
+    )
+    await server.storage.publish_crossings(
+        "s1", await server.storage.check_bands("s1", T0, 0, plain, rows)
+    )
+    # when an operator lists the alerts, and looks at the row
+    table = await omnistock("alerts")
+    row = await omnistock("row", "s1", "a")
+    # then the crossing reads as a line, and the row shows the band it was found in
+    fell = r"s1 a: IN_STOCK -> LOW \(available 2, version \d+\)"
+    assert re.search(rf"\s+band\s+{fell}$", table.out, re.M), table.out
+    assert has_line(row.out, "detected_bands", "LOW (no channel)"), row.out
 
 
 async def test_following_alerts_prints_new_ones_until_its_time_is_up(

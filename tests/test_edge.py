@@ -24,6 +24,8 @@ from engine.domain.model import EventKind, Line, ReservationState, StockEvent, c
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.keys import (
     ALERTS,
+    BANDS_ALERTED,
+    LEASES,
     LOCATIONS,
     LOCATIONS_VERSION,
     MAPPINGS_VERSION,
@@ -120,7 +122,16 @@ async def test_a_location_name_is_bounded_and_printable(stubs: Stubs) -> None:
 
 ids = st.from_regex(r"[A-Za-z0-9._:/@+-]{1,20}", fullmatch=True)
 KEYS = Keys(stock_buckets=8)
-GLOBAL = (LOCATIONS, LOCATIONS_VERSION, *WAKES, *SAGAS, MAPPINGS_VERSION, ALERTS)
+GLOBAL = (
+    LOCATIONS,
+    LOCATIONS_VERSION,
+    *WAKES,
+    *SAGAS,
+    MAPPINGS_VERSION,
+    ALERTS,
+    BANDS_ALERTED,
+    *LEASES,
+)
 
 
 def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
@@ -142,6 +153,9 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "mapping": (Keys.mapping(a),),
         "held": (Keys.held(a),),
         "bought": (Keys.bought(a, b),),
+        "bands": (KEYS.bands(a, b),),
+        "band_outbox": (Keys.band_outbox(a),),
+        "band_number": (Keys.band_number(a),),
     }
 
 

@@ -10,8 +10,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.app import Omnistock
+from engine.domain.model import Band
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
+from engine.store.bands import RowBands
+from engine.store.codecs import ChannelHold
 
 from .grpc_helpers import T0, Stubs, delta, line, seed
 
@@ -41,6 +44,22 @@ async def test_a_row_shows_every_field_and_its_holds_oldest_first(
     assert got.level.as_of == T0
     assert [(h.reservation_id, h.qty) for h in got.holds] == [("r-first", 3), ("r-second", 2)]
     assert all(h.held_at > 0 for h in got.holds)
+
+
+async def test_a_row_shows_the_band_its_crossings_were_last_checked_in(
+    stubs: Stubs, operator: pb_grpc.OperatorServiceStub, server: Omnistock
+) -> None:
+    # given a row of 2, never checked for band crossings
+    await seed(stubs, {("s1", "a"): 2})
+    got = await operator.GetRow(pb.GetRowRequest(location_id="s1", sku="a"))
+    assert dict(got.detected_bands) == {}
+    # when it is checked with LOW at 3, for no channel and for the web
+    web = ChannelHold("web")
+    rows = [RowBands("a", [Band(low=3), Band(low=1)])]
+    await server.storage.check_bands("s1", T0, 0, [ChannelHold(), web], rows)
+    # then it shows the band found for each
+    got = await operator.GetRow(pb.GetRowRequest(location_id="s1", sku="a"))
+    assert dict(got.detected_bands) == {"": pb.STOCK_STATUS_LOW, "web": pb.STOCK_STATUS_IN_STOCK}
 
 
 @pytest.mark.parametrize(

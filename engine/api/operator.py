@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from engine.api.convert import level, location_pb
+from engine.api.convert import STATUSES, level, location_pb
 from engine.api.rpc import rpc
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -40,13 +40,14 @@ class OperatorService(pb_grpc.OperatorServiceServicer):
     async def GetRow(
         self, request: pb.GetRowRequest, context: grpc.aio.ServicerContext
     ) -> pb.RowDetail:
-        row, status, holders = await self.operators.row(request.location_id, request.sku)
+        got = await self.operators.row(request.location_id, request.sku)
         return pb.RowDetail(
-            level=level(request.location_id, request.sku, row, status=status),
+            level=level(request.location_id, request.sku, got.row, status=got.status),
             holds=[
                 pb.RowHold(reservation_id=h.reservation_id, qty=h.qty, held_at=h.held_at)
-                for h in holders
+                for h in got.holders
             ],
+            detected_bands={ch: STATUSES[s] for ch, s in got.detected.items()},
         )
 
     @rpc("GetLocation")

@@ -64,6 +64,9 @@ class Base:
         "read_offers",
         "disarm",
         "budget",
+        "band_check",
+        "band_publish",
+        "lease",
     )
     READ_ONLY = ("read_rows", "read_offers")  # the scripts that write nothing
 

@@ -28,6 +28,11 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           by the scripts that hold, commit, release and expire (hold.lua)
     {L}:p          hash   the rows' pools: sku -> "channel\tunits\tfallback\n"... (set_pools.lua)
     {L}:w          shard channel: every row written at L, as written (engine/store/watch.py)
+    {L}:b:<b>      hash   the stock band last found of bucket b's rows, per sales channel with
+                          bands: sku -> "<band><channel>\\n"... (band I, L or O; band_check.lua)
+    {L}:bq         list   L's band crossings not yet known to be on the alerts stream, oldest
+                          first: "n\\tsku\\tchannel\\twas\\tstatus\\tavailable\\tversion\\tat"
+    {L}:bn         string the number n of L's last band crossing
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
                           o the principal that made it ('' on an open server), u its customer;
                           of MoveLine: n the lines' generation (moves made), m the move under
@@ -53,7 +58,13 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           "r\t<loc>\t<sku>", "l:<location>", "t:<TYPE>" or "*"; channel '': any)
     {omnistock}:limits     hash  per-customer limits: sku -> "max_units,window_ms"
     {omnistock}:alerts  stream  what an operator should hear of (kind: a shortage, a row a
-                          count or delta left short; a sequence_gap; a clock_skew of a source)
+                          count or delta left short; a sequence_gap; a clock_skew of a source;
+                          a band, a row's crossing into LOW or OUT for a channel)
+    {omnistock}:bands:alerted  hash  location -> the number of its last band crossing put on the
+                          alerts stream (band_publish.lua: each crossing goes there once)
+    {omnistock}:bands:lead, {omnistock}:bands:next  string  the leases of the band crossings'
+                          detector and of its standby: the holding process's token
+                          (engine/usecases/bandalerts.py)
     {omnistock}:sources  set  the name of every source that sent stock events ("" for none)
     {source:<name>}:stats  hash  what the server processes saw of a source: events, last_arrival,
                           last_source_time, clock_offset_ms, clock (engine/usecases/sources.py)
@@ -86,6 +97,8 @@ BANDS = "{omnistock}:bands"
 LIMITS = "{omnistock}:limits"
 ALERTS = "{omnistock}:alerts"
 ALERTS_KEPT = 100_000  # about: the stream is trimmed to the newest this many
+BANDS_ALERTED = "{omnistock}:bands:alerted"
+LEASES = ("{omnistock}:bands:lead", "{omnistock}:bands:next")  # the detector's, its standby's
 SOURCES = "{omnistock}:sources"
 EPOCH = "{omnistock}:epoch"
 
@@ -123,6 +136,18 @@ class Keys:
     def stock_buckets(self, location: str) -> list[str]:
         """Every stock bucket of a location."""
         return [f"{{{location}}}:s:{b}" for b in range(self.buckets)]
+
+    def bands(self, location: str, sku: str) -> str:
+        """The bands last found of a row (band_check.lua), in the bucket of its stock row."""
+        return f"{{{location}}}:b:{self.bucket(sku)}"
+
+    @staticmethod
+    def band_outbox(location: str) -> str:
+        return f"{{{location}}}:bq"
+
+    @staticmethod
+    def band_number(location: str) -> str:
+        return f"{{{location}}}:bn"
 
     @staticmethod
     def changes(location: str) -> str:

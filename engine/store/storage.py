@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from engine.domain.model import EventOutcome, IdKind, Location, StockEvent, StockRow
+from engine.store.bands import BandStore
 from engine.store.channels import ChannelStore
 from engine.store.codecs import (
     EventsApplied,
@@ -56,11 +57,11 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts, MoveSteps, Oversight, ChannelStore, Ledgers):
+class Storage(Parts, MoveSteps, Oversight, ChannelStore, Ledgers, BandStore):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the directory and sagas directory.py, a MoveLine's
-    steps moves.py, the plumbing engine/store/base.py."""
+    steps moves.py, band crossings bands.py, the plumbing engine/store/base.py."""
 
     # Told the location of every row-writing script call once it is answered (or failed:
     # it may have run): the read cache's fence for a caller's own writes (rowcache.py).

@@ -5,7 +5,9 @@ location's shard channel `{L}:w` (write_row in lua/_prelude.lua): "sku\\ton_hand
 safety,version,as_of". On a Redis Cluster a shard channel lives on the node of its slot,
 the location's, so publishing costs no hop. Each server process holds one pub/sub
 subscription for all its watchers (WatchHub): a location's channel is subscribed while
-someone watches it, and each message goes to the watchers of that location.
+someone watches it, and each message goes to the watchers of that location. A watcher is
+anything that takes changes (Sink): a watch stream's queue (Watcher), or the band crossings'
+detector (engine/usecases/bandalerts.py), which keeps a hub of its own.
 
 A watcher that falls more than QUEUE_LIMIT changes behind is dropped (Overflow) rather than
 letting the process buffer without end; it resumes by asking again with send_current.
@@ -19,13 +21,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis import exceptions as rexc
 
+from engine.domain.errors import Unavailable
 from engine.domain.model import StockRow
 from engine.store.codecs import parse_row
 from engine.store.keys import Keys
+from engine.store.scripts import REDIS_DOWN
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 10_000
@@ -38,6 +42,16 @@ class Overflow(Exception):
 
 class Closing(Exception):
     """The server is shutting down."""
+
+
+class Sink(Protocol):
+    """What a hub hands each change of a followed location to."""
+
+    def offer(self, change: Change) -> None:
+        """Takes a change; called on the hub's task, so it must not wait."""
+
+    def close(self) -> None:
+        """The hub is closing."""
 
 
 class Watcher:
@@ -66,11 +80,57 @@ class Watcher:
         return change
 
 
+class ChangedRows:
+    """A sink that gathers which skus changed at each location rather than each change (the
+    band crossings' detector: engine/usecases/bandalerts.py). While `taking`, they are kept
+    until taken; else in GENERATIONS generations (`age` starts the next), the oldest
+    forgotten, until `take_all` takes what they hold and starts taking."""
+
+    GENERATIONS = 3
+
+    def __init__(self) -> None:
+        self.taking = False
+        self.pending: dict[str, set[str]] = {}
+        self.kept: list[dict[str, set[str]]] = [{} for _ in range(self.GENERATIONS)]
+
+    def offer(self, change: Change) -> None:
+        location, sku, _ = change
+        into = self.pending if self.taking else self.kept[0]
+        into.setdefault(location, set()).add(sku)
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> dict[str, set[str]]:
+        """Location -> skus changed since the last take."""
+        taken, self.pending = self.pending, {}
+        return taken
+
+    def put_back(self, changed: dict[str, set[str]]) -> None:
+        for location, skus in changed.items():
+            self.pending.setdefault(location, set()).update(skus)
+
+    def age(self) -> None:
+        self.kept = [{}, *self.kept[:-1]]
+
+    def take_all(self) -> None:
+        """What the generations kept is to be taken, and from now on every change."""
+        for kept in self.kept:
+            self.put_back(kept)
+        self.kept = [{} for _ in range(self.GENERATIONS)]
+        self.taking = True
+
+    def forget(self) -> None:
+        self.taking = False
+        self.pending = {}
+        self.kept = [{} for _ in range(self.GENERATIONS)]
+
+
 class WatchHub:
     def __init__(self, client: Any, cluster: bool) -> None:
         self.redis = client
         self.cluster = cluster
-        self.watchers: dict[str, set[Watcher]] = {}
+        self.watchers: dict[str, set[Sink]] = {}
         self._pubsub: Any = None
         self._pump: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -78,25 +138,31 @@ class WatchHub:
     @contextlib.asynccontextmanager
     async def watch(self, locations: Sequence[str]) -> AsyncIterator[Watcher]:
         watcher = Watcher()
-        await self._add(locations, watcher)
+        await self.follow(locations, watcher)
         try:
             yield watcher
         finally:
-            await self._remove(locations, watcher)
+            await self.unfollow(locations, watcher)
 
-    async def _add(self, locations: Sequence[str], watcher: Watcher) -> None:
+    async def follow(self, locations: Sequence[str], watcher: Sink) -> None:
+        """Hands `watcher` every change of these locations from now on (each subscribed, if
+        no watcher had it already). Unavailable, following none of them, when Redis cannot
+        be reached."""
         async with self._lock:
             new = [loc for loc in locations if loc not in self.watchers]
-            for loc in locations:
-                self.watchers.setdefault(loc, set()).add(watcher)
             if new:
                 if self._pubsub is None:
                     self._pubsub = self.redis.pubsub()
-                await self._pubsub.ssubscribe(*map(Keys.changes, new))
+                try:
+                    await self._pubsub.ssubscribe(*map(Keys.changes, new))
+                except REDIS_DOWN as exc:
+                    raise Unavailable(f"redis unreachable: {exc}") from exc
+            for loc in locations:
+                self.watchers.setdefault(loc, set()).add(watcher)
             if self._pump is None:
                 self._pump = asyncio.create_task(self._run())
 
-    async def _remove(self, locations: Sequence[str], watcher: Watcher) -> None:
+    async def unfollow(self, locations: Sequence[str], watcher: Sink) -> None:
         async with self._lock:
             gone = []
             for loc in locations:

@@ -212,6 +212,12 @@ class ChannelRules:
             await self._reload()
         return self.rules
 
+    async def current(self) -> None:
+        """Re-reads them now if their version has moved (for a reader that must not act on
+        rules up to a second old)."""
+        if await self.storage.channel_rules_version() != self._version:
+            await self._reload()
+
     async def follow(self) -> None:
         """Re-reads the rules, bands and limits whenever their version has moved, checked
         once a second (a task of each server process)."""

@@ -23,6 +23,14 @@ _STREAM_ID = "0123456789-"
 
 
 @dataclass(frozen=True, slots=True)
+class RowDetail:
+    row: StockRow
+    status: StockStatus  # its band, for no channel
+    holders: list[Holder]  # its holds, oldest first
+    detected: dict[str, StockStatus]  # the band last found by channel (bandalerts.py)
+
+
+@dataclass(frozen=True, slots=True)
 class LocationSizes:
     location: Location
     rows: int
@@ -65,15 +73,16 @@ class Operators:
             raise NotFound(f"location_id: no location {location!r}")
         return self.locations.by_id[location]
 
-    async def row(self, location: str, sku: str) -> tuple[StockRow, StockStatus, list[Holder]]:
-        """The row, its band (no channel's), and its holds, oldest first."""
+    async def row(self, location: str, sku: str) -> RowDetail:
+        """The row, its band (no channel's), its holds, and the bands last found of it."""
         loc = await self._location(location)
         check_id(sku, "sku")
         (row,) = await self.storage.rows([(location, sku)])
         holders = await self.storage.holders(location, [sku])
         await self.channels.fresh()
         status = self.channels.band_at(loc, sku, "").status(row.available)
-        return row, status, holders.get(sku, [])
+        detected = await self.storage.detected_bands(location, sku)
+        return RowDetail(row, status, holders.get(sku, []), detected)
 
     async def location(self, location: str) -> LocationSizes:
         loc = await self._location(location)

@@ -2092,23 +2092,52 @@ Global___RowHold: _TypeAlias = RowHold  # noqa: Y015
 class RowDetail(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DetectedBandsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: Global___StockStatus.ValueType
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___StockStatus.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     LEVEL_FIELD_NUMBER: _builtins.int
     HOLDS_FIELD_NUMBER: _builtins.int
+    DETECTED_BANDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def level(self) -> Global___StockLevel: ...
     @_builtins.property
     def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowHold]:
         """The HELD reservations on the row, oldest first (the first to keep cover)."""
 
+    @_builtins.property
+    def detected_bands(self) -> _containers.ScalarMap[_builtins.str, Global___StockStatus.ValueType]:
+        """The band the band crossings' detector last found the row in, by channel ("": no
+        channel; a channel with bands of its own has its own): a fall from it goes to the
+        alerts stream. Empty until the row's first change has been checked.
+        """
+
     def __init__(
         self,
         *,
         level: Global___StockLevel | None = ...,
         holds: _abc.Iterable[Global___RowHold] | None = ...,
+        detected_bands: _abc.Mapping[_builtins.str, Global___StockStatus.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["level", b"level"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "level", b"level"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detected_bands", b"detected_bands", "holds", b"holds", "level", b"level"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2356,14 +2385,17 @@ class Alert(_message.Message):
     id: _builtins.str
     """its place in the alerts stream (time-ordered)"""
     kind: _builtins.str
-    """"shortage", "sequence_gap", "clock_skew" """
+    """"shortage", "sequence_gap", "clock_skew", "band" """
     at: _builtins.int
     """ms since the epoch"""
     @_builtins.property
     def details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """shortage: location_id, sku, on_hand, reserved, uncovered (JSON);
         sequence_gap: source, location_id, first, last;
-        clock_skew: source, clock ("ahead"/"behind"), clock_offset_ms
+        clock_skew: source, clock ("ahead"/"behind"), clock_offset_ms;
+        band: location_id, sku, channel ("": no channel), was and status (the band it fell
+        from and into: IN_STOCK, LOW, OUT), available (what the channel could hold of the row
+        then), version (the row's)
         """
 
     def __init__(
