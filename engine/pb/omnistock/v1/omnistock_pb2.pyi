@@ -237,6 +237,8 @@ class Location(_message.Message):
     SHIP_CAPACITY_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     type: Global___LocationType.ValueType
@@ -248,6 +250,10 @@ class Location(_message.Message):
     """Orders per day this location can pick for ship-from-store; absent = unlimited."""
     priority: _builtins.int
     active: _builtins.bool
+    country: _builtins.str
+    """ISO 3166-1 alpha-2, upper case ("GB", "FR"); empty: not said. Networks select by it."""
+    region: _builtins.str
+    """A region tag of the retailer's own (an id: "london", "GB-SCT"); empty: none."""
     def __init__(
         self,
         *,
@@ -261,10 +267,12 @@ class Location(_message.Message):
         ship_capacity: _builtins.int | None = ...,
         priority: _builtins.int = ...,
         active: _builtins.bool = ...,
+        country: _builtins.str = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ship_capacity", b"_ship_capacity", "ship_capacity", b"ship_capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ship_capacity", b"_ship_capacity", "active", b"active", "id", b"id", "latitude", b"latitude", "longitude", b"longitude", "name", b"name", "pickup_enabled", b"pickup_enabled", "priority", b"priority", "ship_capacity", b"ship_capacity", "ship_enabled", b"ship_enabled", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ship_capacity", b"_ship_capacity", "active", b"active", "country", b"country", "id", b"id", "latitude", b"latitude", "longitude", b"longitude", "name", b"name", "pickup_enabled", b"pickup_enabled", "priority", b"priority", "region", b"region", "ship_capacity", b"ship_capacity", "ship_enabled", b"ship_enabled", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ship_capacity: _TypeAlias = _typing.Literal["ship_capacity"]  # noqa: Y015
     _WhichOneofArgType__ship_capacity: _TypeAlias = _typing.Literal["_ship_capacity", b"_ship_capacity"]  # noqa: Y015
