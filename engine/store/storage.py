@@ -42,6 +42,7 @@ from engine.store.keys import (
     KeyList,
     Keys,
 )
+from engine.store.networks import NetworkStore
 from engine.store.oversight import Oversight
 from engine.store.parts import Parts
 from engine.store.scripts import Command
@@ -54,7 +55,7 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts, Oversight, ChannelStore):
+class Storage(Parts, Oversight, ChannelStore, NetworkStore):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the plumbing engine/store/base.py."""
@@ -64,10 +65,15 @@ class Storage(Parts, Oversight, ChannelStore):
     wrote: Callable[[str], None] | None = None
 
     async def call(
-        self, name: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        then: Command | None = None,
+        heavy: bool = False,
     ) -> Any:
         try:
-            return await super().call(name, keys, args, then)
+            return await super().call(name, keys, args, then, heavy)
         finally:
             if self.wrote is not None and args and Keys.is_changes(args[-1]):
                 self.wrote(Keys.location_of_changes(args[-1]))
