@@ -96,12 +96,7 @@ class NetworkView:
     """Figures of networks' rows, kept while unchanged (see the module docstring)."""
 
     def __init__(
-        self,
-        storage: Storage,
-        metrics: Metrics,
-        max_cells: int,
-        max_lag: float,
-        dead_after: float = 2.0,
+        self, storage: Storage, metrics: Metrics, max_cells: int, max_lag: float, dead_after: float
     ) -> None:
         self.storage = storage
         self.metrics = metrics
@@ -160,6 +155,10 @@ class NetworkView:
         self._evict()
         return [column.values for column in columns]
 
+    def _live(self, name: str) -> bool:
+        followed = self.followed.get(name)
+        return followed is not None and followed.live
+
     def _stale(self, entry: _Entry, now: float) -> set[int]:
         """The members whose kept figures may not be served now (module docstring)."""
         if self.epoch is None:  # not looked at yet: a flush before it would go unseen
@@ -181,11 +180,7 @@ class NetworkView:
     ) -> None:
         """Reads the figures of `todo` (member -> skus) into their columns; each stays dirty
         unless its location's subscription was confirmed when the read was sent."""
-        trusted = set()
-        for i in todo:
-            followed = self.followed.get(entry.members[i])
-            if followed is not None and followed.live:
-                trusted.add(i)
+        trusted = {i for i in todo if self._live(entry.members[i])}
         try:
             got = await read({entry.members[i]: some for i, some in todo.items()})
         except BaseException:
@@ -298,6 +293,13 @@ class NetworkView:
                 async with asyncio.timeout(left):
                     await self._heard.wait()
 
+    async def caught_up(self) -> None:
+        """Waits until every connection has answered a PING sent after now."""
+        since = time.monotonic()
+        while any(link.fresh_at <= since for link in self.links.values()):
+            self._heard.clear()
+            await self._heard.wait()
+
     def wrote(self, location: str) -> None:
         """A write at `location` was just answered to this process: its kept figures are
         served again only once a PING sent after now has come back."""
@@ -333,10 +335,10 @@ class NetworkView:
 
     def _answered(self, serial: int) -> None:
         self.unconfirmed.discard(serial)
-        self._heard.set()
+        self.on_pong()
 
     def on_pong(self) -> None:
-        """(A query looks at the link's fresh_at.)"""
+        self._heard.set()
 
     def on_gone(self, link: Link) -> None:
         """A gap on `link`: every entry with a member on its node is dropped."""

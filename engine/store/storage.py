@@ -60,9 +60,10 @@ class Storage(Parts, Oversight, ChannelStore, NetworkStore):
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the plumbing engine/store/base.py."""
 
-    # Told the location of every row-writing script call once it is answered (or failed:
-    # it may have run): the read cache's fence for a caller's own writes (rowcache.py).
-    wrote: Callable[[str], None] | None = None
+    # Each told the location of every row-writing script call once it is answered (or
+    # failed: it may have run): the fence of the read cache and of the network view for a
+    # caller's own writes (rowcache.py, netview.py).
+    told: tuple[Callable[[str], None], ...] = ()
 
     async def call(
         self,
@@ -75,8 +76,9 @@ class Storage(Parts, Oversight, ChannelStore, NetworkStore):
         try:
             return await super().call(name, keys, args, then, heavy)
         finally:
-            if self.wrote is not None and args and Keys.is_changes(args[-1]):
-                self.wrote(Keys.location_of_changes(args[-1]))
+            if self.told and args and Keys.is_changes(args[-1]):
+                for tell in self.told:
+                    tell(Keys.location_of_changes(args[-1]))
 
     # -- locations --------------------------------------------------------------------
 

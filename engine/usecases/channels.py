@@ -6,7 +6,8 @@ so no channel ever takes what its rules keep from it, however many hold at once.
 
 The rules are read into each process and refreshed at most once a second, when their
 version has moved (as the location registry does): a rule set through one process holds
-there at once, and in the others within about a second.
+there at once, and in the others within about a second. Setting a pool moves the version
+too (what figures a network view keeps for a channel depend on the rows' pools).
 """
 
 from __future__ import annotations
@@ -180,16 +181,29 @@ class ChannelRules:
             seen.add((location, sku, pool.channel))
             at.setdefault(location, []).append((sku, pool))
         await self.locations.require(list(at), "pools[].location_id")
-        changed = await asyncio.gather(
-            *(self.storage.set_pools(loc, items) for loc, items in at.items())
+        got = await asyncio.gather(
+            *(self.storage.set_pools(loc, items) for loc, items in at.items()),
+            return_exceptions=True,
         )
-        return sum(changed)
+        changed = sum(n for n in got if isinstance(n, int))
+        if changed:  # what channels may hold moved: figures kept for them must go
+            await self.storage.touch_channel_rules()
+            await self._reload()
+        for failed in got:
+            if isinstance(failed, BaseException):
+                raise failed
+        return changed
 
     async def _reload(self) -> None:
         version = await self.storage.channel_rules_version()  # first: a later set reloads
         self.rules = await self.storage.channel_rules()
         self.bands = await self.storage.bands()
         self._version, self._checked_at = version, time.monotonic()
+
+    @property
+    def version(self) -> int:
+        """The rules' version as last read (it moves with every rule, band and pool set)."""
+        return self._version
 
     async def fresh(self) -> dict[tuple[str, str], ChannelRule]:
         if time.monotonic() - self._checked_at > _RELOAD_INTERVAL:

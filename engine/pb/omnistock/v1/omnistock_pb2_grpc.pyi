@@ -47,6 +47,11 @@ class AvailabilityServiceStub:
     change, so a client can tell their order and see a gap; to resume after one, or after
     a reconnect, ask again with send_current.
     """
+    GetNetworkAvailability: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.GetNetworkAvailabilityRequest, _omnistock_pb2.GetNetworkAvailabilityResponse]
+    """For many skus, the units available to a channel across a network of locations
+    (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
+    delivery" in one call.
+    """
 
 @_typing.type_check_only
 class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
@@ -64,6 +69,11 @@ class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
     events, safety stock) as the row is after it. A row's version grows by one with each
     change, so a client can tell their order and see a gap; to resume after one, or after
     a reconnect, ask again with send_current.
+    """
+    GetNetworkAvailability: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.GetNetworkAvailabilityRequest, _omnistock_pb2.GetNetworkAvailabilityResponse]  # type: ignore[assignment]
+    """For many skus, the units available to a channel across a network of locations
+    (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
+    delivery" in one call.
     """
 
 class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -97,6 +107,17 @@ class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
         events, safety stock) as the row is after it. A row's version grows by one with each
         change, so a client can tell their order and see a gap; to resume after one, or after
         a reconnect, ask again with send_current.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNetworkAvailability(
+        self,
+        request: _omnistock_pb2.GetNetworkAvailabilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.GetNetworkAvailabilityResponse, _abc.Awaitable[_omnistock_pb2.GetNetworkAvailabilityResponse]]:
+        """For many skus, the units available to a channel across a network of locations
+        (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
+        delivery" in one call.
         """
 
 def add_AvailabilityServiceServicer_to_server(servicer: AvailabilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -273,6 +294,10 @@ class StockServiceStub:
     or the default, for one channel or ("") any; the most specific wins, the asking
     channel's own before any channel's.
     """
+    UpsertNetworks: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertNetworksRequest, _omnistock_pb2.UpsertNetworksResponse]
+    """Named sets of locations (a country's shipping network, a city's pickup stores), all of
+    the call's at once: each replaces the network of its name, or removes it.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -312,6 +337,10 @@ class StockServiceAsyncStub(StockServiceStub):
     """Stock bands: the thresholds of LOW and OUT, per row, per location, per location type
     or the default, for one channel or ("") any; the most specific wins, the asking
     channel's own before any channel's.
+    """
+    UpsertNetworks: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertNetworksRequest, _omnistock_pb2.UpsertNetworksResponse]  # type: ignore[assignment]
+    """Named sets of locations (a country's shipping network, a city's pickup stores), all of
+    the call's at once: each replaces the network of its name, or removes it.
     """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -403,6 +432,16 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stock bands: the thresholds of LOW and OUT, per row, per location, per location type
         or the default, for one channel or ("") any; the most specific wins, the asking
         channel's own before any channel's.
+        """
+
+    @_abc_1.abstractmethod
+    def UpsertNetworks(
+        self,
+        request: _omnistock_pb2.UpsertNetworksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.UpsertNetworksResponse, _abc.Awaitable[_omnistock_pb2.UpsertNetworksResponse]]:
+        """Named sets of locations (a country's shipping network, a city's pickup stores), all of
+        the call's at once: each replaces the network of its name, or removes it.
         """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
