@@ -109,8 +109,13 @@ class Omnistock:
         self.reservations = Reservations(
             self.storage, self.locations, self.clock, timing, self.metrics, caps
         )
+        self.networks = Networks(
+            self.storage, self.locations, self.reservations.channels, self.metrics, self.view
+        )
         if self.settings.demo and not self.locations.by_id:
-            await demo.load(self.storage, self.locations, self.clock, self.reservations.channels)
+            await demo.load(
+                self.storage, self.locations, self.clock, self.reservations.channels, self.networks
+            )
         self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
         self.server = grpc_server(self.settings, Edge(self.gate, self.metrics))
         self._add_services()
@@ -163,9 +168,6 @@ class Omnistock:
             max_skew_ms=self.settings.max_clock_skew_ms,
         )
         self.sources = ingest.sources
-        self.networks = Networks(
-            self.storage, self.locations, self.reservations.channels, m, self.view
-        )
         networks = self.networks
         self.stock_service = StockService(
             ingest,
