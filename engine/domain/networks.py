@@ -69,6 +69,16 @@ class Network:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkLevel:
+    """A sku across a network: what a channel may hold of it, summed over the members, and
+    how many of them have some."""
+
+    sku: str
+    available: int
+    locations: int
+
+
 def check_selector(selector: Selector, field: str) -> Selector:
     check_size(len(selector.types), f"{field}.types", MAX_TYPES)
     check_size(len(selector.countries), f"{field}.countries", len(COUNTRIES))

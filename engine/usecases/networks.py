@@ -28,6 +28,7 @@ from engine.domain.model import NO_RULE, check_id, check_size
 from engine.domain.networks import (
     MAX_NETWORKS,
     Network,
+    NetworkLevel,
     check_cells,
     check_listing,
     check_network,
@@ -47,13 +48,6 @@ _RELOAD_INTERVAL = 1.0
 class NetworkChange:
     network: Network  # with remove, only its name counts
     remove: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkLevel:
-    sku: str
-    available: int  # the sum over the members of what the channel may hold there
-    locations: int  # the members with some
 
 
 @dataclass(frozen=True, slots=True)
