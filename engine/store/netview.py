@@ -142,7 +142,9 @@ class NetworkView:
         for sku in skus:
             column = self._column(entry, sku)
             need = column.dirty | stale
-            column.dirty -= need  # a message from now on marks them again
+            # a message from now on marks them again (a new set: one emptied in place would
+            # keep the room of all its members)
+            column.dirty = column.dirty - need
             for i in need:
                 todo.setdefault(i, []).append(sku)
             columns.append(column)
