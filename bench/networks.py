@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def at_half_rate(
     """The most requests a second (closed loop), then p50 and p99 at half that (open)."""
     base = LoadConfig(scenario="networks", target=target, params=params,
                       duration=args.duration, processes=args.processes)  # fmt: skip
+    load_before = os.getloadavg()[0]
     most = run_load(_with(base, mode="closed", concurrency=args.concurrency))
     rate = most["throughput_rps"] / 2
     half = run_load(_with(base, mode="open", rate=rate))
@@ -92,7 +94,7 @@ def at_half_rate(
     label = f"{params['members']:>6,} {what or 'one store'}"
     print(
         f"  {label}: max {most['throughput_rps']:>7,.0f}/s; at {rate:>6,.0f}/s "
-        f"p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms",
+        f"p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms (load average {load_before:.1f})",
         flush=True,
     )
     return {
@@ -104,6 +106,9 @@ def at_half_rate(
         "p99_9_ms": lat["p99.9"],
         "errors": most["errors"] + half["errors"],
         "outcomes": half["outcomes"],
+        # the machine's 1-minute load average before and after: a shared machine's other
+        # work shows here
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
