@@ -16,6 +16,16 @@ listings meet rows changed since they were kept. With `--baseline`, the same is 
 the same server for the same listing at one of the stores (GetAvailability, from the read
 cache): the floor of a 50-sku answer over gRPC on this machine. Prints each point, writes
 JSON with the command and the machine.
+
+    python -m bench.networks --script-cost                     # Redis' time a listing
+
+What a listing costs Redis when it reads every row, each way, on a private embedded store
+(rows of 60% of 500 skus at each location, 256 buckets): the engine's read_network.lua,
+ROWS_PER_CALL rows a call (what a listing of rows the view does not keep sends), and the
+read-time design considered first, one script summing the figures of every member at once
+(the hold's channel_available, as read_network.lua runs it) and counting those with some.
+Each is timed by Redis itself (SLOWLOG: the scripts' own run, without the time to read their
+arguments) and end to end by the caller, for 50 skus over `--members` locations.
 """
 
 from __future__ import annotations
@@ -112,6 +122,116 @@ def at_half_rate(
     }
 
 
+# The read-time design considered first (not the engine's): for all the members at once,
+# the sum of what the channel may hold of each sku and the count of members with some.
+# ARGV: channel, buffer, share, n, the n skus, then for each member its held and pools key
+# indexes and the n stock key indexes.
+SUMMING = """
+local ch, buffer, share, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local sums, some = {}, {}
+for j = 1, n do sums[j] = 0; some[j] = 0 end
+local p = 5 + n
+while p <= #ARGV do
+  local held, pools = KEYS[tonumber(ARGV[p])], KEYS[tonumber(ARGV[p + 1])]
+  for j = 1, n do
+    local sku = ARGV[4 + j]
+    local a = channel_available(read_row(KEYS[tonumber(ARGV[p + 1 + j])], sku), held, pools,
+      sku, ch, buffer, share)
+    sums[j] = sums[j] + a
+    if a > 0 then some[j] = some[j] + 1 end
+  end
+  p = p + 2 + n
+end
+local out = {}
+for j = 1, n do out[#out + 1] = sums[j]; out[#out + 1] = some[j] end
+return out
+"""
+
+
+async def script_cost(members: list[int]) -> list[dict[str, Any]]:
+    """Redis' time (SLOWLOG) and the caller's, a listing of 50 skus read row by row."""
+    import tempfile
+
+    from engine.store.connect import connect
+    from engine.store.embedded import EmbeddedRedis
+    from engine.store.storage import Storage
+
+    server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="omnistock-netcost-")))
+    await asyncio.to_thread(server.start)
+    points = []
+    try:
+        redis = await connect(server.url, 30.0)
+        storage = Storage(redis, stock_buckets=256, retention_ms=1, event_window_ms=10**9)
+        await storage.load_scripts()
+        await redis.config_set("slowlog-log-slower-than", 0)
+        await redis.config_set("slowlog-max-len", 100_000)
+        placed = 0
+        for size in members:
+            await _seed(storage, range(placed, size))
+            placed = size
+            point = {"members": size, "rows": size * LISTING} | await _both_ways(storage, size)
+            print(f"  {size:>5,} members: {point}", flush=True)
+            points.append(point)
+        await redis.aclose()
+    finally:
+        await asyncio.to_thread(server.stop)
+    return points
+
+
+async def _seed(storage: Any, members: range) -> None:
+    from engine.domain.model import EventKind, StockEvent
+
+    now = int(time.time() * 1000)
+    for i in members:
+        events = [
+            StockEvent(f"c{k}", f"m{i}", sku_id(k), EventKind.COUNT, k % 21, now - 1)
+            for k in range(500)
+            if (i * 7 + k * 13) % 10 < 6
+        ]
+        await storage.apply_events(f"m{i}", events, now)
+
+
+async def _both_ways(storage: Any, size: int) -> dict[str, Any]:
+    """The read of 50 skus at `size` members by read_network.lua, and by one summing call."""
+    from engine.domain.model import NO_RULE
+    from engine.store.keys import KeyList, Keys
+    from engine.store.networks import MemberRead
+    from engine.store.scripts import Script
+
+    redis = storage.redis
+    prelude = Script("read_rows").source.split("\n-- read_rows")[0]
+    summing = await redis.script_load(prelude + SUMMING)
+    skus, locations = [sku_id(k) for k in range(LISTING)], [f"m{i}" for i in range(size)]
+    keys, args = KeyList(), ["web", 0, 1_000_000, LISTING, *skus]
+    for loc in locations:
+        args += [keys.add(Keys.channel_holds(loc)), keys.add(Keys.pools(loc))]
+        args += [keys.add(storage.keys.stock(loc, sku)) for sku in skus]
+    reads = [MemberRead(loc, NO_RULE, skus) for loc in locations]
+    return {
+        "read_network": await _timed(redis, storage.network_rows, "web", reads),
+        "one summing script": await _timed(
+            redis, redis.evalsha, summing, len(keys.keys), *keys.keys, *args
+        ),
+    }
+
+
+async def _timed(redis: Any, call: Any, *args: Any) -> dict[str, float]:
+    """The median of 5 calls: Redis' own time running the scripts, and the caller's."""
+    walls, in_redis = [], []
+    for _ in range(5):
+        await redis.slowlog_reset()
+        started = time.perf_counter()
+        await call(*args)
+        walls.append(time.perf_counter() - started)
+        log = await redis.slowlog_get(100_000)
+        scripts = [e["duration"] for e in log if e["command"].startswith(b"EVALSHA")]
+        in_redis.append(sum(scripts) / 1000)
+    return {
+        "redis_ms": round(sorted(in_redis)[2], 1),
+        "caller_ms": round(sorted(walls)[2] * 1e3, 1),
+    }
+
+
 def _with(cfg: LoadConfig, **changes: Any) -> LoadConfig:
     return LoadConfig(**(cfg.__dict__ | changes))
 
@@ -130,7 +250,18 @@ def main() -> None:
         "--baseline", action="store_true", help="also the same listing at one store, same server"
     )
     p.add_argument("--out", type=Path, default=Path("bench/out"))
+    p.add_argument("--script-cost", action="store_true", help="Redis' time a listing, each way")
     args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.script_cost:
+        points = asyncio.run(script_cost(args.members))
+        members = " ".join(map(str, args.members))
+        command = f"python -m bench.networks --script-cost --members {members}"
+        path = args.out / f"networks-script-cost-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        record = {"command": command, "machine": machine(), "points": points}
+        path.write_text(json.dumps(record))
+        print("results:", path)
+        return
     print(f"GetNetworkAvailability, {LISTING} skus, channel {args.channel!r}:", flush=True)
     points = [measure(m, args) for m in args.members]
     command = (
@@ -139,7 +270,6 @@ def main() -> None:
         f"{args.view_rows} --concurrency {args.concurrency} --duration {args.duration} "
         f"--processes {args.processes}" + (" --baseline" if args.baseline else "")
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"networks-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"command": command, "machine": machine(), "points": points}))
     print("results:", path)

@@ -162,10 +162,9 @@ class Networks:
         else:
             key, stamp = (name, channel), self.channels.version
             figures = await self.view.figures(key, stamp, members, wanted, read)
-        levels = [
-            NetworkLevel(sku, int(f.sum()), int(np.count_nonzero(f)))
-            for sku, f in zip(wanted, figures, strict=True)
-        ]
+        table = np.vstack(figures)  # a row per sku: one sum and one count for them all
+        sums, some = table.sum(axis=1).tolist(), np.count_nonzero(table, axis=1).tolist()
+        levels = [NetworkLevel(*level) for level in zip(wanted, sums, some, strict=True)]
         return Listing(name, levels, members)
 
     async def _read(self, channel: str, todo: dict[str, list[str]]) -> dict[str, list[int]]:
