@@ -119,6 +119,7 @@ def at_half_rate(
         # the machine's 1-minute load average before and after: a shared machine's other
         # work shows here
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "half_rate_p99_by_second_ms": [t["p99_ms"] for t in half["timeline"]],
     }
 
 
