@@ -200,6 +200,20 @@ async def test_a_change_of_locations_or_of_the_network_moves_its_members(stubs: 
     assert err.value.details() == "network: no network 'gb-ship'"
 
 
+@BOTH_WAYS
+async def test_a_network_of_no_location_now_answers_none_available(
+    running: tuple[Omnistock, Stubs],
+) -> None:
+    # given a network of the Japanese stores, which are none
+    _, stubs = running
+    await counted(stubs, {("lon-1", "a"): 5})
+    got = await upsert(stubs, network("jp", countries=["JP"]))
+    assert got.networks[0].members == 0
+    # then a listing across it has nothing, at no location
+    assert await listing(stubs, "jp", ["a", "b"], "web") == [("a", 0, 0), ("b", 0, 0)]
+    assert await members(stubs, "jp") == []
+
+
 async def test_a_network_set_through_another_process_is_known_there_at_once(
     stubs: Stubs, redis_url: str
 ) -> None:
