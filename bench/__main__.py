@@ -112,9 +112,19 @@ def summary(result: dict[str, Any]) -> str:
     )
 
 
+def param_value(text: str) -> int | float | str:
+    """A scenario parameter as given: a whole number, a number, or else a word."""
+    for kind in (int, float):
+        try:
+            return kind(text)  # type: ignore[no-any-return]
+        except ValueError:
+            pass
+    return text
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    params = {k: int(v) for k, v in (item.split("=", 1) for item in args.param)}
+    params = {k: param_value(v) for k, v in (item.split("=", 1) for item in args.param)}
     server = None if args.target else BenchServer(args.server_arg)
     replica = None
     if server:

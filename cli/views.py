@@ -109,6 +109,8 @@ async def location(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
                 ("type", enum_name(pb.LocationType, loc.type, "LOCATION_TYPE_")),
                 ("latitude", loc.latitude),
                 ("longitude", loc.longitude),
+                ("country", loc.country or "-"),
+                ("region", loc.region or "-"),
                 ("pickup_enabled", yes(loc.pickup_enabled)),
                 ("ship_enabled", yes(loc.ship_enabled)),
                 ("ship_capacity", capacity),

@@ -32,6 +32,7 @@ from engine.metrics import Metrics
 from engine.settings import Settings
 from engine.store.connect import connect, probe_client
 from engine.store.embedded import EmbeddedRedis
+from engine.store.netview import NetworkView
 from engine.store.probe import StoreProbe
 from engine.store.rowcache import RowCache, RowReader
 from engine.store.storage import Storage
@@ -41,6 +42,7 @@ from engine.usecases.availability import Availability
 from engine.usecases.bandalerts import BandAlerts
 from engine.usecases.ingest import Ingest
 from engine.usecases.locations import LocationRegistry
+from engine.usecases.networks import Networks
 from engine.usecases.operators import Operators
 from engine.usecases.parts import CartCaps, Timing
 from engine.usecases.planner import Planner
@@ -63,6 +65,7 @@ class Omnistock:
         self._metrics_server: Any = None
         self.cache: RowCache | None = None
         self.band_alerts: BandAlerts | None = None
+        self.view: NetworkView | None = None
 
     async def start(self) -> None:
         url, self.embedded = await store_of(self.settings)
@@ -85,8 +88,17 @@ class Omnistock:
                 max_lag=self.settings.read_cache_max_lag_ms / 1000,
                 dead_after=self.settings.redis_timeout_seconds,
             )
-            self.storage.wrote = self.cache.wrote
             await self.cache.start()
+        if self.settings.network_view_rows:
+            self.view = NetworkView(
+                self.storage,
+                self.metrics,
+                max_cells=self.settings.network_view_rows,
+                max_lag=self.settings.read_cache_max_lag_ms / 1000,
+                dead_after=self.settings.redis_timeout_seconds,
+            )
+            await self.view.start()
+        self.storage.told = tuple(c.wrote for c in (self.cache, self.view) if c is not None)
         await self.locations.reload()
         timing = Timing(
             default_ttl_ms=int(self.settings.hold_ttl_seconds * 1000),
@@ -100,8 +112,13 @@ class Omnistock:
             self.storage, self.locations, self.clock, timing, self.metrics, caps
         )
         await self.reservations.channels.fresh()  # read once here, then followed
+        self.networks = Networks(
+            self.storage, self.locations, self.reservations.channels, self.metrics, self.view
+        )
         if self.settings.demo and not self.locations.by_id:
-            await demo.load(self.storage, self.locations, self.clock, self.reservations.channels)
+            await demo.load(
+                self.storage, self.locations, self.clock, self.reservations.channels, self.networks
+            )
         self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
         self.server = grpc_server(self.settings, Edge(self.gate, self.metrics))
         self._add_services()
@@ -165,11 +182,13 @@ class Omnistock:
             max_skew_ms=self.settings.max_clock_skew_ms,
         )
         self.sources = ingest.sources
+        networks = self.networks
         self.stock_service = StockService(
             ingest,
             availability,
             self.locations,
             self.reservations.channels,
+            networks,
             m,
             zero_missing=self.settings.count_missing == "zero",
             count_lines_held=self.settings.count_lines_held,
@@ -179,7 +198,7 @@ class Omnistock:
         add_services(
             self.server,
             self.health,
-            AvailabilityService(availability, reader, self.locations, m, self.hub),
+            AvailabilityService(availability, reader, self.locations, m, self.hub, networks),
             ReservationService(self.reservations, m),
             SourcingService(allocator, m, self.settings.cost_model(), self.settings.max_shipments),
             self.stock_service,
@@ -227,6 +246,8 @@ class Omnistock:
             await self.band_alerts.stop()
         if self.cache is not None:
             await self.cache.close()
+        if self.view is not None:
+            await self.view.close()
         pending = set(self._tasks)
         while pending:  # Python 3.11's wait_for can swallow a cancel (gh-86296): send it again
             for task in pending:

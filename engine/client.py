@@ -34,6 +34,7 @@ from engine.domain.model import (
     Shortfall,
     StockRow,
 )
+from engine.domain.networks import Network, NetworkLevel, Selector
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
@@ -45,8 +46,11 @@ __all__ = [
     "Fulfilment",
     "Line",
     "NearbyHit",
+    "Network",
+    "NetworkLevel",
     "OmnistockClient",
     "Pool",
+    "Selector",
 ]
 T = TypeVar("T")
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
@@ -73,6 +77,23 @@ _TYPES = {
 def _availability(msg: pb.StockLevel) -> Availability:
     row = StockRow(msg.on_hand, msg.reserved, msg.safety_stock, msg.version, msg.as_of)
     return Availability(msg.location_id, msg.sku, row, msg.available)
+
+
+def _network(network: Network) -> pb.Network:
+    return pb.Network(
+        name=network.name,
+        location_ids=sorted(network.location_ids),
+        selectors=[
+            pb.LocationSelector(
+                types=[_TYPES[t] for t in sorted(s.types)],
+                countries=sorted(s.countries),
+                regions=sorted(s.regions),
+                ship_enabled=s.ship_enabled,
+                pickup_enabled=s.pickup_enabled,
+            )
+            for s in network.selectors
+        ],
+    )
 
 
 def _reservation(msg: pb.Reservation) -> Reservation:
@@ -161,6 +182,17 @@ class OmnistockClient:
         request = pb.GetAvailabilityRequest(skus=skus, location_ids=location_ids, channel=channel)
         resp = await self._call(lambda: self._availability.GetAvailability(request, **self._opts))
         return [_availability(lv) for lv in resp.levels]
+
+    async def network_availability(
+        self, network: str, skus: Sequence[str], *, channel: str = ""
+    ) -> list[NetworkLevel]:
+        """For each sku (in order, once each): what the sales channel (none: no rule) may
+        hold of it across the network, and at how many of its locations there is some."""
+        request = pb.GetNetworkAvailabilityRequest(network=network, skus=skus, channel=channel)
+        resp = await self._call(
+            lambda: self._availability.GetNetworkAvailability(request, **self._opts)
+        )
+        return [NetworkLevel(lv.sku, lv.available, lv.locations) for lv in resp.levels]
 
     async def find_nearby(
         self,
@@ -314,3 +346,15 @@ class OmnistockClient:
         request = pb.SetCustomerLimitsRequest(limits=[msg])
         resp = await self._call(lambda: self._stock.SetCustomerLimits(request, **self._opts))
         return int(resp.version)
+
+    # -- location networks (admin) -----------------------------------------------------
+
+    async def set_networks(
+        self, networks: Sequence[Network], *, remove: Sequence[str] = ()
+    ) -> dict[str, int]:
+        """Sets each network (replacing one of its name) and removes those named in
+        `remove`, all at once; answers each one's locations now (0 when removed)."""
+        msgs = [_network(n) for n in networks] + [pb.Network(name=n, remove=True) for n in remove]
+        request = pb.UpsertNetworksRequest(networks=msgs)
+        resp = await self._call(lambda: self._stock.UpsertNetworks(request, **self._opts))
+        return {n.name: n.members for n in resp.networks}

@@ -176,6 +176,19 @@ class Metrics:
             registry=r,
         )
 
+        self.network_rows = Counter(
+            "omnistock_network_rows_total",
+            "Rows summed by GetNetworkAvailability, by where their figure came from: kept "
+            "(this process's network view), read (Redis: new, changed, or its feed late)",
+            ["result"],
+            registry=r,
+        )
+        self.network_view_rows = Gauge(
+            "omnistock_network_view_rows",
+            "Figures (a location's row, for a network and channel) kept by the network view",
+            registry=r,
+        )
+
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         child = self._rpc_children.get((method, code))
         if child is None:

@@ -211,6 +211,14 @@ class Settings:
             "(one process of a deployment finds them: turn it off on each to have none)"
         },
     )
+    network_view_rows: int = field(
+        default=2_000_000,
+        metadata={
+            "help": "figures (a location's row, for a network and channel) each process keeps "
+            "for GetNetworkAvailability, dropped when their row changes (0: off, every "
+            "listing reads its rows from Redis); as fresh as --read-cache-max-lag-ms says"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     # Allocate's defaults (engine/domain/sourcing.py); each call may set its own.
     shipment_cost: float = field(
@@ -330,7 +338,7 @@ def check(settings: Settings, parser: argparse.ArgumentParser) -> None:
         parser.error("--store-port must be 0 to 65535")
     for name, least in (("stock_buckets", 1), ("plan_workers", 0), ("max_concurrent_calls", 1),
                         ("workers", 1), ("read_cache_rows", 0),
-                        ("read_cache_max_lag_ms", 1)):  # fmt: skip
+                        ("read_cache_max_lag_ms", 1), ("network_view_rows", 0)):  # fmt: skip
         if getattr(settings, name) < least:
             parser.error(f"--{name.replace('_', '-')} must be at least {least}")
     _check_edge(settings, parser)

@@ -198,6 +198,13 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
         ),
         metadata=md,
     ),
+    "UpsertNetworks": lambda s, md: s.stock.UpsertNetworks(
+        pb.UpsertNetworksRequest(networks=[pb.Network(name="m-net", location_ids=["L1"])]),
+        metadata=md,
+    ),
+    "GetNetworkAvailability": lambda s, md: s.availability.GetNetworkAvailability(
+        pb.GetNetworkAvailabilityRequest(network="m-net", skus=["S1"]), metadata=md
+    ),
     "GetRow": lambda s, md: s.operator.GetRow(
         pb.GetRowRequest(location_id="L1", sku="S1"), metadata=md
     ),
@@ -663,6 +670,16 @@ async def every_kind_of_call(stubs: Stubs) -> None:
     await stubs.availability.GetAvailability(
         pb.GetAvailabilityRequest(skus=["S1"], location_ids=["A1"], channel="web")
     )
+    # a network of both, and what the web may hold across it (read, then kept and followed)
+    await stubs.stock.UpsertNetworks(
+        pb.UpsertNetworksRequest(
+            networks=[pb.Network(name="both", selectors=[pb.LocationSelector(types=[1])])]
+        )
+    )
+    for _ in range(2):
+        await stubs.availability.GetNetworkAvailability(
+            pb.GetNetworkAvailabilityRequest(network="both", skus=["S1"], channel="web")
+        )
     # the operators' calls (the source figures and alerts: written by the same user)
     await stubs.operator.GetRow(pb.GetRowRequest(location_id="A1", sku="S1"))
     await stubs.operator.GetLocation(pb.GetLocationRequest(location_id="A1"))

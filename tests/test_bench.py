@@ -17,6 +17,7 @@ SMALL = {  # a small data set for each scenario that seeds one
     "pos": ["--param", "stores=3"],
     "mixed": ["--param", "stores=3"],
     "nearby": ["--param", "stores=100", "--param", "skus=20"],
+    "networks": ["--param", "members=5", "--param", "skus=60", "--param", "writes=0.2"],
 }
 
 
@@ -55,6 +56,16 @@ def test_memory_and_curves_commands_run(project_root: Path, tmp_path: Path) -> N
     points = json.loads(next(tmp_path.glob("curve-*.json")).read_text())["points"]
     assert [p["level"] for p in points] == [1, 4]
     assert all(p["invariants"]["reserved_equals_held"] for p in points)
+
+
+def test_the_network_listing_curve_runs(project_root: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.networks", "--members", "3", "6", "--skus", "60"]
+    command += ["--duration", "1", "--baseline", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    points = json.loads(next(tmp_path.glob("networks-*.json")).read_text())["points"]
+    assert [p["members"] for p in points] == [3, 6]
+    assert all(p["errors"] == 0 and p["one_store"]["errors"] == 0 for p in points)
 
 
 def test_the_nearby_curve_and_the_geo_comparison_run(project_root: Path, tmp_path: Path) -> None:

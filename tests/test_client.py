@@ -12,10 +12,13 @@ from engine.client import (
     CustomerLimit,
     Fulfilment,
     Line,
+    Network,
+    NetworkLevel,
     OmnistockClient,
     Pool,
+    Selector,
 )
-from engine.domain.model import ReservationState
+from engine.domain.model import LocationType, ReservationState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import ON_BOTH
@@ -151,3 +154,22 @@ async def test_client_moves_a_held_line_once_however_often_it_asks(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.move_line("c1", "m1", Line("s2", "a", 0), "s1")
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_client_sets_networks_and_reads_across_one(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    await stock_up(Stubs(channel), {("s1", "a"): 5, ("s2", "a"): 3, ("s3", "a"): 0})
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        stores = Network("stores", selectors=(Selector(types=frozenset({LocationType.STORE})),))
+        pair = Network("pair", frozenset({"s1", "s3"}))
+        assert await client.set_networks([stores, pair]) == {"stores": 3, "pair": 2}
+        assert await client.network_availability("stores", ["a", "b"]) == [
+            NetworkLevel("a", 8, 2),
+            NetworkLevel("b", 0, 0),
+        ]
+        await client.set_channel_rule("web", ChannelRule(buffer=3))
+        assert await client.network_availability("pair", ["a"], channel="web") == [
+            NetworkLevel("a", 2, 1)
+        ]
+        assert await client.set_networks([], remove=["pair"]) == {"pair": 0}

@@ -264,3 +264,37 @@ async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stubs.reservations.Reserve(request)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # and a UK and a French shipping network: the country's DC and its stores that ship
+        for name, country in (("uk-ship", "GB"), ("fr-ship", "FR")):
+            got = await stubs.availability.GetNetworkAvailability(
+                pb.GetNetworkAvailabilityRequest(
+                    network=name, skus=["SKU-000001"], channel="web", include_members=True
+                )
+            )
+            assert list(got.member_ids) == shipping_from(country)
+            summed = sum([(await available(loc, "SKU-000001", "web"))[0] for loc in got.member_ids])
+            assert got.levels[0].available == summed > 0
+
+
+def shipping_from(country: str) -> list[str]:
+    """The demo's locations a country's orders ship from: its DC, its stores that ship."""
+    return sorted(
+        loc.id
+        for loc in demo_locations()
+        if loc.active
+        and loc.country == country
+        and (loc.type is LocationType.DC or (loc.type is LocationType.STORE and loc.ship_enabled))
+    )
+
+
+def test_every_location_has_its_country_and_a_store_its_citys_region(
+    locations: list[Location],
+) -> None:
+    by_slug = {city.slug: city for city in CITIES}
+    for loc in locations:
+        if loc.type is LocationType.DC:
+            assert (loc.id, loc.region) == (f"dc-{loc.country.lower()}", "")
+        else:
+            assert loc.id.rsplit("-", 1)[0].split("-", 1)[1] == loc.region  # store-london-0001
+            assert loc.country == by_slug[loc.region].country
+    assert len(shipping_from("GB")) > 10 and len(shipping_from("FR")) > 10

@@ -9,7 +9,8 @@
 
 Each layer imports only those listed before it (and support); only engine/store imports
 redis, only engine/api and the client import grpc; numpy only in the sourcing optimiser,
-the location index and the demo data. The client imports only the domain, the generated
+the location index, the network view and its listings (columns of figures summed 5x faster
+than lists of 500) and the demo data. The client imports only the domain, the generated
 stubs and the shared conversions, so that `import engine.client` loads no Redis nor numpy.
 """
 
@@ -30,10 +31,10 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
 LAYERS = ("domain", "support", "store", "usecases", "api", "wiring")
 SUPPORT = {"metrics", "throttle", "logs"}
-WIRING = {"app", "settings", "demo", "client", "workers"}
+WIRING = {"app", "settings", "demo", "demo_cities", "client", "workers"}
 # A layer's settings-free modules may also import these from the wiring.
 CONFIG_FOR = {"api": {"settings"}}
-NUMPY = {"domain.sourcing", "usecases.index", "demo"}
+NUMPY = {"domain.sourcing", "usecases.index", "store.netview", "usecases.networks", "demo"}
 CLIENT_MAY_IMPORT = ("engine.domain", "engine.pb", "engine.api.convert")
 
 

@@ -6,7 +6,10 @@ clock moves (with or without a sweep after them), holds for sales channels under
 rules (a buffer, a share) and ring-fenced pools, to the real
 engine over a real Redis-compatible server, and the same steps to `Model` below: a few
 dicts that say, in the brief's words, what every answer and every stock row must be. After
-every step it compares the two and checks the invariants I1-I7 on the engine's own data.
+every step it compares the two and checks the invariants I1-I7 on the engine's own data,
+and a listing across a location network (by country, by region and list, by type) for one
+channel in turn: each sku's figure the sum over the network's members of what the model
+says that channel may hold there, read from Redis and through the network view.
 
 The universe is small on purpose (3 locations, 3 skus, 10 reservation ids, 14 event ids,
 2 stock buckets), so that ids, rows, buckets and source times collide, and the clock is
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import hypothesis.strategies as st
@@ -46,6 +49,7 @@ from engine.domain.model import (
     EventKind,
     HoldResult,
     Line,
+    LocationType,
     Pool,
     Reservation,
     ReservationState,
@@ -53,11 +57,14 @@ from engine.domain.model import (
     StockRow,
 )
 from engine.domain.moves import Move
+from engine.domain.networks import Network, Selector
 from engine.metrics import Metrics
 from engine.store.connect import connect
+from engine.store.netview import NetworkView
 from engine.store.storage import Storage
 from engine.usecases.channels import RuleChange
 from engine.usecases.locations import LocationRegistry
+from engine.usecases.networks import NetworkChange, Networks
 from engine.usecases.parts import Timing
 from engine.usecases.reservations import Reservations
 from engine.usecases.sweeper import Sweeper
@@ -88,6 +95,19 @@ RULES = {
     ("l:loc-a", "web"): ChannelRule(buffer=3),
     ("l:loc-b", "app"): ChannelRule(max_share=0.5),
 }
+
+# Location networks (issue 16): loc-a and loc-b are in GB, loc-a in region "north", loc-c
+# in FR; each network's members as the model knows them.
+PLACES = {"loc-a": ("GB", "north"), "loc-b": ("GB", ""), "loc-c": ("FR", "")}
+NETWORKS = {
+    Network("gb", selectors=(Selector(countries=frozenset({"GB"})),)): ("loc-a", "loc-b"),
+    Network("north-and-c", frozenset({"loc-c"}), (Selector(regions=frozenset({"north"})),)): (
+        "loc-a",
+        "loc-c",
+    ),
+    Network("stores", selectors=(Selector(types=frozenset({LocationType.STORE})),)): LOCATIONS,
+}
+LISTINGS = tuple((net.name, members, ch) for net, members in NETWORKS.items() for ch in CHANNELS)
 
 # A reservation line as the model sees it: (location, sku, qty).
 ModelLine = tuple[str, str, int]
@@ -385,6 +405,15 @@ class Model:
     def held_ids(self) -> list[str]:
         return sorted(rid for rid, res in self.reservations.items() if res.state == "HELD")
 
+    def listing(self, members: tuple[str, ...], channel: str) -> list[tuple[str, int, int]]:
+        """Each sku: what the channel may hold of it, summed over the members, and at how
+        many of them it may hold some."""
+        out = []
+        for sku in SKUS:
+            offers = [self.offered(loc, sku, channel) for loc in members]
+            out.append((sku, sum(offers), sum(1 for a in offers if a > 0)))
+        return out
+
 
 # -- translating engine answers into the model's terms -------------------------------------
 
@@ -462,14 +491,29 @@ class StockMachine(RuleBasedStateMachine):
         self.swept_at: int | None = None
         self.answers: dict[tuple[str, Any], tuple[Any, ...]] = {}  # raw records -> `get`
         self.run(self.redis.flushall())  # each run starts from an empty store
-        self.run(registry.upsert([store(location) for location in LOCATIONS]))
+        self.run(
+            registry.upsert(
+                [replace(store(loc), country=c, region=r) for loc, (c, r) in PLACES.items()]
+            )
+        )
         changes = [
             RuleChange(channel, scope.removeprefix("l:") if scope != "*" else "", rule=rule)
             for (scope, channel), rule in RULES.items()
         ]
         self.run(self.reservations.channels.set(changes))
+        # listings across networks: through the network view (told of every write, as the
+        # service's is), and read from Redis every time
+        self.view = NetworkView(self.storage, Metrics(), 10_000, max_lag=0.02, dead_after=2.0)
+        self.run(self.view.start())
+        self.storage.told = (self.view.wrote,)
+        channels = self.reservations.channels
+        self.networks = Networks(self.storage, registry, channels, Metrics(), self.view)
+        self.exact = Networks(self.storage, registry, channels, Metrics())
+        self.run(self.networks.upsert([NetworkChange(net) for net in NETWORKS]))
+        self.listed = 0  # the listings are checked in turn, one after each step
 
     def teardown(self) -> None:
+        self.run(self.view.close())
         self.run(self.redis.aclose())
         self.loop.close()
 
@@ -826,6 +870,23 @@ class StockMachine(RuleBasedStateMachine):
         self.reserved_is_the_sum_of_held_parts(snap)
         self.every_part_of_a_reservation_is_in_one_state(snap)
         self.no_hold_outlives_its_expiry_after_a_sweep(snap)
+
+    @invariant()
+    def a_listing_across_a_network_is_the_sum_over_its_members(self) -> None:
+        """The next (network, channel) in turn: each sku's figure, from Redis and through
+        the view (right after the step, or once its feed has caught up: then it serves what
+        no message marked), is what the model says the channel may hold at each member,
+        summed."""
+        name, members, channel = LISTINGS[self.listed % len(LISTINGS)]
+        self.listed += 1
+        if self.listed % 2:  # every other time, once its feed has caught up with the writes
+            self.run(self.view.caught_up())
+        want = self.model.listing(members, channel)
+        for networks in (self.networks, self.exact):
+            got = self.run(networks.listing(name, SKUS, channel))
+            assert got.members == members
+            levels = [(lv.sku, lv.available, lv.locations) for lv in got.levels]
+            assert levels == want, (name, channel, networks is self.exact)
 
     def rows_match_the_model(self, snap: Snapshot) -> None:
         got = {

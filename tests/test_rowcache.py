@@ -51,7 +51,7 @@ def storage_on(client: aioredis.Redis | RedisCluster) -> Storage:
 
 async def cache_on(storage: Storage, max_rows: int = 10_000, max_lag: float = 0.2) -> RowCache:
     cache = RowCache(storage, Metrics(), max_rows=max_rows, max_lag=max_lag)
-    storage.wrote = cache.wrote
+    storage.told = (cache.wrote,)
     await cache.start()
     return cache
 

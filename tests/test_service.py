@@ -185,6 +185,9 @@ BAD_LOCATIONS = [
     ("locations[1].longitude", location("s9", lon=float("inf"))),
     ("locations[1].id", location("")),
     ("locations[1].type", pb.Location(id="s9", latitude=1.0, longitude=1.0)),
+    ("locations[1].country", pb.Location(id="s9", type=1, country="UK")),
+    ("locations[1].country", pb.Location(id="s9", type=1, country="gb")),
+    ("locations[1].region", pb.Location(id="s9", type=1, country="GB", region="North West")),
 ]
 
 
@@ -301,3 +304,17 @@ async def test_a_location_added_through_another_process_is_known_there_at_once(
         assert got.reservation.state == pb.RESERVATION_STATE_HELD
     finally:
         await other.stop(grace=0.5)
+
+
+async def test_a_location_keeps_its_country_and_region(stubs: Stubs) -> None:
+    # given a store in Manchester, and one stored before locations had a country
+    store = location("s1")
+    store.country, store.region = "GB", "manchester"
+    await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=[store, location("s2")]))
+    # when they are read back
+    got = [
+        (await stubs.operator.GetLocation(pb.GetLocationRequest(location_id=loc))).location
+        for loc in ("s1", "s2")
+    ]
+    # then each has what it was given ("" where nothing was)
+    assert [(loc.country, loc.region) for loc in got] == [("GB", "manchester"), ("", "")]

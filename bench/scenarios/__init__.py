@@ -42,6 +42,7 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
     from bench.scenarios.grpc_floor import GrpcFloor
     from bench.scenarios.mixed import Mixed
     from bench.scenarios.nearby import Nearby
+    from bench.scenarios.networks import Networks
     from bench.scenarios.pos import Pos
     from bench.scenarios.storefront import Storefront
 
@@ -53,13 +54,16 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
         "grpc-floor": GrpcFloor,
         "nearby": Nearby,
         "channels": Channels,
+        "networks": Networks,
     }
     if name not in scenarios:
         raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(scenarios)}")
     return scenarios[name](**params)  # type: ignore[no-any-return]
 
 
-SCENARIOS = ("storefront", "pos", "flash-sale", "mixed", "grpc-floor", "nearby", "channels")
+SCENARIOS = (
+    "storefront", "pos", "flash-sale", "mixed", "grpc-floor", "nearby", "channels", "networks",
+)  # fmt: skip
 
 
 class Context:

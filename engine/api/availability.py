@@ -1,4 +1,4 @@
-"""AvailabilityService: GetAvailability, WatchAvailability, FindNearby."""
+"""AvailabilityService: GetAvailability, WatchAvailability, FindNearby, GetNetworkAvailability."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from engine.api.convert import FULFILMENTS, level, location_pb, types_from_pb
+from engine.api.networks import listing_pb
 from engine.api.rpc import rpc, rpc_stream
 from engine.domain import auth
 from engine.domain.errors import InvalidArgument
@@ -28,6 +29,7 @@ from engine.throttle import Turns
 from engine.usecases.availability import Availability, Level, Watched
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.nearby import NearbyQuery, check_query, find_nearby
+from engine.usecases.networks import Networks
 
 # Watch openings of more than LIGHT_OPENING rows sent at once in a process, a location at
 # a time (engine/throttle.py): a hundred of them would each take a turn of the event loop
@@ -69,8 +71,10 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         locations: LocationRegistry,
         metrics: Metrics,
         hub: WatchHub,
+        networks: Networks,
     ) -> None:
         self.availability = availability
+        self.networks = networks
         self.reader = reader
         self.locations = locations
         self.metrics = metrics
@@ -196,3 +200,12 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
                 )
             )
         return answer
+
+    @rpc("GetNetworkAvailability")
+    async def GetNetworkAvailability(
+        self, request: pb.GetNetworkAvailabilityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetNetworkAvailabilityResponse:
+        check_size(len(request.skus), "skus", MAX_SKUS)
+        channel = auth.current().channel_for(request.channel)
+        listing = await self.networks.listing(request.network, request.skus, channel)
+        return listing_pb(listing, request.include_members)

@@ -107,6 +107,8 @@ def location_from_pb(msg: pb.Location, field: str) -> Location:
         ship_capacity=msg.ship_capacity if msg.HasField("ship_capacity") else None,
         priority=msg.priority,
         active=msg.active,
+        country=msg.country,
+        region=msg.region,
     )
     return check_location(loc, field)
 
@@ -122,6 +124,8 @@ def location_pb(loc: Location) -> pb.Location:
         ship_enabled=loc.ship_enabled,
         priority=loc.priority,
         active=loc.active,
+        country=loc.country,
+        region=loc.region,
     )
     if loc.ship_capacity is not None:
         msg.ship_capacity = loc.ship_capacity

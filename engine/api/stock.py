@@ -1,5 +1,5 @@
 """StockService: locations, safety stock, stock events (one call or a stream), counts,
-and the mappings of platforms' ids."""
+the mappings of platforms' ids, sales channels' rules, pools and bands, and networks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import grpc
 
 from engine.api.channels import band_changes, limit_changes, rule_changes
 from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb
+from engine.api.networks import network_changes
 from engine.api.rpc import rpc, rpc_stream
 from engine.domain.auth import current
 from engine.domain.errors import InvalidArgument, OmnistockError
@@ -37,6 +38,7 @@ from engine.usecases.ingest import (
     check_count,
 )
 from engine.usecases.locations import LocationRegistry
+from engine.usecases.networks import Networks
 
 # Heavy work at once in one process (engine/throttle.py): event batches converted and
 # applied; counts being received (each holds its lines in memory until applied; how many
@@ -116,6 +118,7 @@ class StockService(pb_grpc.StockServiceServicer):
         availability: Availability,
         locations: LocationRegistry,
         channels: ChannelRules,
+        networks: Networks,
         metrics: Metrics,
         zero_missing: bool,
         count_lines_held: int = 1_000_000,
@@ -127,6 +130,7 @@ class StockService(pb_grpc.StockServiceServicer):
         self.zero_missing = zero_missing
         self.locations = locations
         self.channels = channels
+        self.networks = networks
         self.metrics = metrics
         self.batches = Turns(INGEST_BATCHES, light=LIGHT_BATCH)
         self.counts = asyncio.Semaphore(COUNTS_AT_ONCE)
@@ -359,3 +363,17 @@ class StockService(pb_grpc.StockServiceServicer):
     ) -> pb.SetCustomerLimitsResponse:
         limits = limit_changes(request.limits)
         return pb.SetCustomerLimitsResponse(version=await self.channels.set_limits(limits))
+
+    @rpc("UpsertNetworks")
+    async def UpsertNetworks(
+        self, request: pb.UpsertNetworksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertNetworksResponse:
+        changes = network_changes(request.networks)
+        version, members = await self.networks.upsert(changes)
+        return pb.UpsertNetworksResponse(
+            networks=[
+                pb.NetworkMembers(name=c.network.name, members=n)
+                for c, n in zip(changes, members, strict=True)
+            ],
+            version=version,
+        )

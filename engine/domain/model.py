@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument
+from engine.domain.places import check_country
 
 MAX_ID_LENGTH = 128
 MAX_LINES = 200
@@ -80,6 +81,8 @@ class Location:
     ship_capacity: int | None = None  # orders per day; None = unlimited
     priority: int = 0
     active: bool = True
+    country: str = ""  # ISO 3166-1 alpha-2 ("GB"); "": not said
+    region: str = ""  # a tag of the retailer's own (an id); "": none
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +321,10 @@ def check_location(location: Location, field_name: str) -> Location:
     check_coordinates(location.latitude, location.longitude, field_name)
     if location.ship_capacity is not None and location.ship_capacity < 0:
         raise InvalidArgument(f"{field_name}.ship_capacity", "must not be negative")
+    if location.country:
+        check_country(location.country, f"{field_name}.country")
+    if location.region:
+        check_id(location.region, f"{field_name}.region")
     return location
 
 

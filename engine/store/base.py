@@ -62,13 +62,14 @@ class Base:
         "set_pools",
         "read_rows",
         "read_offers",
+        "read_network",
         "disarm",
         "budget",
         "band_check",
         "band_publish",
         "lease",
     )
-    READ_ONLY = ("read_rows", "read_offers")  # the scripts that write nothing
+    READ_ONLY = ("read_rows", "read_offers", "read_network")  # the scripts that write nothing
 
     def __init__(
         self,
@@ -196,10 +197,17 @@ class Base:
             raise Unavailable(f"redis unreachable: {why}") from exc
 
     async def call(
-        self, name: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        then: Command | None = None,
+        heavy: bool = False,
     ) -> Any:
+        """heavy: one of the many calls of a big read, sent in the lane of big calls (one at a
+        time), so that small calls never wait behind a batch of them (scripts.py Lanes)."""
         sha = self.scripts[name].sha
-        return await self.guard(lambda: self.batcher.evalsha(sha, keys, args, then))
+        return await self.guard(lambda: self.batcher.evalsha(sha, keys, args, then, heavy))
 
     async def pipeline(self, build: Callable[[Any], object]) -> list[Any]:
         """One round trip for several commands (on a cluster, one per node, each node's

@@ -15,12 +15,15 @@ import logging
 import math
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis import exceptions as rexc
 
 from engine.store.keys import Keys
 from engine.store.scripts import REDIS_DOWN
+
+if TYPE_CHECKING:
+    from engine.store.storage import Storage
 
 log = logging.getLogger(__name__)
 _NONE = ("", "", 0, 0.0)  # what a reply answers when nothing was asked
@@ -51,9 +54,16 @@ class Link:
     """One connection, read by its reader task and written only by its writer task."""
 
     def __init__(
-        self, node: str, conn: Any, listener: Listener, beat: float, dead_after: float
+        self,
+        node: str,
+        conn: Any,
+        listener: Listener,
+        beat: float,
+        dead_after: float,
+        owner: str = "read cache",
     ) -> None:
         self.node = node
+        self.owner = owner  # who reads the messages (for the log)
         self.conn = conn
         self.listener = listener
         self.beat = beat
@@ -78,7 +88,7 @@ class Link:
                 group.create_task(self._read())
                 group.create_task(self._write())
         except* (*REDIS_DOWN, rexc.RedisError, LinkGone) as exc:
-            log.warning("read cache: connection to %s lost: %s", self.node, exc.exceptions[0])
+            log.warning("%s: connection to %s lost: %s", self.owner, self.node, exc.exceptions[0])
         finally:
             self.listener.on_gone(self)
             with contextlib.suppress(Exception):
@@ -151,3 +161,32 @@ class Link:
         oldest = next((at for kind, _, _, at in self.pending if kind == "ping"), None)
         if oldest is not None and now - oldest > self.dead_after:
             raise LinkGone(f"no PONG for {now - oldest:.1f}s")
+
+
+def node_of(storage: Storage, location: str) -> str | None:
+    """The node whose connection follows `location`'s change channel ("redis" on one)."""
+    if not storage.cluster:
+        return "redis"
+    node = storage.redis.get_node_from_key(Keys.changes(location))
+    return None if node is None else str(node.name)
+
+
+def open_link(
+    storage: Storage,
+    node: str,
+    location: str,
+    listener: Listener,
+    beat: float,
+    dead_after: float,
+    owner: str,
+) -> Link:
+    """A new connection to `node` (the one of `location`'s change channel), of its own:
+    never from a pool, never reconnected (see the module docstring)."""
+    if storage.cluster:
+        target = storage.redis.get_node_from_key(Keys.changes(location))
+        cls, kwargs = target.connection_class, target.connection_kwargs
+    else:
+        pool = storage.redis.connection_pool
+        cls, kwargs = pool.connection_class, pool.connection_kwargs
+    kwargs = {**kwargs, "protocol": 2, "health_check_interval": 0, "retry": None}
+    return Link(node, cls(**kwargs), listener, beat, dead_after, owner)

@@ -83,6 +83,10 @@ class ChannelStore(Base):
 
         return await self.guard(run)
 
+    async def touch_channel_rules(self) -> int:
+        """Moves the rules' version (after a change of pools); answers the new one."""
+        return int(await self.command(lambda p: p.incr(CHANNEL_RULES_VERSION)))
+
     async def bands(self) -> dict[tuple[str, str], Band]:
         """Every band, by (scope, channel)."""
         raw: dict[bytes, bytes] = await self.command(lambda p: p.hgetall(BANDS))

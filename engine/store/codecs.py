@@ -169,6 +169,8 @@ def location_dict(loc: Location) -> dict[str, Any]:
         "cap": loc.ship_capacity,
         "prio": loc.priority,
         "active": loc.active,
+        "country": loc.country,
+        "region": loc.region,
     }
 
 
@@ -184,6 +186,8 @@ def location_from(d: dict[str, Any]) -> Location:
         ship_capacity=d["cap"],
         priority=d["prio"],
         active=d["active"],
+        country=d.get("country", ""),  # a location stored before countries has none
+        region=d.get("region", ""),
     )
 
 

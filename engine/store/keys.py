@@ -53,10 +53,12 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:mapv       counter  moves with every change of a mapping
     {omnistock}:channels   hash  sales channels' rules: "<scope>\t<channel>" -> "buffer,max_share"
                           (scope "l:<location>", "t:<TYPE>" or "*"; max_share '' for none)
-    {omnistock}:channels:v counter  moves with every change of a rule, a band or a limit
+    {omnistock}:channels:v counter  moves with every change of a rule, a band, a pool or a limit
     {omnistock}:bands      hash  stock bands: "<scope>\t<channel>" -> "low,out" (scope
                           "r\t<loc>\t<sku>", "l:<location>", "t:<TYPE>" or "*"; channel '': any)
     {omnistock}:limits     hash  per-customer limits: sku -> "max_units,window_ms"
+    {omnistock}:networks   hash  location networks: name -> JSON (its location ids and selectors)
+    {omnistock}:networks:v counter  moves with every change of a network
     {omnistock}:alerts  stream  what an operator should hear of (kind: a shortage, a row a
                           count or delta left short; a sequence_gap; a clock_skew of a source;
                           a band, a row's crossing into LOW or OUT for a channel)
@@ -95,6 +97,8 @@ CHANNEL_RULES = "{omnistock}:channels"
 CHANNEL_RULES_VERSION = "{omnistock}:channels:v"
 BANDS = "{omnistock}:bands"
 LIMITS = "{omnistock}:limits"
+NETWORKS = "{omnistock}:networks"
+NETWORKS_VERSION = "{omnistock}:networks:v"
 ALERTS = "{omnistock}:alerts"
 ALERTS_KEPT = 100_000  # about: the stream is trimmed to the newest this many
 BANDS_ALERTED = "{omnistock}:bands:alerted"

@@ -137,10 +137,12 @@ class NodeBatches:
         node: ClusterNode | None = self.cluster.nodes_manager.nodes_cache.get(name)
         return node
 
-    async def evalsha(self, sha: str, keys: Any, args: Any, then: Command | None = None) -> Any:
+    async def evalsha(
+        self, sha: str, keys: Any, args: Any, then: Command | None = None, heavy: bool = False
+    ) -> Any:
         writes = self.replication is None or sha not in self.replication.reads
         command = ("EVALSHA", sha, len(keys), *keys, *args)
-        return await self.run(command, {}, writes, then, heavy=len(args) >= HEAVY_ARGS)
+        return await self.run(command, {}, writes, then, heavy=heavy or len(args) >= HEAVY_ARGS)
 
     async def run(
         self,

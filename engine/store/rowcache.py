@@ -48,7 +48,7 @@ from redis import exceptions as rexc
 
 from engine.domain.model import StockRow
 from engine.metrics import Metrics
-from engine.store.cachelink import Link
+from engine.store.cachelink import Link, node_of, open_link
 from engine.store.codecs import parse_row
 from engine.store.keys import EPOCH, Keys
 from engine.store.scripts import REDIS_DOWN
@@ -211,7 +211,7 @@ class RowCache:
     # -- subscriptions -----------------------------------------------------------------
 
     def _subscribe(self, location: str, now: float) -> None:
-        node = None if self._closed else self._node_of(location)
+        node = None if self._closed else node_of(self.storage, location)
         if node is None or now < self.retry_at.get(node, 0.0):
             return
         link = self.links.get(node)
@@ -223,21 +223,10 @@ class RowCache:
         link.send("sub", location, state.serial)
         self._evict()
 
-    def _node_of(self, location: str) -> str | None:
-        if not self.storage.cluster:
-            return "redis"
-        node = self.storage.redis.get_node_from_key(Keys.changes(location))
-        return None if node is None else str(node.name)
-
     def _open(self, node: str, location: str) -> Link:
-        if self.storage.cluster:
-            target = self.storage.redis.get_node_from_key(Keys.changes(location))
-            cls, kwargs = target.connection_class, target.connection_kwargs
-        else:
-            pool = self.storage.redis.connection_pool
-            cls, kwargs = pool.connection_class, pool.connection_kwargs
-        kwargs = {**kwargs, "protocol": 2, "health_check_interval": 0, "retry": None}
-        link = Link(node, cls(**kwargs), self, self.beat, self.dead_after)
+        link = open_link(
+            self.storage, node, location, self, self.beat, self.dead_after, "read cache"
+        )
         self.links[node] = link
         return link
 

@@ -260,9 +260,16 @@ class Lanes:
         self.heavy = AutoPipeline(client, max_batch=1, replication=replication)
 
     async def evalsha(
-        self, sha: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+        self,
+        sha: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        then: Command | None = None,
+        heavy: bool = False,
     ) -> Any:
-        lane = self.heavy if len(args) >= HEAVY_ARGS else self.light
+        """heavy: the call is one of many that make a big read (HEAVY_ARGS arguments or
+        more make any call heavy)."""
+        lane = self.heavy if heavy or len(args) >= HEAVY_ARGS else self.light
         return await lane.evalsha(sha, keys, args, then)
 
     def fail_queued(self, reason: str) -> None:

@@ -45,6 +45,7 @@ from engine.store.keys import (
 )
 from engine.store.ledgers import Ledgers
 from engine.store.moves import MoveSteps
+from engine.store.networks import NetworkStore
 from engine.store.oversight import Oversight
 from engine.store.parts import Parts
 from engine.store.scripts import Command
@@ -57,24 +58,31 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts, MoveSteps, Oversight, ChannelStore, Ledgers, BandStore):
+class Storage(Parts, MoveSteps, Oversight, ChannelStore, Ledgers, BandStore, NetworkStore):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the directory and sagas directory.py, a MoveLine's
     steps moves.py, band crossings bands.py, the plumbing engine/store/base.py."""
 
-    # Told the location of every row-writing script call once it is answered (or failed:
-    # it may have run): the read cache's fence for a caller's own writes (rowcache.py).
-    wrote: Callable[[str], None] | None = None
+    # Each told the location of every row-writing script call once it is answered (or
+    # failed: it may have run): the fence of the read cache and of the network view for a
+    # caller's own writes (rowcache.py, netview.py).
+    told: tuple[Callable[[str], None], ...] = ()
 
     async def call(
-        self, name: str, keys: Sequence[str], args: Sequence[Any], then: Command | None = None
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        then: Command | None = None,
+        heavy: bool = False,
     ) -> Any:
         try:
-            return await super().call(name, keys, args, then)
+            return await super().call(name, keys, args, then, heavy)
         finally:
-            if self.wrote is not None and args and Keys.is_changes(args[-1]):
-                self.wrote(Keys.location_of_changes(args[-1]))
+            if self.told and args and Keys.is_changes(args[-1]):
+                for tell in self.told:
+                    tell(Keys.location_of_changes(args[-1]))
 
     # -- locations --------------------------------------------------------------------
 

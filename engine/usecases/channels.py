@@ -7,7 +7,8 @@ so no channel ever takes what its rules keep from it, however many hold at once.
 The rules (and bands and per-customer limits) are read into each process, and re-read by
 a task of each process when their version has moved, checked once a second: a rule set
 through one process holds there at once, and in the others within about a second, and no
-call waits on the store for them.
+call waits on the store for them. Setting a pool moves the version too (what figures a
+network view keeps for a channel depend on the rows' pools).
 """
 
 from __future__ import annotations
@@ -193,10 +194,18 @@ class ChannelRules:
             seen.add((location, sku, pool.channel))
             at.setdefault(location, []).append((sku, pool))
         await self.locations.require(list(at), "pools[].location_id")
-        changed = await asyncio.gather(
-            *(self.storage.set_pools(loc, items) for loc, items in at.items())
+        got = await asyncio.gather(
+            *(self.storage.set_pools(loc, items) for loc, items in at.items()),
+            return_exceptions=True,
         )
-        return sum(changed)
+        changed = sum(n for n in got if isinstance(n, int))
+        if changed:  # what channels may hold moved: figures kept for them must go
+            await self.storage.touch_channel_rules()
+            await self._reload()
+        for failed in got:
+            if isinstance(failed, BaseException):
+                raise failed
+        return changed
 
     async def _reload(self) -> None:
         version = await self.storage.channel_rules_version()  # first: a later set reloads
@@ -204,6 +213,11 @@ class ChannelRules:
         self.bands = await self.storage.bands()
         self.limits = await self.storage.limits()
         self._version = version
+
+    @property
+    def version(self) -> int:
+        """The rules' version as last read (it moves with every rule, band and pool set)."""
+        return self._version
 
     async def fresh(self) -> dict[tuple[str, str], ChannelRule]:
         """The rules as last read: read on first use, then kept fresh by `follow`, so that no

@@ -237,6 +237,8 @@ class Location(_message.Message):
     SHIP_CAPACITY_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     type: Global___LocationType.ValueType
@@ -248,6 +250,10 @@ class Location(_message.Message):
     """Orders per day this location can pick for ship-from-store; absent = unlimited."""
     priority: _builtins.int
     active: _builtins.bool
+    country: _builtins.str
+    """ISO 3166-1 alpha-2, upper case ("GB", "FR"); empty: not said. Networks select by it."""
+    region: _builtins.str
+    """A region tag of the retailer's own (an id: "london", "GB-SCT"); empty: none."""
     def __init__(
         self,
         *,
@@ -261,10 +267,12 @@ class Location(_message.Message):
         ship_capacity: _builtins.int | None = ...,
         priority: _builtins.int = ...,
         active: _builtins.bool = ...,
+        country: _builtins.str = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ship_capacity", b"_ship_capacity", "ship_capacity", b"ship_capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ship_capacity", b"_ship_capacity", "active", b"active", "id", b"id", "latitude", b"latitude", "longitude", b"longitude", "name", b"name", "pickup_enabled", b"pickup_enabled", "priority", b"priority", "ship_capacity", b"ship_capacity", "ship_enabled", b"ship_enabled", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ship_capacity", b"_ship_capacity", "active", b"active", "country", b"country", "id", b"id", "latitude", b"latitude", "longitude", b"longitude", "name", b"name", "pickup_enabled", b"pickup_enabled", "priority", b"priority", "region", b"region", "ship_capacity", b"ship_capacity", "ship_enabled", b"ship_enabled", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ship_capacity: _TypeAlias = _typing.Literal["ship_capacity"]  # noqa: Y015
     _WhichOneofArgType__ship_capacity: _TypeAlias = _typing.Literal["_ship_capacity", b"_ship_capacity"]  # noqa: Y015
@@ -322,6 +330,103 @@ class StockLevel(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StockLevel: _TypeAlias = StockLevel  # noqa: Y015
+
+@_typing.final
+class GetNetworkAvailabilityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_FIELD_NUMBER: _builtins.int
+    SKUS_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    INCLUDE_MEMBERS_FIELD_NUMBER: _builtins.int
+    network: _builtins.str
+    channel: _builtins.str
+    """The sales channel asking: each location counts what that channel may hold there (its
+    rules and the rows' pools applied, as its hold would find it). Empty: no rule applies.
+    """
+    include_members: _builtins.bool
+    """also list the network's locations"""
+    @_builtins.property
+    def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """at least one (a sku given twice is answered once)"""
+
+    def __init__(
+        self,
+        *,
+        network: _builtins.str = ...,
+        skus: _abc.Iterable[_builtins.str] | None = ...,
+        channel: _builtins.str = ...,
+        include_members: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "include_members", b"include_members", "network", b"network", "skus", b"skus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNetworkAvailabilityRequest: _TypeAlias = GetNetworkAvailabilityRequest  # noqa: Y015
+
+@_typing.final
+class NetworkLevel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    LOCATIONS_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    available: _builtins.int
+    """The sum over the network's locations of what the channel may hold of the sku there."""
+    locations: _builtins.int
+    """the network's locations with some (available > 0 there)"""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        available: _builtins.int = ...,
+        locations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "locations", b"locations", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkLevel: _TypeAlias = NetworkLevel  # noqa: Y015
+
+@_typing.final
+class GetNetworkAvailabilityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_FIELD_NUMBER: _builtins.int
+    LEVELS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    MEMBER_IDS_FIELD_NUMBER: _builtins.int
+    network: _builtins.str
+    members: _builtins.int
+    """the network's locations now"""
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkLevel]:
+        """one per sku, in the order first asked"""
+
+    @_builtins.property
+    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """with include_members, sorted"""
+
+    def __init__(
+        self,
+        *,
+        network: _builtins.str = ...,
+        levels: _abc.Iterable[Global___NetworkLevel] | None = ...,
+        members: _builtins.int = ...,
+        member_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["levels", b"levels", "member_ids", b"member_ids", "members", b"members", "network", b"network"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNetworkAvailabilityResponse: _TypeAlias = GetNetworkAvailabilityResponse  # noqa: Y015
 
 @_typing.final
 class WatchAvailabilityRequest(_message.Message):
@@ -1262,6 +1367,153 @@ class SetCustomerLimitsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetCustomerLimitsResponse: _TypeAlias = SetCustomerLimitsResponse  # noqa: Y015
+
+@_typing.final
+class LocationSelector(_message.Message):
+    """Active locations matching every condition given (an empty one: any); e.g. the ship-enabled
+    stores of GB: types [STORE], countries ["GB"], ship_enabled.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    COUNTRIES_FIELD_NUMBER: _builtins.int
+    REGIONS_FIELD_NUMBER: _builtins.int
+    SHIP_ENABLED_FIELD_NUMBER: _builtins.int
+    PICKUP_ENABLED_FIELD_NUMBER: _builtins.int
+    ship_enabled: _builtins.bool
+    """only locations that ship"""
+    pickup_enabled: _builtins.bool
+    """only locations that offer pickup"""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___LocationType.ValueType]: ...
+    @_builtins.property
+    def countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISO 3166-1 alpha-2"""
+
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[Global___LocationType.ValueType] | None = ...,
+        countries: _abc.Iterable[_builtins.str] | None = ...,
+        regions: _abc.Iterable[_builtins.str] | None = ...,
+        ship_enabled: _builtins.bool = ...,
+        pickup_enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["countries", b"countries", "pickup_enabled", b"pickup_enabled", "regions", b"regions", "ship_enabled", b"ship_enabled", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocationSelector: _TypeAlias = LocationSelector  # noqa: Y015
+
+@_typing.final
+class Network(_message.Message):
+    """A network's members: the locations listed and those any selector matches, of those active,
+    as the locations are now (a location added, changed or deactivated moves in or out).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LOCATION_IDS_FIELD_NUMBER: _builtins.int
+    SELECTORS_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """an id"""
+    remove: _builtins.bool
+    """removes the network of this name"""
+    @_builtins.property
+    def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def selectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocationSelector]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        location_ids: _abc.Iterable[_builtins.str] | None = ...,
+        selectors: _abc.Iterable[Global___LocationSelector] | None = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_ids", b"location_ids", "name", b"name", "remove", b"remove", "selectors", b"selectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Network: _TypeAlias = Network  # noqa: Y015
+
+@_typing.final
+class UpsertNetworksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Network]: ...
+    def __init__(
+        self,
+        *,
+        networks: _abc.Iterable[Global___Network] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertNetworksRequest: _TypeAlias = UpsertNetworksRequest  # noqa: Y015
+
+@_typing.final
+class NetworkMembers(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    members: _builtins.int
+    """its locations as the call left them (0 when removed)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        members: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkMembers: _TypeAlias = NetworkMembers  # noqa: Y015
+
+@_typing.final
+class UpsertNetworksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the networks' version after this call: it moves with every change"""
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkMembers]:
+        """in the order given"""
+
+    def __init__(
+        self,
+        *,
+        networks: _abc.Iterable[Global___NetworkMembers] | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertNetworksResponse: _TypeAlias = UpsertNetworksResponse  # noqa: Y015
 
 @_typing.final
 class StockBand(_message.Message):

@@ -51,6 +51,11 @@ class AvailabilityServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.WatchAvailabilityRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.AvailabilityChange.FromString,
                 _registered_method=True)
+        self.GetNetworkAvailability = channel.unary_unary(
+                '/omnistock.v1.AvailabilityService/GetNetworkAvailability',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityResponse.FromString,
+                _registered_method=True)
 
 
 class AvailabilityServiceServicer:
@@ -83,6 +88,15 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNetworkAvailability(self, request, context):
+        """For many skus, the units available to a channel across a network of locations
+        (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
+        delivery" in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AvailabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +114,11 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.WatchAvailability,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.WatchAvailabilityRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.AvailabilityChange.SerializeToString,
+            ),
+            'GetNetworkAvailability': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetworkAvailability,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +204,33 @@ class AvailabilityService:
             '/omnistock.v1.AvailabilityService/WatchAvailability',
             omnistock_dot_v1_dot_omnistock__pb2.WatchAvailabilityRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.AvailabilityChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNetworkAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.AvailabilityService/GetNetworkAvailability',
+            omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -644,6 +690,11 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsResponse.FromString,
                 _registered_method=True)
+        self.UpsertNetworks = channel.unary_unary(
+                '/omnistock.v1.StockService/UpsertNetworks',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksResponse.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -733,6 +784,14 @@ class StockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertNetworks(self, request, context):
+        """Named sets of locations (a country's shipping network, a city's pickup stores), all of
+        the call's at once: each replaces the network of its name, or removes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -785,6 +844,11 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.SetCustomerLimits,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsResponse.SerializeToString,
+            ),
+            'UpsertNetworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertNetworks,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1059,6 +1123,33 @@ class StockService:
             '/omnistock.v1.StockService/SetCustomerLimits',
             omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.SetCustomerLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/UpsertNetworks',
+            omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class AvailabilityServiceStub:
     change, so a client can tell their order and see a gap; to resume after one, or after
     a reconnect, ask again with send_current.
     """
+    GetNetworkAvailability: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.GetNetworkAvailabilityRequest, _omnistock_pb2.GetNetworkAvailabilityResponse]
+    """For many skus, the units available to a channel across a network of locations
+    (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
+    delivery" in one call.
+    """
 
 @_typing.type_check_only
 class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
@@ -64,6 +69,11 @@ class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
     events, safety stock) as the row is after it. A row's version grows by one with each
     change, so a client can tell their order and see a gap; to resume after one, or after
     a reconnect, ask again with send_current.
+    """
+    GetNetworkAvailability: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.GetNetworkAvailabilityRequest, _omnistock_pb2.GetNetworkAvailabilityResponse]  # type: ignore[assignment]
+    """For many skus, the units available to a channel across a network of locations
+    (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
+    delivery" in one call.
     """
 
 class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -97,6 +107,17 @@ class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
         events, safety stock) as the row is after it. A row's version grows by one with each
         change, so a client can tell their order and see a gap; to resume after one, or after
         a reconnect, ask again with send_current.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNetworkAvailability(
+        self,
+        request: _omnistock_pb2.GetNetworkAvailabilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.GetNetworkAvailabilityResponse, _abc.Awaitable[_omnistock_pb2.GetNetworkAvailabilityResponse]]:
+        """For many skus, the units available to a channel across a network of locations
+        (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
+        delivery" in one call.
         """
 
 def add_AvailabilityServiceServicer_to_server(servicer: AvailabilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -305,6 +326,10 @@ class StockServiceStub:
     Reserve that names a customer_id, across every location. All the call's limits
     change at once.
     """
+    UpsertNetworks: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertNetworksRequest, _omnistock_pb2.UpsertNetworksResponse]
+    """Named sets of locations (a country's shipping network, a city's pickup stores), all of
+    the call's at once: each replaces the network of its name, or removes it.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -349,6 +374,10 @@ class StockServiceAsyncStub(StockServiceStub):
     """Per-customer limits per sku (a launch: 2 a customer over 24 hours), enforced on every
     Reserve that names a customer_id, across every location. All the call's limits
     change at once.
+    """
+    UpsertNetworks: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertNetworksRequest, _omnistock_pb2.UpsertNetworksResponse]  # type: ignore[assignment]
+    """Named sets of locations (a country's shipping network, a city's pickup stores), all of
+    the call's at once: each replaces the network of its name, or removes it.
     """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -451,6 +480,16 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         """Per-customer limits per sku (a launch: 2 a customer over 24 hours), enforced on every
         Reserve that names a customer_id, across every location. All the call's limits
         change at once.
+        """
+
+    @_abc_1.abstractmethod
+    def UpsertNetworks(
+        self,
+        request: _omnistock_pb2.UpsertNetworksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.UpsertNetworksResponse, _abc.Awaitable[_omnistock_pb2.UpsertNetworksResponse]]:
+        """Named sets of locations (a country's shipping network, a city's pickup stores), all of
+        the call's at once: each replaces the network of its name, or removes it.
         """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
