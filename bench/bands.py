@@ -27,7 +27,8 @@ from typing import Any
 from bench.__main__ import machine
 from bench.memory import _sum_usage, private_store
 from engine.domain.clock import SystemClock
-from engine.domain.model import Band, ChannelRule, EventKind, Location, LocationType, StockEvent
+from engine.domain.model import EventKind, Location, LocationType, StockEvent
+from engine.domain.rules import Band, ChannelRule
 from engine.metrics import Metrics
 from engine.store.storage import Storage
 from engine.store.watch import ChangedRows, WatchHub

@@ -194,7 +194,7 @@ async def _seed(storage: Any, members: range) -> None:
 
 async def _both_ways(storage: Any, size: int) -> dict[str, Any]:
     """The read of 50 skus at `size` members by read_network.lua, and by one summing call."""
-    from engine.domain.model import NO_RULE
+    from engine.domain.rules import NO_RULE
     from engine.store.keys import KeyList, Keys
     from engine.store.networks import MemberRead
     from engine.store.scripts import Script

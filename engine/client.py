@@ -22,19 +22,17 @@ from engine.domain.geo import Fulfilment
 from engine.domain.model import (
     Availability,
     BasketLine,
-    ChannelRule,
-    CustomerLimit,
     HoldResult,
     Line,
     LocationType,
     NearbyHit,
-    Pool,
     Reservation,
     ReservationState,
     Shortfall,
     StockRow,
 )
 from engine.domain.networks import Network, NetworkLevel, Selector
+from engine.domain.rules import ChannelRule, CustomerLimit, Pool
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 

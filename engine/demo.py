@@ -18,17 +18,9 @@ from numpy.typing import NDArray
 
 from engine.demo_cities import CITIES, DC_SITES, City
 from engine.domain.clock import Clock
-from engine.domain.model import (
-    MAX_QTY,
-    ChannelRule,
-    CustomerLimit,
-    EventKind,
-    Location,
-    LocationType,
-    Pool,
-    StockEvent,
-)
+from engine.domain.model import MAX_QTY, EventKind, Location, LocationType, StockEvent
 from engine.domain.networks import Network, Selector
+from engine.domain.rules import ChannelRule, CustomerLimit, Pool
 from engine.store.storage import Storage
 from engine.usecases.channels import ChannelRules, RuleChange
 from engine.usecases.locations import LocationRegistry

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 
 from engine.app import Omnistock
 from engine.domain.clock import ManualClock
-from engine.domain.model import Band, EventKind, StockEvent, StockStatus
+from engine.domain.model import EventKind, StockEvent
+from engine.domain.rules import Band, StockStatus
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.bands import RowBands
 from engine.store.codecs import ChannelHold

@@ -21,7 +21,7 @@ import trustme
 from cli import main
 from engine.app import Omnistock, create_server
 from engine.domain.auth import Role
-from engine.domain.model import Band
+from engine.domain.rules import Band
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.bands import RowBands
 from engine.store.codecs import ChannelHold

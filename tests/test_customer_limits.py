@@ -14,8 +14,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from engine.domain.model import CustomerLimit, Line
+from engine.domain.model import Line
 from engine.domain.moves import Move
+from engine.domain.rules import CustomerLimit
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.keys import Keys
 from engine.store.storage import Storage

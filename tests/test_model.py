@@ -44,13 +44,10 @@ from hypothesis.stateful import (
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, OmnistockError
 from engine.domain.model import (
-    NO_RULE,
-    ChannelRule,
     EventKind,
     HoldResult,
     Line,
     LocationType,
-    Pool,
     Reservation,
     ReservationState,
     StockEvent,
@@ -58,6 +55,7 @@ from engine.domain.model import (
 )
 from engine.domain.moves import Move
 from engine.domain.networks import Network, Selector
+from engine.domain.rules import NO_RULE, ChannelRule, Pool
 from engine.metrics import Metrics
 from engine.store.connect import connect
 from engine.store.netview import NetworkView

@@ -10,7 +10,6 @@ import pytest
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from engine.domain.model import (
-    ChannelRule,
     EventKind,
     HoldResult,
     Line,
@@ -22,6 +21,7 @@ from engine.domain.model import (
     StockEvent,
 )
 from engine.domain.moves import Move
+from engine.domain.rules import ChannelRule
 from engine.store.codecs import encode_part_lines
 from engine.store.keys import Keys
 from engine.store.replies import PartReply, ReleaseMode, Reply

@@ -19,7 +19,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from engine.app import Omnistock
-from engine.domain.model import NO_RULE, ChannelRule, EventKind, StockEvent
+from engine.domain.model import EventKind, StockEvent
+from engine.domain.rules import NO_RULE, ChannelRule
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.networks import ROWS_PER_CALL, MemberRead
 from engine.store.storage import Storage

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.app import Omnistock
-from engine.domain.model import Band
+from engine.domain.rules import Band
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.bands import RowBands

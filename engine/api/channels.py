@@ -9,7 +9,8 @@ from typing import TypeVar
 
 from engine.api.convert import TYPES
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import Band, ChannelRule, CustomerLimit, LocationType, check_size
+from engine.domain.model import LocationType, check_size
+from engine.domain.rules import Band, ChannelRule, CustomerLimit
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.usecases.channels import MAX_RULES, BandChange, RuleChange, check_band, check_rule
 from engine.usecases.limits import check_limits

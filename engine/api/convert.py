@@ -16,11 +16,11 @@ from engine.domain.model import (
     Reservation,
     StockEvent,
     StockRow,
-    StockStatus,
     check_event,
     check_location,
     check_size,
 )
+from engine.domain.rules import StockStatus
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 TYPES = {

@@ -20,10 +20,10 @@ from engine.domain.model import (
     MAX_MAPPINGS,
     MAX_SAFETY_ENTRIES,
     IdKind,
-    Pool,
     StockEvent,
     check_size,
 )
+from engine.domain.rules import Pool
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc

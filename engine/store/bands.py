@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.domain.model import Band, StockStatus
+from engine.domain.rules import Band, StockStatus
 from engine.store.base import Base
 from engine.store.codecs import ChannelHold
 from engine.store.keys import ALERTS, ALERTS_KEPT, BANDS_ALERTED, KeyList, Keys

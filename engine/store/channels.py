@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from engine.domain.errors import FailedPrecondition
-from engine.domain.model import Band, ChannelRule, CustomerLimit, Pool
+from engine.domain.rules import Band, ChannelRule, CustomerLimit, Pool
 from engine.store.base import Base
 from engine.store.codecs import ChannelHold
 from engine.store.keys import (

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine.domain.model import (
-    ChannelRule,
     EventOutcome,
     IdKind,
     Line,
@@ -20,6 +19,7 @@ from engine.domain.model import (
     StockRow,
 )
 from engine.domain.moves import Move
+from engine.domain.rules import ChannelRule
 
 
 class PickCapacity(NamedTuple):

@@ -10,8 +10,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from engine.domain.model import ChannelRule, LocationType
+from engine.domain.model import LocationType
 from engine.domain.networks import Network, Selector
+from engine.domain.rules import ChannelRule
 from engine.store.base import Base
 from engine.store.keys import NETWORKS, NETWORKS_VERSION, KeyList, Keys
 

@@ -14,11 +14,11 @@ from engine.domain.model import (
     MAX_SAFETY_ENTRIES,
     LocationType,
     StockRow,
-    StockStatus,
     check_id,
     check_qty,
     check_size,
 )
+from engine.domain.rules import StockStatus
 from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
 from engine.usecases.channels import ChannelRules

@@ -18,19 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument, Unavailable
-from engine.domain.model import (
-    DEFAULT_BAND,
-    NO_RULE,
-    Band,
-    ChannelRule,
-    CustomerLimit,
-    Location,
-    LocationType,
-    Pool,
-    check_id,
-    check_qty,
-    check_size,
-)
+from engine.domain.model import Location, LocationType, check_id, check_qty, check_size
+from engine.domain.rules import DEFAULT_BAND, NO_RULE, Band, ChannelRule, CustomerLimit, Pool
 from engine.store.codecs import ChannelHold
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry

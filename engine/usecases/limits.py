@@ -24,7 +24,8 @@ from datetime import timedelta
 
 from engine.domain import auth
 from engine.domain.errors import FailedPrecondition, InvalidArgument
-from engine.domain.model import CustomerLimit, Line, check_id, check_qty
+from engine.domain.model import Line, check_id, check_qty
+from engine.domain.rules import CustomerLimit
 from engine.store.ledgers import Count, bought_ledger
 from engine.store.storage import Storage
 from engine.usecases.channels import ChannelRules

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.domain.errors import InvalidArgument, NotFound
-from engine.domain.model import NO_RULE, check_id, check_size
+from engine.domain.model import check_id, check_size
 from engine.domain.networks import (
     MAX_NETWORKS,
     Network,
@@ -34,6 +34,7 @@ from engine.domain.networks import (
     check_network,
     check_networks,
 )
+from engine.domain.rules import NO_RULE
 from engine.metrics import Metrics
 from engine.store.netview import Figures, NetworkView
 from engine.store.networks import MemberRead

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from engine.domain import auth
 from engine.domain.errors import InvalidArgument, NotFound
-from engine.domain.model import Location, StockRow, StockStatus, check_id
+from engine.domain.model import Location, StockRow, check_id
+from engine.domain.rules import StockStatus
 from engine.store.codecs import Holder
 from engine.store.oversight import Entry, Numbered, SourceSeen
 from engine.store.storage import Storage

@@ -1,0 +1,68 @@
+"""What a sales channel may take of a row (ChannelRule, Pool), the stock bands a row is in,
+and per-customer limits: the values the channels' rules are made of."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRule:
+    """What a sales channel may take of each row at a location: never its last `buffer`
+    units, and at most `max_share` of its sellable units (on_hand - safety) held at once."""
+
+    buffer: int = 0
+    max_share: float | None = None  # None: no cap
+
+    @property
+    def share_ppm(self) -> int:
+        """max_share in millionths, as the hold script counts it (1,000,000: no cap)."""
+        return 1_000_000 if self.max_share is None else round(self.max_share * 1_000_000)
+
+
+NO_RULE = ChannelRule()
+
+
+class StockStatus(enum.StrEnum):
+    IN_STOCK = "IN_STOCK"
+    LOW = "LOW"
+    OUT = "OUT"
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A row's thresholds: OUT at or below `out` available units, LOW at or below `low`."""
+
+    low: int = 0
+    out: int = 0
+
+    def status(self, available: int) -> StockStatus:
+        if available <= self.out:
+            return StockStatus.OUT
+        if available <= self.low:
+            return StockStatus.LOW
+        return StockStatus.IN_STOCK
+
+
+DEFAULT_BAND = Band()
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Units of a row ring-fenced for one sales channel: no other channel sees or holds
+    them; the channel's own holds draw from them first, and with `fallback` from the shared
+    units once they are gone."""
+
+    channel: str
+    units: int
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerLimit:
+    """The most units of a sku one customer may hold and buy within `window_ms` of each
+    commit (held units count while held)."""
+
+    max_units: int
+    window_ms: int
