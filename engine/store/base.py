@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -157,6 +157,26 @@ class Base:
         for script in self.scripts.values():
             await self.redis.script_load(script.source)
         self._loaded_at = time.monotonic()
+
+    async def set_versioned(
+        self, key: str, fields: Mapping[str, str | bytes | None], version: str
+    ) -> int:
+        """Sets the fields of hash `key` (None: removes) and moves the counter `version`, in
+        one transaction (both in the {omnistock} slot); answers the new version."""
+        put = {f: v for f, v in fields.items() if v is not None}
+        drop = [f for f, v in fields.items() if v is None]
+
+        async def run() -> int:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if put:
+                    pipe.hset(key, mapping=put)
+                if drop:
+                    pipe.hdel(key, *drop)
+                pipe.incr(version)
+                got = await pipe.execute()
+            return int(got[-1])
+
+        return await self.guard(run)
 
     async def _reload_scripts(self) -> None:
         """After a Redis restart every call in flight meets NOSCRIPT at once: one of them

@@ -67,21 +67,8 @@ class ChannelStore(Base):
         return out
 
     async def _set_scoped(self, key: str, fields: Mapping[str, str | None]) -> int:
-        """Sets the fields of `key` (None: removes), and moves the version, in one step."""
-        put = {f: v for f, v in fields.items() if v is not None}
-        drop = [f for f, v in fields.items() if v is None]
-
-        async def run() -> int:
-            async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {omnistock}
-                if put:
-                    pipe.hset(key, mapping=put)
-                if drop:
-                    pipe.hdel(key, *drop)
-                pipe.incr(CHANNEL_RULES_VERSION)
-                got = await pipe.execute()
-            return int(got[-1])
-
-        return await self.guard(run)
+        """Sets the fields of `key` (None: removes), and moves the rules' version."""
+        return await self.set_versioned(key, fields, CHANNEL_RULES_VERSION)
 
     async def touch_channel_rules(self) -> int:
         """Moves the rules' version (after a change of pools); answers the new one."""

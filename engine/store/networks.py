@@ -70,20 +70,8 @@ class NetworkStore(Base):
     async def set_networks(self, networks: Mapping[str, Network | None]) -> int:
         """Sets (or, for None, removes) each network by name, all at once; answers the
         networks' new version."""
-        put = {name: _network_json(n) for name, n in networks.items() if n is not None}
-        drop = [name for name, n in networks.items() if n is None]
-
-        async def run() -> int:
-            async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {omnistock}
-                if put:
-                    pipe.hset(NETWORKS, mapping=put)
-                if drop:
-                    pipe.hdel(NETWORKS, *drop)
-                pipe.incr(NETWORKS_VERSION)
-                got = await pipe.execute()
-            return int(got[-1])
-
-        return await self.guard(run)
+        fields = {name: None if n is None else _network_json(n) for name, n in networks.items()}
+        return await self.set_versioned(NETWORKS, fields, NETWORKS_VERSION)
 
     async def networks_version(self) -> int:
         return int(await self.command(lambda p: p.get(NETWORKS_VERSION)) or 0)
