@@ -2,8 +2,10 @@
 one hot sku at one store, with a launch pool of a fifth of it ring-fenced for the app (with
 fallback), the web kept off the store's last units (a buffer) and capped at half of the
 sellable units (a share), and the sku limited to 2 a customer over a day; each buyer (one of
-a million customers) holds one unit, through the web or the app at random. Its Reserve rate
-beside flash-sale's is what channel rules and the customer's count cost a hold."""
+a million customers) holds one unit, through the web or the app at random. Half the requests
+are the storefront's listing pages for the same channels (`reads`, 0.5 unless given). Its rate
+beside `flash-sale --param reads=0.5` is what channel rules and the customer's count cost
+holds and reads."""
 
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ CUSTOMERS = 1_000_000
 
 
 class Channels(FlashSale):
+    def __init__(self, units: int = 20_000, reads: float = 0.5, listing: int = 50) -> None:
+        super().__init__(units, reads, listing)
+
     async def setup(self, stubs: Stubs) -> None:
         await super().setup(stubs)
         rule = pb.ChannelRule(

@@ -1,5 +1,7 @@
 """flash-sale: one hot sku at one store, many buyers each holding one unit until it is gone;
-after that, every buyer must be told "short"."""
+after that, every buyer must be told "short". With `reads` (a share of requests, 0 to 1), the
+storefront is open too: that share are listing pages (50 skus at the store, the hot one
+among them) read through the buyer's channel while the sale runs."""
 
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 
 class FlashSale:
-    def __init__(self, units: int = 20_000) -> None:
-        self.units = units
+    def __init__(self, units: int = 20_000, reads: float = 0.0, listing: int = 50) -> None:
+        self.units, self.reads, self.listing = units, float(reads), int(listing)
 
     async def setup(self, stubs: Stubs) -> None:
-        await seed_stores(stubs, 1, 1, on_hand=self.units)
+        await seed_stores(stubs, 1, self.listing if self.reads else 1, on_hand=self.units)
 
     def channel(self, rng: random.Random) -> str:
         """The sales channel a buyer holds through ('' for none)."""
@@ -32,6 +34,13 @@ class FlashSale:
     async def request(
         self, stubs: Stubs, rng: random.Random, held: Counter[tuple[str, str]]
     ) -> str:
+        if rng.random() < self.reads:
+            skus = [sku_id(k) for k in range(self.listing)]
+            read = pb.GetAvailabilityRequest(
+                skus=skus, location_ids=[store_id(0)], channel=self.channel(rng)
+            )
+            await stubs.availability.GetAvailability(read, timeout=5)
+            return "ok"
         line = pb.ReservationLine(location_id=store_id(0), sku=sku_id(0), qty=1)
         request = pb.ReserveRequest(
             reservation_id=f"fs-{uuid.uuid4().hex}",
