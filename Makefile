@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(PY) server.py --demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
