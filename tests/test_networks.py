@@ -355,6 +355,30 @@ async def test_a_cut_feed_drops_what_the_view_kept_and_the_next_listing_reads_ag
     assert await listing(stubs, "gb", ["a"]) == [("a", 10, 1)]
 
 
+async def test_a_listing_whose_entry_is_dropped_while_it_waits_is_still_answered(
+    redis: aioredis.Redis | RedisCluster, redis_url: str
+) -> None:
+    # given a first listing of a network, waiting for its members' subscriptions, while the
+    # view drops every entry (its epoch check found a flush; a lost feed does the same)
+    async with served(redis_url) as (app, stubs):
+        await stubs.stock.UpsertLocations(pb.UpsertLocationsRequest(locations=ESTATE))
+        await counted(stubs, {("lon-1", "a"): 5, ("dc-gb", "a"): 10})
+        await upsert(stubs, network("gb", countries=["GB"]))
+        view = app.view
+        assert view is not None
+        waited = view.feeds.confirmed
+
+        async def dropped_meanwhile(within: float) -> None:
+            await waited(within)
+            view.reset()
+
+        view.feeds.confirmed = dropped_meanwhile  # type: ignore[method-assign]
+        # then the listing is answered, from Redis, and the next one as well
+        assert await listing(stubs, "gb", ["a"]) == [("a", 15, 2)]
+        view.feeds.confirmed = waited  # type: ignore[method-assign]
+        assert await listing(stubs, "gb", ["a"]) == [("a", 15, 2)]
+
+
 async def kill_subscribers(redis: aioredis.Redis | RedisCluster) -> None:
     """Cuts every pub/sub connection (on a cluster: on every node), as a network would."""
     if isinstance(redis, RedisCluster):

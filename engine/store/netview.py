@@ -120,6 +120,8 @@ class NetworkView:
         if entry is None or entry.stamp != stamp or entry.members != members:
             entry = self._make(key, stamp, members)
             await self.feeds.confirmed(SUBSCRIBE_WAIT)
+            if self.entries.get(key) is not entry:  # dropped while it waited (a flush, a
+                entry = self._make(key, stamp, members)  # lost feed): anew, every row read
         unsure = self.feeds.unsure(entry.names, time.monotonic())
         stale = {self.where[name][key] for name in unsure}
         columns: list[_Column] = []
