@@ -50,6 +50,7 @@ from engine.domain import auth
 from engine.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Unavailable,
 )
@@ -100,6 +101,12 @@ class Moves(Sagas):
             return HoldResult(await self.get(rid))
         if entry.saga:
             raise FailedPrecondition(f"reservation {rid} is {saga_word(entry.saga)}, not HELD")
+        if entry.asked:  # its parts hold a kit's components together: not one line each
+            raise InvalidArgument(
+                "reservation_id",
+                f"reservation {rid} holds bundles: MoveLine does not move a bundle's lines "
+                "(release it and reserve at the other location)",
+            )
         move = asked.resolved(entry.lines)
         groups = by_location(entry.lines)
         source = await self.storage.move_source(rid, groups, move.location)
