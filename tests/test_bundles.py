@@ -12,12 +12,14 @@ import asyncio
 import grpc
 import pytest
 
+from engine.app import Omnistock
 from engine.domain.bundles import Bundle
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, InvalidArgument
 from engine.domain.model import Line, ReservationState, Shortfall
 from engine.domain.moves import Move
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.storage import Storage
 from engine.usecases.availability import Availability
 from engine.usecases.bundles import set_bundles
@@ -25,6 +27,7 @@ from engine.usecases.reservations import Reservations
 
 from .conftest import ON_BOTH, register
 from .grpc_helpers import LON, Stubs, line, north, place, stock_up, store
+from .test_concurrency import clients
 from .test_sweeper import count_event
 
 pytestmark = ON_BOTH
@@ -293,3 +296,41 @@ async def test_calls_that_do_not_take_a_bundle_refuse_it_by_field(stubs: Stubs) 
         reservation_id="r2", move_id="m1", location_id="L2", sku="a", to_location_id="L1"
     )
     assert await refused(stubs.reservations.MoveLine(move)) == "reservation_id"
+
+
+async def test_kits_and_their_components_sold_alone_over_grpc_never_oversell(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    """60 carts at once over gRPC, on four connections: kits (2 a + 1 b), single a's and b's,
+    half of those held then committed. No row is held or sold past its stock, and each
+    row's reserved is what the holds still held hold of it."""
+    stubs = Stubs(channel)
+    await stock_up(stubs, {("s1", "a"): 20, ("s1", "b"): 10})
+    await set_kits(stubs, kit_msg("kit", ("a", 2), ("b", 1)))
+    held: dict[str, tuple[str, int]] = {}
+
+    async def cart(i: int, rpc: pb_grpc.ReservationServiceStub) -> None:
+        sku, qty = (("kit", 1 + i % 2), ("a", 1 + i % 3), ("b", 1))[i % 3]
+        request = pb.ReserveRequest(reservation_id=f"c{i}", lines=[line("s1", sku, qty)])
+        got = await rpc.Reserve(request)
+        if got.HasField("reservation"):
+            held[f"c{i}"] = (sku, qty)
+            if i % 2:
+                await rpc.Commit(pb.CommitRequest(reservation_id=f"c{i}"))
+
+    async with clients(server, 4) as four:
+        await asyncio.gather(*(cart(i, four[i % 4].reservations) for i in range(60)))
+    units = {"a": [0, 0], "b": [0, 0]}  # [held, sold]
+    for rid, (sku, qty) in held.items():
+        for part, n in (("a", 2), ("b", 1)) if sku == "kit" else ((sku, 1),):
+            units[part][int(rid[1:]) % 2] += qty * n
+    got = await stubs.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=["a", "b"], location_ids=["s1"])
+    )
+    levels = {lv.sku: (lv.on_hand, lv.reserved) for lv in got.levels}
+    assert levels == {
+        "a": (20 - units["a"][1], units["a"][0]),
+        "b": (10 - units["b"][1], units["b"][0]),
+    }
+    assert all(reserved <= on_hand for on_hand, reserved in levels.values())
+    assert any(sku == "kit" for sku, _ in held.values())
