@@ -26,7 +26,7 @@ from engine.usecases.bundles import set_bundles
 from engine.usecases.reservations import Reservations
 
 from .conftest import ON_BOTH, register
-from .grpc_helpers import LON, Stubs, line, north, place, stock_up, store
+from .grpc_helpers import LON, Stubs, count, line, north, place, stock_up, store
 from .test_concurrency import clients
 from .test_sweeper import count_event
 
@@ -283,6 +283,10 @@ async def test_calls_that_do_not_take_a_bundle_refuse_it_by_field(stubs: Stubs) 
         pb.GetNetworkAvailabilityRequest(network="net", skus=["kit"])
     )
     assert await refused(net) == "skus[0]"
+    event = count("k1", "L2", "kit", 3)  # a count of a bundle: it has no stock of its own
+    assert await refused(stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[event]))) == (
+        "events[0].sku"
+    )
     bad = kit_msg("kit2", ("kit", 1))
     assert await refused(set_kits(stubs, bad)) == "bundles[0].components[0].sku"
     assert await refused(set_kits(stubs)) == "bundles"
