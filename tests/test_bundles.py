@@ -8,6 +8,7 @@ on the cluster, through the use cases and over gRPC."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -338,3 +339,42 @@ async def test_kits_and_their_components_sold_alone_over_grpc_never_oversell(
     }
     assert all(reserved <= on_hand for on_hand, reserved in levels.values())
     assert any(sku == "kit" for sku, _ in held.values())
+
+
+async def test_bundles_cost_no_round_trip_of_their_own(
+    storage: Storage, reservations: Reservations, clock: ManualClock
+) -> None:
+    """A hold or a read of a kit goes to the store as often as one of a plain sku, and a
+    plain sku's as often with bundles set as without, as often as before bundles were
+    built: the table is in-process."""
+    now = clock.now_ms()
+    await storage.apply_events("s1", [count_event("s1", s, 50, now) for s in "ab"], now)
+    await register(reservations, "s1")
+    await reservations.channels.fresh()  # as the server does at its start
+    exchanges = 0
+    real = storage.guard
+
+    async def counted(make: Any) -> Any:
+        nonlocal exchanges
+        exchanges += 1
+        return await real(make)
+
+    storage.guard = counted  # type: ignore[method-assign]
+    reader = Availability(storage, reservations.locations, channels=reservations.channels)
+
+    async def cost(sku: str, rid: str) -> tuple[int, int]:
+        nonlocal exchanges
+        exchanges = 0
+        assert (await reservations.reserve(rid, [Line("s1", sku, 1)])).ok
+        held, exchanges = exchanges, 0
+        await reader.levels([sku], ["s1"], set(), True)
+        return held, exchanges
+
+    before = await cost("a", "r0")
+    # one script call each (on a cluster, the hold and the directory entry, sent at once)
+    assert before == ((2, 1) if storage.cluster else (1, 1))
+    storage.guard = real  # type: ignore[method-assign]
+    await set_bundles(reservations.channels, [(KIT, False)])
+    storage.guard = counted  # type: ignore[method-assign]
+    assert await cost("a", "r1") == before
+    assert await cost("kit", "r2") == before
