@@ -16,14 +16,16 @@ import pytest
 from engine.app import Omnistock
 from engine.domain.bundles import Bundle
 from engine.domain.clock import ManualClock
-from engine.domain.errors import AlreadyExists, InvalidArgument
+from engine.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from engine.domain.model import Line, ReservationState, Shortfall
 from engine.domain.moves import Move
+from engine.domain.rules import ChannelRule, CustomerLimit
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.store.storage import Storage
 from engine.usecases.availability import Availability
 from engine.usecases.bundles import set_bundles
+from engine.usecases.channels import RuleChange
 from engine.usecases.reservations import Reservations
 
 from .conftest import ON_BOTH, register
@@ -126,9 +128,6 @@ async def test_release_and_expiry_give_back_the_components_held_whatever_the_bun
 
 
 async def test_a_bundle_with_a_channel_is_held_to_the_channels_rules(shop: Reservations) -> None:
-    from engine.domain.rules import ChannelRule
-    from engine.usecases.channels import RuleChange
-
     await shop.channels.set([RuleChange("web", "s1", rule=ChannelRule(buffer=2))])
     assert await kits(shop, channel="web") == 2  # b: 4 - 2 = 2 kits
     got = await shop.reserve("r1", [Line("s1", "kit", 3)], channel="web")
@@ -141,6 +140,16 @@ async def test_move_line_refuses_a_reservation_holding_bundles(shop: Reservation
     with pytest.raises(InvalidArgument, match=r"reservation_id: .* holds bundles"):
         await shop.move_line("r1", "m1", Move("s1", "a", 0, "s2"))
     assert await row(shop.storage, "s1", "a") == (10, 2)
+
+
+async def test_a_customer_limit_on_a_kit_counts_kits_as_asked(shop: Reservations) -> None:
+    await shop.channels.set_limits({"kit": CustomerLimit(2, 3_600_000)})
+    assert (await shop.reserve("r1", [Line("s1", "kit", 2)], customer="ann")).ok
+    with pytest.raises(FailedPrecondition, match="at most 2 of kit"):
+        await shop.reserve("r2", [Line("s2", "kit", 1)], customer="ann")
+    await shop.release("r1")  # gives the kits back to the count
+    assert (await shop.reserve("r3", [Line("s2", "kit", 2)], customer="ann")).ok
+    assert await row(shop.storage, "s2", "b") == (4, 2)
 
 
 @pytest.mark.parametrize(
