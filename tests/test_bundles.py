@@ -8,6 +8,7 @@ on the cluster, through the use cases and over gRPC."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -31,6 +32,7 @@ from engine.usecases.reservations import Reservations
 from .conftest import ON_BOTH, register
 from .grpc_helpers import LON, Stubs, count, line, north, place, stock_up, store
 from .test_concurrency import clients
+from .test_ingest import reconcile
 from .test_sweeper import count_event
 
 pytestmark = ON_BOTH
@@ -230,6 +232,10 @@ def stubs(channel: grpc.aio.Channel) -> Stubs:
     return Stubs(channel)
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def kit_msg(sku: str, *components: tuple[str, int], remove: bool = False) -> pb.Bundle:
     parts = [pb.BundleComponent(sku=s, qty=q) for s, q in components]
     return pb.Bundle(sku=sku, components=parts, remove=remove)
@@ -297,6 +303,8 @@ async def test_calls_that_do_not_take_a_bundle_refuse_it_by_field(stubs: Stubs) 
     assert await refused(stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[event]))) == (
         "events[0].sku"
     )
+    header = pb.CountHeader(location_id="L2", count_id="c1", counted_at=now_ms() - 1000)
+    assert await refused(reconcile(stubs, header, {"a": 4, "kit": 2})) == "lines[].sku"
     bad = kit_msg("kit2", ("kit", 1))
     assert await refused(set_kits(stubs, bad)) == "bundles[0].components[0].sku"
     assert await refused(set_kits(stubs)) == "bundles"

@@ -292,10 +292,13 @@ class Ingest:
         await self.locations.require([location], "header.location_id")
         started, done = time.perf_counter(), 0
         counted: dict[str, int] = {}
+        kits = await self.bundles() if self.bundles is not None else {}
         for sku, qty in lines.items():
             ours = await self.mappings.item(count.source, sku, "lines[].sku")
             if ours in counted:
                 raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
+            if ours in kits:
+                raise InvalidArgument("lines[].sku", f"{ours}: {_BUNDLE}")
             counted[ours] = qty
         missing: list[str] = []
         # a count older than the event window is stale for every row (apply_events.lua):
