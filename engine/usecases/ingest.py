@@ -126,8 +126,7 @@ class Ingest:
         bundles: Callable[[], Awaitable[Mapping[str, object]]] | None = None,
     ) -> None:
         """max_skew_ms: how far from the server's clock a source's may be (sources.py);
-        an event further in the future than that is rejected. bundles: the bundle skus
-        (SetBundles), whose events are rejected: a bundle has no stock of its own."""
+        an event further in the future than that is rejected. bundles: the bundle skus."""
         self.storage = storage
         self.locations = locations
         self.mappings = Mappings(storage)
@@ -291,15 +290,7 @@ class Ingest:
         auth.current().require_locations([location], "header.location_id")
         await self.locations.require([location], "header.location_id")
         started, done = time.perf_counter(), 0
-        counted: dict[str, int] = {}
-        kits = await self.bundles() if self.bundles is not None else {}
-        for sku, qty in lines.items():
-            ours = await self.mappings.item(count.source, sku, "lines[].sku")
-            if ours in counted:
-                raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
-            if ours in kits:
-                raise InvalidArgument("lines[].sku", f"{ours}: {_BUNDLE}")
-            counted[ours] = qty
+        counted = await self._our_lines(count.source, lines)
         missing: list[str] = []
         # a count older than the event window is stale for every row (apply_events.lua):
         # it may not set the location's full-count mark either, or a delta from before it
@@ -350,6 +341,19 @@ class Ingest:
         )
         result.shortages = await self.shortages(short)  # each sku is in one batch only
         return result
+
+    async def _our_lines(self, source: str, lines: dict[str, int]) -> dict[str, int]:
+        """A count's lines by our skus (a source's mapped), none of them a bundle's."""
+        counted: dict[str, int] = {}
+        kits = await self.bundles() if self.bundles is not None else {}
+        for sku, qty in lines.items():
+            ours = await self.mappings.item(source, sku, "lines[].sku")
+            if ours in counted:
+                raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
+            if ours in kits:
+                raise InvalidArgument("lines[].sku", f"{ours}: {_BUNDLE}")
+            counted[ours] = qty
+        return counted
 
     @staticmethod
     def _count_event(count: Count, location: str, sku: str, qty: int) -> StockEvent:
