@@ -24,6 +24,12 @@ COMMITTING -> COMMITTED, RELEASING -> RELEASED, and MOVING:<token> while a MoveL
 line (back to '' after it). Each part has HELD | COMMITTED | RELEASED | EXPIRED; the
 reservation's state is theirs, or the decision once one was made.
 
+A line of a bundle (engine/domain/bundles.py) is held as its components, merged with the
+other lines at its location, in the same hold script call: the parts and the directory's
+lines are the components held; the directory keeps the lines as sent beside them (the
+fingerprint and every answer are theirs), so Commit, Release and expiry act on what was
+held whatever the bundle has become since.
+
 Here: Reserve (one location) and the calls; the saga steps and recovery are
 engine/usecases/sagas.py, MoveLine engine/usecases/moves.py, what all share
 engine/usecases/parts.py.
