@@ -303,6 +303,11 @@ async def test_calls_that_do_not_take_a_bundle_refuse_it_by_field(stubs: Stubs) 
     assert await refused(stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[event]))) == (
         "events[0].sku"
     )
+    basket = [pb.BasketLine(sku="kit", qty=1), pb.BasketLine(sku="a", qty=1)]  # a twice
+    near = pb.FindNearbyRequest(latitude=51.5, longitude=-0.12, radius_km=10, lines=basket)
+    assert await refused(stubs.availability.FindNearby(near)) == "lines[1].sku"
+    order = pb.AllocateRequest(lines=basket, latitude=51.5, longitude=-0.12)
+    assert await refused(stubs.sourcing.Allocate(order)) == "lines[1].sku"
     header = pb.CountHeader(location_id="L2", count_id="c1", counted_at=now_ms() - 1000)
     assert await refused(reconcile(stubs, header, {"a": 4, "kit": 2})) == "lines[].sku"
     bad = kit_msg("kit2", ("kit", 1))

@@ -175,3 +175,21 @@ def kit_row(bundle: Bundle, rows: Sequence[StockRow]) -> StockRow:
     nothing of its own), version the sum of theirs (it moves whenever one of them does)."""
     kits = kits_of(bundle, [r.available for r in rows])
     return StockRow(on_hand=kits, version=sum(r.version for r in rows))
+
+
+def check_disjoint(skus: Sequence[str], table: Table, field: str) -> None:
+    """A basket (FindNearby, Allocate) weighs each line's availability alone, so no two of its
+    lines may draw on one row: INVALID_ARGUMENT naming the later line of a pair that shares a
+    component (a bundle beside one of its components, or two bundles with one in common)."""
+    if not has_bundles(skus, table):
+        return
+    first: dict[str, int] = {}
+    for i, sku in enumerate(skus):
+        bundle = table.get(sku)
+        for part in (c for c, _ in bundle.components) if bundle else (sku,):
+            if first.setdefault(part, i) != i:
+                raise InvalidArgument(
+                    f"{field}[{i}].sku",
+                    f"draws on {part} as lines[{first[part]}] does: a basket's lines are "
+                    "weighed one by one, so list a bundle's components instead",
+                )

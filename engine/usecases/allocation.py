@@ -26,7 +26,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from engine.domain.bundles import rows_per
+from engine.domain.bundles import check_disjoint, rows_per
 from engine.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from engine.domain.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, check_radius, distance_km
 from engine.domain.model import (
@@ -164,6 +164,7 @@ class Allocator:
             Fulfilment.SHIP,
         )  # fmt: skip
         table = await self.reservations.channels.table()
+        check_disjoint([ln.sku for ln in order.lines], table, "lines")
         width = rows_per((ln.sku for ln in order.lines), table)  # a bundle reads its components
         most = min(MAX_CANDIDATES, MAX_ROWS // width)
         near = [(d, loc) for d, loc in near if loc.id not in order.excluded][:most]

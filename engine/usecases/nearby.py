@@ -19,7 +19,7 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from engine.domain.bundles import Pair, rows_per
+from engine.domain.bundles import Pair, check_disjoint, rows_per
 from engine.domain.errors import InvalidArgument
 from engine.domain.geo import Fulfilment, check_radius
 from engine.domain.model import (
@@ -82,6 +82,7 @@ async def find_nearby(
     rules, for a query that names its channel."""
     index = await registry.index()
     table = await channels.table() if channels is not None else {}
+    check_disjoint([ln.sku for ln in query.lines], table, "lines")
     width = rows_per((ln.sku for ln in query.lines), table)  # a bundle reads its components
     most = min(MAX_CANDIDATES, MAX_ROWS // width)  # a long basket reads fewer
     candidates = index.within(
