@@ -180,6 +180,7 @@ class Omnistock:
             m,
             self.clock.now_ms,
             max_skew_ms=self.settings.max_clock_skew_ms,
+            bundles=self.reservations.channels.table,
         )
         self.sources = ingest.sources
         networks = self.networks

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from engine.api.convert import location_from_pb
+from engine.domain.bundles import Bundle
 from engine.domain.geo import Fulfilment
 from engine.domain.model import (
     Availability,
@@ -343,6 +344,20 @@ class OmnistockClient:
             msg.max_units, msg.window_seconds = limit.max_units, limit.window_ms / 1000
         request = pb.SetCustomerLimitsRequest(limits=[msg])
         resp = await self._call(lambda: self._stock.SetCustomerLimits(request, **self._opts))
+        return int(resp.version)
+
+    async def set_bundles(self, bundles: Sequence[Bundle], *, remove: Sequence[str] = ()) -> int:
+        """Sets each bundle (its sku: its components, each so many times) and removes those
+        named in `remove`, all at once; answers the rules' version. A bundle sku is then
+        read, held and allocated like any other: the engine acts on its components."""
+        msgs = [
+            pb.Bundle(
+                sku=b.sku, components=[pb.BundleComponent(sku=c, qty=q) for c, q in b.components]
+            )
+            for b in bundles
+        ] + [pb.Bundle(sku=sku, remove=True) for sku in remove]
+        request = pb.SetBundlesRequest(bundles=msgs)
+        resp = await self._call(lambda: self._stock.SetBundles(request, **self._opts))
         return int(resp.version)
 
     # -- location networks (admin) -----------------------------------------------------

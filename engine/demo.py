@@ -17,11 +17,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.demo_cities import CITIES, DC_SITES, City
+from engine.domain.bundles import Bundle
 from engine.domain.clock import Clock
 from engine.domain.model import MAX_QTY, EventKind, Location, LocationType, StockEvent
 from engine.domain.networks import Network, Selector
 from engine.domain.rules import ChannelRule, CustomerLimit, Pool
 from engine.store.storage import Storage
+from engine.usecases.bundles import set_bundles
 from engine.usecases.channels import ChannelRules, RuleChange
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.networks import NetworkChange, Networks
@@ -257,6 +259,12 @@ DEMO_RULES = (
 )
 DEMO_POOLS = (("dc-gb", "SKU-000007", Pool("app", 50, fallback=True)),)
 DEMO_LIMITS = {"SKU-000007": CustomerLimit(2, 24 * 3600 * 1000)}
+# The demo's kits (no stock of their own: as many as their components make, wherever they are).
+DEMO_BUNDLES = (
+    Bundle("KIT-STARTER", (("SKU-000001", 1), ("SKU-000002", 1))),  # the two best sellers
+    Bundle("KIT-DUO", (("SKU-000003", 2), ("SKU-000010", 1))),  # two of one, one of another
+    Bundle("KIT-4PACK", (("SKU-000004", 4),)),  # a four-pack of one sku
+)
 
 
 def _shipping(country: str) -> Network:
@@ -290,7 +298,7 @@ async def load(
     networks: Networks,
 ) -> None:
     """Counts every demo row in as COUNT events (the one way stock enters), a few batches in
-    flight at once, logging progress; then the channels' rules, pools and limits; locations
+    flight at once, logging progress; then the channels' rules, pools, limits and kits; locations
     last (then the networks of them), so a load cut short is redone at the next start (each
     step is idempotent)."""
     started = time.perf_counter()
@@ -319,6 +327,7 @@ async def load(
     await asyncio.gather(*(apply(loc, events) for loc, events in batches))
     await channels.set(DEMO_RULES)
     await channels.set_limits(DEMO_LIMITS)
+    await set_bundles(channels, [(bundle, False) for bundle in DEMO_BUNDLES])
     for location, sku, pool in DEMO_POOLS:
         await storage.set_pools(location, [(sku, pool)])
     await locations.upsert(locs)

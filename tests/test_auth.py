@@ -198,6 +198,12 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
         ),
         metadata=md,
     ),
+    "SetBundles": lambda s, md: s.stock.SetBundles(
+        pb.SetBundlesRequest(
+            bundles=[pb.Bundle(sku="m-kit", components=[pb.BundleComponent(sku="S1", qty=2)])]
+        ),
+        metadata=md,
+    ),
     "UpsertNetworks": lambda s, md: s.stock.UpsertNetworks(
         pb.UpsertNetworksRequest(networks=[pb.Network(name="m-net", location_ids=["L1"])]),
         metadata=md,

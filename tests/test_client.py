@@ -18,6 +18,7 @@ from engine.client import (
     Pool,
     Selector,
 )
+from engine.domain.bundles import Bundle
 from engine.domain.model import LocationType, ReservationState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
@@ -126,6 +127,23 @@ async def test_client_holds_for_a_customer_within_a_limit(
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         await client.set_customer_limit("a", None)
         assert (await client.reserve("c2", [Line("s2", "a", 1)], customer_id="ann")).ok
+
+
+async def test_client_sets_bundles_and_holds_one_as_its_components(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    await stock_up(Stubs(channel), {("s1", "a"): 5, ("s1", "b"): 5})
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        assert await client.set_bundles([Bundle("kit", (("a", 2), ("b", 1)))]) > 0
+        (kit,) = await client.availability(["kit"], location_ids=["s1"])
+        assert kit.available == 2
+        held = await client.reserve("k1", [Line("s1", "kit", 2)])
+        assert held.reservation is not None and held.reservation.lines == (Line("s1", "kit", 2),)
+        levels = await client.availability(["a", "b", "kit"], location_ids=["s1"])
+        assert [(lv.sku, lv.available) for lv in levels] == [("a", 1), ("b", 3), ("kit", 0)]
+        await client.set_bundles([], remove=["kit"])
+        (kit,) = await client.availability(["kit"], location_ids=["s1"])
+        assert kit.available == 0
 
 
 @ON_BOTH

@@ -274,6 +274,14 @@ async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_
             assert list(got.member_ids) == shipping_from(country)
             summed = sum([(await available(loc, "SKU-000001", "web"))[0] for loc in got.member_ids])
             assert got.levels[0].available == summed > 0
+        # and a kit of the two best sellers is as available as the scarcer of them
+        got = await stubs.availability.GetAvailability(
+            pb.GetAvailabilityRequest(
+                skus=["KIT-STARTER", "SKU-000001", "SKU-000002"], location_ids=["dc-gb"]
+            )
+        )
+        kit, one, two = (lv.available for lv in got.levels)
+        assert kit == min(one, two) > 0
 
 
 def shipping_from(country: str) -> list[str]:

@@ -25,6 +25,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.keys import (
     ALERTS,
     BANDS_ALERTED,
+    BUNDLES,
     LEASES,
     LOCATIONS,
     LOCATIONS_VERSION,
@@ -131,6 +132,7 @@ GLOBAL = (
     ALERTS,
     BANDS_ALERTED,
     *LEASES,
+    BUNDLES,
 )
 
 

@@ -215,6 +215,9 @@ async def seed(stubs: Stubs) -> None:
         )
     )
     await r.Reserve(held("short-1", (DARK, SKUS[2], 40)))
+    kit = [pb.BundleComponent(sku="SKU-1", qty=2), pb.BundleComponent(sku="sku_2", qty=1)]
+    await s.SetBundles(pb.SetBundlesRequest(bundles=[pb.Bundle(sku="KIT-1", components=kit)]))
+    await r.Reserve(held("kit-1", (DC, "KIT-1", 2), (STORE, "KIT-1", 1)))
     await s.ApplyEvents(pb.ApplyEventsRequest(events=[seed_count(DARK, SKUS[2], 10, T0 + 1)]))
 
 
@@ -263,13 +266,14 @@ RESERVATION_IDS = (
     "gone-1",
     "order-1",
     "short-1",
+    "kit-1",
     "fresh-1",
     "fresh-2",
 )
 EVENT_IDS = st.sampled_from([f"seed:{STORE}:SKU-1:{T0}", "e-1", "e-2", "c:done-1"])
 STRINGS: dict[str, Pool] = {
     "location": ids(*LOCATIONS, CLOSED),
-    "sku": ids(*SKUS, "SKU-new", "item-9"),
+    "sku": ids(*SKUS, "SKU-new", "item-9", "KIT-1"),
     "reservation_id": ids(*RESERVATION_IDS),
     "move_id": ids("move-1", "move-2"),
     # a new hold and a new plan also need ids no one holds yet; an event, often none
@@ -899,7 +903,7 @@ def test_every_rpc_of_the_proto_is_fuzzed() -> None:
         "AvailabilityService", "ReservationService", "SourcingService", "StockService",
         "OperatorService",
     }  # fmt: skip
-    assert len(NAMES) == 28, NAMES
+    assert len(NAMES) == 29, NAMES
 
 
 @TIMEOUT

@@ -3,10 +3,12 @@
 A hypothesis state machine sends stock events, reservations, commits, releases, extends,
 moves of held lines to other locations (MoveLine, and its retries), safety stock changes and
 clock moves (with or without a sweep after them), holds for sales channels under their
-rules (a buffer, a share) and ring-fenced pools, to the real
+rules (a buffer, a share) and ring-fenced pools, and holds of kits
+(bundles of the skus, one of which changes its make-up during a run) to the real
 engine over a real Redis-compatible server, and the same steps to `Model` below: a few
 dicts that say, in the brief's words, what every answer and every stock row must be. After
-every step it compares the two and checks the invariants I1-I7 on the engine's own data,
+every step it compares the two and checks the invariants I1-I7 on the engine's own data
+(and I10: a kit's hold moved exactly its components, its availability is theirs),
 and a listing across a location network (by country, by region and list, by type) for one
 channel in turn: each sku's figure the sum over the network's members of what the model
 says that channel may hold there, read from Redis and through the network view.
@@ -41,6 +43,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from engine.domain.bundles import Bundle
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, OmnistockError
 from engine.domain.model import (
@@ -60,6 +63,8 @@ from engine.metrics import Metrics
 from engine.store.connect import connect
 from engine.store.netview import NetworkView
 from engine.store.storage import Storage
+from engine.usecases.availability import Availability
+from engine.usecases.bundles import set_bundles
 from engine.usecases.channels import RuleChange
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.networks import NetworkChange, Networks
@@ -92,6 +97,14 @@ RULES = {
     ("*", "web"): ChannelRule(buffer=1),
     ("l:loc-a", "web"): ChannelRule(buffer=3),
     ("l:loc-b", "app"): ChannelRule(max_share=0.5),
+}
+
+# Bundles (issue 17): kits of the skus, with no rows of their own; kit-2's make-up changes
+# during a run, and the holds made keep the components they took (I10).
+KITS = ("kit-1", "kit-2")
+MAKEUPS: dict[str, tuple[tuple[tuple[str, int], ...], ...]] = {
+    "kit-1": ((("sku-1", 2), ("sku-2", 1)),),
+    "kit-2": ((("sku-2", 1), ("sku-3", 3)), (("sku-3", 1),)),
 }
 
 # Location networks (issue 16): loc-a and loc-b are in GB, loc-a in region "north", loc-c
@@ -146,13 +159,15 @@ class ModelReservation:
     expires_at: int
     channel: str = ""
     original: tuple[ModelLine, ...] = ()  # the lines as reserved (what a retry sends)
+    asked: tuple[ModelLine, ...] = ()  # with kits: the lines as sent (`lines`: as held)
     # the store's reports of sales under this reservation while it was HELD:
     # (location, sku, signed qty, source time)
     echoes: list[tuple[str, str, int, int]] = field(default_factory=list)
 
     def answer(self) -> tuple[Any, ...]:
         held = self.state == "HELD"
-        return ("RESERVATION", self.state, self.lines, self.expires_at if held else None)
+        lines = self.asked or self.lines
+        return ("RESERVATION", self.state, lines, self.expires_at if held else None)
 
 
 def merge(lines: list[ModelLine]) -> tuple[ModelLine, ...]:
@@ -188,6 +203,7 @@ class Model:
         # (reservation id, move id) -> the move it made: (location, sku, to, qty)
         self.moves: dict[tuple[str, str], tuple[str, str, str, int]] = {}
         self.pools: dict[Pair, dict[str, tuple[int, bool]]] = {}  # row -> channel -> pool
+        self.kits = {kit: makeups[0] for kit, makeups in MAKEUPS.items()}  # kit -> (sku, qty)
 
     # stock events
 
@@ -247,18 +263,49 @@ class Model:
         existing = self.reservations.get(rid)
         if existing is not None:  # as it is now: its lines may have moved since
             return existing.answer() if existing.original == merged else ("AlreadyExists",)
-        offered = {(loc, sku): self.offered(loc, sku, channel) for loc, sku, _ in merged}
-        short = [
-            (loc, sku, qty, offered[(loc, sku)])
-            for loc, sku, qty in merged
-            if qty > offered[(loc, sku)]
-        ]
+        held = self.expand(merged)
+        offered = {(loc, sku): self.offered(loc, sku, channel) for loc, sku, _ in held}
+        short = {
+            (loc, sku): offered[(loc, sku)] for loc, sku, qty in held if qty > offered[(loc, sku)]
+        }
         if short:
-            return ("SHORT", tuple(sorted(short)))
-        for loc, sku, qty in merged:
+            return ("SHORT", self.short_lines(merged, short))
+        for loc, sku, qty in held:
             self.rows[(loc, sku)].reserved += qty
-        self.reservations[rid] = ModelReservation(merged, "HELD", now + ttl_ms, channel, merged)
+        asked = merged if held != merged else ()
+        self.reservations[rid] = ModelReservation(
+            held, "HELD", now + ttl_ms, channel, merged, asked
+        )
         return self.reservations[rid].answer()
+
+    def expand(self, lines: tuple[ModelLine, ...]) -> tuple[ModelLine, ...]:
+        """The rows a hold of `lines` takes: each kit as qty times each of its components."""
+        out: list[ModelLine] = []
+        for loc, sku, qty in lines:
+            parts = self.kits.get(sku, ((sku, 1),))
+            out += [(loc, c, qty * n) for c, n in parts]
+        return merge(out)
+
+    def short_lines(
+        self, lines: tuple[ModelLine, ...], short: dict[Pair, int]
+    ) -> tuple[tuple[str, str, int, int], ...]:
+        """Each line asked that a short row (-> what may be held of it) touches, with what
+        that row alone would let it hold: a kit, whole kits of its short components."""
+        out = []
+        for loc, sku, qty in lines:
+            parts = self.kits.get(sku, ((sku, 1),))
+            could = [short[(loc, c)] // n for c, n in parts if (loc, c) in short]
+            if could:
+                out.append((loc, sku, qty, min(min(could), qty)))
+        return tuple(sorted(out))
+
+    def kits_available(self) -> dict[Pair, int]:
+        """Each kit at each location: whole kits of its components' available units."""
+        return {
+            (loc, kit): min(self.rows[(loc, c)].available // n for c, n in parts)
+            for loc in LOCATIONS
+            for kit, parts in self.kits.items()
+        }
 
     def held_by(self, location: str, sku: str, channel: str) -> int:
         return sum(
@@ -357,6 +404,8 @@ class Model:
         if done is not None:
             same = (done[0], done[1], done[2]) == (loc, sku, to) and qty in (0, done[3])
             return res.answer() if same else ("AlreadyExists",)
+        if res.asked:  # a reservation of kits: its lines are not moved one by one
+            return ("InvalidArgument",)
         held = {(ln[0], ln[1]): ln[2] for ln in res.lines}
         q = held.get((loc, sku))
         if res.state != "HELD" or now >= res.expires_at or q is None or qty not in (0, q):
@@ -423,6 +472,7 @@ class Snapshot:
     rows: dict[Pair, StockRow]
     directory: dict[str, tuple[Line, ...] | None]  # reservation id -> its lines, if known
     holds: Holds  # the parts of every reservation at every location, and what they hold
+    kits: dict[Pair, int]  # (location, kit) -> its availability, as GetAvailability reads it
     answers: dict[str, tuple[Any, ...]]  # reservation id -> what `get` answers
 
 
@@ -458,6 +508,9 @@ lines_across = st.lists(
 ).filter(lambda lines: len({loc for loc, _, _ in lines}) > 1)
 counted = st.integers(0, 12).map(lambda q: 12 - q)  # a count of mostly a dozen, sometimes 0
 channels = st.sampled_from(CHANNELS)
+lines_with_kits = st.lists(
+    st.tuples(locations, st.sampled_from(SKUS + KITS), st.integers(1, 3)), min_size=1, max_size=3
+).filter(lambda lines: any(sku in KITS for _, sku, _ in lines))
 move_ids = st.sampled_from(("m0", "m1", "m2"))  # per reservation: few, so that they collide
 
 
@@ -499,6 +552,11 @@ class StockMachine(RuleBasedStateMachine):
             for (scope, channel), rule in RULES.items()
         ]
         self.run(self.reservations.channels.set(changes))
+        kits = [(Bundle(kit, makeups[0]), False) for kit, makeups in MAKEUPS.items()]
+        self.run(set_bundles(self.reservations.channels, kits))
+        self.availability = Availability(
+            self.storage, registry, channels=self.reservations.channels
+        )
         # listings across networks: through the network view (told of every write, as the
         # service's is), and read from Redis every time
         self.view = NetworkView(self.storage, Metrics(), 10_000, max_lag=0.02, dead_after=2.0)
@@ -643,7 +701,7 @@ class StockMachine(RuleBasedStateMachine):
         event(f"reserve for channel {channel or '(none)'}: {got[0]}")
         assert got == expected
         if new and got[0] == "RESERVATION":
-            self.check_no_oversell(merge(lines))
+            self.check_no_oversell(self.model.expand(merge(lines)))
 
     async def engine_reserve(
         self, rid: str, lines: list[Line], ttl: int, channel: str
@@ -679,6 +737,17 @@ class StockMachine(RuleBasedStateMachine):
     def reserve_across_locations(self, rid: str, lines: list[ModelLine], ttl: int, ch: str) -> None:
         """A cart with lines at two or three locations: the saga path."""
         self.reserve(rid, lines, ttl, ch)
+
+    @rule(rid=reservation_ids, lines=lines_with_kits, ttl=ttl_seconds, ch=channels)
+    def reserve_kits(self, rid: str, lines: list[ModelLine], ttl: int, ch: str) -> None:
+        """A cart with a kit or two, beside skus sold alone, at one location or several."""
+        self.reserve(rid, lines, ttl, ch)
+
+    @rule(makeup=st.sampled_from(MAKEUPS["kit-2"]))
+    def a_kit_changes_its_make_up(self, makeup: tuple[tuple[str, int], ...]) -> None:
+        """kit-2 is made of other components from now on: holds made keep theirs."""
+        self.run(set_bundles(self.reservations.channels, [(Bundle("kit-2", makeup), False)]))
+        self.model.kits["kit-2"] = makeup
 
     @precondition(lambda self: any(self.model.pools.values()))
     @rule(data=st.data(), rid=st.sampled_from(POOL_IDS), ttl=ttl_seconds, qty=st.integers(1, 8))
@@ -723,7 +792,7 @@ class StockMachine(RuleBasedStateMachine):
         got = self.answer(self.reservations.commit(rid))
         assert got == self.model.commit(rid, now)
         if got[0] == "RESERVATION":
-            for loc, sku, _ in got[2]:
+            for loc, sku, _ in self.model.reservations[rid].lines:  # the rows it held
                 self.times[(loc, sku)].add(now)
 
     def release(self, rid: str) -> None:
@@ -839,12 +908,14 @@ class StockMachine(RuleBasedStateMachine):
         changed since the last step (`get` reads nothing else, so the answers of the others
         are the same as before)."""
         ids = sorted({rid for rid, _, _ in self.attempts})
-        rows, directory, holds = await asyncio.gather(
+        rows, directory, holds, kits = await asyncio.gather(
             self.storage.rows(list(PAIRS)),
             asyncio.gather(*(self.storage.directory(rid) for rid in ids)),
             read_holds(self.storage, LOCATIONS, ids),
+            self.availability.levels(list(KITS), list(LOCATIONS), set(), True),
         )
-        snap = Snapshot(dict(zip(PAIRS, rows, strict=True)), {}, holds, {})
+        levels = {(loc, kit): a for loc, kit, _, a, _ in kits}
+        snap = Snapshot(dict(zip(PAIRS, rows, strict=True)), {}, holds, levels, {})
         snap.answers.update(dict.fromkeys(RESERVATION_IDS, ("NotFound",)))
         for rid, entry in zip(ids, directory, strict=True):
             snap.directory[rid] = entry.lines if entry is not None else None
@@ -868,6 +939,7 @@ class StockMachine(RuleBasedStateMachine):
         self.reserved_is_the_sum_of_held_parts(snap)
         self.every_part_of_a_reservation_is_in_one_state(snap)
         self.no_hold_outlives_its_expiry_after_a_sweep(snap)
+        self.kits_are_as_available_as_their_components(snap)
 
     @invariant()
     def a_listing_across_a_network_is_the_sum_over_its_members(self) -> None:
@@ -918,6 +990,12 @@ class StockMachine(RuleBasedStateMachine):
         }
         problems = in_one_state_problems(snap.holds, known)
         assert not problems, problems
+
+    def kits_are_as_available_as_their_components(self, snap: Snapshot) -> None:
+        """A kit's availability, as GetAvailability reads it, is whole kits of its
+        components' available units as the model has them; a kit has no row of its own."""
+        assert snap.kits == self.model.kits_available()
+        assert not any(sku in KITS for _, sku in snap.holds.rows)
 
     def no_hold_outlives_its_expiry_after_a_sweep(self, snap: Snapshot) -> None:
         """I7: once the sweeper has run at this time, nothing past its expiry is HELD."""

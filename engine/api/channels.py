@@ -1,5 +1,6 @@
 """Sales channels' rules, stock bands and per-customer limits from their messages
-(StockService.SetChannelRules, SetStockBands, SetCustomerLimits), each checked naming its field."""
+(StockService.SetChannelRules, SetStockBands, SetCustomerLimits), and bundles (SetBundles),
+each checked naming its field."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from engine.api.convert import TYPES
+from engine.domain.bundles import Bundle
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import LocationType, check_size
 from engine.domain.rules import Band, ChannelRule, CustomerLimit
@@ -61,6 +63,14 @@ def rule_changes(msgs: Sequence[pb.ChannelRule]) -> list[RuleChange]:
 
 def band_changes(msgs: Sequence[pb.StockBand]) -> list[BandChange]:
     return [band_change(m, f"bands[{i}]") for i, m in enumerate(_sized(msgs, "bands", "band"))]
+
+
+def bundle_changes(msgs: Sequence[pb.Bundle]) -> list[tuple[Bundle, bool]]:
+    """(bundle, remove) of each message, in order; checked by set_bundles, by field."""
+    if not msgs:
+        raise InvalidArgument("bundles", "at least one bundle is required")
+    check_size(len(msgs), "bundles", MAX_RULES)
+    return [(Bundle(m.sku, tuple((c.sku, c.qty) for c in m.components)), m.remove) for m in msgs]
 
 
 def _sized(msgs: Sequence[T], field: str, what: str) -> Sequence[T]:

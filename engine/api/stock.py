@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from engine.api.channels import band_changes, limit_changes, rule_changes
+from engine.api.channels import band_changes, bundle_changes, limit_changes, rule_changes
 from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb
 from engine.api.networks import network_changes
 from engine.api.rpc import rpc, rpc_stream
@@ -29,6 +29,7 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next_within
 from engine.usecases.availability import Availability
+from engine.usecases.bundles import set_bundles
 from engine.usecases.channels import MAX_RULES, ChannelRules
 from engine.usecases.ingest import (
     Count,
@@ -363,6 +364,13 @@ class StockService(pb_grpc.StockServiceServicer):
     ) -> pb.SetCustomerLimitsResponse:
         limits = limit_changes(request.limits)
         return pb.SetCustomerLimitsResponse(version=await self.channels.set_limits(limits))
+
+    @rpc("SetBundles")
+    async def SetBundles(
+        self, request: pb.SetBundlesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetBundlesResponse:
+        version = await set_bundles(self.channels, bundle_changes(request.bundles))
+        return pb.SetBundlesResponse(version=version)
 
     @rpc("UpsertNetworks")
     async def UpsertNetworks(

@@ -78,6 +78,7 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "SetStockBands": frozenset({Role.ADMIN}),
     "SetCustomerLimits": frozenset({Role.ADMIN}),
     "UpsertNetworks": frozenset({Role.ADMIN}),
+    "SetBundles": frozenset({Role.ADMIN}),
     "GetRow": frozenset({Role.ADMIN}),
     "GetLocation": frozenset({Role.ADMIN}),
     "ListAlerts": frozenset({Role.ADMIN}),

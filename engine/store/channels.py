@@ -1,16 +1,18 @@
-"""Sales channels' rules, in one hash of their own slot (engine/usecases/channels.py reads
-them into each process; hold.lua enforces them)."""
+"""Sales channels' rules, bands, limits and bundles, each in one hash of their own slot
+(engine/usecases/channels.py reads them into each process; hold.lua enforces them)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from engine.domain.bundles import Bundle
 from engine.domain.errors import FailedPrecondition
 from engine.domain.rules import Band, ChannelRule, CustomerLimit, Pool
 from engine.store.base import Base
 from engine.store.codecs import ChannelHold
 from engine.store.keys import (
     BANDS,
+    BUNDLES,
     CHANNEL_RULES,
     CHANNEL_RULES_VERSION,
     LIMITS,
@@ -64,6 +66,24 @@ class ChannelStore(Base):
         for sku, value in raw.items():
             most, window = value.decode().split(",")
             out[sku.decode()] = CustomerLimit(int(most), int(window))
+        return out
+
+    async def set_bundles(self, bundles: Mapping[str, Bundle | None]) -> int:
+        """Sets (or, for None, removes) each bundle, all at once; answers the rules' new
+        version, which bundles share."""
+        fields = {
+            sku: None if b is None else "".join(f"{c}\t{q}\n" for c, q in b.components)
+            for sku, b in bundles.items()
+        }
+        return await self._set_scoped(BUNDLES, fields)
+
+    async def bundles(self) -> dict[str, Bundle]:
+        """Every bundle, by its sku."""
+        raw: dict[bytes, bytes] = await self.command(lambda p: p.hgetall(BUNDLES))
+        out = {}
+        for sku, value in raw.items():
+            rows = (row.split("\t") for row in value.decode().splitlines())
+            out[sku.decode()] = Bundle(sku.decode(), tuple((c, int(q)) for c, q in rows))
         return out
 
     async def _set_scoped(self, key: str, fields: Mapping[str, str | None]) -> int:

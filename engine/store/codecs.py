@@ -5,7 +5,7 @@ scripts read the same), locations, event ids; and the typed values the store han
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -69,6 +69,12 @@ class DirEntry:
     generation: int = 0  # moved on by every MoveLine that took effect (field n)
     moving: MoveRecord | None = None  # the MoveLine under way (saga field MOVING:<token>)
     done: Move | None = None  # what the move id asked about moved, if it did (d:<move id>)
+    asked: tuple[Line, ...] = ()  # the lines as sent, when bundles made `lines` other (else ())
+
+    @property
+    def shown(self) -> tuple[Line, ...]:
+        """The lines as the caller asked for them (a bundle as itself, not its components)."""
+        return self.asked or self.lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +137,18 @@ def decode_lines(text: str) -> tuple[Line, ...]:
         location, sku, qty = row.split("\t")
         out.append(Line(location, sku, int(qty)))
     return tuple(out)
+
+
+def encode_dir_lines(lines: Iterable[Line], asked: Sequence[Line] = ()) -> str:
+    """A directory entry's lines (field l): those held, then, when bundles made them other
+    than the lines as sent, those, each row marked '=' (no location id holds one)."""
+    return encode_lines(lines) + "".join(f"={ln.location}\t{ln.sku}\t{ln.qty}\n" for ln in asked)
+
+
+def decode_dir_lines(text: str) -> tuple[tuple[Line, ...], tuple[Line, ...]]:
+    """(lines held, lines as sent when other: else ()) of encode_dir_lines."""
+    held, _, asked = text.partition("=")
+    return decode_lines(held), decode_lines(asked.replace("\n=", "\n"))
 
 
 def available_of(value: bytes | None) -> int:

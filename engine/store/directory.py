@@ -12,7 +12,7 @@ from engine.store.base import Base
 from engine.store.codecs import (
     DirEntry,
     MoveRecord,
-    decode_lines,
+    decode_dir_lines,
     decode_move,
     encode_lines,
     encode_move,
@@ -47,7 +47,8 @@ class Directory(Base):
             move_id_of, move = m.split("\t", 1)
             moving = MoveRecord(move_id_of, decode_move(move), saga.removeprefix(MOVING))
         done = decode_move(got[7]) if move_id and got[7] else None
-        return DirEntry(f, decode_lines(lines), saga, o or "", u or "", int(n or 0), moving, done)
+        held, asked = decode_dir_lines(lines)
+        return DirEntry(f, held, saga, o or "", u or "", int(n or 0), moving, done, asked)
 
     async def claim(
         self,

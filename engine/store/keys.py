@@ -59,6 +59,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:limits     hash  per-customer limits: sku -> "max_units,window_ms"
     {omnistock}:networks   hash  location networks: name -> JSON (its location ids and selectors)
     {omnistock}:networks:v counter  moves with every change of a network
+    {omnistock}:bundles    hash  bundles and kits: bundle sku -> "component\tqty\n"... (its
+                          components; versioned with the channels' rules, {omnistock}:channels:v)
     {omnistock}:alerts  stream  what an operator should hear of (kind: a shortage, a row a
                           count or delta left short; a sequence_gap; a clock_skew of a source;
                           a band, a row's crossing into LOW or OUT for a channel)
@@ -97,6 +99,7 @@ CHANNEL_RULES = "{omnistock}:channels"
 CHANNEL_RULES_VERSION = "{omnistock}:channels:v"
 BANDS = "{omnistock}:bands"
 LIMITS = "{omnistock}:limits"
+BUNDLES = "{omnistock}:bundles"
 NETWORKS = "{omnistock}:networks"
 NETWORKS_VERSION = "{omnistock}:networks:v"
 ALERTS = "{omnistock}:alerts"

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from engine.domain.bundles import check_disjoint, rows_per
 from engine.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from engine.domain.geo import HALF_CIRCUMFERENCE_KM, Fulfilment, check_radius, distance_km
 from engine.domain.model import (
@@ -49,6 +51,7 @@ from engine.domain.sourcing import (
     price,
 )
 from engine.store.storage import Storage
+from engine.usecases.bundles import read_through
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.planner import Planner
 from engine.usecases.reservations import Reservations
@@ -160,7 +163,10 @@ class Allocator:
             order.latitude, order.longitude, order.max_distance_km, set(order.types),
             Fulfilment.SHIP,
         )  # fmt: skip
-        most = min(MAX_CANDIDATES, MAX_ROWS // len(order.lines))
+        table = await self.reservations.channels.table()
+        check_disjoint([ln.sku for ln in order.lines], table, "lines")
+        width = rows_per((ln.sku for ln in order.lines), table)  # a bundle reads its components
+        most = min(MAX_CANDIDATES, MAX_ROWS // width)
         near = [(d, loc) for d, loc in near if loc.id not in order.excluded][:most]
         pairs = [(loc.id, ln.sku) for _, loc in near for ln in order.lines]
         limited = [loc.id for _, loc in near if loc.ship_capacity is not None]
@@ -181,10 +187,14 @@ class Allocator:
         ]
 
     async def _available(self, pairs: list[tuple[str, str]], channel: str) -> list[int]:
-        """What may be held of each row: by the channel's rules when it names one."""
+        """What may be held of each row: by the channel's rules when it names one; of a
+        bundle, the kits its components' make (read in the same call)."""
+        channels = self.reservations.channels
         if not channel:
-            return await self.storage.available(pairs)
-        return await self.reservations.channels.offered(channel, self.registry.by_id, pairs)
+            read = self.storage.available
+        else:
+            read = functools.partial(channels.offered, channel, self.registry.by_id)
+        return await read_through(await channels.table(), pairs, read)
 
     async def _earlier(self, order: Order) -> Allocation | None:
         """A retry of an Allocate that held its plan: that plan, if it is this order's."""

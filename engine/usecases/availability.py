@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from engine.domain.bundles import Table, expand_pairs, fold, has_bundles, kit_row
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import (
     MAX_ROWS,
@@ -21,6 +22,7 @@ from engine.domain.model import (
 from engine.domain.rules import StockStatus
 from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
+from engine.usecases.bundles import refuse_bundles
 from engine.usecases.channels import ChannelRules
 from engine.usecases.locations import LocationRegistry
 
@@ -76,14 +78,39 @@ class Availability:
             locations = [loc.id for loc in await self.locations.active(types)]
         _within_rows(wanted, locations)
         pairs = [(loc, sku) for loc in locations for sku in wanted]
-        rows = await self.reader.rows(pairs)
-        offered = await self.offered(channel, pairs, rows)
+        table = await self.channels.table()
+        if has_bundles(wanted, table):
+            rows, offered = await self._kits(channel, pairs, table)
+        else:
+            rows = await self.reader.rows(pairs)
+            offered = await self.offered(channel, pairs, rows)
         keep_empty = include_empty or bool(location_ids)
         return [
             (loc, sku, row, a, self.status(loc, sku, channel, a))
             for (loc, sku), row, a in zip(pairs, rows, offered, strict=True)
             if keep_empty or a > 0
         ]
+
+    async def _kits(
+        self, channel: str, pairs: Sequence[tuple[str, str]], table: Table
+    ) -> tuple[list[StockRow], list[int]]:
+        """rows and offered of `pairs` where some skus are bundles: their components' rows
+        read with the others in one read, each bundle's level folded from them (kit_row)."""
+        flat, starts = expand_pairs(pairs, table)
+        if len(flat) > MAX_ROWS:
+            raise InvalidArgument(
+                "skus", f"their bundles' components come to {len(flat)} rows, over {MAX_ROWS}"
+            )
+        read = await self.reader.rows(flat)
+        offered = fold(await self.offered(channel, flat, read), pairs, starts, table)
+        rows = []
+        for (_, sku), start in zip(pairs, starts, strict=True):
+            bundle = table.get(sku)
+            if bundle is None:
+                rows.append(read[start])
+            else:
+                rows.append(kit_row(bundle, read[start : start + len(bundle.components)]))
+        return rows, offered
 
     async def offered(
         self, channel: str, pairs: Sequence[tuple[str, str]], rows: Sequence[StockRow]
@@ -106,6 +133,7 @@ class Availability:
         """What a watch follows: the skus (all when none) at the locations named (all when
         none); its opening state, when asked for, needs the skus and at most MAX_ROWS rows."""
         wanted = _skus(skus)
+        refuse_bundles(wanted, await self.channels.table(), "skus", _NO_WATCH)
         locations = await self._named(location_ids)
         if not locations:
             if not wanted:
@@ -155,6 +183,9 @@ class Availability:
             check_id(loc, f"location_ids[{i}]")
         await self.locations.require(ids, "location_ids")
         return ids
+
+
+_NO_WATCH = "a watch follows stock rows, and a bundle has none: watch its components"
 
 
 def _skus(skus: Sequence[str]) -> list[str]:

@@ -4,7 +4,7 @@ its last `buffer` units, and at most `max_share` of its sellable units held at o
 for a channel, a hold is checked against its rule inside the hold script itself (hold.lua),
 so no channel ever takes what its rules keep from it, however many hold at once.
 
-The rules (and bands and per-customer limits) are read into each process, and re-read by
+The rules (and bands, per-customer limits and bundles) are read into each process, and re-read by
 a task of each process when their version has moved, checked once a second: a rule set
 through one process holds there at once, and in the others within about a second, and no
 call waits on the store for them. Setting a pool moves the version too (what figures a
@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from engine.domain.bundles import Bundle
 from engine.domain.errors import InvalidArgument, Unavailable
 from engine.domain.model import Location, LocationType, check_id, check_qty, check_size
 from engine.domain.rules import DEFAULT_BAND, NO_RULE, Band, ChannelRule, CustomerLimit, Pool
@@ -116,6 +117,7 @@ class ChannelRules:
         self.rules: dict[tuple[str, str], ChannelRule] = {}
         self.bands: dict[tuple[str, str], Band] = {}
         self.limits: dict[str, CustomerLimit] = {}  # sku -> its per-customer limit
+        self.bundles: dict[str, Bundle] = {}  # bundle sku -> its components (SetBundles)
         self._version = -1
 
     async def set(self, changes: Sequence[RuleChange]) -> int:
@@ -201,7 +203,13 @@ class ChannelRules:
         self.rules = await self.storage.channel_rules()
         self.bands = await self.storage.bands()
         self.limits = await self.storage.limits()
+        self.bundles = await self.storage.bundles()
         self._version = version
+
+    async def table(self) -> dict[str, Bundle]:
+        """The bundles as last read (as `fresh`: no call waits on the store for them)."""
+        await self.fresh()
+        return self.bundles
 
     @property
     def version(self) -> int:
@@ -222,7 +230,7 @@ class ChannelRules:
             await self._reload()
 
     async def follow(self) -> None:
-        """Re-reads the rules, bands and limits whenever their version has moved, checked
+        """Re-reads the rules, bands, limits and bundles whenever their version has moved, checked
         once a second (a task of each server process)."""
         while True:
             await asyncio.sleep(_RELOAD_INTERVAL)

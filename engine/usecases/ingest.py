@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 MAX_COUNT_LINES = 2_000_000
 COUNT_BATCH = 2000  # count lines per script call
 COUNT_CALLS = 4  # script calls of one count in flight
+
+
+_BUNDLE = "a bundle (SetBundles) has no stock of its own: send its components' events"
 
 
 def _future(skew_ms: int) -> str:
@@ -120,15 +123,17 @@ class Ingest:
         metrics: Metrics,
         now_ms: Callable[[], int],
         max_skew_ms: int = 300_000,
+        bundles: Callable[[], Awaitable[Mapping[str, object]]] | None = None,
     ) -> None:
         """max_skew_ms: how far from the server's clock a source's may be (sources.py);
-        an event further in the future than that is rejected."""
+        an event further in the future than that is rejected. bundles: the bundle skus."""
         self.storage = storage
         self.locations = locations
         self.mappings = Mappings(storage)
         self.metrics = metrics
         self.now_ms = now_ms
         self.max_skew_ms = max_skew_ms
+        self.bundles = bundles
         self.sources = Sources(storage, metrics, max_skew_ms, now_ms)
 
     async def apply(
@@ -144,9 +149,12 @@ class Ingest:
                 acks[i] = self._reject(ev, strict)
         now = self.now_ms()
         groups: dict[str, list[tuple[int, StockEvent]]] = {}
+        kits = await self.bundles() if self.bundles is not None else {}
         for i, got in await self.mappings.translate(parsed):
             if isinstance(got, StockEvent) and got.source_time > now + self.max_skew_ms:
                 got = InvalidArgument(f"events[{i}].source_time", _future(self.max_skew_ms))
+            if isinstance(got, StockEvent) and got.sku in kits:
+                got = InvalidArgument(f"events[{i}].sku", _BUNDLE)
             if isinstance(got, InvalidArgument):
                 acks[i] = self._reject(got, strict)
             else:
@@ -282,12 +290,7 @@ class Ingest:
         auth.current().require_locations([location], "header.location_id")
         await self.locations.require([location], "header.location_id")
         started, done = time.perf_counter(), 0
-        counted: dict[str, int] = {}
-        for sku, qty in lines.items():
-            ours = await self.mappings.item(count.source, sku, "lines[].sku")
-            if ours in counted:
-                raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
-            counted[ours] = qty
+        counted = await self._our_lines(count.source, lines)
         missing: list[str] = []
         # a count older than the event window is stale for every row (apply_events.lua):
         # it may not set the location's full-count mark either, or a delta from before it
@@ -338,6 +341,19 @@ class Ingest:
         )
         result.shortages = await self.shortages(short)  # each sku is in one batch only
         return result
+
+    async def _our_lines(self, source: str, lines: dict[str, int]) -> dict[str, int]:
+        """A count's lines by our skus (a source's mapped), none of them a bundle's."""
+        counted: dict[str, int] = {}
+        kits = await self.bundles() if self.bundles is not None else {}
+        for sku, qty in lines.items():
+            ours = await self.mappings.item(source, sku, "lines[].sku")
+            if ours in counted:
+                raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
+            if ours in kits:
+                raise InvalidArgument("lines[].sku", f"{ours}: {_BUNDLE}")
+            counted[ours] = qty
+        return counted
 
     @staticmethod
     def _count_event(count: Count, location: str, sku: str, qty: int) -> StockEvent:

@@ -50,6 +50,7 @@ from engine.domain import auth
 from engine.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Unavailable,
 )
@@ -98,6 +99,12 @@ class Moves(Sagas):
                 raise AlreadyExists(f"move {move_id} of reservation {rid} moved another line")
             self.metrics.moves.labels("retried").inc()
             return HoldResult(await self.get(rid))
+        if entry.asked:  # its parts hold a kit's components together: not one line each
+            raise InvalidArgument(
+                "reservation_id",
+                f"reservation {rid} holds bundles: MoveLine does not move a bundle's lines "
+                "(release it and reserve at the other location)",
+            )
         if entry.saga:
             raise FailedPrecondition(f"reservation {rid} is {saga_word(entry.saga)}, not HELD")
         move = asked.resolved(entry.lines)

@@ -9,13 +9,17 @@ every candidate, at most MAX_CANDIDATES of them (the nearest), fewer for a long 
 that one call reads at most MAX_ROWS stock rows (candidates x lines). Availability is the
 engine's own: on_hand less what reservations hold and less safety stock, read through the
 read cache when it is on (engine/store/rowcache.py); for a sales channel, what its rules
-let it hold (engine/usecases/channels.py).
+let it hold (engine/usecases/channels.py); of a bundle, the kits its components make
+(engine/usecases/bundles.py: its components' rows read in the same round).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from engine.domain.bundles import Pair, check_disjoint, rows_per
 from engine.domain.errors import InvalidArgument
 from engine.domain.geo import Fulfilment, check_radius
 from engine.domain.model import (
@@ -28,6 +32,7 @@ from engine.domain.model import (
     check_sku_lines,
 )
 from engine.store.rowcache import RowReader
+from engine.usecases.bundles import read_through
 from engine.usecases.channels import ChannelRules
 from engine.usecases.locations import LocationRegistry
 
@@ -76,21 +81,24 @@ async def find_nearby(
     """reader: the read cache, or the storage itself (Redis); channels: the sales channels'
     rules, for a query that names its channel."""
     index = await registry.index()
-    most = min(MAX_CANDIDATES, MAX_ROWS // len(query.lines))  # a long basket reads fewer
+    table = await channels.table() if channels is not None else {}
+    check_disjoint([ln.sku for ln in query.lines], table, "lines")
+    width = rows_per((ln.sku for ln in query.lines), table)  # a bundle reads its components
+    most = min(MAX_CANDIDATES, MAX_ROWS // width)  # a long basket reads fewer
     candidates = index.within(
         query.latitude, query.longitude, query.radius_km, set(query.types), query.fulfilment
     )[:most]
     lines = query.lines
+    read: Callable[[Sequence[Pair]], Awaitable[list[int]]] = reader.available
+    if query.channel and channels is not None:
+        read = functools.partial(channels.offered, query.channel, registry.by_id)
     full: list[NearbyHit] = []
     part: list[NearbyHit] = []
     start, size = 0, FIRST_ROUND
     while start < len(candidates) and (query.partial or len(full) < query.limit):
         batch = candidates[start : start + size]
         pairs = [(loc.id, ln.sku) for _, loc in batch for ln in lines]
-        if query.channel and channels is not None:
-            available = await channels.offered(query.channel, registry.by_id, pairs)
-        else:
-            available = await reader.available(pairs)
+        available = await read_through(table, pairs, read)
         for i, (distance, loc) in enumerate(batch):
             hit = NearbyHit(loc, distance, tuple(available[i * len(lines) : (i + 1) * len(lines)]))
             filled, units = hit.filled(lines)

@@ -39,6 +39,7 @@ from engine.metrics import Metrics
 from engine.store.netview import Figures, NetworkView
 from engine.store.networks import MemberRead
 from engine.store.storage import Storage
+from engine.usecases.bundles import refuse_bundles
 from engine.usecases.channels import ChannelRules
 from engine.usecases.locations import LocationRegistry
 
@@ -149,6 +150,7 @@ class Networks:
         """For each sku (once each, in order), what `channel` may hold across the network,
         and at how many of its locations there is some."""
         wanted = check_listing(name, skus, channel)
+        refuse_bundles(wanted, await self.channels.table(), "skus", _NO_BUNDLES)
         members = await self.members(name)
         check_cells(len(wanted), len(members))
         await self.channels.fresh()  # its version stamps what the view keeps
@@ -176,6 +178,12 @@ class Networks:
         reads = [MemberRead(loc, rules.get(loc, NO_RULE), skus) for loc, skus in todo.items()]
         got = await self.storage.network_rows(channel, reads)
         return dict(zip(todo, got, strict=True))
+
+
+_NO_BUNDLES = (
+    "a network's listing sums its members' rows, and a bundle has none; ask GetAvailability "
+    "at the locations, or list its components"
+)
 
 
 def _columns(members: tuple[str, ...], skus: list[str], got: dict[str, list[int]]) -> list[Figures]:

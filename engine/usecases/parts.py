@@ -136,7 +136,7 @@ class ReservationParts:
             state = ReservationState.RELEASED
         else:
             state = overall_state(states)
-        return Reservation(rid, entry.lines, state, expiry_of(parts))
+        return Reservation(rid, entry.shown, state, expiry_of(parts))
 
     async def _channel_holds(self, lines: Iterable[Line], channel: str) -> Holds:
         """Each location's rule for the channel, as its hold script takes it."""

@@ -24,6 +24,12 @@ COMMITTING -> COMMITTED, RELEASING -> RELEASED, and MOVING:<token> while a MoveL
 line (back to '' after it). Each part has HELD | COMMITTED | RELEASED | EXPIRED; the
 reservation's state is theirs, or the decision once one was made.
 
+A line of a bundle (engine/domain/bundles.py) is held as its components, merged with the
+other lines at its location, in the same hold script call: the parts and the directory's
+lines are the components held; the directory keeps the lines as sent beside them (the
+fingerprint and every answer are theirs), so Commit, Release and expiry act on what was
+held whatever the bundle has become since.
+
 Here: Reserve (one location) and the calls; the saga steps and recovery are
 engine/usecases/sagas.py, MoveLine engine/usecases/moves.py, what all share
 engine/usecases/parts.py.
@@ -36,6 +42,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 
 from engine.domain import auth
+from engine.domain.bundles import asked_shortfalls, held_lines
 from engine.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -55,7 +62,7 @@ from engine.domain.model import (
     fingerprint,
     ttl_ms,
 )
-from engine.store.codecs import DirEntry, PickCapacity, encode_lines
+from engine.store.codecs import DirEntry, PickCapacity, encode_dir_lines
 from engine.store.ledgers import Count, held_ledger
 from engine.store.replies import (
     Claim,
@@ -110,6 +117,8 @@ class Reservations(Moves):
         check_id(reservation_id, "reservation_id")
         canon = canonical_lines(lines)
         who.require_locations((ln.location for ln in canon), "lines[].location_id")
+        table = await self.channels.table()
+        held = held_lines(canon, table)
         hold_ms = self._ttl_ms(ttl_seconds, who)
         now = self.clock.now_ms()
         counted = await self._count_units(who, reservation_id, canon, now, now + hold_ms)
@@ -121,16 +130,20 @@ class Reservations(Moves):
             except FailedPrecondition:
                 self.metrics.holds.labels("limited").inc()
                 raise
-            holds = await self._channel_holds(canon, channel)
+            holds = await self._channel_holds(held, channel)
             made_by = who.making_for(customer)
+            asked = canon if held is not canon else ()
             result = await self._reserve(
-                reservation_id, canon, hold_ms, capacity or {}, holds, made_by
+                reservation_id, held, hold_ms, capacity or {}, holds, made_by, asked
             )
         except BaseException:
             await self._uncount(reservation_id, counted)
             raise
         if not result.ok:
             await self._uncount(reservation_id, counted)
+            if result.shortfalls and held is not canon:
+                short = asked_shortfalls(canon, result.shortfalls, table)
+                result = HoldResult(None, short, result.full)
         self.metrics.holds.labels(_hold_outcome(result)).inc()
         return result
 
@@ -147,16 +160,19 @@ class Reservations(Moves):
         capacity: Mapping[str, int],
         holds: Holds,
         owner: str,
+        asked: tuple[Line, ...] = (),
     ) -> HoldResult:
+        """canon: the lines held; asked: the lines as sent, when bundles made them other
+        (the fingerprint and the answer are theirs; the directory keeps both)."""
         groups = by_location(canon)
         caps = self._capacities(capacity)
         if len(groups) == 1 and not self.storage.cluster:
-            return await self._reserve_one(rid, canon, ttl_ms, caps, holds, owner)
+            return await self._reserve_one(rid, canon, ttl_ms, caps, holds, owner, asked)
         if len(groups) == 1:
-            placed = await self._reserve_placed(rid, canon, ttl_ms, caps, holds, owner)
+            placed = await self._reserve_placed(rid, canon, ttl_ms, caps, holds, owner, asked)
             if placed is not None:
                 return placed
-        return await self._reserve_saga(rid, canon, groups, ttl_ms, caps, holds, owner)
+        return await self._reserve_saga(rid, canon, groups, ttl_ms, caps, holds, owner, asked)
 
     def _ttl_ms(self, ttl_seconds: float, who: auth.Principal) -> int:
         cart = who.role is auth.Role.STOREFRONT
@@ -194,9 +210,10 @@ class Reservations(Moves):
         caps: dict[str, PickCapacity],
         holds: Holds,
         owner: str,
+        asked: tuple[Line, ...] = (),
     ) -> HoldResult:
         now = self.clock.now_ms()
-        fp, location = fingerprint(lines, owner), lines[0].location
+        fp, location = fingerprint(asked or lines, owner), lines[0].location
         call = self.storage.hold_call(
             rid,
             fp,
@@ -204,13 +221,13 @@ class Reservations(Moves):
             lines,
             now,
             now + ttl_ms,
-            encode_lines(lines),
+            encode_dir_lines(lines, asked),
             caps.get(location),
             owner,
             holds.get(location),
         )
         (answer,) = await self.storage.hold([call])
-        return await self._hold_answer(rid, lines, location, answer)
+        return await self._hold_answer(rid, asked or lines, location, answer)
 
     async def _reserve_placed(
         self,
@@ -220,19 +237,20 @@ class Reservations(Moves):
         caps: dict[str, PickCapacity],
         holds: Holds,
         owner: str,
+        asked: tuple[Line, ...] = (),
     ) -> HoldResult | None:
         """On a cluster: the directory entry at the id's node and the hold at the
         location's, sent together (one round trip, no saga). None: the id is a saga's;
         take its way."""
         now = self.clock.now_ms()
-        fp, location = fingerprint(lines, owner), lines[0].location
+        fp, location = fingerprint(asked or lines, owner), lines[0].location
         ttl = ttl_ms + self.storage.retention_ms
         call = self.storage.hold_call(
             rid, fp, location, lines, now, now + ttl_ms, None, caps.get(location), "",
             holds.get(location),
         )  # fmt: skip
         placed, answer = await asyncio.gather(
-            self.storage.place(rid, fp, encode_lines(lines), ttl, owner),
+            self.storage.place(rid, fp, encode_dir_lines(lines, asked), ttl, owner),
             self.storage.hold([call]),
             return_exceptions=True,
         )
@@ -260,11 +278,12 @@ class Reservations(Moves):
             return None  # a part held here has the saga's lines: the saga's way finds it
         if answer[0].reply not in (Reply.HELD, Reply.EXISTS):
             await self.storage.unplace(rid, fp)  # this attempt held nothing
-        return await self._hold_answer(rid, lines, location, answer[0])
+        return await self._hold_answer(rid, asked or lines, location, answer[0])
 
     async def _hold_answer(
         self, rid: str, lines: tuple[Line, ...], location: str, answer: HoldReply
     ) -> HoldResult:
+        """lines: as the reservation shows them (as sent)."""
         if answer.reply is Reply.CONFLICT:
             raise AlreadyExists(f"reservation {rid} exists with other lines")
         if answer.reply is Reply.SHORT:
@@ -301,7 +320,7 @@ class Reservations(Moves):
         if entry.saga not in ("", COMMITTING, COMMITTED):
             raise FailedPrecondition(f"reservation {rid} is {saga_word(entry.saga)}, not HELD")
         customer = entry.customer
-        bought = await self.customers.bought(customer, rid, entry.lines, self.clock.now_ms())
+        bought = await self.customers.bought(customer, rid, entry.shown, self.clock.now_ms())
         try:
             if len(groups) == 1 and not entry.saga:
                 await self._commit_parts(rid, groups, False, entry.owner, read=True)
@@ -309,9 +328,9 @@ class Reservations(Moves):
                 await self._commit_saga(rid, entry, groups)
         except FailedPrecondition:  # not bought: released or expired
             if bought:
-                await self.customers.uncount(customer, rid, (ln.sku for ln in entry.lines))
+                await self.customers.uncount(customer, rid, (ln.sku for ln in entry.shown))
             raise
-        return Reservation(rid, entry.lines, ReservationState.COMMITTED, 0)
+        return Reservation(rid, entry.shown, ReservationState.COMMITTED, 0)
 
     async def release(self, rid: str) -> Reservation:
         return await self._unmoved(rid, lambda entry: self._release(rid, entry))
@@ -334,10 +353,10 @@ class Reservations(Moves):
             raise FailedPrecondition(f"reservation {rid} is COMMITTED; it cannot be released")
         if any(a.changed for a in answers):
             self.metrics.releases.inc()
-        await self.customers.uncount(entry.customer, rid, (ln.sku for ln in entry.lines))
+        await self.customers.uncount(entry.customer, rid, (ln.sku for ln in entry.shown))
         expired = all(a.state is ReservationState.EXPIRED for a in answers)
         state = ReservationState.EXPIRED if expired else ReservationState.RELEASED
-        return Reservation(rid, entry.lines, state, 0)
+        return Reservation(rid, entry.shown, state, 0)
 
     async def extend(self, rid: str, ttl_seconds: float) -> Reservation:
         who = auth.current()
@@ -365,11 +384,11 @@ class Reservations(Moves):
                 state = answer.state or "missing"
                 raise FailedPrecondition(f"reservation {rid} is {state}, not HELD")
         if who.role is auth.Role.STOREFRONT:  # its units count until the new expiry
-            units = sum(ln.qty for ln in entry.lines)
+            units = sum(ln.qty for ln in entry.shown)
             count = Count(held_ledger(who.name), units, expires_at, self.caps.max_units)
             await self.storage.budget(rid, now, [count])
-        await self.customers.extended(entry.customer, rid, entry.lines, now, expires_at)
-        return Reservation(rid, entry.lines, ReservationState.HELD, expires_at)
+        await self.customers.extended(entry.customer, rid, entry.shown, now, expires_at)
+        return Reservation(rid, entry.shown, ReservationState.HELD, expires_at)
 
 
 def _hold_outcome(result: HoldResult) -> str:

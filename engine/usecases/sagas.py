@@ -23,7 +23,7 @@ from engine.domain.model import (
     by_location,
     fingerprint,
 )
-from engine.store.codecs import DirEntry, PickCapacity, encode_lines
+from engine.store.codecs import DirEntry, PickCapacity, encode_dir_lines
 from engine.store.replies import (
     PENDING,
     Claim,
@@ -59,9 +59,10 @@ class Sagas(ReservationParts):
         caps: dict[str, PickCapacity],
         holds: Holds,
         owner: str,
+        asked: tuple[Line, ...] = (),
     ) -> HoldResult:
         for _ in range(3):
-            result = await self._try_saga(rid, lines, groups, ttl_ms, caps, holds, owner)
+            result = await self._try_saga(rid, lines, groups, ttl_ms, caps, holds, owner, asked)
             if result is not None:
                 return result
         raise Unavailable(f"reservation {rid} keeps being placed and rolled back; retry")
@@ -75,14 +76,16 @@ class Sagas(ReservationParts):
         caps: dict[str, PickCapacity],
         holds: Holds,
         made_by: str,
+        asked: tuple[Line, ...] = (),
     ) -> HoldResult | None:
-        """One attempt; None when a concurrent attempt with this id fell short meanwhile."""
+        """One attempt; None when a concurrent attempt with this id fell short meanwhile.
+        asked: the lines as sent, when bundles made `lines` (those held) other."""
         now = self.clock.now_ms()
-        fp, owner = fingerprint(lines, made_by), uuid.uuid4().hex
+        fp, owner = fingerprint(asked or lines, made_by), uuid.uuid4().hex
         ttl = ttl_ms + self.storage.retention_ms
         recover_at = now + self.timing.saga_timeout_ms
         claimed = await self.storage.claim(
-            rid, fp, encode_lines(lines), owner, ttl, recover_at, made_by
+            rid, fp, encode_dir_lines(lines, asked), owner, ttl, recover_at, made_by
         )
         if claimed.reply is Claim.CONFLICT:
             raise AlreadyExists(f"reservation {rid} exists with other lines")
@@ -103,7 +106,7 @@ class Sagas(ReservationParts):
                 await self._release_parts(rid, groups, held, ReleaseMode.TOMBSTONE)
                 return HoldResult(await self.get(rid))
             await self.storage.unschedule_saga(rid)
-            return HoldResult(Reservation(rid, lines, ReservationState.HELD, now + ttl_ms))
+            return HoldResult(Reservation(rid, asked or lines, ReservationState.HELD, now + ttl_ms))
         shortfalls: list[Shortfall] = []
         for loc, answer in zip(groups, answers, strict=True):
             shortfalls += shortfalls_of(loc, answer)

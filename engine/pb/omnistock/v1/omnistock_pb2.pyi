@@ -1299,6 +1299,100 @@ class AllocateResponse(_message.Message):
 Global___AllocateResponse: _TypeAlias = AllocateResponse  # noqa: Y015
 
 @_typing.final
+class BundleComponent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    """a sku that is not itself a bundle"""
+    qty: _builtins.int
+    """units of it in one bundle, at least 1"""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        qty: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qty", b"qty", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BundleComponent: _TypeAlias = BundleComponent  # noqa: Y015
+
+@_typing.final
+class Bundle(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    COMPONENTS_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    """the bundle's own sku: no stock rows of its own"""
+    remove: _builtins.bool
+    """removes the bundle of this sku (components then not given)"""
+    @_builtins.property
+    def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleComponent]:
+        """each sku once"""
+
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        components: _abc.Iterable[Global___BundleComponent] | None = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "remove", b"remove", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Bundle: _TypeAlias = Bundle  # noqa: Y015
+
+@_typing.final
+class SetBundlesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bundle]: ...
+    def __init__(
+        self,
+        *,
+        bundles: _abc.Iterable[Global___Bundle] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBundlesRequest: _TypeAlias = SetBundlesRequest  # noqa: Y015
+
+@_typing.final
+class SetBundlesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the rules' version after this call (bundles share it with rules)"""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBundlesResponse: _TypeAlias = SetBundlesResponse  # noqa: Y015
+
+@_typing.final
 class CustomerLimit(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -695,6 +695,11 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksResponse.FromString,
                 _registered_method=True)
+        self.SetBundles = channel.unary_unary(
+                '/omnistock.v1.StockService/SetBundles',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetBundlesRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetBundlesResponse.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -792,6 +797,16 @@ class StockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBundles(self, request, context):
+        """Bundles and kits: a bundle sku is its components, each so many times. It has no stock
+        of its own: its availability at a location is the least, over its components, of
+        floor(available / qty), and a hold of it holds its components in the same atomic step.
+        All the call's bundles change at once; a hold already made keeps the components it took.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -849,6 +864,11 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.UpsertNetworks,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksResponse.SerializeToString,
+            ),
+            'SetBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBundles,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetBundlesRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetBundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1150,6 +1170,33 @@ class StockService:
             '/omnistock.v1.StockService/UpsertNetworks',
             omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.UpsertNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/SetBundles',
+            omnistock_dot_v1_dot_omnistock__pb2.SetBundlesRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.SetBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -330,6 +330,12 @@ class StockServiceStub:
     """Named sets of locations (a country's shipping network, a city's pickup stores), all of
     the call's at once: each replaces the network of its name, or removes it.
     """
+    SetBundles: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetBundlesRequest, _omnistock_pb2.SetBundlesResponse]
+    """Bundles and kits: a bundle sku is its components, each so many times. It has no stock
+    of its own: its availability at a location is the least, over its components, of
+    floor(available / qty), and a hold of it holds its components in the same atomic step.
+    All the call's bundles change at once; a hold already made keeps the components it took.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -378,6 +384,12 @@ class StockServiceAsyncStub(StockServiceStub):
     UpsertNetworks: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertNetworksRequest, _omnistock_pb2.UpsertNetworksResponse]  # type: ignore[assignment]
     """Named sets of locations (a country's shipping network, a city's pickup stores), all of
     the call's at once: each replaces the network of its name, or removes it.
+    """
+    SetBundles: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetBundlesRequest, _omnistock_pb2.SetBundlesResponse]  # type: ignore[assignment]
+    """Bundles and kits: a bundle sku is its components, each so many times. It has no stock
+    of its own: its availability at a location is the least, over its components, of
+    floor(available / qty), and a hold of it holds its components in the same atomic step.
+    All the call's bundles change at once; a hold already made keeps the components it took.
     """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -490,6 +502,18 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_omnistock_pb2.UpsertNetworksResponse, _abc.Awaitable[_omnistock_pb2.UpsertNetworksResponse]]:
         """Named sets of locations (a country's shipping network, a city's pickup stores), all of
         the call's at once: each replaces the network of its name, or removes it.
+        """
+
+    @_abc_1.abstractmethod
+    def SetBundles(
+        self,
+        request: _omnistock_pb2.SetBundlesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.SetBundlesResponse, _abc.Awaitable[_omnistock_pb2.SetBundlesResponse]]:
+        """Bundles and kits: a bundle sku is its components, each so many times. It has no stock
+        of its own: its availability at a location is the least, over its components, of
+        floor(available / qty), and a hold of it holds its components in the same atomic step.
+        All the call's bundles change at once; a hold already made keeps the components it took.
         """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
