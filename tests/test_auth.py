@@ -219,7 +219,38 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
     "DeleteDeadLetters": lambda s, md: s.operator.DeleteDeadLetters(
         pb.DeleteDeadLettersRequest(ids=["1-1"]), metadata=md
     ),
+    "GetPromise": lambda s, md: s.availability.GetPromise(
+        pb.GetPromiseRequest(skus=["S1"], location_ids=["L1"]), metadata=md
+    ),
+    "UpsertSupply": lambda s, md: s.stock.UpsertSupply(
+        pb.UpsertSupplyRequest(
+            supplies=[
+                pb.Supply(supply_id="m-po", location_id="L1", sku="S1", qty=1, expected_at=SOON)
+            ]
+        ),
+        metadata=md,
+    ),
+    "CreateTransfer": lambda s, md: s.stock.CreateTransfer(
+        pb.CreateTransferRequest(
+            transfer_id="m-tr",
+            from_location_id="L1",
+            to_location_id="L2",
+            lines=[pb.TransferLine(sku="S1", qty=1)],
+            expected_at=SOON,
+        ),
+        metadata=md,
+    ),
+    "ShipTransfer": lambda s, md: s.stock.ShipTransfer(
+        pb.ShipTransferRequest(transfer_id="m-none"), metadata=md
+    ),
+    "ReceiveTransfer": lambda s, md: s.stock.ReceiveTransfer(
+        pb.ReceiveTransferRequest(transfer_id="m-none"), metadata=md
+    ),
+    "CancelTransfer": lambda s, md: s.stock.CancelTransfer(
+        pb.CancelTransferRequest(transfer_id="m-none"), metadata=md
+    ),
 }
+SOON = int(time.time() * 1000) + 24 * 3600 * 1000
 
 
 def test_every_rpc_has_rights_and_a_call_in_the_matrix() -> None:
@@ -250,6 +281,27 @@ async def test_a_caller_without_a_known_token_is_unauthenticated_and_health_is_o
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     labels = {"reason": "unauthenticated"}
     assert secured.metrics.registry.get_sample_value("omnistock_refused_total", labels) == 3
+
+
+async def test_a_till_ships_from_and_receives_at_its_own_store_only(
+    channel_to: grpc.aio.Channel,
+) -> None:
+    stubs, till, admin = Stubs(channel_to), bearer("till-token"), bearer(ROLES[Role.ADMIN])
+    transfer = pb.CreateTransferRequest(
+        transfer_id="to-L1",
+        from_location_id="L2",
+        to_location_id="L1",
+        lines=[pb.TransferLine(sku="S1", qty=1)],
+        expected_at=SOON,
+    )
+    await stubs.stock.CreateTransfer(transfer, metadata=admin)
+    ship = stubs.stock.ShipTransfer(pb.ShipTransferRequest(transfer_id="to-L1"), metadata=till)
+    assert await code_of(ship) == grpc.StatusCode.PERMISSION_DENIED  # it leaves L2
+    await stubs.stock.ShipTransfer(pb.ShipTransferRequest(transfer_id="to-L1"), metadata=admin)
+    got = await stubs.stock.ReceiveTransfer(
+        pb.ReceiveTransferRequest(transfer_id="to-L1"), metadata=till
+    )  # it arrives at L1
+    assert got.state == pb.TRANSFER_STATE_RECEIVED
 
 
 async def test_a_till_acts_only_at_its_own_location(channel_to: grpc.aio.Channel) -> None:

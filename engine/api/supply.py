@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import grpc
 
+from engine.api.convert import SUPPLY_KINDS as KINDS
+from engine.api.convert import SUPPLY_OUTCOMES as OUTCOMES
+from engine.api.convert import TRANSFER_STATES as STATES
 from engine.api.rpc import rpc
 from engine.domain.auth import current
 from engine.domain.errors import InvalidArgument
@@ -15,34 +18,11 @@ from engine.domain.supply import (
     MAX_SUPPLIES,
     Promise,
     Supply,
-    SupplyKind,
-    SupplyOutcome,
 )
 from engine.domain.transfers import Transfer, TransferState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.usecases.supply import Supplies
 from engine.usecases.transfers import Transfers
-
-KINDS = {
-    pb.SUPPLY_KIND_UNSPECIFIED: SupplyKind.PURCHASE_ORDER,
-    pb.SUPPLY_KIND_PURCHASE_ORDER: SupplyKind.PURCHASE_ORDER,
-    pb.SUPPLY_KIND_ASN: SupplyKind.ASN,
-    pb.SUPPLY_KIND_TRANSFER: SupplyKind.TRANSFER,
-}
-OUTCOMES = {
-    SupplyOutcome.CREATED: pb.SUPPLY_OUTCOME_CREATED,
-    SupplyOutcome.UPDATED: pb.SUPPLY_OUTCOME_UPDATED,
-    SupplyOutcome.UNCHANGED: pb.SUPPLY_OUTCOME_UNCHANGED,
-    SupplyOutcome.CANCELLED: pb.SUPPLY_OUTCOME_CANCELLED,
-}
-# What a caller sees of a transfer's state: one in the middle of a step is finished before
-# it is answered, so those never reach it.
-STATES = {
-    TransferState.CREATED: pb.TRANSFER_STATE_CREATED,
-    TransferState.SHIPPED: pb.TRANSFER_STATE_SHIPPED,
-    TransferState.RECEIVED: pb.TRANSFER_STATE_RECEIVED,
-    TransferState.CANCELLED: pb.TRANSFER_STATE_CANCELLED,
-}
 
 
 def supply_from_pb(msg: pb.Supply, field: str) -> Supply:

@@ -2723,7 +2723,9 @@ class Alert(_message.Message):
         clock_skew: source, clock ("ahead"/"behind"), clock_offset_ms;
         band: location_id, sku, channel ("": no channel), was and status (the band it fell
         from and into: IN_STOCK, LOW, OUT), available (what the channel could hold of the row
-        then), version (the row's)
+        then), version (the row's);
+        transfer_discrepancy: transfer_id, location_id (where it was received),
+        from_location_id, sku, shipped, received, missing (shipped - received)
         """
 
     def __init__(
