@@ -56,8 +56,11 @@ from engine.domain.model import (
 from engine.domain.moves import Move
 from engine.domain.networks import Network, Selector
 from engine.domain.rules import NO_RULE, ChannelRule, Pool
+from engine.domain.supply import DAY_MS, Supply
+from engine.domain.transfers import Transfer
 from engine.metrics import Metrics
 from engine.store.connect import connect
+from engine.store.keys import Keys
 from engine.store.netview import NetworkView
 from engine.store.storage import Storage
 from engine.usecases.channels import RuleChange
@@ -65,10 +68,13 @@ from engine.usecases.locations import LocationRegistry
 from engine.usecases.networks import NetworkChange, Networks
 from engine.usecases.parts import Timing
 from engine.usecases.reservations import Reservations
+from engine.usecases.supply import Supplies
 from engine.usecases.sweeper import Sweeper
+from engine.usecases.transfers import Transfers
 
 from .conftest import HOUR_MS, ON_BOTH, register, store, sweeper_of
 from .invariants import Holds, assert_reserved_is_held, in_one_state_problems, read_holds
+from .supply_model import ModelTransfer, SupplyModel
 
 T = TypeVar("T")
 
@@ -80,6 +86,7 @@ POOL_IDS = tuple(f"p{i}" for i in range(4))  # holds at pooled rows: ids of thei
 RESERVATION_IDS = CART_IDS + POOL_IDS
 # Two ids read like the change log's entries for commits ("c:<reservation>").
 EVENT_IDS = (*(f"e{i}" for i in range(12)), "c:r0", "c:r1")
+TRANSFER_IDS = ("tr-1", "tr-2", "tr-3")
 PAIRS = tuple((loc, sku) for loc in LOCATIONS for sku in SKUS)
 WINDOW_MS = 72 * HOUR_MS
 STOCK_BUCKETS = 2  # fewer buckets than skus: rows share bucket hashes and change logs
@@ -459,6 +466,16 @@ lines_across = st.lists(
 counted = st.integers(0, 12).map(lambda q: 12 - q)  # a count of mostly a dozen, sometimes 0
 channels = st.sampled_from(CHANNELS)
 move_ids = st.sampled_from(("m0", "m1", "m2"))  # per reservation: few, so that they collide
+# Future supply and transfers (issue 17): few ids, so that they are set again, cancelled,
+# retried; due from a day ago (overdue) to past the 30 days of the promise's horizon.
+supply_ids = st.sampled_from(("po-1", "po-2", "po-3"))
+transfer_ids = st.sampled_from(TRANSFER_IDS)
+due_offsets = st.sampled_from([-DAY_MS + 1, 0, 1, DAY_MS, 30 * DAY_MS, 30 * DAY_MS + 1]) | (
+    st.integers(-DAY_MS + 1, 40 * DAY_MS)
+)
+transfer_lines = st.lists(
+    st.tuples(skus, st.integers(1, 4)), min_size=1, max_size=2, unique_by=lambda ln: ln[0]
+).map(lambda lines: tuple(sorted(lines)))
 
 
 # -- the machine -----------------------------------------------------------------------
@@ -509,6 +526,10 @@ class StockMachine(RuleBasedStateMachine):
         self.exact = Networks(self.storage, registry, channels, Metrics())
         self.run(self.networks.upsert([NetworkChange(net) for net in NETWORKS]))
         self.listed = 0  # the listings are checked in turn, one after each step
+        self.supplies = Supplies(self.storage, registry, self.exact, self.clock)
+        self.transfers = Transfers(self.storage, registry, self.clock)
+        self.supply_model = SupplyModel(self.model.rows)
+        self.sent_transfers: list[Transfer] = []  # every CreateTransfer sent
 
     def teardown(self) -> None:
         self.run(self.view.close())
@@ -800,6 +821,111 @@ class StockMachine(RuleBasedStateMachine):
         """A client sends an earlier MoveLine again (same move id, same line and destination)."""
         self.move(*data.draw(st.sampled_from(self.sent_moves)))
 
+    # future supply and transfers (issue 17)
+
+    def supply_answer(self, supply: Supply) -> tuple[Any, ...]:
+        async def go() -> tuple[Any, ...]:
+            try:
+                (outcome,) = await self.supplies.upsert([supply])
+                return ("OK", outcome.value)
+            except OmnistockError as exc:
+                return error_answer(exc)
+
+        return self.run(go())
+
+    def transfer_answer(self, call: Awaitable[Transfer]) -> tuple[Any, ...]:
+        async def go() -> tuple[Any, ...]:
+            try:
+                t = await call
+                return ("TRANSFER", t.state.value, t.lines, t.received, t.returned)
+            except OmnistockError as exc:
+                return error_answer(exc)
+
+        return self.run(go())
+
+    @rule(
+        location=locations,
+        sku=skus,
+        sid=supply_ids,
+        qty=st.integers(1, 8),
+        offset=due_offsets,
+        cancel=st.sampled_from([False, False, False, True]),
+    )
+    def erp_sets_supply(
+        self, location: str, sku: str, sid: str, qty: int, offset: int, cancel: bool
+    ) -> None:
+        """A purchase order's line set, set again (other qty, date or sku), or cancelled."""
+        at = self.clock.now + offset
+        got = self.supply_answer(Supply(sid, location, sku, qty, at, cancel=cancel))
+        assert got == self.supply_model.upsert(location, sku, sid, qty, at, cancel)
+        event(f"supply: {got[-1]}")
+
+    @rule(tid=transfer_ids, source=locations, data=st.data(), lines=transfer_lines)
+    def a_transfer_is_created(
+        self, tid: str, source: str, data: st.DataObject, lines: tuple[tuple[str, int], ...]
+    ) -> None:
+        to = data.draw(st.sampled_from([loc for loc in LOCATIONS if loc != source]))
+        at = self.clock.now + data.draw(due_offsets)
+        self.create_transfer(Transfer(tid, source, to, lines, at))
+
+    @precondition(lambda self: self.sent_transfers)
+    @rule(data=st.data())
+    def a_transfer_create_is_sent_again(self, data: st.DataObject) -> None:
+        self.create_transfer(data.draw(st.sampled_from(self.sent_transfers)))
+
+    def create_transfer(self, t: Transfer) -> None:
+        self.sent_transfers.append(t)
+        got = self.transfer_answer(self.transfers.create(t))
+        mt = ModelTransfer(t.from_location, t.to_location, t.lines, t.expected_at)
+        if t.expected_at < self.clock.now - DAY_MS:  # sent again a day after: refused
+            assert got == ("InvalidArgument",)
+            return
+        assert got == self.supply_model.create(t.transfer_id, mt)
+
+    @rule(tid=transfer_ids)
+    def a_transfer_ships(self, tid: str) -> None:
+        now = self.clock.now
+        got = self.transfer_answer(self.transfers.ship(tid))
+        assert got == self.supply_model.ship(tid, now)
+        event(f"ship: {got[:2]}")
+        self.mark_transfer_times(tid, now)
+
+    @rule(tid=transfer_ids, data=st.data())
+    def a_transfer_is_received(self, tid: str, data: st.DataObject) -> None:
+        """Everything shipped (no lines), or some of each line (none, fewer, all, one
+        more), or a line of a sku the transfer does not have."""
+        now = self.clock.now
+        known = self.supply_model.transfers.get(tid)
+        lines: tuple[tuple[str, int], ...] | None = None
+        if data.draw(st.booleans()):
+            shipped = known.lines if known else ((data.draw(skus), 1),)
+            picked = data.draw(st.lists(st.sampled_from(shipped), unique=True))
+            lines = tuple((sku, data.draw(st.integers(0, qty + 1))) for sku, qty in picked)
+            if data.draw(st.integers(0, 9)) == 0:
+                lines += ((data.draw(skus), 1),)
+                lines = tuple({sku: q for sku, q in lines}.items())
+        got = self.transfer_answer(self.transfers.receive(tid, lines))
+        assert got == self.supply_model.receive(tid, lines, now)
+        event(f"receive: {got[:2]}")
+        self.mark_transfer_times(tid, now)
+
+    @rule(tid=transfer_ids)
+    def a_transfer_is_cancelled(self, tid: str) -> None:
+        now = self.clock.now
+        got = self.transfer_answer(self.transfers.cancel(tid))
+        assert got == self.supply_model.cancel(tid, now)
+        event(f"cancel: {got[:2]}")
+        self.mark_transfer_times(tid, now)
+
+    def mark_transfer_times(self, tid: str, now: int) -> None:
+        """A transfer's stock steps are logged at now, as commits are: their times are
+        the boundaries of the ordering rules for later events."""
+        t = self.supply_model.transfers.get(tid)
+        if t is not None:
+            for loc in (t.source, t.to):
+                for sku, _ in t.lines:
+                    self.times[(loc, sku)].add(now)
+
     # time
 
     @rule(data=st.data())
@@ -885,6 +1011,32 @@ class StockMachine(RuleBasedStateMachine):
             assert got.members == members
             levels = [(lv.sku, lv.available, lv.locations) for lv in got.levels]
             assert levels == want, (name, channel, networks is self.exact)
+
+    @invariant()
+    def promises_and_transfers_match_the_model(self) -> None:
+        """Each row's promise over 30 days is the model's brute force over its supply (the
+        purchase orders and the transfers in transit); each transfer in transit is supply
+        due at its destination and nowhere else; and units are conserved: every unit
+        shipped was received, reported missing, brought back, or is in transit."""
+        now, m = self.clock.now, self.supply_model
+        got = self.run(self.supplies.promise(SKUS, LOCATIONS, horizon_days=30))
+        for p in got.promises:
+            steps = tuple((s.at, s.units) for s in p.steps)
+            answer = (p.available_now, steps, p.incoming, p.overdue)
+            assert answer == m.promise(p.location, p.sku, now, 30), (p.location, p.sku)
+        transit = self.run(self.engine_in_transit())
+        assert transit == {k: v[1] for k, v in m.due.items() if k[1].startswith("t:")}
+        assert m.shipped == m.received + m.missing + m.back + sum(transit.values())
+
+    async def engine_in_transit(self) -> dict[tuple[str, str], int]:
+        """(location, entry) -> units of every transfer's supply the engine has due."""
+        got: dict[tuple[str, str], int] = {}
+        for loc in LOCATIONS:
+            entries = await self.redis.hgetall(Keys.supply_ids(loc))
+            for entry, value in entries.items():
+                if entry.startswith(b"t:"):
+                    got[(loc, entry.decode())] = int(value.split(b"\t")[1])
+        return got
 
     def rows_match_the_model(self, snap: Snapshot) -> None:
         got = {
