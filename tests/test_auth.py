@@ -298,6 +298,14 @@ async def test_a_till_ships_from_and_receives_at_its_own_store_only(
     ship = stubs.stock.ShipTransfer(pb.ShipTransferRequest(transfer_id="to-L1"), metadata=till)
     assert await code_of(ship) == grpc.StatusCode.PERMISSION_DENIED  # it leaves L2
     await stubs.stock.ShipTransfer(pb.ShipTransferRequest(transfer_id="to-L1"), metadata=admin)
+    own = pb.CreateTransferRequest()
+    own.CopyFrom(transfer)
+    own.transfer_id, own.from_location_id, own.to_location_id = "from-L1", "L1", "L2"
+    await stubs.stock.CreateTransfer(own, metadata=admin)
+    shipped = await stubs.stock.ShipTransfer(
+        pb.ShipTransferRequest(transfer_id="from-L1"), metadata=till
+    )  # it leaves L1
+    assert shipped.state == pb.TRANSFER_STATE_SHIPPED
     got = await stubs.stock.ReceiveTransfer(
         pb.ReceiveTransferRequest(transfer_id="to-L1"), metadata=till
     )  # it arrives at L1
@@ -732,6 +740,24 @@ async def every_kind_of_call(stubs: Stubs) -> None:
         await stubs.availability.GetNetworkAvailability(
             pb.GetNetworkAvailabilityRequest(network="both", skus=["S1"], channel="web")
         )
+    # future supply, a promise, and transfers: one received, one cancelled after shipping
+    soon = int(time.time() * 1000) + 24 * 3600 * 1000
+    supply = pb.Supply(supply_id="po-1", location_id="A2", sku="S1", qty=3, expected_at=soon)
+    await stubs.stock.UpsertSupply(pb.UpsertSupplyRequest(supplies=[supply]))
+    for tid in ("tr-1", "tr-2"):
+        await stubs.stock.CreateTransfer(
+            pb.CreateTransferRequest(
+                transfer_id=tid, from_location_id="A2", to_location_id="A1",
+                lines=[pb.TransferLine(sku="S1", qty=1)], expected_at=soon,
+            )
+        )  # fmt: skip
+        await stubs.stock.ShipTransfer(pb.ShipTransferRequest(transfer_id=tid))
+    promised = await stubs.availability.GetPromise(
+        pb.GetPromiseRequest(skus=["S1"], location_ids=["A1", "A2"])
+    )
+    assert [p.incoming for p in promised.promises] == [2, 3]
+    await stubs.stock.ReceiveTransfer(pb.ReceiveTransferRequest(transfer_id="tr-1"))
+    await stubs.stock.CancelTransfer(pb.CancelTransferRequest(transfer_id="tr-2"))
     # the operators' calls (the source figures and alerts: written by the same user)
     await stubs.operator.GetRow(pb.GetRowRequest(location_id="A1", sku="S1"))
     await stubs.operator.GetLocation(pb.GetLocationRequest(location_id="A1"))

@@ -10,7 +10,7 @@ import itertools
 import grpc
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from engine.domain.clock import ManualClock
 from engine.domain.model import EventKind, Line, StockEvent
@@ -201,7 +201,9 @@ supplies_st = st.lists(
     st.tuples(
         st.sampled_from(["a", "b", "c", "d"]),  # ids collide: updates and cancels
         st.integers(1, 20),  # qty
-        st.integers(-DAY_MS + 1, 40 * DAY_MS),  # when, from now (overdue up to a day)
+        # when, from now: overdue up to a day, or in 40 days; often on a day's boundary,
+        # the end of the horizon's among them
+        st.integers(-DAY_MS + 1, 40 * DAY_MS) | st.integers(0, 45).map(lambda d: d * DAY_MS),
         st.booleans(),  # cancel
     ),
     max_size=8,
@@ -217,6 +219,15 @@ supplies_st = st.lists(
     changes=supplies_st,
     horizon=st.integers(1, 45),
     probes=st.lists(st.integers(0, 46 * DAY_MS), max_size=5),
+)
+@example(  # supply due at the horizon's very end is in it; a millisecond later, not
+    on_hand=5,
+    safety=0,
+    holds=[],
+    drop=0,
+    changes=[("a", 3, 30 * DAY_MS, False), ("b", 4, 30 * DAY_MS + 1, False)],
+    horizon=30,
+    probes=[],
 )
 async def test_promise_equals_a_brute_force_model(
     storage: Storage,
