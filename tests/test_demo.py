@@ -274,6 +274,15 @@ async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_
             assert list(got.member_ids) == shipping_from(country)
             summed = sum([(await available(loc, "SKU-000001", "web"))[0] for loc in got.member_ids])
             assert got.levels[0].available == summed > 0
+        # purchase orders due at the DCs over the next two weeks, and a transfer in transit
+        # from the London DC to a London store (issue 17)
+        promised = await stubs.availability.GetPromise(
+            pb.GetPromiseRequest(skus=["SKU-000001"], location_ids=["dc-gb", "store-london-0001"])
+        )
+        dc, store = promised.promises
+        assert dc.incoming > 0 and 0 < len(dc.steps) <= 2
+        assert max(s.at for s in dc.steps) <= promised.as_of + 14 * 24 * 3600 * 1000
+        assert store.incoming == 6 and store.steps[-1].units == store.available_now + 6
 
 
 def shipping_from(country: str) -> list[str]:

@@ -31,7 +31,16 @@ from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
 LAYERS = ("domain", "support", "store", "usecases", "api", "wiring")
 SUPPORT = {"metrics", "throttle", "logs"}
-WIRING = {"app", "settings", "demo", "demo_cities", "client", "client_supply", "workers"}
+WIRING = {
+    "app",
+    "settings",
+    "demo",
+    "demo_cities",
+    "demo_supply",
+    "client",
+    "client_supply",
+    "workers",
+}
 # A layer's settings-free modules may also import these from the wiring.
 CONFIG_FOR = {"api": {"settings"}}
 NUMPY = {"domain.sourcing", "usecases.index", "store.netview", "usecases.networks", "demo"}
