@@ -6,6 +6,8 @@ call after a crash between its steps. On one Redis and on a cluster."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -225,3 +227,39 @@ async def test_a_receipt_names_only_the_transfers_skus(redis_url: str) -> None:
         over = pb.ReceiveTransferRequest(transfer_id="t1", lines=[tl("A", 4), tl("B", 2)])
         got = await stubs.stock.ReceiveTransfer(over)  # one more arrived than was shipped
         assert [(d.sku, d.missing) for d in got.discrepancies] == [("A", -1)]
+
+
+async def test_concurrent_steps_on_transfers_move_each_unit_once(redis_url: str) -> None:
+    # given 6 transfers of 1 unit each from L1 (plenty there) to L2
+    clock = ManualClock()
+    at = clock.now + DAY_MS
+    async with served(redis_url, clock) as (_, stubs):
+        await setup(stubs, clock.now)
+        tids = [f"t{i}" for i in range(6)]
+        for tid in tids:
+            await stubs.stock.CreateTransfer(create_request(tid, at, [tl("A", 1)]))
+        # when every step is sent several times at once, in every order
+        calls = []
+        for i, tid in enumerate(tids):
+            ship = pb.ShipTransferRequest(transfer_id=tid)
+            calls += [stubs.stock.ShipTransfer(ship) for _ in range(3)]
+            if i % 2:
+                cancel = pb.CancelTransferRequest(transfer_id=tid)
+                calls += [stubs.stock.CancelTransfer(cancel) for _ in range(3)]
+            else:
+                receive = pb.ReceiveTransferRequest(transfer_id=tid)
+                calls += [stubs.stock.ReceiveTransfer(receive) for _ in range(3)]
+        await asyncio.gather(*(code_of(c) for c in calls))
+        # then every transfer ends in one state, and each unit moved once
+        states = {}
+        for tid in tids:
+            got = await stubs.stock.CreateTransfer(create_request(tid, at, [tl("A", 1)]))
+            states[tid] = (got.state, got.returned)
+        received = sum(1 for s, _ in states.values() if s == RECEIVED)
+        in_transit = sum(1 for s, _ in states.values() if s == SHIPPED)
+        l1, l2 = await level(stubs, "L1", "A"), await level(stubs, "L2", "A")
+        promised = await promise(stubs, "L2", "A")
+        assert l2.on_hand == received
+        assert promised.incoming == in_transit
+        assert l1.on_hand == 10 - received - in_transit
+        assert all(s in (RECEIVED, CANCELLED, SHIPPED, CREATED) for s, _ in states.values())
