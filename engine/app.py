@@ -47,7 +47,9 @@ from engine.usecases.operators import Operators
 from engine.usecases.parts import CartCaps, Timing
 from engine.usecases.planner import Planner
 from engine.usecases.reservations import Reservations
+from engine.usecases.supply import Supplies
 from engine.usecases.sweeper import Sweeper
+from engine.usecases.transfers import Transfers
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +198,17 @@ class Omnistock:
             count_idle_seconds=self.settings.count_idle_seconds,
             ingest_rate=self.settings.ingest_rate,
         )
+        supplies = Supplies(self.storage, self.locations, networks, self.clock, m)
+        self.stock_service.supplies = supplies
+        self.stock_service.transfers = Transfers(self.storage, self.locations, self.clock, m)
+        availability_service = AvailabilityService(
+            availability, reader, self.locations, m, self.hub, networks
+        )
+        availability_service.supplies = supplies
         add_services(
             self.server,
             self.health,
-            AvailabilityService(availability, reader, self.locations, m, self.hub, networks),
+            availability_service,
             ReservationService(self.reservations, m),
             SourcingService(allocator, m, self.settings.cost_model(), self.settings.max_shipments),
             self.stock_service,

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from engine.api.convert import location_from_pb
+from engine.client_supply import SupplyCalls
 from engine.domain.bundles import Bundle
 from engine.domain.geo import Fulfilment
 from engine.domain.model import (
@@ -34,6 +35,8 @@ from engine.domain.model import (
 )
 from engine.domain.networks import Network, NetworkLevel, Selector
 from engine.domain.rules import ChannelRule, CustomerLimit, Pool
+from engine.domain.supply import Promise, Supply, SupplyKind
+from engine.domain.transfers import Transfer
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
@@ -49,7 +52,11 @@ __all__ = [
     "NetworkLevel",
     "OmnistockClient",
     "Pool",
+    "Promise",
     "Selector",
+    "Supply",
+    "SupplyKind",
+    "Transfer",
 ]
 T = TypeVar("T")
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
@@ -117,7 +124,7 @@ def _spread(targets: Sequence[str]) -> str:
     return "ipv4:" + ",".join(targets)
 
 
-class OmnistockClient:
+class OmnistockClient(SupplyCalls):
     def __init__(
         self,
         target: str | Sequence[str],

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from engine import demo_supply
 from engine.demo_cities import CITIES, DC_SITES, City
 from engine.domain.bundles import Bundle
 from engine.domain.clock import Clock
@@ -27,6 +28,8 @@ from engine.usecases.bundles import set_bundles
 from engine.usecases.channels import ChannelRules, RuleChange
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.networks import NetworkChange, Networks
+from engine.usecases.supply import Supplies
+from engine.usecases.transfers import Transfers
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +301,9 @@ async def load(
     networks: Networks,
 ) -> None:
     """Counts every demo row in as COUNT events (the one way stock enters), a few batches in
-    flight at once, logging progress; then the channels' rules, pools, limits and kits; locations
-    last (then the networks of them), so a load cut short is redone at the next start (each
-    step is idempotent)."""
+    flight at once, logging progress; then the channels' rules, pools, limits and kits;
+    locations last (then the networks of them, and the future supply: engine/demo_supply.py),
+    so a load cut short is redone at the next start (each step is idempotent)."""
     started = time.perf_counter()
     locs = demo_locations()
     now = clock.now_ms()
@@ -332,5 +335,7 @@ async def load(
         await storage.set_pools(location, [(sku, pool)])
     await locations.upsert(locs)
     await networks.upsert([NetworkChange(network) for network in DEMO_NETWORKS])
+    supplies = Supplies(storage, locations, networks, clock)
+    await demo_supply.load(supplies, Transfers(storage, locations, clock), locs, clock)
     took = time.perf_counter() - started
     log.info("demo data: %d locations, %d stock rows in %.1fs", len(locs), total, took)

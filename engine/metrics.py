@@ -188,6 +188,21 @@ class Metrics:
             "Figures (a location's row, for a network and channel) kept by the network view",
             registry=r,
         )
+        self.supply = Counter(
+            "omnistock_supply_total",
+            "Supplies set by UpsertSupply, by kind (purchase_order, asn, transfer, or cancel) "
+            "and outcome (created, updated, unchanged, cancelled)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.transfers = Counter(
+            "omnistock_transfers_total",
+            "Transfer steps by step (create, ship, receive, cancel) and outcome (done: made "
+            "now; again: a retry of one made; short: not enough stock to ship; refused: "
+            "the transfer's state forbids it; discrepancy: received other than shipped)",
+            ["step", "outcome"],
+            registry=r,
+        )
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         child = self._rpc_children.get((method, code))

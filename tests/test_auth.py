@@ -225,7 +225,38 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
     "DeleteDeadLetters": lambda s, md: s.operator.DeleteDeadLetters(
         pb.DeleteDeadLettersRequest(ids=["1-1"]), metadata=md
     ),
+    "GetPromise": lambda s, md: s.availability.GetPromise(
+        pb.GetPromiseRequest(skus=["S1"], location_ids=["L1"]), metadata=md
+    ),
+    "UpsertSupply": lambda s, md: s.stock.UpsertSupply(
+        pb.UpsertSupplyRequest(
+            supplies=[
+                pb.Supply(supply_id="m-po", location_id="L1", sku="S1", qty=1, expected_at=SOON)
+            ]
+        ),
+        metadata=md,
+    ),
+    "CreateTransfer": lambda s, md: s.stock.CreateTransfer(
+        pb.CreateTransferRequest(
+            transfer_id="m-tr",
+            from_location_id="L1",
+            to_location_id="L2",
+            lines=[pb.TransferLine(sku="S1", qty=1)],
+            expected_at=SOON,
+        ),
+        metadata=md,
+    ),
+    "ShipTransfer": lambda s, md: s.stock.ShipTransfer(
+        pb.ShipTransferRequest(transfer_id="m-none"), metadata=md
+    ),
+    "ReceiveTransfer": lambda s, md: s.stock.ReceiveTransfer(
+        pb.ReceiveTransferRequest(transfer_id="m-none"), metadata=md
+    ),
+    "CancelTransfer": lambda s, md: s.stock.CancelTransfer(
+        pb.CancelTransferRequest(transfer_id="m-none"), metadata=md
+    ),
 }
+SOON = int(time.time() * 1000) + 24 * 3600 * 1000
 
 
 def test_every_rpc_has_rights_and_a_call_in_the_matrix() -> None:
@@ -256,6 +287,35 @@ async def test_a_caller_without_a_known_token_is_unauthenticated_and_health_is_o
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     labels = {"reason": "unauthenticated"}
     assert secured.metrics.registry.get_sample_value("omnistock_refused_total", labels) == 3
+
+
+async def test_a_till_ships_from_and_receives_at_its_own_store_only(
+    channel_to: grpc.aio.Channel,
+) -> None:
+    stubs, till, admin = Stubs(channel_to), bearer("till-token"), bearer(ROLES[Role.ADMIN])
+    transfer = pb.CreateTransferRequest(
+        transfer_id="to-L1",
+        from_location_id="L2",
+        to_location_id="L1",
+        lines=[pb.TransferLine(sku="S1", qty=1)],
+        expected_at=SOON,
+    )
+    await stubs.stock.CreateTransfer(transfer, metadata=admin)
+    ship = stubs.stock.ShipTransfer(pb.ShipTransferRequest(transfer_id="to-L1"), metadata=till)
+    assert await code_of(ship) == grpc.StatusCode.PERMISSION_DENIED  # it leaves L2
+    await stubs.stock.ShipTransfer(pb.ShipTransferRequest(transfer_id="to-L1"), metadata=admin)
+    own = pb.CreateTransferRequest()
+    own.CopyFrom(transfer)
+    own.transfer_id, own.from_location_id, own.to_location_id = "from-L1", "L1", "L2"
+    await stubs.stock.CreateTransfer(own, metadata=admin)
+    shipped = await stubs.stock.ShipTransfer(
+        pb.ShipTransferRequest(transfer_id="from-L1"), metadata=till
+    )  # it leaves L1
+    assert shipped.state == pb.TRANSFER_STATE_SHIPPED
+    got = await stubs.stock.ReceiveTransfer(
+        pb.ReceiveTransferRequest(transfer_id="to-L1"), metadata=till
+    )  # it arrives at L1
+    assert got.state == pb.TRANSFER_STATE_RECEIVED
 
 
 async def test_a_till_acts_only_at_its_own_location(channel_to: grpc.aio.Channel) -> None:
@@ -686,6 +746,24 @@ async def every_kind_of_call(stubs: Stubs) -> None:
         await stubs.availability.GetNetworkAvailability(
             pb.GetNetworkAvailabilityRequest(network="both", skus=["S1"], channel="web")
         )
+    # future supply, a promise, and transfers: one received, one cancelled after shipping
+    soon = int(time.time() * 1000) + 24 * 3600 * 1000
+    supply = pb.Supply(supply_id="po-1", location_id="A2", sku="S1", qty=3, expected_at=soon)
+    await stubs.stock.UpsertSupply(pb.UpsertSupplyRequest(supplies=[supply]))
+    for tid in ("tr-1", "tr-2"):
+        await stubs.stock.CreateTransfer(
+            pb.CreateTransferRequest(
+                transfer_id=tid, from_location_id="A2", to_location_id="A1",
+                lines=[pb.TransferLine(sku="S1", qty=1)], expected_at=soon,
+            )
+        )  # fmt: skip
+        await stubs.stock.ShipTransfer(pb.ShipTransferRequest(transfer_id=tid))
+    promised = await stubs.availability.GetPromise(
+        pb.GetPromiseRequest(skus=["S1"], location_ids=["A1", "A2"])
+    )
+    assert [p.incoming for p in promised.promises] == [2, 3]
+    await stubs.stock.ReceiveTransfer(pb.ReceiveTransferRequest(transfer_id="tr-1"))
+    await stubs.stock.CancelTransfer(pb.CancelTransferRequest(transfer_id="tr-2"))
     # the operators' calls (the source figures and alerts: written by the same user)
     await stubs.operator.GetRow(pb.GetRowRequest(location_id="A1", sku="S1"))
     await stubs.operator.GetLocation(pb.GetLocationRequest(location_id="A1"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -17,9 +19,14 @@ from engine.client import (
     OmnistockClient,
     Pool,
     Selector,
+    Supply,
+    SupplyKind,
+    Transfer,
 )
 from engine.domain.bundles import Bundle
 from engine.domain.model import LocationType, ReservationState
+from engine.domain.supply import SupplyOutcome
+from engine.domain.transfers import TransferState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import ON_BOTH
@@ -191,3 +198,24 @@ async def test_client_sets_networks_and_reads_across_one(
             NetworkLevel("a", 2, 1)
         ]
         assert await client.set_networks([], remove=["pair"]) == {"pair": 0}
+
+
+async def test_client_sets_supply_reads_promises_and_moves_a_transfer(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    await stock_up(Stubs(channel), {("s1", "a"): 5, ("s2", "b"): 1})  # makes s1 and s2
+    due = int(time.time() * 1000) + 2 * 24 * 3600 * 1000
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        po = Supply("po-1", "s2", "a", 4, due, SupplyKind.ASN)
+        assert await client.upsert_supply([po]) == [SupplyOutcome.CREATED]
+        assert await client.upsert_supply([po]) == [SupplyOutcome.UNCHANGED]
+        made = await client.create_transfer(Transfer("t1", "s1", "s2", (("a", 2),), due))
+        assert made.state is TransferState.CREATED
+        assert (await client.ship_transfer("t1")).state is TransferState.SHIPPED
+        (p,), _ = await client.promise(["a"], location_ids=["s2"])
+        assert (p.available_now, p.incoming, p.steps[-1].units) == (0, 6, 6)
+        got, missing = await client.receive_transfer("t1", [("a", 1)])
+        assert got.state is TransferState.RECEIVED
+        assert [(d.sku, d.missing) for d in missing] == [("a", 1)]
+        (p,), _ = await client.promise(["a"], location_ids=["s2"])
+        assert (p.available_now, p.incoming) == (1, 4)

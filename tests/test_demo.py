@@ -282,6 +282,15 @@ async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_
         )
         kit, one, two = (lv.available for lv in got.levels)
         assert kit == min(one, two) > 0
+        # purchase orders due at the DCs over the next two weeks, and a transfer in transit
+        # from the London DC to a London store (issue 17)
+        promised = await stubs.availability.GetPromise(
+            pb.GetPromiseRequest(skus=["SKU-000001"], location_ids=["dc-gb", "store-london-0001"])
+        )
+        dc, store = promised.promises
+        assert dc.incoming > 0 and 0 < len(dc.steps) <= 2
+        assert max(s.at for s in dc.steps) <= promised.as_of + 14 * 24 * 3600 * 1000
+        assert store.incoming == 6 and store.steps[-1].units == store.available_now + 6
 
 
 def shipping_from(country: str) -> list[str]:

@@ -78,6 +78,7 @@ from engine.domain.model import (
     MAX_SKUS,
     MAX_TTL_SECONDS,
 )
+from engine.domain.supply import DAY_MS
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.keys import ALERTS, Keys
 
@@ -219,6 +220,18 @@ async def seed(stubs: Stubs) -> None:
     await s.SetBundles(pb.SetBundlesRequest(bundles=[pb.Bundle(sku="KIT-1", components=kit)]))
     await r.Reserve(held("kit-1", (DC, "KIT-1", 2), (STORE, "KIT-1", 1)))
     await s.ApplyEvents(pb.ApplyEventsRequest(events=[seed_count(DARK, SKUS[2], 10, T0 + 1)]))
+    # future supply, and transfers made and in transit (issue 17)
+    supply = pb.Supply(supply_id="po-1", location_id=STORE, sku="SKU-1", qty=5)
+    supply.expected_at = NOW + 3 * DAY_MS
+    await s.UpsertSupply(pb.UpsertSupplyRequest(supplies=[supply]))
+    for tid in ("tr-made", "tr-shipped"):
+        lines = [pb.TransferLine(sku="SKU-1", qty=2), pb.TransferLine(sku="sku_2", qty=1)]
+        transfer = pb.CreateTransferRequest(
+            transfer_id=tid, from_location_id=DC, to_location_id=STORE, lines=lines
+        )
+        transfer.expected_at = NOW + DAY_MS
+        await s.CreateTransfer(transfer)
+    await s.ShipTransfer(pb.ShipTransferRequest(transfer_id="tr-shipped"))
 
 
 # -- values ---------------------------------------------------------------------------------
@@ -293,6 +306,8 @@ STRINGS: dict[str, Pool] = {
     "omnistock.v1.Location.id": ids(*LOCATIONS, CLOSED, "new-1", "new-2"),
     "omnistock.v1.Network.name": ids("net-1", "net-2", "net-new"),
     "network": ids("net-1", "net-2"),
+    "supply_id": ids("po-1", "po-2", "po-new"),
+    "transfer_id": ids("tr-made", "tr-shipped", "tr-new"),
     "country": pool(st.sampled_from(["GB", "FR", "US", ""]), st.sampled_from(["UK", "gb", "G"])),
     "countries": pool(st.sampled_from(["GB", "FR", "US"]), st.sampled_from(["UK", "gb", ""])),
     "region": ids("north", "london", ""),
@@ -330,6 +345,12 @@ INTS: dict[str, Pool] = {
     "qty": QTY,
     "source_time": TIME,
     "counted_at": TIME,
+    # a supply's or a transfer's expected time: around now, a day back, two years ahead
+    "expected_at": pool(
+        st.integers(NOW - DAY_MS, NOW + 60 * DAY_MS),
+        st.sampled_from([*INT64_EDGES, NOW - DAY_MS - 1, NOW + 2 * 366 * DAY_MS + 1]),
+        INT64,
+    ),
 }
 
 
@@ -903,7 +924,7 @@ def test_every_rpc_of_the_proto_is_fuzzed() -> None:
         "AvailabilityService", "ReservationService", "SourcingService", "StockService",
         "OperatorService",
     }  # fmt: skip
-    assert len(NAMES) == 29, NAMES
+    assert len(NAMES) == 35, NAMES
 
 
 @TIMEOUT

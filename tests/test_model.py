@@ -19,6 +19,10 @@ steered to the edges: to a hold's expiry and a millisecond either side, with the
 running or lagging behind; source times at, or a millisecond off, earlier events and
 commits of the same row.
 
+A second machine (`SupplyMachine`, issue 17) adds future supply and transfers to every
+rule of the first: each row's promise by date against a brute force over the model's
+supply, the supply in transit, and the conservation of every unit shipped.
+
 The examples at the end pin down the places where the engine and the model parted ways
 while this machine was being written (each was fixed in the engine since).
 """
@@ -59,8 +63,11 @@ from engine.domain.model import (
 from engine.domain.moves import Move
 from engine.domain.networks import Network, Selector
 from engine.domain.rules import NO_RULE, ChannelRule, Pool
+from engine.domain.supply import DAY_MS, Supply
+from engine.domain.transfers import Transfer
 from engine.metrics import Metrics
 from engine.store.connect import connect
+from engine.store.keys import Keys
 from engine.store.netview import NetworkView
 from engine.store.storage import Storage
 from engine.usecases.availability import Availability
@@ -70,10 +77,13 @@ from engine.usecases.locations import LocationRegistry
 from engine.usecases.networks import NetworkChange, Networks
 from engine.usecases.parts import Timing
 from engine.usecases.reservations import Reservations
+from engine.usecases.supply import Promises, Supplies
 from engine.usecases.sweeper import Sweeper
+from engine.usecases.transfers import Transfers
 
 from .conftest import HOUR_MS, ON_BOTH, register, store, sweeper_of
 from .invariants import Holds, assert_reserved_is_held, in_one_state_problems, read_holds
+from .supply_model import ModelTransfer, SupplyModel
 
 T = TypeVar("T")
 
@@ -85,6 +95,7 @@ POOL_IDS = tuple(f"p{i}" for i in range(4))  # holds at pooled rows: ids of thei
 RESERVATION_IDS = CART_IDS + POOL_IDS
 # Two ids read like the change log's entries for commits ("c:<reservation>").
 EVENT_IDS = (*(f"e{i}" for i in range(12)), "c:r0", "c:r1")
+TRANSFER_IDS = ("tr-1", "tr-2")
 PAIRS = tuple((loc, sku) for loc in LOCATIONS for sku in SKUS)
 WINDOW_MS = 72 * HOUR_MS
 STOCK_BUCKETS = 2  # fewer buckets than skus: rows share bucket hashes and change logs
@@ -512,6 +523,16 @@ lines_with_kits = st.lists(
     st.tuples(locations, st.sampled_from(SKUS + KITS), st.integers(1, 3)), min_size=1, max_size=3
 ).filter(lambda lines: any(sku in KITS for _, sku, _ in lines))
 move_ids = st.sampled_from(("m0", "m1", "m2"))  # per reservation: few, so that they collide
+# Future supply and transfers (issue 17): few ids, so that they are set again, cancelled,
+# retried; due from a day ago (overdue) to past the 30 days of the promise's horizon.
+supply_ids = st.sampled_from(("po-1", "po-2", "po-3"))
+transfer_ids = st.sampled_from(TRANSFER_IDS)
+due_offsets = st.sampled_from([-DAY_MS + 1, 0, 1, DAY_MS, 30 * DAY_MS, 30 * DAY_MS + 1]) | (
+    st.integers(-DAY_MS + 1, 40 * DAY_MS)
+)
+transfer_lines = st.lists(
+    st.tuples(skus, st.integers(1, 4)), min_size=1, max_size=2, unique_by=lambda ln: ln[0]
+).map(lambda lines: tuple(sorted(lines)))
 
 
 # -- the machine -----------------------------------------------------------------------
@@ -1021,6 +1042,197 @@ def test_engine_matches_the_model_step_by_step(
             stateful_step_count=30,
             deadline=None,
             report_multiple_bugs=False,  # shrink one failure well rather than several slowly
+        ),
+    )
+
+
+# -- future supply and transfers (issue 17) -------------------------------------------------
+
+
+class SupplyMachine(StockMachine):
+    """The machine above (every rule and check of it), with future supply and transfers:
+    purchase orders set, set again and cancelled; transfers made, shipped, received (whole,
+    in part, or with a sku they do not have) and cancelled, each sent again too; checked
+    after every step against tests/supply_model.py. A test of its own, so that the machine
+    above keeps its pace within the suite's per-test timeout."""
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__(redis_url)
+        registry = self.reservations.locations
+        self.supplies = Supplies(self.storage, registry, self.exact, self.clock)
+        self.transfers = Transfers(self.storage, registry, self.clock)
+        self.supply_model = SupplyModel(self.model.rows)
+        self.sent_transfers: list[Transfer] = []  # every CreateTransfer sent
+
+    # future supply and transfers (issue 17)
+
+    def supply_answer(self, supply: Supply) -> tuple[Any, ...]:
+        async def go() -> tuple[Any, ...]:
+            try:
+                (outcome,) = await self.supplies.upsert([supply])
+                return ("OK", outcome.value)
+            except OmnistockError as exc:
+                return error_answer(exc)
+
+        return self.run(go())
+
+    def transfer_answer(self, call: Awaitable[Transfer]) -> tuple[Any, ...]:
+        async def go() -> tuple[Any, ...]:
+            try:
+                t = await call
+                return ("TRANSFER", t.state.value, t.lines, t.received, t.returned)
+            except OmnistockError as exc:
+                return error_answer(exc)
+
+        return self.run(go())
+
+    @rule(
+        location=locations,
+        sku=skus,
+        sid=supply_ids,
+        qty=st.integers(1, 8),
+        offset=due_offsets,
+        cancel=st.sampled_from([False, False, False, True]),
+    )
+    def erp_sets_supply(
+        self, location: str, sku: str, sid: str, qty: int, offset: int, cancel: bool
+    ) -> None:
+        """A purchase order's line set, set again (other qty, date or sku), or cancelled."""
+        at = self.clock.now + offset
+        got = self.supply_answer(Supply(sid, location, sku, qty, at, cancel=cancel))
+        assert got == self.supply_model.upsert(location, sku, sid, qty, at, cancel)
+        event(f"supply: {got[-1]}")
+
+    @rule(tid=transfer_ids, source=locations, data=st.data(), lines=transfer_lines)
+    def a_transfer_is_created(
+        self, tid: str, source: str, data: st.DataObject, lines: tuple[tuple[str, int], ...]
+    ) -> None:
+        to = data.draw(st.sampled_from([loc for loc in LOCATIONS if loc != source]))
+        at = self.clock.now + data.draw(due_offsets)
+        self.create_transfer(Transfer(tid, source, to, lines, at))
+
+    @rule(tid=transfer_ids, source=locations, data=st.data(), lines=transfer_lines)
+    def a_transfer_is_created_and_shipped(
+        self, tid: str, source: str, data: st.DataObject, lines: tuple[tuple[str, int], ...]
+    ) -> None:
+        """The common path, so that many transfers are in transit for the steps after."""
+        self.a_transfer_is_created(tid, source, data, lines)
+        self.a_transfer_ships(tid)
+
+    @precondition(lambda self: self.sent_transfers)
+    @rule(data=st.data())
+    def a_transfer_create_is_sent_again(self, data: st.DataObject) -> None:
+        self.create_transfer(data.draw(st.sampled_from(self.sent_transfers)))
+
+    def create_transfer(self, t: Transfer) -> None:
+        self.sent_transfers.append(t)
+        got = self.transfer_answer(self.transfers.create(t))
+        mt = ModelTransfer(t.from_location, t.to_location, t.lines, t.expected_at)
+        if t.expected_at < self.clock.now - DAY_MS:  # sent again a day after: refused
+            assert got == ("InvalidArgument",)
+            return
+        assert got == self.supply_model.create(t.transfer_id, mt)
+
+    @rule(data=st.data())
+    def a_transfer_ships_or_is_shipped_again(self, data: st.DataObject) -> None:
+        self.a_transfer_ships(self.some_transfer(data, "CREATED"))
+
+    def a_transfer_ships(self, tid: str) -> None:
+        now = self.clock.now
+        got = self.transfer_answer(self.transfers.ship(tid))
+        assert got == self.supply_model.ship(tid, now)
+        event(f"ship: {got[:2]}")
+        self.mark_transfer_times(tid, now)
+
+    def some_transfer(self, data: st.DataObject, state: str) -> str:
+        """Mostly a transfer in that state, if there is one; else any id."""
+        those = sorted(t for t, m in self.supply_model.transfers.items() if m.state == state)
+        if those and data.draw(st.integers(0, 3)):
+            return data.draw(st.sampled_from(those))
+        return data.draw(transfer_ids)
+
+    @rule(data=st.data())
+    def a_transfer_is_received(self, data: st.DataObject) -> None:
+        """Everything shipped (no lines), or some of each line (none, fewer, all, one
+        more), or a line of a sku the transfer does not have."""
+        now, tid = self.clock.now, self.some_transfer(data, "SHIPPED")
+        known = self.supply_model.transfers.get(tid)
+        lines: tuple[tuple[str, int], ...] | None = None
+        if data.draw(st.booleans()):
+            shipped = known.lines if known else ((data.draw(skus), 1),)
+            picked = data.draw(st.lists(st.sampled_from(shipped), unique=True))
+            lines = tuple((sku, data.draw(st.integers(0, qty + 1))) for sku, qty in picked)
+            if data.draw(st.integers(0, 9)) == 0:
+                lines += ((data.draw(skus), 1),)
+                lines = tuple({sku: q for sku, q in lines}.items())
+        got = self.transfer_answer(self.transfers.receive(tid, lines))
+        assert got == self.supply_model.receive(tid, lines, now)
+        event(f"receive: {got[:2]}")
+        self.mark_transfer_times(tid, now)
+
+    @rule(data=st.data())
+    def a_transfer_is_cancelled(self, data: st.DataObject) -> None:
+        tid = self.some_transfer(data, data.draw(st.sampled_from(["SHIPPED", "CREATED"])))
+        now = self.clock.now
+        got = self.transfer_answer(self.transfers.cancel(tid))
+        assert got == self.supply_model.cancel(tid, now)
+        event(f"cancel: {got[:2]}")
+        self.mark_transfer_times(tid, now)
+
+    def mark_transfer_times(self, tid: str, now: int) -> None:
+        """A transfer's stock steps are logged at now, as commits are: their times are
+        the boundaries of the ordering rules for later events."""
+        t = self.supply_model.transfers.get(tid)
+        if t is not None:
+            for loc in (t.source, t.to):
+                for sku, _ in t.lines:
+                    self.times[(loc, sku)].add(now)
+
+    @invariant()
+    def promises_and_transfers_match_the_model(self) -> None:
+        """Each row's promise over 30 days is the model's brute force over its supply (the
+        purchase orders and the transfers in transit); each transfer in transit is supply
+        due at its destination and nowhere else; and units are conserved: every unit
+        shipped was received, reported missing, brought back, or is in transit."""
+        now, m = self.clock.now, self.supply_model
+        got, transit = self.run(self.engine_promises_and_transit())
+        for p in got.promises:
+            steps = tuple((s.at, s.units) for s in p.steps)
+            answer = (p.available_now, steps, p.incoming, p.overdue)
+            assert answer == m.promise(p.location, p.sku, now, 30), (p.location, p.sku)
+        assert transit == {k: v[1] for k, v in m.due.items() if k[1].startswith("t:")}
+        assert m.shipped == m.received + m.missing + m.back + sum(transit.values())
+
+    async def engine_promises_and_transit(self) -> tuple[Promises, dict[tuple[str, str], int]]:
+        return await asyncio.gather(
+            self.supplies.promise(SKUS, LOCATIONS, horizon_days=30), self.engine_in_transit()
+        )
+
+    async def engine_in_transit(self) -> dict[tuple[str, str], int]:
+        """(location, entry) -> units of every transfer's supply the engine has due."""
+        got: dict[tuple[str, str], int] = {}
+        every = await asyncio.gather(
+            *(self.redis.hgetall(Keys.supply_ids(loc)) for loc in LOCATIONS)
+        )
+        for loc, entries in zip(LOCATIONS, every, strict=True):
+            for entry, value in entries.items():
+                if entry.startswith(b"t:"):
+                    got[(loc, entry.decode())] = int(value.split(b"\t")[1])
+        return got
+
+
+def test_supply_and_transfers_match_the_model_step_by_step(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conjecture_engine = importlib.import_module("hypothesis.internal.conjecture.engine")
+    monkeypatch.setattr(conjecture_engine, "MAX_SHRINKING_SECONDS", 60, raising=False)
+    run_state_machine_as_test(
+        lambda: SupplyMachine(redis_url),
+        settings=settings(
+            max_examples=50,
+            stateful_step_count=30,
+            deadline=None,
+            report_multiple_bugs=False,
         ),
     )
 

@@ -9,6 +9,7 @@ import grpc
 from engine.api.convert import FULFILMENTS, level, location_pb, types_from_pb
 from engine.api.networks import listing_pb
 from engine.api.rpc import rpc, rpc_stream
+from engine.api.supply import PromiseRpcs
 from engine.domain import auth
 from engine.domain.errors import InvalidArgument
 from engine.domain.model import (
@@ -63,7 +64,7 @@ def nearby_query_from_pb(msg: pb.FindNearbyRequest) -> NearbyQuery:
     )
 
 
-class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
+class AvailabilityService(PromiseRpcs, pb_grpc.AvailabilityServiceServicer):
     def __init__(
         self,
         availability: Availability,

@@ -21,6 +21,8 @@ from engine.domain.model import (
     check_size,
 )
 from engine.domain.rules import StockStatus
+from engine.domain.supply import SupplyKind, SupplyOutcome
+from engine.domain.transfers import TransferState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 TYPES = {
@@ -165,3 +167,26 @@ def types_from_pb(values: Sequence[pb.LocationType.ValueType], field: str) -> se
 
 def lines_from_pb(lines: Sequence[pb.ReservationLine]) -> list[Line]:
     return [Line(ln.location_id, ln.sku, ln.qty) for ln in lines]
+
+
+# -- future supply and transfers (issue 17): engine/api/supply.py, engine/client_supply.py
+SUPPLY_KINDS = {
+    pb.SUPPLY_KIND_UNSPECIFIED: SupplyKind.PURCHASE_ORDER,
+    pb.SUPPLY_KIND_PURCHASE_ORDER: SupplyKind.PURCHASE_ORDER,
+    pb.SUPPLY_KIND_ASN: SupplyKind.ASN,
+    pb.SUPPLY_KIND_TRANSFER: SupplyKind.TRANSFER,
+}
+SUPPLY_OUTCOMES = {
+    SupplyOutcome.CREATED: pb.SUPPLY_OUTCOME_CREATED,
+    SupplyOutcome.UPDATED: pb.SUPPLY_OUTCOME_UPDATED,
+    SupplyOutcome.UNCHANGED: pb.SUPPLY_OUTCOME_UNCHANGED,
+    SupplyOutcome.CANCELLED: pb.SUPPLY_OUTCOME_CANCELLED,
+}
+# What a caller sees of a transfer's state: one in the middle of a step is finished before
+# it is answered, so those never reach it.
+TRANSFER_STATES = {
+    TransferState.CREATED: pb.TRANSFER_STATE_CREATED,
+    TransferState.SHIPPED: pb.TRANSFER_STATE_SHIPPED,
+    TransferState.RECEIVED: pb.TRANSFER_STATE_RECEIVED,
+    TransferState.CANCELLED: pb.TRANSFER_STATE_CANCELLED,
+}

@@ -12,6 +12,7 @@ from engine.api.channels import band_changes, bundle_changes, limit_changes, rul
 from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb
 from engine.api.networks import network_changes
 from engine.api.rpc import rpc, rpc_stream
+from engine.api.supply import SupplyRpcs
 from engine.domain.auth import current
 from engine.domain.errors import InvalidArgument, OmnistockError
 from engine.domain.model import (
@@ -112,7 +113,7 @@ def short_row_pb(s: Shortage) -> pb.ShortRow:
     )
 
 
-class StockService(pb_grpc.StockServiceServicer):
+class StockService(SupplyRpcs, pb_grpc.StockServiceServicer):
     def __init__(
         self,
         ingest: Ingest,

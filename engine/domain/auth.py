@@ -25,6 +25,10 @@ Roles (docs/security.md has the whole table):
     admin       everything, including locations, safety stock and the operators' calls
                 (rows with their holds, locations, alerts; sources and dead letters, which
                 ingest may also call)
+Future supply and transfers (issue 17): every reader asks GetPromise; ingest (an ERP's
+feed) and admin set supply; fulfilment, ingest and admin create and cancel transfers, and
+ship and receive them, as a till (pos) does at its own store: ships from it, receives at it.
+Each acts only at its locations (both ends of a transfer it creates or cancels).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class Role(enum.StrEnum):
 _READERS = frozenset({Role.STOREFRONT, Role.POS, Role.FULFILMENT, Role.ADMIN})
 _HOLDERS = frozenset({Role.STOREFRONT, Role.POS, Role.FULFILMENT, Role.ADMIN})
 _WRITERS = frozenset({Role.POS, Role.INGEST, Role.ADMIN})
+_TRANSFERS = frozenset({Role.FULFILMENT, Role.INGEST, Role.ADMIN})
 
 # Each RPC of omnistock.v1, by its method name, and the roles that may call it.
 RIGHTS: Mapping[str, frozenset[Role]] = {
@@ -85,6 +90,12 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "ListSources": frozenset({Role.INGEST, Role.ADMIN}),
     "ListDeadLetters": frozenset({Role.INGEST, Role.ADMIN}),
     "DeleteDeadLetters": frozenset({Role.INGEST, Role.ADMIN}),
+    "GetPromise": _READERS,
+    "UpsertSupply": frozenset({Role.INGEST, Role.ADMIN}),
+    "CreateTransfer": _TRANSFERS,
+    "ShipTransfer": _TRANSFERS | {Role.POS},
+    "ReceiveTransfer": _TRANSFERS | {Role.POS},
+    "CancelTransfer": _TRANSFERS,
 }
 # Roles that see and settle every reservation, not only their own.
 SEE_ALL = frozenset({Role.FULFILMENT, Role.ADMIN})

@@ -68,8 +68,16 @@ class Base:
         "band_check",
         "band_publish",
         "lease",
+        "supply",
+        "read_promise",
+        "transfer",
     )
-    READ_ONLY = ("read_rows", "read_offers", "read_network")  # the scripts that write nothing
+    READ_ONLY = (
+        "read_rows",
+        "read_offers",
+        "read_network",
+        "read_promise",
+    )  # the scripts that write nothing
 
     def __init__(
         self,

@@ -33,6 +33,20 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:bq         list   L's band crossings not yet known to be on the alerts stream, oldest
                           first: "n\\tsku\\tchannel\\twas\\tstatus\\tavailable\\tversion\\tat"
     {L}:bn         string the number n of L's last band crossing
+    {L}:u          hash   future supply due at L by sku:
+                          sku -> "entry\\tqty\\texpected_ms\\tkind\\n"..., by expected time
+                          (kind P purchase order, A ASN, T transfer; entry
+                          "p:<supply id>", or "t:<transfer id>|<sku>" for a transfer in
+                          transit to L): read with the row in one script (read_promise.lua,
+                          and a hold against future supply later), written by supply.lua
+    {L}:ui         hash   the same supply by entry: entry -> "sku\\tqty\\texpected_ms\\tkind",
+                          or "X\\tsku" once cancelled (a cancelled id stays so: supply.lua)
+    {L}:t          hash   the steps of transfers made at L: "<transfer id>\\t<step>" -> when
+                          (ms); step S shipped out, I in transit in, R received, D in transit
+                          dropped, B back at L (cancelled after shipping): each made once
+    transfer:{<id>} hash  a transfer's record: s state, f fingerprint, from, to, l lines, x
+                          expected arrival, r what was received, b its units went back
+                          (transfer.lua; engine/usecases/transfers.py)
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
                           o the principal that made it ('' on an open server), u its customer;
                           of MoveLine: n the lines' generation (moves made), m the move under
@@ -110,12 +124,13 @@ SOURCES = "{omnistock}:sources"
 EPOCH = "{omnistock}:epoch"
 
 # What the engine needs of Redis, as an ACL (docs/security.md): its keys (every one carries
-# a hash tag: `{L}:...`, `{omnistock}:...`, `res:{id}`, `principal:{name}:held`; and the
-# ingest adapters' dead letters, `<stream>:dead`, which operators list and delete), its
-# row-change channels, and the commands of its scripts and reads; no admin or dangerous
-# command but INFO (is it a cluster?) and the cluster topology the cluster client reads.
+# a hash tag: `{L}:...`, `{omnistock}:...`, `res:{id}`, `principal:{name}:held`,
+# `transfer:{id}`; and the ingest adapters' dead letters, `<stream>:dead`, which operators
+# list and delete), its row-change channels, and the commands of its scripts and reads; no
+# admin or dangerous command but INFO (is it a cluster?) and the cluster topology the
+# cluster client reads.
 ACL_RULES = (
-    "resetkeys ~{*}:* ~res:{*} ~principal:{*}:held ~customer:{*}:* ~*:dead "
+    "resetkeys ~{*}:* ~res:{*} ~transfer:{*} ~principal:{*}:held ~customer:{*}:* ~*:dead "
     "resetchannels &{*}:w "
     "-@all +@read +@write +@scripting +@pubsub +@connection +@transaction -@dangerous "
     "-eval -eval_ro -script|flush -script|kill -function -fcall -fcall_ro "
@@ -226,6 +241,22 @@ class Keys:
     @staticmethod
     def sagas(reservation_id: str) -> str:
         return SAGAS[zlib.crc32(reservation_id.encode()) % SHARDS]
+
+    @staticmethod
+    def supply(location: str) -> str:
+        return f"{{{location}}}:u"
+
+    @staticmethod
+    def supply_ids(location: str) -> str:
+        return f"{{{location}}}:ui"
+
+    @staticmethod
+    def transfer_steps(location: str) -> str:
+        return f"{{{location}}}:t"
+
+    @staticmethod
+    def transfer(transfer_id: str) -> str:
+        return f"transfer:{{{transfer_id}}}"
 
     @staticmethod
     def held(principal: str) -> str:

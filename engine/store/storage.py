@@ -49,6 +49,8 @@ from engine.store.networks import NetworkStore
 from engine.store.oversight import Oversight
 from engine.store.parts import Parts
 from engine.store.scripts import Command
+from engine.store.supply import SupplyStore
+from engine.store.transfers import TransferStore
 from engine.throttle import gently
 
 # Stock events applied by one script, and rows read by one: a batch of 5,000 events at one
@@ -58,7 +60,17 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
-class Storage(Parts, MoveSteps, Oversight, ChannelStore, Ledgers, BandStore, NetworkStore):
+class Storage(
+    Parts,
+    MoveSteps,
+    Oversight,
+    ChannelStore,
+    Ledgers,
+    BandStore,
+    NetworkStore,
+    SupplyStore,
+    TransferStore,
+):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
     expiry are engine/store/parts.py, the directory and sagas directory.py, a MoveLine's

@@ -223,6 +223,82 @@ MAPPING_KIND_LOCATION: MappingKind.ValueType  # 1
 MAPPING_KIND_ITEM: MappingKind.ValueType  # 2
 Global___MappingKind: _TypeAlias = MappingKind  # noqa: Y015
 
+class _SupplyKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SupplyKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SupplyKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUPPLY_KIND_UNSPECIFIED: _SupplyKind.ValueType  # 0
+    """taken as a purchase order"""
+    SUPPLY_KIND_PURCHASE_ORDER: _SupplyKind.ValueType  # 1
+    SUPPLY_KIND_ASN: _SupplyKind.ValueType  # 2
+    """an advance shipping notice: goods on their way from a supplier"""
+    SUPPLY_KIND_TRANSFER: _SupplyKind.ValueType  # 3
+    """a transfer of the retailer's own (CreateTransfer makes its own)"""
+
+class SupplyKind(_SupplyKind, metaclass=_SupplyKindEnumTypeWrapper):
+    """---------------------------------------------------------------- future supply and promises"""
+
+SUPPLY_KIND_UNSPECIFIED: SupplyKind.ValueType  # 0
+"""taken as a purchase order"""
+SUPPLY_KIND_PURCHASE_ORDER: SupplyKind.ValueType  # 1
+SUPPLY_KIND_ASN: SupplyKind.ValueType  # 2
+"""an advance shipping notice: goods on their way from a supplier"""
+SUPPLY_KIND_TRANSFER: SupplyKind.ValueType  # 3
+"""a transfer of the retailer's own (CreateTransfer makes its own)"""
+Global___SupplyKind: _TypeAlias = SupplyKind  # noqa: Y015
+
+class _SupplyOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SupplyOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SupplyOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUPPLY_OUTCOME_UNSPECIFIED: _SupplyOutcome.ValueType  # 0
+    SUPPLY_OUTCOME_CREATED: _SupplyOutcome.ValueType  # 1
+    SUPPLY_OUTCOME_UPDATED: _SupplyOutcome.ValueType  # 2
+    """its qty, date or kind changed"""
+    SUPPLY_OUTCOME_UNCHANGED: _SupplyOutcome.ValueType  # 3
+    """already so (a retry)"""
+    SUPPLY_OUTCOME_CANCELLED: _SupplyOutcome.ValueType  # 4
+    """cancelled, by this call or before"""
+
+class SupplyOutcome(_SupplyOutcome, metaclass=_SupplyOutcomeEnumTypeWrapper): ...
+
+SUPPLY_OUTCOME_UNSPECIFIED: SupplyOutcome.ValueType  # 0
+SUPPLY_OUTCOME_CREATED: SupplyOutcome.ValueType  # 1
+SUPPLY_OUTCOME_UPDATED: SupplyOutcome.ValueType  # 2
+"""its qty, date or kind changed"""
+SUPPLY_OUTCOME_UNCHANGED: SupplyOutcome.ValueType  # 3
+"""already so (a retry)"""
+SUPPLY_OUTCOME_CANCELLED: SupplyOutcome.ValueType  # 4
+"""cancelled, by this call or before"""
+Global___SupplyOutcome: _TypeAlias = SupplyOutcome  # noqa: Y015
+
+class _TransferState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_STATE_UNSPECIFIED: _TransferState.ValueType  # 0
+    TRANSFER_STATE_CREATED: _TransferState.ValueType  # 1
+    TRANSFER_STATE_SHIPPED: _TransferState.ValueType  # 2
+    """in transit: supply due at `to`"""
+    TRANSFER_STATE_RECEIVED: _TransferState.ValueType  # 3
+    TRANSFER_STATE_CANCELLED: _TransferState.ValueType  # 4
+
+class TransferState(_TransferState, metaclass=_TransferStateEnumTypeWrapper): ...
+
+TRANSFER_STATE_UNSPECIFIED: TransferState.ValueType  # 0
+TRANSFER_STATE_CREATED: TransferState.ValueType  # 1
+TRANSFER_STATE_SHIPPED: TransferState.ValueType  # 2
+"""in transit: supply due at `to`"""
+TRANSFER_STATE_RECEIVED: TransferState.ValueType  # 3
+TRANSFER_STATE_CANCELLED: TransferState.ValueType  # 4
+Global___TransferState: _TypeAlias = TransferState  # noqa: Y015
+
 @_typing.final
 class Location(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -2741,7 +2817,9 @@ class Alert(_message.Message):
         clock_skew: source, clock ("ahead"/"behind"), clock_offset_ms;
         band: location_id, sku, channel ("": no channel), was and status (the band it fell
         from and into: IN_STOCK, LOW, OUT), available (what the channel could hold of the row
-        then), version (the row's)
+        then), version (the row's);
+        transfer_discrepancy: transfer_id, location_id (where it was received),
+        from_location_id, sku, shipped, received, missing (shipped - received)
         """
 
     def __init__(
@@ -2927,3 +3005,435 @@ class DeleteDeadLettersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteDeadLettersResponse: _TypeAlias = DeleteDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class Supply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLY_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    EXPECTED_AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    supply_id: _builtins.str
+    """The idempotency key, per location: the same id at another location is another supply.
+    An id keeps its sku (another sku: INVALID_ARGUMENT; cancel it and make a new one).
+    """
+    location_id: _builtins.str
+    sku: _builtins.str
+    qty: _builtins.int
+    """1 .. 1e9 units still to come (ignored with cancel)"""
+    expected_at: _builtins.int
+    """When it is expected, ms since the epoch (UTC). At most a day in the past (a date-only
+    system's "today" is its midnight) and at most two years ahead (ignored with cancel).
+    """
+    kind: Global___SupplyKind.ValueType
+    cancel: _builtins.bool
+    """cancelled (received, or not coming): it no longer counts, for good"""
+    def __init__(
+        self,
+        *,
+        supply_id: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        qty: _builtins.int = ...,
+        expected_at: _builtins.int = ...,
+        kind: Global___SupplyKind.ValueType = ...,
+        cancel: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "expected_at", b"expected_at", "kind", b"kind", "location_id", b"location_id", "qty", b"qty", "sku", b"sku", "supply_id", b"supply_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Supply: _TypeAlias = Supply  # noqa: Y015
+
+@_typing.final
+class UpsertSupplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def supplies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Supply]: ...
+    def __init__(
+        self,
+        *,
+        supplies: _abc.Iterable[Global___Supply] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["supplies", b"supplies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertSupplyRequest: _TypeAlias = UpsertSupplyRequest  # noqa: Y015
+
+@_typing.final
+class UpsertSupplyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___SupplyOutcome.ValueType]:
+        """one per supply, in the order given"""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___SupplyOutcome.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertSupplyResponse: _TypeAlias = UpsertSupplyResponse  # noqa: Y015
+
+@_typing.final
+class GetPromiseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKUS_FIELD_NUMBER: _builtins.int
+    LOCATION_IDS_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    HORIZON_DAYS_FIELD_NUMBER: _builtins.int
+    network: _builtins.str
+    """a location network (UpsertNetworks); its totals are answered too"""
+    horizon_days: _builtins.int
+    """how far ahead: default 30, at most 365"""
+    @_builtins.property
+    def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """at least one, at most 1,000"""
+
+    @_builtins.property
+    def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """or a network"""
+
+    def __init__(
+        self,
+        *,
+        skus: _abc.Iterable[_builtins.str] | None = ...,
+        location_ids: _abc.Iterable[_builtins.str] | None = ...,
+        network: _builtins.str = ...,
+        horizon_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon_days", b"horizon_days", "location_ids", b"location_ids", "network", b"network", "skus", b"skus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPromiseRequest: _TypeAlias = GetPromiseRequest  # noqa: Y015
+
+@_typing.final
+class PromiseStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    at: _builtins.int
+    """ms since the epoch: when supply is due (now for supply overdue)"""
+    units: _builtins.int
+    """units that can be promised by then, cumulatively"""
+    def __init__(
+        self,
+        *,
+        at: _builtins.int = ...,
+        units: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromiseStep: _TypeAlias = PromiseStep  # noqa: Y015
+
+@_typing.final
+class Promise(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    AVAILABLE_NOW_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    INCOMING_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    """"" in network totals"""
+    sku: _builtins.str
+    available_now: _builtins.int
+    """Units that can be held now: on-hand less safety stock and every hold."""
+    incoming: _builtins.int
+    """units of supply due within the horizon (overdue included)"""
+    overdue: _builtins.int
+    """of which due before now and not yet received or cancelled"""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromiseStep]:
+        """One step per time supply is due within the horizon, in time order; a row short now
+        (holds above on-hand) takes its shortfall from the first supply.
+        """
+
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        available_now: _builtins.int = ...,
+        steps: _abc.Iterable[Global___PromiseStep] | None = ...,
+        incoming: _builtins.int = ...,
+        overdue: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_now", b"available_now", "incoming", b"incoming", "location_id", b"location_id", "overdue", b"overdue", "sku", b"sku", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Promise: _TypeAlias = Promise  # noqa: Y015
+
+@_typing.final
+class GetPromiseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_OF_FIELD_NUMBER: _builtins.int
+    HORIZON_END_FIELD_NUMBER: _builtins.int
+    PROMISES_FIELD_NUMBER: _builtins.int
+    NETWORK_TOTALS_FIELD_NUMBER: _builtins.int
+    as_of: _builtins.int
+    """the server's time of the answer, ms since the epoch"""
+    horizon_end: _builtins.int
+    """the end of the horizon, ms since the epoch"""
+    @_builtins.property
+    def promises(self) -> _containers.RepeatedCompositeFieldContainer[Global___Promise]:
+        """per location and sku: location by location, skus as asked"""
+
+    @_builtins.property
+    def network_totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Promise]:
+        """with a network: per sku, summed over its locations"""
+
+    def __init__(
+        self,
+        *,
+        as_of: _builtins.int = ...,
+        horizon_end: _builtins.int = ...,
+        promises: _abc.Iterable[Global___Promise] | None = ...,
+        network_totals: _abc.Iterable[Global___Promise] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "horizon_end", b"horizon_end", "network_totals", b"network_totals", "promises", b"promises"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPromiseResponse: _TypeAlias = GetPromiseResponse  # noqa: Y015
+
+@_typing.final
+class TransferLine(_message.Message):
+    """---------------------------------------------------------------- transfers"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    qty: _builtins.int
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        qty: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qty", b"qty", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferLine: _TypeAlias = TransferLine  # noqa: Y015
+
+@_typing.final
+class CreateTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    FROM_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    TO_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    EXPECTED_AT_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """the idempotency key (same id, other content: ALREADY_EXISTS)"""
+    from_location_id: _builtins.str
+    to_location_id: _builtins.str
+    """not from_location_id"""
+    expected_at: _builtins.int
+    """expected arrival, ms since the epoch (as Supply.expected_at)"""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferLine]:
+        """1 to 200, each sku once, qty 1 .. 1e9"""
+
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        from_location_id: _builtins.str = ...,
+        to_location_id: _builtins.str = ...,
+        lines: _abc.Iterable[Global___TransferLine] | None = ...,
+        expected_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_at", b"expected_at", "from_location_id", b"from_location_id", "lines", b"lines", "to_location_id", b"to_location_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTransferRequest: _TypeAlias = CreateTransferRequest  # noqa: Y015
+
+@_typing.final
+class ShipTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShipTransferRequest: _TypeAlias = ShipTransferRequest  # noqa: Y015
+
+@_typing.final
+class ReceiveTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferLine]:
+        """What arrived, per sku of the transfer (qty 0 .. 1e9: more than shipped is reported too);
+        a sku not listed did not arrive. No lines: everything shipped arrived.
+        """
+
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        lines: _abc.Iterable[Global___TransferLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveTransferRequest: _TypeAlias = ReceiveTransferRequest  # noqa: Y015
+
+@_typing.final
+class CancelTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTransferRequest: _TypeAlias = CancelTransferRequest  # noqa: Y015
+
+@_typing.final
+class TransferDiscrepancy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    SHIPPED_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    shipped: _builtins.int
+    received: _builtins.int
+    missing: _builtins.int
+    """shipped - received (negative: more arrived than was shipped)"""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        shipped: _builtins.int = ...,
+        received: _builtins.int = ...,
+        missing: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing", b"missing", "received", b"received", "shipped", b"shipped", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferDiscrepancy: _TypeAlias = TransferDiscrepancy  # noqa: Y015
+
+@_typing.final
+class Transfer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    FROM_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    TO_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    EXPECTED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    DISCREPANCIES_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    from_location_id: _builtins.str
+    to_location_id: _builtins.str
+    expected_at: _builtins.int
+    state: Global___TransferState.ValueType
+    returned: _builtins.bool
+    """cancelled after shipping: its units went back to `from`"""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferLine]: ...
+    @_builtins.property
+    def received(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferLine]:
+        """once received"""
+
+    @_builtins.property
+    def discrepancies(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferDiscrepancy]:
+        """once received: lines that differ"""
+
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        from_location_id: _builtins.str = ...,
+        to_location_id: _builtins.str = ...,
+        lines: _abc.Iterable[Global___TransferLine] | None = ...,
+        expected_at: _builtins.int = ...,
+        state: Global___TransferState.ValueType = ...,
+        received: _abc.Iterable[Global___TransferLine] | None = ...,
+        discrepancies: _abc.Iterable[Global___TransferDiscrepancy] | None = ...,
+        returned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discrepancies", b"discrepancies", "expected_at", b"expected_at", "from_location_id", b"from_location_id", "lines", b"lines", "received", b"received", "returned", b"returned", "state", b"state", "to_location_id", b"to_location_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transfer: _TypeAlias = Transfer  # noqa: Y015

@@ -56,6 +56,11 @@ class AvailabilityServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.GetPromise = channel.unary_unary(
+                '/omnistock.v1.AvailabilityService/GetPromise',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetPromiseRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetPromiseResponse.FromString,
+                _registered_method=True)
 
 
 class AvailabilityServiceServicer:
@@ -97,6 +102,15 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPromise(self, request, context):
+        """For skus at locations (or across a network), the units that can be held now and, by
+        each date within a horizon, the units promised cumulatively: on-hand after every hold,
+        plus the supply (UpsertSupply, transfers in transit) due by then. One read per location.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AvailabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +133,11 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.GetNetworkAvailability,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityResponse.SerializeToString,
+            ),
+            'GetPromise': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPromise,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.GetPromiseRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.GetPromiseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +250,33 @@ class AvailabilityService:
             '/omnistock.v1.AvailabilityService/GetNetworkAvailability',
             omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.GetNetworkAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPromise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.AvailabilityService/GetPromise',
+            omnistock_dot_v1_dot_omnistock__pb2.GetPromiseRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.GetPromiseResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -700,6 +746,31 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetBundlesRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetBundlesResponse.FromString,
                 _registered_method=True)
+        self.UpsertSupply = channel.unary_unary(
+                '/omnistock.v1.StockService/UpsertSupply',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertSupplyRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertSupplyResponse.FromString,
+                _registered_method=True)
+        self.CreateTransfer = channel.unary_unary(
+                '/omnistock.v1.StockService/CreateTransfer',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.CreateTransferRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
+                _registered_method=True)
+        self.ShipTransfer = channel.unary_unary(
+                '/omnistock.v1.StockService/ShipTransfer',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.ShipTransferRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
+                _registered_method=True)
+        self.ReceiveTransfer = channel.unary_unary(
+                '/omnistock.v1.StockService/ReceiveTransfer',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.ReceiveTransferRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
+                _registered_method=True)
+        self.CancelTransfer = channel.unary_unary(
+                '/omnistock.v1.StockService/CancelTransfer',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.CancelTransferRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -807,6 +878,45 @@ class StockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertSupply(self, request, context):
+        """Incoming supply (purchase order, ASN or transfer lines) per location and sku with an
+        expected date; an id is set again (qty, date) or cancelled. Idempotent: the same
+        request twice leaves the same supply. A cancelled id stays cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTransfer(self, request, context):
+        """A transfer of stock between two locations: created, then shipped (the units leave
+        `from`, and are supply due at `to` on the expected date), then received at `to` (all or
+        part: each line's discrepancy reported, and put on the alerts stream) or cancelled
+        (before shipping: nothing moves; after: the units go back to `from`). Each step is
+        idempotent by transfer id; a step cut short by a crash is finished by the next call on
+        the transfer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShipTransfer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveTransfer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTransfer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -869,6 +979,31 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.SetBundles,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetBundlesRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetBundlesResponse.SerializeToString,
+            ),
+            'UpsertSupply': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertSupply,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertSupplyRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.UpsertSupplyResponse.SerializeToString,
+            ),
+            'CreateTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTransfer,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.CreateTransferRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.SerializeToString,
+            ),
+            'ShipTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShipTransfer,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ShipTransferRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.SerializeToString,
+            ),
+            'ReceiveTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveTransfer,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.ReceiveTransferRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.SerializeToString,
+            ),
+            'CancelTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTransfer,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.CancelTransferRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1197,6 +1332,141 @@ class StockService:
             '/omnistock.v1.StockService/SetBundles',
             omnistock_dot_v1_dot_omnistock__pb2.SetBundlesRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.SetBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertSupply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/UpsertSupply',
+            omnistock_dot_v1_dot_omnistock__pb2.UpsertSupplyRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.UpsertSupplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/CreateTransfer',
+            omnistock_dot_v1_dot_omnistock__pb2.CreateTransferRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShipTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/ShipTransfer',
+            omnistock_dot_v1_dot_omnistock__pb2.ShipTransferRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/ReceiveTransfer',
+            omnistock_dot_v1_dot_omnistock__pb2.ReceiveTransferRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/CancelTransfer',
+            omnistock_dot_v1_dot_omnistock__pb2.CancelTransferRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,11 @@ class AvailabilityServiceStub:
     (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
     delivery" in one call.
     """
+    GetPromise: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.GetPromiseRequest, _omnistock_pb2.GetPromiseResponse]
+    """For skus at locations (or across a network), the units that can be held now and, by
+    each date within a horizon, the units promised cumulatively: on-hand after every hold,
+    plus the supply (UpsertSupply, transfers in transit) due by then. One read per location.
+    """
 
 @_typing.type_check_only
 class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
@@ -74,6 +79,11 @@ class AvailabilityServiceAsyncStub(AvailabilityServiceStub):
     """For many skus, the units available to a channel across a network of locations
     (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
     delivery" in one call.
+    """
+    GetPromise: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.GetPromiseRequest, _omnistock_pb2.GetPromiseResponse]  # type: ignore[assignment]
+    """For skus at locations (or across a network), the units that can be held now and, by
+    each date within a horizon, the units promised cumulatively: on-hand after every hold,
+    plus the supply (UpsertSupply, transfers in transit) due by then. One read per location.
     """
 
 class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -118,6 +128,17 @@ class AvailabilityServiceServicer(metaclass=_abc_1.ABCMeta):
         """For many skus, the units available to a channel across a network of locations
         (UpsertNetworks), and how many of its locations have some: a listing's "in stock for
         delivery" in one call.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPromise(
+        self,
+        request: _omnistock_pb2.GetPromiseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.GetPromiseResponse, _abc.Awaitable[_omnistock_pb2.GetPromiseResponse]]:
+        """For skus at locations (or across a network), the units that can be held now and, by
+        each date within a horizon, the units promised cumulatively: on-hand after every hold,
+        plus the supply (UpsertSupply, transfers in transit) due by then. One read per location.
         """
 
 def add_AvailabilityServiceServicer_to_server(servicer: AvailabilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -336,6 +357,22 @@ class StockServiceStub:
     floor(available / qty), and a hold of it holds its components in the same atomic step.
     All the call's bundles change at once; a hold already made keeps the components it took.
     """
+    UpsertSupply: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertSupplyRequest, _omnistock_pb2.UpsertSupplyResponse]
+    """Incoming supply (purchase order, ASN or transfer lines) per location and sku with an
+    expected date; an id is set again (qty, date) or cancelled. Idempotent: the same
+    request twice leaves the same supply. A cancelled id stays cancelled.
+    """
+    CreateTransfer: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.CreateTransferRequest, _omnistock_pb2.Transfer]
+    """A transfer of stock between two locations: created, then shipped (the units leave
+    `from`, and are supply due at `to` on the expected date), then received at `to` (all or
+    part: each line's discrepancy reported, and put on the alerts stream) or cancelled
+    (before shipping: nothing moves; after: the units go back to `from`). Each step is
+    idempotent by transfer id; a step cut short by a crash is finished by the next call on
+    the transfer.
+    """
+    ShipTransfer: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ShipTransferRequest, _omnistock_pb2.Transfer]
+    ReceiveTransfer: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ReceiveTransferRequest, _omnistock_pb2.Transfer]
+    CancelTransfer: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.CancelTransferRequest, _omnistock_pb2.Transfer]
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -391,6 +428,22 @@ class StockServiceAsyncStub(StockServiceStub):
     floor(available / qty), and a hold of it holds its components in the same atomic step.
     All the call's bundles change at once; a hold already made keeps the components it took.
     """
+    UpsertSupply: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertSupplyRequest, _omnistock_pb2.UpsertSupplyResponse]  # type: ignore[assignment]
+    """Incoming supply (purchase order, ASN or transfer lines) per location and sku with an
+    expected date; an id is set again (qty, date) or cancelled. Idempotent: the same
+    request twice leaves the same supply. A cancelled id stays cancelled.
+    """
+    CreateTransfer: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.CreateTransferRequest, _omnistock_pb2.Transfer]  # type: ignore[assignment]
+    """A transfer of stock between two locations: created, then shipped (the units leave
+    `from`, and are supply due at `to` on the expected date), then received at `to` (all or
+    part: each line's discrepancy reported, and put on the alerts stream) or cancelled
+    (before shipping: nothing moves; after: the units go back to `from`). Each step is
+    idempotent by transfer id; a step cut short by a crash is finished by the next call on
+    the transfer.
+    """
+    ShipTransfer: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ShipTransferRequest, _omnistock_pb2.Transfer]  # type: ignore[assignment]
+    ReceiveTransfer: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ReceiveTransferRequest, _omnistock_pb2.Transfer]  # type: ignore[assignment]
+    CancelTransfer: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.CancelTransferRequest, _omnistock_pb2.Transfer]  # type: ignore[assignment]
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- stock (ingest, admin)"""
@@ -515,6 +568,52 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         floor(available / qty), and a hold of it holds its components in the same atomic step.
         All the call's bundles change at once; a hold already made keeps the components it took.
         """
+
+    @_abc_1.abstractmethod
+    def UpsertSupply(
+        self,
+        request: _omnistock_pb2.UpsertSupplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.UpsertSupplyResponse, _abc.Awaitable[_omnistock_pb2.UpsertSupplyResponse]]:
+        """Incoming supply (purchase order, ASN or transfer lines) per location and sku with an
+        expected date; an id is set again (qty, date) or cancelled. Idempotent: the same
+        request twice leaves the same supply. A cancelled id stays cancelled.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTransfer(
+        self,
+        request: _omnistock_pb2.CreateTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.Transfer, _abc.Awaitable[_omnistock_pb2.Transfer]]:
+        """A transfer of stock between two locations: created, then shipped (the units leave
+        `from`, and are supply due at `to` on the expected date), then received at `to` (all or
+        part: each line's discrepancy reported, and put on the alerts stream) or cancelled
+        (before shipping: nothing moves; after: the units go back to `from`). Each step is
+        idempotent by transfer id; a step cut short by a crash is finished by the next call on
+        the transfer.
+        """
+
+    @_abc_1.abstractmethod
+    def ShipTransfer(
+        self,
+        request: _omnistock_pb2.ShipTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.Transfer, _abc.Awaitable[_omnistock_pb2.Transfer]]: ...
+
+    @_abc_1.abstractmethod
+    def ReceiveTransfer(
+        self,
+        request: _omnistock_pb2.ReceiveTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.Transfer, _abc.Awaitable[_omnistock_pb2.Transfer]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelTransfer(
+        self,
+        request: _omnistock_pb2.CancelTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.Transfer, _abc.Awaitable[_omnistock_pb2.Transfer]]: ...
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -1,0 +1,138 @@
+-- supply: change a location's future supply and, for a transfer's step there, its stock, in
+-- one step (UpsertSupply; the steps of ShipTransfer, ReceiveTransfer, CancelTransfer at one
+-- end of a transfer: engine/usecases/transfers.py).
+-- KEYS[1] {L}:u  supply by sku: sku -> "entry\tqty\texpected_ms\tkind\n"... (by expected, entry)
+-- KEYS[2] {L}:ui supply by entry: entry -> "sku\tqty\texpected_ms\tkind", or "X\tsku" cancelled
+-- KEYS[3] {L}:t  the transfer steps made at L: "<transfer id>\t<step>" -> when (ms)
+-- KEYS[4..] {L}:s:<b> stock buckets and {L}:d:<b> change logs
+-- ARGV: now_ms, max_per_row (open supplies of one sku), dry ('1': check only, write nothing), step ('' for none, else
+--   "<transfer id>\t<step letter>"), log tag ("t:<transfer id>"), n, then n groups of 6:
+--   entry ("p:<supply id>" or "t:<transfer id>|<sku>"), sku, qty, expected_ms, kind (P|A|T),
+--   op (S set, X cancel: remembered as cancelled, D drop: forgotten),
+--   then m, then m groups of 4: sku, signed qty, stock idx, log idx; last the location's
+--   change channel (write_row)
+-- A step already made at L answers {'DONE'} and changes nothing. Refusals change nothing:
+--   {'REFUSED', i, 'SKU', its sku}  supply i is of another sku
+--   {'REFUSED', i, 'FULL', ''}      supply i would be its row's max_per_row + 1st
+--   {'SHORT', sku, available, ...}  a line takes more than its row's available units
+-- Else {'OK', {per supply: CREATED | UPDATED | UNCHANGED | CANCELLED | DROPPED}}; the stock
+-- lines are applied and logged at now (as a commit is: a count taken before keeps them, I5).
+-- Numbers are kept as the strings given: '%d' and tostring would round or reformat them.
+local now, most, dry, step, tag = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4], ARGV[5]
+local n = tonumber(ARGV[6])
+local m_at = 7 + n * 6
+local m = tonumber(ARGV[m_at])
+if step ~= '' and redis.call('HEXISTS', KEYS[3], step) == 1 then return {'DONE'} end
+-- A cancel's steps fence off the ship's that may still be on their way (a racing ShipTransfer):
+-- D (the transit supply dropped at `to`) counts I as made, so no transit supply comes after
+-- it; B (the units back at `from`) brings them back only if S took them, and counts S as
+-- made, so none leave after it.
+local tid, letter = string.match(step, '^(.*)\t(%a)$')
+if letter == 'B' and redis.call('HEXISTS', KEYS[3], tid .. '\tS') == 0 then m = 0 end
+
+local tables = {}  -- sku -> {entry -> {qty, expected, kind}}, as it will be written
+local function table_of(sku)
+  if not tables[sku] then
+    local t = {}
+    local text = redis.call('HGET', KEYS[1], sku) or ''
+    for e, q, x, k in string.gmatch(text, '([^\t\n]+)\t(%d+)\t(%d+)\t(%a)\n') do t[e] = {q, x, k} end
+    tables[sku] = t
+  end
+  return tables[sku]
+end
+
+local function size(t)
+  local c = 0
+  for _ in pairs(t) do c = c + 1 end
+  return c
+end
+
+local outcomes, ids = {}, {}  -- ids: entry -> its new value, or false to forget it
+for i = 0, n - 1 do
+  local p = 7 + i * 6
+  local entry, sku, qty, x, kind, op = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3], ARGV[p + 4], ARGV[p + 5]
+  local cur = redis.call('HGET', KEYS[2], entry)
+  local csku, cq, cx, ck = string.match(cur or '', '^([^\t]+)\t(%d+)\t(%d+)\t(%a)$')
+  local out
+  if cur and string.sub(cur, 1, 2) == 'X\t' then
+    out = 'CANCELLED'
+  elseif op == 'S' then
+    if csku and csku ~= sku then return {'REFUSED', i + 1, 'SKU', csku} end
+    local t = table_of(sku)
+    if not csku then
+      if size(t) >= most then return {'REFUSED', i + 1, 'FULL', ''} end
+      out = 'CREATED'
+    elseif cq == qty and cx == x and ck == kind then
+      out = 'UNCHANGED'
+    else
+      out = 'UPDATED'
+    end
+    t[entry] = {qty, x, kind}
+    ids[entry] = sku .. '\t' .. qty .. '\t' .. x .. '\t' .. kind
+  else
+    if csku then table_of(csku)[entry] = nil end
+    if op == 'X' then
+      ids[entry] = 'X\t' .. (csku or sku)
+      out = 'CANCELLED'
+    else
+      ids[entry] = false
+      out = 'DROPPED'
+    end
+  end
+  outcomes[i + 1] = out
+end
+
+local short = {}
+for j = 0, m - 1 do
+  local p = m_at + 1 + j * 4
+  local d = tonumber(ARGV[p + 1])
+  if d < 0 then
+    local a = available(read_row(KEYS[tonumber(ARGV[p + 2])], ARGV[p]))
+    if a < -d then
+      short[#short + 1] = ARGV[p]
+      short[#short + 1] = a
+    end
+  end
+end
+if #short > 0 then
+  table.insert(short, 1, 'SHORT')
+  return short
+end
+if dry then return {'OK', outcomes} end
+
+for j = 0, m - 1 do
+  local p = m_at + 1 + j * 4
+  local sku, d, key = ARGV[p], ARGV[p + 1], KEYS[tonumber(ARGV[p + 2])]
+  local r = read_row(key, sku)
+  r[1] = r[1] + tonumber(d)
+  write_row(key, sku, r)
+  redis.call('ZADD', KEYS[tonumber(ARGV[p + 3])], now, sku .. '\t' .. tag .. '\t' .. d)
+end
+
+for sku, t in pairs(tables) do
+  local list = {}
+  for e, v in pairs(t) do list[#list + 1] = {e, v} end
+  table.sort(list, function(a, b)
+    local xa, xb = tonumber(a[2][2]), tonumber(b[2][2])
+    if xa ~= xb then return xa < xb end
+    return a[1] < b[1]
+  end)
+  if #list == 0 then
+    redis.call('HDEL', KEYS[1], sku)
+  else
+    local parts = {}
+    for _, e in ipairs(list) do
+      parts[#parts + 1] = e[1] .. '\t' .. e[2][1] .. '\t' .. e[2][2] .. '\t' .. e[2][3] .. '\n'
+    end
+    redis.call('HSET', KEYS[1], sku, table.concat(parts))
+  end
+end
+for entry, v in pairs(ids) do
+  if v then redis.call('HSET', KEYS[2], entry, v) else redis.call('HDEL', KEYS[2], entry) end
+end
+if step ~= '' then
+  redis.call('HSET', KEYS[3], step, now)
+  if letter == 'B' then redis.call('HSETNX', KEYS[3], tid .. '\tS', now) end
+  if letter == 'D' then redis.call('HSETNX', KEYS[3], tid .. '\tI', now) end
+end
+return {'OK', outcomes}

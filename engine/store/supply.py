@@ -1,0 +1,120 @@
+"""Future supply in Redis: each location's supply by sku and by id in its own hash slot
+(keys.py: {L}:u, {L}:ui), changed by supply.lua (with a transfer's stock step at that
+location, when there is one) and read with the rows by read_promise.lua."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine.domain.model import StockRow
+from engine.domain.supply import MAX_SUPPLY_PER_ROW, Incoming, SupplyKind, SupplyOutcome
+from engine.store.base import Base
+from engine.store.codecs import parse_row
+from engine.store.keys import KeyList, Keys
+
+# Transfers' own supply is never refused for a full row: their units have already left.
+NO_LIMIT = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SupplyOp:
+    """One change of a location's supply: set (qty, expected_at, kind), cancel (kept as
+    cancelled) or drop (forgotten: a transfer's supply, received or cancelled)."""
+
+    entry: str  # "p:<supply id>", or "t:<transfer id>|<sku>"
+    sku: str
+    qty: int = 0
+    expected_at: int = 0
+    kind: SupplyKind = SupplyKind.PURCHASE_ORDER
+    op: str = "S"  # S set, X cancel, D drop
+
+
+@dataclass(frozen=True, slots=True)
+class StockStep:
+    """A transfer's step at one location: its units leave (negative qty) or arrive."""
+
+    transfer_id: str
+    step: str  # S shipped out, I in transit in, R received, D in transit dropped, B back
+    lines: Sequence[tuple[str, int]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SupplyChanged:
+    outcomes: list[SupplyOutcome | None]  # None: dropped
+    refused: tuple[int, str, str] | None = None  # (supply index, SKU | FULL, its sku)
+    short: dict[str, int] | None = None  # sku -> available, for lines taking more
+    done: bool = False  # the step was made before: nothing changed
+
+
+def supply_entry(supply_id: str) -> str:
+    return f"p:{supply_id}"
+
+
+def transfer_entry(transfer_id: str, sku: str) -> str:
+    return f"t:{transfer_id}|{sku}"
+
+
+def parse_supply(text: bytes | None) -> list[Incoming]:
+    out = []
+    for line in (text or b"").decode().splitlines():
+        _, qty, expected, kind = line.split("\t")
+        out.append(Incoming(int(qty), int(expected), SupplyKind(kind)))
+    return out
+
+
+class SupplyStore(Base):
+    async def change_supply(
+        self,
+        location: str,
+        ops: Sequence[SupplyOp],
+        now: int,
+        step: StockStep | None = None,
+        dry: bool = False,
+    ) -> SupplyChanged:
+        """Changes a location's supply, and with a transfer's step its stock, at once; with
+        dry, only says what it would refuse."""
+        keys = KeyList(Keys.supply(location), Keys.supply_ids(location))
+        keys.add(Keys.transfer_steps(location))
+        transfer = step is not None and step.transfer_id
+        most = NO_LIMIT if transfer else MAX_SUPPLY_PER_ROW
+        args: list[Any] = [now, most, "1" if dry else "0"]
+        args += [f"{step.transfer_id}\t{step.step}", f"t:{step.transfer_id}"] if step else ["", ""]
+        args.append(len(ops))
+        for op in ops:
+            args += [op.entry, op.sku, op.qty, op.expected_at, op.kind.value, op.op]
+        lines = step.lines if step else ()
+        args.append(len(lines))
+        for sku, qty in lines:
+            stock, log = (
+                keys.add(self.keys.stock(location, sku)),
+                keys.add(self.keys.log(location, sku)),
+            )
+            args += [sku, qty, stock, log]
+        args.append(Keys.changes(location))
+        got = await self.call("supply", keys.keys, args)
+        head = got[0].decode()
+        if head == "DONE":
+            return SupplyChanged([], done=True)
+        if head == "REFUSED":
+            return SupplyChanged([], refused=(int(got[1]) - 1, got[2].decode(), got[3].decode()))
+        if head == "SHORT":
+            pairs = got[1:]
+            return SupplyChanged(
+                [], short={pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+            )
+        return SupplyChanged(
+            [None if o == b"DROPPED" else SupplyOutcome(o.decode()) for o in got[1]]
+        )
+
+    async def promise_rows(
+        self, location: str, skus: Sequence[str]
+    ) -> list[tuple[StockRow, list[Incoming]]]:
+        """Each sku's row at a location and its supply, read at one instant."""
+        keys = KeyList(Keys.supply(location))
+        args: list[Any] = []
+        for sku in skus:
+            args += [sku, keys.add(self.keys.stock(location, sku))]
+        got = await self.call("read_promise", keys.keys, args, heavy=len(args) > 256)
+        return [(parse_row(got[i]), parse_supply(got[i + 1])) for i in range(0, len(got), 2)]
