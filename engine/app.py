@@ -47,6 +47,7 @@ from engine.usecases.operators import Operators
 from engine.usecases.parts import CartCaps, Timing
 from engine.usecases.planner import Planner
 from engine.usecases.reservations import Reservations
+from engine.usecases.returns import Returns
 from engine.usecases.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class Omnistock:
             count_lines_held=self.settings.count_lines_held,
             count_idle_seconds=self.settings.count_idle_seconds,
             ingest_rate=self.settings.ingest_rate,
+            returns=Returns(self.storage, self.locations, m, self.clock.now_ms),
         )
         add_services(
             self.server,

@@ -68,6 +68,8 @@ class Base:
         "band_check",
         "band_publish",
         "lease",
+        "claim_return",
+        "record_return",
     )
     READ_ONLY = ("read_rows", "read_offers", "read_network")  # the scripts that write nothing
 

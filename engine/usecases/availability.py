@@ -19,6 +19,7 @@ from engine.domain.model import (
     check_size,
 )
 from engine.domain.rules import StockStatus
+from engine.domain.states import OTHER_STATES, row_name
 from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
 from engine.usecases.channels import ChannelRules
@@ -27,8 +28,9 @@ from engine.usecases.locations import LocationRegistry
 SAFETY_BATCH = 1000  # safety entries per script call: no script holds Redis for long
 
 Level = tuple[str, str, StockRow]  # location, sku, its row
-# and what the asking channel may hold of it, and the band that puts it in
-Offered = tuple[str, str, StockRow, int, StockStatus]
+# and what the asking channel may hold of it, the band that puts it in, and (when asked
+# for) its units in each other state, in the order of OTHER_STATES (else ())
+Offered = tuple[str, str, StockRow, int, StockStatus, tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +62,12 @@ class Availability:
         types: set[LocationType],
         include_empty: bool,
         channel: str = "",
+        states: bool = False,
     ) -> list[Offered]:
         """The rows of `skus` at the locations named, or else at every active location of
         `types` (all types when none), each with what `channel` may hold of it (its rules
         applied; no channel: the row's available units), where only rows with some are kept
-        unless `include_empty`."""
+        unless `include_empty`; with `states`, each row's units in the other states too."""
         if channel:
             check_id(channel, "channel")
         wanted = _skus(skus)
@@ -76,14 +79,27 @@ class Availability:
             locations = [loc.id for loc in await self.locations.active(types)]
         _within_rows(wanted, locations)
         pairs = [(loc, sku) for loc in locations for sku in wanted]
-        rows = await self.reader.rows(pairs)
+        rows, others = await self._rows(pairs, states)
         offered = await self.offered(channel, pairs, rows)
         keep_empty = include_empty or bool(location_ids)
         return [
-            (loc, sku, row, a, self.status(loc, sku, channel, a))
-            for (loc, sku), row, a in zip(pairs, rows, offered, strict=True)
+            (loc, sku, row, a, self.status(loc, sku, channel, a), units)
+            for (loc, sku), row, a, units in zip(pairs, rows, offered, others, strict=True)
             if keep_empty or a > 0
         ]
+
+    async def _rows(
+        self, pairs: Sequence[tuple[str, str]], states: bool
+    ) -> tuple[list[StockRow], list[tuple[int, ...]]]:
+        """The rows (from the read cache), or with `states` the rows and their state rows,
+        read from Redis together: the same script calls, no round trip more (keys.py)."""
+        if not states:
+            return await self.reader.rows(pairs), [()] * len(pairs)
+        n = len(OTHER_STATES)
+        named = [(loc, row_name(sku, s)) for loc, sku in pairs for s in OTHER_STATES]
+        got = await self.storage.rows([*pairs, *named])
+        rows, units = got[: len(pairs)], [r.on_hand for r in got[len(pairs) :]]
+        return rows, [tuple(units[i * n : i * n + n]) for i in range(len(pairs))]
 
     async def offered(
         self, channel: str, pairs: Sequence[tuple[str, str]], rows: Sequence[StockRow]

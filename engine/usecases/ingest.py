@@ -27,6 +27,7 @@ from engine.domain.model import (
     check_id,
     check_qty,
 )
+from engine.domain.states import StockState, row_name, sku_of, state_of
 from engine.metrics import Metrics
 from engine.store.codecs import EventsApplied, Gap, Holder
 from engine.store.storage import Storage
@@ -283,10 +284,11 @@ class Ingest:
         await self.locations.require([location], "header.location_id")
         started, done = time.perf_counter(), 0
         counted: dict[str, int] = {}
-        for sku, qty in lines.items():
-            ours = await self.mappings.item(count.source, sku, "lines[].sku")
+        for row, qty in lines.items():  # a row: a sku, or a sku's units in a state
+            sku, state = sku_of(row), state_of(row)
+            ours = row_name(await self.mappings.item(count.source, sku, "lines[].sku"), state)
             if ours in counted:
-                raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
+                raise InvalidArgument("lines", f"{row!r} and another item both map to {ours!r}")
             counted[ours] = qty
         missing: list[str] = []
         # a count older than the event window is stale for every row (apply_events.lua):
@@ -340,9 +342,15 @@ class Ingest:
         return result
 
     @staticmethod
-    def _count_event(count: Count, location: str, sku: str, qty: int) -> StockEvent:
+    def _count_event(count: Count, location: str, row: str, qty: int) -> StockEvent:
         return StockEvent(
-            f"count:{count.count_id}/{sku}", location, sku, EventKind.COUNT, qty, count.counted_at
+            f"count:{count.count_id}/{row}",
+            location,
+            sku_of(row),
+            EventKind.COUNT,
+            qty,
+            count.counted_at,
+            state=state_of(row),
         )
 
 
@@ -356,14 +364,23 @@ def check_count(count: Count) -> Count:
     return count
 
 
-def add_count_line(lines: dict[str, int], sku: str, qty: int, where: str) -> None:
+def add_count_line(
+    lines: dict[str, int],
+    sku: str,
+    qty: int,
+    where: str,
+    state: StockState = StockState.SELLABLE,
+) -> None:
+    """lines: row name (the sku, or its units in another state: engine/domain/states.py) ->
+    the units counted."""
     check_id(sku, f"{where}.sku")
     check_qty(qty, f"{where}.qty", allow_zero=True)
-    if sku in lines:
-        raise InvalidArgument(f"{where}.sku", f"{sku!r} is counted twice in this count")
+    row = row_name(sku, state)
+    if row in lines:
+        raise InvalidArgument(f"{where}.sku", f"{sku!r} ({state}) is counted twice in this count")
     if len(lines) >= MAX_COUNT_LINES:
         raise InvalidArgument(where, f"a count may hold at most {MAX_COUNT_LINES} lines")
-    lines[sku] = qty
+    lines[row] = qty
 
 
 def shortage_event(s: Shortage, now: int) -> dict[str, str]:

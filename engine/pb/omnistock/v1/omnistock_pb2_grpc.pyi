@@ -330,6 +330,17 @@ class StockServiceStub:
     """Named sets of locations (a country's shipping network, a city's pickup stores), all of
     the call's at once: each replaces the network of its name, or removes it.
     """
+    RecordReturn: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.RecordReturnRequest, _omnistock_pb2.RecordReturnResponse]
+    """A customer's return at any location, wherever it was sold: its units land in `returned`
+    (or sellable, by the return rules), once per return_id (same lines: the same answer;
+    other lines: ALREADY_EXISTS). Naming the original reservation, it must be COMMITTED and
+    the returns of each sku under it never exceed what it bought.
+    """
+    SetReturnRules: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetReturnRulesRequest, _omnistock_pb2.SetReturnRulesResponse]
+    """Where returned units land, per location, per sku or per (location, sku) (the most
+    specific wins; by default `returned`, to await inspection). All the call's rules change
+    at once.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -378,6 +389,17 @@ class StockServiceAsyncStub(StockServiceStub):
     UpsertNetworks: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertNetworksRequest, _omnistock_pb2.UpsertNetworksResponse]  # type: ignore[assignment]
     """Named sets of locations (a country's shipping network, a city's pickup stores), all of
     the call's at once: each replaces the network of its name, or removes it.
+    """
+    RecordReturn: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.RecordReturnRequest, _omnistock_pb2.RecordReturnResponse]  # type: ignore[assignment]
+    """A customer's return at any location, wherever it was sold: its units land in `returned`
+    (or sellable, by the return rules), once per return_id (same lines: the same answer;
+    other lines: ALREADY_EXISTS). Naming the original reservation, it must be COMMITTED and
+    the returns of each sku under it never exceed what it bought.
+    """
+    SetReturnRules: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetReturnRulesRequest, _omnistock_pb2.SetReturnRulesResponse]  # type: ignore[assignment]
+    """Where returned units land, per location, per sku or per (location, sku) (the most
+    specific wins; by default `returned`, to await inspection). All the call's rules change
+    at once.
     """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -490,6 +512,29 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_omnistock_pb2.UpsertNetworksResponse, _abc.Awaitable[_omnistock_pb2.UpsertNetworksResponse]]:
         """Named sets of locations (a country's shipping network, a city's pickup stores), all of
         the call's at once: each replaces the network of its name, or removes it.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordReturn(
+        self,
+        request: _omnistock_pb2.RecordReturnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.RecordReturnResponse, _abc.Awaitable[_omnistock_pb2.RecordReturnResponse]]:
+        """A customer's return at any location, wherever it was sold: its units land in `returned`
+        (or sellable, by the return rules), once per return_id (same lines: the same answer;
+        other lines: ALREADY_EXISTS). Naming the original reservation, it must be COMMITTED and
+        the returns of each sku under it never exceed what it bought.
+        """
+
+    @_abc_1.abstractmethod
+    def SetReturnRules(
+        self,
+        request: _omnistock_pb2.SetReturnRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.SetReturnRulesResponse, _abc.Awaitable[_omnistock_pb2.SetReturnRulesResponse]]:
+        """Where returned units land, per location, per sku or per (location, sku) (the most
+        specific wins; by default `returned`, to await inspection). All the call's rules change
+        at once.
         """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
