@@ -29,6 +29,8 @@ from engine.store.keys import (
     LOCATIONS,
     LOCATIONS_VERSION,
     MAPPINGS_VERSION,
+    RETURN_RULES,
+    RETURN_RULES_VERSION,
     SAGAS,
     WAKES,
     Keys,
@@ -131,6 +133,8 @@ GLOBAL = (
     ALERTS,
     BANDS_ALERTED,
     *LEASES,
+    RETURN_RULES,
+    RETURN_RULES_VERSION,
 )
 
 
@@ -156,6 +160,7 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "bands": (KEYS.bands(a, b),),
         "band_outbox": (Keys.band_outbox(a),),
         "band_number": (Keys.band_number(a),),
+        "returned": (Keys.returned(a, b),),
     }
 
 

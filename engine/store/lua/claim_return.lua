@@ -16,7 +16,8 @@ local had = redis.call('HGET', dir, field)
 if undo then
   if had ~= fp then return {'UNDONE'} end
   for j = 0, n - 1 do
-    redis.call('HINCRBY', dir, 'rq:' .. ARGV[5 + 2 * j], -tonumber(ARGV[6 + 2 * j]))
+    local f = 'rq:' .. ARGV[5 + 2 * j]
+    if redis.call('HINCRBY', dir, f, -tonumber(ARGV[6 + 2 * j])) <= 0 then redis.call('HDEL', dir, f) end
   end
   redis.call('HDEL', dir, field)
   return {'UNDONE'}
