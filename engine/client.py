@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from engine.api.convert import location_from_pb
+from engine.client_states import StatesClient
 from engine.domain.geo import Fulfilment
 from engine.domain.model import (
     Availability,
@@ -33,6 +34,7 @@ from engine.domain.model import (
 )
 from engine.domain.networks import Network, NetworkLevel, Selector
 from engine.domain.rules import ChannelRule, CustomerLimit, Pool
+from engine.domain.states import StockState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
 
@@ -49,6 +51,7 @@ __all__ = [
     "OmnistockClient",
     "Pool",
     "Selector",
+    "StockState",
 ]
 T = TypeVar("T")
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
@@ -116,7 +119,7 @@ def _spread(targets: Sequence[str]) -> str:
     return "ipv4:" + ",".join(targets)
 
 
-class OmnistockClient:
+class OmnistockClient(StatesClient):
     def __init__(
         self,
         target: str | Sequence[str],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -17,8 +19,10 @@ from engine.client import (
     OmnistockClient,
     Pool,
     Selector,
+    StockState,
 )
 from engine.domain.model import LocationType, ReservationState
+from engine.domain.returns import ReturnLine
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 
 from .conftest import ON_BOTH
@@ -173,3 +177,25 @@ async def test_client_sets_networks_and_reads_across_one(
             NetworkLevel("a", 2, 1)
         ]
         assert await client.set_networks([], remove=["pair"]) == {"pair": 0}
+
+
+async def test_client_records_a_return_and_moves_it_to_sellable_once_inspected(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    await stock_up(Stubs(channel), {("s1", "a"): 1, ("s2", "a"): 0})
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        got = await client.record_return("ret-1", "s2", [("a", 2)])
+        again = await client.record_return("ret-1", "s2", [("a", 2)])
+        assert got.lines == again.lines == (ReturnLine("a", 2, StockState.RETURNED),)
+        assert not got.replayed and again.replayed
+        states = await client.stock_states(["a"], ["s2"])
+        assert states[("s2", "a")][StockState.RETURNED] == 2
+        t = int(time.time() * 1000)
+        moved = dict(from_state=StockState.RETURNED, to_state=StockState.SELLABLE)
+        assert await client.move_units("insp-1", "s2", "a", 2, t, **moved)
+        assert not await client.move_units("insp-1", "s2", "a", 2, t, **moved)
+        (level,) = await client.availability(["a"], location_ids=["s2"])
+        assert level.available == 2
+        assert await client.set_return_rule(location_id="s1", to_sellable=True) >= 1
+        straight = await client.record_return("ret-2", "s1", [("a", 1)])
+        assert straight.lines[0].state is StockState.SELLABLE
