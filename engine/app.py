@@ -116,10 +116,12 @@ class Omnistock:
         self.networks = Networks(
             self.storage, self.locations, self.reservations.channels, self.metrics, self.view
         )
+        self.returns = Returns(self.storage, self.locations, self.metrics, self.clock.now_ms)
         if self.settings.demo and not self.locations.by_id:
             await demo.load(
                 self.storage, self.locations, self.clock, self.reservations.channels, self.networks
             )
+            await demo.load_returns(self.storage, self.reservations, self.returns, self.clock)
         self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
         self.server = grpc_server(self.settings, Edge(self.gate, self.metrics))
         self._add_services()
@@ -195,7 +197,7 @@ class Omnistock:
             count_lines_held=self.settings.count_lines_held,
             count_idle_seconds=self.settings.count_idle_seconds,
             ingest_rate=self.settings.ingest_rate,
-            returns=Returns(self.storage, self.locations, m, self.clock.now_ms),
+            returns=self.returns,
         )
         add_services(
             self.server,
