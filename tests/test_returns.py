@@ -194,3 +194,21 @@ async def test_a_return_over_grpc_and_an_inspection_that_puts_it_on_sale(
             await stubs.stock.SetReturnRules(rules)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert (err.value.details() or "").startswith("rules[].location_id")
+
+
+async def test_a_return_id_taken_at_a_location_is_refused_there_and_claims_nothing(
+    shop: Returns, storage: Storage, reservations: Reservations
+) -> None:
+    # given two orders, and return ret-1 recorded at s1 (under the first), ret-2 under none
+    await bought(reservations, "web-1", qty=2)
+    await bought(reservations, "web-2", qty=2)
+    await shop.record(ret("ret-1", "s1", 1, "web-1"))
+    await shop.record(ret("ret-2", "s1", 1))
+    # when the ids come back at s1 with other lines: under another order, and under none
+    with pytest.raises(AlreadyExists):
+        await shop.record(ret("ret-1", "s1", 2, "web-2"))
+    with pytest.raises(AlreadyExists):
+        await shop.record(ret("ret-2", "s1", 2))
+    # then nothing more landed, and web-2's claim was taken back: it may still return 2
+    assert await units(storage, "s1", "S1") == {SELLABLE: 0, RETURNED: 2}
+    assert (await shop.record(ret("ret-3", "s2", 2, "web-2"))).lines[0].qty == 2

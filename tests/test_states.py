@@ -255,3 +255,23 @@ async def test_a_bad_state_or_move_is_refused_by_field(
 def test_a_move_must_change_the_state(redis_url: str) -> None:
     with pytest.raises(InvalidArgument, match="to_state"):
         check_event(ev("m", EventKind.MOVE, 1, 5, RETURNED, RETURNED), "e")
+
+
+async def test_a_zeroing_count_marks_only_sellable_rows(
+    storage: Storage, clock: ManualClock
+) -> None:
+    # given a full count at F that zeroes what it does not list
+    now = clock.now_ms()
+    await storage.apply_events("L1", [], now, full_count_at=now - 100)
+    # when a delta of returned units from before F arrives after it, and one of sellable units
+    got = await storage.apply_events(
+        "L1",
+        [
+            ev("d1", EventKind.DELTA, 2, now - 200, RETURNED),
+            ev("d2", EventKind.DELTA, 2, now - 200),
+        ],
+        now,
+    )
+    # then the returned units count (the count did not zero that state), the sellable are in it
+    assert got.outcomes == [EventOutcome.APPLIED, EventOutcome.STALE]
+    assert await units(storage) == {SELLABLE: 0, DAMAGED: 0, QC: 0, RETURNED: 2}
