@@ -212,3 +212,22 @@ async def test_a_return_id_taken_at_a_location_is_refused_there_and_claims_nothi
     # then nothing more landed, and web-2's claim was taken back: it may still return 2
     assert await units(storage, "s1", "S1") == {SELLABLE: 0, RETURNED: 2}
     assert (await shop.record(ret("ret-3", "s2", 2, "web-2"))).lines[0].qty == 2
+
+
+async def test_a_return_before_a_later_count_is_in_that_count(
+    shop: Returns, storage: Storage, clock: ManualClock
+) -> None:
+    # given s1 puts returns on sale, and a count of s1 taken a second after now (a source
+    # clock a little ahead), which saw the shelf with the returned unit on it
+    from engine.domain.returns import ReturnRule
+
+    await shop.set_rules([ReturnRule("s1", "", True)])
+    now = clock.now_ms()
+    await storage.apply_events("s1", [count_event("s1", "S1", 5, now + 1010)], now)
+    # when the return is recorded now, then the count includes it: it is not added again
+    await shop.record(ret("ret-1", "s1", 1))
+    assert await units(storage, "s1", "S1") == {SELLABLE: 5, RETURNED: 0}
+    # and a return after the count is added
+    clock.advance(2000)
+    await shop.record(ret("ret-2", "s1", 1))
+    assert await units(storage, "s1", "S1") == {SELLABLE: 6, RETURNED: 0}
