@@ -634,14 +634,12 @@ class StockMachine(RuleBasedStateMachine):
         eid, sku = data.draw(st.sampled_from(EVENT_IDS)), data.draw(skus)
         name = row_name(sku, data.draw(st.sampled_from([StockState.SELLABLE] * 2 + [*STATES])))
         kind = data.draw(st.sampled_from(["COUNT", "DELTA", "MOVE"]))
-        t = data.draw(self.source_times(location, name))
-        if kind == "MOVE":
-            into = data.draw(
-                st.sampled_from(
-                    [n for n in (sku, *(row_name(sku, s) for s in STATES)) if n != name]
-                )
-            )
+        if kind == "MOVE":  # at a time near the events of either of its rows
+            others = [n for n in (sku, *(row_name(sku, s) for s in STATES)) if n != name]
+            into = data.draw(st.sampled_from(others))
+            t = data.draw(self.source_times(location, data.draw(st.sampled_from([name, into]))))
             return ModelEvent(eid, "MOVE", name, data.draw(st.integers(1, 4)), t, to=into)
+        t = data.draw(self.source_times(location, name))
         if kind == "COUNT":
             return ModelEvent(eid, "COUNT", name, data.draw(counted), t)
         qty = data.draw(st.integers(-4, 6).filter(bool))
