@@ -377,7 +377,8 @@ def add_count_line(
     check_qty(qty, f"{where}.qty", allow_zero=True)
     row = row_name(sku, state)
     if row in lines:
-        raise InvalidArgument(f"{where}.sku", f"{sku!r} ({state}) is counted twice in this count")
+        what = repr(sku) if state is StockState.SELLABLE else f"{sku!r} ({state})"
+        raise InvalidArgument(f"{where}.sku", f"{what} is counted twice in this count")
     if len(lines) >= MAX_COUNT_LINES:
         raise InvalidArgument(where, f"a count may hold at most {MAX_COUNT_LINES} lines")
     lines[row] = qty
