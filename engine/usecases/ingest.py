@@ -365,14 +365,9 @@ def check_count(count: Count) -> Count:
 
 
 def add_count_line(
-    lines: dict[str, int],
-    sku: str,
-    qty: int,
-    where: str,
-    state: StockState = StockState.SELLABLE,
+    lines: dict[str, int], sku: str, qty: int, where: str, state: StockState = StockState.SELLABLE
 ) -> None:
-    """lines: row name (the sku, or its units in another state: engine/domain/states.py) ->
-    the units counted."""
+    """lines: row name (a sku, or its units in a state: domain/states.py) -> units counted."""
     check_id(sku, f"{where}.sku")
     check_qty(qty, f"{where}.qty", allow_zero=True)
     row = row_name(sku, state)
