@@ -47,6 +47,7 @@ from engine.usecases.operators import Operators
 from engine.usecases.parts import CartCaps, Timing
 from engine.usecases.planner import Planner
 from engine.usecases.reservations import Reservations
+from engine.usecases.returns import Returns
 from engine.usecases.supply import Supplies
 from engine.usecases.sweeper import Sweeper
 from engine.usecases.transfers import Transfers
@@ -117,10 +118,12 @@ class Omnistock:
         self.networks = Networks(
             self.storage, self.locations, self.reservations.channels, self.metrics, self.view
         )
+        self.returns = Returns(self.storage, self.locations, self.metrics, self.clock.now_ms)
         if self.settings.demo and not self.locations.by_id:
             await demo.load(
                 self.storage, self.locations, self.clock, self.reservations.channels, self.networks
             )
+            await demo.load_returns(self.storage, self.reservations, self.returns, self.clock)
         self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
         self.server = grpc_server(self.settings, Edge(self.gate, self.metrics))
         self._add_services()
@@ -197,6 +200,7 @@ class Omnistock:
             count_lines_held=self.settings.count_lines_held,
             count_idle_seconds=self.settings.count_idle_seconds,
             ingest_rate=self.settings.ingest_rate,
+            returns=self.returns,
         )
         supplies = Supplies(self.storage, self.locations, networks, self.clock, m)
         self.stock_service.supplies = supplies

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from engine.api.convert import location_from_pb
+from engine.client_states import StatesClient
 from engine.client_supply import SupplyCalls
 from engine.domain.bundles import Bundle
 from engine.domain.geo import Fulfilment
@@ -35,6 +36,7 @@ from engine.domain.model import (
 )
 from engine.domain.networks import Network, NetworkLevel, Selector
 from engine.domain.rules import ChannelRule, CustomerLimit, Pool
+from engine.domain.states import StockState
 from engine.domain.supply import Promise, Supply, SupplyKind
 from engine.domain.transfers import Transfer
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -54,6 +56,7 @@ __all__ = [
     "Pool",
     "Promise",
     "Selector",
+    "StockState",
     "Supply",
     "SupplyKind",
     "Transfer",
@@ -124,7 +127,7 @@ def _spread(targets: Sequence[str]) -> str:
     return "ipv4:" + ",".join(targets)
 
 
-class OmnistockClient(SupplyCalls):
+class OmnistockClient(SupplyCalls, StatesClient):
     def __init__(
         self,
         target: str | Sequence[str],

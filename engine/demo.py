@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,14 +21,18 @@ from engine import demo_supply
 from engine.demo_cities import CITIES, DC_SITES, City
 from engine.domain.bundles import Bundle
 from engine.domain.clock import Clock
-from engine.domain.model import MAX_QTY, EventKind, Location, LocationType, StockEvent
+from engine.domain.model import MAX_QTY, EventKind, Line, Location, LocationType, StockEvent
 from engine.domain.networks import Network, Selector
+from engine.domain.returns import Return, ReturnLine
 from engine.domain.rules import ChannelRule, CustomerLimit, Pool
+from engine.domain.states import StockState
 from engine.store.storage import Storage
 from engine.usecases.bundles import set_bundles
 from engine.usecases.channels import ChannelRules, RuleChange
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.networks import NetworkChange, Networks
+from engine.usecases.reservations import Reservations
+from engine.usecases.returns import Returns
 from engine.usecases.supply import Supplies
 from engine.usecases.transfers import Transfers
 
@@ -339,3 +344,35 @@ async def load(
     await demo_supply.load(supplies, Transfers(storage, locations, clock), locs, clock)
     took = time.perf_counter() - started
     log.info("demo data: %d locations, %d stock rows in %.1fs", len(locs), total, took)
+
+
+# Stock in other states (issue 17): damaged units on a London shelf, a pallet in quality
+# control at the UK DC; and a web order shipped from the UK DC, one unit of it brought back
+# to a London store, where it waits for inspection (`returned`).
+DEMO_STATES = (
+    ("store-london-0001", "SKU-000002", StockState.DAMAGED, 3),
+    ("dc-gb", "SKU-000003", StockState.QUALITY_CONTROL, 40),
+)
+DEMO_WEB_ORDER = ("demo-web-order-1", Line("dc-gb", "SKU-000001", 2))
+DEMO_RETURN = Return(
+    "demo-return-1", "store-london-0001", (ReturnLine("SKU-000001", 1),), DEMO_WEB_ORDER[0]
+)
+
+
+async def load_returns(
+    storage: Storage, reservations: Reservations, returns: Returns, clock: Clock
+) -> None:
+    """The demo's units in other states, and its web order returned at a store: each step
+    idempotent (a counted event id, a reservation id, a return id), so a restart redoes
+    nothing twice."""
+    now = clock.now_ms()
+    for location, sku, state, qty in DEMO_STATES:
+        counted = StockEvent(
+            f"demo:{location}:{sku}:{state}", location, sku, EventKind.COUNT, qty, now - 1
+        )
+        await storage.apply_events(location, [replace(counted, state=state)], now)
+    order, line = DEMO_WEB_ORDER
+    if (await reservations.reserve(order, [line], ttl_seconds=600, channel="web")).ok:
+        await reservations.commit(order)
+        await returns.record(DEMO_RETURN)
+    log.info("demo data: a web order from %s returned at %s", line.location, DEMO_RETURN.location)

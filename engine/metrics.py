@@ -37,6 +37,19 @@ class Metrics:
         self.expiries = Counter(
             "omnistock_expiries_total", "Reservation parts expired by the sweeper", registry=r
         )
+        self.returns = Counter(
+            "omnistock_returns_total",
+            "RecordReturn calls by outcome: recorded, replayed, already_exists, over_bought,"
+            " not_committed, not_found",
+            ["outcome"],
+            registry=r,
+        )
+        self.returned_units = Counter(
+            "omnistock_returned_units_total",
+            "Units returned by customers, by the state they landed in (returned, sellable)",
+            ["state"],
+            registry=r,
+        )
         self.shortages = Counter(
             "omnistock_shortages_total",
             "Rows left short: a count or delta dropped on_hand below what is held",

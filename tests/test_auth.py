@@ -208,6 +208,16 @@ CALLS: dict[str, Callable[[Stubs, Any], Awaitable[Any]]] = {
         pb.UpsertNetworksRequest(networks=[pb.Network(name="m-net", location_ids=["L1"])]),
         metadata=md,
     ),
+    "RecordReturn": lambda s, md: s.stock.RecordReturn(
+        pb.RecordReturnRequest(
+            return_id="m-ret", location_id="L1", lines=[pb.ReturnLine(sku="S1", qty=1)]
+        ),
+        metadata=md,
+    ),
+    "SetReturnRules": lambda s, md: s.stock.SetReturnRules(
+        pb.SetReturnRulesRequest(rules=[pb.ReturnRule(location_id="L1", to_sellable=True)]),
+        metadata=md,
+    ),
     "GetNetworkAvailability": lambda s, md: s.availability.GetNetworkAvailability(
         pb.GetNetworkAvailabilityRequest(network="m-net", skus=["S1"]), metadata=md
     ),
@@ -355,6 +365,13 @@ async def test_a_till_acts_only_at_its_own_location(channel_to: grpc.aio.Channel
     )
     got = await code_of(stubs.stock.ReconcileCount(iter([message]), metadata=till))
     assert got == grpc.StatusCode.PERMISSION_DENIED
+    # a return taken at another store (a return at its own, whoever sold the units, is fine)
+    lines = [pb.ReturnLine(sku="S1", qty=1)]
+    at_l2 = pb.RecordReturnRequest(return_id="rt1", location_id="L2", lines=lines)
+    got = await code_of(stubs.stock.RecordReturn(at_l2, metadata=till))
+    assert got == grpc.StatusCode.PERMISSION_DENIED
+    at_l1 = pb.RecordReturnRequest(return_id="rt1", location_id="L1", lines=lines)
+    assert await code_of(stubs.stock.RecordReturn(at_l1, metadata=till)) == grpc.StatusCode.OK
     # and L2's row is untouched
     admin = bearer(ROLES[Role.ADMIN])
     levels = await stubs.availability.GetAvailability(

@@ -18,6 +18,7 @@ SMALL = {  # a small data set for each scenario that seeds one
     "mixed": ["--param", "stores=3"],
     "nearby": ["--param", "stores=100", "--param", "skus=20"],
     "networks": ["--param", "members=5", "--param", "skus=60", "--param", "writes=0.2"],
+    "returns": ["--param", "stores=3"],
 }
 
 

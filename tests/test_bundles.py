@@ -72,7 +72,7 @@ async def test_a_bundle_is_as_available_as_its_scarcest_component(shop: Reservat
     levels = await Availability(shop.storage, shop.locations, channels=shop.channels).levels(
         ["a", "kit", "b"], ["s1"], set(), True
     )
-    assert [(sku, lvl.available, a) for _, sku, lvl, a, _ in levels] == [
+    assert [(sku, lvl.available, a) for _, sku, lvl, a, _, _ in levels] == [
         ("a", 5, 5), ("kit", 2, 2), ("b", 4, 4),
     ]  # fmt: skip
 

@@ -19,12 +19,14 @@ from engine.client import (
     OmnistockClient,
     Pool,
     Selector,
+    StockState,
     Supply,
     SupplyKind,
     Transfer,
 )
 from engine.domain.bundles import Bundle
 from engine.domain.model import LocationType, ReservationState
+from engine.domain.returns import ReturnLine
 from engine.domain.supply import SupplyOutcome
 from engine.domain.transfers import TransferState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -219,3 +221,25 @@ async def test_client_sets_supply_reads_promises_and_moves_a_transfer(
         assert [(d.sku, d.missing) for d in missing] == [("a", 1)]
         (p,), _ = await client.promise(["a"], location_ids=["s2"])
         assert (p.available_now, p.incoming) == (1, 4)
+
+
+async def test_client_records_a_return_and_moves_it_to_sellable_once_inspected(
+    server: Omnistock, channel: grpc.aio.Channel
+) -> None:
+    await stock_up(Stubs(channel), {("s1", "a"): 1, ("s2", "a"): 0})
+    async with OmnistockClient(f"127.0.0.1:{server.port}") as client:
+        got = await client.record_return("ret-1", "s2", [("a", 2)])
+        again = await client.record_return("ret-1", "s2", [("a", 2)])
+        assert got.lines == again.lines == (ReturnLine("a", 2, StockState.RETURNED),)
+        assert not got.replayed and again.replayed
+        states = await client.stock_states(["a"], ["s2"])
+        assert states[("s2", "a")][StockState.RETURNED] == 2
+        t = int(time.time() * 1000)
+        moved = dict(from_state=StockState.RETURNED, to_state=StockState.SELLABLE)
+        assert await client.move_units("insp-1", "s2", "a", 2, t, **moved)
+        assert not await client.move_units("insp-1", "s2", "a", 2, t, **moved)
+        (level,) = await client.availability(["a"], location_ids=["s2"])
+        assert level.available == 2
+        assert await client.set_return_rule(location_id="s1", to_sellable=True) >= 1
+        straight = await client.record_return("ret-2", "s1", [("a", 1)])
+        assert straight.lines[0].state is StockState.SELLABLE

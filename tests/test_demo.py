@@ -264,6 +264,18 @@ async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stubs.reservations.Reserve(request)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # units in other states, and a web order from the UK DC returned at a London store,
+        # waiting there for inspection
+        got = await stubs.availability.GetAvailability(
+            pb.GetAvailabilityRequest(
+                skus=["SKU-000001", "SKU-000002"], location_ids=["store-london-0001"], states=True
+            )
+        )
+        assert [(lv.returned, lv.damaged) for lv in got.levels] == [(1, 0), (0, 3)]
+        order = await stubs.reservations.GetReservation(
+            pb.GetReservationRequest(reservation_id="demo-web-order-1")
+        )
+        assert order.state == pb.RESERVATION_STATE_COMMITTED
         # and a UK and a French shipping network: the country's DC and its stores that ship
         for name, country in (("uk-ship", "GB"), ("fr-ship", "FR")):
             got = await stubs.availability.GetNetworkAvailability(

@@ -30,6 +30,8 @@ from engine.store.keys import (
     LOCATIONS,
     LOCATIONS_VERSION,
     MAPPINGS_VERSION,
+    RETURN_RULES,
+    RETURN_RULES_VERSION,
     SAGAS,
     WAKES,
     Keys,
@@ -133,6 +135,8 @@ GLOBAL = (
     BANDS_ALERTED,
     *LEASES,
     BUNDLES,
+    RETURN_RULES,
+    RETURN_RULES_VERSION,
 )
 
 
@@ -160,6 +164,7 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "bands": (KEYS.bands(a, b),),
         "band_outbox": (Keys.band_outbox(a),),
         "band_number": (Keys.band_number(a),),
+        "returned": (Keys.returned(a, b),),
     }
 
 

@@ -170,8 +170,9 @@ def held(rid: str, *lines: tuple[str, str, int]) -> pb.ReserveRequest:
 
 async def seed(stubs: Stubs) -> None:
     """Rows of 50 at every location; safety stock; holds HELD at one and at two locations,
-    committed, released, a held Allocate plan taking pick capacity, a row left short by a
-    later count (its hold uncovered); a mapped source."""
+    committed (a unit of it returned at another location), released, a held Allocate plan
+    taking pick capacity, a row left short by a later count (its hold uncovered); a mapped
+    source."""
     s, r = stubs.stock, stubs.reservations
     await s.UpsertLocations(pb.UpsertLocationsRequest(locations=seed_locations()))
     await s.SetMappings(
@@ -194,6 +195,14 @@ async def seed(stubs: Stubs) -> None:
     await r.Reserve(held("held-2", (STORE, "sku_2", 1), (DC, "SKU-1", 3)))
     await r.Reserve(held("done-1", (STORE, "SKU-1", 1)))
     await r.Commit(pb.CommitRequest(reservation_id="done-1"))
+    await s.RecordReturn(
+        pb.RecordReturnRequest(
+            return_id="ret-1",
+            location_id=DC,
+            lines=[pb.ReturnLine(sku="SKU-1", qty=1)],
+            reservation_id="done-1",
+        )
+    )
     await r.Reserve(held("gone-1", (DC, "sku_2", 1)))
     await r.Release(pb.ReleaseRequest(reservation_id="gone-1"))
     await stubs.sourcing.Allocate(
@@ -289,6 +298,8 @@ STRINGS: dict[str, Pool] = {
     "sku": ids(*SKUS, "SKU-new", "item-9", "KIT-1"),
     "reservation_id": ids(*RESERVATION_IDS),
     "move_id": ids("move-1", "move-2"),
+    "return_id": ids(clean=st.one_of(st.sampled_from(["ret-1", "ret-2"]), VALID_ID)),
+    "omnistock.v1.RecordReturnRequest.reservation_id": ids("", "", *RESERVATION_IDS),
     # a new hold and a new plan also need ids no one holds yet; an event, often none
     "omnistock.v1.ReserveRequest.reservation_id": ids(
         clean=st.one_of(st.sampled_from(RESERVATION_IDS), VALID_ID)
@@ -924,7 +935,7 @@ def test_every_rpc_of_the_proto_is_fuzzed() -> None:
         "AvailabilityService", "ReservationService", "SourcingService", "StockService",
         "OperatorService",
     }  # fmt: skip
-    assert len(NAMES) == 35, NAMES
+    assert len(NAMES) == 37, NAMES
 
 
 @TIMEOUT

@@ -39,14 +39,21 @@ WIRING = {
     "demo_supply",
     "client",
     "client_supply",
+    "client_states",
     "workers",
 }
 # A layer's settings-free modules may also import these from the wiring.
 CONFIG_FOR = {"api": {"settings"}}
 NUMPY = {"domain.sourcing", "usecases.index", "store.netview", "usecases.networks", "demo"}
-# (engine.client_supply: the client's calls of supply and transfers, under the same rule)
-CLIENT = {"client", "client_supply"}
-CLIENT_MAY_IMPORT = ("engine.domain", "engine.pb", "engine.api.convert", "engine.client_supply")
+# the client, and its calls of supply and transfers, of states and returns (the same rule)
+CLIENT = {"client", "client_supply", "client_states"}
+CLIENT_MAY_IMPORT = (
+    "engine.domain",
+    "engine.pb",
+    "engine.api.convert",
+    "engine.client_supply",
+    "engine.client_states",
+)
 
 
 def layer_of(module: str) -> str:

@@ -62,7 +62,9 @@ from engine.domain.model import (
 )
 from engine.domain.moves import Move
 from engine.domain.networks import Network, Selector
+from engine.domain.returns import Return, ReturnLine, ReturnRule
 from engine.domain.rules import NO_RULE, ChannelRule, Pool
+from engine.domain.states import StockState, row_name, sku_of, state_of
 from engine.domain.supply import DAY_MS, Supply
 from engine.domain.transfers import Transfer
 from engine.metrics import Metrics
@@ -77,6 +79,7 @@ from engine.usecases.locations import LocationRegistry
 from engine.usecases.networks import NetworkChange, Networks
 from engine.usecases.parts import Timing
 from engine.usecases.reservations import Reservations
+from engine.usecases.returns import Returns
 from engine.usecases.supply import Promises, Supplies
 from engine.usecases.sweeper import Sweeper
 from engine.usecases.transfers import Transfers
@@ -97,6 +100,12 @@ RESERVATION_IDS = CART_IDS + POOL_IDS
 EVENT_IDS = (*(f"e{i}" for i in range(12)), "c:r0", "c:r1")
 TRANSFER_IDS = ("tr-1", "tr-2")
 PAIRS = tuple((loc, sku) for loc in LOCATIONS for sku in SKUS)
+# Stock states (issue 17): two of the other states' rows of every sku, as the engine names
+# them ("sku#damaged"); an event of units in a state is an event of that row.
+STATES = (StockState.DAMAGED, StockState.RETURNED)
+STATE_PAIRS = tuple((loc, row_name(sku, s)) for loc, sku in PAIRS for s in STATES)
+ROWS = PAIRS + STATE_PAIRS
+RETURN_IDS = ("ret-0", "ret-1", "ret-2")
 WINDOW_MS = 72 * HOUR_MS
 STOCK_BUCKETS = 2  # fewer buckets than skus: rows share bucket hashes and change logs
 ACTIONS = ("commit", "release", "extend")
@@ -191,11 +200,12 @@ def merge(lines: list[ModelLine]) -> tuple[ModelLine, ...]:
 @dataclass(frozen=True)
 class ModelEvent:
     event_id: str
-    kind: str  # "COUNT" | "DELTA"
-    sku: str
+    kind: str  # "COUNT" | "DELTA" | "MOVE"
+    sku: str  # the row: a sku, or a sku's units in a state ("sku#damaged"); a MOVE's from
     qty: int
     source_time: int
     reservation_id: str = ""
+    to: str = ""  # a MOVE's row its units enter
 
 
 class Model:
@@ -215,6 +225,13 @@ class Model:
         self.moves: dict[tuple[str, str], tuple[str, str, str, int]] = {}
         self.pools: dict[Pair, dict[str, tuple[int, bool]]] = {}  # row -> channel -> pool
         self.kits = {kit: makeups[0] for kit, makeups in MAKEUPS.items()}  # kit -> (sku, qty)
+        self.rows.update({pair: ModelRow() for pair in STATE_PAIRS})
+        # returns: (location, return id) -> (what makes it the same return, its lines);
+        # reservation id -> return id -> its fingerprint, and sku -> units returned under it
+        self.returns: dict[Pair, tuple[tuple[Any, ...], tuple[ReturnLine, ...]]] = {}
+        self.claims: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self.returned: dict[str, dict[str, int]] = {}
+        self.to_sellable: dict[str, bool] = {}  # return rules by location
 
     # stock events
 
@@ -223,9 +240,7 @@ class Model:
     ) -> tuple[list[str], list[tuple[str, int, int]]]:
         outcomes, touched = [], set()
         for ev in events:
-            outcome = self._apply(location, ev)
-            if outcome == "APPLIED":
-                touched.add(ev.sku)
+            outcome = self._apply(location, ev, touched)
             outcomes.append(outcome)
         short = []
         for sku in sorted(touched):
@@ -234,23 +249,90 @@ class Model:
                 short.append((sku, row.on_hand, row.reserved))
         return outcomes, short
 
-    def _apply(self, location: str, ev: ModelEvent) -> str:
+    def _apply(self, location: str, ev: ModelEvent, touched: set[str]) -> str:
+        """touched: gets the rows the event changed."""
         if (location, ev.event_id) in self.seen:
             return "DUPLICATE"
         self.seen.add((location, ev.event_id))
         if ev.kind == "DELTA" and self._is_echo(location, ev):
             return "ECHO"
+        if ev.kind == "MOVE":  # a DELTA out of one state and into the other, each by its row
+            changed = [
+                name
+                for name, qty in ((ev.sku, -ev.qty), (ev.to, ev.qty))
+                if self._change(location, name, qty, ev.source_time)
+            ]
+            if len(changed) == 2:  # I10: units moved between states are conserved
+                event("a move applied on both sides")
+            touched.update(changed)
+            return "APPLIED" if changed else "STALE"
         row = self.rows[(location, ev.sku)]
         if ev.kind == "COUNT":
             if row.count is not None and (ev.source_time, ev.qty) <= row.count:
                 return "STALE"
             row.count = (ev.source_time, ev.qty)
+            touched.add(ev.sku)
             return "APPLIED"
-        count_time = row.count_time
-        if count_time is not None and ev.source_time <= count_time:
+        if not self._change(location, ev.sku, ev.qty, ev.source_time):
             return "STALE"
-        row.changes.append((ev.source_time, ev.qty))
+        touched.add(ev.sku)
         return "APPLIED"
+
+    def _change(self, location: str, name: str, qty: int, t: int) -> bool:
+        """A change of a row at t, unless its count (taken at or after t) includes it."""
+        row = self.rows[(location, name)]
+        if row.count_time is not None and t <= row.count_time:
+            return False
+        row.changes.append((t, qty))
+        return True
+
+    # returns anywhere
+
+    def record_return(self, ret: Return, now: int) -> tuple[Any, ...]:
+        """Its answer: ("RETURNED", lines, replayed), or the error's name."""
+        skus = tuple(sorted((ln.sku, ln.qty) for ln in ret.lines))
+        fp = (ret.location, ret.reservation_id, skus)
+        if ret.reservation_id:
+            refused = self._claim(ret, fp)
+            if refused:
+                return refused
+        had = self.returns.get((ret.location, ret.return_id))
+        if had is not None:
+            if had[0] == fp:
+                return ("RETURNED", had[1], True)
+            if ret.reservation_id and self.claims[ret.reservation_id].get(ret.return_id) == fp:
+                self._unclaim(ret)
+            return ("AlreadyExists",)
+        state = StockState.SELLABLE if self.to_sellable.get(ret.location) else StockState.RETURNED
+        lines = tuple(replace(ln, state=state) for ln in ret.lines)
+        for ln in lines:
+            self._change(ret.location, row_name(ln.sku, state), ln.qty, now)
+        self.returns[(ret.location, ret.return_id)] = (fp, lines)
+        return ("RETURNED", lines, False)
+
+    def _claim(self, ret: Return, fp: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        res = self.reservations.get(ret.reservation_id)
+        if res is None:
+            return ("NotFound",)
+        if res.state != "COMMITTED":
+            return ("FailedPrecondition",)
+        claims = self.claims.setdefault(ret.reservation_id, {})
+        if ret.return_id in claims:
+            return None if claims[ret.return_id] == fp else ("AlreadyExists",)
+        returned = self.returned.setdefault(ret.reservation_id, {})
+        for ln in ret.lines:
+            bought = sum(q for _, sku, q in res.lines if sku == ln.sku)
+            if ln.qty > bought - returned.get(ln.sku, 0):
+                return ("FailedPrecondition",)
+        for ln in ret.lines:
+            returned[ln.sku] = returned.get(ln.sku, 0) + ln.qty
+        claims[ret.return_id] = fp
+        return None
+
+    def _unclaim(self, ret: Return) -> None:
+        del self.claims[ret.reservation_id][ret.return_id]
+        for ln in ret.lines:
+            self.returned[ret.reservation_id][ln.sku] -= ln.qty
 
     def _is_echo(self, location: str, ev: ModelEvent) -> bool:
         res = self.reservations.get(ev.reservation_id) if ev.reservation_id else None
@@ -487,6 +569,12 @@ class Snapshot:
     answers: dict[str, tuple[Any, ...]]  # reservation id -> what `get` answers
 
 
+# The suite's per-test timeout (120 s) is a guard against a hang; a state machine's run is
+# 100 examples of 30 steps over every rule, plus up to a minute of shrinking a failure: on a
+# loaded 2-core machine its cluster run took 80-106 s, so it has a guard of its own.
+STATE_MACHINE_TIMEOUT = pytest.mark.timeout(300)
+
+
 def model_lines(lines: tuple[Line, ...]) -> tuple[ModelLine, ...]:
     return tuple((ln.location, ln.sku, ln.qty) for ln in lines)
 
@@ -557,7 +645,8 @@ class StockMachine(RuleBasedStateMachine):
             self.storage, self.reservations, registry, self.clock, Metrics(), interval_ms=50
         )
         self.model = Model()
-        self.times: dict[Pair, set[int]] = {pair: set() for pair in PAIRS}  # events, commits
+        self.times: dict[Pair, set[int]] = {pair: set() for pair in ROWS}  # events, commits
+        self.returns = Returns(self.storage, registry, Metrics(), self.clock.now_ms)
         self.attempts: list[tuple[str, list[ModelLine], str]] = []  # every reserve sent
         self.sent_moves: list[tuple[str, str, ModelLine, str]] = []  # every MoveLine sent
         self.swept_at: int | None = None
@@ -625,25 +714,38 @@ class StockMachine(RuleBasedStateMachine):
         return st.one_of(fresh, st.sampled_from(near)) if near else fresh
 
     def made_event(self, data: st.DataObject, location: str) -> ModelEvent:
+        """A COUNT or a DELTA, mostly of sellable units, sometimes of another state's; or a
+        MOVE between two states of a sku."""
         eid, sku = data.draw(st.sampled_from(EVENT_IDS)), data.draw(skus)
-        t = data.draw(self.source_times(location, sku))
-        if data.draw(st.booleans()):
-            return ModelEvent(eid, "COUNT", sku, data.draw(counted), t)
+        name = row_name(sku, data.draw(st.sampled_from([StockState.SELLABLE] * 2 + [*STATES])))
+        kind = data.draw(st.sampled_from(["COUNT", "DELTA", "MOVE"]))
+        if kind == "MOVE":  # at a time near the events of either of its rows
+            others = [n for n in (sku, *(row_name(sku, s) for s in STATES)) if n != name]
+            into = data.draw(st.sampled_from(others))
+            t = data.draw(self.source_times(location, data.draw(st.sampled_from([name, into]))))
+            return ModelEvent(eid, "MOVE", name, data.draw(st.integers(1, 4)), t, to=into)
+        t = data.draw(self.source_times(location, name))
+        if kind == "COUNT":
+            return ModelEvent(eid, "COUNT", name, data.draw(counted), t)
         qty = data.draw(st.integers(-4, 6).filter(bool))
-        return ModelEvent(eid, "DELTA", sku, qty, t, data.draw(st.just("") | reservation_ids))
+        rid = data.draw(st.just("") | reservation_ids) if name == sku else ""
+        return ModelEvent(eid, "DELTA", name, qty, t, rid)
 
     def send_events(self, location: str, events: list[ModelEvent]) -> None:
         for ev in events:
-            self.times[(location, ev.sku)].add(ev.source_time)
+            for name in (ev.sku, ev.to) if ev.to else (ev.sku,):
+                self.times[(location, name)].add(ev.source_time)
         stock_events = [
             StockEvent(
                 ev.event_id,
                 location,
-                ev.sku,
+                sku_of(ev.sku),
                 EventKind(ev.kind),
                 ev.qty,
                 ev.source_time,
                 reservation_id=ev.reservation_id,
+                state=state_of(ev.sku),
+                to_state=state_of(ev.to) if ev.to else StockState.SELLABLE,
             )
             for ev in events
         ]
@@ -890,6 +992,46 @@ class StockMachine(RuleBasedStateMachine):
         """A client sends an earlier MoveLine again (same move id, same line and destination)."""
         self.move(*data.draw(st.sampled_from(self.sent_moves)))
 
+    # returns anywhere
+
+    @rule(
+        data=st.data(),
+        rid=st.sampled_from(RETURN_IDS),
+        location=locations,
+        lines=st.lists(
+            st.tuples(skus, st.integers(1, 3)), min_size=1, max_size=2, unique_by=lambda x: x[0]
+        ),
+    )
+    def customer_returns(
+        self, data: st.DataObject, rid: str, location: str, lines: list[tuple[str, int]]
+    ) -> None:
+        """A return at any location, naming a reservation (mostly one committed) or none."""
+        committed = sorted(
+            r for r, res in self.model.reservations.items() if res.state == "COMMITTED"
+        )
+        named = data.draw(st.sampled_from(["", *committed, *committed, "r5"]))
+        ret = Return(rid, location, tuple(ReturnLine(sku, qty) for sku, qty in lines), named)
+        now = self.clock.now
+        for sku, _ in lines:
+            for state in (StockState.SELLABLE, StockState.RETURNED):
+                self.times[(location, row_name(sku, state))].add(now)
+
+        async def go() -> tuple[Any, ...]:
+            try:
+                got = await self.returns.record(ret)
+            except OmnistockError as exc:
+                return error_answer(exc)
+            return ("RETURNED", got.lines, got.replayed)
+
+        want = self.model.record_return(ret, now)
+        event(f"return: {want[0]}{' replayed' if want[-1] is True else ''}")
+        assert self.run(go()) == want
+
+    @rule(location=locations, to_sellable=st.booleans())
+    def set_a_return_rule(self, location: str, to_sellable: bool) -> None:
+        self.run(self.returns.set_rules([ReturnRule(location, "", to_sellable)]))
+        self.model.to_sellable[location] = to_sellable
+
     # time
 
     @rule(data=st.data())
@@ -930,13 +1072,13 @@ class StockMachine(RuleBasedStateMachine):
         are the same as before)."""
         ids = sorted({rid for rid, _, _ in self.attempts})
         rows, directory, holds, kits = await asyncio.gather(
-            self.storage.rows(list(PAIRS)),
+            self.storage.rows(list(ROWS)),
             asyncio.gather(*(self.storage.directory(rid) for rid in ids)),
             read_holds(self.storage, LOCATIONS, ids),
             self.availability.levels(list(KITS), list(LOCATIONS), set(), True),
         )
-        levels = {(loc, kit): a for loc, kit, _, a, _ in kits}
-        snap = Snapshot(dict(zip(PAIRS, rows, strict=True)), {}, holds, levels, {})
+        levels = {(loc, kit): a for loc, kit, _, a, _, _ in kits}
+        snap = Snapshot(dict(zip(ROWS, rows, strict=True)), {}, holds, levels, {})
         snap.answers.update(dict.fromkeys(RESERVATION_IDS, ("NotFound",)))
         for rid, entry in zip(ids, directory, strict=True):
             snap.directory[rid] = entry.lines if entry is not None else None
@@ -1027,6 +1169,7 @@ class StockMachine(RuleBasedStateMachine):
                 assert answer[3] > self.clock.now, rid
 
 
+@STATE_MACHINE_TIMEOUT
 def test_engine_matches_the_model_step_by_step(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1221,6 +1364,7 @@ class SupplyMachine(StockMachine):
         return got
 
 
+@STATE_MACHINE_TIMEOUT
 def test_supply_and_transfers_match_the_model_step_by_step(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,6 +44,7 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
     from bench.scenarios.nearby import Nearby
     from bench.scenarios.networks import Networks
     from bench.scenarios.pos import Pos
+    from bench.scenarios.returns import Returns
     from bench.scenarios.storefront import Storefront
 
     scenarios: dict[str, type[Any]] = {
@@ -55,6 +56,7 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
         "nearby": Nearby,
         "channels": Channels,
         "networks": Networks,
+        "returns": Returns,
     }
     if name not in scenarios:
         raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(scenarios)}")
@@ -63,6 +65,7 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
 
 SCENARIOS = (
     "storefront", "pos", "flash-sale", "mixed", "grpc-floor", "nearby", "channels", "networks",
+    "returns",
 )  # fmt: skip
 
 

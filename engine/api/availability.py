@@ -90,10 +90,17 @@ class AvailabilityService(PromiseRpcs, pb_grpc.AvailabilityServiceServicer):
         types = types_from_pb(request.location_types, "location_types")
         channel = auth.current().channel_for(request.channel)
         found = await self.availability.levels(
-            request.skus, request.location_ids, types, request.include_empty, channel
+            request.skus,
+            request.location_ids,
+            types,
+            request.include_empty,
+            channel,
+            states=request.states,
         )
         return pb.GetAvailabilityResponse(
-            levels=[level(loc, sku, row, a, status) for loc, sku, row, a, status in found]
+            levels=[
+                level(loc, sku, row, a, status, units) for loc, sku, row, a, status, units in found
+            ]
         )
 
     @rpc_stream("WatchAvailability")

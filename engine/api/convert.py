@@ -21,6 +21,7 @@ from engine.domain.model import (
     check_size,
 )
 from engine.domain.rules import StockStatus
+from engine.domain.states import StockState
 from engine.domain.supply import SupplyKind, SupplyOutcome
 from engine.domain.transfers import TransferState
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -68,10 +69,16 @@ def level(
     row: StockRow,
     available: int | None = None,
     status: StockStatus | None = None,
+    states: tuple[int, ...] = (),
 ) -> pb.StockLevel:
     """available: what the asking channel may hold (default: the row's available units);
-    status: its band (default: unset)."""
+    status: its band (default: unset); states: its units damaged, in quality control and
+    returned (default: not read, 0)."""
+    damaged, quality_control, returned = states or (0, 0, 0)
     return pb.StockLevel(
+        damaged=damaged,
+        quality_control=quality_control,
+        returned=returned,
         status=STATUSES[status] if status is not None else pb.STOCK_STATUS_UNSPECIFIED,
         location_id=location,
         sku=sku,
@@ -134,13 +141,36 @@ def location_pb(loc: Location) -> pb.Location:
     return msg
 
 
-_EVENT_KINDS = {pb.EVENT_KIND_COUNT: EventKind.COUNT, pb.EVENT_KIND_DELTA: EventKind.DELTA}
+_EVENT_KINDS = {
+    pb.EVENT_KIND_COUNT: EventKind.COUNT,
+    pb.EVENT_KIND_DELTA: EventKind.DELTA,
+    pb.EVENT_KIND_MOVE: EventKind.MOVE,
+}
+STOCK_STATES = {
+    pb.STOCK_STATE_UNSPECIFIED: StockState.SELLABLE,
+    pb.STOCK_STATE_SELLABLE: StockState.SELLABLE,
+    pb.STOCK_STATE_DAMAGED: StockState.DAMAGED,
+    pb.STOCK_STATE_QUALITY_CONTROL: StockState.QUALITY_CONTROL,
+    pb.STOCK_STATE_RETURNED: StockState.RETURNED,
+}
+
+
+def state_from_pb(value: pb.StockState.ValueType, field: str) -> StockState:
+    state = STOCK_STATES.get(value)
+    if state is None:
+        raise InvalidArgument(
+            field, "must be SELLABLE, DAMAGED, QUALITY_CONTROL or RETURNED (unset: SELLABLE)"
+        )
+    return state
+
+
+STOCK_STATES_BACK = {state: value for value, state in STOCK_STATES.items() if value}
 
 
 def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
     kind = _EVENT_KINDS.get(msg.kind)
     if kind is None:
-        raise InvalidArgument(f"{field}.kind", "must be COUNT or DELTA")
+        raise InvalidArgument(f"{field}.kind", "must be COUNT, DELTA or MOVE")
     event = StockEvent(
         msg.event_id,
         msg.location_id,
@@ -151,6 +181,8 @@ def event_from_pb(msg: pb.StockEvent, field: str) -> StockEvent:
         msg.reservation_id,
         msg.source,
         msg.sequence,
+        state_from_pb(msg.state, f"{field}.state"),
+        state_from_pb(msg.to_state, f"{field}.to_state"),
     )
     return check_event(event, field)
 

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 
 from engine.api.channels import band_changes, bundle_changes, limit_changes, rule_changes
-from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb
+from engine.api.convert import OUTCOMES, event_from_pb, location_from_pb, state_from_pb
 from engine.api.networks import network_changes
+from engine.api.returns import ReturnRpcs
 from engine.api.rpc import rpc, rpc_stream
 from engine.api.supply import SupplyRpcs
 from engine.domain.auth import current
@@ -32,15 +33,11 @@ from engine.throttle import Budget, IdleStream, Rate, Turns, drain, gently, next
 from engine.usecases.availability import Availability
 from engine.usecases.bundles import set_bundles
 from engine.usecases.channels import MAX_RULES, ChannelRules
-from engine.usecases.ingest import (
-    Count,
-    Ingest,
-    Shortage,
-    add_count_line,
-    check_count,
-)
+from engine.usecases.ingest import Ingest
+from engine.usecases.ingest_values import Count, Shortage, add_count_line, check_count
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.networks import Networks
+from engine.usecases.returns import Returns
 
 # Heavy work at once in one process (engine/throttle.py): event batches converted and
 # applied; counts being received (each holds its lines in memory until applied; how many
@@ -113,7 +110,7 @@ def short_row_pb(s: Shortage) -> pb.ShortRow:
     )
 
 
-class StockService(SupplyRpcs, pb_grpc.StockServiceServicer):
+class StockService(SupplyRpcs, ReturnRpcs, pb_grpc.StockServiceServicer):
     def __init__(
         self,
         ingest: Ingest,
@@ -126,7 +123,10 @@ class StockService(SupplyRpcs, pb_grpc.StockServiceServicer):
         count_lines_held: int = 1_000_000,
         count_idle_seconds: float = 30.0,
         ingest_rate: float = 0.0,
+        returns: Returns | None = None,
     ) -> None:
+        if returns is not None:
+            self.returns = returns  # RecordReturn, SetReturnRules (engine/api/returns.py)
         self.ingest = ingest
         self.availability = availability
         self.zero_missing = zero_missing
@@ -294,7 +294,9 @@ class StockService(SupplyRpcs, pb_grpc.StockServiceServicer):
             await self._paced(len(message.lines))
             held[0] += len(message.lines)
             for line in message.lines:
-                add_count_line(lines, line.sku, line.qty, f"lines[{n}]")
+                where = f"lines[{n}]"
+                state = state_from_pb(line.state, f"{where}.state")
+                add_count_line(lines, line.sku, line.qty, where, state)
                 n += 1
             ended = message.end
         if count is None:

@@ -84,6 +84,9 @@ RIGHTS: Mapping[str, frozenset[Role]] = {
     "SetCustomerLimits": frozenset({Role.ADMIN}),
     "UpsertNetworks": frozenset({Role.ADMIN}),
     "SetBundles": frozenset({Role.ADMIN}),
+    # a till takes a return at its own stores (whoever sold the units); feeds and admins too
+    "RecordReturn": _WRITERS,
+    "SetReturnRules": frozenset({Role.ADMIN}),
     "GetRow": frozenset({Role.ADMIN}),
     "GetLocation": frozenset({Role.ADMIN}),
     "ListAlerts": frozenset({Role.ADMIN}),

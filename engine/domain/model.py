@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument
 from engine.domain.places import check_country
+from engine.domain.states import StockState
 
 MAX_ID_LENGTH = 128
 MAX_LINES = 200
@@ -52,6 +53,7 @@ class ReservationState(enum.StrEnum):
 class EventKind(enum.StrEnum):
     COUNT = "COUNT"
     DELTA = "DELTA"
+    MOVE = "MOVE"  # qty units from `state` to `to_state`, at one location, at once
 
 
 class EventOutcome(enum.StrEnum):
@@ -180,6 +182,8 @@ class StockEvent:
     reservation_id: str = ""
     source: str = ""
     sequence: int = 0  # its number in its source's sequence at its location (0: not numbered)
+    state: StockState = StockState.SELLABLE  # of the units counted or changed; a MOVE's from
+    to_state: StockState = StockState.SELLABLE  # a MOVE's: the state its units enter
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,9 +333,25 @@ def check_event(event: StockEvent, field_name: str) -> StockEvent:
         raise InvalidArgument(f"{field_name}.source_time", "must be set (ms since the epoch)")
     if event.kind is EventKind.COUNT:
         check_qty(event.qty, f"{field_name}.qty", allow_zero=True)
+    elif event.kind is EventKind.MOVE:
+        check_move(event, field_name)
     elif event.qty == 0 or abs(event.qty) > MAX_QTY:
         raise InvalidArgument(f"{field_name}.qty", f"a DELTA must be non-zero, got {event.qty}")
+    if event.kind is not EventKind.MOVE and event.to_state is not StockState.SELLABLE:
+        raise InvalidArgument(f"{field_name}.to_state", "only a MOVE has one")
+    if event.reservation_id and event.state is not StockState.SELLABLE:
+        raise InvalidArgument(
+            f"{field_name}.reservation_id", "only a change of sellable units echoes a sale"
+        )
     return event
+
+
+def check_move(event: StockEvent, field_name: str) -> None:
+    check_qty(event.qty, f"{field_name}.qty")
+    if event.to_state is event.state:
+        raise InvalidArgument(f"{field_name}.to_state", "a MOVE must change the units' state")
+    if event.reservation_id:
+        raise InvalidArgument(f"{field_name}.reservation_id", "a MOVE echoes no sale")
 
 
 def check_sequence(event: StockEvent, field_name: str) -> None:

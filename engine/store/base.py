@@ -71,6 +71,8 @@ class Base:
         "supply",
         "read_promise",
         "transfer",
+        "claim_return",
+        "record_return",
     )
     READ_ONLY = (
         "read_rows",

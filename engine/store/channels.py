@@ -127,12 +127,14 @@ class ChannelStore(Base):
             args += [sku, keys.add(self.keys.stock(location, sku))]
         return [int(x) for x in await self.call("read_offers", keys.keys, args)]
 
-    async def set_pools(self, location: str, pools: Sequence[tuple[str, Pool]]) -> int:
+    async def set_pools(
+        self, location: str, pools: Sequence[tuple[str, Pool]], check: bool = False
+    ) -> int:
         """Sets (units 0: ends) each (sku, pool) at a location, all or none; answers how
         many changed. FailedPrecondition when a pool would keep free more units than its
-        row has that no other pool keeps (set_pools.lua)."""
+        row has that no other pool keeps (set_pools.lua). check: only check, set nothing."""
         keys = KeyList(Keys.pools(location), Keys.channel_holds(location))
-        args: list[object] = [len(pools)]
+        args: list[object] = ["check" if check else "set", len(pools)]
         for sku, pool in pools:
             stock = keys.add(self.keys.stock(location, sku))
             args += [sku, pool.channel, pool.units, "1" if pool.fallback else "0", stock]

@@ -4,7 +4,10 @@ the Lua scripts get theirs in KEYS.
 Key layout. Every key of one location carries its hash tag `{L}`, so each per-location
 script touches one hash slot and runs unchanged on Redis Cluster.
 
-    {L}:s:<b>      hash   stock rows of bucket b: sku -> "on_hand,reserved,safety,version,as_of"
+    {L}:s:<b>      hash   stock rows of bucket b: sku -> "on_hand,reserved,safety,version,as_of";
+                          and the units of a sku in another state (damaged, quality_control,
+                          returned), a row of its own: "sku#<state>" -> the same format
+                          (reserved, safety 0), in the bucket of the sku (see below)
     {L}:d:<b>      zset   changes after the last count of bucket b's rows (DELTAs and commits),
                           member "sku\\t<e:event id | c:reservation id>\\t<signed qty>",
                           score = time (ms)
@@ -27,7 +30,10 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:h          hash   units held per row for each sales channel: "sku\tchannel" -> units, kept
                           by the scripts that hold, commit, release and expire (hold.lua)
     {L}:p          hash   the rows' pools: sku -> "channel\tunits\tfallback\n"... (set_pools.lua)
-    {L}:w          shard channel: every row written at L, as written (engine/store/watch.py)
+    {L}:w          shard channel: every sellable row written at L, as written
+                          (engine/store/watch.py); a state row's writes are not published
+    {L}:n:<id>     string return <id> recorded at L (record_return.lua): "fp\n" then the
+                          landed lines "sku\tqty\tstate\n"..., kept for the retention
     {L}:b:<b>      hash   the stock band last found of bucket b's rows, per sales channel with
                           bands: sku -> "<band><channel>\\n"... (band I, L or O; band_check.lua)
     {L}:bq         list   L's band crossings not yet known to be on the alerts stream, oldest
@@ -50,7 +56,9 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     res:{<id>}     hash   the reservation directory: f fingerprint, l all lines, g saga field,
                           o the principal that made it ('' on an open server), u its customer;
                           of MoveLine: n the lines' generation (moves made), m the move under
-                          way ("move id\tlocation\tsku\tqty\tto"), d:<move id> the move it made
+                          way ("move id\tlocation\tsku\tqty\tto"), d:<move id> the move it made;
+                          of RecordReturn (claim_return.lua): rt:<return id> the return's
+                          fingerprint, rq:<sku> the units of sku returned under it so far
     principal:{<name>}:held  hash  a storefront principal's HELD reservations -> "units,expiry",
                           counted against its cap on units held at once (budget.lua)
     customer:{<id>}:<sku>  hash  a customer's reservations of a limited sku -> "units,until":
@@ -75,6 +83,9 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {omnistock}:networks:v counter  moves with every change of a network
     {omnistock}:bundles    hash  bundles and kits: bundle sku -> "component\tqty\n"... (its
                           components; versioned with the channels' rules, {omnistock}:channels:v)
+    {omnistock}:returns    hash  return rules: "<location>\t<sku>" -> "1" (to sellable) or "0"
+                          (to returned); location or sku '' for any (SetReturnRules)
+    {omnistock}:returns:v  counter  moves with every change of a return rule
     {omnistock}:alerts  stream  what an operator should hear of (kind: a shortage, a row a
                           count or delta left short; a sequence_gap; a clock_skew of a source;
                           a band, a row's crossing into LOW or OUT for a channel)
@@ -92,11 +103,25 @@ script touches one hash slot and runs unchanged on Redis Cluster.
 Rows live in buckets, b = crc32(sku) mod `stock_buckets`, so that each bucket stays a small
 listpack-encoded hash: a stock row then costs about 40 bytes instead of the ~100 a hash
 table entry or a key of its own would (measured: tests/test_storage.py, bench/RESULTS.md).
+
+States (engine/domain/states.py). A sku's units in another state than sellable are a row of
+their own, "sku#<state>", in the sku's bucket (b is taken of the part before '#'), so that
+a MOVE between states touches one hash and one change log, and the scripts apply counts and
+deltas to a state row exactly as to a sellable one: I5 holds per state by construction.
+No caller's id holds '#' (check_id), so no sku reads as a state row. Readers keep state rows
+out of every sellable view: scripts read rows by name (a sku), never a whole bucket; the one
+whole-bucket read (Storage.rows_at, a full count's zeroing) drops them; and write_row
+publishes no state row on {L}:w, so the watchers, the read caches, the network view and
+the band detector never see one. Its change log entries start "sku#<state>\t", never
+"sku\t". A row without other states costs what it did: no field, no read, no message more.
+A full count's mark ({L}:f) covers sellable rows only (apply_events.lua).
 """
 
 from __future__ import annotations
 
 import zlib
+
+from engine.domain.states import STATE_MARK, sku_of
 
 LOCATIONS = "{omnistock}:locations"
 LOCATIONS_VERSION = "{omnistock}:locations:v"
@@ -116,6 +141,8 @@ LIMITS = "{omnistock}:limits"
 BUNDLES = "{omnistock}:bundles"
 NETWORKS = "{omnistock}:networks"
 NETWORKS_VERSION = "{omnistock}:networks:v"
+RETURN_RULES = "{omnistock}:returns"
+RETURN_RULES_VERSION = "{omnistock}:returns:v"
 ALERTS = "{omnistock}:alerts"
 ALERTS_KEPT = 100_000  # about: the stream is trimmed to the newest this many
 BANDS_ALERTED = "{omnistock}:bands:alerted"
@@ -147,6 +174,9 @@ class Keys:
         self.buckets = stock_buckets
 
     def bucket(self, sku: str) -> int:
+        """The bucket of a row: of its sku's (a state row "sku#state" is in its sku's)."""
+        if STATE_MARK in sku:
+            sku = sku_of(sku)
         return zlib.crc32(sku.encode()) % self.buckets
 
     def stock(self, location: str, sku: str) -> str:
@@ -205,6 +235,11 @@ class Keys:
     @staticmethod
     def part(location: str, reservation_id: str) -> str:
         return f"{{{location}}}:r:{reservation_id}"
+
+    @staticmethod
+    def returned(location: str, return_id: str) -> str:
+        """A return recorded at a location (record_return.lua)."""
+        return f"{{{location}}}:n:{return_id}"
 
     @staticmethod
     def channel_holds(location: str) -> str:

@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from engine.domain.model import EventOutcome, IdKind, Location, StockEvent, StockRow
+from engine.domain.model import EventKind, EventOutcome, IdKind, Location, StockEvent, StockRow
+from engine.domain.states import STATE_MARK, row_name
 from engine.store.bands import BandStore
 from engine.store.channels import ChannelStore
 from engine.store.codecs import (
@@ -48,6 +49,7 @@ from engine.store.moves import MoveSteps
 from engine.store.networks import NetworkStore
 from engine.store.oversight import Oversight
 from engine.store.parts import Parts
+from engine.store.returns import ReturnStore
 from engine.store.scripts import Command
 from engine.store.supply import SupplyStore
 from engine.store.transfers import TransferStore
@@ -60,6 +62,11 @@ EVENTS_PER_SCRIPT = 100
 ROWS_PER_READ = 1000
 
 
+def _moved_to(ev: StockEvent) -> str:
+    """A MOVE's row its units enter ('' for the other kinds)."""
+    return row_name(ev.sku, ev.to_state) if ev.kind is EventKind.MOVE else ""
+
+
 class Storage(
     Parts,
     MoveSteps,
@@ -70,6 +77,7 @@ class Storage(
     NetworkStore,
     SupplyStore,
     TransferStore,
+    ReturnStore,
 ):
     """Stock and reservations in Redis. Every change is one Lua script (EVALSHA). This class
     holds locations, stock rows, events, mappings and safety stock; reservation parts and
@@ -193,8 +201,9 @@ class Storage(
             stock = keys.add(self.keys.stock(location, ev.sku))
             log = keys.add(self.keys.log(location, ev.sku))
             gaps = keys.add(Keys.gaps(location, ev.source)) if ev.sequence else 0
-            args += [dedupe_id(ev), ev.kind.value, ev.sku, ev.qty, ev.source_time, stock, log, part]
-            args += [ev.sequence, gaps]
+            row = row_name(ev.sku, ev.state)
+            args += [dedupe_id(ev), ev.kind.value, row, ev.qty, ev.source_time, stock, log, part]
+            args += [ev.sequence, gaps, _moved_to(ev)]
         args.append(Keys.changes(location))
         outcomes, short, gaps_due = await self.call("apply_events", keys.keys, args)
         return EventsApplied(
@@ -213,7 +222,12 @@ class Storage(
         """Every stock row of one location: each bucket read whole, in one round trip."""
         buckets = self.keys.stock_buckets(location)
         got = await self.pipeline(lambda pipe: [pipe.hgetall(k) for k in buckets])
-        return {sku.decode(): parse_row(v) for bucket in got for sku, v in bucket.items()}
+        return {
+            sku.decode(): parse_row(v)
+            for bucket in got
+            for sku, v in bucket.items()
+            if STATE_MARK.encode() not in sku  # a state's row (keys.py): never a sku's
+        }
 
     async def holders(self, location: str, skus: Iterable[str]) -> dict[str, list[Holder]]:
         """The HELD reservation parts at a location that hold each of `skus`, oldest hold

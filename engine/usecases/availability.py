@@ -20,6 +20,7 @@ from engine.domain.model import (
     check_size,
 )
 from engine.domain.rules import StockStatus
+from engine.domain.states import OTHER_STATES, row_name
 from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
 from engine.usecases.bundles import refuse_bundles
@@ -29,8 +30,9 @@ from engine.usecases.locations import LocationRegistry
 SAFETY_BATCH = 1000  # safety entries per script call: no script holds Redis for long
 
 Level = tuple[str, str, StockRow]  # location, sku, its row
-# and what the asking channel may hold of it, and the band that puts it in
-Offered = tuple[str, str, StockRow, int, StockStatus]
+# and what the asking channel may hold of it, the band that puts it in, and (when asked
+# for) its units in each other state, in the order of OTHER_STATES (else ())
+Offered = tuple[str, str, StockRow, int, StockStatus, tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +64,12 @@ class Availability:
         types: set[LocationType],
         include_empty: bool,
         channel: str = "",
+        states: bool = False,
     ) -> list[Offered]:
         """The rows of `skus` at the locations named, or else at every active location of
         `types` (all types when none), each with what `channel` may hold of it (its rules
         applied; no channel: the row's available units), where only rows with some are kept
-        unless `include_empty`."""
+        unless `include_empty`; with `states`, each row's units in the other states too."""
         if channel:
             check_id(channel, "channel")
         wanted = _skus(skus)
@@ -80,37 +83,54 @@ class Availability:
         pairs = [(loc, sku) for loc in locations for sku in wanted]
         table = await self.channels.table()
         if has_bundles(wanted, table):
-            rows, offered = await self._kits(channel, pairs, table)
+            rows, offered, others = await self._kits(channel, pairs, table, states)
         else:
-            rows = await self.reader.rows(pairs)
+            rows, others = await self._rows(pairs, states)
             offered = await self.offered(channel, pairs, rows)
         keep_empty = include_empty or bool(location_ids)
         return [
-            (loc, sku, row, a, self.status(loc, sku, channel, a))
-            for (loc, sku), row, a in zip(pairs, rows, offered, strict=True)
+            (loc, sku, row, a, self.status(loc, sku, channel, a), units)
+            for (loc, sku), row, a, units in zip(pairs, rows, offered, others, strict=True)
             if keep_empty or a > 0
         ]
 
     async def _kits(
-        self, channel: str, pairs: Sequence[tuple[str, str]], table: Table
-    ) -> tuple[list[StockRow], list[int]]:
-        """rows and offered of `pairs` where some skus are bundles: their components' rows
-        read with the others in one read, each bundle's level folded from them (kit_row)."""
+        self, channel: str, pairs: Sequence[tuple[str, str]], table: Table, states: bool
+    ) -> tuple[list[StockRow], list[int], list[tuple[int, ...]]]:
+        """rows, offered and states of `pairs` where some skus are bundles: their components'
+        rows read with the others in one read, each bundle's level folded from them
+        (kit_row); a bundle has no units in other states of its own (its components do)."""
         flat, starts = expand_pairs(pairs, table)
         if len(flat) > MAX_ROWS:
             raise InvalidArgument(
                 "skus", f"their bundles' components come to {len(flat)} rows, over {MAX_ROWS}"
             )
-        read = await self.reader.rows(flat)
+        read, units = await self._rows(flat, states)
         offered = fold(await self.offered(channel, flat, read), pairs, starts, table)
-        rows = []
+        rows: list[StockRow] = []
+        others: list[tuple[int, ...]] = []
         for (_, sku), start in zip(pairs, starts, strict=True):
             bundle = table.get(sku)
             if bundle is None:
                 rows.append(read[start])
+                others.append(units[start])
             else:
                 rows.append(kit_row(bundle, read[start : start + len(bundle.components)]))
-        return rows, offered
+                others.append(tuple(0 for _ in units[start]))
+        return rows, offered, others
+
+    async def _rows(
+        self, pairs: Sequence[tuple[str, str]], states: bool
+    ) -> tuple[list[StockRow], list[tuple[int, ...]]]:
+        """The rows (from the read cache), or with `states` the rows and their state rows,
+        read from Redis together: the same script calls, no round trip more (keys.py)."""
+        if not states:
+            return await self.reader.rows(pairs), [()] * len(pairs)
+        n = len(OTHER_STATES)
+        named = [(loc, row_name(sku, s)) for loc, sku in pairs for s in OTHER_STATES]
+        got = await self.storage.rows([*pairs, *named])
+        rows, units = got[: len(pairs)], [r.on_hand for r in got[len(pairs) :]]
+        return rows, [tuple(units[i * n : i * n + n]) for i in range(len(pairs))]
 
     async def offered(
         self, channel: str, pairs: Sequence[tuple[str, str]], rows: Sequence[StockRow]

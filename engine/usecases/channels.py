@@ -185,6 +185,10 @@ class ChannelRules:
             seen.add((location, sku, pool.channel))
             at.setdefault(location, []).append((sku, pool))
         await self.locations.require(list(at), "pools[].location_id")
+        if len(at) > 1:  # each location's pools are checked before any is set
+            await asyncio.gather(
+                *(self.storage.set_pools(loc, items, check=True) for loc, items in at.items())
+            )
         got = await asyncio.gather(
             *(self.storage.set_pools(loc, items) for loc, items in at.items()),
             return_exceptions=True,

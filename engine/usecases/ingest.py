@@ -14,9 +14,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-
-import orjson
 
 from engine.domain import auth
 from engine.domain.errors import InvalidArgument, OmnistockError, PermissionDenied
@@ -24,19 +21,26 @@ from engine.domain.model import (
     EventKind,
     EventOutcome,
     StockEvent,
-    check_id,
-    check_qty,
 )
+from engine.domain.states import row_name, sku_of, state_of
 from engine.metrics import Metrics
-from engine.store.codecs import EventsApplied, Gap, Holder
+from engine.store.codecs import EventsApplied, Gap
 from engine.store.storage import Storage
+from engine.usecases.ingest_values import (
+    Ack,
+    Count,
+    Counted,
+    Ingested,
+    Shortage,
+    shortage_event,
+    uncovered,
+)
 from engine.usecases.locations import LocationRegistry
 from engine.usecases.mappings import Mappings
 from engine.usecases.sources import Sources
 
 log = logging.getLogger(__name__)
 
-MAX_COUNT_LINES = 2_000_000
 COUNT_BATCH = 2000  # count lines per script call
 COUNT_CALLS = 4  # script calls of one count in flight
 
@@ -51,68 +55,7 @@ def _future(skew_ms: int) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    outcome: EventOutcome
-    reason: str = ""  # REJECTED: "<field>: <why>"
-
-
 _ACKS = {outcome: Ack(outcome) for outcome in EventOutcome}  # an applied event's ack
-
-
-@dataclass(frozen=True, slots=True)
-class Uncovered:
-    reservation_id: str
-    qty: int  # what it holds of the row
-    missing: int  # of those, the units the row no longer has
-
-
-@dataclass(frozen=True, slots=True)
-class Shortage:
-    location: str
-    sku: str
-    on_hand: int
-    reserved: int
-    uncovered: tuple[Uncovered, ...]
-
-
-@dataclass
-class Ingested:
-    acks: list[Ack]
-    shortages: list[Shortage] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    """A full count of one location (ReconcileCount, the file adapter)."""
-
-    location: str
-    count_id: str
-    counted_at: int  # ms since the epoch
-    zero_missing: bool  # rows the count does not list are counted as 0
-    source: str = ""
-
-
-@dataclass
-class Counted:
-    lines: int = 0
-    changed: int = 0
-    unchanged: int = 0  # already counted: the same count again
-    zeroed: int = 0
-    shortages: list[Shortage] = field(default_factory=list)
-    stale: int = 0  # lines not applied: the row was counted at or after this count's time
-
-
-def uncovered(on_hand: int, holders: Sequence[Holder]) -> tuple[Uncovered, ...]:
-    """Holds are covered oldest first; the ones the row's on_hand does not reach, with how
-    many units each is missing."""
-    out, cover = [], max(on_hand, 0)
-    for h in holders:
-        got = min(cover, h.qty)
-        cover -= got
-        if got < h.qty:
-            out.append(Uncovered(h.reservation_id, h.qty, h.qty - got))
-    return tuple(out)
 
 
 class Ingest:
@@ -343,57 +286,29 @@ class Ingest:
         return result
 
     async def _our_lines(self, source: str, lines: dict[str, int]) -> dict[str, int]:
-        """A count's lines by our skus (a source's mapped), none of them a bundle's."""
+        """A count's lines by our rows (a source's skus mapped; a row: a sku, or a sku's
+        units in a state), none of them a bundle's."""
         counted: dict[str, int] = {}
         kits = await self.bundles() if self.bundles is not None else {}
-        for sku, qty in lines.items():
+        for row, qty in lines.items():
+            sku, state = sku_of(row), state_of(row)
             ours = await self.mappings.item(source, sku, "lines[].sku")
-            if ours in counted:
-                raise InvalidArgument("lines", f"{sku!r} and another item both map to {ours!r}")
             if ours in kits:
                 raise InvalidArgument("lines[].sku", f"{ours}: {_BUNDLE}")
-            counted[ours] = qty
+            named = row_name(ours, state)
+            if named in counted:
+                raise InvalidArgument("lines", f"{row!r} and another item both map to {named!r}")
+            counted[named] = qty
         return counted
 
     @staticmethod
-    def _count_event(count: Count, location: str, sku: str, qty: int) -> StockEvent:
+    def _count_event(count: Count, location: str, row: str, qty: int) -> StockEvent:
         return StockEvent(
-            f"count:{count.count_id}/{sku}", location, sku, EventKind.COUNT, qty, count.counted_at
+            f"count:{count.count_id}/{row}",
+            location,
+            sku_of(row),
+            EventKind.COUNT,
+            qty,
+            count.counted_at,
+            state=state_of(row),
         )
-
-
-def check_count(count: Count) -> Count:
-    check_id(count.location, "header.location_id")
-    check_id(count.count_id, "header.count_id")
-    if count.counted_at <= 0:
-        raise InvalidArgument("header.counted_at", "must be set (ms since the epoch)")
-    if count.source:
-        check_id(count.source, "header.source")
-    return count
-
-
-def add_count_line(lines: dict[str, int], sku: str, qty: int, where: str) -> None:
-    check_id(sku, f"{where}.sku")
-    check_qty(qty, f"{where}.qty", allow_zero=True)
-    if sku in lines:
-        raise InvalidArgument(f"{where}.sku", f"{sku!r} is counted twice in this count")
-    if len(lines) >= MAX_COUNT_LINES:
-        raise InvalidArgument(where, f"a count may hold at most {MAX_COUNT_LINES} lines")
-    lines[sku] = qty
-
-
-def shortage_event(s: Shortage, now: int) -> dict[str, str]:
-    return {
-        "kind": "shortage",
-        "location_id": s.location,
-        "sku": s.sku,
-        "on_hand": str(s.on_hand),
-        "reserved": str(s.reserved),
-        "uncovered": orjson.dumps(
-            [
-                {"reservation_id": u.reservation_id, "qty": u.qty, "missing": u.missing}
-                for u in s.uncovered
-            ]
-        ).decode(),
-        "at": str(now),
-    }

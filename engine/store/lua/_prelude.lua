@@ -1,5 +1,6 @@
 -- Shared helpers, prepended to every script when it is loaded (engine/store/scripts.py).
 -- A stock row is one hash field of its location's bucket: sku -> "on_hand,reserved,safety,version,as_of".
+-- A sku's units in another state are a row of their own, "sku#<state>" (engine/store/keys.py).
 
 local function read_row(key, sku)
   local v = redis.call('HGET', key, sku)
@@ -10,12 +11,15 @@ end
 
 -- Every write of a row is published on its location's shard channel, for watchers
 -- (engine/store/watch.py): "sku\t<the row as stored>". Every script that writes rows is
--- given that channel as its last ARGV (engine/store/keys.py names it: Keys.changes).
+-- given that channel as its last ARGV (engine/store/keys.py names it: Keys.changes). A
+-- state row ("sku#<state>") is not published: no watcher or cache of sellable rows sees one.
 local function write_row(key, sku, r)
   r[4] = r[4] + 1
   local value = string.format('%d,%d,%d,%d,%d', r[1], r[2], r[3], r[4], r[5])
   redis.call('HSET', key, sku, value)
-  redis.call('SPUBLISH', ARGV[#ARGV], sku .. '\t' .. value)
+  if not string.find(sku, '#', 1, true) then
+    redis.call('SPUBLISH', ARGV[#ARGV], sku .. '\t' .. value)
+  end
 end
 
 local function available(r)

@@ -11,10 +11,17 @@
 --     and if the part is released or expires instead, the kept echo is applied as the DELTA
 --     it is (see unhold in _prelude.lua).
 -- on_hand is never clamped: clamping would make the result depend on arrival order.
+-- States (engine/store/keys.py): an event of units in another state names that state's row
+-- ("sku#<state>") as its sku, and is applied to it by the same rules. MOVE q at t from row A
+-- to row B (one sku, two states): a DELTA of -q at t on A and of +q at t on B, under one
+-- event id, each stale or not by its own row's count: so every state's units depend only on
+-- which events arrived (I5 per state), and when neither side is stale the units are
+-- conserved. APPLIED if either side was, else STALE. Moved out of sellable, the row may be
+-- left short, as by a negative DELTA: the holds stay (I3) and it is reported.
 -- A full count that zeroes what it does not list (ReconcileCount, MISSING_SKUS_ZERO) at time
--- F says every row of L, even one with no row yet, was 0 at F unless listed: so for every
--- row, a DELTA at or before F is stale and a COUNT before F is stale, as if each row had
--- been counted at F. {L}:f keeps the latest such F; the count sets it before it reads the
+-- F says every sellable row of L, even one with no row yet, was 0 at F unless listed: so for
+-- every sellable row, a DELTA at or before F is stale and a COUNT before F is stale, as if
+-- each had been counted at F (it zeroes no state row, so its mark covers none). {L}:f keeps the latest such F; the count sets it before it reads the
 -- rows to zero, so a row made meanwhile is covered too.
 -- An event its source numbers (sequence > 0: 1, 2, 3, ... per source and location) is told
 -- from a duplicate by its number instead of its id: {L}:q keeps the source's highest number
@@ -30,9 +37,10 @@
 --   which every gap has been reported
 --   KEYS[4..] {L}:s:<b> stock buckets, {L}:d:<b> change logs, {L}:r:<id> parts named by
 --   echoes, {L}:g:<source> gaps, member "from\tto\topened_ms" scored by from
--- ARGV: now_ms, window_ms, n, full_count_at (0: none), grace_ms, then n groups of 10:
---   event_id, kind ('COUNT'|'DELTA'), sku, qty, source_time_ms, stock idx, log idx, part idx (0: none),
---   sequence (0: none), gaps idx (0: none)
+-- ARGV: now_ms, window_ms, n, full_count_at (0: none), grace_ms, then n groups of 11:
+--   event_id, kind ('COUNT'|'DELTA'|'MOVE'), row (sku or "sku#state"; a MOVE's from), qty,
+--   source_time_ms, stock idx, log idx, part idx (0: none), sequence (0: none),
+--   gaps idx (0: none), a MOVE's to row ('' for other kinds)
 --   then the location's change channel (write_row)
 -- Returns {{outcome per event}, {sku, on_hand, reserved for every row left short: holding
 -- more than it has}, {source, from, to for every gap reported now}}
@@ -88,8 +96,14 @@ local function is_echo(part, id, sku, d, t)
   return false
 end
 
+-- The full count's mark, for a row: sellable rows only.
+local function mark_of(sku)
+  if string.find(sku, '#', 1, true) then return 0 end
+  return full
+end
+
 local function count(key, log, sku, r, q, t)
-  if t <= horizon or t < r[5] or t < full then return 'STALE' end
+  if t <= horizon or t < r[5] or t < mark_of(sku) then return 'STALE' end
   if t == r[5] and q <= r[1] - changes_after(log, sku, t, false) then return 'STALE' end
   r[1] = q + changes_after(log, sku, t, true)
   r[5] = t
@@ -98,7 +112,7 @@ local function count(key, log, sku, r, q, t)
 end
 
 local function delta(key, log, id, sku, r, d, t)
-  if t <= r[5] or t <= full then return 'STALE' end
+  if t <= r[5] or t <= mark_of(sku) then return 'STALE' end
   r[1] = r[1] + d
   write_row(key, sku, r)
   redis.call('ZADD', log, t, sku .. '\te:' .. id .. '\t' .. d)  -- e: events, c: commits
@@ -169,7 +183,7 @@ end
 
 local outcomes, short, touched, sources, reported = {}, {}, {}, {}, {}
 for j = 0, n - 1 do
-  local p = 6 + j * 10
+  local p = 6 + j * 11
   local id, kind, sku = ARGV[p], ARGV[p + 1], ARGV[p + 2]
   local qty, t = tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
   local key, part = KEYS[tonumber(ARGV[p + 5])], tonumber(ARGV[p + 7])
@@ -188,6 +202,13 @@ for j = 0, n - 1 do
     local log, r = log_key(tonumber(ARGV[p + 6])), read_row(key, sku)
     if kind == 'COUNT' then
       out = count(key, log, sku, r, qty, t)
+    elseif kind == 'MOVE' then
+      local to = ARGV[p + 10]
+      local from = delta(key, log, id, sku, r, -qty, t)
+      local into = delta(key, log, id, to, read_row(key, to), qty, t)
+      out = (from == 'APPLIED' or into == 'APPLIED') and 'APPLIED' or 'STALE'
+      if from == 'APPLIED' then touched[sku] = key end
+      sku = into == 'APPLIED' and to or sku  -- `touched` below: the rows that changed
     else
       out = delta(key, log, id, sku, r, qty, t)
     end

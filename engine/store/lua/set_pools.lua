@@ -5,9 +5,12 @@
 -- A pool changed or ended leaves every hold as it is: what its channel holds stays held.
 -- KEYS[1] {L}:p  the rows' pools: sku -> "channel\tunits\tfallback\n"...
 -- KEYS[2] {L}:h  units held per row and channel;  KEYS[3..] {L}:s:<b> stock buckets
--- ARGV: n, then n groups of 5: sku, channel, units, fallback ('1' or '0'), stock key index
--- Returns {'OK', pools changed} | {'OVER', sku, channel, the most units it may keep now}
-local n = tonumber(ARGV[1])
+-- ARGV: mode ('set', or 'check': the checks only, nothing written: a call of pools at
+--   several locations checks them all before it sets any), n, then n groups of 5: sku,
+--   channel, units, fallback ('1' or '0'), stock key index
+-- Returns {'OK', pools changed (0 for a check)} | {'OVER', sku, channel, the most units it
+--   may keep now}
+local n = tonumber(ARGV[2])
 
 local function held_by(sku, c)
   return tonumber(redis.call('HGET', KEYS[2], sku .. '\t' .. c) or '0')
@@ -25,7 +28,7 @@ end
 -- First every check, counting what the call's earlier pools of a row already add to it.
 local added = {}
 for j = 0, n - 1 do
-  local p = 2 + j * 5
+  local p = 3 + j * 5
   local sku, ch, units = ARGV[p], ARGV[p + 1], tonumber(ARGV[p + 2])
   local r = read_row(KEYS[tonumber(ARGV[p + 4])], sku)
   local kept, own = entries(sku, ch)
@@ -41,9 +44,10 @@ for j = 0, n - 1 do
 end
 
 -- Then every write.
+if ARGV[1] == 'check' then return {'OK', 0} end
 local changed = 0
 for j = 0, n - 1 do
-  local p = 2 + j * 5
+  local p = 3 + j * 5
   local sku, ch, units, fb = ARGV[p], ARGV[p + 1], tonumber(ARGV[p + 2]), ARGV[p + 3]
   local kept, own = entries(sku, ch)
   local text = {}

@@ -41,6 +41,32 @@ LOCATION_TYPE_DC: LocationType.ValueType  # 2
 LOCATION_TYPE_DARK_STORE: LocationType.ValueType  # 3
 Global___LocationType: _TypeAlias = LocationType  # noqa: Y015
 
+class _StockState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StockStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StockState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STOCK_STATE_UNSPECIFIED: _StockState.ValueType  # 0
+    """sellable"""
+    STOCK_STATE_SELLABLE: _StockState.ValueType  # 1
+    STOCK_STATE_DAMAGED: _StockState.ValueType  # 2
+    STOCK_STATE_QUALITY_CONTROL: _StockState.ValueType  # 3
+    STOCK_STATE_RETURNED: _StockState.ValueType  # 4
+    """back from a customer, awaiting inspection"""
+
+class StockState(_StockState, metaclass=_StockStateEnumTypeWrapper):
+    """The state of a row's units: only sellable units are on_hand and can be available."""
+
+STOCK_STATE_UNSPECIFIED: StockState.ValueType  # 0
+"""sellable"""
+STOCK_STATE_SELLABLE: StockState.ValueType  # 1
+STOCK_STATE_DAMAGED: StockState.ValueType  # 2
+STOCK_STATE_QUALITY_CONTROL: StockState.ValueType  # 3
+STOCK_STATE_RETURNED: StockState.ValueType  # 4
+"""back from a customer, awaiting inspection"""
+Global___StockState: _TypeAlias = StockState  # noqa: Y015
+
 class _StockStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -144,6 +170,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """qty is the absolute on_hand as counted at source_time."""
     EVENT_KIND_DELTA: _EventKind.ValueType  # 2
     """qty is a signed change that happened at source_time."""
+    EVENT_KIND_MOVE: _EventKind.ValueType  # 3
+    """qty units moved from `state` to `to_state` at source_time, at one location, at once:
+    a DELTA of -qty in one state and +qty in the other (each by its own ordering rules).
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper): ...
 
@@ -152,6 +182,10 @@ EVENT_KIND_COUNT: EventKind.ValueType  # 1
 """qty is the absolute on_hand as counted at source_time."""
 EVENT_KIND_DELTA: EventKind.ValueType  # 2
 """qty is a signed change that happened at source_time."""
+EVENT_KIND_MOVE: EventKind.ValueType  # 3
+"""qty units moved from `state` to `to_state` at source_time, at one location, at once:
+a DELTA of -qty in one state and +qty in the other (each by its own ordering rules).
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 class _EventOutcome:
@@ -371,6 +405,9 @@ class StockLevel(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    DAMAGED_FIELD_NUMBER: _builtins.int
+    QUALITY_CONTROL_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     sku: _builtins.str
     available: _builtins.int
@@ -386,6 +423,12 @@ class StockLevel(_message.Message):
     """Which band `available` is in, by the row's thresholds for the asking channel
     (SetStockBands): OUT at or below `out` (0 by default), LOW at or below `low`.
     """
+    damaged: _builtins.int
+    """Units in the other states (issue 17), never available: reported where the request asks
+    for them (GetAvailabilityRequest.states), else 0. on_hand is the sellable units.
+    """
+    quality_control: _builtins.int
+    returned: _builtins.int
     def __init__(
         self,
         *,
@@ -398,10 +441,13 @@ class StockLevel(_message.Message):
         version: _builtins.int = ...,
         as_of: _builtins.int = ...,
         status: Global___StockStatus.ValueType = ...,
+        damaged: _builtins.int = ...,
+        quality_control: _builtins.int = ...,
+        returned: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "available", b"available", "location_id", b"location_id", "on_hand", b"on_hand", "reserved", b"reserved", "safety_stock", b"safety_stock", "sku", b"sku", "status", b"status", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "available", b"available", "damaged", b"damaged", "location_id", b"location_id", "on_hand", b"on_hand", "quality_control", b"quality_control", "reserved", b"reserved", "returned", b"returned", "safety_stock", b"safety_stock", "sku", b"sku", "status", b"status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -584,6 +630,7 @@ class GetAvailabilityRequest(_message.Message):
     LOCATION_TYPES_FIELD_NUMBER: _builtins.int
     INCLUDE_EMPTY_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     include_empty: _builtins.bool
     """Also return rows with nothing available (default: only rows with available > 0
     are returned when locations are chosen by type).
@@ -591,6 +638,10 @@ class GetAvailabilityRequest(_message.Message):
     channel: _builtins.str
     """The sales channel asking (e.g. "web", "app", "store"): each level's `available` is then
     what that channel may hold, its rules applied (SetChannelRules). Empty: no rule applies.
+    """
+    states: _builtins.bool
+    """Also report each row's units in the other states (damaged, quality_control, returned):
+    read from Redis with the rows, in the same script call, instead of the read cache.
     """
     @_builtins.property
     def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -610,10 +661,11 @@ class GetAvailabilityRequest(_message.Message):
         location_types: _abc.Iterable[Global___LocationType.ValueType] | None = ...,
         include_empty: _builtins.bool = ...,
         channel: _builtins.str = ...,
+        states: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "include_empty", b"include_empty", "location_ids", b"location_ids", "location_types", b"location_types", "skus", b"skus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "include_empty", b"include_empty", "location_ids", b"location_ids", "location_types", b"location_types", "skus", b"skus", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1469,6 +1521,166 @@ class SetBundlesResponse(_message.Message):
 Global___SetBundlesResponse: _TypeAlias = SetBundlesResponse  # noqa: Y015
 
 @_typing.final
+class ReturnLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    QTY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    qty: _builtins.int
+    state: Global___StockState.ValueType
+    """Where its units landed (in an answer): STOCK_STATE_RETURNED or STOCK_STATE_SELLABLE."""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        qty: _builtins.int = ...,
+        state: Global___StockState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qty", b"qty", "sku", b"sku", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnLine: _TypeAlias = ReturnLine  # noqa: Y015
+
+@_typing.final
+class RecordReturnRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETURN_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    return_id: _builtins.str
+    """The return's id, chosen by the caller: the idempotency key."""
+    location_id: _builtins.str
+    """Where the customer brought the units back (any location, not only where they sold)."""
+    reservation_id: _builtins.str
+    """Optional: the reservation the units were bought under (COMMITTED)."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnLine]:
+        """one per sku; `state` is ignored"""
+
+    def __init__(
+        self,
+        *,
+        return_id: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        lines: _abc.Iterable[Global___ReturnLine] | None = ...,
+        reservation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "location_id", b"location_id", "reservation_id", b"reservation_id", "return_id", b"return_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordReturnRequest: _TypeAlias = RecordReturnRequest  # noqa: Y015
+
+@_typing.final
+class RecordReturnResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETURN_ID_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    return_id: _builtins.str
+    replayed: _builtins.bool
+    """This return_id was recorded before (the same lines): nothing changed now."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnLine]:
+        """each with where its units landed"""
+
+    def __init__(
+        self,
+        *,
+        return_id: _builtins.str = ...,
+        lines: _abc.Iterable[Global___ReturnLine] | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "replayed", b"replayed", "return_id", b"return_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordReturnResponse: _TypeAlias = RecordReturnResponse  # noqa: Y015
+
+@_typing.final
+class ReturnRule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    TO_SELLABLE_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    """"" : any location"""
+    sku: _builtins.str
+    """"" : any sku"""
+    to_sellable: _builtins.bool
+    """Returned units go straight to sellable (no inspection) instead of `returned`."""
+    remove: _builtins.bool
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        to_sellable: _builtins.bool = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "remove", b"remove", "sku", b"sku", "to_sellable", b"to_sellable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnRule: _TypeAlias = ReturnRule  # noqa: Y015
+
+@_typing.final
+class SetReturnRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnRule]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___ReturnRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReturnRulesRequest: _TypeAlias = SetReturnRulesRequest  # noqa: Y015
+
+@_typing.final
+class SetReturnRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """the return rules' version after this call"""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReturnRulesResponse: _TypeAlias = SetReturnRulesResponse  # noqa: Y015
+
+@_typing.final
 class CustomerLimit(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2042,6 +2254,8 @@ class StockEvent(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per event at its source; duplicates within the dedupe window are ignored."""
     location_id: _builtins.str
@@ -2060,6 +2274,12 @@ class StockEvent(_message.Message):
     which costs one watermark per source and location instead of remembering every event
     id; numbers that do not arrive are reported as gaps. Needs `source`. 0: not numbered.
     """
+    state: Global___StockState.ValueType
+    """The state of the units counted or changed (default sellable: on_hand); of a MOVE, the
+    state they leave. Each state of a row follows the ordering rules on its own.
+    """
+    to_state: Global___StockState.ValueType
+    """MOVE only: the state the units enter."""
     def __init__(
         self,
         *,
@@ -2072,10 +2292,12 @@ class StockEvent(_message.Message):
         reservation_id: _builtins.str = ...,
         source: _builtins.str = ...,
         sequence: _builtins.int = ...,
+        state: Global___StockState.ValueType = ...,
+        to_state: Global___StockState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "kind", b"kind", "location_id", b"location_id", "qty", b"qty", "reservation_id", b"reservation_id", "sequence", b"sequence", "sku", b"sku", "source", b"source", "source_time", b"source_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "kind", b"kind", "location_id", b"location_id", "qty", b"qty", "reservation_id", b"reservation_id", "sequence", b"sequence", "sku", b"sku", "source", b"source", "source_time", b"source_time", "state", b"state", "to_state", b"to_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2301,17 +2523,23 @@ class CountLine(_message.Message):
 
     SKU_FIELD_NUMBER: _builtins.int
     QTY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     qty: _builtins.int
+    state: Global___StockState.ValueType
+    """The state counted (default sellable). MISSING_SKUS_ZERO zeroes sellable rows only:
+    units in other states are zeroed by a line that counts them.
+    """
     def __init__(
         self,
         *,
         sku: _builtins.str = ...,
         qty: _builtins.int = ...,
+        state: Global___StockState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["qty", b"qty", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qty", b"qty", "sku", b"sku", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

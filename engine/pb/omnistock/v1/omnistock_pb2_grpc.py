@@ -771,6 +771,16 @@ class StockServiceStub:
                 request_serializer=omnistock_dot_v1_dot_omnistock__pb2.CancelTransferRequest.SerializeToString,
                 response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
                 _registered_method=True)
+        self.RecordReturn = channel.unary_unary(
+                '/omnistock.v1.StockService/RecordReturn',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.RecordReturnRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.RecordReturnResponse.FromString,
+                _registered_method=True)
+        self.SetReturnRules = channel.unary_unary(
+                '/omnistock.v1.StockService/SetReturnRules',
+                request_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetReturnRulesRequest.SerializeToString,
+                response_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetReturnRulesResponse.FromString,
+                _registered_method=True)
 
 
 class StockServiceServicer:
@@ -917,6 +927,25 @@ class StockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordReturn(self, request, context):
+        """A customer's return at any location, wherever it was sold: its units land in `returned`
+        (or sellable, by the return rules), once per return_id (same lines: the same answer;
+        other lines: ALREADY_EXISTS). Naming the original reservation, it must be COMMITTED and
+        the returns of each sku under it never exceed what it bought.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetReturnRules(self, request, context):
+        """Where returned units land, per location, per sku or per (location, sku) (the most
+        specific wins; by default `returned`, to await inspection). All the call's rules change
+        at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1004,6 +1033,16 @@ def add_StockServiceServicer_to_server(servicer, server):
                     servicer.CancelTransfer,
                     request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.CancelTransferRequest.FromString,
                     response_serializer=omnistock_dot_v1_dot_omnistock__pb2.Transfer.SerializeToString,
+            ),
+            'RecordReturn': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordReturn,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.RecordReturnRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.RecordReturnResponse.SerializeToString,
+            ),
+            'SetReturnRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetReturnRules,
+                    request_deserializer=omnistock_dot_v1_dot_omnistock__pb2.SetReturnRulesRequest.FromString,
+                    response_serializer=omnistock_dot_v1_dot_omnistock__pb2.SetReturnRulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1467,6 +1506,60 @@ class StockService:
             '/omnistock.v1.StockService/CancelTransfer',
             omnistock_dot_v1_dot_omnistock__pb2.CancelTransferRequest.SerializeToString,
             omnistock_dot_v1_dot_omnistock__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordReturn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/RecordReturn',
+            omnistock_dot_v1_dot_omnistock__pb2.RecordReturnRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.RecordReturnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetReturnRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnistock.v1.StockService/SetReturnRules',
+            omnistock_dot_v1_dot_omnistock__pb2.SetReturnRulesRequest.SerializeToString,
+            omnistock_dot_v1_dot_omnistock__pb2.SetReturnRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -373,6 +373,17 @@ class StockServiceStub:
     ShipTransfer: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ShipTransferRequest, _omnistock_pb2.Transfer]
     ReceiveTransfer: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.ReceiveTransferRequest, _omnistock_pb2.Transfer]
     CancelTransfer: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.CancelTransferRequest, _omnistock_pb2.Transfer]
+    RecordReturn: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.RecordReturnRequest, _omnistock_pb2.RecordReturnResponse]
+    """A customer's return at any location, wherever it was sold: its units land in `returned`
+    (or sellable, by the return rules), once per return_id (same lines: the same answer;
+    other lines: ALREADY_EXISTS). Naming the original reservation, it must be COMMITTED and
+    the returns of each sku under it never exceed what it bought.
+    """
+    SetReturnRules: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.SetReturnRulesRequest, _omnistock_pb2.SetReturnRulesResponse]
+    """Where returned units land, per location, per sku or per (location, sku) (the most
+    specific wins; by default `returned`, to await inspection). All the call's rules change
+    at once.
+    """
 
 @_typing.type_check_only
 class StockServiceAsyncStub(StockServiceStub):
@@ -444,6 +455,17 @@ class StockServiceAsyncStub(StockServiceStub):
     ShipTransfer: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ShipTransferRequest, _omnistock_pb2.Transfer]  # type: ignore[assignment]
     ReceiveTransfer: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.ReceiveTransferRequest, _omnistock_pb2.Transfer]  # type: ignore[assignment]
     CancelTransfer: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.CancelTransferRequest, _omnistock_pb2.Transfer]  # type: ignore[assignment]
+    RecordReturn: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.RecordReturnRequest, _omnistock_pb2.RecordReturnResponse]  # type: ignore[assignment]
+    """A customer's return at any location, wherever it was sold: its units land in `returned`
+    (or sellable, by the return rules), once per return_id (same lines: the same answer;
+    other lines: ALREADY_EXISTS). Naming the original reservation, it must be COMMITTED and
+    the returns of each sku under it never exceed what it bought.
+    """
+    SetReturnRules: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.SetReturnRulesRequest, _omnistock_pb2.SetReturnRulesResponse]  # type: ignore[assignment]
+    """Where returned units land, per location, per sku or per (location, sku) (the most
+    specific wins; by default `returned`, to await inspection). All the call's rules change
+    at once.
+    """
 
 class StockServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- stock (ingest, admin)"""
@@ -614,6 +636,29 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _omnistock_pb2.CancelTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_omnistock_pb2.Transfer, _abc.Awaitable[_omnistock_pb2.Transfer]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordReturn(
+        self,
+        request: _omnistock_pb2.RecordReturnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.RecordReturnResponse, _abc.Awaitable[_omnistock_pb2.RecordReturnResponse]]:
+        """A customer's return at any location, wherever it was sold: its units land in `returned`
+        (or sellable, by the return rules), once per return_id (same lines: the same answer;
+        other lines: ALREADY_EXISTS). Naming the original reservation, it must be COMMITTED and
+        the returns of each sku under it never exceed what it bought.
+        """
+
+    @_abc_1.abstractmethod
+    def SetReturnRules(
+        self,
+        request: _omnistock_pb2.SetReturnRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_omnistock_pb2.SetReturnRulesResponse, _abc.Awaitable[_omnistock_pb2.SetReturnRulesResponse]]:
+        """Where returned units land, per location, per sku or per (location, sku) (the most
+        specific wins; by default `returned`, to await inspection). All the call's rules change
+        at once.
+        """
 
 def add_StockServiceServicer_to_server(servicer: StockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
