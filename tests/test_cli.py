@@ -87,6 +87,11 @@ async def test_a_row_as_json_has_the_proto_fields(stubs: Stubs, omnistock: Omni)
     await stubs.reservations.Reserve(
         pb.ReserveRequest(reservation_id="r1", lines=[line("s1", "a", 4)])
     )
+    damaged = pb.StockEvent(
+        event_id="d1", location_id="s1", sku="a", kind=pb.EVENT_KIND_COUNT, qty=2,
+        source_time=T0, state=pb.STOCK_STATE_DAMAGED,
+    )  # fmt: skip
+    await stubs.stock.ApplyEvents(pb.ApplyEventsRequest(events=[damaged]))
     ran = await omnistock("row", "s1", "a", "--json")
     assert ran.code == 0, ran.err
     got = ran.json()
@@ -94,6 +99,7 @@ async def test_a_row_as_json_has_the_proto_fields(stubs: Stubs, omnistock: Omni)
     assert version >= 2 and got["level"] == {
         **{"location_id": "s1", "sku": "a", "available": 6, "on_hand": 10, "reserved": 4},
         **{"safety_stock": 0, "as_of": T0, "status": "STOCK_STATUS_IN_STOCK"},
+        **{"damaged": 2, "quality_control": 0, "returned": 0},
     }
     (hold,) = got["holds"]
     assert (hold["reservation_id"], hold["qty"]) == ("r1", 4)

@@ -10,6 +10,7 @@ import asyncio
 import grpc
 import pytest
 
+from engine.domain.bundles import Bundle
 from engine.domain.clock import ManualClock
 from engine.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from engine.domain.model import Line
@@ -18,6 +19,7 @@ from engine.domain.states import StockState, row_name
 from engine.metrics import Metrics
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.storage import Storage
+from engine.usecases.bundles import set_bundles
 from engine.usecases.reservations import Reservations
 from engine.usecases.returns import Returns
 
@@ -231,3 +233,22 @@ async def test_a_return_before_a_later_count_is_in_that_count(
     clock.advance(2000)
     await shop.record(ret("ret-2", "s1", 1))
     assert await units(storage, "s1", "S1") == {SELLABLE: 6, RETURNED: 0}
+
+
+async def test_a_kit_order_takes_back_what_it_held_its_components_counted_once(
+    shop: Returns, storage: Storage, reservations: Reservations
+) -> None:
+    # given an order of a kit (2 x S1 + 1 x S2) beside 1 S1 sold alone, committed: it took
+    # 3 S1 and 1 S2 from the DC (its directory keeps those, then the lines as sent)
+    await set_bundles(reservations.channels, [(Bundle("KIT", (("S1", 2), ("S2", 1))), False)])
+    assert (await reservations.reserve("kit-1", [Line("dc", "KIT", 1), Line("dc", "S1", 1)])).ok
+    await reservations.commit("kit-1")
+    # then its components come back, as many as it took and no more (S1 once, not again
+    # from the lines as sent); the kit's own sku was not a row it took
+    with pytest.raises(FailedPrecondition):
+        await shop.record(ret("ret-1", "s1", 4, "kit-1"))
+    assert (await shop.record(ret("ret-2", "s1", 3, "kit-1"))).lines == (
+        ReturnLine("S1", 3, RETURNED),
+    )
+    with pytest.raises(FailedPrecondition):
+        await shop.record(ret("ret-3", "s1", 1, "kit-1", sku="KIT"))

@@ -42,7 +42,9 @@ class OperatorService(pb_grpc.OperatorServiceServicer):
     ) -> pb.RowDetail:
         got = await self.operators.row(request.location_id, request.sku)
         return pb.RowDetail(
-            level=level(request.location_id, request.sku, got.row, status=got.status),
+            level=level(
+                request.location_id, request.sku, got.row, status=got.status, states=got.states
+            ),
             holds=[
                 pb.RowHold(reservation_id=h.reservation_id, qty=h.qty, held_at=h.held_at)
                 for h in got.holders

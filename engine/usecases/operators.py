@@ -11,6 +11,7 @@ from engine.domain import auth
 from engine.domain.errors import InvalidArgument, NotFound
 from engine.domain.model import Location, StockRow, check_id
 from engine.domain.rules import StockStatus
+from engine.domain.states import OTHER_STATES, row_name
 from engine.store.codecs import Holder
 from engine.store.oversight import Entry, Numbered, SourceSeen
 from engine.store.storage import Storage
@@ -29,6 +30,7 @@ class RowDetail:
     status: StockStatus  # its band, for no channel
     holders: list[Holder]  # its holds, oldest first
     detected: dict[str, StockStatus]  # the band last found by channel (bandalerts.py)
+    states: tuple[int, ...]  # its units damaged, in quality control, returned
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +77,18 @@ class Operators:
         return self.locations.by_id[location]
 
     async def row(self, location: str, sku: str) -> RowDetail:
-        """The row, its band (no channel's), its holds, and the bands last found of it."""
+        """The row and its units in the other states, its band (no channel's), its holds,
+        and the bands last found of it."""
         loc = await self._location(location)
         check_id(sku, "sku")
-        (row,) = await self.storage.rows([(location, sku)])
+        named = [(location, row_name(sku, state)) for state in OTHER_STATES]
+        row, *others = await self.storage.rows([(location, sku), *named])
         holders = await self.storage.holders(location, [sku])
         await self.channels.fresh()
         status = self.channels.band_at(loc, sku, "").status(row.available)
         detected = await self.storage.detected_bands(location, sku)
-        return RowDetail(row, status, holders.get(sku, []), detected)
+        states = tuple(other.on_hand for other in others)
+        return RowDetail(row, status, holders.get(sku, []), detected, states)
 
     async def location(self, location: str) -> LocationSizes:
         loc = await self._location(location)

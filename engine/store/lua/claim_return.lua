@@ -28,8 +28,11 @@ if had then
   if had == fp then return {'SAME'} end
   return {'CONFLICT'}
 end
+-- what it bought: the lines held (a kit's components), not the lines as sent after them
+-- ('='-marked, when bundles made them other: codecs.encode_dir_lines; no id holds a '=')
+local held = string.match(lines, '^[^=]*')
 local bought = {}
-for _, sku, qty in string.gmatch(lines, '([^\t\n]+)\t([^\t\n]+)\t(%d+)\n') do
+for _, sku, qty in string.gmatch(held, '([^\t\n]+)\t([^\t\n]+)\t(%d+)\n') do
   bought[sku] = (bought[sku] or 0) + tonumber(qty)
 end
 for j = 0, n - 1 do
