@@ -118,7 +118,13 @@ class Omnistock:
         self.networks = Networks(
             self.storage, self.locations, self.reservations.channels, self.metrics, self.view
         )
-        self.returns = Returns(self.storage, self.locations, self.metrics, self.clock.now_ms)
+        self.returns = Returns(
+            self.storage,
+            self.locations,
+            self.metrics,
+            self.clock.now_ms,
+            bundles=self.reservations.channels.table,
+        )
         if self.settings.demo and not self.locations.by_id:
             await demo.load(
                 self.storage, self.locations, self.clock, self.reservations.channels, self.networks

@@ -37,7 +37,8 @@ async def shop(storage: Storage, reservations: Reservations, clock: ManualClock)
     now = clock.now_ms()
     await storage.apply_events("dc", [count_event("dc", s, 10, now) for s in ("S1", "S2")], now)
     await register(reservations, "dc", "s1", "s2")
-    return Returns(storage, reservations.locations, Metrics(), clock.now_ms)
+    channels = reservations.channels
+    return Returns(storage, reservations.locations, Metrics(), clock.now_ms, channels.table)
 
 
 async def units(storage: Storage, location: str, sku: str) -> dict[StockState, int]:
@@ -244,11 +245,15 @@ async def test_a_kit_order_takes_back_what_it_held_its_components_counted_once(
     assert (await reservations.reserve("kit-1", [Line("dc", "KIT", 1), Line("dc", "S1", 1)])).ok
     await reservations.commit("kit-1")
     # then its components come back, as many as it took and no more (S1 once, not again
-    # from the lines as sent); the kit's own sku was not a row it took
+    # from the lines as sent)
     with pytest.raises(FailedPrecondition):
         await shop.record(ret("ret-1", "s1", 4, "kit-1"))
     assert (await shop.record(ret("ret-2", "s1", 3, "kit-1"))).lines == (
         ReturnLine("S1", 3, RETURNED),
     )
-    with pytest.raises(FailedPrecondition):
-        await shop.record(ret("ret-3", "s1", 1, "kit-1", sku="KIT"))
+    # and the kit's own sku, which has no stock, is refused by field, with or without the
+    # order, and nothing lands
+    for order in ("kit-1", ""):
+        with pytest.raises(InvalidArgument, match=r"lines\[0\]\.sku"):
+            await shop.record(ret("ret-3", "s1", 1, order, sku="KIT"))
+    assert (await storage.rows([("s1", row_name("KIT", RETURNED))]))[0].on_hand == 0

@@ -18,11 +18,11 @@ claimed and then met the other at L takes its claim back first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from engine.domain import auth
-from engine.domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from engine.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from engine.domain.model import ReservationState
 from engine.domain.returns import (
     Return,
@@ -46,14 +46,25 @@ class Returns:
         locations: LocationRegistry,
         metrics: Metrics,
         now_ms: Callable[[], int],
+        bundles: Callable[[], Awaitable[Mapping[str, object]]] | None = None,
     ) -> None:
+        """bundles: the bundle skus (SetBundles), whose units are their components'."""
         self.storage = storage
         self.locations = locations
         self.metrics = metrics
         self.now_ms = now_ms
+        self.bundles = bundles
 
     async def record(self, ret: Return) -> Returned:
         check_return(ret)
+        kits = await self.bundles() if self.bundles is not None else {}
+        for i, ln in enumerate(ret.lines):
+            if ln.sku in kits:
+                raise InvalidArgument(
+                    f"lines[{i}].sku",
+                    f"{ln.sku} is a bundle (SetBundles), with no stock of its own: return its "
+                    "components",
+                )
         auth.current().require_locations([ret.location], "location_id")
         await self.locations.require([ret.location], "location_id")
         rules = await self.storage.return_rules(ret.location, [ln.sku for ln in ret.lines])
