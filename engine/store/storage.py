@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from engine.domain.model import EventKind, EventOutcome, IdKind, Location, StockEvent, StockRow
-from engine.domain.states import STATE_MARK, row_name
+from engine.domain.states import OTHER_STATES, STATE_MARK, row_name
 from engine.store.bands import BandStore
 from engine.store.channels import ChannelStore
 from engine.store.codecs import (
@@ -136,6 +136,17 @@ class Storage(
         milliseconds to decode."""
         async with self._wide_reads.take(len(pairs)):
             return [parse_row(v) async for v in gently(await self._read_values(pairs))]
+
+    async def rows_in_states(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> tuple[list[StockRow], list[tuple[int, ...]]]:
+        """The rows of `pairs`, and each one's units in the other states (in the order of
+        OTHER_STATES), read together: the same script calls, no round trip more (keys.py)."""
+        n = len(OTHER_STATES)
+        named = [(loc, row_name(sku, s)) for loc, sku in pairs for s in OTHER_STATES]
+        got = await self.rows([*pairs, *named])
+        rows, units = got[: len(pairs)], [r.on_hand for r in got[len(pairs) :]]
+        return rows, [tuple(units[i * n : i * n + n]) for i in range(len(pairs))]
 
     async def available(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """What `rows` reads, as each row's available units only (cheaper to decode)."""

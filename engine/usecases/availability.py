@@ -20,7 +20,6 @@ from engine.domain.model import (
     check_size,
 )
 from engine.domain.rules import StockStatus
-from engine.domain.states import OTHER_STATES, row_name
 from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
 from engine.usecases.bundles import refuse_bundles
@@ -126,11 +125,7 @@ class Availability:
         read from Redis together: the same script calls, no round trip more (keys.py)."""
         if not states:
             return await self.reader.rows(pairs), [()] * len(pairs)
-        n = len(OTHER_STATES)
-        named = [(loc, row_name(sku, s)) for loc, sku in pairs for s in OTHER_STATES]
-        got = await self.storage.rows([*pairs, *named])
-        rows, units = got[: len(pairs)], [r.on_hand for r in got[len(pairs) :]]
-        return rows, [tuple(units[i * n : i * n + n]) for i in range(len(pairs))]
+        return await self.storage.rows_in_states(pairs)
 
     async def offered(
         self, channel: str, pairs: Sequence[tuple[str, str]], rows: Sequence[StockRow]

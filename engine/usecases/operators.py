@@ -11,7 +11,6 @@ from engine.domain import auth
 from engine.domain.errors import InvalidArgument, NotFound
 from engine.domain.model import Location, StockRow, check_id
 from engine.domain.rules import StockStatus
-from engine.domain.states import OTHER_STATES, row_name
 from engine.store.codecs import Holder
 from engine.store.oversight import Entry, Numbered, SourceSeen
 from engine.store.storage import Storage
@@ -81,13 +80,11 @@ class Operators:
         and the bands last found of it."""
         loc = await self._location(location)
         check_id(sku, "sku")
-        named = [(location, row_name(sku, state)) for state in OTHER_STATES]
-        row, *others = await self.storage.rows([(location, sku), *named])
+        (row,), (states,) = await self.storage.rows_in_states([(location, sku)])
         holders = await self.storage.holders(location, [sku])
         await self.channels.fresh()
         status = self.channels.band_at(loc, sku, "").status(row.available)
         detected = await self.storage.detected_bands(location, sku)
-        states = tuple(other.on_hand for other in others)
         return RowDetail(row, status, holders.get(sku, []), detected, states)
 
     async def location(self, location: str) -> LocationSizes:
