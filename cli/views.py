@@ -88,9 +88,25 @@ async def reservation(args: argparse.Namespace, channel: grpc.aio.Channel) -> in
     say(f"reservation {got.reservation_id}")
     say(fields([("state", state), ("expires_at", when(got.expires_at, now_ms()))]))
     say("")
-    lines = [(ln.location_id, ln.sku, ln.qty) for ln in got.lines]
-    say(table(("LOCATION", "SKU", "QTY"), lines))
+    if not any(ln.future_qty for ln in got.lines):
+        say(
+            table(
+                ("LOCATION", "SKU", "QTY"), [(ln.location_id, ln.sku, ln.qty) for ln in got.lines]
+            )
+        )
+        return 0
+    rows = [
+        (ln.location_id, ln.sku, ln.qty, ln.future_qty, _promise(ln, now_ms())) for ln in got.lines
+    ]
+    say(table(("LOCATION", "SKU", "QTY", "WAITING", "PROMISE_BY"), rows))
     return 0
+
+
+def _promise(ln: pb.ReservationLine, now: int) -> str:
+    """Of the units of a line waiting for supply: when they are promised, or broken."""
+    if not ln.future_qty:
+        return ""
+    return "broken" if ln.promise_broken else when(ln.promise_by, now)
 
 
 async def location(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:

@@ -25,6 +25,7 @@ from engine.domain.geo import Fulfilment
 from engine.domain.model import (
     Availability,
     BasketLine,
+    FutureLine,
     HoldResult,
     Line,
     LocationType,
@@ -107,7 +108,12 @@ def _network(network: Network) -> pb.Network:
 
 def _reservation(msg: pb.Reservation) -> Reservation:
     lines = tuple(Line(ln.location_id, ln.sku, ln.qty) for ln in msg.lines)
-    return Reservation(msg.reservation_id, lines, _STATES[msg.state], msg.expires_at)
+    future = tuple(
+        FutureLine(ln.location_id, ln.sku, ln.future_qty, ln.promise_by)
+        for ln in msg.lines
+        if ln.future_qty
+    )
+    return Reservation(msg.reservation_id, lines, _STATES[msg.state], msg.expires_at, future)
 
 
 def _shortfalls(msgs: Sequence[pb.Shortfall]) -> tuple[Shortfall, ...]:
@@ -250,14 +256,19 @@ class OmnistockClient(SupplyCalls, StatesClient):
         customer_id: str = "",
     ) -> HoldResult:
         """channel: the sales channel holding, held to its rules at each location.
-        customer_id: the shopper, held to per-customer limits (FAILED_PRECONDITION past one)."""
+        customer_id: the shopper, held to per-customer limits (FAILED_PRECONDITION past one).
+        A line's promise_by (ms) lets what on hand cannot cover wait for supply due by then
+        (the answer's `future` says what waits)."""
         request = pb.ReserveRequest(
             reservation_id=reservation_id,
             ttl_seconds=ttl_seconds,
             channel=channel,
             customer_id=customer_id,
             lines=[
-                pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty) for ln in lines
+                pb.ReservationLine(
+                    location_id=ln.location, sku=ln.sku, qty=ln.qty, promise_by=ln.promise_by
+                )
+                for ln in lines
             ],
         )
         resp = await self._call(lambda: self._reservations.Reserve(request, **self._opts))

@@ -22,7 +22,15 @@ _STATE = {number: state for state, number in STATES.items()}
 
 def _promise(msg: pb.Promise) -> Promise:
     steps = tuple(PromiseStep(s.at, s.units) for s in msg.steps)
-    return Promise(msg.location_id, msg.sku, msg.available_now, steps, msg.incoming, msg.overdue)
+    return Promise(
+        msg.location_id,
+        msg.sku,
+        msg.available_now,
+        steps,
+        msg.incoming,
+        msg.overdue,
+        msg.future_held,
+    )
 
 
 def _transfer(msg: pb.Transfer) -> tuple[Transfer, list[Discrepancy]]:
@@ -46,7 +54,8 @@ class SupplyCalls:
     _opts: dict[str, Any]
 
     async def upsert_supply(self, supplies: Sequence[Supply]) -> list[SupplyOutcome]:
-        """Sets (or, with cancel, cancels) each supply by its id at its location."""
+        """Sets (or, with cancel, cancels; with received, receives) each supply by its id at
+        its location."""
         request = pb.UpsertSupplyRequest(
             supplies=[
                 pb.Supply(
@@ -57,6 +66,7 @@ class SupplyCalls:
                     expected_at=s.expected_at,
                     kind=_KIND_PB[s.kind],
                     cancel=s.cancel,
+                    received=s.received,
                 )
                 for s in supplies
             ]

@@ -201,10 +201,18 @@ class Metrics:
             "Figures (a location's row, for a network and channel) kept by the network view",
             registry=r,
         )
+        self.future_holds = Counter(
+            "omnistock_future_holds_total",
+            "Units held against future supply (a Reserve line's promise_by), by outcome: held, "
+            "converted (to an ordinary hold when supply came), broken (no supply covers them "
+            "by their date any more)",
+            ["outcome"],
+            registry=r,
+        )
         self.supply = Counter(
             "omnistock_supply_total",
-            "Supplies set by UpsertSupply, by kind (purchase_order, asn, transfer, or cancel) "
-            "and outcome (created, updated, unchanged, cancelled)",
+            "Supplies set by UpsertSupply, by kind (purchase_order, asn, transfer, cancel or "
+            "received) and outcome (created, updated, unchanged, cancelled, received)",
             ["kind", "outcome"],
             registry=r,
         )

@@ -3,6 +3,9 @@
 I1  a row's `reserved` equals the sum of the HELD reservation lines on it, read from the
     reservation parts themselves (whatever the directory says);
     and what each sales channel is counted to hold of a row, the sum of its HELD lines there;
+I9  holds against future supply: each row's (the location's {L}:uf) are exactly the units
+    its HELD parts say wait for supply (field fl) with a promise date, and the supply due by
+    each date covers the future holds promised by then (`future_problems`);
 I2  a reservation took effect at all of its locations or at none: it is HELD at all of them
     or none, COMMITTED at all of them or none (`all_or_nothing_problems`); and, once made, it
     has a part at each of its locations, all in one state (`in_one_state_problems`).
@@ -21,11 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.domain.model import StockRow
+from engine.domain.model import FutureLine, StockRow
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.codecs import part_lines
+from engine.store.codecs import part_lines, part_state
 from engine.store.keys import SAGAS, Keys
 from engine.store.storage import Storage
+from engine.store.supply import parse_future, parse_supply
 
 from .grpc_helpers import Stubs
 
@@ -43,6 +47,13 @@ class Part:
     expires_at: int
     lines: tuple[tuple[str, int], ...]  # (sku, qty)
     channel: str = ""  # the sales channel it was held for
+    future: tuple[FutureLine, ...] = ()  # of its lines' units, those waiting for supply
+
+    @property
+    def on_hand(self) -> list[tuple[str, int]]:
+        """(sku, qty) of its lines held on hand: less any units waiting for supply."""
+        waiting = {f.sku: f.qty for f in self.future}
+        return [(sku, qty - waiting.get(sku, 0)) for sku, qty in self.lines]
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ class Holds:
         for by_location in self.parts.values():
             for location, part in by_location.items():
                 if part.state == HELD and part.channel:
-                    for sku, qty in part.lines:
+                    for sku, qty in part.on_hand:
                         units[((location, sku), part.channel)] += qty
         return units
 
@@ -84,7 +95,7 @@ class Holds:
         for by_location in self.parts.values():
             for location, part in by_location.items():
                 if part.state == HELD:
-                    for sku, qty in part.lines:
+                    for sku, qty in part.on_hand:
                         units[(location, sku)] += qty
         return units
 
@@ -121,17 +132,18 @@ async def read_holds(
 
     def build(pipe: Any) -> None:
         for rid, location in places:
-            pipe.hmget(Keys.part(location, rid), ["s", "x", "l", "ch"])
+            pipe.hmget(Keys.part(location, rid), ["s", "x", "l", "ch", "fl"])
 
     got = await storage.pipeline(build) if places else []
     parts: dict[str, dict[str, Part]] = defaultdict(dict)
-    for (rid, location), (state, expires_at, lines, channel) in zip(places, got, strict=True):
+    for (rid, location), (state, x, lines, channel, fl) in zip(places, got, strict=True):
         if state is not None:
             parts[rid][location] = Part(
                 state.decode(),
-                int(expires_at or 0),
+                int(x or 0),
                 tuple(part_lines(lines)),
                 (channel or b"").decode(),
+                part_state(location, (state, x, fl)).future,
             )
     return Holds(rows, dict(parts), by_channel)
 
@@ -250,3 +262,44 @@ async def open_sagas(redis: Any) -> set[str]:
 
 async def no_open_sagas(redis: Any) -> bool:
     return not await open_sagas(redis)
+
+
+# -- I9 ------------------------------------------------------------------------------------
+
+
+async def future_problems(storage: Storage, holds: Holds) -> list[str]:
+    """I9 at the locations `holds` read: each row's future holds ({L}:uf) are those its HELD
+    parts name (a broken one, promise 0, is in none), and at every promise date T the supply
+    due by T covers the future holds promised by T (Hall's condition, date by date)."""
+    out = []
+    where = sorted(
+        {loc for loc, _ in holds.rows} | {loc for by in holds.parts.values() for loc in by}
+    )
+    for location in where:
+        listed, due = await storage.pipeline(
+            lambda p, at=location: [p.hgetall(Keys.future_holds(at)), p.hgetall(Keys.supply(at))]
+        )
+        named = sorted(
+            (f.sku, rid, f.qty, f.promise_by)
+            for rid, by in holds.parts.items()
+            for loc, part in by.items()
+            if loc == location and part.state == HELD
+            for f in part.future
+            if f.promise_by
+        )
+        kept = sorted(
+            (sku.decode(), line.split("\t")[0], qty, by)
+            for sku, text in listed.items()
+            for line, (qty, by) in zip(text.decode().splitlines(), parse_future(text), strict=True)
+        )
+        if kept != named:
+            out.append(f"{location}: future holds {kept}, parts say {named}")
+        for sku in {s for s, _, _, _ in named}:
+            supply = parse_supply(due.get(sku.encode()))
+            mine = [(q, by) for s, _, q, by in named if s == sku]
+            for _, date in mine:
+                promised = sum(q for q, by in mine if by <= date)
+                covered = sum(s.qty for s in supply if s.expected_at <= date)
+                if promised > covered:
+                    out.append(f"{location} {sku}: {promised} promised by {date}, {covered} due")
+    return out

@@ -35,6 +35,7 @@ class SupplyModel:
     # (location, entry) -> (sku, qty, expected): "p:<id>" supply, "t:<transfer>|<sku>" transit
     due: dict[tuple[str, str], tuple[str, int, int]] = field(default_factory=dict)
     cancelled: dict[tuple[str, str], str] = field(default_factory=dict)  # -> its sku
+    received_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # -> its sku
     transfers: dict[str, ModelTransfer] = field(default_factory=dict)
     shipped: int = 0  # units that left a location on a transfer
     received: int = 0  # units that arrived
@@ -45,6 +46,8 @@ class SupplyModel:
         self, loc: str, sku: str, sid: str, qty: int, at: int, cancel: bool
     ) -> tuple[Any, ...]:
         key = (loc, f"p:{sid}")
+        if key in self.received_ids:
+            return ("OK", "RECEIVED")
         if key in self.cancelled:
             return ("OK", "CANCELLED")
         if cancel:
@@ -59,20 +62,56 @@ class SupplyModel:
             return ("OK", "CREATED")
         return ("OK", "UNCHANGED" if was == (sku, qty, at) else "UPDATED")
 
-    def promise(self, loc: str, sku: str, now: int, days: int) -> tuple[Any, ...]:
-        """Brute force: at each time supply is due within the horizon (before now: at now),
-        what on-hand less holds and safety stock plus everything due by then leaves."""
+    def receive_supply(self, loc: str, sku: str, sid: str, qty: int, now: int) -> tuple[Any, ...]:
+        """A supply received: its qty lands on hand (at now, as a commit is logged), once."""
+        key = (loc, f"p:{sid}")
+        if key in self.received_ids:
+            return ("OK", "RECEIVED")
+        if key in self.cancelled:
+            return ("FailedPrecondition",)
+        was = self.due.get(key)
+        if was is not None and was[0] != sku:
+            return ("InvalidArgument",)
+        self.due.pop(key, None)
+        self.received_ids[key] = sku
+        self.rows[(loc, sku)].changes.append((now, qty))
+        return ("OK", "RECEIVED")
+
+    def supply_of(self, loc: str, sku: str) -> list[tuple[int, int]]:
+        """(units, expected) of every supply of the row, purchase orders and transit."""
+        return [(q, at) for (lo, _), (s, q, at) in self.due.items() if (lo, s) == (loc, sku)]
+
+    def promise(
+        self, loc: str, sku: str, now: int, days: int, futures: list[tuple[int, int]]
+    ) -> tuple[Any, ...]:
+        """Brute force: at each time t supply is due within the horizon (before now: at
+        now), what on-hand less holds and safety stock leaves, plus the most units a new
+        future hold promised by t could take beside the row's future holds (`futures`:
+        (promise, units)), found by trying one more unit at a time until the supply due by
+        some promise date no longer covers the holds promised by then."""
         row = self.rows[(loc, sku)]
         base = row.on_hand - row.reserved - row.safety_stock
         end = now + days * DAY_MS
-        live = [(q, at) for (lo, _), (s, q, at) in self.due.items() if (lo, s) == (loc, sku)]
-        live = [(q, at) for q, at in live if at <= end]
+        supply = self.supply_of(loc, sku)
+
+        def covered(holds: list[tuple[int, int]]) -> bool:
+            return all(
+                sum(q for p, q in holds if p <= d) <= sum(u for u, x in supply if x <= d)
+                for d, _ in holds
+            )
+
+        def most(t: int) -> int:
+            k = 0
+            while covered([*futures, (t, k + 1)]):
+                k += 1
+            return k
+
+        live = [(q, at) for q, at in supply if at <= end]
         times = sorted({max(at, now) for _, at in live})
-        steps = tuple(
-            (t, max(0, base + sum(q for q, at in live if max(at, now) <= t))) for t in times
-        )
+        steps = tuple((t, max(0, base + most(t))) for t in times)
         overdue = sum(q for q, at in live if at < now)
-        return (max(0, base), steps, sum(q for q, _ in live), overdue)
+        held = sum(q for _, q in futures)
+        return (max(0, base), steps, sum(q for q, _ in live), overdue, held)
 
     # transfers
 

@@ -122,9 +122,10 @@ async def test_a_reservation_shows_its_state_expiry_and_lines(
     got = (await omnistock("reservation", "order-7", "--json")).json()
     assert got["state"] == "RESERVATION_STATE_HELD"
     assert got["expires_at"] > time.time() * 1000 + 500_000
+    none = {"promise_by": 0, "future_qty": 0, "promise_broken": False}  # nothing waits
     assert got["lines"] == [
-        {"location_id": "s1", "sku": "a", "qty": 2},
-        {"location_id": "s2", "sku": "b", "qty": 1},
+        {"location_id": "s1", "sku": "a", "qty": 2, **none},
+        {"location_id": "s2", "sku": "b", "qty": 1, **none},
     ]
 
 

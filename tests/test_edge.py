@@ -159,7 +159,12 @@ def every_key(a: str, b: str) -> dict[str, tuple[str, ...]]:
         "mapping": (Keys.mapping(a),),
         "held": (Keys.held(a),),
         "bought": (Keys.bought(a, b),),
-        "supply": (Keys.supply(a), Keys.supply_ids(a), Keys.transfer_steps(a)),
+        "supply": (
+            Keys.supply(a),
+            Keys.supply_ids(a),
+            Keys.transfer_steps(a),
+            Keys.future_holds(a),
+        ),
         "transfer": (Keys.transfer(a),),
         "bands": (KEYS.bands(a, b),),
         "band_outbox": (Keys.band_outbox(a),),

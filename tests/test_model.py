@@ -85,7 +85,13 @@ from engine.usecases.sweeper import Sweeper
 from engine.usecases.transfers import Transfers
 
 from .conftest import HOUR_MS, ON_BOTH, register, store, sweeper_of
-from .invariants import Holds, assert_reserved_is_held, in_one_state_problems, read_holds
+from .invariants import (
+    Holds,
+    assert_reserved_is_held,
+    future_problems,
+    in_one_state_problems,
+    read_holds,
+)
 from .supply_model import ModelTransfer, SupplyModel
 
 T = TypeVar("T")
@@ -183,11 +189,23 @@ class ModelReservation:
     # the store's reports of sales under this reservation while it was HELD:
     # (location, sku, signed qty, source time)
     echoes: list[tuple[str, str, int, int]] = field(default_factory=list)
+    promised: int = 0  # the promise date its line was sent with (a preorder), else 0
+    # sku -> (units waiting for supply, promise date or 0 once broken, when held): I9
+    future: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
-    def answer(self) -> tuple[Any, ...]:
+    def answer(self, waiting: bool = True) -> tuple[Any, ...]:
+        """waiting: with the units waiting for supply, as Reserve and GetReservation say."""
         held = self.state == "HELD"
         lines = self.asked or self.lines
-        return ("RESERVATION", self.state, lines, self.expires_at if held else None)
+        out = ("RESERVATION", self.state, lines, self.expires_at if held else None)
+        if waiting and self.future:
+            loc = self.lines[0][0]
+            out += (tuple(sorted((loc, sku, q, p) for sku, (q, p, _) in self.future.items())),)
+        return out
+
+    def on_hand(self, sku: str, qty: int) -> int:
+        """Of a line of `qty` units of `sku`, those held on hand (not waiting for supply)."""
+        return qty - self.future.get(sku, (0, 0, 0))[0]
 
 
 def merge(lines: list[ModelLine]) -> tuple[ModelLine, ...]:
@@ -355,7 +373,8 @@ class Model:
         merged = merge(lines)
         existing = self.reservations.get(rid)
         if existing is not None:  # as it is now: its lines may have moved since
-            return existing.answer() if existing.original == merged else ("AlreadyExists",)
+            same = existing.original == merged and not existing.promised
+            return existing.answer() if same else ("AlreadyExists",)
         held = self.expand(merged)
         offered = {(loc, sku): self.offered(loc, sku, channel) for loc, sku, _ in held}
         short = {
@@ -455,8 +474,8 @@ class Model:
             return ("NotFound",)
         if res.state == "COMMITTED":
             return res.answer()
-        if res.state != "HELD" or now >= res.expires_at:
-            return ("FailedPrecondition",)
+        if res.state != "HELD" or now >= res.expires_at or res.future:
+            return ("FailedPrecondition",)  # (units waiting for supply are not committed)
         for loc, sku, qty in res.lines:
             row = self.rows[(loc, sku)]
             row.reserved -= qty
@@ -481,7 +500,7 @@ class Model:
         if res.state != "HELD" or now >= res.expires_at:
             return ("FailedPrecondition",)
         res.expires_at = now + ttl_ms
-        return res.answer()
+        return res.answer(waiting=False)
 
     def move(self, rid: str, move_id: str, line: ModelLine, to: str, now: int) -> tuple[Any, ...]:
         """MoveLine: a HELD reservation's line (qty 0: whole; else its qty) held at `to`
@@ -502,6 +521,8 @@ class Model:
         held = {(ln[0], ln[1]): ln[2] for ln in res.lines}
         q = held.get((loc, sku))
         if res.state != "HELD" or now >= res.expires_at or q is None or qty not in (0, q):
+            return ("FailedPrecondition",)
+        if res.future:  # a reservation with units waiting for supply is not moved
             return ("FailedPrecondition",)
         offered = self.offered(to, sku, res.channel)
         if offered < q:
@@ -538,9 +559,86 @@ class Model:
 
     def _give_back(self, res: ModelReservation, state: str) -> None:
         for loc, sku, qty in res.lines:
-            self.rows[(loc, sku)].reserved -= qty
+            self.rows[(loc, sku)].reserved -= res.on_hand(sku, qty)
+        res.future = {}
         self._count_echoes(res)
         res.state = state
+
+    # holds against future supply (I9)
+
+    def futures(self, location: str, sku: str) -> list[tuple[int, int, str, int]]:
+        """The row's future holds not broken: (promise, made, reservation id, units), in
+        the order they are kept in."""
+        return sorted(
+            (f[1], f[2], rid, f[0])
+            for rid, res in self.reservations.items()
+            if res.state == "HELD" and res.lines[0][0] == location and sku in res.future
+            if (f := res.future[sku])[1]
+        )
+
+    def preorder(
+        self,
+        rid: str,
+        line: ModelLine,
+        by: int,
+        ttl_ms: int,
+        now: int,
+        supply: list[tuple[int, int]],
+    ) -> tuple[Any, ...]:
+        """A Reserve of one line with a promise date: on hand what is available, the rest
+        against `supply` ((units, expected) of the row) if it covers that beside every
+        future hold of the row by each of their dates (checked date by date)."""
+        loc, sku, qty = line
+        existing = self.reservations.get(rid)
+        if existing is not None:
+            same = existing.original == (line,) and existing.promised == by
+            return existing.answer() if same else ("AlreadyExists",)
+        row = self.rows[(loc, sku)]
+        a = row.available
+        future: dict[str, tuple[int, int, int]] = {}
+        if a < qty:
+            holds = [(p, q) for p, _, _, q in self.futures(loc, sku)] + [(by, qty - a)]
+            covered = all(
+                sum(q for p, q in holds if p <= date) <= sum(u for u, x in supply if x <= date)
+                for date, _ in holds
+            )
+            if not covered:
+                return ("SHORT", ((loc, sku, qty, a),))
+            future[sku] = (qty - a, by, now)
+        row.reserved += qty - sum(f[0] for f in future.values())
+        self.reservations[rid] = ModelReservation(
+            (line,), "HELD", by + ttl_ms, original=(line,), promised=by, future=future
+        )
+        return self.reservations[rid].answer()
+
+    def settle(
+        self, location: str, sku: str, supply: list[tuple[int, int]], received: bool
+    ) -> list[tuple[str, str, int, int]]:
+        """A change of the row's supply (`supply` as it is now): received into, its available
+        units go to the future holds, earliest promise first, each taking what it waits for
+        or what is left; of the units still waiting, each hold's are kept while the supply
+        due by its date covers them with those kept before, else they break. Returns the
+        broken: (id, sku, units, promise)."""
+        row, holds = self.rows[(location, sku)], self.futures(location, sku)
+        if received:
+            waiting = []
+            for p, made, rid, q in holds:
+                take = min(q, row.available)
+                row.reserved += take
+                if take == q:
+                    del self.reservations[rid].future[sku]
+                else:
+                    self.reservations[rid].future[sku] = (q - take, p, made)
+                    waiting.append((p, made, rid, q - take))
+            holds = waiting
+        broken, kept = [], 0
+        for p, made, rid, q in holds:
+            if kept + q <= sum(u for u, x in supply if x <= p):
+                kept += q
+            else:
+                self.reservations[rid].future[sku] = (q, 0, made)
+                broken.append((rid, sku, q, p))
+        return broken
 
     def held_ids(self) -> list[str]:
         return sorted(rid for rid, res in self.reservations.items() if res.state == "HELD")
@@ -581,12 +679,10 @@ def model_lines(lines: tuple[Line, ...]) -> tuple[ModelLine, ...]:
 
 def reservation_answer(res: Reservation) -> tuple[Any, ...]:
     held = res.state.value == "HELD"
-    return (
-        "RESERVATION",
-        res.state.value,
-        model_lines(res.lines),
-        res.expires_at if held else None,
-    )
+    out = ("RESERVATION", res.state.value, model_lines(res.lines), res.expires_at if held else None)
+    if res.future:
+        out += (tuple(sorted((f.location, f.sku, f.qty, f.promise_by) for f in res.future)),)
+    return out
 
 
 def error_answer(exc: OmnistockError) -> tuple[Any, ...]:
@@ -617,6 +713,9 @@ supply_ids = st.sampled_from(("po-1", "po-2", "po-3"))
 transfer_ids = st.sampled_from(TRANSFER_IDS)
 due_offsets = st.sampled_from([-DAY_MS + 1, 0, 1, DAY_MS, 30 * DAY_MS, 30 * DAY_MS + 1]) | (
     st.integers(-DAY_MS + 1, 40 * DAY_MS)
+)
+promise_offsets = st.sampled_from([1, DAY_MS, 3 * DAY_MS, 30 * DAY_MS]) | st.integers(
+    1, 40 * DAY_MS
 )
 transfer_lines = st.lists(
     st.tuples(skus, st.integers(1, 4)), min_size=1, max_size=2, unique_by=lambda ln: ln[0]
@@ -1206,6 +1305,8 @@ class SupplyMachine(StockMachine):
         self.transfers = Transfers(self.storage, registry, self.clock)
         self.supply_model = SupplyModel(self.model.rows)
         self.sent_transfers: list[Transfer] = []  # every CreateTransfer sent
+        self.preorders: list[tuple[str, ModelLine, int]] = []  # every preorder sent
+        self.broken: list[tuple[str, str, int, int]] = []  # every promise the model broke
 
     # future supply and transfers (issue 17)
 
@@ -1245,6 +1346,93 @@ class SupplyMachine(StockMachine):
         got = self.supply_answer(Supply(sid, location, sku, qty, at, cancel=cancel))
         assert got == self.supply_model.upsert(location, sku, sid, qty, at, cancel)
         event(f"supply: {got[-1]}")
+        self.settle(location)
+
+    @rule(data=st.data(), location=locations, sku=skus, sid=supply_ids, qty=st.integers(1, 8))
+    def erp_receives_supply(
+        self, data: st.DataObject, location: str, sku: str, sid: str, qty: int
+    ) -> None:
+        """A purchase order arrives (mostly one set before, of its sku, with about its
+        units), its units on hand; or an id never set, or cancelled, or received already."""
+        due = sorted((k, v) for k, v in self.supply_model.due.items() if k[1].startswith("p:"))
+        if due and data.draw(st.integers(0, 3)):
+            (location, entry), (sku, was, _) = data.draw(st.sampled_from(due))
+            sid, qty = entry.removeprefix("p:"), data.draw(st.sampled_from([was, was, 1, was + 2]))
+        now = self.clock.now
+        got = self.supply_answer(Supply(sid, location, sku, qty, 0, received=True))
+        fresh = (location, f"p:{sid}") not in self.supply_model.received_ids
+        assert got == self.supply_model.receive_supply(location, sku, sid, qty, now)
+        event(f"receive supply: {got[-1]}")
+        if fresh and got == ("OK", "RECEIVED"):
+            self.times[(location, sku)].add(now)
+            self.settle(location, {sku})
+
+    def settle(self, location: str, received: set[str] | frozenset[str] = frozenset()) -> None:
+        """A change of the location's supply settles its rows' future holds (a row whose
+        supply did not change keeps its holds as they are, each already covered)."""
+        for sku in SKUS:
+            supply = self.supply_model.supply_of(location, sku)
+            self.broken += self.model.settle(location, sku, supply, sku in received)
+
+    @rule(
+        data=st.data(),
+        rid=reservation_ids,
+        qty=st.integers(4, 30),
+        offset=promise_offsets,
+        ttl=ttl_seconds,
+    )
+    def a_preorder_is_reserved(
+        self, data: st.DataObject, rid: str, qty: int, offset: int, ttl: int
+    ) -> None:
+        """A line with a promise date (mostly at a row with supply due, mostly for more than
+        its stock on hand): on hand first, the rest against supply due by then."""
+        due = sorted({(loc, sku) for (loc, _), (sku, _, _) in self.supply_model.due.items()})
+        if due and data.draw(st.integers(0, 3)):
+            location, sku = data.draw(st.sampled_from(due))
+        else:
+            location, sku = data.draw(locations), data.draw(skus)
+        self.preorders.append((rid, (location, sku, qty), self.clock.now + offset))
+        self.preorder(rid, (location, sku, qty), self.clock.now + offset, ttl)
+
+    @rule(
+        data=st.data(),
+        location=locations,
+        sku=skus,
+        sid=supply_ids,
+        qty=st.integers(5, 20),
+        days=st.integers(0, 10),
+    )
+    def a_launch_is_preordered(
+        self, data: st.DataObject, location: str, sku: str, sid: str, qty: int, days: int
+    ) -> None:
+        """A purchase order due in a few days, and preorders against it at once: for more
+        than the row has on hand, promised before, at or after its date."""
+        self.erp_sets_supply(location, sku, sid, qty, days * DAY_MS, False)
+        for _ in range(data.draw(st.integers(1, 3))):
+            rid = data.draw(reservation_ids)
+            units = data.draw(st.integers(1, qty)) + self.model.rows[(location, sku)].available
+            by = self.clock.now + data.draw(st.integers(max(days - 1, 0), days + 2)) * DAY_MS + 1
+            self.preorders.append((rid, (location, sku, units), by))
+            self.preorder(rid, (location, sku, units), by, data.draw(ttl_seconds))
+
+    @precondition(lambda self: self.preorders)
+    @rule(data=st.data(), ttl=ttl_seconds)
+    def a_preorder_is_sent_again(self, data: st.DataObject, ttl: int) -> None:
+        rid, line, by = data.draw(st.sampled_from(self.preorders))
+        self.preorder(rid, line, by, ttl)
+
+    def preorder(self, rid: str, line: ModelLine, by: int, ttl: int) -> None:
+        now = self.clock.now
+        self.attempts.append((rid, [line], ""))  # read by every check; sent again without
+        # its date by retry_a_reserve: another reservation (AlreadyExists)
+        got = self.run(self.hold_answer(self.reservations.reserve(rid, [Line(*line, by)], ttl)))
+        if by <= now:
+            want: tuple[Any, ...] = ("InvalidArgument",)
+        else:
+            supply = self.supply_model.supply_of(line[0], line[1])
+            want = self.model.preorder(rid, line, by, ttl * 1000, now, supply)
+        event(f"preorder: {got[0]}{' waiting' if len(got) > 4 else ''}")
+        assert got == want
 
     @rule(tid=transfer_ids, source=locations, data=st.data(), lines=transfer_lines)
     def a_transfer_is_created(
@@ -1286,6 +1474,7 @@ class SupplyMachine(StockMachine):
         assert got == self.supply_model.ship(tid, now)
         event(f"ship: {got[:2]}")
         self.mark_transfer_times(tid, now)
+        self.settle_transfer(tid)
 
     def some_transfer(self, data: st.DataObject, state: str) -> str:
         """Mostly a transfer in that state, if there is one; else any id."""
@@ -1308,10 +1497,13 @@ class SupplyMachine(StockMachine):
             if data.draw(st.integers(0, 9)) == 0:
                 lines += ((data.draw(skus), 1),)
                 lines = tuple({sku: q for sku, q in lines}.items())
+        was = known.state if known else None
         got = self.transfer_answer(self.transfers.receive(tid, lines))
         assert got == self.supply_model.receive(tid, lines, now)
         event(f"receive: {got[:2]}")
         self.mark_transfer_times(tid, now)
+        if known is not None and was == "SHIPPED" and known.state == "RECEIVED":
+            self.settle_transfer(tid, {sku for sku, q in known.received if q > 0})
 
     @rule(data=st.data())
     def a_transfer_is_cancelled(self, data: st.DataObject) -> None:
@@ -1321,6 +1513,14 @@ class SupplyMachine(StockMachine):
         assert got == self.supply_model.cancel(tid, now)
         event(f"cancel: {got[:2]}")
         self.mark_transfer_times(tid, now)
+        self.settle_transfer(tid)
+
+    def settle_transfer(self, tid: str, received: set[str] | frozenset[str] = frozenset()) -> None:
+        """A transfer's step changes the supply at its destination (and, received, its
+        stock there)."""
+        t = self.supply_model.transfers.get(tid)
+        if t is not None:
+            self.settle(t.to, received)
 
     def mark_transfer_times(self, tid: str, now: int) -> None:
         """A transfer's stock steps are logged at now, as commits are: their times are
@@ -1334,17 +1534,35 @@ class SupplyMachine(StockMachine):
     @invariant()
     def promises_and_transfers_match_the_model(self) -> None:
         """Each row's promise over 30 days is the model's brute force over its supply (the
-        purchase orders and the transfers in transit); each transfer in transit is supply
-        due at its destination and nowhere else; and units are conserved: every unit
-        shipped was received, reported missing, brought back, or is in transit."""
+        purchase orders and the transfers in transit) and its future holds; each transfer
+        in transit is supply due at its destination and nowhere else; and units are
+        conserved: every unit shipped was received, reported missing, brought back, or is
+        in transit."""
         now, m = self.clock.now, self.supply_model
         got, transit = self.run(self.engine_promises_and_transit())
         for p in got.promises:
             steps = tuple((s.at, s.units) for s in p.steps)
-            answer = (p.available_now, steps, p.incoming, p.overdue)
-            assert answer == m.promise(p.location, p.sku, now, 30), (p.location, p.sku)
+            answer = (p.available_now, steps, p.incoming, p.overdue, p.future_held)
+            futures = [(by, q) for by, _, _, q in self.model.futures(p.location, p.sku)]
+            want = m.promise(p.location, p.sku, now, 30, futures)
+            assert answer == want, (p.location, p.sku)
         assert transit == {k: v[1] for k, v in m.due.items() if k[1].startswith("t:")}
         assert m.shipped == m.received + m.missing + m.back + sum(transit.values())
+
+    @invariant()
+    def future_holds_are_covered_and_none_is_lost_or_named_twice(self) -> None:
+        """I9 on the engine's own data (the rows' future holds, the parts, the supply), and
+        every promise the engine broke is on the alerts stream once: those the model broke."""
+        holds = self.run(read_holds(self.storage, LOCATIONS, RESERVATION_IDS))
+        problems = self.run(future_problems(self.storage, holds))
+        assert not problems, problems
+        alerts = self.run(self.storage.alerts("", 1000))
+        named = [
+            (d["reservation_id"].decode(), d["sku"].decode(), int(d["qty"]), int(d["promise_by"]))
+            for _, d in alerts
+            if d.get("kind") == b"promise_broken"
+        ]
+        assert sorted(named) == sorted(self.broken)
 
     async def engine_promises_and_transit(self) -> tuple[Promises, dict[tuple[str, str], int]]:
         return await asyncio.gather(

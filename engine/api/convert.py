@@ -10,6 +10,7 @@ from engine.domain.geo import Fulfilment
 from engine.domain.model import (
     MAX_TYPES,
     EventKind,
+    FutureLine,
     Line,
     Location,
     LocationType,
@@ -92,14 +93,22 @@ def level(
 
 
 def reservation_pb(res: Reservation) -> pb.Reservation:
+    future = {(f.location, f.sku): f for f in res.future}
     return pb.Reservation(
         reservation_id=res.id,
         state=_STATES[res.state.value],
         expires_at=res.expires_at if res.state.value == "HELD" else 0,
-        lines=[
-            pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty) for ln in res.lines
-        ],
+        lines=[_line_pb(ln, future.get((ln.location, ln.sku))) for ln in res.lines],
     )
+
+
+def _line_pb(ln: Line, future: FutureLine | None) -> pb.ReservationLine:
+    msg = pb.ReservationLine(location_id=ln.location, sku=ln.sku, qty=ln.qty)
+    if future is not None:
+        msg.future_qty = future.qty
+        msg.promise_by = future.promise_by
+        msg.promise_broken = not future.promise_by
+    return msg
 
 
 def location_from_pb(msg: pb.Location, field: str) -> Location:
@@ -198,7 +207,7 @@ def types_from_pb(values: Sequence[pb.LocationType.ValueType], field: str) -> se
 
 
 def lines_from_pb(lines: Sequence[pb.ReservationLine]) -> list[Line]:
-    return [Line(ln.location_id, ln.sku, ln.qty) for ln in lines]
+    return [Line(ln.location_id, ln.sku, ln.qty, ln.promise_by) for ln in lines]
 
 
 # -- future supply and transfers (issue 17): engine/api/supply.py, engine/client_supply.py
@@ -213,6 +222,7 @@ SUPPLY_OUTCOMES = {
     SupplyOutcome.UPDATED: pb.SUPPLY_OUTCOME_UPDATED,
     SupplyOutcome.UNCHANGED: pb.SUPPLY_OUTCOME_UNCHANGED,
     SupplyOutcome.CANCELLED: pb.SUPPLY_OUTCOME_CANCELLED,
+    SupplyOutcome.RECEIVED: pb.SUPPLY_OUTCOME_RECEIVED,
 }
 # What a caller sees of a transfer's state: one in the middle of a step is finished before
 # it is answered, so those never reach it.

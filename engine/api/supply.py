@@ -36,6 +36,7 @@ def supply_from_pb(msg: pb.Supply, field: str) -> Supply:
         msg.expected_at,
         KINDS[msg.kind],
         msg.cancel,
+        msg.received,
     )
 
 
@@ -47,6 +48,7 @@ def promise_pb(p: Promise) -> pb.Promise:
         steps=[pb.PromiseStep(at=s.at, units=s.units) for s in p.steps],
         incoming=p.incoming,
         overdue=p.overdue,
+        future_held=p.future_held,
     )
 
 

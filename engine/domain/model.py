@@ -105,6 +105,20 @@ class Line:
     location: str
     sku: str
     qty: int
+    # A Reserve line's promise date (ms since the epoch; 0: none): what on hand cannot
+    # cover may be held against supply due by then (engine/domain/supply.py).
+    promise_by: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FutureLine:
+    """A reservation line's units held against future supply, not on hand: qty of them, due
+    by promise_by; promise_by 0 when the supply no longer covers them (a broken promise)."""
+
+    location: str
+    sku: str
+    qty: int
+    promise_by: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +165,7 @@ class Reservation:
     lines: tuple[Line, ...]
     state: ReservationState
     expires_at: int  # ms since the epoch; meaningful while HELD
+    future: tuple[FutureLine, ...] = ()  # its lines' units waiting for supply
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,13 +294,20 @@ def canonical_lines(lines: Sequence[Line], field_name: str = "lines") -> tuple[L
     if len(lines) > MAX_LINES:
         raise InvalidArgument(field_name, f"at most {MAX_LINES} lines, got {len(lines)}")
     merged: dict[tuple[str, str], int] = {}
+    promised: dict[tuple[str, str], int] = {}
     for i, line in enumerate(lines):
         check_id(line.location, f"{field_name}[{i}].location_id")
         check_id(line.sku, f"{field_name}[{i}].sku")
         check_qty(line.qty, f"{field_name}[{i}].qty")
         key = (line.location, line.sku)
         merged[key] = check_qty(merged.get(key, 0) + line.qty, f"{field_name}[{i}].qty")
-    return tuple(Line(loc, sku, qty) for (loc, sku), qty in sorted(merged.items()))
+        if promised.setdefault(key, line.promise_by) != line.promise_by:
+            raise InvalidArgument(
+                f"{field_name}[{i}].promise_by", "another line of this sku there has another"
+            )
+    return tuple(
+        Line(loc, sku, qty, promised[loc, sku]) for (loc, sku), qty in sorted(merged.items())
+    )
 
 
 def check_sku_lines(lines: Sequence[tuple[str, int]], what: str) -> None:
@@ -306,7 +328,10 @@ def check_sku_lines(lines: Sequence[tuple[str, int]], what: str) -> None:
 def fingerprint(lines: Iterable[Line], owner: str = "") -> str:
     """Identifies a reservation's content: the same id must always mean the same lines,
     held by the same principal (another principal's same id and lines is another call)."""
-    text = "\n".join(f"{ln.location}\t{ln.sku}\t{ln.qty}" for ln in lines)
+    text = "\n".join(
+        f"{ln.location}\t{ln.sku}\t{ln.qty}" + (f"\t{ln.promise_by}" if ln.promise_by else "")
+        for ln in lines
+    )
     if owner:
         text = f"{owner}\n{text}"
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()

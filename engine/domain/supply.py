@@ -4,23 +4,27 @@ promise of a row, the units that can be held now and by each time supply is due.
 
 The promise of a row by time t is the least, over every time t' >= t, of what on-hand less
 safety stock and holds, plus the supply due by t', leaves once the future holds due by t'
-are covered (none yet: they come with `promise_by` holds, and fit this formula unchanged):
+are covered:
 
     promise(t) = max(0, min over t' >= t of (on_hand - reserved - safety + S(t') - F(t')))
 
-S(t') is the supply due by t', F(t') the future holds promised by t'. With F = 0 the min
-is reached at t itself, as S only grows. A row short now (holds above on-hand) takes its
-shortfall from the first supply due.
+S(t') is the supply due by t', F(t') the future holds promised by t' (a Reserve line's
+`promise_by`: what on hand could not cover of it, held against supply). Future holds are
+covered by supply alone (I9: F(t') <= S(t') at every t'), never by on-hand units, so an
+ordinary hold never breaks one; a line with a promise date takes what is available on hand
+and the rest from supply, so a line of promise(t) units by t can be held. With F = 0 the
+min is reached at t itself, as S only grows. A row short now (holds above on-hand) takes
+its shortfall from the first supply due.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import StockRow, check_id, check_qty, check_size
+from engine.domain.model import Line, StockRow, check_id, check_qty, check_size
 
 DAY_MS = 24 * 3600 * 1000
 MAX_SUPPLIES = 1000  # supplies one UpsertSupply may set
@@ -44,6 +48,7 @@ class SupplyOutcome(enum.Enum):
     UPDATED = "UPDATED"
     UNCHANGED = "UNCHANGED"
     CANCELLED = "CANCELLED"
+    RECEIVED = "RECEIVED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,7 @@ class Supply:
     expected_at: int  # ms since the epoch
     kind: SupplyKind = SupplyKind.PURCHASE_ORDER
     cancel: bool = False
+    received: bool = False  # qty units came: they land on hand (expected_at ignored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,18 @@ class Incoming:
     qty: int
     expected_at: int
     kind: SupplyKind
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenPromise:
+    """A reservation's units that the supply at its location no longer covers by their
+    promise date (the supply was delayed, cut or cancelled): they hold nothing now."""
+
+    reservation_id: str
+    location: str
+    sku: str
+    qty: int
+    promise_by: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +98,7 @@ class Promise:
     steps: tuple[PromiseStep, ...]
     incoming: int
     overdue: int
+    future_held: int = 0
 
 
 def check_expected(expected_at: int, now: int, field_name: str) -> int:
@@ -99,6 +118,12 @@ def check_expected(expected_at: int, now: int, field_name: str) -> int:
 def check_supply(supply: Supply, now: int, field_name: str) -> Supply:
     check_id(supply.supply_id, f"{field_name}.supply_id")
     check_id(supply.location, f"{field_name}.location_id")
+    if supply.cancel and supply.received:
+        raise InvalidArgument(f"{field_name}.received", "a supply is cancelled or received")
+    if supply.received:
+        check_id(supply.sku, f"{field_name}.sku")
+        check_qty(supply.qty, f"{field_name}.qty")
+        return supply
     if supply.cancel:
         if supply.sku:
             check_id(supply.sku, f"{field_name}.sku")
@@ -124,6 +149,35 @@ def check_supplies(supplies: Sequence[Supply], now: int) -> None:
         seen[key] = i
 
 
+def check_promises(lines: Sequence[Line], now: int, bundles: Container[str]) -> int:
+    """The latest promise date of a Reserve's lines (0: none), each checked by field: ahead
+    of now and at most two years ahead. A reservation with one holds at one location and
+    holds no bundle (its units wait for supply as the lines say: hold.lua)."""
+    latest = 0
+    for i, ln in enumerate(lines):
+        if not ln.promise_by:
+            continue
+        name = f"lines[{i}].promise_by"
+        if ln.promise_by <= now:
+            raise InvalidArgument(name, f"must be ahead of now ({ln.promise_by} <= {now})")
+        if ln.promise_by > now + AHEAD_MS:
+            raise InvalidArgument(name, f"more than two years ahead ({ln.promise_by})")
+        latest = max(latest, ln.promise_by)
+    if not latest:
+        return 0
+    if len({ln.location for ln in lines}) > 1:
+        raise InvalidArgument(
+            "lines[].promise_by", "a reservation with a promise date holds at one location"
+        )
+    for i, ln in enumerate(lines):
+        if ln.sku in bundles:
+            raise InvalidArgument(
+                f"lines[{i}].sku",
+                f"{ln.sku!r} is a bundle: a reservation with a promise date holds no bundle",
+            )
+    return latest
+
+
 def check_horizon(days: int) -> int:
     """The horizon in days: 0 for the default."""
     if days == 0:
@@ -138,26 +192,38 @@ def promise(
     sku: str,
     row: StockRow,
     incoming: Iterable[Incoming],
+    future: Iterable[tuple[int, int]],
     now: int,
     horizon_end: int,
 ) -> Promise:
-    """The promise of one row (module docstring), supply due before now counted at now and
-    supply due after horizon_end left out."""
+    """The promise of one row (module docstring): a step at each time supply is due up to
+    horizon_end (supply due before now counted at now). future: (qty, promise_by) of each
+    future hold of the row; all of them, and all its supply, count in the min."""
+    change: dict[int, int] = {}  # time -> what S - F gains then
     due: dict[int, int] = {}
-    overdue = 0
+    overdue = incoming_total = 0
     for s in incoming:
-        if s.expected_at > horizon_end:
-            continue
         at = max(s.expected_at, now)
-        due[at] = due.get(at, 0) + s.qty
-        if s.expected_at < now:
-            overdue += s.qty
+        change[at] = change.get(at, 0) + s.qty
+        if at <= horizon_end:
+            due[at] = due.get(at, 0) + s.qty
+            incoming_total += s.qty
+            overdue += s.qty if s.expected_at < now else 0
+    held = 0
+    for qty, by in future:
+        change[by] = change.get(by, 0) - qty
+        held += qty
     base = row.on_hand - row.reserved - row.safety_stock
-    steps, total = [], 0
-    for at in sorted(due):
-        total += due[at]
-        steps.append(PromiseStep(at, max(0, base + total)))
-    return Promise(location, sku, max(0, base), tuple(steps), total, overdue)
+    value, values = base, []  # base + S(t) - F(t) at each time of change
+    for at in sorted(change):
+        value += change[at]
+        values.append((at, value))
+    least, suffix = value, {}  # the least value at each time of change and after
+    for at, v in reversed(values):
+        least = min(least, v)
+        suffix[at] = least
+    steps = tuple(PromiseStep(at, max(0, suffix[at])) for at in sorted(due))
+    return Promise(location, sku, max(0, base), steps, incoming_total, overdue, held)
 
 
 def network_total(sku: str, promises: Sequence[Promise]) -> Promise:
@@ -172,6 +238,7 @@ def network_total(sku: str, promises: Sequence[Promise]) -> Promise:
         steps,
         sum(p.incoming for p in promises),
         sum(p.overdue for p in promises),
+        sum(p.future_held for p in promises),
     )
 
 

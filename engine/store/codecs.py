@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from engine.domain.model import (
     EventOutcome,
+    FutureLine,
     IdKind,
     Line,
     Location,
@@ -82,6 +83,21 @@ class PartState:
     location: str
     state: str | None  # None: no part at this location
     expires_at: int
+    future: tuple[FutureLine, ...] = ()  # its lines' units waiting for supply (field fl)
+
+
+PART_STATE_FIELDS = ("s", "x", "fl")
+
+
+def part_state(location: str, fields: Sequence[bytes | None]) -> PartState:
+    """A part as read by HMGET of PART_STATE_FIELDS; its field fl is "sku\tqty\tpromise_ms\n"...
+    (hold.lua)."""
+    s, x, fl = fields
+    future = []
+    for row in (fl or b"").decode().splitlines():
+        sku, qty, promise_by = row.split("\t")
+        future.append(FutureLine(location, sku, int(qty), int(promise_by)))
+    return PartState(location, s.decode() if s else None, int(x) if x else 0, tuple(future))
 
 
 class Holder(NamedTuple):

@@ -21,7 +21,8 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           member "from\tto\topened (ms)", score = from (apply_events.lua)
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
                           t when it was held (ms), ch its sales channel, c the day of the pick
-                          capacity it took, e the store's reports of its sales while HELD;
+                          capacity it took, e the store's reports of its sales while HELD,
+                          fl its lines' units held against future supply (see {L}:uf);
                           of MoveLine (move_in.lua, move_out.lua): mi the attempt that moved a
                           line in ("token\tsku\tqty"), mo the attempts that moved one out, mx
                           those rolled back here (tokens, one a line)
@@ -44,7 +45,12 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           (kind P purchase order, A ASN, T transfer; entry
                           "p:<supply id>", or "t:<transfer id>|<sku>" for a transfer in
                           transit to L): read with the row in one script (read_promise.lua,
-                          and a hold against future supply later), written by supply.lua
+                          hold.lua for a line with a promise date), written by supply.lua
+    {L}:uf         hash   future holds at L by sku (a line held against supply due by its
+                          promise date: hold.lua): sku -> "id\tqty\tpromise_ms\tmade_ms\n"...,
+                          by promise; converted or broken by supply.lua, dropped with their
+                          part (unhold). A part's field fl: "sku\tqty\tpromise_ms\n"...
+                          (promise 0: broken, no supply covers them; they hold nothing)
     {L}:ui         hash   the same supply by entry: entry -> "sku\\tqty\\texpected_ms\\tkind",
                           or "X\\tsku" once cancelled (a cancelled id stays so: supply.lua)
     {L}:t          hash   the steps of transfers made at L: "<transfer id>\\t<step>" -> when
@@ -280,6 +286,10 @@ class Keys:
     @staticmethod
     def supply(location: str) -> str:
         return f"{{{location}}}:u"
+
+    @staticmethod
+    def future_holds(location: str) -> str:
+        return f"{{{location}}}:uf"
 
     @staticmethod
     def supply_ids(location: str) -> str:

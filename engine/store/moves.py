@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.domain.moves import Move
 from engine.store.base import Base
-from engine.store.codecs import ChannelHold, PartState, PickCapacity
+from engine.store.codecs import PART_STATE_FIELDS, ChannelHold, PartState, PickCapacity, part_state
 from engine.store.keys import Keys
 from engine.store.replies import HoldReply, PartReply, hold_reply, part_reply
 from engine.store.scripts import Command
@@ -49,14 +49,11 @@ class MoveSteps(Base):
 
         def build(pipe: Any) -> None:
             for location in locs:
-                pipe.hmget(Keys.part(location, reservation_id), ["s", "x"])
+                pipe.hmget(Keys.part(location, reservation_id), PART_STATE_FIELDS)
             pipe.hmget(Keys.part(source, reservation_id), ["ch", "c"])
 
         *got, (ch, day) = await self.pipeline(build)
-        parts = [
-            PartState(loc, s.decode() if s else None, int(x) if x else 0)
-            for loc, (s, x) in zip(locs, got, strict=True)
-        ]
+        parts = [part_state(loc, fields) for loc, fields in zip(locs, got, strict=True)]
         return Source(parts, (ch or b"").decode(), (day or b"").decode())
 
     def _in_call(

@@ -9,11 +9,13 @@ from typing import Any
 
 from engine.domain.model import Line
 from engine.store.codecs import (
+    PART_STATE_FIELDS,
     ChannelHold,
     HoldCall,
     PartState,
     PickCapacity,
     part_lines,
+    part_state,
 )
 from engine.store.directory import Directory
 from engine.store.keys import OLD_SAGAS, OLD_WAKE, WAKES, KeyList, Keys
@@ -66,7 +68,11 @@ class Parts(Directory):
         )
         triples: list[Any] = []
         for line in lines:
-            triples += [line.sku, line.qty, keys.add(self.keys.stock(location, line.sku))]
+            stock = keys.add(self.keys.stock(location, line.sku))
+            triples += [line.sku, line.qty, stock, line.promise_by]
+        future = [0, 0]  # {L}:u and {L}:uf, for lines with a promise date
+        if any(line.promise_by for line in lines):
+            future = [keys.add(Keys.supply(location)), keys.add(Keys.future_holds(location))]
         cap: list[Any] = [0, 0, "", ""]
         if capacity is not None:
             cap = [keys.add(Keys.capacity(location)), *capacity]
@@ -77,7 +83,8 @@ class Parts(Directory):
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
         rule = channel or ChannelHold()
-        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, Keys.changes(location)]
+        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, *future]
+        args.append(Keys.changes(location))
         return HoldCall(keys.keys, args, location, expires_at, with_dir)
 
     async def hold(self, calls: Sequence[HoldCall]) -> list[HoldReply]:
@@ -164,13 +171,10 @@ class Parts(Directory):
 
         def build(pipe: Any) -> None:
             for location in locs:
-                pipe.hmget(Keys.part(location, reservation_id), ["s", "x"])
+                pipe.hmget(Keys.part(location, reservation_id), PART_STATE_FIELDS)
 
         results = await self.pipeline(build)
-        return [
-            PartState(loc, s.decode() if s else None, int(x) if x else 0)
-            for loc, (s, x) in zip(locs, results, strict=True)
-        ]
+        return [part_state(loc, fields) for loc, fields in zip(locs, results, strict=True)]
 
     # -- expiry -----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ class Reply(enum.StrEnum):
     DONE = "DONE"  # move out: the line was taken off the part (by this attempt, now or before)
     CANCELLED = "CANCELLED"  # move steps: this attempt was rolled back here (it may not land)
     UNDONE = "UNDONE"  # move in, undone: changed, whether it took back a hold of this attempt
+    PROMISED = "PROMISED"  # commit: a line still waits for supply (or its promise broke)
 
 
 class ReleaseMode(enum.StrEnum):
@@ -94,6 +95,7 @@ class PartReply(NamedTuple):
     changed: bool = False  # COMMITTED, RELEASED: this call made it so
     state: ReservationState | None = None  # STATE
     expires_at: int = 0  # HELD (extend)
+    sku: str = ""  # PROMISED: the line waiting
 
 
 class ClaimReply(NamedTuple):
@@ -133,6 +135,8 @@ def part_reply(raw: Sequence[Any]) -> PartReply:
         return PartReply(reply, state=ReservationState(_text(raw[1])))
     if reply is Reply.HELD:
         return PartReply(reply, expires_at=int(raw[1]))
+    if reply is Reply.PROMISED:
+        return PartReply(reply, sku=_text(raw[1]))
     return PartReply(reply)  # MISSING, MOVED; move out: DONE, CANCELLED
 
 

@@ -5,11 +5,17 @@ location, when there is one) and read with the rows by read_promise.lua."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.domain.model import StockRow
-from engine.domain.supply import MAX_SUPPLY_PER_ROW, Incoming, SupplyKind, SupplyOutcome
+from engine.domain.supply import (
+    MAX_SUPPLY_PER_ROW,
+    BrokenPromise,
+    Incoming,
+    SupplyKind,
+    SupplyOutcome,
+)
 from engine.store.base import Base
 from engine.store.codecs import parse_row
 from engine.store.keys import KeyList, Keys
@@ -28,7 +34,7 @@ class SupplyOp:
     qty: int = 0
     expected_at: int = 0
     kind: SupplyKind = SupplyKind.PURCHASE_ORDER
-    op: str = "S"  # S set, X cancel, D drop
+    op: str = "S"  # S set, X cancel, D drop, R received (qty: units received)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,8 @@ class SupplyChanged:
     refused: tuple[int, str, str] | None = None  # (supply index, SKU | FULL, its sku)
     short: dict[str, int] | None = None  # sku -> available, for lines taking more
     done: bool = False  # the step was made before: nothing changed
+    converted: list[tuple[str, str, int]] = field(default_factory=list)  # (id, sku, qty)
+    broken: list[BrokenPromise] = field(default_factory=list)
 
 
 def supply_entry(supply_id: str) -> str:
@@ -92,6 +100,14 @@ class SupplyStore(Base):
                 keys.add(self.keys.log(location, sku)),
             )
             args += [sku, qty, stock, log]
+        received = [op.sku for op in ops if op.op == "R"]
+        if step is not None and step.step == "R":
+            received += [sku for sku, _ in lines]
+        received = list(dict.fromkeys(received))
+        args.append(len(received))
+        for sku in received:
+            args += [sku, keys.add(self.keys.stock(location, sku))]
+            args.append(keys.add(self.keys.log(location, sku)))
         args.append(Keys.changes(location))
         got = await self.call("supply", keys.keys, args)
         head = got[0].decode()
@@ -104,17 +120,41 @@ class SupplyStore(Base):
             return SupplyChanged(
                 [], short={pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
             )
+        outcomes = [None if o == b"DROPPED" else SupplyOutcome(o.decode()) for o in got[1]]
+        if len(got) < 4:  # a dry run
+            return SupplyChanged(outcomes)
+        c, b = [x.decode() if isinstance(x, bytes) else x for x in got[2]], got[3]
         return SupplyChanged(
-            [None if o == b"DROPPED" else SupplyOutcome(o.decode()) for o in got[1]]
+            outcomes,
+            converted=[(c[i], c[i + 1], int(c[i + 2])) for i in range(0, len(c), 3)],
+            broken=[
+                BrokenPromise(
+                    b[i].decode(), location, b[i + 1].decode(), int(b[i + 2]), int(b[i + 3])
+                )
+                for i in range(0, len(b), 4)
+            ],
         )
 
     async def promise_rows(
         self, location: str, skus: Sequence[str]
-    ) -> list[tuple[StockRow, list[Incoming]]]:
-        """Each sku's row at a location and its supply, read at one instant."""
-        keys = KeyList(Keys.supply(location))
+    ) -> list[tuple[StockRow, list[Incoming], list[tuple[int, int]]]]:
+        """Each sku's row at a location, its supply and its future holds ((qty, promise_by)
+        each), read at one instant."""
+        keys = KeyList(Keys.supply(location), Keys.future_holds(location))
         args: list[Any] = []
         for sku in skus:
             args += [sku, keys.add(self.keys.stock(location, sku))]
         got = await self.call("read_promise", keys.keys, args, heavy=len(args) > 256)
-        return [(parse_row(got[i]), parse_supply(got[i + 1])) for i in range(0, len(got), 2)]
+        return [
+            (parse_row(got[i]), parse_supply(got[i + 1]), parse_future(got[i + 2]))
+            for i in range(0, len(got), 3)
+        ]
+
+
+def parse_future(text: bytes | None) -> list[tuple[int, int]]:
+    """A row's future holds ({L}:uf): (qty, promise_by) of each."""
+    out = []
+    for line in (text or b"").decode().splitlines():
+        _, qty, promise_by, _ = line.split("\t")
+        out.append((int(qty), int(promise_by)))
+    return out

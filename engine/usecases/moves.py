@@ -111,6 +111,11 @@ class Moves(Sagas):
         groups = by_location(entry.lines)
         source = await self.storage.move_source(rid, groups, move.location)
         self._require_held(rid, source.parts)
+        if any(p.future for p in source.parts):  # a part never gains future lines after
+            raise FailedPrecondition(
+                f"reservation {rid} has units waiting for supply: MoveLine moves only lines "
+                "held on hand (release it and reserve at the other location)"
+            )
         into = await self._move_in(entry, move, source)
         token = uuid.uuid4().hex
         recover_at = self.clock.now_ms() + self.timing.saga_timeout_ms

@@ -16,6 +16,7 @@ from engine.domain import auth
 from engine.domain.clock import Clock
 from engine.domain.errors import (
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Unavailable,
 )
@@ -25,6 +26,8 @@ from engine.domain.model import (
     ReservationState,
     by_location,
     check_id,
+    check_ttl,
+    ttl_ms,
 )
 from engine.metrics import Metrics
 from engine.store.codecs import ChannelHold, DirEntry, PartState, PickCapacity, encode_part_lines
@@ -136,7 +139,8 @@ class ReservationParts:
             state = ReservationState.RELEASED
         else:
             state = overall_state(states)
-        return Reservation(rid, entry.shown, state, expiry_of(parts))
+        future = tuple(f for p in parts for f in p.future)
+        return Reservation(rid, entry.shown, state, expiry_of(parts), future)
 
     async def _channel_holds(self, lines: Iterable[Line], channel: str) -> Holds:
         """Each location's rule for the channel, as its hold script takes it."""
@@ -145,6 +149,18 @@ class ReservationParts:
         at = {ln.location for ln in lines}
         rules = await self.channels.at((self.locations.by_id[loc] for loc in at), channel)
         return {loc: ChannelHold.of(channel, rule) for loc, rule in rules.items()}
+
+    def _ttl_ms(self, ttl_seconds: float, who: auth.Principal) -> int:
+        cart = who.role is auth.Role.STOREFRONT
+        longest = self.caps.max_ttl_ms if cart else None
+        if not ttl_seconds:
+            return min(self.timing.default_ttl_ms, longest or self.timing.default_ttl_ms)
+        check_ttl(ttl_seconds, "ttl_seconds")
+        if longest is not None and ttl_seconds * 1000 > longest:
+            raise InvalidArgument(
+                "ttl_seconds", f"a storefront may hold for at most {longest // 1000} seconds"
+            )
+        return ttl_ms(ttl_seconds)
 
     def today(self) -> str:
         """The day pick capacity is counted in (UTC), as YYYYMMDD."""
@@ -182,6 +198,11 @@ class ReservationParts:
                 raise FailedPrecondition(f"reservation {rid} is {answer.state}, not HELD")
             if answer.reply is Reply.MISSING:
                 raise NotFound(f"reservation {rid} not found")
+            if answer.reply is Reply.PROMISED:
+                raise FailedPrecondition(
+                    f"reservation {rid}: units of {answer.sku} wait for supply (or their promise "
+                    "broke); commit once they are held on hand (GetReservation says)"
+                )
         if any(answer.changed for answer in answers):
             self.metrics.commits.inc()
 

@@ -46,7 +46,6 @@ from engine.domain.bundles import asked_shortfalls, held_lines
 from engine.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     ResourceExhausted,
 )
@@ -60,8 +59,8 @@ from engine.domain.model import (
     check_id,
     check_ttl,
     fingerprint,
-    ttl_ms,
 )
+from engine.domain.supply import check_promises
 from engine.store.codecs import DirEntry, PickCapacity, encode_dir_lines
 from engine.store.ledgers import Count, held_ledger
 from engine.store.replies import (
@@ -121,6 +120,8 @@ class Reservations(Moves):
         held = held_lines(canon, table)
         hold_ms = self._ttl_ms(ttl_seconds, who)
         now = self.clock.now_ms()
+        if latest := check_promises(lines, now, table):  # kept until then, and a ttl after
+            hold_ms += latest - now
         counted = await self._count_units(who, reservation_id, canon, now, now + hold_ms)
         try:
             try:
@@ -139,6 +140,8 @@ class Reservations(Moves):
         except BaseException:
             await self._uncount(reservation_id, counted)
             raise
+        if result.ok and latest:  # answered with what waits for supply
+            result = HoldResult(await self.get(reservation_id))
         if not result.ok:
             await self._uncount(reservation_id, counted)
             if result.shortfalls and held is not canon:
@@ -173,18 +176,6 @@ class Reservations(Moves):
             if placed is not None:
                 return placed
         return await self._reserve_saga(rid, canon, groups, ttl_ms, caps, holds, owner, asked)
-
-    def _ttl_ms(self, ttl_seconds: float, who: auth.Principal) -> int:
-        cart = who.role is auth.Role.STOREFRONT
-        longest = self.caps.max_ttl_ms if cart else None
-        if not ttl_seconds:
-            return min(self.timing.default_ttl_ms, longest or self.timing.default_ttl_ms)
-        check_ttl(ttl_seconds, "ttl_seconds")
-        if longest is not None and ttl_seconds * 1000 > longest:
-            raise InvalidArgument(
-                "ttl_seconds", f"a storefront may hold for at most {longest // 1000} seconds"
-            )
-        return ttl_ms(ttl_seconds)
 
     async def _count_units(
         self, who: auth.Principal, rid: str, lines: Sequence[Line], now: int, until: int

@@ -49,6 +49,8 @@ class Promises:
 
 
 def _op(supply: Supply) -> SupplyOp:
+    if supply.received:
+        return SupplyOp(supply_entry(supply.supply_id), supply.sku, supply.qty, op="R")
     if supply.cancel:
         return SupplyOp(supply_entry(supply.supply_id), supply.sku, op="X")
     return SupplyOp(
@@ -66,6 +68,11 @@ def _refusal(changed: SupplyChanged, indexes: Sequence[int], supplies: Sequence[
             f"supplies[{i}].sku",
             f"supply {supplies[i].supply_id!r} at {supplies[i].location!r} is of sku {sku!r}: "
             "cancel it and make a new one",
+        )
+    if why == "CANCELLED":
+        raise FailedPrecondition(
+            f"supplies[{i}]: supply {supplies[i].supply_id!r} at {supplies[i].location!r} was "
+            "cancelled: it cannot be received (record its units with a stock event)"
         )
     raise FailedPrecondition(
         f"supplies[{i}]: {supplies[i].sku!r} at {supplies[i].location!r} has "
@@ -112,8 +119,9 @@ class Supplies:
         ):
             for i, outcome in zip(groups[location], changed.outcomes, strict=True):
                 outcomes[i] = outcome or SupplyOutcome.CANCELLED
+            await settled(self.storage, self.metrics, changed, now)
         for s, outcome in zip(supplies, outcomes, strict=True):
-            kind = "cancel" if s.cancel else s.kind.name.lower()
+            kind = "cancel" if s.cancel else "received" if s.received else s.kind.name.lower()
             self.metrics.supply.labels(kind, outcome.value.lower()).inc()
         return outcomes
 
@@ -147,15 +155,36 @@ class Supplies:
         end = now + days * DAY_MS
         reads = await asyncio.gather(*(self.storage.promise_rows(loc, wanted) for loc in locations))
         promises = [
-            promise(loc, sku, row, incoming, now, end)
+            promise(loc, sku, row, incoming, future, now, end)
             for loc, got in zip(locations, reads, strict=True)
-            for sku, (row, incoming) in zip(wanted, got, strict=True)
+            for sku, (row, incoming, future) in zip(wanted, got, strict=True)
         ]
         totals = []
         if network:
             for j, sku in enumerate(wanted):
                 totals.append(network_total(sku, promises[j :: len(wanted)]))
         return Promises(now, end, promises, totals)
+
+
+async def settled(storage: Storage, metrics: Metrics, changed: SupplyChanged, now: int) -> None:
+    """What a change of a location's supply did to its future holds, told: counted, and each
+    broken promise put on the alerts stream (its part marks it too: GetReservation says)."""
+    metrics.future_holds.labels("converted").inc(len(changed.converted))
+    metrics.future_holds.labels("broken").inc(len(changed.broken))
+    await storage.publish_alerts(
+        [
+            {
+                "kind": "promise_broken",
+                "at": str(now),
+                "reservation_id": b.reservation_id,
+                "location_id": b.location,
+                "sku": b.sku,
+                "qty": str(b.qty),
+                "promise_by": str(b.promise_by),
+            }
+            for b in changed.broken
+        ]
+    )
 
 
 def _skus(skus: Sequence[str]) -> list[str]:

@@ -41,6 +41,7 @@ from engine.store.storage import Storage
 from engine.store.supply import StockStep, SupplyOp, transfer_entry
 from engine.store.transfers import Record
 from engine.usecases.locations import LocationRegistry
+from engine.usecases.supply import settled
 
 S = TransferState
 # Says PERMISSION_DENIED, naming the field, unless the caller may act at these locations.
@@ -209,7 +210,12 @@ class Transfers:
         now = self.clock.now_ms()
         gone = [SupplyOp(transfer_entry(t.transfer_id, sku), sku, op="D") for sku, _ in t.lines]
         arrived = StockStep(t.transfer_id, "R", [(sku, q) for sku, q in t.received if q > 0])
-        await self.storage.change_supply(t.to_location, gone, now, arrived)
+        await settled(
+            self.storage,
+            self.metrics,
+            await self.storage.change_supply(t.to_location, gone, now, arrived),
+            now,
+        )
         alerts = [
             {
                 "kind": "transfer_discrepancy",
@@ -232,7 +238,10 @@ class Transfers:
     async def _cancel(self, t: Transfer) -> Transfer:
         now = self.clock.now_ms()
         gone = [SupplyOp(transfer_entry(t.transfer_id, sku), sku, op="D") for sku, _ in t.lines]
-        await self.storage.change_supply(t.to_location, gone, now, StockStep(t.transfer_id, "D"))
+        dropped = await self.storage.change_supply(
+            t.to_location, gone, now, StockStep(t.transfer_id, "D")
+        )
+        await settled(self.storage, self.metrics, dropped, now)
         back = StockStep(t.transfer_id, "B", list(t.lines))
         await self.storage.change_supply(t.from_location, [], now, back)
         return await self._move(t, S.CANCELLING, S.CANCELLED)

@@ -178,18 +178,115 @@ local function count_echoes(text, only, keys_of)
   return table.concat(kept)
 end
 
--- Takes a HELD reservation part off the rows it holds: reserved drops by each line's qty,
--- and the store's reports of its sales count (count_echoes). buckets: sku -> {stock idx,
--- log idx}. A part that took pick capacity gives it back to `cap` ({L}:c); one held for a
--- sales channel leaves its count in `held` ({L}:h).
+-- Future holds (promise_by): a part's line may be held in part against supply due by its
+-- promise date rather than on hand. The part's 'l' keeps the whole line; its 'fl' says how
+-- many of its units wait for supply: "sku\tqty\tpromise_ms\n"... (promise 0: broken, no
+-- supply covers them any more: they hold nothing). A location's future holds by sku are
+-- {L}:uf: sku -> "id\tqty\tpromise_ms\tmade_ms\n"..., by (promise, made, id).
+local function future_key(rec)
+  return string.match(rec, '^({[^}]*}):') .. ':uf'
+end
+
+local function parse_future_lines(text)
+  local out = {}
+  for sku, q, p in string.gmatch(text or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
+    out[sku] = {tonumber(q), tonumber(p)}
+  end
+  return out
+end
+
+local function read_future(key, sku)
+  local out = {}
+  for id, q, p, t in string.gmatch(redis.call('HGET', key, sku) or '', '([^\t\n]+)\t(%d+)\t(%d+)\t(%d+)\n') do
+    out[#out + 1] = {id, tonumber(q), tonumber(p), tonumber(t)}
+  end
+  return out
+end
+
+local function sort_future(list)
+  table.sort(list, function(a, b)
+    if a[3] ~= b[3] then return a[3] < b[3] end
+    if a[4] ~= b[4] then return a[4] < b[4] end
+    return a[1] < b[1]
+  end)
+  return list
+end
+
+local function write_future(key, sku, list)
+  if #list == 0 then
+    redis.call('HDEL', key, sku)
+    return
+  end
+  sort_future(list)
+  local parts = {}
+  for _, h in ipairs(list) do parts[#parts + 1] = string.format('%s\t%d\t%d\t%d\n', h[1], h[2], h[3], h[4]) end
+  redis.call('HSET', key, sku, table.concat(parts))
+end
+
+-- A row's supply ({L}:u, as supply.lua keeps it: by expected time): {{expected, qty}, ...}
+local function read_supply(key, sku)
+  local out = {}
+  for _, q, x in string.gmatch(redis.call('HGET', key, sku) or '', '([^\t\n]+)\t(%d+)\t(%d+)\t%a\n') do
+    out[#out + 1] = {tonumber(x), tonumber(q)}
+  end
+  return out
+end
+
+-- Which future holds a row's supply covers (I9): in promise order, each is kept when the
+-- supply due by its promise covers it with those kept before it; the rest are broken. Every
+-- hold is kept exactly when they can all be covered (the supply due by a date serves any
+-- promise from that date on, so the earliest promises first is the best order).
+-- holds: sorted as write_future sorts them. Returns kept, broken.
+local function cover(supply, holds)
+  local kept, broken, taken, due, s = {}, {}, 0, 0, 1
+  for _, h in ipairs(holds) do
+    while s <= #supply and supply[s][1] <= h[3] do
+      due = due + supply[s][2]
+      s = s + 1
+    end
+    if taken + h[2] <= due then
+      taken = taken + h[2]
+      kept[#kept + 1] = h
+    else
+      broken[#broken + 1] = h
+    end
+  end
+  return kept, broken
+end
+
+-- A part's future holds leave its location's list ({L}:uf).
+local function drop_future(rec, id, future)
+  local key = future_key(rec)
+  for sku, f in pairs(future) do
+    if f[2] > 0 then
+      local left = {}
+      for _, h in ipairs(read_future(key, sku)) do
+        if h[1] ~= id then left[#left + 1] = h end
+      end
+      write_future(key, sku, left)
+    end
+  end
+end
+
+-- Takes a HELD reservation part off the rows it holds: reserved drops by each line's qty
+-- held on hand, its future holds go, and the store's reports of its sales count
+-- (count_echoes). buckets: sku -> {stock idx, log idx}. A part that took pick capacity gives
+-- it back to `cap` ({L}:c); one held for a sales channel leaves its count in `held` ({L}:h).
 local function unhold(rec, due, cap, held, id, state, buckets, retention_ms)
-  local cur = redis.call('HMGET', rec, 'l', 'e', 'c', 'ch')
+  local cur = redis.call('HMGET', rec, 'l', 'e', 'c', 'ch', 'fl')
   local lines = parse_lines(cur[1])
+  local future = parse_future_lines(cur[5])
   for _, ln in ipairs(lines) do
+    local f = future[ln[1]]
+    if f then ln[2] = ln[2] - f[1] end
     local key = KEYS[buckets[ln[1]][1]]
     local r = read_row(key, ln[1])
     r[2] = r[2] - ln[2]
     write_row(key, ln[1], r)
+  end
+  if cur[5] then
+    drop_future(rec, id, future)
+    redis.call('HDEL', rec, 'fl')
   end
   unhold_channel(held, cur[4], lines)
   count_echoes(cur[2], nil, function(sku) return KEYS[buckets[sku][1]], KEYS[buckets[sku][2]] end)

@@ -11,12 +11,14 @@
 --   commit at one location makes no directory step, so a part whose lines a MoveLine has
 --   changed since answers MOVED (see same_lines).
 -- Returns {'COMMITTED', 1 if this call committed else 0} | {'STATE', state} | {'MISSING'}
---       | {'MOVED'}
+--       | {'MOVED'} | {'PROMISED', sku} (a line still waits for supply, or its promise broke:
+--       hold.lua; nothing is committed)
 local id, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local cur = redis.call('HMGET', KEYS[1], 's', 'x', 'l', 'ch')
+local cur = redis.call('HMGET', KEYS[1], 's', 'x', 'l', 'ch', 'fl')
 if ARGV[5] ~= '' and cur[1] and not same_lines(cur[3], ARGV[5]) then return {'MOVED'} end
 local refused = part_gate(cur[1], cur[2], 'COMMITTED', ARGV[4] ~= '1' and now or nil)
 if refused then return refused end
+if cur[5] then return {'PROMISED', string.match(cur[5], '^[^\t]+')} end
 
 local keys = key_map(ARGV, 7, tonumber(ARGV[6]))
 local lines = parse_lines(cur[3])

@@ -9,13 +9,16 @@
 --           elsewhere the caller sends that ZADD behind the script)
 -- KEYS[cap] {L}:c        pick capacity, only when the hold takes one (a ship-from-store plan)
 -- ARGV: reservation id, fingerprint, now_ms, expires_at_ms, retention_ms, with_dir, dir_lines, n,
---       then n triples (sku, qty, bucket key index),
+--       then n quadruples (sku, qty, bucket key index, promise_ms: 0 for none),
 --       then cap (index of {L}:c in KEYS, 0: takes no capacity), limit, day, keep_from
 --       (a plan takes one of the `limit` orders L may pick on `day`; see take_capacity),
 --       then L (the location id, for the wake-up), then the principal making it (the
 --       directory's owner), then the sales channel ('' for none), its buffer and its most
 --       share in millionths (1000000: no cap) at L, then the location's change channel
---       (write_row)
+--       (write_row), after the index in KEYS of {L}:u and of {L}:uf (0: no line has a promise)
+-- A line with a promise date that on hand cannot cover takes what is there on hand and the
+--   rest as a future hold, if the supply due by that date covers it with every future hold
+--   of the row (cover, _prelude.lua); the part records it ('fl').
 -- A channel's hold may take of a row what channel_available (_prelude.lua) says: its pool,
 --   the units no pool keeps, less its buffer and within its share; the part records its
 --   channel, and {L}:h counts its units.
@@ -25,7 +28,8 @@
 local id, fp = ARGV[1], ARGV[2]
 local now, exp, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = tonumber(ARGV[8])
-local c = 9 + n * 3
+local c = 9 + n * 4
+local supply, futures = tonumber(ARGV[c + 9]), tonumber(ARGV[c + 10])
 local cap = tonumber(ARGV[c] or '0')
 local ch, buffer, share = ARGV[c + 6], tonumber(ARGV[c + 7]), tonumber(ARGV[c + 8])
 
@@ -44,18 +48,29 @@ end
 -- elsewhere since: it holds nothing anew.
 if dir and was_moved(KEYS[#KEYS], dir) then return {'MOVED'} end
 
-local short, rows = {}, {}
+local short, rows, later = {}, {}, {}
 for j = 0, n - 1 do
-  local sku, qty, k = ARGV[9 + j * 3], tonumber(ARGV[10 + j * 3]), tonumber(ARGV[11 + j * 3])
+  local p = 9 + j * 4
+  local sku, qty, k, by = ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
   local r = read_row(KEYS[k], sku)
   local a = available(r)
   if ch ~= '' then a = channel_available(r, KEYS[3], KEYS[4], sku, ch, buffer, share) end
-  if a < qty then
+  local now_qty = qty
+  if a < qty and by > 0 then
+    local list = read_future(KEYS[futures], sku)
+    list[#list + 1] = {id, qty - a, by, now}
+    local _, broken = cover(read_supply(KEYS[supply], sku), sort_future(list))
+    if #broken == 0 then
+      later[#later + 1] = {sku, qty - a, by, list}
+      now_qty = a
+    end
+  end
+  if a < now_qty then
     short[#short + 1] = sku
     short[#short + 1] = qty
     short[#short + 1] = a
   end
-  rows[j + 1] = {KEYS[k], sku, qty, r}
+  rows[j + 1] = {KEYS[k], sku, qty, r, now_qty}
 end
 if #short > 0 then
   table.insert(short, 1, 'SHORT')
@@ -69,12 +84,20 @@ end
 if ARGV[6] == '1' and not dir then write_dir(KEYS[#KEYS], fp, ARGV[7], '', exp - now + retention, ARGV[c + 5]) end
 local lines = {}
 for _, x in ipairs(rows) do
-  x[4][2] = x[4][2] + x[3]
+  x[4][2] = x[4][2] + x[5]
   write_row(x[1], x[2], x[4])
   lines[#lines + 1] = x[2] .. '\t' .. x[3] .. '\n'
-  if ch ~= '' then redis.call('HINCRBY', KEYS[3], x[2] .. '\t' .. ch, x[3]) end
+  if ch ~= '' and x[5] > 0 then redis.call('HINCRBY', KEYS[3], x[2] .. '\t' .. ch, x[5]) end
 end
 redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(lines), 't', now)
+if #later > 0 then
+  local fl = {}
+  for _, f in ipairs(later) do
+    write_future(KEYS[futures], f[1], f[4])
+    fl[#fl + 1] = string.format('%s\t%d\t%d\n', f[1], f[2], f[3])
+  end
+  redis.call('HSET', KEYS[1], 'fl', table.concat(fl))
+end
 if ch ~= '' then redis.call('HSET', KEYS[1], 'ch', ch) end
 if cap > 0 then
   take_capacity(KEYS[cap], ARGV[c + 2], ARGV[c + 3])

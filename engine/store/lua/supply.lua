@@ -8,15 +8,25 @@
 -- ARGV: now_ms, max_per_row (open supplies of one sku), dry ('1': check only, write nothing), step ('' for none, else
 --   "<transfer id>\t<step letter>"), log tag ("t:<transfer id>"), n, then n groups of 6:
 --   entry ("p:<supply id>" or "t:<transfer id>|<sku>"), sku, qty, expected_ms, kind (P|A|T),
---   op (S set, X cancel: remembered as cancelled, D drop: forgotten),
---   then m, then m groups of 4: sku, signed qty, stock idx, log idx; last the location's
---   change channel (write_row)
+--   op (S set, X cancel: remembered as cancelled, D drop: forgotten, R received: its qty
+--   units land on hand, sellable, logged at now, and it is remembered as received),
+--   then m, then m groups of 4: sku, signed qty, stock idx, log idx; then k, then k triples:
+--   sku, stock idx, log idx (the rows received into: R ops, and a receiving step's lines); last the location's change
+--   channel (write_row)
 -- A step already made at L answers {'DONE'} and changes nothing. Refusals change nothing:
 --   {'REFUSED', i, 'SKU', its sku}  supply i is of another sku
+--   {'REFUSED', i, 'CANCELLED', ''} supply i was cancelled: it is not received
 --   {'REFUSED', i, 'FULL', ''}      supply i would be its row's max_per_row + 1st
 --   {'SHORT', sku, available, ...}  a line takes more than its row's available units
--- Else {'OK', {per supply: CREATED | UPDATED | UNCHANGED | CANCELLED | DROPPED}}; the stock
--- lines are applied and logged at now (as a commit is: a count taken before keeps them, I5).
+-- Else {'OK', {per supply: CREATED | UPDATED | UNCHANGED | CANCELLED | DROPPED | RECEIVED}, converted,
+-- broken}; the stock lines are applied and logged at now (as a commit is: a count taken
+-- before keeps them, I5). Then each row whose supply changed or that was received into
+-- settles its future holds (I9): in a row received into, its available units go to the
+-- future holds, earliest promise first, each taking what it waits for or what is left
+-- (converted: id, sku, qty taken on hand ...); of the units still waiting, those the supply
+-- left no longer covers by their promise dates (cover) break: they leave {L}:uf and their
+-- part marks them (promise 0) (broken: id, sku, qty, promise_ms ...). The others stay, on
+-- whatever supply now covers them (re-promised from later supply).
 -- Numbers are kept as the strings given: '%d' and tostring would round or reformat them.
 local now, most, dry, step, tag = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4], ARGV[5]
 local n = tonumber(ARGV[6])
@@ -47,15 +57,24 @@ local function size(t)
   return c
 end
 
-local outcomes, ids = {}, {}  -- ids: entry -> its new value, or false to forget it
+local outcomes, ids, received = {}, {}, {}  -- ids: entry -> its new value, or false to forget it
 for i = 0, n - 1 do
   local p = 7 + i * 6
   local entry, sku, qty, x, kind, op = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3], ARGV[p + 4], ARGV[p + 5]
   local cur = redis.call('HGET', KEYS[2], entry)
   local csku, cq, cx, ck = string.match(cur or '', '^([^\t]+)\t(%d+)\t(%d+)\t(%a)$')
   local out
-  if cur and string.sub(cur, 1, 2) == 'X\t' then
+  if cur and string.sub(cur, 1, 2) == 'R\t' then
+    out = 'RECEIVED'  -- for good: a retry, or a feed sending it again
+  elseif cur and string.sub(cur, 1, 2) == 'X\t' then
+    if op == 'R' then return {'REFUSED', i + 1, 'CANCELLED', ''} end
     out = 'CANCELLED'
+  elseif op == 'R' then
+    if csku and csku ~= sku then return {'REFUSED', i + 1, 'SKU', csku} end
+    if csku then table_of(csku)[entry] = nil end
+    ids[entry] = 'R\t' .. sku
+    received[#received + 1] = {sku, qty, entry}
+    out = 'RECEIVED'
   elseif op == 'S' then
     if csku and csku ~= sku then return {'REFUSED', i + 1, 'SKU', csku} end
     local t = table_of(sku)
@@ -130,9 +149,78 @@ end
 for entry, v in pairs(ids) do
   if v then redis.call('HSET', KEYS[2], entry, v) else redis.call('HDEL', KEYS[2], entry) end
 end
+local loc = string.match(KEYS[1], '^({[^}]*}):')
+local converted, broken = {}, {}
+
+-- A part's future line of sku: qty units waiting, promised by `promise` (0: broken); qty 0:
+-- none waits any more (held on hand).
+local function mark(id, sku, qty, promise)
+  local rec = loc .. ':r:' .. id
+  local fl, left = redis.call('HGET', rec, 'fl'), {}
+  for s2, q, p in string.gmatch(fl or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
+    if s2 ~= sku then
+      left[#left + 1] = s2 .. '\t' .. q .. '\t' .. p .. '\n'
+    elseif qty > 0 then
+      left[#left + 1] = string.format('%s\t%d\t%d\n', s2, qty, promise)
+    end
+  end
+  if #left == 0 then redis.call('HDEL', rec, 'fl') else redis.call('HSET', rec, 'fl', table.concat(left)) end
+  return rec
+end
+
+local k_at = m_at + 1 + tonumber(ARGV[m_at]) * 4  -- m may be 0 by now (a B step: above)
+local rows = {}  -- sku -> {stock key, log key}
+for j = 0, tonumber(ARGV[k_at]) - 1 do
+  local p = k_at + 1 + j * 3
+  rows[ARGV[p]] = {KEYS[tonumber(ARGV[p + 1])], KEYS[tonumber(ARGV[p + 2])]}
+end
+for _, x in ipairs(received) do
+  local key, log = rows[x[1]][1], rows[x[1]][2]
+  local r = read_row(key, x[1])
+  r[1] = r[1] + tonumber(x[2])
+  write_row(key, x[1], r)
+  redis.call('ZADD', log, now, x[1] .. '\t' .. x[3] .. '\t' .. x[2])
+end
+local settle, seen = {}, {}  -- every row whose supply changed, and every row received into
+for _, t in ipairs({tables, rows}) do
+  for sku in pairs(t) do
+    if not seen[sku] then settle[#settle + 1], seen[sku] = sku, true end
+  end
+end
+table.sort(settle)
+for _, sku in ipairs(settle) do
+  local holds = read_future(loc .. ':uf', sku)
+  local left, took = holds, 0
+  if #holds > 0 and rows[sku] then
+    local key = rows[sku][1]
+    local r = read_row(key, sku)
+    local a = available(r)
+    left = {}
+    for _, h in ipairs(holds) do
+      local take = math.min(h[2], a)
+      if take > 0 then
+        a, took = a - take, took + take
+        r[2] = r[2] + take
+        local ch = redis.call('HGET', mark(h[1], sku, h[2] - take, h[3]), 'ch')
+        if ch and ch ~= '' then redis.call('HINCRBY', loc .. ':h', sku .. '\t' .. ch, take) end
+        for _, v in ipairs({h[1], sku, take}) do converted[#converted + 1] = v end
+        h[2] = h[2] - take
+      end
+      if h[2] > 0 then left[#left + 1] = h end
+    end
+    if took > 0 then write_row(key, sku, r) end
+  end
+  local kept, lost = cover(read_supply(KEYS[1], sku), left)
+  for _, h in ipairs(lost) do
+    mark(h[1], sku, h[2], 0)
+    for _, v in ipairs({h[1], sku, h[2], h[3]}) do broken[#broken + 1] = v end
+  end
+  if #kept < #holds or took > 0 then write_future(loc .. ':uf', sku, kept) end
+end
+
 if step ~= '' then
   redis.call('HSET', KEYS[3], step, now)
   if letter == 'B' then redis.call('HSETNX', KEYS[3], tid .. '\tS', now) end
   if letter == 'D' then redis.call('HSETNX', KEYS[3], tid .. '\tI', now) end
 end
-return {'OK', outcomes}
+return {'OK', outcomes, converted, broken}

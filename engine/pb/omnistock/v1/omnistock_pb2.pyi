@@ -297,6 +297,8 @@ class _SupplyOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SupplyO
     """already so (a retry)"""
     SUPPLY_OUTCOME_CANCELLED: _SupplyOutcome.ValueType  # 4
     """cancelled, by this call or before"""
+    SUPPLY_OUTCOME_RECEIVED: _SupplyOutcome.ValueType  # 5
+    """received, by this call or before"""
 
 class SupplyOutcome(_SupplyOutcome, metaclass=_SupplyOutcomeEnumTypeWrapper): ...
 
@@ -308,6 +310,8 @@ SUPPLY_OUTCOME_UNCHANGED: SupplyOutcome.ValueType  # 3
 """already so (a retry)"""
 SUPPLY_OUTCOME_CANCELLED: SupplyOutcome.ValueType  # 4
 """cancelled, by this call or before"""
+SUPPLY_OUTCOME_RECEIVED: SupplyOutcome.ValueType  # 5
+"""received, by this call or before"""
 Global___SupplyOutcome: _TypeAlias = SupplyOutcome  # noqa: Y015
 
 class _TransferState:
@@ -870,19 +874,39 @@ class ReservationLine(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     SKU_FIELD_NUMBER: _builtins.int
     QTY_FIELD_NUMBER: _builtins.int
+    PROMISE_BY_FIELD_NUMBER: _builtins.int
+    FUTURE_QTY_FIELD_NUMBER: _builtins.int
+    PROMISE_BROKEN_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     sku: _builtins.str
     qty: _builtins.int
+    promise_by: _builtins.int
+    """Reserve: a promise date (ms since the epoch; 0: none), ahead of now and at most two
+    years ahead. What on hand cannot cover of the line is then held against supply due by
+    that date (UpsertSupply, transfers in transit), after every future hold made before;
+    else the line is short. A reservation with one holds at one location, and no bundle;
+    it is kept until the latest promise date plus its ttl. Its waiting units become an
+    ordinary hold when supply is received; Commit is refused until then.
+    In a reservation (as Reserve and GetReservation answer it): set while some units of the
+    line wait for supply, with those units in future_qty; promise_broken when the supply no
+    longer covers them by the date (a "promise_broken" alert names them: release the
+    reservation or reserve again).
+    """
+    future_qty: _builtins.int
+    promise_broken: _builtins.bool
     def __init__(
         self,
         *,
         location_id: _builtins.str = ...,
         sku: _builtins.str = ...,
         qty: _builtins.int = ...,
+        promise_by: _builtins.int = ...,
+        future_qty: _builtins.int = ...,
+        promise_broken: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "qty", b"qty", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["future_qty", b"future_qty", "location_id", b"location_id", "promise_broken", b"promise_broken", "promise_by", b"promise_by", "qty", b"qty", "sku", b"sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3035,7 +3059,7 @@ class Alert(_message.Message):
     id: _builtins.str
     """its place in the alerts stream (time-ordered)"""
     kind: _builtins.str
-    """"shortage", "sequence_gap", "clock_skew", "band" """
+    """"shortage", "sequence_gap", "clock_skew", "band", "promise_broken" """
     at: _builtins.int
     """ms since the epoch"""
     @_builtins.property
@@ -3047,7 +3071,9 @@ class Alert(_message.Message):
         from and into: IN_STOCK, LOW, OUT), available (what the channel could hold of the row
         then), version (the row's);
         transfer_discrepancy: transfer_id, location_id (where it was received),
-        from_location_id, sku, shipped, received, missing (shipped - received)
+        from_location_id, sku, shipped, received, missing (shipped - received);
+        promise_broken: reservation_id, location_id, sku, qty (the units no supply covers by
+        then), promise_by (ms)
         """
 
     def __init__(
@@ -3245,6 +3271,7 @@ class Supply(_message.Message):
     EXPECTED_AT_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
     supply_id: _builtins.str
     """The idempotency key, per location: the same id at another location is another supply.
     An id keeps its sku (another sku: INVALID_ARGUMENT; cancel it and make a new one).
@@ -3259,7 +3286,13 @@ class Supply(_message.Message):
     """
     kind: Global___SupplyKind.ValueType
     cancel: _builtins.bool
-    """cancelled (received, or not coming): it no longer counts, for good"""
+    """cancelled (not coming): it no longer counts, for good"""
+    received: _builtins.bool
+    """Received: qty units (1 .. 1e9, what came) land on hand, sellable, at once, and the
+    supply no longer counts, for good (a retry answers RECEIVED; expected_at is ignored).
+    Future holds the location's available units then cover become ordinary holds,
+    earliest promise first. A cancelled supply cannot be received (FAILED_PRECONDITION).
+    """
     def __init__(
         self,
         *,
@@ -3270,10 +3303,11 @@ class Supply(_message.Message):
         expected_at: _builtins.int = ...,
         kind: Global___SupplyKind.ValueType = ...,
         cancel: _builtins.bool = ...,
+        received: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "expected_at", b"expected_at", "kind", b"kind", "location_id", b"location_id", "qty", b"qty", "sku", b"sku", "supply_id", b"supply_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "expected_at", b"expected_at", "kind", b"kind", "location_id", b"location_id", "qty", b"qty", "received", b"received", "sku", b"sku", "supply_id", b"supply_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3391,6 +3425,7 @@ class Promise(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     INCOMING_FIELD_NUMBER: _builtins.int
     OVERDUE_FIELD_NUMBER: _builtins.int
+    FUTURE_HELD_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     """"" in network totals"""
     sku: _builtins.str
@@ -3400,10 +3435,15 @@ class Promise(_message.Message):
     """units of supply due within the horizon (overdue included)"""
     overdue: _builtins.int
     """of which due before now and not yet received or cancelled"""
+    future_held: _builtins.int
+    """units held against supply (whatever their date)"""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromiseStep]:
         """One step per time supply is due within the horizon, in time order; a row short now
-        (holds above on-hand) takes its shortfall from the first supply.
+        (holds above on-hand) takes its shortfall from the first supply. Future holds
+        (ReservationLine.promise_by) come off first: what their dates need of the supply is not
+        promised again, at any time (steps hold whatever a Reserve line with that date could
+        take, on hand and from supply together).
         """
 
     def __init__(
@@ -3415,10 +3455,11 @@ class Promise(_message.Message):
         steps: _abc.Iterable[Global___PromiseStep] | None = ...,
         incoming: _builtins.int = ...,
         overdue: _builtins.int = ...,
+        future_held: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_now", b"available_now", "incoming", b"incoming", "location_id", b"location_id", "overdue", b"overdue", "sku", b"sku", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_now", b"available_now", "future_held", b"future_held", "incoming", b"incoming", "location_id", b"location_id", "overdue", b"overdue", "sku", b"sku", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

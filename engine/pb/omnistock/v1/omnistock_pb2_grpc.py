@@ -890,8 +890,12 @@ class StockServiceServicer:
 
     def UpsertSupply(self, request, context):
         """Incoming supply (purchase order, ASN or transfer lines) per location and sku with an
-        expected date; an id is set again (qty, date) or cancelled. Idempotent: the same
-        request twice leaves the same supply. A cancelled id stays cancelled.
+        expected date; an id is set again (qty, date), cancelled or received. Idempotent: the
+        same request twice leaves the same supply. A cancelled id stays cancelled. Each change
+        settles the row's future holds (ReservationLine.promise_by) in the same step: those its
+        available units cover become ordinary holds; those the supply left no longer covers by
+        their dates are re-promised from later supply where it covers them by then, and
+        otherwise named in a "promise_broken" alert (none is dropped unnamed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -359,8 +359,12 @@ class StockServiceStub:
     """
     UpsertSupply: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertSupplyRequest, _omnistock_pb2.UpsertSupplyResponse]
     """Incoming supply (purchase order, ASN or transfer lines) per location and sku with an
-    expected date; an id is set again (qty, date) or cancelled. Idempotent: the same
-    request twice leaves the same supply. A cancelled id stays cancelled.
+    expected date; an id is set again (qty, date), cancelled or received. Idempotent: the
+    same request twice leaves the same supply. A cancelled id stays cancelled. Each change
+    settles the row's future holds (ReservationLine.promise_by) in the same step: those its
+    available units cover become ordinary holds; those the supply left no longer covers by
+    their dates are re-promised from later supply where it covers them by then, and
+    otherwise named in a "promise_broken" alert (none is dropped unnamed).
     """
     CreateTransfer: _grpc.UnaryUnaryMultiCallable[_omnistock_pb2.CreateTransferRequest, _omnistock_pb2.Transfer]
     """A transfer of stock between two locations: created, then shipped (the units leave
@@ -441,8 +445,12 @@ class StockServiceAsyncStub(StockServiceStub):
     """
     UpsertSupply: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.UpsertSupplyRequest, _omnistock_pb2.UpsertSupplyResponse]  # type: ignore[assignment]
     """Incoming supply (purchase order, ASN or transfer lines) per location and sku with an
-    expected date; an id is set again (qty, date) or cancelled. Idempotent: the same
-    request twice leaves the same supply. A cancelled id stays cancelled.
+    expected date; an id is set again (qty, date), cancelled or received. Idempotent: the
+    same request twice leaves the same supply. A cancelled id stays cancelled. Each change
+    settles the row's future holds (ReservationLine.promise_by) in the same step: those its
+    available units cover become ordinary holds; those the supply left no longer covers by
+    their dates are re-promised from later supply where it covers them by then, and
+    otherwise named in a "promise_broken" alert (none is dropped unnamed).
     """
     CreateTransfer: _aio.UnaryUnaryMultiCallable[_omnistock_pb2.CreateTransferRequest, _omnistock_pb2.Transfer]  # type: ignore[assignment]
     """A transfer of stock between two locations: created, then shipped (the units leave
@@ -598,8 +606,12 @@ class StockServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_omnistock_pb2.UpsertSupplyResponse, _abc.Awaitable[_omnistock_pb2.UpsertSupplyResponse]]:
         """Incoming supply (purchase order, ASN or transfer lines) per location and sku with an
-        expected date; an id is set again (qty, date) or cancelled. Idempotent: the same
-        request twice leaves the same supply. A cancelled id stays cancelled.
+        expected date; an id is set again (qty, date), cancelled or received. Idempotent: the
+        same request twice leaves the same supply. A cancelled id stays cancelled. Each change
+        settles the row's future holds (ReservationLine.promise_by) in the same step: those its
+        available units cover become ordinary holds; those the supply left no longer covers by
+        their dates are re-promised from later supply where it covers them by then, and
+        otherwise named in a "promise_broken" alert (none is dropped unnamed).
         """
 
     @_abc_1.abstractmethod
