@@ -3,9 +3,10 @@
 I1  a row's `reserved` equals the sum of the HELD reservation lines on it, read from the
     reservation parts themselves (whatever the directory says);
     and what each sales channel is counted to hold of a row, the sum of its HELD lines there;
-I9  holds against future supply: each row's (the location's {L}:uf) are exactly the units
-    its HELD parts say wait for supply (field fl) with a promise date, and the supply due by
-    each date covers the future holds promised by then (`future_problems`);
+I9  holds against future supply: each row's ({L}:uf:<sku>) are exactly the units its HELD
+    parts say wait for supply (field fl) with a promise date, the supply due by each date
+    covers the future holds promised by then, and the row's span totals add them up by the
+    spans of its supply (`future_problems`);
 I2  a reservation took effect at all of its locations or at none: it is HELD at all of them
     or none, COMMITTED at all of them or none (`all_or_nothing_problems`); and, once made, it
     has a part at each of its locations, all in one state (`in_one_state_problems`).
@@ -268,38 +269,67 @@ async def no_open_sagas(redis: Any) -> bool:
 
 
 async def future_problems(storage: Storage, holds: Holds) -> list[str]:
-    """I9 at the locations `holds` read: each row's future holds ({L}:uf) are those its HELD
-    parts name (a broken one, promise 0, is in none), and at every promise date T the supply
-    due by T covers the future holds promised by T (Hall's condition, date by date)."""
+    """I9 at the locations `holds` read: each row's future holds ({L}:uf:<sku>) are those its
+    HELD parts name (a broken one, promise 0, is in none); at every promise date T the supply
+    due by T covers the future holds promised by T (Hall's condition, date by date); and the
+    row's span totals (field '=') are its holds summed by the span of its supply each is in."""
     out = []
-    where = sorted(
-        {loc for loc, _ in holds.rows} | {loc for by in holds.parts.values() for loc in by}
-    )
-    for location in where:
-        listed, due = await storage.pipeline(
-            lambda p, at=location: [p.hgetall(Keys.future_holds(at)), p.hgetall(Keys.supply(at))]
-        )
-        named = sorted(
+    parts = {loc for by in holds.parts.values() for loc in by}
+    for location in sorted({loc for loc, _ in holds.rows} | parts):
+        kept, totals = await _future_holds(storage, location)
+        named = [
             (f.sku, rid, f.qty, f.promise_by)
             for rid, by in holds.parts.items()
             for loc, part in by.items()
             if loc == location and part.state == HELD
             for f in part.future
             if f.promise_by
-        )
-        kept = sorted(
-            (sku.decode(), line.split("\t")[0], qty, by)
-            for sku, text in listed.items()
-            for line, (qty, by) in zip(text.decode().splitlines(), parse_future(text), strict=True)
-        )
-        if kept != named:
-            out.append(f"{location}: future holds {kept}, parts say {named}")
-        for sku in {s for s, _, _, _ in named}:
-            supply = parse_supply(due.get(sku.encode()))
-            mine = [(q, by) for s, _, q, by in named if s == sku]
-            for _, date in mine:
-                promised = sum(q for q, by in mine if by <= date)
-                covered = sum(s.qty for s in supply if s.expected_at <= date)
-                if promised > covered:
-                    out.append(f"{location} {sku}: {promised} promised by {date}, {covered} due")
+        ]
+        if sorted(kept) != sorted(named):
+            out.append(f"{location}: future holds {sorted(kept)}, parts say {sorted(named)}")
+        due = await storage.command(lambda p, at=location: p.hgetall(Keys.supply(at)))
+        for sku in {s for s, _, _, _ in kept} | set(totals):
+            supply = [(s.qty, s.expected_at) for s in parse_supply(due.get(sku.encode()))]
+            mine = [(q, by) for s, _, q, by in kept if s == sku]
+            out += [f"{location} {sku}: {p}" for p in _row_problems(mine, supply, totals.get(sku))]
+    return out
+
+
+async def _future_holds(
+    storage: Storage, location: str
+) -> tuple[list[tuple[str, str, int, int]], dict[str, dict[int, int]]]:
+    """The location's future holds, (sku, id, units, promise) each, and each row's span
+    totals (start -> units), as stored."""
+    prefix = Keys.future_holds(location, "")
+    pattern = prefix.translate(_GLOB_SPECIAL) + "*"
+    names = [key.decode() async for key in storage.redis.scan_iter(match=pattern)]
+    kept, totals = [], {}
+    for name in names:
+        sku = name[len(prefix) :]
+        for field, value in (await storage.command(lambda p, key=name: p.hgetall(key))).items():
+            if field == b"=":
+                totals[sku] = {by: units for units, by in parse_future(value)}
+            else:
+                qty, by, _ = value.decode().split("\t")
+                kept.append((sku, field.decode(), int(qty), int(by)))
+    return kept, totals
+
+
+def _row_problems(
+    holds: list[tuple[int, int]], supply: list[tuple[int, int]], totals: dict[int, int] | None
+) -> list[str]:
+    """One row's: holds (units, promise) and supply (units, expected)."""
+    out = []
+    for _, date in holds:
+        promised = sum(q for q, by in holds if by <= date)
+        covered = sum(q for q, at in supply if at <= date)
+        if promised > covered:
+            out.append(f"{promised} promised by {date}, {covered} due")
+    starts = sorted({0} | {at for _, at in supply})
+    spans: dict[int, int] = {}
+    for q, by in holds:
+        start = max(d for d in starts if d <= by)
+        spans[start] = spans.get(start, 0) + q
+    if (totals or {}) != spans:
+        out.append(f"span totals {totals}, its holds make {spans}")
     return out

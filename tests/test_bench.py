@@ -19,6 +19,7 @@ SMALL = {  # a small data set for each scenario that seeds one
     "nearby": ["--param", "stores=100", "--param", "skus=20"],
     "networks": ["--param", "members=5", "--param", "skus=60", "--param", "writes=0.2"],
     "returns": ["--param", "stores=3"],
+    "preorder": ["--param", "stores=2", "--param", "skus=5"],
 }
 
 
@@ -144,3 +145,11 @@ def test_the_abuse_run_probes_the_server_and_records_what_the_abuse_got(
     assert results["reconcile"]["abuse"]["statuses"] == {"open": 1}
     assert set(results["reconcile"]["phases"]) == {"sending", "held"}
     assert "| unknown-locations |" in done.stdout
+
+
+def test_receipts_command_runs(project_root: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.receipts", "--holds", "20", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (measured,) = json.loads((tmp_path / "receipts.json").read_text())
+    assert measured["holds"] == 20 and measured["receive_ms"] > 0

@@ -44,6 +44,7 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
     from bench.scenarios.nearby import Nearby
     from bench.scenarios.networks import Networks
     from bench.scenarios.pos import Pos
+    from bench.scenarios.preorder import Preorder
     from bench.scenarios.returns import Returns
     from bench.scenarios.storefront import Storefront
 
@@ -57,6 +58,7 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
         "channels": Channels,
         "networks": Networks,
         "returns": Returns,
+        "preorder": Preorder,
     }
     if name not in scenarios:
         raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(scenarios)}")
@@ -65,7 +67,7 @@ def make_scenario(name: str, params: dict[str, Any]) -> Scenario:
 
 SCENARIOS = (
     "storefront", "pos", "flash-sale", "mixed", "grpc-floor", "nearby", "channels", "networks",
-    "returns",
+    "returns", "preorder",
 )  # fmt: skip
 
 

@@ -197,8 +197,10 @@ def promise(
     horizon_end: int,
 ) -> Promise:
     """The promise of one row (module docstring): a step at each time supply is due up to
-    horizon_end (supply due before now counted at now). future: (qty, promise_by) of each
-    future hold of the row; all of them, and all its supply, count in the min."""
+    horizon_end (supply due before now counted at now). future: (units, by) the row's future
+    holds promise, each by its date or all those of a span of the row's supply by the span's
+    start (the same min: within a span, supply is flat); all of them, and all its supply,
+    count in the min."""
     change: dict[int, int] = {}  # time -> what S - F gains then
     due: dict[int, int] = {}
     overdue = incoming_total = 0
@@ -211,7 +213,8 @@ def promise(
             overdue += s.qty if s.expected_at < now else 0
     held = 0
     for qty, by in future:
-        change[by] = change.get(by, 0) - qty
+        at = max(by, now)  # as supply overdue
+        change[at] = change.get(at, 0) - qty
         held += qty
     base = row.on_hand - row.reserved - row.safety_stock
     value, values = base, []  # base + S(t) - F(t) at each time of change

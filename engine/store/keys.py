@@ -22,7 +22,7 @@ script touches one hash slot and runs unchanged on Redis Cluster.
     {L}:r:<id>     hash   reservation <id>'s part at L: s state, x expiry, f fingerprint, l lines,
                           t when it was held (ms), ch its sales channel, c the day of the pick
                           capacity it took, e the store's reports of its sales while HELD,
-                          fl its lines' units held against future supply (see {L}:uf);
+                          fl its lines' units held against future supply (see {L}:uf:<sku>);
                           of MoveLine (move_in.lua, move_out.lua): mi the attempt that moved a
                           line in ("token\tsku\tqty"), mo the attempts that moved one out, mx
                           those rolled back here (tokens, one a line)
@@ -46,11 +46,13 @@ script touches one hash slot and runs unchanged on Redis Cluster.
                           "p:<supply id>", or "t:<transfer id>|<sku>" for a transfer in
                           transit to L): read with the row in one script (read_promise.lua,
                           hold.lua for a line with a promise date), written by supply.lua
-    {L}:uf         hash   future holds at L by sku (a line held against supply due by its
-                          promise date: hold.lua): sku -> "id\tqty\tpromise_ms\tmade_ms\n"...,
-                          by promise; converted or broken by supply.lua, dropped with their
-                          part (unhold). A part's field fl: "sku\tqty\tpromise_ms\n"...
-                          (promise 0: broken, no supply covers them; they hold nothing)
+    {L}:uf:<sku>   hash   the row's future holds (a line held in part against supply due by
+                          its promise date: hold.lua): id -> "qty\tpromise_ms\tmade_ms", and
+                          field '=' the units promised in each span between the row's supply
+                          dates ("date\tunits\n"...: _prelude.lua); converted or broken by
+                          supply.lua, dropped with their part (unhold). A part's field fl:
+                          "sku\tqty\tpromise_ms\n"... (promise 0: broken, no supply covers
+                          them; they hold nothing)
     {L}:ui         hash   the same supply by entry: entry -> "sku\\tqty\\texpected_ms\\tkind",
                           or "X\\tsku" once cancelled (a cancelled id stays so: supply.lua)
     {L}:t          hash   the steps of transfers made at L: "<transfer id>\\t<step>" -> when
@@ -288,8 +290,8 @@ class Keys:
         return f"{{{location}}}:u"
 
     @staticmethod
-    def future_holds(location: str) -> str:
-        return f"{{{location}}}:uf"
+    def future_holds(location: str, sku: str) -> str:
+        return f"{{{location}}}:uf:{sku}"
 
     @staticmethod
     def supply_ids(location: str) -> str:

@@ -70,9 +70,9 @@ class Parts(Directory):
         for line in lines:
             stock = keys.add(self.keys.stock(location, line.sku))
             triples += [line.sku, line.qty, stock, line.promise_by]
-        future = [0, 0]  # {L}:u and {L}:uf, for lines with a promise date
+        supply = 0  # {L}:u, for lines with a promise date
         if any(line.promise_by for line in lines):
-            future = [keys.add(Keys.supply(location)), keys.add(Keys.future_holds(location))]
+            supply = keys.add(Keys.supply(location))
         cap: list[Any] = [0, 0, "", ""]
         if capacity is not None:
             cap = [keys.add(Keys.capacity(location)), *capacity]
@@ -83,7 +83,7 @@ class Parts(Directory):
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
         rule = channel or ChannelHold()
-        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, *future]
+        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, supply]
         args.append(Keys.changes(location))
         return HoldCall(keys.keys, args, location, expires_at, with_dir)
 

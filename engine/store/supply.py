@@ -138,13 +138,15 @@ class SupplyStore(Base):
     async def promise_rows(
         self, location: str, skus: Sequence[str]
     ) -> list[tuple[StockRow, list[Incoming], list[tuple[int, int]]]]:
-        """Each sku's row at a location, its supply and its future holds ((qty, promise_by)
-        each), read at one instant."""
-        keys = KeyList(Keys.supply(location), Keys.future_holds(location))
+        """Each sku's row at a location, its supply and what its future holds promise
+        ((units, by): the units promised within each span of the row's supply, by the span's
+        start), read at one instant."""
+        keys = KeyList(Keys.supply(location))
         args: list[Any] = []
         for sku in skus:
-            args += [sku, keys.add(self.keys.stock(location, sku))]
-        got = await self.call("read_promise", keys.keys, args, heavy=len(args) > 256)
+            stock = keys.add(self.keys.stock(location, sku))
+            args += [sku, stock, keys.add(Keys.future_holds(location, sku))]
+        got = await self.call("read_promise", keys.keys, args, heavy=len(args) > 384)
         return [
             (parse_row(got[i]), parse_supply(got[i + 1]), parse_future(got[i + 2]))
             for i in range(0, len(got), 3)
@@ -152,9 +154,9 @@ class SupplyStore(Base):
 
 
 def parse_future(text: bytes | None) -> list[tuple[int, int]]:
-    """A row's future holds ({L}:uf): (qty, promise_by) of each."""
+    """A row's future holds' span totals (field '=' of {L}:uf:<sku>): (units, by) of each."""
     out = []
     for line in (text or b"").decode().splitlines():
-        _, qty, promise_by, _ = line.split("\t")
-        out.append((int(qty), int(promise_by)))
+        by, units = line.split("\t")
+        out.append((int(units), int(by)))
     return out

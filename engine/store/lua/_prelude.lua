@@ -181,46 +181,14 @@ end
 -- Future holds (promise_by): a part's line may be held in part against supply due by its
 -- promise date rather than on hand. The part's 'l' keeps the whole line; its 'fl' says how
 -- many of its units wait for supply: "sku\tqty\tpromise_ms\n"... (promise 0: broken, no
--- supply covers them any more: they hold nothing). A location's future holds by sku are
--- {L}:uf: sku -> "id\tqty\tpromise_ms\tmade_ms\n"..., by (promise, made, id).
-local function future_key(rec)
-  return string.match(rec, '^({[^}]*}):') .. ':uf'
-end
-
-local function parse_future_lines(text)
-  local out = {}
-  for sku, q, p in string.gmatch(text or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
-    out[sku] = {tonumber(q), tonumber(p)}
-  end
-  return out
-end
-
-local function read_future(key, sku)
-  local out = {}
-  for id, q, p, t in string.gmatch(redis.call('HGET', key, sku) or '', '([^\t\n]+)\t(%d+)\t(%d+)\t(%d+)\n') do
-    out[#out + 1] = {id, tonumber(q), tonumber(p), tonumber(t)}
-  end
-  return out
-end
-
-local function sort_future(list)
-  table.sort(list, function(a, b)
-    if a[3] ~= b[3] then return a[3] < b[3] end
-    if a[4] ~= b[4] then return a[4] < b[4] end
-    return a[1] < b[1]
-  end)
-  return list
-end
-
-local function write_future(key, sku, list)
-  if #list == 0 then
-    redis.call('HDEL', key, sku)
-    return
-  end
-  sort_future(list)
-  local parts = {}
-  for _, h in ipairs(list) do parts[#parts + 1] = string.format('%s\t%d\t%d\t%d\n', h[1], h[2], h[3], h[4]) end
-  redis.call('HSET', key, sku, table.concat(parts))
+-- supply covers them any more: they hold nothing). A row's future holds are a hash of its
+-- own, {L}:uf:<sku>: id -> "qty\tpromise_ms\tmade_ms", and field '=' (no id's name) the
+-- units promised within each span between the row's supply dates: "date\tunits\n"...
+-- (date: the supply date the span starts at, 0 before the first), so that a hold checks
+-- them in the row's supply, not in its holds (supply.lua rebuilds it whenever the supply
+-- changes). Only the hold scripts, unhold and supply.lua write it.
+local function future_key(rec, sku)
+  return string.match(rec, '^({[^}]*}):') .. ':uf:' .. sku
 end
 
 -- A row's supply ({L}:u, as supply.lua keeps it: by expected time): {{expected, qty}, ...}
@@ -232,11 +200,110 @@ local function read_supply(key, sku)
   return out
 end
 
+-- The spans of a row's supply: {{start, units due by then}, ...}, the first {0, 0}.
+local function spans(supply)
+  local out, due = {{0, 0}}, 0
+  for _, s in ipairs(supply) do
+    due = due + s[2]
+    if s[1] == out[#out][1] then out[#out][2] = due else out[#out + 1] = {s[1], due} end
+  end
+  return out
+end
+
+-- The start of the span a promise date falls in.
+local function span_of(sp, promise)
+  local at = 0
+  for _, s in ipairs(sp) do
+    if s[1] <= promise then at = s[1] end
+  end
+  return at
+end
+
+local function read_totals(key)
+  local out = {}
+  for d, u in string.gmatch(redis.call('HGET', key, '=') or '', '(%d+)\t(%d+)\n') do out[tonumber(d)] = tonumber(u) end
+  return out
+end
+
+local function write_totals(key, totals)
+  local parts = {}
+  for d, u in pairs(totals) do
+    if u > 0 then parts[#parts + 1] = string.format('%d\t%d\n', d, u) end
+  end
+  table.sort(parts)
+  if #parts == 0 then redis.call('HDEL', key, '=') else redis.call('HSET', key, '=', table.concat(parts)) end
+end
+
+-- The most units a new future hold promised by `promise` may take (I9): the least, over the
+-- spans from the promise's on, of the supply due by the span's start less every unit
+-- promised before the next span starts (within a span supply is flat and promises only
+-- add up, so its last moment is its tightest).
+local function room(sp, totals, promise)
+  local from, promised, least = span_of(sp, promise), 0, nil
+  for _, s in ipairs(sp) do
+    promised = promised + (totals[s[1]] or 0)
+    if s[1] >= from then
+      local r = s[2] - promised
+      if not least or r < least then least = r end
+    end
+  end
+  return least
+end
+
+-- Units promised by `promise` join (delta > 0) or leave the row's span totals.
+local function add_total(key, sp, promise, delta)
+  local totals, at = read_totals(key), span_of(sp, promise)
+  totals[at] = (totals[at] or 0) + delta
+  write_totals(key, totals)
+end
+
+-- A row's future holds, {{id, qty, promise, made}, ...}, by (promise, made, id).
+local function read_future(key)
+  local flat, out = redis.call('HGETALL', key), {}
+  for i = 1, #flat, 2 do
+    if flat[i] ~= '=' then
+      local q, p, t = string.match(flat[i + 1], '^(%d+)\t(%d+)\t(%d+)$')
+      out[#out + 1] = {flat[i], tonumber(q), tonumber(p), tonumber(t)}
+    end
+  end
+  table.sort(out, function(a, b)
+    if a[3] ~= b[3] then return a[3] < b[3] end
+    if a[4] ~= b[4] then return a[4] < b[4] end
+    return a[1] < b[1]
+  end)
+  return out
+end
+
+-- Writes a row's future holds anew (after supply.lua settled them), with their span totals.
+local function write_future(key, list, supply)
+  redis.call('DEL', key)
+  if #list == 0 then return end
+  local sp, totals, fields = spans(supply), {}, {}
+  for _, h in ipairs(list) do
+    fields[#fields + 1] = h[1]
+    fields[#fields + 1] = string.format('%d\t%d\t%d', h[2], h[3], h[4])
+    local at = span_of(sp, h[3])
+    totals[at] = (totals[at] or 0) + h[2]
+  end
+  for i = 1, #fields, 1000 do  -- (unpack has a bound on the values it returns)
+    redis.call('HSET', key, unpack(fields, i, math.min(i + 999, #fields)))
+  end
+  write_totals(key, totals)
+end
+
+local function parse_future_lines(text)
+  local out = {}
+  for sku, q, p in string.gmatch(text or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
+    out[sku] = {tonumber(q), tonumber(p)}
+  end
+  return out
+end
+
 -- Which future holds a row's supply covers (I9): in promise order, each is kept when the
 -- supply due by its promise covers it with those kept before it; the rest are broken. Every
 -- hold is kept exactly when they can all be covered (the supply due by a date serves any
 -- promise from that date on, so the earliest promises first is the best order).
--- holds: sorted as write_future sorts them. Returns kept, broken.
+-- holds: as read_future sorts them. Returns kept, broken.
 local function cover(supply, holds)
   local kept, broken, taken, due, s = {}, {}, 0, 0, 1
   for _, h in ipairs(holds) do
@@ -254,16 +321,18 @@ local function cover(supply, holds)
   return kept, broken
 end
 
--- A part's future holds leave its location's list ({L}:uf).
+-- A part's future holds leave their rows.
 local function drop_future(rec, id, future)
-  local key = future_key(rec)
+  local loc = string.match(rec, '^({[^}]*}):')
   for sku, f in pairs(future) do
     if f[2] > 0 then
-      local left = {}
-      for _, h in ipairs(read_future(key, sku)) do
-        if h[1] ~= id then left[#left + 1] = h end
+      local key = future_key(rec, sku)
+      redis.call('HDEL', key, id)
+      if redis.call('HLEN', key) <= 1 then
+        redis.call('DEL', key)
+      else
+        add_total(key, spans(read_supply(loc .. ':u', sku)), f[2], -f[1])
       end
-      write_future(key, sku, left)
     end
   end
 end

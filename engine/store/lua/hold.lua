@@ -15,10 +15,11 @@
 --       then L (the location id, for the wake-up), then the principal making it (the
 --       directory's owner), then the sales channel ('' for none), its buffer and its most
 --       share in millionths (1000000: no cap) at L, then the location's change channel
---       (write_row), after the index in KEYS of {L}:u and of {L}:uf (0: no line has a promise)
+--       (write_row), after the index in KEYS of {L}:u (0: no line has a promise)
 -- A line with a promise date that on hand cannot cover takes what is there on hand and the
 --   rest as a future hold, if the supply due by that date covers it with every future hold
---   of the row (cover, _prelude.lua); the part records it ('fl').
+--   of the row (room, _prelude.lua); the part records it ('fl'), the row's holds
+--   ({L}:uf:<sku>, named from the part's key: in its slot) too.
 -- A channel's hold may take of a row what channel_available (_prelude.lua) says: its pool,
 --   the units no pool keeps, less its buffer and within its share; the part records its
 --   channel, and {L}:h counts its units.
@@ -29,7 +30,7 @@ local id, fp = ARGV[1], ARGV[2]
 local now, exp, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = tonumber(ARGV[8])
 local c = 9 + n * 4
-local supply, futures = tonumber(ARGV[c + 9]), tonumber(ARGV[c + 10])
+local supply = tonumber(ARGV[c + 9])
 local cap = tonumber(ARGV[c] or '0')
 local ch, buffer, share = ARGV[c + 6], tonumber(ARGV[c + 7]), tonumber(ARGV[c + 8])
 
@@ -57,11 +58,9 @@ for j = 0, n - 1 do
   if ch ~= '' then a = channel_available(r, KEYS[3], KEYS[4], sku, ch, buffer, share) end
   local now_qty = qty
   if a < qty and by > 0 then
-    local list = read_future(KEYS[futures], sku)
-    list[#list + 1] = {id, qty - a, by, now}
-    local _, broken = cover(read_supply(KEYS[supply], sku), sort_future(list))
-    if #broken == 0 then
-      later[#later + 1] = {sku, qty - a, by, list}
+    local key, sp = future_key(KEYS[1], sku), spans(read_supply(KEYS[supply], sku))
+    if qty - a <= room(sp, read_totals(key), by) then
+      later[#later + 1] = {sku, qty - a, by, key, sp}
       now_qty = a
     end
   end
@@ -93,7 +92,8 @@ redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(li
 if #later > 0 then
   local fl = {}
   for _, f in ipairs(later) do
-    write_future(KEYS[futures], f[1], f[4])
+    redis.call('HSET', f[4], id, string.format('%d\t%d\t%d', f[2], f[3], now))
+    add_total(f[4], f[5], f[3], f[2])
     fl[#fl + 1] = string.format('%s\t%d\t%d\n', f[1], f[2], f[3])
   end
   redis.call('HSET', KEYS[1], 'fl', table.concat(fl))

@@ -24,7 +24,7 @@
 -- settles its future holds (I9): in a row received into, its available units go to the
 -- future holds, earliest promise first, each taking what it waits for or what is left
 -- (converted: id, sku, qty taken on hand ...); of the units still waiting, those the supply
--- left no longer covers by their promise dates (cover) break: they leave {L}:uf and their
+-- left no longer covers by their promise dates (cover) break: they leave {L}:uf:<sku> and their
 -- part marks them (promise 0) (broken: id, sku, qty, promise_ms ...). The others stay, on
 -- whatever supply now covers them (re-promised from later supply).
 -- Numbers are kept as the strings given: '%d' and tostring would round or reformat them.
@@ -189,11 +189,12 @@ for _, t in ipairs({tables, rows}) do
 end
 table.sort(settle)
 for _, sku in ipairs(settle) do
-  local holds = read_future(loc .. ':uf', sku)
+  local key = loc .. ':uf:' .. sku
+  local holds = read_future(key)
   local left, took = holds, 0
   if #holds > 0 and rows[sku] then
-    local key = rows[sku][1]
-    local r = read_row(key, sku)
+    local stock = rows[sku][1]
+    local r = read_row(stock, sku)
     local a = available(r)
     left = {}
     for _, h in ipairs(holds) do
@@ -208,14 +209,15 @@ for _, sku in ipairs(settle) do
       end
       if h[2] > 0 then left[#left + 1] = h end
     end
-    if took > 0 then write_row(key, sku, r) end
+    if took > 0 then write_row(stock, sku, r) end
   end
-  local kept, lost = cover(read_supply(KEYS[1], sku), left)
+  local supply = read_supply(KEYS[1], sku)
+  local kept, lost = cover(supply, left)
   for _, h in ipairs(lost) do
     mark(h[1], sku, h[2], 0)
     for _, v in ipairs({h[1], sku, h[2], h[3]}) do broken[#broken + 1] = v end
   end
-  if #kept < #holds or took > 0 then write_future(loc .. ':uf', sku, kept) end
+  write_future(key, kept, supply)  -- its span totals follow the supply as it is now
 end
 
 if step ~= '' then
