@@ -123,6 +123,9 @@ async def test_a_line_takes_what_is_on_hand_and_the_rest_from_supply_due_by_its_
         assert waiting(await held(stubs, "r2")) == []
         p = await promise_of(stubs)
         assert (p.available_now, steps(p), p.future_held) == (4, [(day[10], 9)], 0)
+        # a line with a date that on hand covers is an ordinary hold: no longer than its ttl
+        got = (await reserve(stubs, "r4", line(2, day[5]))).reservation
+        assert (waiting(got), got.expires_at) == ([], now + 600_000)
 
 
 async def test_receiving_supply_holds_on_hand_what_waits_earliest_promise_first(

@@ -83,7 +83,9 @@ class Parts(Directory):
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
         rule = channel or ChannelHold()
-        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, supply]
+        latest = max(line.promise_by for line in lines)  # a part with units waiting lasts
+        waits_until = latest + expires_at - now if latest else expires_at  # until then and a ttl
+        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, supply, waits_until]
         args.append(Keys.changes(location))
         return HoldCall(keys.keys, args, location, expires_at, with_dir)
 

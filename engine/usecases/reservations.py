@@ -120,14 +120,13 @@ class Reservations(Moves):
         held = held_lines(canon, table)
         hold_ms = self._ttl_ms(ttl_seconds, who)
         now = self.clock.now_ms()
-        if latest := check_promises(lines, now, table):  # kept until then, and a ttl after
-            hold_ms += latest - now
-        counted = await self._count_units(who, reservation_id, canon, now, now + hold_ms)
+        latest = check_promises(lines, now, table)
+        # units waiting for supply are held until their date, and a ttl after (hold.lua)
+        until = now + hold_ms + (latest - now if latest else 0)
+        counted = await self._count_units(who, reservation_id, canon, now, until)
         try:
             try:
-                counted += await self.customers.count(
-                    customer, reservation_id, canon, now, now + hold_ms
-                )
+                counted += await self.customers.count(customer, reservation_id, canon, now, until)
             except FailedPrecondition:
                 self.metrics.holds.labels("limited").inc()
                 raise
@@ -236,6 +235,7 @@ class Reservations(Moves):
         now = self.clock.now_ms()
         fp, location = fingerprint(asked or lines, owner), lines[0].location
         ttl = ttl_ms + self.storage.retention_ms
+        ttl += max((ln.promise_by - now for ln in lines if ln.promise_by), default=0)  # may wait
         call = self.storage.hold_call(
             rid, fp, location, lines, now, now + ttl_ms, None, caps.get(location), "",
             holds.get(location),

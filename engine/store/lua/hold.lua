@@ -15,7 +15,8 @@
 --       then L (the location id, for the wake-up), then the principal making it (the
 --       directory's owner), then the sales channel ('' for none), its buffer and its most
 --       share in millionths (1000000: no cap) at L, then the location's change channel
---       (write_row), after the index in KEYS of {L}:u (0: no line has a promise)
+--       (write_row), after the index in KEYS of {L}:u (0: no line has a promise) and the
+--       expiry of a part with units waiting for supply (the latest promise date and a ttl)
 -- A line with a promise date that on hand cannot cover takes what is there on hand and the
 --   rest as a future hold, if the supply due by that date covers it with every future hold
 --   of the row (room, _prelude.lua); the part records it ('fl'), the row's holds
@@ -80,6 +81,7 @@ if cap > 0 then
   if used >= tonumber(ARGV[c + 1]) then return {'FULL', used} end
 end
 
+if #later > 0 then exp = tonumber(ARGV[c + 10]) end
 if ARGV[6] == '1' and not dir then write_dir(KEYS[#KEYS], fp, ARGV[7], '', exp - now + retention, ARGV[c + 5]) end
 local lines = {}
 for _, x in ipairs(rows) do

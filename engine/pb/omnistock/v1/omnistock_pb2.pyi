@@ -885,8 +885,9 @@ class ReservationLine(_message.Message):
     years ahead. What on hand cannot cover of the line is then held against supply due by
     that date (UpsertSupply, transfers in transit), after every future hold made before;
     else the line is short. A reservation with one holds at one location, and no bundle;
-    it is kept until the latest promise date plus its ttl. Its waiting units become an
-    ordinary hold when supply is received; Commit is refused until then.
+    with units waiting it is kept until the latest promise date plus its ttl (else its ttl
+    only). Its waiting units become an ordinary hold when supply is received; Commit is
+    refused until then.
     In a reservation (as Reserve and GetReservation answer it): set while some units of the
     line wait for supply, with those units in future_qty; promise_broken when the supply no
     longer covers them by the date (a "promise_broken" alert names them: release the
