@@ -499,7 +499,8 @@ class Model:
             return ("NotFound",)
         if res.state != "HELD" or now >= res.expires_at:
             return ("FailedPrecondition",)
-        res.expires_at = now + ttl_ms
+        # a reservation with units waiting for supply is not held for less than it was
+        res.expires_at = max(res.expires_at, now + ttl_ms) if res.future else now + ttl_ms
         return res.answer(waiting=False)
 
     def move(self, rid: str, move_id: str, line: ModelLine, to: str, now: int) -> tuple[Any, ...]:

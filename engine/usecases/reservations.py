@@ -379,7 +379,9 @@ class Reservations(Moves):
             count = Count(held_ledger(who.name), units, expires_at, self.caps.max_units)
             await self.storage.budget(rid, now, [count])
         await self.customers.extended(entry.customer, rid, entry.shown, now, expires_at)
-        return Reservation(rid, entry.shown, ReservationState.HELD, expires_at)
+        # (a part with units waiting for supply keeps its later expiry: extend.lua)
+        held_until = min(answer.expires_at for answer in answers)
+        return Reservation(rid, entry.shown, ReservationState.HELD, held_until)
 
 
 def _hold_outcome(result: HoldResult) -> str:

@@ -1110,7 +1110,7 @@ class ExtendRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     ttl_seconds: _builtins.float
-    """The new expiry is now + ttl_seconds."""
+    """The new expiry is now + ttl_seconds (one with units waiting for supply keeps a later one)."""
     def __init__(
         self,
         *,
