@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from redis import exceptions as rexc
 
-from engine.store.keys import Keys
+from engine.store.keys import EPOCH, Keys
 from engine.store.scripts import REDIS_DOWN
 
 if TYPE_CHECKING:
@@ -190,3 +191,56 @@ def open_link(
         cls, kwargs = pool.connection_class, pool.connection_kwargs
     kwargs = {**kwargs, "protocol": 2, "health_check_interval": 0, "retry": None}
     return Link(node, cls(**kwargs), listener, beat, dead_after, owner)
+
+
+EPOCH_CHECK = 1.0  # seconds between two looks at the epoch key (a FLUSHALL is found so)
+
+
+class Follower:
+    """What the read cache (rowcache.py) and the network view's feeds (feeds.py) share: the
+    store's epoch, learnt at start and looked at every EPOCH_CHECK seconds (a flushed store
+    says nothing on the channels; its epoch key disappears, or another process's replaces
+    it: `flushed` is then told), and their end, every task cancelled."""
+
+    storage: Storage
+    links: dict[str, Link]
+    what = "a follower"  # for the log
+
+    def __init__(self) -> None:
+        self.epoch: bytes | None = None
+        self._epoch_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def on_flush(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
+            await self.check_epoch()
+        self._epoch_task = asyncio.create_task(self._watch_epoch())
+
+    async def _watch_epoch(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(EPOCH_CHECK)
+            with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
+                await self.check_epoch()
+
+    async def check_epoch(self) -> None:
+        """The store's epoch key (set when missing): gone or changed, the store was flushed."""
+        redis: Any = self.storage.redis
+        seen = await redis.get(EPOCH)
+        if seen is None:
+            await redis.set(EPOCH, secrets.token_hex(8), nx=True)
+            seen = await redis.get(EPOCH)
+        if self.epoch is not None and seen != self.epoch:
+            log.warning("%s: the store's epoch changed (flushed?): all it kept dropped", self.what)
+            self.on_flush()
+        self.epoch = seen
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = {t for t in (self._epoch_task, *(lk.task for lk in self.links.values())) if t}
+        while tasks:  # Python 3.11's wait_for can swallow a cancel (gh-86296): send it again
+            for task in tasks:
+                task.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=0.5)

@@ -19,21 +19,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from redis import exceptions as rexc
-
-from engine.store.cachelink import Link, node_of, open_link
-from engine.store.keys import EPOCH, Keys
-from engine.store.scripts import REDIS_DOWN
+from engine.store.cachelink import Follower, Link, node_of, open_link
+from engine.store.keys import Keys
 from engine.store.storage import Storage
 
 log = logging.getLogger(__name__)
-EPOCH_CHECK = 1.0  # seconds between two looks at the epoch key
 RETRY_AFTER = 0.5  # seconds a node whose connection failed is left alone
 
 _serials = itertools.count(1)
@@ -46,7 +40,7 @@ class _Followed:
     serial: int = field(default_factory=lambda: next(_serials))
 
 
-class Feeds:
+class Feeds(Follower):
     """What a process follows (module docstring). It tells its owner of each row changed
     (`changed(location, sku)`), of the locations a lost connection followed (`lost`), and of
     a flush (`flushed`)."""
@@ -61,8 +55,9 @@ class Feeds:
         lost: Callable[[list[str]], None],
         flushed: Callable[[], None],
     ) -> None:
+        super().__init__()
         self.storage = storage
-        self.owner = owner
+        self.owner = self.what = owner
         self.max_lag = max_lag
         self.beat = max_lag / 4
         self.dead_after = max(dead_after, 2 * max_lag)
@@ -75,10 +70,7 @@ class Feeds:
         self.links: dict[str, Link] = {}
         self.retry_at: dict[str, float] = {}
         self.unconfirmed: set[int] = set()  # subscriptions sent and not yet answered
-        self.epoch: bytes | None = None
         self._heard = asyncio.Event()
-        self._epoch_task: asyncio.Task[None] | None = None
-        self._closed = False
 
     def follow(self, name: str, now: float) -> None:
         """Subscribes the location's channel (unless followed, or its node just failed)."""
@@ -201,36 +193,5 @@ class Feeds:
         self.lost(names)
         self._heard.set()
 
-    # -- the store's epoch, and the end ---------------------------------------------------
-
-    async def start(self) -> None:
-        """Learns the store's epoch, then looks at it every EPOCH_CHECK seconds."""
-        with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
-            await self.check_epoch()
-        self._epoch_task = asyncio.create_task(self._watch_epoch())
-
-    async def _watch_epoch(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(EPOCH_CHECK)
-            with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
-                await self.check_epoch()
-
-    async def check_epoch(self) -> None:
-        """The store's epoch key (set when missing): gone or changed, the store was flushed."""
-        redis: Any = self.storage.redis
-        seen = await redis.get(EPOCH)
-        if seen is None:
-            await redis.set(EPOCH, secrets.token_hex(8), nx=True)
-            seen = await redis.get(EPOCH)
-        if self.epoch is not None and seen != self.epoch:
-            log.warning("%s: the store's epoch changed (flushed?)", self.owner)
-            self.flushed()
-        self.epoch = seen
-
-    async def close(self) -> None:
-        self._closed = True
-        tasks = {t for t in (self._epoch_task, *(lk.task for lk in self.links.values())) if t}
-        while tasks:  # Python 3.11's wait_for can swallow a cancel (gh-86296): send it again
-            for task in tasks:
-                task.cancel()
-            _, tasks = await asyncio.wait(tasks, timeout=0.5)
+    def on_flush(self) -> None:
+        self.flushed()

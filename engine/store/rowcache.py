@@ -33,30 +33,24 @@ read location dropped (and unsubscribed) first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis import exceptions as rexc
-
 from engine.domain.model import StockRow
 from engine.metrics import Metrics
-from engine.store.cachelink import Link, node_of, open_link
+from engine.store.cachelink import Follower, Link, node_of, open_link
 from engine.store.codecs import parse_row
-from engine.store.keys import EPOCH, Keys
-from engine.store.scripts import REDIS_DOWN
+from engine.store.keys import Keys
 from engine.store.storage import Storage
 
 log = logging.getLogger(__name__)
 MAX_LOCATIONS = 10_000  # subscribed at once, per process
-EPOCH_CHECK = 1.0  # seconds between two looks at the epoch key (a FLUSHALL is found so)
 RETRY_AFTER = 0.5  # seconds a node whose connection failed is left alone
 READS = ("hit", "filled", "fallback")  # how a row read was answered (a metric's labels)
 
@@ -83,9 +77,11 @@ class _Location:
     filling: dict[str, list[Any]] = field(default_factory=dict)  # sku -> [fills, newest seen]
 
 
-class RowCache:
+class RowCache(Follower):
     """Stock rows for reads, served from this process where it can vouch for them (see the
     module docstring), else from Redis: `rows` and `available` as Storage's."""
+
+    what = "read cache"
 
     def __init__(
         self,
@@ -95,6 +91,7 @@ class RowCache:
         max_lag: float,
         dead_after: float = 2.0,
     ) -> None:
+        super().__init__()
         self.storage = storage
         self.metrics = metrics
         self.max_rows = max_rows
@@ -105,9 +102,6 @@ class RowCache:
         self.links: dict[str, Link] = {}
         self.retry_at: dict[str, float] = {}
         self.cached = 0  # rows kept, over all locations
-        self.epoch: bytes | None = None
-        self._epoch_task: asyncio.Task[None] | None = None
-        self._closed = False
         self._heard = asyncio.Event()  # a PONG came back, or a connection was dropped
         self._reads = {how: metrics.read_cache_reads.labels(how) for how in READS}
         metrics.read_cache_rows.set_function(lambda: self.cached)
@@ -306,12 +300,6 @@ class RowCache:
     def on_gone(self, link: Link) -> None:
         self._drop(link, "gap")
 
-    async def start(self) -> None:
-        """Sets or learns the store's epoch, then looks at it every EPOCH_CHECK seconds."""
-        with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
-            await self.check_epoch()
-        self._epoch_task = asyncio.create_task(self._watch_epoch())
-
     async def caught_up(self) -> None:
         """Waits until every connection has answered a PING sent after now (or is gone):
         from then on, every write answered before now is in the cache."""
@@ -322,31 +310,5 @@ class RowCache:
                 return
             await self._heard.wait()
 
-    # -- the store's epoch -------------------------------------------------------------
-
-    async def _watch_epoch(self) -> None:
-        """A flushed store says nothing on the channels; its epoch key disappears (or
-        another process's replaces it) and every location is forgotten."""
-        while not self._closed:
-            await asyncio.sleep(EPOCH_CHECK)
-            with contextlib.suppress(*REDIS_DOWN, rexc.RedisError):
-                await self.check_epoch()
-
-    async def check_epoch(self) -> None:
-        redis = self.storage.redis
-        seen = await redis.get(EPOCH)
-        if seen is None:
-            await redis.set(EPOCH, secrets.token_hex(8), nx=True)
-            seen = await redis.get(EPOCH)
-        if self.epoch is not None and seen != self.epoch:
-            log.warning("read cache: the store's epoch changed (flushed?): every row dropped")
-            self.reset("flush")
-        self.epoch = seen
-
-    async def close(self) -> None:
-        self._closed = True
-        tasks = {t for t in (self._epoch_task, *(lk.task for lk in self.links.values())) if t}
-        while tasks:  # Python 3.11's wait_for can swallow a cancel (gh-86296): send it again
-            for task in tasks:
-                task.cancel()
-            _, tasks = await asyncio.wait(tasks, timeout=0.5)
+    def on_flush(self) -> None:
+        self.reset("flush")
