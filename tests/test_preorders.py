@@ -241,3 +241,15 @@ async def test_a_supply_is_received_or_cancelled_not_both(redis_url: str) -> Non
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await upsert(stubs, supply("po", 1, 0, cancel=True, received=True))
         assert (err.value.details() or "").startswith("supplies[0].received")
+
+
+async def test_a_reservation_with_a_promise_date_holds_for_no_channel(redis_url: str) -> None:
+    clock = ManualClock()
+    async with served(redis_url, clock) as (_, stubs):
+        request = pb.ReserveRequest(
+            reservation_id="r1", lines=[line(1, clock.now + DAY_MS)], channel="web"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.reservations.Reserve(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("channel:")

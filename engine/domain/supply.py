@@ -149,9 +149,12 @@ def check_supplies(supplies: Sequence[Supply], now: int) -> None:
         seen[key] = i
 
 
-def check_promises(lines: Sequence[Line], now: int, bundles: Container[str]) -> int:
+def check_promises(
+    lines: Sequence[Line], now: int, bundles: Container[str], channel: str = ""
+) -> int:
     """The latest promise date of a Reserve's lines (0: none), each checked by field: ahead
-    of now and at most two years ahead. A reservation with one holds at one location and
+    of now and at most two years ahead. A reservation with one holds at one location, for no
+    sales channel (its units held on receipt would not be held to the channel's rules), and
     holds no bundle (its units wait for supply as the lines say: hold.lua)."""
     latest = 0
     for i, ln in enumerate(lines):
@@ -165,6 +168,8 @@ def check_promises(lines: Sequence[Line], now: int, bundles: Container[str]) -> 
         latest = max(latest, ln.promise_by)
     if not latest:
         return 0
+    if channel:
+        raise InvalidArgument("channel", "a reservation with a promise date holds for no channel")
     if len({ln.location for ln in lines}) > 1:
         raise InvalidArgument(
             "lines[].promise_by", "a reservation with a promise date holds at one location"

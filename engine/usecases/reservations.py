@@ -120,7 +120,7 @@ class Reservations(Moves):
         held = held_lines(canon, table)
         hold_ms = self._ttl_ms(ttl_seconds, who)
         now = self.clock.now_ms()
-        latest = check_promises(lines, now, table)
+        latest = check_promises(lines, now, table, channel)
         # units waiting for supply are held until their date, and a ttl after (hold.lua)
         until = now + hold_ms + (latest - now if latest else 0)
         counted = await self._count_units(who, reservation_id, canon, now, until)

@@ -884,7 +884,8 @@ class ReservationLine(_message.Message):
     """Reserve: a promise date (ms since the epoch; 0: none), ahead of now and at most two
     years ahead. What on hand cannot cover of the line is then held against supply due by
     that date (UpsertSupply, transfers in transit), after every future hold made before;
-    else the line is short. A reservation with one holds at one location, and no bundle;
+    else the line is short. A reservation with one holds at one location, for no sales
+    channel (its units held on receipt are not checked against channel rules), and no bundle;
     with units waiting it is kept until the latest promise date plus its ttl (else its ttl
     only). Its waiting units become an ordinary hold when supply is received; Commit is
     refused until then.
