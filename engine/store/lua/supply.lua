@@ -165,7 +165,6 @@ local function mark(id, sku, qty, promise)
     end
   end
   if #left == 0 then redis.call('HDEL', rec, 'fl') else redis.call('HSET', rec, 'fl', table.concat(left)) end
-  return rec
 end
 
 local k_at = m_at + 1 + tonumber(ARGV[m_at]) * 4  -- m may be 0 by now (a B step: above)
@@ -202,8 +201,7 @@ for _, sku in ipairs(settle) do
       if take > 0 then
         a, took = a - take, took + take
         r[2] = r[2] + take
-        local ch = redis.call('HGET', mark(h[1], sku, h[2] - take, h[3]), 'ch')
-        if ch and ch ~= '' then redis.call('HINCRBY', loc .. ':h', sku .. '\t' .. ch, take) end
+        mark(h[1], sku, h[2] - take, h[3])  -- (a part with a promise has no channel)
         for _, v in ipairs({h[1], sku, take}) do converted[#converted + 1] = v end
         h[2] = h[2] - take
       end
