@@ -183,6 +183,12 @@ def check_promises(
     return latest
 
 
+def waiting_until(lines: Iterable[Line], now: int, ttl_ms: int) -> int:
+    """When a part of these lines expires if some of its units wait for supply: a ttl after
+    its latest promise date (a ttl after now with none)."""
+    return (max((ln.promise_by for ln in lines), default=0) or now) + ttl_ms
+
+
 def check_horizon(days: int) -> int:
     """The horizon in days: 0 for the default."""
     if days == 0:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from engine.domain.model import Line
+from engine.domain.supply import waiting_until
 from engine.store.codecs import (
     PART_STATE_FIELDS,
     ChannelHold,
@@ -83,9 +84,8 @@ class Parts(Directory):
         args = [reservation_id, fp, now, expires_at, self.retention_ms]
         args += ["1" if with_dir else "0", directory_lines or "", len(lines), *triples, *cap]
         rule = channel or ChannelHold()
-        latest = max(line.promise_by for line in lines)  # a part with units waiting lasts
-        waits_until = latest + expires_at - now if latest else expires_at  # until then and a ttl
-        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, supply, waits_until]
+        waits = waiting_until(lines, now, expires_at - now)  # the expiry of a part that waits
+        args += [location, owner, rule.channel, rule.buffer, rule.share_ppm, supply, waits]
         args.append(Keys.changes(location))
         return HoldCall(keys.keys, args, location, expires_at, with_dir)
 

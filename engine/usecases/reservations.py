@@ -60,7 +60,7 @@ from engine.domain.model import (
     check_ttl,
     fingerprint,
 )
-from engine.domain.supply import check_promises
+from engine.domain.supply import check_promises, waiting_until
 from engine.store.codecs import DirEntry, PickCapacity, encode_dir_lines
 from engine.store.ledgers import Count, held_ledger
 from engine.store.replies import (
@@ -121,8 +121,7 @@ class Reservations(Moves):
         hold_ms = self._ttl_ms(ttl_seconds, who)
         now = self.clock.now_ms()
         latest = check_promises(lines, now, table, channel)
-        # units waiting for supply are held until their date, and a ttl after (hold.lua)
-        until = now + hold_ms + (latest - now if latest else 0)
+        until = waiting_until(lines, now, hold_ms)  # the longest the hold may last (hold.lua)
         counted = await self._count_units(who, reservation_id, canon, now, until)
         try:
             try:
@@ -234,8 +233,7 @@ class Reservations(Moves):
         take its way."""
         now = self.clock.now_ms()
         fp, location = fingerprint(asked or lines, owner), lines[0].location
-        ttl = ttl_ms + self.storage.retention_ms
-        ttl += max((ln.promise_by - now for ln in lines if ln.promise_by), default=0)  # may wait
+        ttl = waiting_until(lines, now, ttl_ms) - now + self.storage.retention_ms  # it may wait
         call = self.storage.hold_call(
             rid, fp, location, lines, now, now + ttl_ms, None, caps.get(location), "",
             holds.get(location),

@@ -187,8 +187,13 @@ end
 -- (date: the supply date the span starts at, 0 before the first), so that a hold checks
 -- them in the row's supply, not in its holds (supply.lua rebuilds it whenever the supply
 -- changes). Only the hold scripts, unhold and supply.lua write it.
-local function future_key(rec, sku)
-  return string.match(rec, '^({[^}]*}):') .. ':uf:' .. sku
+-- The hash tag a key of a location's slot starts with: "{L}".
+local function slot_of(key)
+  return string.match(key, '^({[^}]*}):')
+end
+
+local function future_key(key, sku)
+  return slot_of(key) .. ':uf:' .. sku
 end
 
 -- A row's supply ({L}:u, as supply.lua keeps it: by expected time): {{expected, qty}, ...}
@@ -291,12 +296,20 @@ local function write_future(key, list, supply)
   write_totals(key, totals)
 end
 
+-- A part's field fl: sku -> {units waiting, promise}.
 local function parse_future_lines(text)
   local out = {}
   for sku, q, p in string.gmatch(text or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
     out[sku] = {tonumber(q), tonumber(p)}
   end
   return out
+end
+
+local function write_future_lines(rec, future)
+  local lines = {}
+  for sku, f in pairs(future) do lines[#lines + 1] = string.format('%s\t%d\t%d\n', sku, f[1], f[2]) end
+  table.sort(lines)
+  if #lines == 0 then redis.call('HDEL', rec, 'fl') else redis.call('HSET', rec, 'fl', table.concat(lines)) end
 end
 
 -- Which future holds a row's supply covers (I9): in promise order, each is kept when the
@@ -323,7 +336,6 @@ end
 
 -- A part's future holds leave their rows.
 local function drop_future(rec, id, future)
-  local loc = string.match(rec, '^({[^}]*}):')
   for sku, f in pairs(future) do
     if f[2] > 0 then
       local key = future_key(rec, sku)
@@ -331,7 +343,7 @@ local function drop_future(rec, id, future)
       if redis.call('HLEN', key) <= 1 then
         redis.call('DEL', key)
       else
-        add_total(key, spans(read_supply(loc .. ':u', sku)), f[2], -f[1])
+        add_total(key, spans(read_supply(slot_of(rec) .. ':u', sku)), f[2], -f[1])
       end
     end
   end

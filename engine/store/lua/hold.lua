@@ -96,9 +96,9 @@ if #later > 0 then
   for _, f in ipairs(later) do
     redis.call('HSET', f[4], id, string.format('%d\t%d\t%d', f[2], f[3], now))
     add_total(f[4], f[5], f[3], f[2])
-    fl[#fl + 1] = string.format('%s\t%d\t%d\n', f[1], f[2], f[3])
+    fl[f[1]] = {f[2], f[3]}
   end
-  redis.call('HSET', KEYS[1], 'fl', table.concat(fl))
+  write_future_lines(KEYS[1], fl)
 end
 if ch ~= '' then redis.call('HSET', KEYS[1], 'ch', ch) end
 if cap > 0 then

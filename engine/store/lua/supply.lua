@@ -119,13 +119,17 @@ if #short > 0 then
 end
 if dry then return {'OK', outcomes} end
 
-for j = 0, m - 1 do
-  local p = m_at + 1 + j * 4
-  local sku, d, key = ARGV[p], ARGV[p + 1], KEYS[tonumber(ARGV[p + 2])]
+-- Units (d, signed) land on a row or leave it, logged at now under `why`.
+local function add_stock(key, log, sku, d, why)
   local r = read_row(key, sku)
   r[1] = r[1] + tonumber(d)
   write_row(key, sku, r)
-  redis.call('ZADD', KEYS[tonumber(ARGV[p + 3])], now, sku .. '\t' .. tag .. '\t' .. d)
+  redis.call('ZADD', log, now, sku .. '\t' .. why .. '\t' .. d)
+end
+
+for j = 0, m - 1 do
+  local p = m_at + 1 + j * 4
+  add_stock(KEYS[tonumber(ARGV[p + 2])], KEYS[tonumber(ARGV[p + 3])], ARGV[p], ARGV[p + 1], tag)
 end
 
 for sku, t in pairs(tables) do
@@ -149,22 +153,16 @@ end
 for entry, v in pairs(ids) do
   if v then redis.call('HSET', KEYS[2], entry, v) else redis.call('HDEL', KEYS[2], entry) end
 end
-local loc = string.match(KEYS[1], '^({[^}]*}):')
+local loc = slot_of(KEYS[1])
 local converted, broken = {}, {}
 
 -- A part's future line of sku: qty units waiting, promised by `promise` (0: broken); qty 0:
 -- none waits any more (held on hand).
 local function mark(id, sku, qty, promise)
   local rec = loc .. ':r:' .. id
-  local fl, left = redis.call('HGET', rec, 'fl'), {}
-  for s2, q, p in string.gmatch(fl or '', '([^\t\n]+)\t(%d+)\t(%d+)\n') do
-    if s2 ~= sku then
-      left[#left + 1] = s2 .. '\t' .. q .. '\t' .. p .. '\n'
-    elseif qty > 0 then
-      left[#left + 1] = string.format('%s\t%d\t%d\n', s2, qty, promise)
-    end
-  end
-  if #left == 0 then redis.call('HDEL', rec, 'fl') else redis.call('HSET', rec, 'fl', table.concat(left)) end
+  local future = parse_future_lines(redis.call('HGET', rec, 'fl'))
+  future[sku] = qty > 0 and {qty, promise} or nil
+  write_future_lines(rec, future)
 end
 
 local k_at = m_at + 1 + tonumber(ARGV[m_at]) * 4  -- m may be 0 by now (a B step: above)
@@ -174,11 +172,7 @@ for j = 0, tonumber(ARGV[k_at]) - 1 do
   rows[ARGV[p]] = {KEYS[tonumber(ARGV[p + 1])], KEYS[tonumber(ARGV[p + 2])]}
 end
 for _, x in ipairs(received) do
-  local key, log = rows[x[1]][1], rows[x[1]][2]
-  local r = read_row(key, x[1])
-  r[1] = r[1] + tonumber(x[2])
-  write_row(key, x[1], r)
-  redis.call('ZADD', log, now, x[1] .. '\t' .. x[3] .. '\t' .. x[2])
+  add_stock(rows[x[1]][1], rows[x[1]][2], x[1], x[2], x[3])
 end
 local settle, seen = {}, {}  -- every row whose supply changed, and every row received into
 for _, t in ipairs({tables, rows}) do
@@ -188,7 +182,7 @@ for _, t in ipairs({tables, rows}) do
 end
 table.sort(settle)
 for _, sku in ipairs(settle) do
-  local key = loc .. ':uf:' .. sku
+  local key = future_key(KEYS[1], sku)
   local holds = read_future(key)
   local left, took = holds, 0
   if #holds > 0 and rows[sku] then
@@ -209,13 +203,15 @@ for _, sku in ipairs(settle) do
     end
     if took > 0 then write_row(stock, sku, r) end
   end
-  local supply = read_supply(KEYS[1], sku)
-  local kept, lost = cover(supply, left)
-  for _, h in ipairs(lost) do
-    mark(h[1], sku, h[2], 0)
-    for _, v in ipairs({h[1], sku, h[2], h[3]}) do broken[#broken + 1] = v end
+  if #holds > 0 then  -- (a row with none has nothing to settle)
+    local supply = read_supply(KEYS[1], sku)
+    local kept, lost = cover(supply, left)
+    for _, h in ipairs(lost) do
+      mark(h[1], sku, h[2], 0)
+      for _, v in ipairs({h[1], sku, h[2], h[3]}) do broken[#broken + 1] = v end
+    end
+    write_future(key, kept, supply)  -- its span totals follow the supply as it is now
   end
-  write_future(key, kept, supply)  -- its span totals follow the supply as it is now
 end
 
 if step ~= '' then
