@@ -203,9 +203,9 @@ class Metrics:
         )
         self.future_holds = Counter(
             "omnistock_future_holds_total",
-            "Units held against future supply (a Reserve line's promise_by), by outcome: held, "
-            "converted (to an ordinary hold when supply came), broken (no supply covers them "
-            "by their date any more)",
+            "Units held against future supply (a Reserve line's promise_by), by outcome: "
+            "converted (held on hand when supply came), broken (no supply covers them by their "
+            "date any more)",
             ["outcome"],
             registry=r,
         )

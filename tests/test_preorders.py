@@ -138,7 +138,7 @@ async def test_receiving_supply_holds_on_hand_what_waits_earliest_promise_first(
     clock = ManualClock()
     now = clock.now
     day = [now + d * DAY_MS for d in range(15)]
-    async with served(redis_url, clock) as (_, stubs):
+    async with served(redis_url, clock) as (app, stubs):
         await two_on_hand_and_two_orders(stubs, day)
         await reserve(stubs, "r1", line(4, day[5]))  # 2 on hand, 2 waiting
         await reserve(stubs, "r3", line(5, day[12]))  # 5 waiting: po-1's 3 and po-2's 2
@@ -154,6 +154,9 @@ async def test_receiving_supply_holds_on_hand_what_waits_earliest_promise_first(
         assert waiting(await held(stubs, "r2")) == [("S1", 1, 0, True)]
         assert waiting(await held(stubs, "r3")) == [("S1", 5, day[12], False)]
         assert await broken_alerts(stubs) == [("r2", "S1", 1, day[5])]
+        units = app.metrics.registry.get_sample_value
+        assert units("omnistock_future_holds_total", {"outcome": "converted"}) == 4
+        assert units("omnistock_future_holds_total", {"outcome": "broken"}) == 1
         p = await promise_of(stubs)
         assert (p.available_now, steps(p), p.future_held) == (0, [(day[10], 0)], 5)
         # a retry changes nothing, and r1 commits now

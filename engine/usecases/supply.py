@@ -169,8 +169,8 @@ class Supplies:
 async def settled(storage: Storage, metrics: Metrics, changed: SupplyChanged, now: int) -> None:
     """What a change of a location's supply did to its future holds, told: counted, and each
     broken promise put on the alerts stream (its part marks it too: GetReservation says)."""
-    metrics.future_holds.labels("converted").inc(len(changed.converted))
-    metrics.future_holds.labels("broken").inc(len(changed.broken))
+    metrics.future_holds.labels("converted").inc(sum(qty for _, _, qty in changed.converted))
+    metrics.future_holds.labels("broken").inc(sum(b.qty for b in changed.broken))
     await storage.publish_alerts(
         [
             {
