@@ -138,7 +138,7 @@ class AvailabilityService(PromiseRpcs, pb_grpc.AvailabilityServiceServicer):
         """Each row as `channel` sees it: what it may hold (read with its holds and the
         rows' pools as they are now; no channel: the row's available units), and its band."""
         pairs, rows = [(loc, sku) for loc, sku, _ in levels], [row for _, _, row in levels]
-        offers = await self.availability.offered(channel, pairs, rows)
+        offers = await self.availability.offered(channel, pairs, rows, from_redis=True)
         status = self.availability.status
         return [
             level(loc, sku, row, a, status(loc, sku, channel, a))

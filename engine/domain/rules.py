@@ -4,7 +4,10 @@ and per-customer limits: the values the channels' rules are made of."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from engine.domain.model import StockRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,28 @@ class Pool:
     channel: str
     units: int
     fallback: bool = False
+
+
+def channel_offer(
+    row: StockRow, pools: Sequence[Pool], held: Mapping[str, int], channel: str, rule: ChannelRule
+) -> int:
+    """What `channel`, under `rule` at the row's location, may hold of the row: its pools
+    and what each channel holds of it (`held`; a channel not in it holds none) taken into
+    account. The formula of channel_available in engine/store/lua/_prelude.lua, which its
+    holds are checked by, worked out here for reads (the read cache has no script to run);
+    tests/test_channels.py holds the two to the same answers."""
+    there = row.available
+    free = {p.channel: max(p.units - held.get(p.channel, 0), 0) for p in pools}
+    own = max(there - sum(free.values()), 0) - rule.buffer
+    if rule.share_ppm < 1_000_000:
+        sellable = max(row.on_hand - row.safety_stock, 0)
+        own = min(own, sellable * rule.share_ppm // 1_000_000 - held.get(channel, 0))
+    own = max(own, 0)
+    mine = next((p for p in pools if p.channel == channel), None)
+    if mine is None:
+        return own
+    kept = min(free[channel], there)
+    return kept + own if mine.fallback else kept
 
 
 @dataclass(frozen=True, slots=True)

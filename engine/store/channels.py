@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 
 from engine.domain.bundles import Bundle
 from engine.domain.errors import FailedPrecondition
-from engine.domain.rules import Band, ChannelRule, CustomerLimit, Pool
+from engine.domain.model import StockRow
+from engine.domain.rules import Band, ChannelRule, CustomerLimit, Pool, channel_offer
 from engine.store.base import Base
-from engine.store.codecs import ChannelHold
+from engine.store.codecs import RowNote, parse_note, parse_row
 from engine.store.keys import (
     BANDS,
     BUNDLES,
@@ -116,16 +118,36 @@ class ChannelStore(Base):
             out[(scope, channel)] = _rule(value)
         return out
 
-    async def channel_offers(
-        self, location: str, skus: Sequence[str], hold: ChannelHold
-    ) -> list[int]:
-        """What a channel (with its rule at the location) may hold of each row, as its hold
-        script would find it, one round trip (read_offers.lua)."""
+    async def channel_rows(
+        self, location: str, skus: Sequence[str], channel: str
+    ) -> list[tuple[StockRow, RowNote]]:
+        """Rows at one location, each with what `channel`'s share of it depends on beside
+        it (its pools, what each pool's channel and `channel` hold), one round trip
+        (read_offers.lua): read together, one instant's."""
         keys = KeyList(Keys.channel_holds(location), Keys.pools(location))
-        args: list[object] = [hold.channel, hold.buffer, hold.share_ppm, len(skus)]
+        args: list[object] = [channel, len(skus)]
         for sku in skus:
             args += [sku, keys.add(self.keys.stock(location, sku))]
-        return [int(x) for x in await self.call("read_offers", keys.keys, args)]
+        got = await self.call("read_offers", keys.keys, args)
+        return [(parse_row(got[i] or None), parse_note(got[i + 1])) for i in range(0, len(got), 2)]
+
+    async def offers(
+        self, channel: str, rules: Mapping[str, ChannelRule], pairs: Sequence[tuple[str, str]]
+    ) -> list[int]:
+        """What `channel` may hold of each (location, sku) row, under its rule at each
+        location (`rules`), as its hold would find it now: one script call a location."""
+        skus: dict[str, list[str]] = {}
+        for loc, sku in pairs:
+            skus.setdefault(loc, []).append(sku)
+        got = await asyncio.gather(
+            *(self.channel_rows(loc, at, channel) for loc, at in skus.items())
+        )
+        offers = {}
+        for (loc, at), read in zip(skus.items(), got, strict=True):
+            rule = rules[loc]
+            for sku, (row, note) in zip(at, read, strict=True):
+                offers[(loc, sku)] = channel_offer(row, note.pools or (), note.held, channel, rule)
+        return [offers[pair] for pair in pairs]
 
     async def set_pools(
         self, location: str, pools: Sequence[tuple[str, Pool]], check: bool = False
@@ -138,6 +160,7 @@ class ChannelStore(Base):
         for sku, pool in pools:
             stock = keys.add(self.keys.stock(location, sku))
             args += [sku, pool.channel, pool.units, "1" if pool.fallback else "0", stock]
+        args.append(Keys.changes(location))
         got = decoded(await self.call("set_pools", keys.keys, args))
         if got[0] == "OVER":
             _, sku, channel, most = got

@@ -20,7 +20,7 @@ from engine.domain.model import (
     StockRow,
 )
 from engine.domain.moves import Move
-from engine.domain.rules import ChannelRule
+from engine.domain.rules import ChannelRule, Pool
 
 
 class PickCapacity(NamedTuple):
@@ -180,6 +180,44 @@ def parse_row(value: bytes | None) -> StockRow:
         return StockRow()
     on_hand, reserved, safety, version, as_of = value.split(b",")
     return StockRow(int(on_hand), int(reserved), int(safety), int(version), int(as_of))
+
+
+@dataclass(frozen=True, slots=True)
+class RowNote:
+    """What a row's change message says beside the row of what sales channels may take of
+    it (write_row, hold_channel and pools_note in lua/_prelude.lua): what some channels hold
+    of it now, and its pools, when they are told (None: as they were)."""
+
+    held: dict[str, int]
+    pools: tuple[Pool, ...] | None = None
+
+
+def parse_note(text: bytes) -> RowNote:
+    """A note: lines "h\t<channel>\t<units>", "P" (the pools follow, all of them), and
+    "p\t<channel>\t<units>\t<fallback>", each after a newline."""
+    held: dict[str, int] = {}
+    pools: list[Pool] | None = None
+    for line in text.decode().split("\n")[1:]:
+        kind, _, rest = line.partition("\t")
+        if kind == "h":
+            channel, units = rest.split("\t")
+            held[channel] = int(units)
+        elif kind == "P":
+            pools = []
+        elif kind == "p" and pools is not None:
+            channel, units, fallback = rest.split("\t")
+            pools.append(Pool(channel, int(units), fallback == "1"))
+        else:
+            raise ValueError(f"a row's note has {line!r}")
+    return RowNote(held, None if pools is None else tuple(pools))
+
+
+def parse_change(data: bytes) -> tuple[str, StockRow, RowNote | None]:
+    """A row's change message: "sku\t<the row as stored>", then its note, if any."""
+    sku, rest = data.split(b"\t", 1)
+    value, newline, _ = rest.partition(b"\n")
+    note = parse_note(rest[len(value) :]) if newline else None
+    return sku.decode(), parse_row(value), note
 
 
 def part_lines(text: bytes | None) -> list[tuple[str, int]]:

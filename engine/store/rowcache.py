@@ -38,14 +38,15 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.domain.model import StockRow
+from engine.domain.rules import ChannelRule, Pool, channel_offer
 from engine.metrics import Metrics
 from engine.store.cachelink import Follower, Link, node_of, open_link
-from engine.store.codecs import parse_row
+from engine.store.codecs import RowNote, parse_change
 from engine.store.keys import Keys
 from engine.store.storage import Storage
 
@@ -62,8 +63,34 @@ class RowReader(Protocol):
 
     async def available(self, pairs: Sequence[tuple[str, str]]) -> list[int]: ...
 
+    async def offers(
+        self, channel: str, rules: Mapping[str, ChannelRule], pairs: Sequence[tuple[str, str]]
+    ) -> list[int]:
+        """What `channel`, under its rule at each location, may hold of each row."""
+
 
 _serials = itertools.count(1)
+
+
+@dataclass(eq=False, slots=True)
+class _Channels:
+    """What a sales channel's share of a kept row depends on beside it, as of the row's
+    `version`: its pools, and what some channels hold of it (those a fill read and those
+    messages told since; a channel not here is not known, not none)."""
+
+    version: int
+    pools: tuple[Pool, ...]
+    held: dict[str, int]
+
+    def told(self, version: int, note: RowNote | None) -> None:
+        """A change message of the row, in the order Redis sent them (older ones ignored)."""
+        if version <= self.version:
+            return
+        self.version = version
+        if note is not None:
+            self.held.update(note.held)
+            if note.pools is not None:
+                self.pools = note.pools
 
 
 @dataclass(eq=False)
@@ -74,7 +101,9 @@ class _Location:
     live: bool = False  # Redis confirmed the subscription on link
     written_at: float = -math.inf  # when this process's last write here was answered
     rows: dict[str, StockRow] = field(default_factory=dict)
-    filling: dict[str, list[Any]] = field(default_factory=dict)  # sku -> [fills, newest seen]
+    channels: dict[str, _Channels] = field(default_factory=dict)  # of kept rows, once read
+    # sku -> [fills under way, the messages of the row seen meanwhile, in order]
+    filling: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class RowCache(Follower):
@@ -135,6 +164,79 @@ class RowCache(Follower):
     async def available(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         return [row.available for row in await self.rows(pairs)]
 
+    async def offers(
+        self, channel: str, rules: Mapping[str, ChannelRule], pairs: Sequence[tuple[str, str]]
+    ) -> list[int]:
+        """What `channel` may hold of each row (channel_offer), from rows kept with their
+        pools and what the channels that matter hold (each pool's, and the asking one's
+        where its rule caps its share), as fresh as `rows`; the others read from Redis,
+        one script call a location, and kept."""
+        now = time.monotonic()
+        out = [0] * len(pairs)
+        misses: dict[str, list[int]] = {}
+        states: dict[str, _Location | None] = {}
+        for i, (location, sku) in enumerate(pairs):
+            if location in states:
+                state = states[location]
+            else:
+                state = states[location] = self._servable(location, now)
+            got = None if state is None else _offer(state, sku, channel, rules[location])
+            if got is None:
+                misses.setdefault(location, []).append(i)
+            else:
+                out[i] = got
+        hits = len(pairs) - sum(map(len, misses.values()))
+        if hits:
+            self._reads["hit"].inc(hits)
+        if misses:
+            await asyncio.gather(
+                *(
+                    self._fill_offers(channel, rules[loc], states[loc], loc, at, pairs, out)
+                    for loc, at in misses.items()
+                )
+            )
+        return out
+
+    async def _fill_offers(
+        self,
+        channel: str,
+        rule: ChannelRule,
+        state: _Location | None,
+        location: str,
+        at: list[int],
+        pairs: Sequence[tuple[str, str]],
+        out: list[int],
+    ) -> None:
+        """Reads the rows of `pairs` at `at` (all at `location`) with their channels' counts
+        from Redis, answers from what was read, and keeps it (state None: not kept)."""
+        skus = list(dict.fromkeys(pairs[i][1] for i in at))
+        if state is not None:
+            for sku in skus:
+                state.filling.setdefault(sku, [0, []])[0] += 1
+        self._reads["filled" if state is not None else "fallback"].inc(len(at))
+        try:
+            read = await self.storage.channel_rows(location, skus, channel)
+        finally:
+            seen = {sku: self._end_fill(state, sku) for sku in skus} if state else {}
+        offers = {}
+        for sku, (row, note) in zip(skus, read, strict=True):
+            pools = note.pools or ()
+            offers[sku] = channel_offer(row, pools, note.held, channel, rule)
+            if state is not None and self.locations.get(location) is state and state.live:
+                kept = _Channels(row.version, pools, dict(note.held))
+                for message, message_note in seen[sku]:
+                    kept.told(message.version, message_note)
+                    row = message if message.version > row.version else row
+                self._keep(state, sku, row)
+                known = state.channels.get(sku)
+                if known is None or kept.version > known.version:
+                    state.channels[sku] = kept
+                elif kept.version == known.version:  # of one instant: both hold
+                    known.held.update(kept.held)
+        for i in at:
+            out[i] = offers[pairs[i][1]]
+        self._evict()
+
     def kept(self, location: str, sku: str) -> StockRow | None:
         """The row as kept here (None: not kept), whether or not it may be served now."""
         state = self.locations.get(location)
@@ -170,7 +272,7 @@ class RowCache(Follower):
     ) -> None:
         for i, state in fills:
             if state is not None:
-                state.filling.setdefault(pairs[i][1], [0, None])[0] += 1
+                state.filling.setdefault(pairs[i][1], [0, []])[0] += 1
         kept = sum(state is not None for _, state in fills)
         self._reads["filled"].inc(kept)
         self._reads["fallback"].inc(len(fills) - kept)
@@ -184,23 +286,28 @@ class RowCache(Follower):
         for (i, state), row in zip(fills, read, strict=True):
             out[i] = row
             if state is not None and self.locations.get(state.name) is state and state.live:
-                newest = got[i]
-                if newest is not None and newest.version > row.version:
-                    row = newest
-                if pairs[i][1] not in state.rows:
-                    self.cached += 1
-                state.rows[pairs[i][1]] = row
+                newest = max((m for m, _ in got[i]), key=_version, default=row)
+                self._keep(state, pairs[i][1], max(row, newest, key=_version))
         self._evict()
 
+    def _keep(self, state: _Location, sku: str, row: StockRow) -> None:
+        """Keeps a row read (or told of) unless a newer one is kept already."""
+        kept = state.rows.get(sku)
+        if kept is None:
+            self.cached += 1
+        elif kept.version >= row.version:
+            return
+        state.rows[sku] = row
+
     @staticmethod
-    def _end_fill(state: _Location, sku: str) -> StockRow | None:
-        """The newest message of `sku` seen while its fills were under way."""
+    def _end_fill(state: _Location, sku: str) -> list[tuple[StockRow, RowNote | None]]:
+        """The messages of `sku` seen while its fills were under way, in order."""
         entry = state.filling[sku]
         entry[0] -= 1
         if entry[0] == 0:
             del state.filling[sku]
-        newest: StockRow | None = entry[1]
-        return newest
+        seen: list[tuple[StockRow, RowNote | None]] = entry[1]
+        return seen
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -239,6 +346,7 @@ class RowCache(Follower):
     def _forget(self, state: _Location) -> None:
         self.cached -= len(state.rows)
         state.rows.clear()
+        state.channels.clear()
         state.live = False
         state.link.locations.discard(state.name)
 
@@ -270,17 +378,16 @@ class RowCache(Follower):
         state = self.locations.get(Keys.location_of_changes(channel.decode()))
         if state is None or not state.live:
             return
-        sku_bytes, value = data.split(b"\t", 1)
-        sku = sku_bytes.decode()
-        row = parse_row(value)
+        sku, row, note = parse_change(data)
         kept = state.rows.get(sku)
-        if kept is not None:
-            if row.version > kept.version:
-                state.rows[sku] = row
-            return
+        if kept is not None and row.version > kept.version:
+            state.rows[sku] = row
+        channels = state.channels.get(sku)
+        if channels is not None:
+            channels.told(row.version, note)
         filling = state.filling.get(sku)
-        if filling is not None and (filling[1] is None or row.version > filling[1].version):
-            filling[1] = row
+        if filling is not None:
+            filling[1].append((row, note))
 
     def on_live(self, location: str, serial: int) -> None:
         state = self.locations.get(location)
@@ -312,3 +419,23 @@ class RowCache(Follower):
 
     def on_flush(self) -> None:
         self.reset("flush")
+
+
+def _version(row: StockRow) -> int:
+    return row.version
+
+
+def _offer(state: _Location, sku: str, channel: str, rule: ChannelRule) -> int | None:
+    """What `channel` may hold of a kept row, or None when it cannot be told from what is
+    kept: the row or its channels not kept, not of one version, or a count it needs not
+    known (each pool's channel's, and its own where its rule caps its share)."""
+    row = state.rows.get(sku)
+    channels = state.channels.get(sku)
+    if row is None or channels is None or channels.version != row.version:
+        return None
+    held = channels.held
+    if rule.share_ppm < 1_000_000 and channel not in held:
+        return None
+    if any(pool.channel not in held for pool in channels.pools):
+        return None
+    return channel_offer(row, channels.pools, held, channel, rule)

@@ -27,7 +27,7 @@ from redis import exceptions as rexc
 
 from engine.domain.errors import Unavailable
 from engine.domain.model import StockRow
-from engine.store.codecs import parse_row
+from engine.store.codecs import parse_change
 from engine.store.keys import Keys
 from engine.store.scripts import REDIS_DOWN
 
@@ -187,8 +187,8 @@ class WatchHub:
             if message is None or message.get("type") not in (b"smessage", "smessage"):
                 continue
             location = Keys.location_of_changes(message["channel"].decode())
-            sku, value = message["data"].split(b"\t", 1)
-            change = (location, sku.decode(), parse_row(value))
+            sku, row, _ = parse_change(message["data"])
+            change = (location, sku, row)
             for watcher in self.watchers.get(location, ()):
                 watcher.offer(change)
 

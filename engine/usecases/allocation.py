@@ -193,7 +193,7 @@ class Allocator:
         if not channel:
             read = self.storage.available
         else:
-            read = functools.partial(channels.offered, channel, self.registry.by_id)
+            read = functools.partial(channels.offered, self.storage, channel, self.registry.by_id)
         return await read_through(await channels.table(), pairs, read)
 
     async def _earlier(self, order: Order) -> Allocation | None:

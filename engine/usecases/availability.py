@@ -128,14 +128,21 @@ class Availability:
         return await self.storage.rows_in_states(pairs)
 
     async def offered(
-        self, channel: str, pairs: Sequence[tuple[str, str]], rows: Sequence[StockRow]
+        self,
+        channel: str,
+        pairs: Sequence[tuple[str, str]],
+        rows: Sequence[StockRow],
+        from_redis: bool = False,
     ) -> list[int]:
-        """What `channel` may hold of each row (no channel: its available units); the
-        channels' rules and bands are refreshed first, for `status`."""
+        """What `channel` may hold of each row (no channel: its available units), read as
+        the rows were (the read cache), or `from_redis` (a watch's, after a change it was
+        told of, which the cache may not have yet); the channels' rules and bands are
+        refreshed first, for `status`."""
         await self.channels.fresh()
         if not channel:
             return [row.available for row in rows]
-        return await self.channels.offered(channel, self.locations.by_id, pairs)
+        reader = self.storage if from_redis else self.reader
+        return await self.channels.offered(reader, channel, self.locations.by_id, pairs)
 
     def status(self, location: str, sku: str, channel: str, available: int) -> StockStatus:
         """The band `available` units of a row put it in, for the channel (after offered)."""

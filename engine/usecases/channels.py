@@ -21,7 +21,7 @@ from engine.domain.bundles import Bundle
 from engine.domain.errors import InvalidArgument, Unavailable
 from engine.domain.model import Location, LocationType, check_id, check_qty, check_size
 from engine.domain.rules import DEFAULT_BAND, NO_RULE, Band, ChannelRule, CustomerLimit, Pool
-from engine.store.codecs import ChannelHold
+from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
 
@@ -259,23 +259,14 @@ class ChannelRules:
         return out
 
     async def offered(
-        self, channel: str, locations: Mapping[str, Location], pairs: Sequence[Pair]
+        self,
+        reader: RowReader,
+        channel: str,
+        locations: Mapping[str, Location],
+        pairs: Sequence[Pair],
     ) -> list[int]:
         """What `channel` may hold of each row, as its hold would find it (its rule where the
-        row is, the row's pools, what is held): one script call a location."""
+        row is, the row's pools, what is held), read by `reader` (the read cache, or Redis:
+        one script call a location)."""
         rules = await self.at((locations[loc] for loc in {loc for loc, _ in pairs}), channel)
-        skus: dict[str, list[str]] = {}
-        for loc, sku in pairs:
-            skus.setdefault(loc, []).append(sku)
-        got = await asyncio.gather(
-            *(
-                self.storage.channel_offers(loc, at, ChannelHold.of(channel, rules[loc]))
-                for loc, at in skus.items()
-            )
-        )
-        offers = {
-            (loc, sku): n
-            for (loc, at), counts in zip(skus.items(), got, strict=True)
-            for sku, n in zip(at, counts, strict=True)
-        }
-        return [offers[pair] for pair in pairs]
+        return await reader.offers(channel, rules, pairs)

@@ -91,7 +91,7 @@ async def find_nearby(
     lines = query.lines
     read: Callable[[Sequence[Pair]], Awaitable[list[int]]] = reader.available
     if query.channel and channels is not None:
-        read = functools.partial(channels.offered, query.channel, registry.by_id)
+        read = functools.partial(channels.offered, reader, query.channel, registry.by_id)
     full: list[NearbyHit] = []
     part: list[NearbyHit] = []
     start, size = 0, FIRST_ROUND

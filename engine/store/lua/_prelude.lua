@@ -10,22 +10,50 @@ local function read_row(key, sku)
 end
 
 -- Every write of a row is published on its location's shard channel, for watchers
--- (engine/store/watch.py): "sku\t<the row as stored>". Every script that writes rows is
--- given that channel as its last ARGV (engine/store/keys.py names it: Keys.changes). A
--- state row ("sku#<state>") is not published: no watcher or cache of sellable rows sees one.
-local function write_row(key, sku, r)
+-- (engine/store/watch.py) and the read cache: "sku\t<the row as stored>", then `note`
+-- when what a sales channel may take of the row changed beside it (hold_channel, pools_note;
+-- engine/store/codecs.py reads it). Every script that writes rows is given that channel as
+-- its last ARGV (engine/store/keys.py names it: Keys.changes). A state row ("sku#<state>")
+-- is not published: no watcher or cache of sellable rows sees one.
+local function write_row(key, sku, r, note)
   r[4] = r[4] + 1
   local value = string.format('%d,%d,%d,%d,%d', r[1], r[2], r[3], r[4], r[5])
   redis.call('HSET', key, sku, value)
   if not string.find(sku, '#', 1, true) then
-    redis.call('SPUBLISH', ARGV[#ARGV], sku .. '\t' .. value)
+    redis.call('SPUBLISH', ARGV[#ARGV], sku .. '\t' .. value .. (note or ''))
   end
+end
+
+-- Moves what channel `ch` holds of a row ({L}:h: "sku\tchannel" -> units) by delta; answers
+-- the note of its new count ("\nh\t<channel>\t<units>") for the row's change message, which
+-- must be written after it (nil: no channel, nothing moved).
+local function hold_channel(held_key, sku, ch, delta)
+  if not ch or ch == '' or delta == 0 then return nil end
+  local field = sku .. '\t' .. ch
+  local units = redis.call('HINCRBY', held_key, field, delta)
+  if units <= 0 then
+    redis.call('HDEL', held_key, field)
+    units = 0
+  end
+  return '\nh\t' .. ch .. '\t' .. units
 end
 
 local function available(r)
   local a = r[1] - r[2] - r[3]
   if a < 0 then return 0 end
   return a
+end
+
+-- A row's pools ({L}:p) and what each pool's channel holds of it ({L}:h), as the note of
+-- its change message: "\nP", then "\np\t<channel>\t<units>\t<fallback>" a pool and
+-- "\nh\t<channel>\t<units>" a pool's channel (the pools replace those known before).
+local function pools_note(pools_key, held_key, sku)
+  local out = {'\nP'}
+  for c, units, fb in string.gmatch(redis.call('HGET', pools_key, sku) or '', '([^\t\n]+)\t(%d+)\t([01])\n') do
+    out[#out + 1] = '\np\t' .. c .. '\t' .. units .. '\t' .. fb
+    out[#out + 1] = '\nh\t' .. c .. '\t' .. (redis.call('HGET', held_key, sku .. '\t' .. c) or '0')
+  end
+  return table.concat(out)
 end
 
 -- What a sales channel may still hold of a row: the one formula, for its holds (hold.lua)
@@ -65,15 +93,6 @@ local function channel_available(r, held_key, pools_key, sku, ch, buffer, share)
   if mine > there then mine = there end
   if fallback then return mine + a end
   return mine
-end
-
--- A part's units leave its channel's count of each row ({L}:h) when it stops holding them.
-local function unhold_channel(held_key, ch, lines)
-  if not ch or ch == '' then return end
-  for _, ln in ipairs(lines) do
-    local field = ln[1] .. '\t' .. ch
-    if redis.call('HINCRBY', held_key, field, -ln[2]) <= 0 then redis.call('HDEL', held_key, field) end
-  end
 end
 
 -- "sku\tqty\n..." -> {{sku, qty}, ...}
@@ -363,13 +382,12 @@ local function unhold(rec, due, cap, held, id, state, buckets, retention_ms)
     local key = KEYS[buckets[ln[1]][1]]
     local r = read_row(key, ln[1])
     r[2] = r[2] - ln[2]
-    write_row(key, ln[1], r)
+    write_row(key, ln[1], r, hold_channel(held, ln[1], cur[4], -ln[2]))
   end
   if cur[5] then
     drop_future(rec, id, future)
     redis.call('HDEL', rec, 'fl')
   end
-  unhold_channel(held, cur[4], lines)
   count_echoes(cur[2], nil, function(sku) return KEYS[buckets[sku][1]], KEYS[buckets[sku][2]] end)
   if cur[2] then redis.call('HDEL', rec, 'e') end
   if cur[3] then give_capacity(cap, cur[3]) end
@@ -424,8 +442,7 @@ local function take_off(rec, due, cap, held, id, sku, qty, stock, log, retention
   end
   local r = read_row(stock, sku)
   r[2] = r[2] - qty
-  write_row(stock, sku, r)
-  unhold_channel(held, cur[4], {{sku, qty}})
+  write_row(stock, sku, r, hold_channel(held, sku, cur[4], -qty))
   if cur[2] and not keeps_sku then
     local kept = count_echoes(cur[2], sku, function() return stock, log end)
     if kept == '' then redis.call('HDEL', rec, 'e') else redis.call('HSET', rec, 'e', kept) end

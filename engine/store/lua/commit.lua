@@ -27,10 +27,9 @@ for _, ln in ipairs(lines) do
   local r = read_row(KEYS[k[1]], ln[1])
   r[1] = r[1] - ln[2]
   r[2] = r[2] - ln[2]
-  write_row(KEYS[k[1]], ln[1], r)
+  write_row(KEYS[k[1]], ln[1], r, hold_channel(KEYS[3], ln[1], cur[4], -ln[2]))
   redis.call('ZADD', KEYS[k[2]], now, ln[1] .. '\tc:' .. id .. '\t-' .. ln[2])
 end
-unhold_channel(KEYS[3], cur[4], lines)
 redis.call('HSET', KEYS[1], 's', 'COMMITTED')
 redis.call('ZREM', KEYS[2], id)
 redis.call('PEXPIRE', KEYS[1], retention)

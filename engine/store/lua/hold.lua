@@ -86,9 +86,8 @@ if ARGV[6] == '1' and not dir then write_dir(KEYS[#KEYS], fp, ARGV[7], '', exp -
 local lines = {}
 for _, x in ipairs(rows) do
   x[4][2] = x[4][2] + x[5]
-  write_row(x[1], x[2], x[4])
+  write_row(x[1], x[2], x[4], hold_channel(KEYS[3], x[2], ch, x[5]))
   lines[#lines + 1] = x[2] .. '\t' .. x[3] .. '\n'
-  if ch ~= '' and x[5] > 0 then redis.call('HINCRBY', KEYS[3], x[2] .. '\t' .. ch, x[5]) end
 end
 redis.call('HSET', KEYS[1], 's', 'HELD', 'x', exp, 'f', fp, 'l', table.concat(lines), 't', now)
 if #later > 0 then

@@ -62,8 +62,7 @@ if not join and limit >= 0 then
 end
 
 r[2] = r[2] + qty
-write_row(KEYS[6], sku, r)
-if ch ~= '' then redis.call('HINCRBY', KEYS[3], sku .. '\t' .. ch, qty) end
+write_row(KEYS[6], sku, r, hold_channel(KEYS[3], sku, ch, qty))
 if join then
   local lines, found = {}, false
   for _, ln in ipairs(parse_lines(cur[3])) do

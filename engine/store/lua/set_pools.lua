@@ -7,7 +7,9 @@
 -- KEYS[2] {L}:h  units held per row and channel;  KEYS[3..] {L}:s:<b> stock buckets
 -- ARGV: mode ('set', or 'check': the checks only, nothing written: a call of pools at
 --   several locations checks them all before it sets any), n, then n groups of 5: sku,
---   channel, units, fallback ('1' or '0'), stock key index
+--   channel, units, fallback ('1' or '0'), stock key index, then the location's change
+--   channel (write_row: a row whose pools change is written, its version moved, and its
+--   message carries its pools and what each pool's channel holds: pools_note)
 -- Returns {'OK', pools changed (0 for a check)} | {'OVER', sku, channel, the most units it
 --   may keep now}
 local n = tonumber(ARGV[2])
@@ -60,6 +62,8 @@ for j = 0, n - 1 do
     changed = changed + 1
     if new then text[#text + 1] = ch .. '\t' .. new .. '\n' end
     if #text > 0 then redis.call('HSET', KEYS[1], sku, table.concat(text)) else redis.call('HDEL', KEYS[1], sku) end
+    local stock = KEYS[tonumber(ARGV[p + 4])]
+    write_row(stock, sku, read_row(stock, sku), pools_note(KEYS[1], KEYS[2], sku))
   end
 end
 return {'OK', changed}
