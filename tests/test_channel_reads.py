@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from engine.domain.model import Line
+from engine.domain.model import Line, StockRow
 from engine.domain.rules import ChannelRule, Pool
 from engine.store.codecs import ChannelHold
 from engine.store.connect import connect
@@ -112,7 +112,8 @@ def test_the_reads_formula_is_the_hold_scripts(
             for c, units in held.items():
                 await redis.hset(Keys.channel_holds("s1"), f"a\t{c}", units)
             expected = await hold_script_says(redis, storage, "a", channel, rule)
-            assert await storage.offers(channel, {"s1": rule}, [("s1", "a")]) == [expected]
+            _, offers = await storage.offers(channel, {"s1": rule}, [("s1", "a")])
+            assert offers == [expected]
         finally:
             await redis.aclose()
 
@@ -169,7 +170,8 @@ class ChannelCacheMachine(RuleBasedStateMachine):
         self.theirs = storage_on(self.theirs_client)
         self.run(self.ours.load_scripts())
         self.cache = self.run(cache_on(self.ours))
-        self.history: dict[Pair, list[dict[str, int]]] = {p: [] for p in PAIRS}
+        # each row as Redis held it after each write, with what each channel might hold
+        self.history: dict[Pair, list[tuple[StockRow, dict[str, int]]]] = {p: [] for p in PAIRS}
         self.floor: dict[Pair, int] = dict.fromkeys(PAIRS, 0)
         self.held: list[tuple[str, Pair]] = []
 
@@ -187,8 +189,9 @@ class ChannelCacheMachine(RuleBasedStateMachine):
 
     def _record(self, pair: Pair, here: bool) -> None:
         """What each channel may hold of the row now, read from Redis."""
-        offers = {c: self.run(self.ours.offers(c, rules_at(c), [pair]))[0] for c in CHANNELS}
-        self.history[pair].append(offers)
+        read = {c: self.run(self.ours.offers(c, rules_at(c), [pair])) for c in CHANNELS}
+        (row,) = read["web"][0]
+        self.history[pair].append((row, {c: offers[0] for c, (_, offers) in read.items()}))
         if here:  # this process knows of its own write
             self.floor[pair] = len(self.history[pair]) - 1
 
@@ -246,10 +249,12 @@ class ChannelCacheMachine(RuleBasedStateMachine):
         channel=st.sampled_from(CHANNELS),
     )
     def read(self, pairs: list[Pair], channel: str) -> None:
-        got = self.run(self.cache.offers(channel, rules_at(channel), pairs))
-        for pair, offer in zip(pairs, got, strict=True):
-            allowed = [h[channel] for h in self.history[pair][self.floor[pair] :]]
-            assert offer in allowed, f"{pair} {channel}: read {offer}, Redis held {allowed}"
+        rows, offers = self.run(self.cache.offers(channel, rules_at(channel), pairs))
+        for pair, row, offer in zip(pairs, rows, offers, strict=True):
+            allowed = [(r, o[channel]) for r, o in self.history[pair][self.floor[pair] :]]
+            assert (row, offer) in allowed, (
+                f"{pair} {channel}: read {row} {offer}, Redis held {allowed}"
+            )
 
     @rule()
     def catch_up(self) -> None:
@@ -298,22 +303,24 @@ async def test_a_warm_channel_listing_costs_no_round_trip_and_sees_another_proce
     cache = await cache_on(storage)
     try:
         await warm(cache)
-        # when another process holds for the web and grows the app's pool
+        # when another process holds for the web, for the app from its pool, for the
+        # marketplace (whose share is capped: its own count matters), and grows the pool
         assert await hold(other, ("s2", "b"), "web", 3) is not None
+        assert await hold(other, ("s1", "a"), "app", 1) is not None
+        assert await hold(other, ("s3", "c"), "mkt", 2) is not None
         await other.set_pools("s1", [("a", Pool("app", 6))])
         await cache.caught_up()
-        # then the next listing is all hits, and what Redis says
-        served = hits(cache)
-        got = await cache.offers("web", rules_at("web"), PAIRS)
-        assert hits(cache) == served + len(PAIRS)
-        assert got == await storage.offers("web", rules_at("web"), PAIRS)
-        assert dict(zip(PAIRS, got, strict=True))[("s1", "a")] == 10 - 6 - 2
-        assert dict(zip(PAIRS, got, strict=True))[("s2", "b")] == 10 - 3 - 2
-        # and so is a channel whose share is capped (its own count is kept too)
-        served = hits(cache)
-        assert await cache.offers("mkt", rules_at("mkt"), PAIRS) == await storage.offers(
-            "mkt", rules_at("mkt"), PAIRS
-        )
-        assert hits(cache) == served + len(PAIRS)
+        # then the next listings are all hits, and what Redis says
+        for channel, expected in (
+            ("web", {("s1", "a"): 9 - 5 - 2, ("s2", "b"): 10 - 3 - 2}),
+            ("app", {("s1", "a"): 5 + 0, ("s2", "b"): 10 - 3}),
+            ("mkt", {("s3", "c"): 10 * 4 // 10 - 2, ("s2", "b"): min(10 - 3 - 1, 10 * 4 // 10)}),
+        ):
+            served = hits(cache)
+            rows, got = await cache.offers(channel, rules_at(channel), PAIRS)
+            assert hits(cache) == served + len(PAIRS)
+            assert (rows, got) == await storage.offers(channel, rules_at(channel), PAIRS)
+            offered = dict(zip(PAIRS, got, strict=True))
+            assert {pair: offered[pair] for pair in expected} == expected, channel
     finally:
         await cache.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.domain.model import StockRow
 
@@ -17,11 +17,12 @@ class ChannelRule:
 
     buffer: int = 0
     max_share: float | None = None  # None: no cap
+    # max_share in millionths, as the hold script counts it (1,000,000: no cap)
+    share_ppm: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def share_ppm(self) -> int:
-        """max_share in millionths, as the hold script counts it (1,000,000: no cap)."""
-        return 1_000_000 if self.max_share is None else round(self.max_share * 1_000_000)
+    def __post_init__(self) -> None:
+        ppm = 1_000_000 if self.max_share is None else round(self.max_share * 1_000_000)
+        object.__setattr__(self, "share_ppm", ppm)
 
 
 NO_RULE = ChannelRule()
@@ -69,19 +70,23 @@ def channel_offer(
     and what each channel holds of it (`held`; a channel not in it holds none) taken into
     account. The formula of channel_available in engine/store/lua/_prelude.lua, which its
     holds are checked by, worked out here for reads (the read cache has no script to run);
-    tests/test_channels.py holds the two to the same answers."""
+    tests/test_channel_reads.py holds the two to the same answers."""
     there = row.available
-    free = {p.channel: max(p.units - held.get(p.channel, 0), 0) for p in pools}
-    own = max(there - sum(free.values()), 0) - rule.buffer
+    shared, mine, fallback = there, None, False
+    for pool in pools:  # each keeps free what its channel does not hold of it
+        free = max(pool.units - held.get(pool.channel, 0), 0)
+        shared -= free
+        if pool.channel == channel:
+            mine, fallback = free, pool.fallback
+    own = max(shared, 0) - rule.buffer
     if rule.share_ppm < 1_000_000:
         sellable = max(row.on_hand - row.safety_stock, 0)
         own = min(own, sellable * rule.share_ppm // 1_000_000 - held.get(channel, 0))
     own = max(own, 0)
-    mine = next((p for p in pools if p.channel == channel), None)
     if mine is None:
         return own
-    kept = min(free[channel], there)
-    return kept + own if mine.fallback else kept
+    kept = min(mine, there)
+    return kept + own if fallback else kept
 
 
 @dataclass(frozen=True, slots=True)

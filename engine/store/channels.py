@@ -133,21 +133,24 @@ class ChannelStore(Base):
 
     async def offers(
         self, channel: str, rules: Mapping[str, ChannelRule], pairs: Sequence[tuple[str, str]]
-    ) -> list[int]:
-        """What `channel` may hold of each (location, sku) row, under its rule at each
-        location (`rules`), as its hold would find it now: one script call a location."""
+    ) -> tuple[list[StockRow], list[int]]:
+        """The (location, sku) rows, and what `channel` may hold of each under its rule at
+        each location (`rules`), as its hold would find it now: one script call a location."""
         skus: dict[str, list[str]] = {}
         for loc, sku in pairs:
             skus.setdefault(loc, []).append(sku)
         got = await asyncio.gather(
             *(self.channel_rows(loc, at, channel) for loc, at in skus.items())
         )
-        offers = {}
-        for (loc, at), read in zip(skus.items(), got, strict=True):
+        read = {}
+        for (loc, at), rows in zip(skus.items(), got, strict=True):
             rule = rules[loc]
-            for sku, (row, note) in zip(at, read, strict=True):
-                offers[(loc, sku)] = channel_offer(row, note.pools or (), note.held, channel, rule)
-        return [offers[pair] for pair in pairs]
+            for sku, (row, note) in zip(at, rows, strict=True):
+                read[(loc, sku)] = (
+                    row,
+                    channel_offer(row, note.pools or (), note.held, channel, rule),
+                )
+        return [read[pair][0] for pair in pairs], [read[pair][1] for pair in pairs]
 
     async def set_pools(
         self, location: str, pools: Sequence[tuple[str, Pool]], check: bool = False

@@ -65,11 +65,12 @@ class RowReader(Protocol):
 
     async def offers(
         self, channel: str, rules: Mapping[str, ChannelRule], pairs: Sequence[tuple[str, str]]
-    ) -> list[int]:
-        """What `channel`, under its rule at each location, may hold of each row."""
+    ) -> tuple[list[StockRow], list[int]]:
+        """The rows, and what `channel`, under its rule at each location, may hold of each."""
 
 
 _serials = itertools.count(1)
+_NO_ROW = StockRow()
 
 
 @dataclass(eq=False, slots=True)
@@ -166,13 +167,14 @@ class RowCache(Follower):
 
     async def offers(
         self, channel: str, rules: Mapping[str, ChannelRule], pairs: Sequence[tuple[str, str]]
-    ) -> list[int]:
-        """What `channel` may hold of each row (channel_offer), from rows kept with their
-        pools and what the channels that matter hold (each pool's, and the asking one's
-        where its rule caps its share), as fresh as `rows`; the others read from Redis,
-        one script call a location, and kept."""
+    ) -> tuple[list[StockRow], list[int]]:
+        """The rows, and what `channel` may hold of each (channel_offer), from rows kept
+        with their pools and what the channels that matter hold (each pool's, and the
+        asking one's where its rule caps its share), as fresh as `rows`; the others read
+        from Redis, one script call a location, and kept."""
         now = time.monotonic()
-        out = [0] * len(pairs)
+        rows: list[StockRow] = [_NO_ROW] * len(pairs)
+        offers = [0] * len(pairs)
         misses: dict[str, list[int]] = {}
         states: dict[str, _Location | None] = {}
         for i, (location, sku) in enumerate(pairs):
@@ -180,22 +182,27 @@ class RowCache(Follower):
                 state = states[location]
             else:
                 state = states[location] = self._servable(location, now)
-            got = None if state is None else _offer(state, sku, channel, rules[location])
-            if got is None:
+            row = None if state is None else state.rows.get(sku)
+            got = None
+            if state is not None and row is not None:
+                got = _offer(state, sku, row, channel, rules[location])
+            if got is None or row is None:
                 misses.setdefault(location, []).append(i)
             else:
-                out[i] = got
+                rows[i], offers[i] = row, got
         hits = len(pairs) - sum(map(len, misses.values()))
         if hits:
             self._reads["hit"].inc(hits)
         if misses:
             await asyncio.gather(
                 *(
-                    self._fill_offers(channel, rules[loc], states[loc], loc, at, pairs, out)
+                    self._fill_offers(
+                        channel, rules[loc], states[loc], loc, at, pairs, (rows, offers)
+                    )
                     for loc, at in misses.items()
                 )
             )
-        return out
+        return rows, offers
 
     async def _fill_offers(
         self,
@@ -205,7 +212,7 @@ class RowCache(Follower):
         location: str,
         at: list[int],
         pairs: Sequence[tuple[str, str]],
-        out: list[int],
+        out: tuple[list[StockRow], list[int]],
     ) -> None:
         """Reads the rows of `pairs` at `at` (all at `location`) with their channels' counts
         from Redis, answers from what was read, and keeps it (state None: not kept)."""
@@ -218,10 +225,10 @@ class RowCache(Follower):
             read = await self.storage.channel_rows(location, skus, channel)
         finally:
             seen = {sku: self._end_fill(state, sku) for sku in skus} if state else {}
-        offers = {}
+        answers = {}
         for sku, (row, note) in zip(skus, read, strict=True):
             pools = note.pools or ()
-            offers[sku] = channel_offer(row, pools, note.held, channel, rule)
+            answers[sku] = row, channel_offer(row, pools, note.held, channel, rule)
             if state is not None and self.locations.get(location) is state and state.live:
                 kept = _Channels(row.version, pools, dict(note.held))
                 for message, message_note in seen[sku]:
@@ -234,7 +241,7 @@ class RowCache(Follower):
                 elif kept.version == known.version:  # of one instant: both hold
                     known.held.update(kept.held)
         for i in at:
-            out[i] = offers[pairs[i][1]]
+            out[0][i], out[1][i] = answers[pairs[i][1]]
         self._evict()
 
     def kept(self, location: str, sku: str) -> StockRow | None:
@@ -425,17 +432,19 @@ def _version(row: StockRow) -> int:
     return row.version
 
 
-def _offer(state: _Location, sku: str, channel: str, rule: ChannelRule) -> int | None:
+def _offer(
+    state: _Location, sku: str, row: StockRow, channel: str, rule: ChannelRule
+) -> int | None:
     """What `channel` may hold of a kept row, or None when it cannot be told from what is
-    kept: the row or its channels not kept, not of one version, or a count it needs not
+    kept: the row's channels not kept, not of the row's version, or a count it needs not
     known (each pool's channel's, and its own where its rule caps its share)."""
-    row = state.rows.get(sku)
     channels = state.channels.get(sku)
-    if row is None or channels is None or channels.version != row.version:
+    if channels is None or channels.version != row.version:
         return None
     held = channels.held
     if rule.share_ppm < 1_000_000 and channel not in held:
         return None
-    if any(pool.channel not in held for pool in channels.pools):
-        return None
+    for pool in channels.pools:
+        if pool.channel not in held:
+            return None
     return channel_offer(row, channels.pools, held, channel, rule)

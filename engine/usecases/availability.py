@@ -84,8 +84,7 @@ class Availability:
         if has_bundles(wanted, table):
             rows, offered, others = await self._kits(channel, pairs, table, states)
         else:
-            rows, others = await self._rows(pairs, states)
-            offered = await self.offered(channel, pairs, rows)
+            rows, offered, others = await self._read(channel, pairs, states)
         keep_empty = include_empty or bool(location_ids)
         return [
             (loc, sku, row, a, self.status(loc, sku, channel, a), units)
@@ -104,8 +103,8 @@ class Availability:
             raise InvalidArgument(
                 "skus", f"their bundles' components come to {len(flat)} rows, over {MAX_ROWS}"
             )
-        read, units = await self._rows(flat, states)
-        offered = fold(await self.offered(channel, flat, read), pairs, starts, table)
+        read, flat_offered, units = await self._read(channel, flat, states)
+        offered = fold(flat_offered, pairs, starts, table)
         rows: list[StockRow] = []
         others: list[tuple[int, ...]] = []
         for (_, sku), start in zip(pairs, starts, strict=True):
@@ -118,14 +117,23 @@ class Availability:
                 others.append(tuple(0 for _ in units[start]))
         return rows, offered, others
 
-    async def _rows(
-        self, pairs: Sequence[tuple[str, str]], states: bool
-    ) -> tuple[list[StockRow], list[tuple[int, ...]]]:
-        """The rows (from the read cache), or with `states` the rows and their state rows,
-        read from Redis together: the same script calls, no round trip more (keys.py)."""
-        if not states:
-            return await self.reader.rows(pairs), [()] * len(pairs)
-        return await self.storage.rows_in_states(pairs)
+    async def _read(
+        self, channel: str, pairs: Sequence[tuple[str, str]], states: bool
+    ) -> tuple[list[StockRow], list[int], list[tuple[int, ...]]]:
+        """The rows, what `channel` may hold of each, and with `states` their units in the
+        other states. From the read cache: the rows, or for a channel the rows with what it
+        may hold of them (one read: channels.read). With `states`, from Redis: the rows and
+        their state rows in the same script calls (keys.py), then the channel's offers."""
+        if states:
+            rows, others = await self.storage.rows_in_states(pairs)
+            return rows, await self.offered(channel, pairs, rows), others
+        await self.channels.fresh()  # for `status`, and the channel's rules
+        if not channel:
+            rows = await self.reader.rows(pairs)
+            return rows, [row.available for row in rows], [()] * len(pairs)
+        by_id = self.locations.by_id
+        rows, offered = await self.channels.read(self.reader, channel, by_id, pairs)
+        return rows, offered, [()] * len(pairs)
 
     async def offered(
         self,

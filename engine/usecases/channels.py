@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 from engine.domain.bundles import Bundle
 from engine.domain.errors import InvalidArgument, Unavailable
-from engine.domain.model import Location, LocationType, check_id, check_qty, check_size
+from engine.domain.model import (
+    Location,
+    LocationType,
+    StockRow,
+    check_id,
+    check_qty,
+    check_size,
+)
 from engine.domain.rules import DEFAULT_BAND, NO_RULE, Band, ChannelRule, CustomerLimit, Pool
 from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
@@ -116,6 +123,9 @@ class ChannelRules:
         self.locations = locations
         self.rules: dict[tuple[str, str], ChannelRule] = {}
         self.bands: dict[tuple[str, str], Band] = {}
+        self._banded_rows: set[tuple[str, str]] = set()  # rows with bands of their own
+        self._banded_channels: set[str] = set()
+        self._location_bands: dict[tuple[str, LocationType, str], Band] = {}
         self.limits: dict[str, CustomerLimit] = {}  # sku -> its per-customer limit
         self.bundles: dict[str, Bundle] = {}  # bundle sku -> its components (SetBundles)
         self._version = -1
@@ -159,7 +169,18 @@ class ChannelRules:
     def band_at(self, location: Location, sku: str, channel: str) -> Band:
         """The band of a row for a channel: the most specific scope set for that channel,
         else for any channel (''), else the default (OUT at 0). Read from the rules as
-        last refreshed (fresh() first)."""
+        last refreshed (fresh() first). A row with no band of its own has its location's,
+        worked out once a location, type and channel with bands (a listing asks 50 rows)."""
+        if (location.id, sku) in self._banded_rows:
+            return self._band(location, sku, channel)
+        asking = channel if channel in self._banded_channels else ""
+        key = (location.id, location.type, asking)
+        band = self._location_bands.get(key)
+        if band is None:
+            band = self._location_bands[key] = self._band(location, sku, asking)
+        return band
+
+    def _band(self, location: Location, sku: str, channel: str) -> Band:
         scopes = (f"r\t{location.id}\t{sku}", f"l:{location.id}", f"t:{location.type.value}", "*")
         for asking in dict.fromkeys((channel, "")):
             for scope in scopes:
@@ -209,6 +230,10 @@ class ChannelRules:
         self.limits = await self.storage.limits()
         self.bundles = await self.storage.bundles()
         self._version = version
+        rows = (scope.split("\t") for scope, _ in self.bands if scope.startswith("r\t"))
+        self._banded_rows = {(loc, sku) for _, loc, sku in rows}
+        self._banded_channels = {channel for _, channel in self.bands}
+        self._location_bands = {}
 
     async def table(self) -> dict[str, Bundle]:
         """The bundles as last read (as `fresh`: no call waits on the store for them)."""
@@ -268,5 +293,15 @@ class ChannelRules:
         """What `channel` may hold of each row, as its hold would find it (its rule where the
         row is, the row's pools, what is held), read by `reader` (the read cache, or Redis:
         one script call a location)."""
+        return (await self.read(reader, channel, locations, pairs))[1]
+
+    async def read(
+        self,
+        reader: RowReader,
+        channel: str,
+        locations: Mapping[str, Location],
+        pairs: Sequence[Pair],
+    ) -> tuple[list[StockRow], list[int]]:
+        """The rows, and what `channel` may hold of each (`offered`), read together."""
         rules = await self.at((locations[loc] for loc in {loc for loc, _ in pairs}), channel)
         return await reader.offers(channel, rules, pairs)
