@@ -119,13 +119,14 @@ class ChannelStore(Base):
         return out
 
     async def channel_rows(
-        self, location: str, skus: Sequence[str], channel: str
+        self, location: str, skus: Sequence[str], channel: str, rule: ChannelRule
     ) -> list[tuple[StockRow, RowNote]]:
-        """Rows at one location, each with what `channel`'s share of it depends on beside
-        it (its pools, what each pool's channel and `channel` hold), one round trip
-        (read_offers.lua): read together, one instant's."""
+        """Rows at one location, each with what `channel`'s share of it under `rule` depends
+        on beside it (its pools, what each pool's channel holds, and what `channel` does
+        where the rule caps its share), one round trip (read_offers.lua): one instant's."""
         keys = KeyList(Keys.channel_holds(location), Keys.pools(location))
-        args: list[object] = [channel, len(skus)]
+        capped = "1" if rule.share_ppm < 1_000_000 else "0"
+        args: list[object] = [channel, capped, len(skus)]
         for sku in skus:
             args += [sku, keys.add(self.keys.stock(location, sku))]
         got = await self.call("read_offers", keys.keys, args)
@@ -140,7 +141,7 @@ class ChannelStore(Base):
         for loc, sku in pairs:
             skus.setdefault(loc, []).append(sku)
         got = await asyncio.gather(
-            *(self.channel_rows(loc, at, channel) for loc, at in skus.items())
+            *(self.channel_rows(loc, at, channel, rules[loc]) for loc, at in skus.items())
         )
         read = {}
         for (loc, at), rows in zip(skus.items(), got, strict=True):

@@ -222,7 +222,7 @@ class RowCache(Follower):
                 state.filling.setdefault(sku, [0, []])[0] += 1
         self._reads["filled" if state is not None else "fallback"].inc(len(at))
         try:
-            read = await self.storage.channel_rows(location, skus, channel)
+            read = await self.storage.channel_rows(location, skus, channel, rule)
         finally:
             seen = {sku: self._end_fill(state, sku) for sku in skus} if state else {}
         answers = {}
