@@ -10,7 +10,9 @@ as given), the `networks` scenario's data (that many stores carrying 60% of a ca
 that the network view holds them (a storefront's listings are few and asked again and
 again; the first listing of a sku costs what `--view-rows 0` shows every time), then the
 closed loop (`--concurrency` in flight, `--duration` s) for the most listings a second,
-then the open loop at half that rate for p50 and p99 (each measured from when it was due).
+then the open loop at half that rate for p50 and p99 (each measured from when it was due),
+each after `--warmup` s of the same load, not measured (a new client's connections and the
+server's first answers to them: 0 measures from the first request).
 With `--writes`, that share of requests are holds at a member (released or committed), so
 listings meet rows changed since they were kept. With `--baseline`, the same is measured on
 the same server for the same listing at one of the stores (GetAvailability, from the read
@@ -97,9 +99,9 @@ def at_half_rate(
     base = LoadConfig(scenario="networks", target=target, params=params,
                       duration=args.duration, processes=args.processes)  # fmt: skip
     load_before = os.getloadavg()[0]
-    most = run_load(_with(base, mode="closed", concurrency=args.concurrency))
+    most = run_load(_with(base, mode="closed", concurrency=args.concurrency, warmup=args.warmup))
     rate = most["throughput_rps"] / 2
-    half = run_load(_with(base, mode="open", rate=rate))
+    half = run_load(_with(base, mode="open", rate=rate, warmup=args.warmup))
     lat = half["latency_ms"]
     label = f"{params['members']:>6,} {what or 'one store'}"
     print(
@@ -246,6 +248,7 @@ def main() -> None:
     p.add_argument("--view-rows", type=int, default=2_000_000, help="--network-view-rows")
     p.add_argument("--concurrency", type=int, default=16, help="closed loop: in flight")
     p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before each, not measured")
     p.add_argument("--processes", type=int, default=1, help="client processes")
     p.add_argument(
         "--baseline", action="store_true", help="also the same listing at one store, same server"
@@ -269,6 +272,7 @@ def main() -> None:
         f"python -m bench.networks --members {' '.join(map(str, args.members))} --skus "
         f"{args.skus} --channel '{args.channel}' --writes {args.writes} --view-rows "
         f"{args.view_rows} --concurrency {args.concurrency} --duration {args.duration} "
+        f"--warmup {args.warmup} "
         f"--processes {args.processes}" + (" --baseline" if args.baseline else "")
     )
     path = args.out / f"networks-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -62,7 +62,7 @@ def test_memory_and_curves_commands_run(project_root: Path, tmp_path: Path) -> N
 
 def test_the_network_listing_curve_runs(project_root: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench.networks", "--members", "3", "6", "--skus", "60"]
-    command += ["--duration", "1", "--baseline", "--out", str(tmp_path)]
+    command += ["--duration", "1", "--warmup", "0.5", "--baseline", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     points = json.loads(next(tmp_path.glob("networks-*.json")).read_text())["points"]
