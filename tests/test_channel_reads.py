@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import itertools
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import hypothesis.strategies as st
@@ -19,7 +19,6 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     rule,
@@ -36,7 +35,15 @@ from engine.store.rowcache import RowCache
 from engine.store.storage import Storage
 
 from .conftest import ON_BOTH
-from .test_rowcache import PAIRS, cache_on, change, hits, kill_subscribers, storage_on
+from .test_rowcache import (
+    PAIRS,
+    TwoProcesses,
+    cache_on,
+    change,
+    hits,
+    kill_subscribers,
+    storage_on,
+)
 
 T = TypeVar("T")
 Pair = tuple[str, str]
@@ -154,35 +161,18 @@ async def warm(cache: RowCache) -> None:
     raise AssertionError(f"not warm: {cache.locations.keys()}")
 
 
-class ChannelCacheMachine(RuleBasedStateMachine):
+class ChannelCacheMachine(TwoProcesses):
     """Holds for channels, releases, pools set and stock counted, through this process and
     through another, cached channel reads, catch-ups and cut feeds, in any order. Every
     answer is what the channel might hold of the row at some time since this process last
     knew better (its own last write there, or its last catch-up)."""
 
     def __init__(self, redis_url: str) -> None:
-        super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.redis = self.run(connect(redis_url, 2.0))
-        self.theirs_client = self.run(connect(redis_url, 2.0))
-        self.run(self.redis.flushall())
-        self.ours = storage_on(self.redis)
-        self.theirs = storage_on(self.theirs_client)
-        self.run(self.ours.load_scripts())
-        self.cache = self.run(cache_on(self.ours))
+        super().__init__(redis_url)
         # each row as Redis held it after each write, with what each channel might hold
         self.history: dict[Pair, list[tuple[StockRow, dict[str, int]]]] = {p: [] for p in PAIRS}
         self.floor: dict[Pair, int] = dict.fromkeys(PAIRS, 0)
         self.held: list[tuple[str, Pair]] = []
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
-
-    def teardown(self) -> None:
-        self.run(self.cache.close())
-        self.run(self.redis.aclose())
-        self.run(self.theirs_client.aclose())
-        self.loop.close()
 
     def by(self, here: bool) -> Storage:
         return self.ours if here else self.theirs

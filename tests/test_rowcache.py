@@ -158,11 +158,9 @@ async def test_once_caught_up_the_cache_has_every_write_of_another_process(
 # -- random interleavings --------------------------------------------------------------------
 
 
-class CacheMachine(RuleBasedStateMachine):
-    """Writes through this process and through another, cached reads, catch-ups and cut
-    feeds, in any order. After every read: each row read is one Redis held at some time
-    since this process last knew better (its own last write, or its last catch-up), and
-    no row's version goes backwards from one read to the next."""
+class TwoProcesses(RuleBasedStateMachine):
+    """A flushed store written through this process (`ours`, with its read `cache`) and
+    through another (`theirs`); the rules are the subclass's."""
 
     def __init__(self, redis_url: str) -> None:
         super().__init__()
@@ -174,9 +172,6 @@ class CacheMachine(RuleBasedStateMachine):
         self.theirs = storage_on(self.theirs_client)
         self.run(self.ours.load_scripts())
         self.cache = self.run(cache_on(self.ours))
-        self.history: dict[Pair, list[StockRow]] = {p: [StockRow()] for p in PAIRS}
-        self.floor: dict[Pair, int] = dict.fromkeys(PAIRS, 0)  # the oldest history allowed
-        self.seen: dict[Pair, int] = dict.fromkeys(PAIRS, 0)  # versions read last
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -186,6 +181,19 @@ class CacheMachine(RuleBasedStateMachine):
         self.run(self.redis.aclose())
         self.run(self.theirs_client.aclose())
         self.loop.close()
+
+
+class CacheMachine(TwoProcesses):
+    """Writes through this process and through another, cached reads, catch-ups and cut
+    feeds, in any order. After every read: each row read is one Redis held at some time
+    since this process last knew better (its own last write, or its last catch-up), and
+    no row's version goes backwards from one read to the next."""
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__(redis_url)
+        self.history: dict[Pair, list[StockRow]] = {p: [StockRow()] for p in PAIRS}
+        self.floor: dict[Pair, int] = dict.fromkeys(PAIRS, 0)  # the oldest history allowed
+        self.seen: dict[Pair, int] = dict.fromkeys(PAIRS, 0)  # versions read last
 
     def _record(self, pair: Pair) -> None:
         (row,) = self.run(in_redis(self.ours, [pair]))

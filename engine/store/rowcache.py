@@ -141,15 +141,11 @@ class RowCache(Follower):
 
     async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]:
         """The rows of (location, sku) pairs, each as fresh as the module docstring says."""
-        now = time.monotonic()
         out: list[StockRow | None] = [None] * len(pairs)
         fills: list[tuple[int, _Location | None]] = []  # from Redis: None = not kept
-        states: dict[str, _Location | None] = {}
+        states = self._states(pairs)
         for i, (location, sku) in enumerate(pairs):
-            if location in states:
-                state = states[location]
-            else:
-                state = states[location] = self._servable(location, now)
+            state = states[location]
             row = state.rows.get(sku) if state is not None else None
             if row is not None:
                 out[i] = row
@@ -172,16 +168,12 @@ class RowCache(Follower):
         with their pools and what the channels that matter hold (each pool's, and the
         asking one's where its rule caps its share), as fresh as `rows`; the others read
         from Redis, one script call a location, and kept."""
-        now = time.monotonic()
         rows: list[StockRow] = [_NO_ROW] * len(pairs)
         offers = [0] * len(pairs)
         misses: dict[str, list[int]] = {}
-        states: dict[str, _Location | None] = {}
+        states = self._states(pairs)
         for i, (location, sku) in enumerate(pairs):
-            if location in states:
-                state = states[location]
-            else:
-                state = states[location] = self._servable(location, now)
+            state = states[location]
             row = None if state is None else state.rows.get(sku)
             got = None
             if state is not None and row is not None:
@@ -255,6 +247,15 @@ class RowCache(Follower):
         state = self.locations.get(location)
         if state is not None:
             state.written_at = time.monotonic()
+
+    def _states(self, pairs: Sequence[tuple[str, str]]) -> dict[str, _Location | None]:
+        """Each location of `pairs`, its state where its rows may be served now (_servable)."""
+        now = time.monotonic()
+        states: dict[str, _Location | None] = {}
+        for location, _ in pairs:
+            if location not in states:
+                states[location] = self._servable(location, now)
+        return states
 
     def _servable(self, location: str, now: float) -> _Location | None:
         """The location's state when its rows may be served from here; else None (and it
