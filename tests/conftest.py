@@ -106,6 +106,17 @@ async def storage(redis: aioredis.Redis | RedisCluster) -> Storage:
 
 
 @pytest.fixture
+async def other(redis: aioredis.Redis | RedisCluster, redis_url: str) -> AsyncIterator[Storage]:
+    """The store as another server process writes it: a client of its own (no fence of a
+    read cache on `storage`), after `redis` has flushed it."""
+    client = await connect(redis_url, 2.0)
+    theirs = Storage(client, stock_buckets=BUCKETS, retention_ms=HOUR_MS, event_window_ms=HOUR_MS)
+    await theirs.load_scripts()
+    yield theirs
+    await client.aclose()
+
+
+@pytest.fixture
 def reservations(storage: Storage, clock: ManualClock) -> Reservations:
     timing = Timing(default_ttl_ms=60_000, saga_timeout_ms=5_000)
     return Reservations(storage, LocationRegistry(storage), clock, timing, Metrics())

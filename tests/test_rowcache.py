@@ -87,16 +87,6 @@ def fallbacks(cache: RowCache) -> float:
 
 
 @pytest.fixture
-async def other(redis_url: str, redis: Any) -> AsyncIterator[Storage]:
-    """The store as another server process writes it (no fence of this process's cache)."""
-    client = await connect(redis_url, 2.0)
-    theirs = storage_on(client)
-    await theirs.load_scripts()
-    yield theirs
-    await client.aclose()
-
-
-@pytest.fixture
 async def cache(storage: Storage) -> AsyncIterator[RowCache]:
     made = await cache_on(storage)
     yield made
@@ -160,7 +150,8 @@ async def test_once_caught_up_the_cache_has_every_write_of_another_process(
 
 class TwoProcesses(RuleBasedStateMachine):
     """A flushed store written through this process (`ours`, with its read `cache`) and
-    through another (`theirs`); the rules are the subclass's."""
+    through another (`theirs`), and a feed that may be cut at any step; the other rules
+    are the subclass's."""
 
     def __init__(self, redis_url: str) -> None:
         super().__init__()
@@ -181,6 +172,14 @@ class TwoProcesses(RuleBasedStateMachine):
         self.run(self.redis.aclose())
         self.run(self.theirs_client.aclose())
         self.loop.close()
+
+    @rule()
+    def cut_the_feed(self) -> None:
+        self.run(kill_subscribers(self.redis))
+
+    @invariant()
+    def within_its_bound(self) -> None:
+        assert self.cache.cached <= self.cache.max_rows
 
 
 class CacheMachine(TwoProcesses):
@@ -227,14 +226,6 @@ class CacheMachine(TwoProcesses):
     def catch_up(self) -> None:
         self.run(self.cache.caught_up())
         self.floor = {pair: len(rows) - 1 for pair, rows in self.history.items()}
-
-    @rule()
-    def cut_the_feed(self) -> None:
-        self.run(kill_subscribers(self.redis))
-
-    @invariant()
-    def within_its_bound(self) -> None:
-        assert self.cache.cached <= self.cache.max_rows
 
 
 @ON_BOTH
