@@ -73,9 +73,16 @@ class Link:
         # what each reply will answer: sub|unsub|ping, the location and its serial, when sent
         self.pending: deque[tuple[str, str, int, float]] = deque()
         self.outbox: list[tuple[str, str, int]] = []  # sub|unsub, where, which subscription
+        self.ping_asked = False  # a PING with the next send, not a beat from now
         self.wake = asyncio.Event()
         self.locations: set[str] = set()  # the cache's locations followed here
         self.task = asyncio.create_task(self._run())
+
+    def ping_soon(self) -> None:
+        """Asks for a PING now rather than at the next beat: a write of this process was
+        just answered, and reads of its location wait for a PING sent after it."""
+        self.ping_asked = True
+        self.wake.set()
 
     def send(self, kind: str, location: str, serial: int) -> None:
         """Asks for a (kind 'sub') subscription of the location's channel or its end ('unsub')."""
@@ -146,7 +153,8 @@ class Link:
                 verb = "SSUBSCRIBE" if kind == "sub" else "SUNSUBSCRIBE"
                 commands.append((verb, Keys.changes(location)))
             self.outbox.clear()
-            if now >= next_ping:
+            if now >= next_ping or self.ping_asked:
+                self.ping_asked = False
                 self._check_answered(now)
                 self.pending.append(("ping", "", 0, now))
                 commands.append(("PING",))

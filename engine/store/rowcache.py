@@ -243,10 +243,12 @@ class RowCache(Follower):
 
     def wrote(self, location: str) -> None:
         """A write at `location` was just answered to this process: its rows are served
-        from here again only once a PING sent after now has come back."""
+        from here again only once a PING sent after now has come back (one is sent at
+        once, not at the next beat)."""
         state = self.locations.get(location)
         if state is not None:
             state.written_at = time.monotonic()
+            state.link.ping_soon()
 
     def _states(self, pairs: Sequence[tuple[str, str]]) -> dict[str, _Location | None]:
         """Each location of `pairs`, its state where its rows may be served now (_servable)."""
