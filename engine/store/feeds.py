@@ -123,9 +123,12 @@ class Feeds(Follower):
         return set(self.written)
 
     def wrote(self, location: str) -> None:
-        """A write at `location` was just answered to this process (Storage.told)."""
-        if location in self.followed:
+        """A write at `location` was just answered to this process (Storage.told): a PING
+        is sent at once, as the read cache does."""
+        followed = self.followed.get(location)
+        if followed is not None:
             self.written[location] = time.monotonic()
+            followed.link.ping_soon()
 
     async def confirmed(self, within: float) -> None:
         """Waits, `within` seconds at most, until Redis has answered every subscription
