@@ -80,12 +80,12 @@ class Sweeper:
         woken = await self.storage.woken(now, BATCH)
         expired = 0
         for location, rids in (await self.storage.due(list(woken), now, BATCH)).items():
-            expired += await self.storage.expire(location, rids, now)
+            done = await self.storage.expire(location, rids, now)
+            self.metrics.expiries.inc(done)  # counted as their units come back
+            expired += done
         rearm: dict[str, int | None] = dict.fromkeys(await self._slice())
         rearm.update(woken)  # those woken are taken off first, if no hold moved them
         await self.storage.rearm(rearm)
-        if expired:
-            self.metrics.expiries.inc(expired)
         return expired
 
     async def _slice(self) -> list[str]:
