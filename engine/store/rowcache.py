@@ -211,7 +211,7 @@ class RowCache(Follower):
         skus = list(dict.fromkeys(pairs[i][1] for i in at))
         if state is not None:
             for sku in skus:
-                state.filling.setdefault(sku, [0, []])[0] += 1
+                _begin_fill(state, sku)
         self._reads["filled" if state is not None else "fallback"].inc(len(at))
         try:
             read = await self.storage.channel_rows(location, skus, channel, rule)
@@ -221,7 +221,7 @@ class RowCache(Follower):
         for sku, (row, note) in zip(skus, read, strict=True):
             pools = note.pools or ()
             answers[sku] = row, channel_offer(row, pools, note.held, channel, rule)
-            if state is not None and self.locations.get(location) is state and state.live:
+            if state is not None and self._still_kept(state):
                 kept = _Channels(row.version, pools, dict(note.held))
                 for message, message_note in seen[sku]:
                     kept.told(message.version, message_note)
@@ -282,7 +282,7 @@ class RowCache(Follower):
     ) -> None:
         for i, state in fills:
             if state is not None:
-                state.filling.setdefault(pairs[i][1], [0, []])[0] += 1
+                _begin_fill(state, pairs[i][1])
         kept = sum(state is not None for _, state in fills)
         self._reads["filled"].inc(kept)
         self._reads["fallback"].inc(len(fills) - kept)
@@ -295,10 +295,14 @@ class RowCache(Follower):
                     got[i] = self._end_fill(state, pairs[i][1])
         for (i, state), row in zip(fills, read, strict=True):
             out[i] = row
-            if state is not None and self.locations.get(state.name) is state and state.live:
+            if state is not None and self._still_kept(state):
                 newest = max((m for m, _ in got[i]), key=_version, default=row)
                 self._keep(state, pairs[i][1], max(row, newest, key=_version))
         self._evict()
+
+    def _still_kept(self, state: _Location) -> bool:
+        """Whether a location read for is still followed, by the same subscription."""
+        return self.locations.get(state.name) is state and state.live
 
     def _keep(self, state: _Location, sku: str, row: StockRow) -> None:
         """Keeps a row read (or told of) unless a newer one is kept already."""
@@ -429,6 +433,11 @@ class RowCache(Follower):
 
     def on_flush(self) -> None:
         self.reset("flush")
+
+
+def _begin_fill(state: _Location, sku: str) -> None:
+    """A fill of `sku` is under way: its messages are kept for it until _end_fill."""
+    state.filling.setdefault(sku, [0, []])[0] += 1
 
 
 def _version(row: StockRow) -> int:
