@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 
 class _PackedByHiredis:
@@ -69,6 +70,9 @@ def cluster_client(url: str, timeout: float, max_connections: int, retries: int)
     )
 
 
+PROBE_START_TRIES = 3
+
+
 async def probe_client(url: str, like: aioredis.Redis | RedisCluster, wait: float) -> Any:
     """The health probe's own connection (per node), of the kind of `like`, not retried:
     its timeout (`wait`) is the verdict. A cluster's learns its primaries here, at start, while the
@@ -76,6 +80,14 @@ async def probe_client(url: str, like: aioredis.Redis | RedisCluster, wait: floa
     would take it frozen for the whole store down."""
     if isinstance(like, RedisCluster):
         cluster = cluster_client(url, wait, max_connections=1, retries=0)
-        await cluster.initialize()
+        # Learning the slots (CLUSTER SLOTS, then COMMAND: tens of KB) is start-up, not a
+        # verdict: a node slow to answer it within `wait` once is asked again.
+        for attempt in range(PROBE_START_TRIES):
+            try:
+                await cluster.initialize()
+                break
+            except (RedisError, RedisClusterException, OSError):
+                if attempt == PROBE_START_TRIES - 1:
+                    raise
         return cluster
     return redis_client(url, wait, max_connections=1, retries=0)
