@@ -212,7 +212,13 @@ class Omnistock:
         self.stock_service.supplies = supplies
         self.stock_service.transfers = Transfers(self.storage, self.locations, self.clock, m)
         availability_service = AvailabilityService(
-            availability, reader, self.locations, m, self.hub, networks
+            availability,
+            reader,
+            self.locations,
+            m,
+            self.hub,
+            networks,
+            listed_rows=self.settings.read_cache_rows,
         )
         availability_service.supplies = supplies
         add_services(

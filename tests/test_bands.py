@@ -54,6 +54,32 @@ async def test_out_at_nothing_by_default_and_each_scope_and_channel_wins_in_turn
     assert await status(stubs, "s1", "a", "web") == IN
 
 
+async def test_a_listing_gives_each_row_its_own_band_among_its_locations(
+    stubs: Stubs, redis_url: str
+) -> None:
+    # given rows at two locations, one row with a band of its own, the others their
+    # location's (looked up once for a run of rows at a location)
+    await seed(stubs, {(loc, sku): 3 for loc in ("s1", "s2") for sku in "abc"})
+    await bands(
+        stubs,
+        pb.StockBand(location_id="s1", low=5),
+        pb.StockBand(location_id="s1", sku="b", low=1),
+        pb.StockBand(location_id="s2", sku="c", low=3, out=3),
+    )
+    # when they are listed in one call, then each row is in its own band
+    got = await stubs.availability.GetAvailability(
+        pb.GetAvailabilityRequest(skus=["a", "b", "c"], location_ids=["s1", "s2"])
+    )
+    assert [(lv.location_id, lv.sku, lv.status) for lv in got.levels] == [
+        ("s1", "a", LOW),
+        ("s1", "b", IN),
+        ("s1", "c", LOW),
+        ("s2", "a", IN),
+        ("s2", "b", IN),
+        ("s2", "c", OUT),
+    ]
+
+
 async def test_a_channels_band_is_of_what_it_may_hold(stubs: Stubs, redis_url: str) -> None:
     await seed(stubs, {("s1", "a"): 4})
     await stubs.stock.SetChannelRules(

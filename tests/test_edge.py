@@ -20,7 +20,15 @@ from redis.asyncio.cluster import RedisCluster
 from engine.app import Omnistock
 from engine.domain.clock import ManualClock
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import EventKind, Line, ReservationState, StockEvent, check_id
+from engine.domain.model import (
+    MAX_ID_LENGTH,
+    EventKind,
+    Line,
+    ReservationState,
+    StockEvent,
+    check_id,
+    check_ids,
+)
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.keys import (
     ALERTS,
@@ -70,6 +78,37 @@ def test_an_id_with_a_line_break_or_control_character_is_refused(value: str) -> 
     with pytest.raises(InvalidArgument) as err:
         check_id(value, "lines[0].sku")
     assert err.value.field == "lines[0].sku"
+
+
+def _first_refused(values: list[str]) -> str | None:
+    """The field check_id refuses first, one value at a time (None: all pass)."""
+    for i, value in enumerate(values):
+        try:
+            check_id(value, f"skus[{i}]")
+        except InvalidArgument as exc:
+            return exc.field
+    return None
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["S1", "S1\n", "A\nB", "\n", "", "x" * MAX_ID_LENGTH, "{S}"]),
+            st.text(max_size=MAX_ID_LENGTH + 2),
+        ),
+        max_size=6,
+    )
+)
+def test_a_list_of_ids_checked_at_once_refuses_what_each_check_would(values: list[str]) -> None:
+    # check_ids matches a listing's skus joined by newlines in one go: a value holding a
+    # newline ("A\nB") must not pass as two ids, and the field named is the first at fault
+    expected = _first_refused(values)
+    if expected is None:
+        check_ids(values, "skus")
+        return
+    with pytest.raises(InvalidArgument) as err:
+        check_ids(values, "skus")
+    assert err.value.field == expected
 
 
 async def test_a_sku_ending_in_a_newline_is_refused_before_it_reaches_a_row(

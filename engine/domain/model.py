@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.domain.errors import InvalidArgument
 from engine.domain.places import check_country
@@ -35,6 +36,9 @@ MAX_MAPPINGS = 10_000
 # whitespace or separators would make logs and encodings ambiguous. Matched in full
 # (fullmatch): with `$`, "S1\n" would pass, and a newline breaks every line format.
 _ID = re.compile(r"[A-Za-z0-9._:/@+-]+")
+# A list of ids, each ended by a newline (which no id holds), matched at once: a listing's
+# 50 skus in one call of the matcher, not 50 (check_ids).
+_IDS = re.compile(rf"(?:[A-Za-z0-9._:/@+-]{{1,{MAX_ID_LENGTH}}}\n)*")
 
 
 class LocationType(enum.StrEnum):
@@ -87,8 +91,11 @@ class Location:
     region: str = ""  # a tag of the retailer's own (an id); "": none
 
 
-@dataclass(frozen=True, slots=True)
-class StockRow:
+class StockRow(NamedTuple):
+    """A tuple: the read cache keeps rows as plain tuples of these fields, which the garbage
+    collector stops tracking, and makes a StockRow of one at the cost of a tuple
+    (engine/store/rowcache.py)."""
+
     on_hand: int = 0
     reserved: int = 0
     safety_stock: int = 0
@@ -223,6 +230,16 @@ def check_id(value: str, field_name: str) -> str:
             field_name, "may hold only letters, digits and . _ : / @ + - (no spaces or braces)"
         )
     return value
+
+
+def check_ids(values: Sequence[str], field_name: str) -> None:
+    """check_id of each of `values`, the one at fault named as `field_name[i]`."""
+    joined = "\n".join(values) + "\n" if values else ""
+    # a newline inside a value would split it into two that pass: counted out
+    if _IDS.fullmatch(joined) and joined.count("\n") == len(values):
+        return
+    for i, value in enumerate(values):
+        check_id(value, f"{field_name}[{i}]")
 
 
 def check_size(count: int, field_name: str, most: int) -> None:

@@ -27,7 +27,11 @@ out of turn (a slot moved away: Redis unsubscribes it) or leaves a PING unanswer
 subscribe again); a store flushed under us (FLUSHALL: no message) is found by the epoch
 key `{omnistock}:epoch` disappearing, checked every EPOCH_CHECK seconds, and forgets every
 location. Memory: at most `max_rows` rows and MAX_LOCATIONS locations, the least recently
-read location dropped (and unsubscribed) first.
+read location dropped (and unsubscribed) first. A row is kept as a plain tuple of its
+fields (Kept), which the garbage collector stops tracking after a pass; a StockRow (a
+tuple subclass) it tracks for life, and every full collection would walk the whole cache
+(45-95 ms with 40,000 rows kept: the storefront's slowest answers, bench/RESULTS.md,
+"Storefront: levels encoded once, rows the collector does not walk").
 """
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ class RowReader(Protocol):
 
 _serials = itertools.count(1)
 _NO_ROW = StockRow()
+Kept = tuple[int, int, int, int, int]  # a row as kept: StockRow's fields, in order
+
+
+def _row(kept: Kept) -> StockRow:
+    return tuple.__new__(StockRow, kept)
 
 
 @dataclass(eq=False, slots=True)
@@ -101,7 +110,7 @@ class _Location:
     serial: int = field(default_factory=lambda: next(_serials))  # which subscription
     live: bool = False  # Redis confirmed the subscription on link
     written_at: float = -math.inf  # when this process's last write here was answered
-    rows: dict[str, StockRow] = field(default_factory=dict)
+    rows: dict[str, Kept] = field(default_factory=dict)
     channels: dict[str, _Channels] = field(default_factory=dict)  # of kept rows, once read
     # sku -> [fills under way, the messages of the row seen meanwhile, in order]
     filling: dict[str, list[Any]] = field(default_factory=dict)
@@ -146,9 +155,9 @@ class RowCache(Follower):
         states = self._states(pairs)
         for i, (location, sku) in enumerate(pairs):
             state = states[location]
-            row = state.rows.get(sku) if state is not None else None
-            if row is not None:
-                out[i] = row
+            kept = state.rows.get(sku) if state is not None else None
+            if kept is not None:
+                out[i] = _row(kept)
             else:
                 fills.append((i, state))
         hits = len(pairs) - len(fills)
@@ -174,7 +183,8 @@ class RowCache(Follower):
         states = self._states(pairs)
         for i, (location, sku) in enumerate(pairs):
             state = states[location]
-            row = None if state is None else state.rows.get(sku)
+            kept = None if state is None else state.rows.get(sku)
+            row = None if kept is None else _row(kept)
             got = None
             if state is not None and row is not None:
                 got = _offer(state, sku, row, channel, rules[location])
@@ -239,7 +249,8 @@ class RowCache(Follower):
     def kept(self, location: str, sku: str) -> StockRow | None:
         """The row as kept here (None: not kept), whether or not it may be served now."""
         state = self.locations.get(location)
-        return None if state is None else state.rows.get(sku)
+        kept = None if state is None else state.rows.get(sku)
+        return None if kept is None else _row(kept)
 
     def wrote(self, location: str) -> None:
         """A write at `location` was just answered to this process: its rows are served
@@ -309,9 +320,9 @@ class RowCache(Follower):
         kept = state.rows.get(sku)
         if kept is None:
             self.cached += 1
-        elif kept.version >= row.version:
+        elif _row(kept).version >= row.version:
             return
-        state.rows[sku] = row
+        state.rows[sku] = tuple(row)  # type: ignore[assignment]  # StockRow's five ints
 
     @staticmethod
     def _end_fill(state: _Location, sku: str) -> list[tuple[StockRow, RowNote | None]]:
@@ -394,8 +405,8 @@ class RowCache(Follower):
             return
         sku, row, note = parse_change(data)
         kept = state.rows.get(sku)
-        if kept is not None and row.version > kept.version:
-            state.rows[sku] = row
+        if kept is not None and row.version > _row(kept).version:
+            state.rows[sku] = tuple(row)  # type: ignore[assignment]
         channels = state.channels.get(sku)
         if channels is not None:
             channels.told(row.version, note)

@@ -16,6 +16,7 @@ from engine.domain.model import (
     LocationType,
     StockRow,
     check_id,
+    check_ids,
     check_qty,
     check_size,
 )
@@ -86,9 +87,12 @@ class Availability:
         else:
             rows, offered, others = await self._read(channel, pairs, states)
         keep_empty = include_empty or bool(location_ids)
+        statuses = self.channels.statuses(self.locations.by_id, pairs, channel, offered)
         return [
-            (loc, sku, row, a, self.status(loc, sku, channel, a), units)
-            for (loc, sku), row, a, units in zip(pairs, rows, offered, others, strict=True)
+            (loc, sku, row, a, status, units)
+            for (loc, sku), row, a, status, units in zip(
+                pairs, rows, offered, statuses, others, strict=True
+            )
             if keep_empty or a > 0
         ]
 
@@ -208,9 +212,8 @@ class Availability:
         return sum(changed)
 
     async def _named(self, location_ids: Sequence[str]) -> list[str]:
+        check_ids(location_ids, "location_ids")
         ids = list(dict.fromkeys(location_ids))
-        for i, loc in enumerate(ids):
-            check_id(loc, f"location_ids[{i}]")
         await self.locations.require(ids, "location_ids")
         return ids
 
@@ -219,7 +222,8 @@ _NO_WATCH = "a watch follows stock rows, and a bundle has none: watch its compon
 
 
 def _skus(skus: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(check_id(s, f"skus[{i}]") for i, s in enumerate(skus)))
+    check_ids(skus, "skus")
+    return list(dict.fromkeys(skus))
 
 
 def _within_rows(skus: Sequence[str], locations: Sequence[str]) -> None:

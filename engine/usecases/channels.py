@@ -14,7 +14,7 @@ network view keeps for a channel depend on the rows' pools).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.domain.bundles import Bundle
@@ -27,7 +27,15 @@ from engine.domain.model import (
     check_qty,
     check_size,
 )
-from engine.domain.rules import DEFAULT_BAND, NO_RULE, Band, ChannelRule, CustomerLimit, Pool
+from engine.domain.rules import (
+    DEFAULT_BAND,
+    NO_RULE,
+    Band,
+    ChannelRule,
+    CustomerLimit,
+    Pool,
+    StockStatus,
+)
 from engine.store.rowcache import RowReader
 from engine.store.storage import Storage
 from engine.usecases.locations import LocationRegistry
@@ -123,7 +131,8 @@ class ChannelRules:
         self.locations = locations
         self.rules: dict[tuple[str, str], ChannelRule] = {}
         self.bands: dict[tuple[str, str], Band] = {}
-        self._banded_rows: set[tuple[str, str]] = set()  # rows with bands of their own
+        # location -> the skus with bands of their own there
+        self._banded_rows: dict[str, set[str]] = {}
         self._banded_channels: set[str] = set()
         self._location_bands: dict[tuple[str, LocationType, str], Band] = {}
         self.limits: dict[str, CustomerLimit] = {}  # sku -> its per-customer limit
@@ -169,10 +178,35 @@ class ChannelRules:
     def band_at(self, location: Location, sku: str, channel: str) -> Band:
         """The band of a row for a channel: the most specific scope set for that channel,
         else for any channel (''), else the default (OUT at 0). Read from the rules as
-        last refreshed (fresh() first). A row with no band of its own has its location's,
-        worked out once a location, type and channel with bands (a listing asks 50 rows)."""
-        if (location.id, sku) in self._banded_rows:
+        last refreshed (fresh() first)."""
+        if sku in self._banded_rows.get(location.id, ()):
             return self._band(location, sku, channel)
+        return self._location_band(location, sku, channel)
+
+    def statuses(
+        self,
+        by_id: Mapping[str, Location],
+        pairs: Sequence[tuple[str, str]],
+        channel: str,
+        units: Sequence[int],
+    ) -> list[StockStatus]:
+        """The band each row's `units` put it in, for the channel (band_at), its location's
+        band looked up once for the rows in a run at it (a listing: 50 rows, one look-up)."""
+        out: list[StockStatus] = []
+        location: Location | None = None
+        own: Collection[str] = ()
+        band = DEFAULT_BAND
+        for (loc, sku), n in zip(pairs, units, strict=True):
+            if location is None or loc != location.id:
+                location = by_id[loc]
+                own = self._banded_rows.get(loc, ())
+                band = self._location_band(location, sku, channel)
+            out.append((self._band(location, sku, channel) if sku in own else band).status(n))
+        return out
+
+    def _location_band(self, location: Location, sku: str, channel: str) -> Band:
+        """The band of the rows at `location` with none of their own, worked out once a
+        location, type and channel with bands."""
         asking = channel if channel in self._banded_channels else ""
         key = (location.id, location.type, asking)
         band = self._location_bands.get(key)
@@ -230,8 +264,11 @@ class ChannelRules:
         self.limits = await self.storage.limits()
         self.bundles = await self.storage.bundles()
         self._version = version
-        rows = (scope.split("\t") for scope, _ in self.bands if scope.startswith("r\t"))
-        self._banded_rows = {(loc, sku) for _, loc, sku in rows}
+        self._banded_rows = {}
+        for scope, _ in self.bands:
+            if scope.startswith("r\t"):
+                _, loc, sku = scope.split("\t")
+                self._banded_rows.setdefault(loc, set()).add(sku)
         self._banded_channels = {channel for _, channel in self.bands}
         self._location_bands = {}
 

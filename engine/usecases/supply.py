@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from engine.domain.clock import Clock
 from engine.domain.errors import FailedPrecondition, InvalidArgument
-from engine.domain.model import MAX_LOCATION_IDS, check_id, check_size
+from engine.domain.model import MAX_LOCATION_IDS, check_id, check_ids, check_size
 from engine.domain.supply import (
     DAY_MS,
     MAX_PROMISE_ROWS,
@@ -143,8 +143,7 @@ class Supplies:
             if not location_ids:
                 raise InvalidArgument("location_ids", "at least one location (or a network)")
             check_size(len(location_ids), "location_ids", MAX_LOCATION_IDS)
-            for i, loc in enumerate(location_ids):
-                check_id(loc, f"location_ids[{i}]")
+            check_ids(location_ids, "location_ids")
             locations = list(dict.fromkeys(location_ids))
             await self.locations.require(locations, "location_ids")
         if len(wanted) * len(locations) > MAX_PROMISE_ROWS:
@@ -191,6 +190,5 @@ def _skus(skus: Sequence[str]) -> list[str]:
     if not skus:
         raise InvalidArgument("skus", "at least one sku is required")
     check_size(len(skus), "skus", MAX_PROMISE_SKUS)
-    for i, sku in enumerate(skus):
-        check_id(sku, f"skus[{i}]")
+    check_ids(skus, "skus")
     return list(dict.fromkeys(skus))
