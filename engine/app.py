@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -66,6 +67,7 @@ class Omnistock:
         self.port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
+        self._unfollow_gc: Callable[[], None] = lambda: None
         self.cache: RowCache | None = None
         self.band_alerts: BandAlerts | None = None
         self.view: NetworkView | None = None
@@ -172,6 +174,7 @@ class Omnistock:
         if self.embedded is not None:
             restarted = self.metrics.store_restarts.inc
             self._tasks.append(asyncio.create_task(self.embedded.supervise(restarted)))
+        self._unfollow_gc = self.metrics.follow_gc()
         if self.settings.metrics_port:
             self._metrics_server = start_http_server(
                 self.settings.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
@@ -211,7 +214,7 @@ class Omnistock:
         supplies = Supplies(self.storage, self.locations, networks, self.clock, m)
         self.stock_service.supplies = supplies
         self.stock_service.transfers = Transfers(self.storage, self.locations, self.clock, m)
-        availability_service = AvailabilityService(
+        self.availability_service = AvailabilityService(
             availability,
             reader,
             self.locations,
@@ -220,11 +223,11 @@ class Omnistock:
             networks,
             listed_rows=self.settings.read_cache_rows,
         )
-        availability_service.supplies = supplies
+        self.availability_service.supplies = supplies
         add_services(
             self.server,
             self.health,
-            availability_service,
+            self.availability_service,
             ReservationService(self.reservations, m),
             SourcingService(allocator, m, self.settings.cost_model(), self.settings.max_shipments),
             self.stock_service,
@@ -279,6 +282,7 @@ class Omnistock:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
+        self._unfollow_gc()
         if self._metrics_server is not None:
             http, _thread = self._metrics_server
             http.shutdown()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -180,6 +183,14 @@ class Metrics:
             "Locations dropped from the read cache to stay within --read-cache-rows",
             registry=r,
         )
+        self.gc_pause_seconds = Histogram(
+            "omnistock_gc_pause_seconds",
+            "Passes of the garbage collector, by generation (2: full), and how long each "
+            "stopped the process",
+            ["generation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.read_cache_rows = Gauge(
             "omnistock_read_cache_rows", "Stock rows kept by the read cache", registry=r
         )
@@ -224,6 +235,27 @@ class Metrics:
             ["step", "outcome"],
             registry=r,
         )
+
+    def follow_gc(self) -> Callable[[], None]:
+        """Times every pass of the garbage collector, by generation (the event loop stops
+        for each: a full pass over a big heap is a latency spike every call under way
+        feels). Answers the function that stops it (once or more)."""
+        passes = [self.gc_pause_seconds.labels(str(gen)) for gen in range(3)]
+        started = 0.0
+
+        def timed(phase: str, info: dict[str, int]) -> None:
+            nonlocal started
+            if phase == "start":
+                started = time.perf_counter()
+            else:
+                passes[info["generation"]].observe(time.perf_counter() - started)
+
+        def stop() -> None:
+            if timed in gc.callbacks:
+                gc.callbacks.remove(timed)
+
+        gc.callbacks.append(timed)
+        return stop
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         child = self._rpc_children.get((method, code))

@@ -194,7 +194,8 @@ class Settings:
         default=200_000,
         metadata={
             "help": "stock rows each process keeps for GetAvailability and FindNearby, kept "
-            "fresh by the rows' change messages (0: off, every read goes to Redis)"
+            "fresh by the rows' change messages, and listed rows whose levels it keeps "
+            "encoded for GetAvailability's answers (0: off, every read goes to Redis)"
         },
     )
     read_cache_max_lag_ms: int = field(

@@ -147,6 +147,14 @@ def test_the_abuse_run_probes_the_server_and_records_what_the_abuse_got(
     assert "| unknown-locations |" in done.stdout
 
 
+def test_the_in_process_listing_cost_is_measured(project_root: Path) -> None:
+    command = [sys.executable, "-m", "bench.handler", "--stores", "2", "--calls", "20"]
+    command += ["--rounds", "2"]
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "50 skus at one store, in process: least" in done.stdout
+
+
 def test_receipts_command_runs(project_root: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bench.receipts", "--holds", "20", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=90)

@@ -85,3 +85,15 @@ async def test_the_read_caches_rows_are_out_of_the_collectors_sight(
     gc.collect()
     kept = list(cache.locations["L1"].rows.values())
     assert len(kept) == 3 and not any(gc.is_tracked(row) for row in kept)
+
+
+async def test_each_pass_of_the_collector_is_timed_by_generation(server: Omnistock) -> None:
+    def passes(generation: str) -> float:
+        sample = server.metrics.registry.get_sample_value(
+            "omnistock_gc_pause_seconds_count", {"generation": generation}
+        )
+        return sample or 0.0
+
+    before = passes("2")
+    gc.collect()
+    assert passes("2") == before + 1
