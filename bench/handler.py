@@ -1,5 +1,5 @@
 """python -m bench.handler: what one GetAvailability costs inside the server process, without
-gRPC: the storefront's listing (`--skus` consecutive skus at one of `--stores` stores), its
+gRPC: the storefront's listing (`--skus` consecutive skus at `--at` of `--stores` stores), its
 rows in the read cache, called on the servicer directly, one call after another.
 
 A server in this process (its own embedded store in a temp dir), seeded as the storefront
@@ -65,14 +65,14 @@ async def _rounds(service: AvailabilityService, args: argparse.Namespace) -> Non
     for _ in range(args.calls):
         first = rng.randrange(SKUS - args.skus)
         skus = [sku_id(k) for k in range(first, first + args.skus)]
-        where = [store_id(rng.randrange(args.stores))]
+        where = [store_id(i) for i in rng.sample(range(args.stores), args.at)]
         listings.append(pb.GetAvailabilityRequest(skus=skus, location_ids=where))
     call = service.GetAvailability
     context = _Context()
     for request in listings:  # the cache fills; each answer checked once
         answer = await call(request, context)  # type: ignore[arg-type]
-        got = [(level.sku, level.available) for level in answer.levels]
-        if got != [(sku, 50) for sku in request.skus]:
+        got = [(level.location_id, level.sku, level.available) for level in answer.levels]
+        if got != [(loc, sku, 50) for loc in request.location_ids for sku in request.skus]:
             raise SystemExit(f"a wrong answer for {request.skus[0]}...: {got[:3]}...")
     times = []
     for i in range(args.rounds):
@@ -81,8 +81,9 @@ async def _rounds(service: AvailabilityService, args: argparse.Namespace) -> Non
             await call(request, context)  # type: ignore[arg-type]
         times.append((time.perf_counter() - start) / len(listings) * 1e6)
         print(f"round {i + 1}: {times[-1]:.0f} us a call", flush=True)
+    least = min(times)
     print(
-        f"GetAvailability, {args.skus} skus at one store, in process: least {min(times):.0f} "
+        f"GetAvailability, {args.skus} skus at {args.at} stores, in process: least {least:.0f} "
         f"us, median {statistics.median(times):.0f} us a call ({args.rounds} rounds of "
         f"{args.calls})"
     )
@@ -99,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.handler", description=__doc__)
     parser.add_argument("--stores", type=int, default=20)
     parser.add_argument("--skus", type=int, default=50, help="skus a listing")
+    parser.add_argument("--at", type=int, default=1, help="stores a listing (a product page: 20)")
     parser.add_argument("--calls", type=int, default=1000, help="listings a round")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--profile", action="store_true")

@@ -152,7 +152,7 @@ def test_the_in_process_listing_cost_is_measured(project_root: Path) -> None:
     command += ["--rounds", "2"]
     done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "50 skus at one store, in process: least" in done.stdout
+    assert "50 skus at 1 stores, in process: least" in done.stdout
 
 
 def test_receipts_command_runs(project_root: Path, tmp_path: Path) -> None:

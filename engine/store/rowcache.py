@@ -27,30 +27,34 @@ out of turn (a slot moved away: Redis unsubscribes it) or leaves a PING unanswer
 subscribe again); a store flushed under us (FLUSHALL: no message) is found by the epoch
 key `{omnistock}:epoch` disappearing, checked every EPOCH_CHECK seconds, and forgets every
 location. Memory: at most `max_rows` rows and MAX_LOCATIONS locations, the least recently
-read location dropped (and unsubscribed) first. A row is kept as a plain tuple of its
-fields (Kept), which the garbage collector stops tracking after a pass; a StockRow (a
-tuple subclass) it tracks for life, and every full collection would walk the whole cache
-(45-95 ms with 40,000 rows kept: the storefront's slowest answers, bench/RESULTS.md,
-"Storefront: levels encoded once, rows the collector does not walk").
+read location dropped (and unsubscribed) first. What is kept of a location, and in what
+form (rows as plain tuples, out of the garbage collector's walk): engine/store/kept.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from engine.domain.model import StockRow
-from engine.domain.rules import ChannelRule, Pool, channel_offer
+from engine.domain.rules import ChannelRule, channel_offer
 from engine.metrics import Metrics
 from engine.store.cachelink import Follower, Link, node_of, open_link
-from engine.store.codecs import RowNote, parse_change
+from engine.store.codecs import parse_change
+from engine.store.kept import (
+    NO_ROW,
+    KeptChannels,
+    KeptLocation,
+    as_row,
+    begin_fill,
+    end_fill,
+    offer,
+    version_of,
+)
 from engine.store.keys import Keys
 from engine.store.storage import Storage
 
@@ -71,49 +75,6 @@ class RowReader(Protocol):
         self, channel: str, rules: Mapping[str, ChannelRule], pairs: Sequence[tuple[str, str]]
     ) -> tuple[list[StockRow], list[int]]:
         """The rows, and what `channel`, under its rule at each location, may hold of each."""
-
-
-_serials = itertools.count(1)
-_NO_ROW = StockRow()
-Kept = tuple[int, int, int, int, int]  # a row as kept: StockRow's fields, in order
-
-
-def _row(kept: Kept) -> StockRow:
-    return tuple.__new__(StockRow, kept)
-
-
-@dataclass(eq=False, slots=True)
-class _Channels:
-    """What a sales channel's share of a kept row depends on beside it, as of the row's
-    `version`: its pools, and what some channels hold of it (those a fill read and those
-    messages told since; a channel not here is not known, not none)."""
-
-    version: int
-    pools: tuple[Pool, ...]
-    held: dict[str, int]
-
-    def told(self, version: int, note: RowNote | None) -> None:
-        """A change message of the row, in the order Redis sent them (older ones ignored)."""
-        if version <= self.version:
-            return
-        self.version = version
-        if note is not None:
-            self.held.update(note.held)
-            if note.pools is not None:
-                self.pools = note.pools
-
-
-@dataclass(eq=False)
-class _Location:
-    name: str
-    link: Link
-    serial: int = field(default_factory=lambda: next(_serials))  # which subscription
-    live: bool = False  # Redis confirmed the subscription on link
-    written_at: float = -math.inf  # when this process's last write here was answered
-    rows: dict[str, Kept] = field(default_factory=dict)
-    channels: dict[str, _Channels] = field(default_factory=dict)  # of kept rows, once read
-    # sku -> [fills under way, the messages of the row seen meanwhile, in order]
-    filling: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class RowCache(Follower):
@@ -137,7 +98,7 @@ class RowCache(Follower):
         self.max_lag = max_lag
         self.beat = max_lag / 4
         self.dead_after = max(dead_after, 2 * max_lag)
-        self.locations: OrderedDict[str, _Location] = OrderedDict()  # least recent first
+        self.locations: OrderedDict[str, KeptLocation] = OrderedDict()  # least recent first
         self.links: dict[str, Link] = {}
         self.retry_at: dict[str, float] = {}
         self.cached = 0  # rows kept, over all locations
@@ -151,13 +112,13 @@ class RowCache(Follower):
     async def rows(self, pairs: Sequence[tuple[str, str]]) -> list[StockRow]:
         """The rows of (location, sku) pairs, each as fresh as the module docstring says."""
         out: list[StockRow | None] = [None] * len(pairs)
-        fills: list[tuple[int, _Location | None]] = []  # from Redis: None = not kept
+        fills: list[tuple[int, KeptLocation | None]] = []  # from Redis: None = not kept
         states = self._states(pairs)
         for i, (location, sku) in enumerate(pairs):
             state = states[location]
             kept = state.rows.get(sku) if state is not None else None
             if kept is not None:
-                out[i] = _row(kept)
+                out[i] = as_row(kept)
             else:
                 fills.append((i, state))
         hits = len(pairs) - len(fills)
@@ -177,17 +138,17 @@ class RowCache(Follower):
         with their pools and what the channels that matter hold (each pool's, and the
         asking one's where its rule caps its share), as fresh as `rows`; the others read
         from Redis, one script call a location, and kept."""
-        rows: list[StockRow] = [_NO_ROW] * len(pairs)
+        rows: list[StockRow] = [NO_ROW] * len(pairs)
         offers = [0] * len(pairs)
         misses: dict[str, list[int]] = {}
         states = self._states(pairs)
         for i, (location, sku) in enumerate(pairs):
             state = states[location]
             kept = None if state is None else state.rows.get(sku)
-            row = None if kept is None else _row(kept)
+            row = None if kept is None else as_row(kept)
             got = None
             if state is not None and row is not None:
-                got = _offer(state, sku, row, channel, rules[location])
+                got = offer(state, sku, row, channel, rules[location])
             if got is None or row is None:
                 misses.setdefault(location, []).append(i)
             else:
@@ -210,7 +171,7 @@ class RowCache(Follower):
         self,
         channel: str,
         rule: ChannelRule,
-        state: _Location | None,
+        state: KeptLocation | None,
         location: str,
         at: list[int],
         pairs: Sequence[tuple[str, str]],
@@ -221,18 +182,18 @@ class RowCache(Follower):
         skus = list(dict.fromkeys(pairs[i][1] for i in at))
         if state is not None:
             for sku in skus:
-                _begin_fill(state, sku)
+                begin_fill(state, sku)
         self._reads["filled" if state is not None else "fallback"].inc(len(at))
         try:
             read = await self.storage.channel_rows(location, skus, channel, rule)
         finally:
-            seen = {sku: self._end_fill(state, sku) for sku in skus} if state else {}
+            seen = {sku: end_fill(state, sku) for sku in skus} if state else {}
         answers = {}
         for sku, (row, note) in zip(skus, read, strict=True):
             pools = note.pools or ()
             answers[sku] = row, channel_offer(row, pools, note.held, channel, rule)
             if state is not None and self._still_kept(state):
-                kept = _Channels(row.version, pools, dict(note.held))
+                kept = KeptChannels(row.version, pools, dict(note.held))
                 for message, message_note in seen[sku]:
                     kept.told(message.version, message_note)
                     row = message if message.version > row.version else row
@@ -250,7 +211,7 @@ class RowCache(Follower):
         """The row as kept here (None: not kept), whether or not it may be served now."""
         state = self.locations.get(location)
         kept = None if state is None else state.rows.get(sku)
-        return None if kept is None else _row(kept)
+        return None if kept is None else as_row(kept)
 
     def wrote(self, location: str) -> None:
         """A write at `location` was just answered to this process: its rows are served
@@ -261,16 +222,16 @@ class RowCache(Follower):
             state.written_at = time.monotonic()
             state.link.ping_soon()
 
-    def _states(self, pairs: Sequence[tuple[str, str]]) -> dict[str, _Location | None]:
+    def _states(self, pairs: Sequence[tuple[str, str]]) -> dict[str, KeptLocation | None]:
         """Each location of `pairs`, its state where its rows may be served now (_servable)."""
         now = time.monotonic()
-        states: dict[str, _Location | None] = {}
+        states: dict[str, KeptLocation | None] = {}
         for location, _ in pairs:
             if location not in states:
                 states[location] = self._servable(location, now)
         return states
 
-    def _servable(self, location: str, now: float) -> _Location | None:
+    def _servable(self, location: str, now: float) -> KeptLocation | None:
         """The location's state when its rows may be served from here; else None (and it
         is subscribed, for the reads after this one)."""
         state = self.locations.get(location)
@@ -288,12 +249,12 @@ class RowCache(Follower):
     async def _fill(
         self,
         pairs: Sequence[tuple[str, str]],
-        fills: list[tuple[int, _Location | None]],
+        fills: list[tuple[int, KeptLocation | None]],
         out: list[StockRow | None],
     ) -> None:
         for i, state in fills:
             if state is not None:
-                _begin_fill(state, pairs[i][1])
+                begin_fill(state, pairs[i][1])
         kept = sum(state is not None for _, state in fills)
         self._reads["filled"].inc(kept)
         self._reads["fallback"].inc(len(fills) - kept)
@@ -303,36 +264,26 @@ class RowCache(Follower):
             got = {}
             for i, state in fills:
                 if state is not None:
-                    got[i] = self._end_fill(state, pairs[i][1])
+                    got[i] = end_fill(state, pairs[i][1])
         for (i, state), row in zip(fills, read, strict=True):
             out[i] = row
             if state is not None and self._still_kept(state):
-                newest = max((m for m, _ in got[i]), key=_version, default=row)
-                self._keep(state, pairs[i][1], max(row, newest, key=_version))
+                newest = max((m for m, _ in got[i]), key=version_of, default=row)
+                self._keep(state, pairs[i][1], max(row, newest, key=version_of))
         self._evict()
 
-    def _still_kept(self, state: _Location) -> bool:
+    def _still_kept(self, state: KeptLocation) -> bool:
         """Whether a location read for is still followed, by the same subscription."""
         return self.locations.get(state.name) is state and state.live
 
-    def _keep(self, state: _Location, sku: str, row: StockRow) -> None:
+    def _keep(self, state: KeptLocation, sku: str, row: StockRow) -> None:
         """Keeps a row read (or told of) unless a newer one is kept already."""
         kept = state.rows.get(sku)
         if kept is None:
             self.cached += 1
-        elif _row(kept).version >= row.version:
+        elif as_row(kept).version >= row.version:
             return
         state.rows[sku] = tuple(row)  # type: ignore[assignment]  # StockRow's five ints
-
-    @staticmethod
-    def _end_fill(state: _Location, sku: str) -> list[tuple[StockRow, RowNote | None]]:
-        """The messages of `sku` seen while its fills were under way, in order."""
-        entry = state.filling[sku]
-        entry[0] -= 1
-        if entry[0] == 0:
-            del state.filling[sku]
-        seen: list[tuple[StockRow, RowNote | None]] = entry[1]
-        return seen
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -343,7 +294,7 @@ class RowCache(Follower):
         link = self.links.get(node)
         if link is None:
             link = self._open(node, location)
-        state = _Location(location, link)
+        state = KeptLocation(location, link)
         self.locations[location] = state
         link.locations.add(location)
         link.send("sub", location, state.serial)
@@ -368,7 +319,7 @@ class RowCache(Follower):
             if self.links.get(link.node) is link:
                 link.send("unsub", state.name, state.serial)
 
-    def _forget(self, state: _Location) -> None:
+    def _forget(self, state: KeptLocation) -> None:
         self.cached -= len(state.rows)
         state.rows.clear()
         state.channels.clear()
@@ -405,7 +356,7 @@ class RowCache(Follower):
             return
         sku, row, note = parse_change(data)
         kept = state.rows.get(sku)
-        if kept is not None and row.version > _row(kept).version:
+        if kept is not None and row.version > as_row(kept).version:
             state.rows[sku] = tuple(row)  # type: ignore[assignment]
         channels = state.channels.get(sku)
         if channels is not None:
@@ -444,30 +395,3 @@ class RowCache(Follower):
 
     def on_flush(self) -> None:
         self.reset("flush")
-
-
-def _begin_fill(state: _Location, sku: str) -> None:
-    """A fill of `sku` is under way: its messages are kept for it until _end_fill."""
-    state.filling.setdefault(sku, [0, []])[0] += 1
-
-
-def _version(row: StockRow) -> int:
-    return row.version
-
-
-def _offer(
-    state: _Location, sku: str, row: StockRow, channel: str, rule: ChannelRule
-) -> int | None:
-    """What `channel` may hold of a kept row, or None when it cannot be told from what is
-    kept: the row's channels not kept, not of the row's version, or a count it needs not
-    known (each pool's channel's, and its own where its rule caps its share)."""
-    channels = state.channels.get(sku)
-    if channels is None or channels.version != row.version:
-        return None
-    held = channels.held
-    if rule.share_ppm < 1_000_000 and channel not in held:
-        return None
-    for pool in channels.pools:
-        if pool.channel not in held:
-            return None
-    return channel_offer(row, channels.pools, held, channel, rule)

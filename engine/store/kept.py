@@ -1,0 +1,99 @@
+"""What the read cache (engine/store/rowcache.py) keeps of a location it follows: its rows,
+each as a plain tuple of its fields (Kept), which the garbage collector stops tracking after
+a pass (a StockRow, a tuple subclass, it tracks for life: every full collection would walk
+the whole cache, 45-95 ms with 40,000 rows kept, bench/RESULTS.md, "Storefront: levels
+encoded once, rows the collector does not walk"); each row's channels, once read; the fills
+under way and the messages seen meanwhile; and what a channel may hold of a kept row."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.domain.model import StockRow
+from engine.domain.rules import ChannelRule, Pool, channel_offer
+from engine.store.cachelink import Link
+from engine.store.codecs import RowNote
+
+_serials = itertools.count(1)
+NO_ROW = StockRow()
+Kept = tuple[int, int, int, int, int]  # a row as kept: StockRow's fields, in order
+
+
+def as_row(kept: Kept) -> StockRow:
+    return tuple.__new__(StockRow, kept)
+
+
+@dataclass(eq=False, slots=True)
+class KeptChannels:
+    """What a sales channel's share of a kept row depends on beside it, as of the row's
+    `version`: its pools, and what some channels hold of it (those a fill read and those
+    messages told since; a channel not here is not known, not none)."""
+
+    version: int
+    pools: tuple[Pool, ...]
+    held: dict[str, int]
+
+    def told(self, version: int, note: RowNote | None) -> None:
+        """A change message of the row, in the order Redis sent them (older ones ignored)."""
+        if version <= self.version:
+            return
+        self.version = version
+        if note is not None:
+            self.held.update(note.held)
+            if note.pools is not None:
+                self.pools = note.pools
+
+
+@dataclass(eq=False)
+class KeptLocation:
+    """A followed location: its subscription, and its rows and their channels as kept."""
+
+    name: str
+    link: Link
+    serial: int = field(default_factory=lambda: next(_serials))  # which subscription
+    live: bool = False  # Redis confirmed the subscription on link
+    written_at: float = -math.inf  # when this process's last write here was answered
+    rows: dict[str, Kept] = field(default_factory=dict)
+    channels: dict[str, KeptChannels] = field(default_factory=dict)  # of kept rows, once read
+    # sku -> [fills under way, the messages of the row seen meanwhile, in order]
+    filling: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def begin_fill(state: KeptLocation, sku: str) -> None:
+    """A fill of `sku` is under way: its messages are kept for it until end_fill."""
+    state.filling.setdefault(sku, [0, []])[0] += 1
+
+
+def end_fill(state: KeptLocation, sku: str) -> list[tuple[StockRow, RowNote | None]]:
+    """The messages of `sku` seen while its fills were under way, in order."""
+    entry = state.filling[sku]
+    entry[0] -= 1
+    if entry[0] == 0:
+        del state.filling[sku]
+    seen: list[tuple[StockRow, RowNote | None]] = entry[1]
+    return seen
+
+
+def version_of(row: StockRow) -> int:
+    return row.version
+
+
+def offer(
+    state: KeptLocation, sku: str, row: StockRow, channel: str, rule: ChannelRule
+) -> int | None:
+    """What `channel` may hold of a kept row, or None when it cannot be told from what is
+    kept: the row's channels not kept, not of the row's version, or a count it needs not
+    known (each pool's channel's, and its own where its rule caps its share)."""
+    channels = state.channels.get(sku)
+    if channels is None or channels.version != row.version:
+        return None
+    held = channels.held
+    if rule.share_ppm < 1_000_000 and channel not in held:
+        return None
+    for pool in channels.pools:
+        if pool.channel not in held:
+            return None
+    return channel_offer(row, channels.pools, held, channel, rule)
