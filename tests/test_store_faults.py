@@ -213,6 +213,27 @@ def test_a_port_taken_before_the_first_start_is_replaced_and_kept_after(tmp_path
             squatter.close()
 
 
+def test_a_port_another_store_answers_on_is_not_taken_for_this_ones(tmp_path: Path) -> None:
+    """CI once saw a local cluster with two nodes on one port: two free_port() calls gave
+    the same port, and the second node's readiness check (PING) was answered by the first
+    while the second, unable to bind, had not yet exited."""
+    # given a store serving, and a cluster node whose chosen port is that store's
+    other = EmbeddedRedis(tmp_path / "other", password=False)
+    other.start()
+    try:
+        node = EmbeddedRedis(tmp_path / "node", cluster=True, password=False)
+        node.port = other.port
+        # when the node starts, then it serves on a port of its own, and it is what answers
+        node.start()
+        try:
+            assert node.port != other.port
+            assert redis.Redis(port=node.port).info("cluster")["cluster_enabled"] == 1
+        finally:
+            node.stop()
+    finally:
+        other.stop()
+
+
 def test_a_port_given_by_the_caller_is_never_replaced(tmp_path: Path) -> None:
     # given a store told its port, which another process holds
     with socket.socket() as squatter:

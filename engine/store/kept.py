@@ -1,9 +1,10 @@
 """What the read cache (engine/store/rowcache.py) keeps of a location it follows: its rows,
 each as a plain tuple of its fields (Kept), which the garbage collector stops tracking after
 a pass (a StockRow, a tuple subclass, it tracks for life: every full collection would walk
-the whole cache, 45-95 ms with 40,000 rows kept, bench/RESULTS.md, "Storefront: levels
-encoded once, rows the collector does not walk"); each row's channels, once read; the fills
-under way and the messages seen meanwhile; and what a channel may hold of a kept row."""
+the whole cache, passes of up to 37-44 ms with 40,000 rows kept, bench/RESULTS.md,
+"Storefront: levels encoded once, rows the collector does not walk"); each row's channels,
+once read; the fills under way and the messages seen meanwhile; and what a channel may hold
+of a kept row."""
 
 from __future__ import annotations
 
