@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.scenarios import SCENARIOS
+from engine.store.embedded import free_port
 
 SMALL = {  # a small data set for each scenario that seeds one
     "storefront": ["--param", "stores=3"],
@@ -153,6 +154,29 @@ def test_the_in_process_listing_cost_is_measured(project_root: Path) -> None:
     done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "50 skus at 1 stores, in process: least" in done.stdout
+
+
+def test_the_storefront_runs_against_the_answer_floor(project_root: Path, tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    floor = [sys.executable, "-m", "bench.answer_floor", "--listen", listen]
+    with subprocess.Popen(floor, cwd=project_root, stdout=subprocess.PIPE, text=True) as server:
+        _storefront_against(server, listen, project_root, tmp_path)
+
+
+def _storefront_against(
+    server: subprocess.Popen[str], listen: str, project_root: Path, tmp_path: Path
+) -> None:
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        command = [sys.executable, "-m", "bench", "storefront", "--target", listen]
+        command += ["--duration", "1", "--no-charts", "--out", str(tmp_path)]
+        done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr[-3000:]
+        load = json.loads(next(tmp_path.glob("storefront-*.json")).read_text())["load"]
+        assert load["requests"] > 0 and load["errors"] == 0, load["outcomes"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_receipts_command_runs(project_root: Path, tmp_path: Path) -> None:
