@@ -48,7 +48,7 @@ from bench.__main__ import machine
 from bench.server import ROOT, BenchServer
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.store.embedded import free_port
+from engine.store.loopback import free_port
 
 PATHS = ("apply", "stream", "streams", "webhooks", "count")
 SECRET = "bench-shopify-secret"

@@ -16,7 +16,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.domain.auth import token_digest
-from engine.store.embedded import EmbeddedRedis, free_port
+from engine.store.embedded import EmbeddedRedis
+from engine.store.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from engine.api.listener import serving
 from engine.app import store_of
 from engine.settings import Settings, as_environment
-from engine.store.embedded import EmbeddedRedis, free_port
+from engine.store.embedded import EmbeddedRedis
+from engine.store.loopback import free_port
 
 log = logging.getLogger("omnistock.workers")
 SERVER = Path(__file__).resolve().parents[1] / "server.py"

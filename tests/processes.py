@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.store.embedded import free_port
+from engine.store.loopback import free_port
 
 from .grpc_helpers import Stubs
 

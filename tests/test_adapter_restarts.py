@@ -21,7 +21,7 @@ from adapters.config import DEFAULT_STREAM, entry_fields
 from adapters.webhooks.writer import StreamWriter
 from engine.domain.errors import Unavailable
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.embedded import free_port
+from engine.store.loopback import free_port
 
 from . import grpc_helpers
 from .grpc_helpers import level, seed, stock_up

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.scenarios import SCENARIOS
-from engine.store.embedded import free_port
+from engine.store.loopback import free_port
 
 SMALL = {  # a small data set for each scenario that seeds one
     "storefront": ["--param", "stores=3"],

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from redis.asyncio.cluster import RedisCluster
 
 from engine.domain.errors import InvalidArgument
+from engine.domain.events import check_event
 from engine.domain.model import (
     MAX_SEQUENCE,
     EventKind,
@@ -22,7 +23,6 @@ from engine.domain.model import (
     Location,
     LocationType,
     StockEvent,
-    check_event,
 )
 from engine.metrics import Metrics
 from engine.store.codecs import Gap

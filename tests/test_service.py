@@ -267,7 +267,7 @@ async def test_metrics_are_served_over_http_on_their_own_port(
     import urllib.request
 
     from engine.app import create_server
-    from engine.store.embedded import free_port
+    from engine.store.loopback import free_port
 
     from .conftest import settings_for
 

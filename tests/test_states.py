@@ -13,7 +13,8 @@ import pytest
 
 from engine.domain.clock import ManualClock
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import EventKind, EventOutcome, Line, StockEvent, check_event
+from engine.domain.events import check_event
+from engine.domain.model import EventKind, EventOutcome, Line, StockEvent
 from engine.domain.states import StockState, row_name
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.storage import Storage

@@ -20,7 +20,8 @@ import redis
 from grpc_health.v1 import health_pb2
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
-from engine.store.embedded import EmbeddedRedis, PortTaken, free_port
+from engine.store.embedded import EmbeddedRedis, PortTaken
+from engine.store.loopback import free_port
 
 from .conftest import BUCKETS
 from .grpc_helpers import Stubs, level, line, stock_up

@@ -33,7 +33,8 @@ from adapters.webhooks.writer import appendonly
 from engine.domain.clock import ManualClock
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.pb.omnistock.v1 import omnistock_pb2_grpc as pb_grpc
-from engine.store.embedded import EmbeddedRedis, free_port
+from engine.store.embedded import EmbeddedRedis
+from engine.store.loopback import free_port
 
 from .conftest import ON_BOTH
 from .grpc_helpers import Stubs, count, level, location

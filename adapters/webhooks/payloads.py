@@ -16,7 +16,8 @@ import orjson
 
 from adapters.config import epoch_ms
 from engine.domain.errors import InvalidArgument
-from engine.domain.model import EventKind, StockEvent, check_event, check_id
+from engine.domain.events import check_event
+from engine.domain.model import EventKind, StockEvent, check_id
 
 
 def hmac_sha256(key: str, signed: bytes) -> bytes:

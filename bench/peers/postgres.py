@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from engine.store.embedded import free_port
+from engine.store.loopback import free_port
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl, postgres) were found neither on PATH nor "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine.domain.errors import InvalidArgument
+from engine.domain.events import check_event
 from engine.domain.geo import Fulfilment
 from engine.domain.model import (
     MAX_TYPES,
@@ -17,7 +18,6 @@ from engine.domain.model import (
     Reservation,
     StockEvent,
     StockRow,
-    check_event,
     check_location,
     check_size,
 )

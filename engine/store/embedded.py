@@ -30,13 +30,14 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from engine.store.loopback import answers_as, free_port
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -60,22 +61,6 @@ class PortTaken(RuntimeError):
 
 
 PORT_ATTEMPTS = 3
-
-
-_handed: set[int] = set()  # ports free_port() has answered in this process
-
-
-def free_port() -> int:
-    """A loopback port free now, and not one this process was given before: the kernel may
-    hand out a port just closed again, and two nodes of a local cluster chosen in a row
-    would then share it."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed:
-            _handed.add(port)
-            return port
 
 
 def write_private(path: Path, text: str) -> None:
@@ -333,23 +318,8 @@ class EmbeddedRedis:
         a store answers that at once, loaded or not), from this store's own process: until
         a store that could not bind its port has exited, another server on that port (one
         started moments before on the same free port) would answer for it."""
-        secret = self._secret().encode() if self.password else b""
-        auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) if secret else b""
-        info = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
-        replies: list[bytes] = []
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(auth + b"PING\r\n" + info)
-                got = b""
-                while len(replies := _replies(got)) < (3 if secret else 2):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        return False
-                    got += chunk
-        except OSError:
-            return False
-        pid = self.process.pid if self.process is not None else -1
-        return replies[-2] == b"+PONG" and f"process_id:{pid}\r\n".encode() in replies[-1]
+        secret = self._secret() if self.password else ""
+        return answers_as(self.port, secret, self.pid or -1)
 
     def _log_tail(self) -> str:
         path = self.state_dir / "redis.log"
@@ -413,22 +383,3 @@ def _exit_reason(code: int) -> str:
         with contextlib.suppress(ValueError):
             return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"
-
-
-def _replies(got: bytes) -> list[bytes]:
-    """The whole replies at the start of `got`, in order: a status or error line as it is
-    ("+PONG", "-LOADING ..."), a bulk string as its body."""
-    out: list[bytes] = []
-    at = 0
-    while (end := got.find(b"\r\n", at)) >= 0:
-        head = got[at:end]
-        if head[:1] == b"$" and head[1:].isdigit():
-            size = int(head[1:])
-            if len(got) < end + 2 + size + 2:
-                break
-            out.append(got[end + 2 : end + 2 + size])
-            at = end + 2 + size + 2
-        else:
-            out.append(head)
-            at = end + 2
-    return out
