@@ -100,10 +100,10 @@ class Listings:
                 levels=[level(loc, sku, row, available, status, units)]
             )
             parts.append(one.SerializeToString())
+            if not self.most:
+                continue
             if was is None:
                 if self.kept >= self.most:
-                    if not self.most:
-                        continue
                     known.clear()
                     self.kept = 0
                 self.kept += 1
@@ -186,10 +186,10 @@ class AvailabilityService(PromiseRpcs, pb_grpc.AvailabilityServiceServicer):
         rows' pools as they are now; no channel: the row's available units), and its band."""
         pairs, rows = [(loc, sku) for loc, sku, _ in levels], [row for _, _, row in levels]
         offers = await self.availability.offered(channel, pairs, rows, from_redis=True)
-        status = self.availability.status
+        statuses = self.availability.statuses(channel, pairs, offers)
         return [
-            level(loc, sku, row, a, status(loc, sku, channel, a))
-            for (loc, sku, row), a in zip(levels, offers, strict=True)
+            level(loc, sku, row, a, status)
+            for (loc, sku, row), a, status in zip(levels, offers, statuses, strict=True)
         ]
 
     async def _changes(

@@ -27,6 +27,10 @@ def as_row(kept: Kept) -> StockRow:
     return tuple.__new__(StockRow, kept)
 
 
+def as_kept(row: StockRow) -> Kept:
+    return tuple(row)  # type: ignore[return-value]  # StockRow's five ints
+
+
 @dataclass(eq=False, slots=True)
 class KeptChannels:
     """What a sales channel's share of a kept row depends on beside it, as of the row's

@@ -49,6 +49,7 @@ from engine.store.kept import (
     NO_ROW,
     KeptChannels,
     KeptLocation,
+    as_kept,
     as_row,
     begin_fill,
     end_fill,
@@ -283,7 +284,7 @@ class RowCache(Follower):
             self.cached += 1
         elif as_row(kept).version >= row.version:
             return
-        state.rows[sku] = tuple(row)  # type: ignore[assignment]  # StockRow's five ints
+        state.rows[sku] = as_kept(row)
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -357,7 +358,7 @@ class RowCache(Follower):
         sku, row, note = parse_change(data)
         kept = state.rows.get(sku)
         if kept is not None and row.version > as_row(kept).version:
-            state.rows[sku] = tuple(row)  # type: ignore[assignment]
+            state.rows[sku] = as_kept(row)
         channels = state.channels.get(sku)
         if channels is not None:
             channels.told(row.version, note)

@@ -87,7 +87,7 @@ class Availability:
         else:
             rows, offered, others = await self._read(channel, pairs, states)
         keep_empty = include_empty or bool(location_ids)
-        statuses = self.channels.statuses(self.locations.by_id, pairs, channel, offered)
+        statuses = self.statuses(channel, pairs, offered)
         return [
             (loc, sku, row, a, status, units)
             for (loc, sku), row, a, status, units in zip(
@@ -149,17 +149,18 @@ class Availability:
         """What `channel` may hold of each row (no channel: its available units), read as
         the rows were (the read cache), or `from_redis` (a watch's, after a change it was
         told of, which the cache may not have yet); the channels' rules and bands are
-        refreshed first, for `status`."""
+        refreshed first, for `statuses`."""
         await self.channels.fresh()
         if not channel:
             return [row.available for row in rows]
         reader = self.storage if from_redis else self.reader
         return await self.channels.offered(reader, channel, self.locations.by_id, pairs)
 
-    def status(self, location: str, sku: str, channel: str, available: int) -> StockStatus:
-        """The band `available` units of a row put it in, for the channel (after offered)."""
-        band = self.channels.band_at(self.locations.by_id[location], sku, channel)
-        return band.status(available)
+    def statuses(
+        self, channel: str, pairs: Sequence[tuple[str, str]], units: Sequence[int]
+    ) -> list[StockStatus]:
+        """The band each row's `units` put it in, for the channel (after offered)."""
+        return self.channels.statuses(self.locations.by_id, pairs, channel, units)
 
     async def watched(
         self, skus: Sequence[str], location_ids: Sequence[str], send_current: bool
