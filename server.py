@@ -25,6 +25,14 @@ async def serve(argv: list[str]) -> None:
         await Workers(settings).run()
         return
     app = create_server(settings)
+    # Signals are ours before the port listens: SIGHUP's default action would end a server
+    # that a deployment tool asks to reload as it comes up. One that comes during the start
+    # is taken after it (a stop) or finds the file read anyway (a reload).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_auth)
     await app.start()
     # What start made lives as long as the process: out of the collector's sight, a full
     # collection walks only what came after (the read cache's rows), not every module.
@@ -41,11 +49,6 @@ async def serve(argv: list[str]) -> None:
         f"    {where} omnistock.v1.AvailabilityService/GetAvailability\n",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload_auth)
     await stop.wait()
     log.info("shutting down: draining calls")
     await app.stop()

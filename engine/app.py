@@ -71,6 +71,7 @@ class Omnistock:
         self.cache: RowCache | None = None
         self.band_alerts: BandAlerts | None = None
         self.view: NetworkView | None = None
+        self.gate: Gate | None = None  # made by start, from the auth file as it is then
 
     async def start(self) -> None:
         url, self.embedded = await store_of(self.settings)
@@ -132,12 +133,11 @@ class Omnistock:
                 self.storage, self.locations, self.clock, self.reservations.channels, self.networks
             )
             await demo.load_returns(self.storage, self.reservations, self.returns, self.clock)
-        self.gate = Gate(load_principals(self.settings), limits_of(self.settings))
-        self.server = grpc_server(self.settings, Edge(self.gate, self.metrics))
+        self.gate = gate = Gate(load_principals(self.settings), limits_of(self.settings))
+        self.server = grpc_server(self.settings, Edge(gate, self.metrics))
         self._add_services()
         self.port = listen(self.server, self.settings)
         await self.server.start()
-        await self.health.set(serving=True)
         sweeper = Sweeper(
             self.storage,
             self.reservations,
@@ -179,6 +179,7 @@ class Omnistock:
             self._metrics_server = start_http_server(
                 self.settings.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
             )
+        await self.health.set(serving=True)  # last: SERVING means all of it runs
 
     def _add_services(self) -> None:
         m = self.metrics
@@ -245,13 +246,15 @@ class Omnistock:
 
     def reload_auth(self) -> None:
         """Reads the auth file again (SIGHUP, or a change); one that does not load is
-        logged and the principals before it stay."""
+        logged and the principals before it stay. Before start there is nothing to
+        reload: start reads the file as it is then."""
+        if self.gate is None:
+            return
         try:
-            self.gate.principals = load_principals(self.settings)
+            self.gate.principals = principals = load_principals(self.settings)
         except AuthFileError as exc:
             log.error("auth file not reloaded, the principals before it stay: %s", exc)
             return
-        principals = self.gate.principals
         log.info("auth file reloaded: %d principals", len(principals.by_name if principals else ()))
 
     async def _follow_auth_file(self) -> None:

@@ -43,15 +43,15 @@ class Workers:
         self.stopping = False
 
     async def run(self) -> None:
-        url, self.embedded = await store_of(self.settings)
-        host, port = self.settings.listen.rsplit(":", 1)
-        self.listen = f"{host}:{port if int(port) else free_port()}"
-        self.url = url
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        url, self.embedded = await store_of(self.settings)
+        host, port = self.settings.listen.rsplit(":", 1)
+        self.listen = f"{host}:{port if int(port) else free_port()}"
+        self.url = url
         tasks = []
         if self.embedded is not None:
             tasks.append(asyncio.create_task(self.embedded.supervise(lambda: None)))

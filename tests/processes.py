@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,7 +72,7 @@ class ServerProcess:
     async def start(self, within: float = 20.0) -> None:
         """Starts the service and waits until it answers SERVING (a taken port: next port)."""
         for _ in range(3):
-            self._spawn()
+            self.launch()
             if await self._wait_serving(within):
                 return
             if self.process is not None and self.process.poll() is None:
@@ -78,7 +80,8 @@ class ServerProcess:
                 raise AssertionError(f"server not SERVING after {within}s:\n{self.log_tail()}")
         raise AssertionError(f"server would not start:\n{self.log_tail()}")
 
-    def _spawn(self) -> None:
+    def launch(self) -> None:
+        """Starts the process and returns at once (`start` also waits until it serves)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self._starts += 1
         if not (self.keep_port and self.port):
@@ -147,6 +150,19 @@ class ServerProcess:
         """For fixture teardown: whatever state it is in, it is gone afterwards."""
         with contextlib.suppress(ProcessLookupError):
             await self.stop(grace=5.0)
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """True once the process has a handler of its own for `sig` (SigCgt in its status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16)  # type: ignore[index]
+    return bool(mask >> (sig - 1) & 1)
+
+
+def listening(port: int) -> bool:
+    """True once a TCP connection to the loopback port is taken."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def redis_pid(state_dir: Path) -> int:

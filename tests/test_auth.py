@@ -31,7 +31,7 @@ from engine.store.keys import ACL_RULES
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, count, delta, line, location
-from .processes import ServerProcess
+from .processes import SERVING, ServerProcess, catches, eventually, health_status, listening
 
 ROLES = {role: f"token-{role.value}" for role in Role}
 
@@ -912,6 +912,34 @@ async def test_sighup_reloads_the_auth_file_of_a_running_server(
             await asyncio.sleep(0.05)
         assert await answer("after-hup") == grpc.StatusCode.INVALID_ARGUMENT
         assert await answer(ROLES[Role.ADMIN]) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_starting_server_catches_sighup_before_it_takes_a_connection(
+    spawn: Callable[..., ServerProcess], tmp_path: Path, one_redis_url: str
+) -> None:
+    # given a server process starting (SIGHUP's default action ends a process, so a reload
+    # sent by a deployment tool as the server comes up must find the handler in place)
+    path = principals_file(tmp_path / "auth.toml")
+    service = spawn("--redis-url", one_redis_url, "--auth-file", str(path))
+    service.launch()
+    # when its port first takes a connection
+    deadline = time.monotonic() + 60
+    while True:
+        caught = catches(service.pid, signal.SIGHUP)  # read before the port is tried
+        if listening(service.port):
+            break
+        assert service.process is not None and service.process.poll() is None, service.log_tail()
+        assert time.monotonic() < deadline, "server did not listen within 60 s"
+        await asyncio.sleep(0.001)
+    # then it already caught SIGHUP, and one sent now reloads the file and ends nothing
+    assert caught
+    service.signal(signal.SIGHUP)
+
+    async def serving() -> bool:
+        return await health_status(service.port) == SERVING
+
+    assert await eventually(serving, within=20)
+    assert service.process.poll() is None
 
 
 @pytest.mark.parametrize("secured", [{"request_bytes_rate": 100_000}], indirect=True)
