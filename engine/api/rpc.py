@@ -96,26 +96,27 @@ class _Answering:
         self.start = time.perf_counter()
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: Any, tb: Any) -> bool:
-        code, context = grpc.StatusCode.OK, self.context
-        try:
-            if exc is None:
-                return False
-            if isinstance(exc, GeneratorExit | asyncio.CancelledError):
-                code = grpc.StatusCode.CANCELLED
-                return False
-            if self.stream and (context.cancelled() or _answer_undeliverable(exc)):
-                code = grpc.StatusCode.CANCELLED  # the caller is gone: no one to answer
-                return True
-            failure = _failure(exc, self.method)
-            if failure is None:
-                code = context.code() or grpc.StatusCode.CANCELLED
-                return False
-            code = failure[0]
-            await context.abort(*failure)
-            return False  # unreachable: abort raises
-        finally:
-            elapsed = time.perf_counter() - self.start
-            self.metrics.observe_rpc(self.method, _code_name(code), elapsed)
+        code, answer, swallow = self._outcome(exc)
+        # Counted before the answer goes: whoever sees the answer sees the call counted.
+        self.metrics.observe_rpc(self.method, _code_name(code), time.perf_counter() - self.start)
+        if answer is not None:
+            await self.context.abort(code, answer)  # raises
+        return swallow
+
+    def _outcome(self, exc: BaseException | None) -> tuple[grpc.StatusCode, str | None, bool]:
+        """The call's code, the details to answer it with (None: nothing to send here),
+        and whether its exception ends here."""
+        if exc is None:
+            return grpc.StatusCode.OK, None, False
+        if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+            return grpc.StatusCode.CANCELLED, None, False
+        context = self.context
+        if self.stream and (context.cancelled() or _answer_undeliverable(exc)):
+            return grpc.StatusCode.CANCELLED, None, True  # the caller is gone: no one to answer
+        failure = _failure(exc, self.method)
+        if failure is None:
+            return context.code() or grpc.StatusCode.CANCELLED, None, False
+        return failure[0], failure[1], False
 
 
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
