@@ -9,6 +9,7 @@ once warm, a channel listing is answered without a round trip."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.resources
 import itertools
 from typing import TypeVar
@@ -291,5 +292,29 @@ async def test_a_warm_channel_listing_costs_no_round_trip_and_sees_another_proce
             assert (rows, got) == await storage.offers(channel, rules_at(channel), PAIRS)
             offered = dict(zip(PAIRS, got, strict=True))
             assert {pair: offered[pair] for pair in expected} == expected, channel
+    finally:
+        await cache.close()
+
+
+async def test_a_rows_channels_as_kept_are_out_of_the_collectors_sight(
+    storage: Storage, other: Storage
+) -> None:
+    # given rows without pools whose channels a cache has read, and one a message then told
+    for loc, sku in PAIRS:
+        await change(other, loc, sku, 10, count=True)
+    cache = await cache_on(storage)
+    try:
+        await warm(cache)
+        assert await hold(other, ("s2", "b"), "web", 3) is not None
+        await cache.caught_up()
+        # when full collections have passed (a tuple is untracked once what it holds is, so
+        # nested tuples may take a pass a level)
+        for _ in range(3):
+            gc.collect()
+        # then none of what is kept of their channels is tracked: a full collection's walk
+        # does not grow with the rows listed for channels
+        kept = [k for state in cache.locations.values() for k in state.channels.values()]
+        assert len(kept) == len(PAIRS)
+        assert not any(gc.is_tracked(k) for k in kept)
     finally:
         await cache.close()

@@ -2,14 +2,15 @@
 each as a plain tuple of its fields (Kept), which the garbage collector stops tracking after
 a pass (a StockRow, a tuple subclass, it tracks for life: every full collection would walk
 the whole cache, passes of up to 37-44 ms with 40,000 rows kept, bench/RESULTS.md,
-"Storefront: levels encoded once, rows the collector does not walk"); each row's channels,
-once read; the fills under way and the messages seen meanwhile; and what a channel may hold
-of a kept row."""
+"Storefront: levels encoded once, rows the collector does not walk"); each row's
+channels (KeptChannels, a plain tuple too), once read; the fills under way and the
+messages seen meanwhile; and what a channel may hold of a kept row."""
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,25 +32,35 @@ def as_kept(row: StockRow) -> Kept:
     return tuple(row)  # type: ignore[return-value]  # StockRow's five ints
 
 
-@dataclass(eq=False, slots=True)
-class KeptChannels:
-    """What a sales channel's share of a kept row depends on beside it, as of the row's
-    `version`: its pools, and what some channels hold of it (those a fill read and those
-    messages told since; a channel not here is not known, not none)."""
+# What a sales channel's share of a kept row depends on beside it, as of the row's version:
+# (version, its pools, what some channels hold of it as (channel, units) pairs: those a
+# fill read and those messages told since; a channel not there is not known, not none).
+# Plain tuples all through, as rows are, so out of the collector's walk after a pass or two
+# (a dict in a tuple would keep it tracked; a row with pools stays tracked, by its Pool
+# objects: most rows have none).
+KeptChannels = tuple[int, tuple[Pool, ...], tuple[tuple[str, int], ...]]
 
-    version: int
-    pools: tuple[Pool, ...]
-    held: dict[str, int]
 
-    def told(self, version: int, note: RowNote | None) -> None:
-        """A change message of the row, in the order Redis sent them (older ones ignored)."""
-        if version <= self.version:
-            return
-        self.version = version
-        if note is not None:
-            self.held.update(note.held)
-            if note.pools is not None:
-                self.pools = note.pools
+def kept_channels(version: int, pools: tuple[Pool, ...], held: Mapping[str, int]) -> KeptChannels:
+    return version, pools, tuple(held.items())
+
+
+def told(kept: KeptChannels, version: int, note: RowNote | None) -> KeptChannels:
+    """`kept` after a change message of its row, in the order Redis sent them (older ones
+    ignored)."""
+    old, pools, held = kept
+    if version <= old:
+        return kept
+    if note is None:
+        return version, pools, held
+    return kept_channels(
+        version, pools if note.pools is None else note.pools, {**dict(held), **note.held}
+    )
+
+
+def both(known: KeptChannels, read: KeptChannels) -> KeptChannels:
+    """Two reads of one row's channels at the same version: what either knows."""
+    return kept_channels(known[0], known[1], {**dict(known[2]), **dict(read[2])})
 
 
 @dataclass(eq=False)
@@ -93,12 +104,15 @@ def offer(
     kept: the row's channels not kept, not of the row's version, or a count it needs not
     known (each pool's channel's, and its own where its rule caps its share)."""
     channels = state.channels.get(sku)
-    if channels is None or channels.version != row.version:
+    if channels is None:
         return None
-    held = channels.held
+    version, pools, pairs = channels
+    if version != row.version:
+        return None
+    held = dict(pairs)
     if rule.share_ppm < 1_000_000 and channel not in held:
         return None
-    for pool in channels.pools:
+    for pool in pools:
         if pool.channel not in held:
             return None
-    return channel_offer(row, channels.pools, held, channel, rule)
+    return channel_offer(row, pools, held, channel, rule)

@@ -47,13 +47,15 @@ from engine.store.cachelink import Follower, Link, node_of, open_link
 from engine.store.codecs import parse_change
 from engine.store.kept import (
     NO_ROW,
-    KeptChannels,
     KeptLocation,
     as_kept,
     as_row,
     begin_fill,
+    both,
     end_fill,
+    kept_channels,
     offer,
+    told,
     version_of,
 )
 from engine.store.keys import Keys
@@ -194,16 +196,16 @@ class RowCache(Follower):
             pools = note.pools or ()
             answers[sku] = row, channel_offer(row, pools, note.held, channel, rule)
             if state is not None and self._still_kept(state):
-                kept = KeptChannels(row.version, pools, dict(note.held))
+                kept = kept_channels(row.version, pools, note.held)
                 for message, message_note in seen[sku]:
-                    kept.told(message.version, message_note)
+                    kept = told(kept, message.version, message_note)
                     row = message if message.version > row.version else row
                 self._keep(state, sku, row)
                 known = state.channels.get(sku)
-                if known is None or kept.version > known.version:
+                if known is None or kept[0] > known[0]:
                     state.channels[sku] = kept
-                elif kept.version == known.version:  # of one instant: both hold
-                    known.held.update(kept.held)
+                elif kept[0] == known[0]:  # of one instant: both hold
+                    state.channels[sku] = both(known, kept)
         for i in at:
             out[0][i], out[1][i] = answers[pairs[i][1]]
         self._evict()
@@ -361,7 +363,7 @@ class RowCache(Follower):
             state.rows[sku] = as_kept(row)
         channels = state.channels.get(sku)
         if channels is not None:
-            channels.told(row.version, note)
+            state.channels[sku] = told(channels, row.version, note)
         filling = state.filling.get(sku)
         if filling is not None:
             filling[1].append((row, note))
