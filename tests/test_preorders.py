@@ -67,6 +67,11 @@ async def broken_alerts(stubs: Stubs) -> list[tuple[str, str, int, int]]:
     ]
 
 
+def days(clock: ManualClock) -> list[int]:
+    """The start of each of the next 15 days by the clock, day[0] being now."""
+    return [clock.now + d * DAY_MS for d in range(15)]
+
+
 async def two_on_hand_and_two_orders(stubs: Stubs, day: list[int]) -> None:
     """S1 at L1: 2 on hand, and purchase orders of 5 due on days 3 (po-1) and 10 (po-2)."""
     count_2 = count("c", "L1", "S1", 2, day[0] - 1000)
@@ -78,8 +83,7 @@ async def test_a_line_takes_what_is_on_hand_and_the_rest_from_supply_due_by_its_
     redis_url: str,
 ) -> None:
     clock = ManualClock()
-    now = clock.now
-    day = [now + d * DAY_MS for d in range(15)]
+    day = days(clock)
     async with served(redis_url, clock) as (_, stubs):
         await two_on_hand_and_two_orders(stubs, day)
         # when a preorder of 4 by day 5 comes: 2 on hand, 2 from po-1
@@ -129,15 +133,14 @@ async def test_a_line_takes_what_is_on_hand_and_the_rest_from_supply_due_by_its_
         assert (p.available_now, steps(p), p.future_held) == (4, [(day[10], 9)], 0)
         # a line with a date that on hand covers is an ordinary hold: no longer than its ttl
         got = (await reserve(stubs, "r4", line(2, day[5]))).reservation
-        assert (waiting(got), got.expires_at) == ([], now + 600_000)
+        assert (waiting(got), got.expires_at) == ([], day[0] + 600_000)
 
 
 async def test_receiving_supply_holds_on_hand_what_waits_earliest_promise_first(
     redis_url: str,
 ) -> None:
     clock = ManualClock()
-    now = clock.now
-    day = [now + d * DAY_MS for d in range(15)]
+    day = days(clock)
     async with served(redis_url, clock) as (app, stubs):
         await two_on_hand_and_two_orders(stubs, day)
         await reserve(stubs, "r1", line(4, day[5]))  # 2 on hand, 2 waiting
@@ -181,8 +184,7 @@ async def test_a_delay_or_a_cancel_re_promises_what_later_supply_covers_and_name
     redis_url: str,
 ) -> None:
     clock = ManualClock()
-    now = clock.now
-    day = [now + d * DAY_MS for d in range(15)]
+    day = days(clock)
     async with served(redis_url, clock) as (_, stubs):
         await upsert(stubs, supply("po-1", 4, day[3]), supply("po-2", 4, day[6]))
         wanted = {"a": (2, day[4]), "b": (2, day[6]), "c": (3, day[7]), "d": (1, day[7])}
