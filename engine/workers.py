@@ -4,7 +4,8 @@ so that the engine uses more than one core. The kernel spreads connections over 
 reached. This process only supervises: it starts the embedded store (when there is no
 --redis-url) so that every worker uses the same one, starts worker 0 first (it loads the
 demo data, if asked) and the others once it serves, restarts a worker that dies, forwards
-SIGHUP (auth reload), and on SIGTERM or SIGINT stops them all, then the store.
+SIGHUP (auth reload) to the workers that handle it, and on SIGTERM or SIGINT stops them
+all, then the store.
 
 The workers share nothing but the store: the sweeper and saga recovery run in each, and
 are safe to (each expiry and recovery is a script that checks again). Rate and stream
@@ -104,8 +105,12 @@ class Workers:
                     self._start(i)
 
     def _forward(self, sig: int) -> None:
+        """A reload goes only to a worker that has taken SIGHUP as its own (its default
+        action would end one still starting, which reads the file as it starts anyway)."""
         for proc in self.procs:
-            if proc is not None and proc.poll() is None:
+            if proc is None or proc.poll() is not None:
+                continue
+            if sig != signal.SIGHUP or catches(proc.pid, sig):
                 proc.send_signal(sig)
 
     def _stop_all(self) -> None:
@@ -119,3 +124,16 @@ class Workers:
                 proc.kill()
                 with contextlib.suppress(Exception):
                     proc.wait(timeout=5)
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler of its own for `sig` (SigCgt in its status on
+    Linux); True where that cannot be told."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    for row in status.splitlines():
+        if row.startswith("SigCgt:"):
+            return bool(int(row.split()[1], 16) >> (sig - 1) & 1)
+    return True

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -150,13 +149,6 @@ class ServerProcess:
         """For fixture teardown: whatever state it is in, it is gone afterwards."""
         with contextlib.suppress(ProcessLookupError):
             await self.stop(grace=5.0)
-
-
-def catches(pid: int, sig: signal.Signals) -> bool:
-    """True once the process has a handler of its own for `sig` (SigCgt in its status)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    mask = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16)  # type: ignore[index]
-    return bool(mask >> (sig - 1) & 1)
 
 
 def listening(port: int) -> bool:

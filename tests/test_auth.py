@@ -28,10 +28,11 @@ from engine.domain.auth import RIGHTS, AuthFileError, Principals, Role, token_di
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import EmbeddedRedis
 from engine.store.keys import ACL_RULES
+from engine.workers import catches
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, count, delta, line, location
-from .processes import SERVING, ServerProcess, catches, eventually, health_status, listening
+from .processes import SERVING, ServerProcess, eventually, health_status, listening
 
 ROLES = {role: f"token-{role.value}" for role in Role}
 

@@ -18,9 +18,10 @@ import grpc
 import uvloop
 
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
+from engine.workers import catches
 
 from .grpc_helpers import Stubs, level, line, location, stock_up
-from .processes import ServerProcess, eventually
+from .processes import SERVING, ServerProcess, eventually, health_status
 
 CHANNELS = 24  # connections, each reaching one worker (the kernel picks)
 
@@ -164,3 +165,27 @@ async def test_two_workers_on_a_cluster_expire_each_hold_once(
 async def test_the_tests_run_on_the_event_loop_the_server_runs_on() -> None:
     # server.py serves on uvloop: so does every in-process server of the tests
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+async def test_sighup_as_the_workers_start_reloads_and_ends_none(
+    spawn: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # given a supervisor starting two workers (a worker that has not yet taken SIGHUP as its
+    # own would be ended by it: its default action)
+    server = spawn("--workers", "2", "--state-dir", str(tmp_path / "state"), "--metrics-port", "0")
+    server.launch()
+    assert await eventually(lambda: catches(server.pid, signal.SIGHUP), 30.0)
+    # when SIGHUP is sent every 20 ms from then until 3 s after it serves (worker 1 starts
+    # once worker 0 serves)
+    loop = asyncio.get_running_loop()
+    deadline, serving = loop.time() + 60.0, False
+    while loop.time() < deadline:
+        assert server.process is not None and server.process.poll() is None, server.log_tail()
+        server.signal(signal.SIGHUP)
+        if not serving and await health_status(server.port, within=0.05) == SERVING:
+            deadline, serving = loop.time() + 3.0, True
+        await asyncio.sleep(0.02)
+    assert serving, "not serving within 60 s"
+    # then both workers run, and neither was ended and started again
+    assert await eventually(lambda: len(children_of(server.pid)) >= 3, 30.0)  # and the store
+    assert "exited" not in server.log_tail(100_000)
