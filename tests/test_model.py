@@ -193,12 +193,12 @@ class ModelReservation:
     # sku -> (units waiting for supply, promise date or 0 once broken, when held): I9
     future: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
-    def answer(self, waiting: bool = True) -> tuple[Any, ...]:
-        """waiting: with the units waiting for supply, as Reserve and GetReservation say."""
+    def answer(self) -> tuple[Any, ...]:
+        """With the units waiting for supply, as Reserve, Extend and GetReservation say."""
         held = self.state == "HELD"
         lines = self.asked or self.lines
         out = ("RESERVATION", self.state, lines, self.expires_at if held else None)
-        if waiting and self.future:
+        if self.future:
             loc = self.lines[0][0]
             out += (tuple(sorted((loc, sku, q, p) for sku, (q, p, _) in self.future.items())),)
         return out
@@ -501,7 +501,7 @@ class Model:
             return ("FailedPrecondition",)
         # a reservation with units waiting for supply is not held for less than it was
         res.expires_at = max(res.expires_at, now + ttl_ms) if res.future else now + ttl_ms
-        return res.answer(waiting=False)
+        return res.answer()
 
     def move(self, rid: str, move_id: str, line: ModelLine, to: str, now: int) -> tuple[Any, ...]:
         """MoveLine: a HELD reservation's line (qty 0: whole; else its qty) held at `to`

@@ -117,10 +117,13 @@ async def test_a_line_takes_what_is_on_hand_and_the_rest_from_supply_due_by_its_
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "S1" in (err.value.details() or "")
         assert await row(stubs) == (2, 2)
-        # an extend does not cut short a hold waiting for supply
+        # an extend does not cut short a hold waiting for supply, and answers what waits as
+        # GetReservation does
         request = pb.ExtendRequest(reservation_id="r1", ttl_seconds=60)
-        assert (await stubs.reservations.Extend(request)).expires_at == day[5] + 600_000
-        assert (await held(stubs, "r1")).expires_at == day[5] + 600_000
+        extended = await stubs.reservations.Extend(request)
+        assert extended.expires_at == day[5] + 600_000
+        assert extended == await held(stubs, "r1")
+        assert waiting(extended) == [("S1", 2, day[5], False)]
         # a release gives both back: on hand and the future hold
         await stubs.reservations.Release(pb.ReleaseRequest(reservation_id="r1"))
         p = await promise_of(stubs)

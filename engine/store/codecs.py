@@ -93,11 +93,17 @@ def part_state(location: str, fields: Sequence[bytes | None]) -> PartState:
     """A part as read by HMGET of PART_STATE_FIELDS; its field fl is "sku\tqty\tpromise_ms\n"...
     (hold.lua)."""
     s, x, fl = fields
+    future = future_lines(location, fl or b"")
+    return PartState(location, s.decode() if s else None, int(x) if x else 0, future)
+
+
+def future_lines(location: str, fl: bytes) -> tuple[FutureLine, ...]:
+    """A part's field fl: "sku\tqty\tpromise_ms\n" a line waiting for supply (hold.lua)."""
     future = []
-    for row in (fl or b"").decode().splitlines():
+    for row in fl.decode().splitlines():
         sku, qty, promise_by = row.split("\t")
         future.append(FutureLine(location, sku, int(qty), int(promise_by)))
-    return PartState(location, s.decode() if s else None, int(x) if x else 0, tuple(future))
+    return tuple(future)
 
 
 class Holder(NamedTuple):

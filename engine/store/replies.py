@@ -95,6 +95,7 @@ class PartReply(NamedTuple):
     changed: bool = False  # COMMITTED, RELEASED: this call made it so
     state: ReservationState | None = None  # STATE
     expires_at: int = 0  # HELD (extend)
+    waiting: bytes = b""  # HELD (extend): the part's field fl, its units waiting for supply
     sku: str = ""  # PROMISED: the line waiting
 
 
@@ -134,7 +135,7 @@ def part_reply(raw: Sequence[Any]) -> PartReply:
     if reply is Reply.STATE:
         return PartReply(reply, state=ReservationState(_text(raw[1])))
     if reply is Reply.HELD:
-        return PartReply(reply, expires_at=int(raw[1]))
+        return PartReply(reply, expires_at=int(raw[1]), waiting=raw[2] if len(raw) > 2 else b"")
     if reply is Reply.PROMISED:
         return PartReply(reply, sku=_text(raw[1]))
     return PartReply(reply)  # MISSING, MOVED; move out: DONE, CANCELLED

@@ -61,7 +61,7 @@ from engine.domain.model import (
     fingerprint,
 )
 from engine.domain.supply import check_promises, waiting_until
-from engine.store.codecs import DirEntry, PickCapacity, encode_dir_lines
+from engine.store.codecs import DirEntry, PickCapacity, encode_dir_lines, future_lines
 from engine.store.ledgers import Count, held_ledger
 from engine.store.replies import (
     Claim,
@@ -379,7 +379,11 @@ class Reservations(Moves):
         await self.customers.extended(entry.customer, rid, entry.shown, now, expires_at)
         # (a part with units waiting for supply keeps its later expiry: extend.lua)
         held_until = min(answer.expires_at for answer in answers)
-        return Reservation(rid, entry.shown, ReservationState.HELD, held_until)
+        future = tuple(
+            f for loc, answer in zip(groups, answers, strict=True)
+            for f in future_lines(loc, answer.waiting)
+        )  # fmt: skip
+        return Reservation(rid, entry.shown, ReservationState.HELD, held_until, future)
 
 
 def _hold_outcome(result: HoldResult) -> str:
