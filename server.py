@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
-import signal
 import sys
 
 import uvloop
@@ -13,7 +11,7 @@ import uvloop
 from engine.app import create_server
 from engine.logs import setup_logging
 from engine.settings import from_args
-from engine.workers import Workers
+from engine.workers import Workers, on_signals
 
 log = logging.getLogger("omnistock")
 
@@ -25,14 +23,9 @@ async def serve(argv: list[str]) -> None:
         await Workers(settings).run()
         return
     app = create_server(settings)
-    # Signals are ours before the port listens: SIGHUP's default action would end a server
-    # that a deployment tool asks to reload as it comes up. One that comes during the start
-    # is taken after it (a stop) or finds the file read anyway (a reload).
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload_auth)
+    # Signals are ours before the port listens. One that comes during the start is taken
+    # after it (a stop) or finds the file read anyway (a reload).
+    stop = on_signals(app.reload_auth)
     await app.start()
     # What start made lives as long as the process: out of the collector's sight, a full
     # collection walks only what came after (the read cache's rows), not every module.

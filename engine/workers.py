@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.api.listener import serving
@@ -44,11 +45,7 @@ class Workers:
         self.stopping = False
 
     async def run(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        stop = on_signals(lambda: self._forward(signal.SIGHUP))
         url, self.embedded = await store_of(self.settings)
         host, port = self.settings.listen.rsplit(":", 1)
         self.listen = f"{host}:{port if int(port) else free_port()}"
@@ -124,6 +121,18 @@ class Workers:
                 proc.kill()
                 with contextlib.suppress(Exception):
                     proc.wait(timeout=5)
+
+
+def on_signals(reload: Callable[[], None]) -> asyncio.Event:
+    """Takes this process's signals on the running loop: SIGTERM and SIGINT set the event
+    answered (stop), SIGHUP calls `reload`. Called first, before anything that takes
+    time: SIGHUP's default action would end a process a reload reached as it started."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    return stop
 
 
 def catches(pid: int, sig: int) -> bool:
