@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +30,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from engine.domain.model import EventKind, StockEvent, StockRow
 from engine.metrics import Metrics
+from engine.store.cachelink import node_of
 from engine.store.connect import connect
 from engine.store.embedded import EmbeddedRedis
 from engine.store.keys import Keys
@@ -123,6 +126,79 @@ async def test_a_write_through_this_process_is_seen_by_its_next_read(
     await cache.caught_up()
     assert await cache.rows(PAIRS) == await in_redis(storage, PAIRS)
     assert hits(cache) > served  # and it was the cache that answered, once caught up
+
+
+class HeldReplies:
+    """Holds back what the cache's connection to `location`'s node reads, one reply at a
+    time: the bytes wait, as they do when the event loop is slow to get to them, while the
+    store and the other connections go on. It also sees what that connection sends."""
+
+    def __init__(self, cache: RowCache, location: str) -> None:
+        node = node_of(cache.storage, location)
+        assert node is not None
+        self.storage = cache.storage
+        self.link = cache.links[node]
+        self.state = cache.locations[location]
+        self.pinged_at = -math.inf  # when the newest PING sent was on the wire
+        self._turns = asyncio.Semaphore(0)
+        self._passed = asyncio.Event()  # a reply held was let through
+        self._pinged = asyncio.Event()
+        conn = self.link.conn
+        read, send = conn.read_response, conn.send_packed_command
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            reply = await read(*args, **kwargs)
+            await self._turns.acquire()
+            self._passed.set()
+            return reply
+
+        async def seen(commands: Any, *args: Any, **kwargs: Any) -> None:
+            await send(commands, *args, **kwargs)
+            if b"PING" in b"".join(commands):
+                self.pinged_at = time.monotonic()
+                self._pinged.set()
+
+        conn.read_response, conn.send_packed_command = held, seen
+
+    async def ping_sent_after_own_write(self) -> None:
+        """Waits until the PING asked by this process's last write is on the wire, then
+        for a round trip of another connection to its node: Redis has run that PING then."""
+        while self.pinged_at <= self.state.written_at:
+            self._pinged.clear()
+            await self._pinged.wait()
+        await in_redis(self.storage, [(self.state.name, "a")])
+
+    async def until_own_write_vouched_for(self) -> None:
+        """Lets replies through one by one until the PONG of the PING sent after this
+        process's last write is read (those after it stay held)."""
+        while self.link.fresh_at <= self.state.written_at:
+            self._passed.clear()
+            self._turns.release()
+            await self._passed.wait()  # and read by the link in the same step
+
+
+@ON_BOTH
+async def test_a_read_is_never_older_than_one_read_before_it_from_redis(
+    storage: Storage, other: Storage, cache: RowCache
+) -> None:
+    # given a row the cache keeps, and its feed's replies held back from here on
+    pair = ("s1", "a")
+    await change(other, *pair, 10, count=True)
+    await warm(cache, [pair])
+    held = HeldReplies(cache, "s1")
+    # when this process writes it (its next reads there wait for a PING sent after that),
+    # Redis runs that PING, and then another process writes the row
+    await change(storage, *pair, -1)
+    await held.ping_sent_after_own_write()
+    await change(other, *pair, -1)
+    # then a read now, which the cache cannot vouch for, is Redis's newest
+    (first,) = await cache.rows([pair])
+    assert first == (await in_redis(storage, [pair]))[0]
+    # and once the PING's answer is read (the other write's message, after it, still held),
+    # the next read, served by the cache, is not older than that one
+    await held.until_own_write_vouched_for()
+    (then,) = await cache.rows([pair])
+    assert then.version >= first.version, f"read {first}, then {then}"
 
 
 @ON_BOTH

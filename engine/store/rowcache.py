@@ -6,11 +6,11 @@ Holds, commits and every other write still go to Redis, atomically, as before.
 How a location comes in sync. The first read of a location subscribes its channel (on a
 connection of the cache's own, one per Redis node) and is answered from Redis. Once Redis
 has confirmed the subscription, every later write there reaches this process, in order:
-a row missed after that is read from Redis and kept (a fill), and a message that arrives
-while its fill is under way is not lost: the fill keeps whichever of the two has the higher
-version. Versions never go backwards in the cache: a message older than the row kept is
-dropped. Rows are kept per location; a location's messages for rows nobody asked for are
-dropped.
+a row read from Redis after that is kept (a fill; also when read because the cache could
+not vouch for it right then, so no read served here is older than one read from Redis
+before it), and a message that arrives while its fill is under way is not lost: the fill
+keeps whichever of the two has the higher version. A message older than the row kept is
+dropped, as are a location's messages for rows nobody asked for.
 
 How stale a cached read can be (docs/architecture.md). The cache sends PING on each of its
 connections every max_lag/4; Redis answers it in order with the messages, so its PONG says
@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 MAX_LOCATIONS = 10_000  # subscribed at once, per process
 RETRY_AFTER = 0.5  # seconds a node whose connection failed is left alone
 READS = ("hit", "filled", "fallback")  # how a row read was answered (a metric's labels)
+Followed = tuple[KeptLocation | None, bool]  # the state rows read are kept in; served now?
 
 
 class RowReader(Protocol):
@@ -116,17 +117,17 @@ class RowCache(Follower):
         """The rows of (location, sku) pairs, each as fresh as the module docstring says."""
         out: list[StockRow | None] = [None] * len(pairs)
         fills: list[tuple[int, KeptLocation | None]] = []  # from Redis: None = not kept
+        unsure = 0  # of them, rows of locations that may not be served now
         states = self._states(pairs)
         for i, (location, sku) in enumerate(pairs):
-            state = states[location]
-            kept = state.rows.get(sku) if state is not None else None
+            state, serve = states[location]
+            kept = state.rows.get(sku) if serve and state is not None else None
             if kept is not None:
                 out[i] = as_row(kept)
             else:
                 fills.append((i, state))
-        hits = len(pairs) - len(fills)
-        if hits:
-            self._reads["hit"].inc(hits)
+                unsure += not serve
+        self._count(len(pairs) - len(fills), len(fills) - unsure, unsure)
         if fills:
             await self._fill(pairs, fills, out)
         return out  # type: ignore[return-value]  # every slot was set
@@ -144,26 +145,27 @@ class RowCache(Follower):
         rows: list[StockRow] = [NO_ROW] * len(pairs)
         offers = [0] * len(pairs)
         misses: dict[str, list[int]] = {}
+        unsure = 0  # of them, rows of locations that may not be served now
         states = self._states(pairs)
         for i, (location, sku) in enumerate(pairs):
-            state = states[location]
-            kept = None if state is None else state.rows.get(sku)
+            state, serve = states[location]
+            kept = state.rows.get(sku) if serve and state is not None else None
             row = None if kept is None else as_row(kept)
             got = None
             if state is not None and row is not None:
                 got = offer(state, sku, row, channel, rules[location])
             if got is None or row is None:
                 misses.setdefault(location, []).append(i)
+                unsure += not serve
             else:
                 rows[i], offers[i] = row, got
-        hits = len(pairs) - sum(map(len, misses.values()))
-        if hits:
-            self._reads["hit"].inc(hits)
+        missed = sum(map(len, misses.values()))
+        self._count(len(pairs) - missed, missed - unsure, unsure)
         if misses:
             await asyncio.gather(
                 *(
                     self._fill_offers(
-                        channel, rules[loc], states[loc], loc, at, pairs, (rows, offers)
+                        channel, rules[loc], states[loc][0], loc, at, pairs, (rows, offers)
                     )
                     for loc, at in misses.items()
                 )
@@ -186,7 +188,6 @@ class RowCache(Follower):
         if state is not None:
             for sku in skus:
                 begin_fill(state, sku)
-        self._reads["filled" if state is not None else "fallback"].inc(len(at))
         try:
             read = await self.storage.channel_rows(location, skus, channel, rule)
         finally:
@@ -225,29 +226,33 @@ class RowCache(Follower):
             state.written_at = time.monotonic()
             state.link.ping_soon()
 
-    def _states(self, pairs: Sequence[tuple[str, str]]) -> dict[str, KeptLocation | None]:
-        """Each location of `pairs`, its state where its rows may be served now (_servable)."""
+    def _states(self, pairs: Sequence[tuple[str, str]]) -> dict[str, Followed]:
+        """Each location of `pairs`, as _followed says."""
         now = time.monotonic()
-        states: dict[str, KeptLocation | None] = {}
+        states: dict[str, Followed] = {}
         for location, _ in pairs:
             if location not in states:
-                states[location] = self._servable(location, now)
+                states[location] = self._followed(location, now)
         return states
 
-    def _servable(self, location: str, now: float) -> KeptLocation | None:
-        """The location's state when its rows may be served from here; else None (and it
-        is subscribed, for the reads after this one)."""
+    def _followed(self, location: str, now: float) -> Followed:
+        """The location's state if rows read of it from Redis may be kept (None: not
+        followed yet, and then subscribed for the reads after this one), and whether its
+        kept rows may be served now (freshness proven: the module docstring)."""
         state = self.locations.get(location)
         if state is None:
             self._subscribe(location, now)
-            return None
+            return None, False
         self.locations.move_to_end(location)
-        if self.epoch is None:  # not yet looked at: a flush before it would go unseen
-            return None
+        if self.epoch is None or not state.live:  # a flush before the epoch would go unseen
+            return None, False
         fresh_at = state.link.fresh_at
-        if state.live and now - fresh_at <= self.max_lag and fresh_at > state.written_at:
-            return state
-        return None
+        return state, now - fresh_at <= self.max_lag and fresh_at > state.written_at
+
+    def _count(self, hits: int, filled: int, fallbacks: int) -> None:
+        for how, n in zip(READS, (hits, filled, fallbacks), strict=True):
+            if n:
+                self._reads[how].inc(n)
 
     async def _fill(
         self,
@@ -258,9 +263,6 @@ class RowCache(Follower):
         for i, state in fills:
             if state is not None:
                 begin_fill(state, pairs[i][1])
-        kept = sum(state is not None for _, state in fills)
-        self._reads["filled"].inc(kept)
-        self._reads["fallback"].inc(len(fills) - kept)
         try:
             read = await self.storage.rows([pairs[i] for i, _ in fills])
         finally:
