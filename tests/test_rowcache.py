@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 from redis.asyncio.cluster import RedisCluster
 
 from engine.domain.model import EventKind, StockEvent, StockRow
+from engine.domain.rules import ChannelRule
 from engine.metrics import Metrics
 from engine.store.cachelink import node_of
 from engine.store.connect import connect
@@ -177,14 +178,24 @@ class HeldReplies:
             await self._passed.wait()  # and read by the link in the same step
 
 
+async def read_one(cache: RowCache, pair: Pair, by_channel: bool) -> StockRow:
+    """A row as GetAvailability reads it: alone, or with what a channel may hold of it."""
+    if by_channel:
+        rows, _ = await cache.offers("web", {pair[0]: ChannelRule(buffer=1)}, [pair])
+        return rows[0]
+    return (await cache.rows([pair]))[0]
+
+
 @ON_BOTH
+@pytest.mark.parametrize("by_channel", [False, True], ids=["rows", "offers"])
 async def test_a_read_is_never_older_than_one_read_before_it_from_redis(
-    storage: Storage, other: Storage, cache: RowCache
+    storage: Storage, other: Storage, cache: RowCache, by_channel: bool
 ) -> None:
     # given a row the cache keeps, and its feed's replies held back from here on
     pair = ("s1", "a")
     await change(other, *pair, 10, count=True)
     await warm(cache, [pair])
+    await read_one(cache, pair, by_channel)  # its channels kept too
     held = HeldReplies(cache, "s1")
     # when this process writes it (its next reads there wait for a PING sent after that),
     # Redis runs that PING, and then another process writes the row
@@ -192,13 +203,15 @@ async def test_a_read_is_never_older_than_one_read_before_it_from_redis(
     await held.ping_sent_after_own_write()
     await change(other, *pair, -1)
     # then a read now, which the cache cannot vouch for, is Redis's newest
-    (first,) = await cache.rows([pair])
+    first = await read_one(cache, pair, by_channel)
     assert first == (await in_redis(storage, [pair]))[0]
     # and once the PING's answer is read (the other write's message, after it, still held),
     # the next read, served by the cache, is not older than that one
     await held.until_own_write_vouched_for()
-    (then,) = await cache.rows([pair])
+    served = hits(cache)
+    then = await read_one(cache, pair, by_channel)
     assert then.version >= first.version, f"read {first}, then {then}"
+    assert hits(cache) == served + 1
 
 
 @ON_BOTH
