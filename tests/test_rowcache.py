@@ -347,10 +347,14 @@ async def test_versions_never_go_backwards_under_concurrent_writers_and_readers(
                 seen[pair] = row.version
             await asyncio.sleep(0)
 
-    # when two processes write while four readers read, all at once
-    await asyncio.gather(
-        writer(storage, 1), writer(other, 2), *(reader() for _ in range(4))
-    )  # then no reader saw a version go back
+    # when two processes write while four readers read, all at once (a task group: one
+    # that fails stops the others, none left to run on against closed clients)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(writer(storage, 1))
+        group.create_task(writer(other, 2))
+        for _ in range(4):
+            group.create_task(reader())
+    # then no reader saw a version go back
     # and once caught up the cache holds exactly what Redis holds
     await cache.caught_up()
     assert await cache.rows(PAIRS) == await in_redis(storage, PAIRS)
