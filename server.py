@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+
+# SIGHUP's default action ends a process: until its handler is set (on_signals, before the
+# auth file is first read, so a reload asked earlier has nothing to do), it is ignored, not
+# only after the imports (the half second most of a start takes).
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
 import gc
 import logging
 import sys
