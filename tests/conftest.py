@@ -52,6 +52,33 @@ def one_redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
 
 
+_session_loop: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def session_loop() -> AsyncIterator[None]:
+    """The loop the tests run on, known to pytest_runtest_call below."""
+    _session_loop.append(asyncio.get_running_loop())
+    yield
+    _session_loop.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test that fails leaves none of the tasks it started running: cancelled at once,
+    they do not run on into its fixtures' teardown and the next tests (against closed
+    clients, which reconnect) and cannot hang the loop's close at the session's end."""
+    loop = _session_loop[0] if _session_loop else None
+    before = asyncio.all_tasks(loop) if loop is not None else set()
+    try:
+        return (yield)
+    except BaseException:
+        if loop is not None:
+            for task in asyncio.all_tasks(loop) - before:
+                task.cancel()
+        raise
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
