@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from engine import demo
+from engine import demo, demo_supply
 from engine.api.availability import AvailabilityService
 from engine.api.edge import Edge, Gate
 from engine.api.listener import (
@@ -133,6 +133,7 @@ class Omnistock:
                 self.storage, self.locations, self.clock, self.reservations.channels, self.networks
             )
             await demo.load_returns(self.storage, self.reservations, self.returns, self.clock)
+            await demo_supply.load_preorder(self.storage, self.reservations, self.clock)
         self.gate = gate = Gate(load_principals(self.settings), limits_of(self.settings))
         self.server = grpc_server(self.settings, Edge(gate, self.metrics))
         self._add_services()

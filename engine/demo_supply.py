@@ -1,7 +1,8 @@
 """The demo's future supply (issue 17): purchase orders of the popular skus due at each
 distribution centre over the next two weeks, and a transfer in transit from the London DC
-to a London store. Loaded after the demo's locations; each step is idempotent, so a load
-cut short is redone at the next start (a transfer made by an earlier attempt stands)."""
+to a London store; and a preorder at the French DC waiting for part of its purchase order.
+Loaded after the demo's locations; each step is idempotent, so a load cut short is redone at
+the next start (a transfer or preorder made by an earlier attempt stands)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import logging
 
 from engine.domain.clock import Clock
 from engine.domain.errors import AlreadyExists, FailedPrecondition
-from engine.domain.model import Location, LocationType
+from engine.domain.model import Line, Location, LocationType
 from engine.domain.supply import DAY_MS, Supply, SupplyKind
 from engine.domain.transfers import Transfer
+from engine.store.storage import Storage
+from engine.usecases.reservations import Reservations
 from engine.usecases.supply import Supplies
 from engine.usecases.transfers import Transfers
 
@@ -22,6 +25,9 @@ log = logging.getLogger(__name__)
 # from the load, and an ASN (on its way from the supplier) of the first due tomorrow.
 DEMO_PO_SKUS = 10
 DEMO_TRANSFER = ("demo-transfer-1", "dc-gb", "store-london-0001", (("SKU-000001", 6),))
+# A preorder of every unit of a sku at the French DC and 5 more, promised within 15 days:
+# the 5 wait for its purchase order (due within 14).
+DEMO_PREORDER = ("demo-preorder-1", "dc-fr", "SKU-000004", 5)
 
 
 def demo_supplies(locations: list[Location], now: int) -> list[Supply]:
@@ -49,3 +55,12 @@ async def load(
         await transfers.ship(tid)
     except FailedPrecondition as exc:
         log.warning("demo data: the demo transfer was not shipped: %s", exc)
+
+
+async def load_preorder(storage: Storage, reservations: Reservations, clock: Clock) -> None:
+    rid, location, sku, beyond = DEMO_PREORDER
+    (row,) = await storage.rows([(location, sku)])
+    line = Line(location, sku, row.available + beyond, clock.now_ms() + 15 * DAY_MS)
+    held = await reservations.reserve(rid, [line])
+    if not held.ok:  # a load cut short made it, and on hand moved since: it stands
+        log.warning("demo data: the demo preorder was not held: %s", held.shortfalls)

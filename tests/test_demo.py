@@ -303,6 +303,14 @@ async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_
         assert dc.incoming > 0 and 0 < len(dc.steps) <= 2
         assert max(s.at for s in dc.steps) <= promised.as_of + 14 * 24 * 3600 * 1000
         assert store.incoming == 6 and store.steps[-1].units == store.available_now + 6
+        # and a preorder at the French DC: every unit there held, 5 more waiting for supply
+        preorder = await stubs.reservations.GetReservation(
+            pb.GetReservationRequest(reservation_id="demo-preorder-1")
+        )
+        assert preorder.state == pb.RESERVATION_STATE_HELD
+        (line,) = preorder.lines
+        assert (line.location_id, line.future_qty, line.promise_broken) == ("dc-fr", 5, False)
+        assert await available("dc-fr", line.sku, "") == (0, line.qty - 5)
 
 
 def shipping_from(country: str) -> list[str]:
