@@ -229,11 +229,7 @@ class RowCache(Follower):
     def _states(self, pairs: Sequence[tuple[str, str]]) -> dict[str, Followed]:
         """Each location of `pairs`, as _followed says."""
         now = time.monotonic()
-        states: dict[str, Followed] = {}
-        for location, _ in pairs:
-            if location not in states:
-                states[location] = self._followed(location, now)
-        return states
+        return {loc: self._followed(loc, now) for loc in dict.fromkeys(loc for loc, _ in pairs)}
 
     def _followed(self, location: str, now: float) -> Followed:
         """The location's state if rows read of it from Redis may be kept (None: not
