@@ -135,14 +135,24 @@ def on_signals(reload: Callable[[], None]) -> asyncio.Event:
     return stop
 
 
-def catches(pid: int, sig: int) -> bool:
-    """Whether the process has a handler of its own for `sig` (SigCgt in its status on
-    Linux); True where that cannot be told."""
+def handling(pid: int, sig: int) -> str:
+    """How the process takes `sig` now: 'caught' (a handler of its own), 'ignored' or
+    'default' (SigCgt and SigIgn in its /proc status on Linux); 'unknown' where that cannot
+    be told."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return True
-    for row in status.splitlines():
-        if row.startswith("SigCgt:"):
-            return bool(int(row.split()[1], 16) >> (sig - 1) & 1)
-    return True
+        return "unknown"
+    masks = dict(row.split(":", 1) for row in status.splitlines() if row.startswith("Sig"))
+    if "SigCgt" not in masks or "SigIgn" not in masks:
+        return "unknown"
+    bit = 1 << (sig - 1)
+    if int(masks["SigCgt"], 16) & bit:
+        return "caught"
+    return "ignored" if int(masks["SigIgn"], 16) & bit else "default"
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler of its own for `sig`; True where that cannot be
+    told."""
+    return handling(pid, sig) in ("caught", "unknown")

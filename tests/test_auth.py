@@ -28,6 +28,7 @@ from engine.domain.auth import RIGHTS, AuthFileError, Principals, Role, token_di
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
 from engine.store.embedded import EmbeddedRedis
 from engine.store.keys import ACL_RULES
+from engine.workers import handling
 
 from .conftest import settings_for
 from .grpc_helpers import Stubs, count, delta, line, location
@@ -914,16 +915,6 @@ async def test_sighup_reloads_the_auth_file_of_a_running_server(
         assert await answer(ROLES[Role.ADMIN]) == grpc.StatusCode.UNAUTHENTICATED
 
 
-def sighup_taken(pid: int) -> str:
-    """How the process takes SIGHUP now: 'default' (it ends the process), 'ignored' or
-    'caught' (SigIgn and SigCgt in its /proc status)."""
-    masks = dict(row.split(":\t") for row in Path(f"/proc/{pid}/status").read_text().splitlines())
-    bit = 1 << (signal.SIGHUP - 1)
-    if int(masks["SigCgt"], 16) & bit:
-        return "caught"
-    return "ignored" if int(masks["SigIgn"], 16) & bit else "default"
-
-
 async def test_a_starting_server_ignores_sighup_then_catches_it_before_it_listens(
     spawn: Callable[..., ServerProcess], tmp_path: Path, one_redis_url: str
 ) -> None:
@@ -938,7 +929,7 @@ async def test_a_starting_server_ignores_sighup_then_catches_it_before_it_listen
     seen: list[str] = []
     deadline = time.monotonic() + 60
     while True:
-        seen.append(sighup_taken(service.pid))  # read before the port is tried
+        seen.append(handling(service.pid, signal.SIGHUP))  # read before the port is tried
         if listening(service.port):
             break
         assert service.process is not None and service.process.poll() is None, service.log_tail()
