@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from engine import demo_supply
 from engine.demo import CITIES, DC_SITES, demo_locations, demo_skus, demo_stock, stores_per_city
 from engine.domain.model import Location, LocationType, check_id, check_location
 from engine.pb.omnistock.v1 import omnistock_pb2 as pb
@@ -239,7 +240,7 @@ def test_no_skus_give_no_rows(locations: list[Location]) -> None:
 
 async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_url: str) -> None:
     # given a server that loads the demo data into its empty store (as `make run` does)
-    async with served(one_redis_url, demo=True) as (_, stubs):
+    async with served(one_redis_url, demo=True) as (app, stubs):
 
         async def available(location: str, sku: str, channel: str) -> tuple[int, int]:
             got = await stubs.availability.GetAvailability(
@@ -311,6 +312,12 @@ async def test_the_demo_served_sells_through_its_channels(redis: Any, one_redis_
         (line,) = preorder.lines
         assert (line.location_id, line.future_qty, line.promise_broken) == ("dc-fr", 5, False)
         assert await available("dc-fr", line.sku, "") == (0, line.qty - 5)
+        # which a load redone (a later promise date) leaves as it is
+        await demo_supply.load_preorder(app.storage, app.reservations, app.clock)
+        again = await stubs.reservations.GetReservation(
+            pb.GetReservationRequest(reservation_id="demo-preorder-1")
+        )
+        assert again == preorder
 
 
 def shipping_from(country: str) -> list[str]:
